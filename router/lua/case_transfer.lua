@@ -1,0 +1,49 @@
+-- case_transfer.lua — move a case to a new plan (a queue, or a named agent then a fallback
+-- queue) keeping its age and timeline. Used by an agent transferring an assigned case (their
+-- capacity is freed, they pull their next case) and by a supervisor moving a waiting case
+-- (agent id '' — the caller has checked the role). A pending offer on the case is rescinded.
+-- KEYS[1] workspace prefix
+-- ARGV    now, agent id or '', case id, plan JSON [{pool|agent, queue, pri, due}, ...],
+--         timeline entry JSON (the transfer note) or '', target agent id or ''
+-- Returns {ok, offers, rescinded} or {ok=false, error=...}.
+local a, c = ARGV[2], ARGV[3]
+local ck = k_case(c)
+local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'offer')
+if not cs[1] then return result({ok = false, error = 'case.unknown'}) end
+local offers = {}
+local rescinded = {}
+if a ~= '' then
+  if cs[2] ~= a or (cs[1] ~= 'assigned' and cs[1] ~= 'wrapping') then
+    return result({ok = false, error = 'case.unknown'})
+  end
+  redis.call('SREM', k_agent_cases(a), c)
+  release(a, cs[3])
+  redis.call('HSET', ck, 'agent', '', 'x', '|' .. a .. '|')
+else
+  if cs[1] ~= 'queued' and cs[1] ~= 'offered' then
+    return result({ok = false, error = 'case.' .. cs[1]})
+  end
+  if cs[1] == 'offered' then
+    local oa = hget(k_offer(cs[5]), 'agent')
+    if end_offer(cs[5], 'rescinded', offers, true) then
+      rescinded[#rescinded + 1] = {offer = cs[5], case = c, agent = oa}
+      refresh_agent(oa)
+      pull(oa, offers)
+    end
+  end
+  dequeue(c)
+end
+if ARGV[6] ~= '' then ensure_agent_pool(ARGV[6]) end
+local plan = cjson.decode(ARGV[4])
+if ARGV[6] ~= '' then plan[1].pool = 'a~' .. ARGV[6] end
+redis.call('HSET', ck, 'plan', cjson.encode(plan), 'plan_start', NOW, 'st', 'queued',
+  'offer', '', 'oagent', '', 'transferred', NOW)
+if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
+log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6]})
+redis.call('HSET', ck, 'x', a ~= '' and ('|' .. a .. '|') or '|')
+enter_step(c, 1, offers)
+if a ~= '' then
+  refresh_agent(a)
+  pull(a, offers)
+end
+return result({ok = true, offers = offers, rescinded = rescinded})

@@ -1,0 +1,144 @@
+-- event_ingest.lua — one normalized channel event, from dedupe to offer, in one atomic call:
+-- dedupe by idempotency key; resolve the customer from their identities; thread the event onto
+-- an open case (or reopen a recently resolved one, preferring its last agent, or open a new
+-- case); append it to the customer's timeline; and for a new case enter workflow step 1, which
+-- offers it to the best available agent if there is one.
+-- KEYS[1] workspace prefix
+-- ARGV    1 now  2 event id  3 channel  4 kind  5 identities JSON ["email:a@b", ...]  6 name
+--         7 thread key ('' = none)  8 verified case id ('' = none)  9 timeline entry JSON
+--         10 id for a new case  11 id for a new customer  12 plan JSON  13 case fields JSON
+--         14 reopen window ms  15 reopen plan JSON  16 call sequence number ('' = none)
+--         17 dedupe TTL s
+-- Returns {ok, case, customer, action, duplicate, offers, push}; action is one of created,
+-- appended, reopened, abandoned, stale, ignored.
+local eid, ch, kind = ARGV[2], ARGV[3], ARGV[4]
+local dk = k_dedupe(eid)
+local seen = redis.call('GET', dk)
+if seen then
+  local r = cjson.decode(seen)
+  r.duplicate = true
+  r.offers = {}
+  r.push = {}
+  return result(r)
+end
+
+-- identity: the first known identity names the customer; unknown ones are linked to it
+local idents = cjson.decode(ARGV[5])
+local u = nil
+for _, i in ipairs(idents) do
+  u = hget(k_ids(), i)
+  if u then break end
+end
+if u == nil then
+  u = ARGV[11]
+  redis.call('HSET', k_customer(u), 'id', u, 'created', NOW)
+  log('customer.created', {'customer', u})
+end
+for _, i in ipairs(idents) do
+  local other = hget(k_ids(), i)
+  if other == nil then
+    redis.call('HSET', k_ids(), i, u)
+    redis.call('HSET', k_customer(u), 'i:' .. i, '1')
+  elseif other ~= u then
+    log('identity.conflict', {'customer', u, 'other', other, 'identity', i})
+  end
+end
+if ARGV[6] ~= '' then redis.call('HSETNX', k_customer(u), 'name', ARGV[6]) end
+
+-- threading: a verified case id, else the channel thread
+local c = nil
+if ARGV[8] ~= '' and redis.call('EXISTS', k_case(ARGV[8])) == 1 then c = ARGV[8] end
+if c == nil and ARGV[7] ~= '' then c = hget(k_threads(), ARGV[7]) end
+
+local entry = cjson.decode(ARGV[9])
+local offers, push = {}, {}
+local action = 'appended'
+
+local function append(case_id)
+  entry.case = case_id
+  redis.call('RPUSH', k_timeline(u), cjson.encode(entry))
+end
+
+local function notify(case_id, frame)
+  local cs = redis.call('HMGET', k_case(case_id), 'st', 'agent', 'oagent')
+  local a = (cs[1] == 'offered') and cs[3] or cs[2]
+  if a and a ~= '' and OPEN[cs[1]] then push[#push + 1] = {agent = a, frame = frame} end
+end
+
+local st = c and hget(k_case(c), 'st') or nil
+if c and ARGV[16] ~= '' then
+  local last = tonumber(hget(k_case(c), 'seq') or '-1')
+  if tonumber(ARGV[16]) <= last then
+    action = 'stale'
+    st = 'stale'
+  else
+    redis.call('HSET', k_case(c), 'seq', ARGV[16])
+  end
+end
+
+if st == 'stale' then
+  -- an older call status callback arrived after a newer one: recorded as seen, not applied
+elseif c and OPEN[st] then
+  if kind == 'call.ended' or kind == 'conversation.ended' then
+    append(c)
+    if st == 'queued' or st == 'offered' then
+      if st == 'offered' then
+        local o = hget(k_case(c), 'offer')
+        local oa = hget(k_offer(o), 'agent')
+        if end_offer(o, 'rescinded', offers, true) then
+          push[#push + 1] = {agent = oa, frame = {type = 'offer.rescinded', offer = o, case = c,
+            reason = 'abandoned'}}
+          pull(oa, offers)
+        end
+      end
+      end_unassigned(c, 'abandoned', kind)
+      action = 'abandoned'
+    else
+      redis.call('HSET', k_case(c), 'ended', NOW, 'updated', NOW)
+      notify(c, {type = 'case.updated', case = c, event = kind, entry = entry})
+    end
+  elseif kind == 'callback.requested' then
+    append(c)
+    redis.call('HSET', k_case(c), 'callback', '1', 'updated', NOW)
+    notify(c, {type = 'case.updated', case = c, event = kind, entry = entry})
+  else
+    append(c)
+    redis.call('HSET', k_case(c), 'updated', NOW)
+    notify(c, {type = 'case.message', case = c, entry = entry})
+  end
+elseif kind == 'call.ended' or kind == 'conversation.ended' then
+  action = 'ignored'
+else
+  local reopen = c ~= nil and st == 'completed'
+    and NOW - (tonumber(hget(k_case(c), 'closed')) or 0) <= tonumber(ARGV[14])
+  local plan = ARGV[12]
+  if reopen then
+    action = 'reopened'
+    if ARGV[15] ~= '' then plan = ARGV[15] end
+    redis.call('HSET', k_case(c), 'st', 'queued', 'age', NOW - EPOCH_MS, 'reopened', NOW,
+      'x', '|', 'agent', '', 'plan', plan, 'plan_start', NOW, 'updated', NOW)
+    log('case.reopened', {'case', c, 'customer', u})
+  else
+    action = 'created'
+    c = ARGV[10]
+    local ck = k_case(c)
+    redis.call('HSET', ck, 'id', c, 'cust', u, 'ch', ch, 'st', 'queued', 'created', NOW,
+      'updated', NOW, 'age', NOW - EPOCH_MS, 'plan', plan, 'plan_start', NOW, 'x', '|',
+      'thread', ARGV[7],
+      'event', eid)
+    for f, v in pairs(cjson.decode(ARGV[13])) do redis.call('HSET', ck, f, v) end
+    if ARGV[16] ~= '' then redis.call('HSET', ck, 'seq', ARGV[16]) end
+    redis.call('RPUSH', k_customer_cases(u), c)
+    if ARGV[7] ~= '' then redis.call('HSET', k_threads(), ARGV[7], c) end
+    log('case.created', {'case', c, 'customer', u, 'ch', ch})
+  end
+  if kind == 'callback.requested' then redis.call('HSET', k_case(c), 'callback', '1') end
+  append(c)
+  enter_step(c, 1, offers)
+end
+
+local r = {ok = true, case = c or '', customer = u, action = action, duplicate = false}
+redis.call('SET', dk, cjson.encode(r), 'EX', tonumber(ARGV[17]))
+r.offers = offers
+r.push = push
+return result(r)

@@ -1,0 +1,24 @@
+-- offer_accept.lua — an agent accepts a pending offer: the case becomes assigned to them.
+-- Idempotent: accepting an offer you already accepted answers ok again with no second effect.
+-- KEYS[1] workspace prefix
+-- ARGV    now, agent id, offer id
+-- Returns {ok, case, duplicate} or {ok=false, error=offer.unknown|offer.not_yours|offer.<state>}.
+local a, o = ARGV[2], ARGV[3]
+local of = redis.call('HMGET', k_offer(o), 'st', 'case', 'agent', 'ch')
+if not of[1] then return result({ok = false, error = 'offer.unknown'}) end
+if of[3] ~= a then return result({ok = false, error = 'offer.unknown'}) end
+local c = of[2]
+if of[1] == 'accepted' then return result({ok = true, case = c, duplicate = true}) end
+if of[1] ~= 'pending' then return result({ok = false, error = 'offer.' .. of[1]}) end
+local ck = k_case(c)
+redis.call('HSET', k_offer(o), 'st', 'accepted', 'ended', NOW)
+redis.call('ZREM', k_timers(), 'o|' .. o)
+redis.call('SREM', k_agent_offers(a), o)
+redis.call('SADD', k_agent_cases(a), c)
+redis.call('HSET', ck, 'st', 'assigned', 'agent', a, 'last_agent', a, 'assigned', NOW,
+  'updated', NOW, 'esc', '0')
+redis.call('HSETNX', ck, 'first_assigned', NOW)
+redis.call('ZREM', k_timers(), 'e|' .. c .. '|' .. (hget(ck, 'step') or '1'))
+redis.call('HSET', k_agent(a), 'missed', 0)
+log('offer.accepted', {'case', c, 'agent', a, 'offer', o})
+return result({ok = true, case = c, duplicate = false, fields = redis.call('HGETALL', ck)})

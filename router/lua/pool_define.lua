@@ -1,0 +1,26 @@
+-- pool_define.lua — define a pool (a queue narrowed by a worker filter) with its members.
+-- Pools are created lazily, the first time triage routes a case to a (queue, filter) pair;
+-- membership is computed by Python from agent attributes and checked against the config
+-- version so a concurrent agent update cannot be missed.
+-- KEYS[1] workspace prefix
+-- ARGV    now, pool id, queue id, canonical filter, config version read, members JSON
+--         [[agent id, order value], ...], order_by JSON
+-- Returns {ok=true, created} or {ok=false, retry=true}.
+local p = ARGV[2]
+if redis.call('SISMEMBER', k_pools(), p) == 1 then
+  return result({ok = true, created = false})
+end
+if (hget(k_cfg(), 'ver') or '0') ~= ARGV[5] then
+  return result({ok = false, retry = true})
+end
+redis.call('HINCRBY', k_cfg(), 'ver', 1)
+redis.call('SADD', k_pools(), p)
+redis.call('HSET', k_pool(p), 'queue', ARGV[3], 'filter', ARGV[4], 'kind', 'queue',
+  'order', ARGV[7])
+for _, m in ipairs(cjson.decode(ARGV[6])) do
+  redis.call('HSET', k_pool_agents(p), m[1], m[2])
+  redis.call('SADD', k_agent_pools(m[1]), p)
+  refresh_agent(m[1])
+end
+log('pool.defined', {'pool', p, 'queue', ARGV[3]})
+return result({ok = true, created = true})

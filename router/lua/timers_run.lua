@@ -1,0 +1,66 @@
+-- timers_run.lua — fire every timer of the workspace that is due, exactly once: whichever router
+-- process runs this first removes the timer and applies its transition in the same atomic call,
+-- so a node that dies after making an offer cannot leave it pending past its deadline.
+-- Timer members of the timers ZSET (score = due time, ms):
+--   o|<offer>          offer deadline: the offer times out, the case goes back with its age;
+--                      an agent who misses max_missed offers in a row is set to away_status
+--   e|<case>|<step>    workflow step timeout: the case moves on to the next step (same age)
+--   f|<case>|<agent>|<n>  follow-up reminder for an agent
+--   g|<agent>|<token>  reconnect grace over: the agent goes offline, pending offers rescinded
+-- KEYS[1] workspace prefix
+-- ARGV    now, max timers to fire, max missed offers in a row, away status
+-- Returns {fired, offers, push=[{agent, frame}]}.
+local limit = tonumber(ARGV[2])
+local max_missed = tonumber(ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', k_timers(), '-inf', NOW, 'LIMIT', 0, limit)
+local offers, push = {}, {}
+for _, m in ipairs(due) do
+  redis.call('ZREM', k_timers(), m)
+  local parts = split(m, '|')
+  local kind = parts[1]
+  if kind == 'o' then
+    local o = parts[2]
+    local of = redis.call('HMGET', k_offer(o), 'agent', 'case')
+    local a = of[1]
+    if a and end_offer(o, 'timeout', offers) then
+      push[#push + 1] = {agent = a, frame = {type = 'offer.rescinded', offer = o, case = of[2],
+        reason = 'timeout'}}
+      local missed = redis.call('HINCRBY', k_agent(a), 'missed', 1)
+      if max_missed > 0 and missed >= max_missed and hget(k_agent(a), 'r') == '1' then
+        redis.call('HSET', k_agent(a), 'st', ARGV[4], 'r', '0')
+        log('agent.status', {'agent', a, 'status', ARGV[4], 'reason', 'missed_offers'})
+        push[#push + 1] = {agent = a, frame = {type = 'status', status = ARGV[4],
+          reason = 'missed_offers'}}
+      end
+      refresh_agent(a)
+      pull(a, offers)
+    end
+  elseif kind == 'e' then
+    local c, step = parts[2], parts[3]
+    local cs = redis.call('HMGET', k_case(c), 'st', 'step')
+    if cs[2] == step then
+      if cs[1] == 'queued' then
+        log('case.escalated', {'case', c, 'from_step', step})
+        enter_step(c, tonumber(step) + 1, offers, true)
+      elseif cs[1] == 'offered' then
+        redis.call('HSET', k_case(c), 'esc', '1')
+      end
+    end
+  elseif kind == 'f' then
+    local c, a = parts[2], parts[3]
+    local note = hget(k_case(c), 'followup:' .. parts[4]) or ''
+    push[#push + 1] = {agent = a, frame = {type = 'reminder', case = c, note = note}}
+    log('case.reminder', {'case', c, 'agent', a})
+  elseif kind == 'g' then
+    local a, token = parts[2], parts[3]
+    if hget(k_agent(a), 'grace') == token then
+      redis.call('HSET', k_agent(a), 'st', 'offline', 'r', '0', 'grace', '')
+      for _, o in ipairs(redis.call('SMEMBERS', k_agent_offers(a))) do
+        end_offer(o, 'rescinded', offers)
+      end
+      refresh_agent(a)
+      log('agent.status', {'agent', a, 'status', 'offline', 'reason', 'disconnected'})
+    end
+  end
+end
+return result({fired = #due, offers = offers, push = push})

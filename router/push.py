@@ -1,0 +1,98 @@
+"""Push: turn what a transition script returned into the frames an agent's console receives.
+
+Pure functions; delivery to sockets (local, or via Redis pub/sub to the node holding the agent's
+connection) lives in ``router/hub.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["case_view", "customer_view", "offer_frame", "pairs"]
+
+_INT_FIELDS = ("pri", "created", "updated", "assigned", "closed", "age", "step")
+
+
+def pairs(flat: Sequence[Any] | Mapping[Any, Any]) -> dict[str, str]:
+    """A Redis HGETALL reply (flat list from Lua, or a dict from redis-py) as a str dict."""
+    if isinstance(flat, Mapping):
+        items = list(flat.items())
+    else:
+        items = list(zip(flat[0::2], flat[1::2], strict=True))
+    return {_s(k): _s(v) for k, v in items}
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def case_view(fields: Mapping[str, str]) -> dict[str, Any]:
+    """The case as consoles see it (internal routing fields left out)."""
+    out: dict[str, Any] = {
+        "id": fields.get("id", ""),
+        "channel": fields.get("ch", ""),
+        "status": fields.get("st", ""),
+        "priority": int(fields.get("pri") or 0),
+        "queue": fields.get("q", ""),
+        "customer": fields.get("cust", ""),
+        "subject": fields.get("subject", ""),
+        "created": int(fields.get("created") or 0),
+        "agent": fields.get("agent", ""),
+        "filter": fields.get("flt", ""),
+        "step": int(fields.get("step") or 0),
+    }
+    try:
+        out["attributes"] = json.loads(fields.get("attrs") or "{}")
+    except ValueError:
+        out["attributes"] = {}
+    for k in ("callback", "disposition", "reopened", "transferred"):
+        if fields.get(k):
+            out[k] = fields[k]
+    return out
+
+
+def customer_view(profile: Mapping[str, str]) -> dict[str, Any]:
+    identities = sorted(k[2:] for k in profile if k.startswith("i:"))
+    return {
+        "id": profile.get("id", ""),
+        "name": profile.get("name", ""),
+        "identities": identities,
+    }
+
+
+def _why(case: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, Any]:
+    pool = fields.get("pool", "")
+    if pool.startswith("a~"):
+        reason = "preferred agent: handled this customer's case before, or named in a transfer"
+    elif "^" in pool:
+        reason = "longest-idle available agent in the queue who matches the target expression"
+    else:
+        reason = "longest-idle available agent in the queue with free capacity on this channel"
+    return {
+        "filter": case["filter"],
+        "step": case["step"],
+        "queue": case["queue"],
+        "reason": reason,
+    }
+
+
+def offer_frame(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``offer`` frame for an offer payload returned by a transition script."""
+    fields = pairs(payload.get("fields") or [])
+    case = case_view(fields)
+    frame: dict[str, Any] = {
+        "type": "offer",
+        "offer": payload["offer"],
+        "deadline": payload["deadline"],
+        "case": case,
+        "why": _why(case, fields),
+    }
+    cust = payload.get("customer")
+    if isinstance(cust, Mapping):
+        frame["customer"] = customer_view(pairs(cust.get("profile") or []))
+        tl = cust.get("timeline")
+        frame["timeline"] = tl if isinstance(tl, list) else []
+        frame["timeline_total"] = cust.get("total", 0)
+    return frame

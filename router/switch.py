@@ -1,0 +1,404 @@
+"""The Switch: the routing core's one entry point, used by the server, adapters and benches.
+
+Each method validates its input, runs exactly one transition script (plus, rarely, a pool
+definition the first time a (queue, filter) pair is seen) and hands every resulting offer and
+push to the ``notify`` callback — whichever node or process calls it. Errors are typed
+(:mod:`router.errors`); a failed call has changed nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from router import keys
+from router.errors import BadRequest, NotFound, StoreUnavailable, from_script
+from router.ingest import Event, parse_event, timeline_entry
+from router.push import offer_frame
+from router.store import Store, now_ms
+from router.triage import PoolSpec, agent_data, pool_members, reopen_plan, triage
+from router.workspace import AgentConfig, WorkspaceConfig, parse_agent, parse_workspace
+
+__all__ = ["IngestResult", "Notify", "Switch", "hash_password", "verify_password"]
+
+#: notify(workspace, agent id, frame) — deliver a server → agent frame to that agent's consoles.
+Notify = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+
+DEDUPE_TTL_S = 7 * 86400
+_RETRIES = 8
+
+
+async def _drop(ws: str, agent: str, frame: dict[str, Any]) -> None:
+    return None
+
+
+def _json(v: Any) -> str:
+    return json.dumps(v, separators=(",", ":"), default=str)
+
+
+def _as_list(v: Any) -> list[Any]:
+    # Redis's cjson encodes an empty Lua table as {}.
+    return v if isinstance(v, list) else []
+
+
+def new_id(tag: str) -> str:
+    """Time-ordered, unguessable id: tag + ms timestamp (hex) + 48 random bits."""
+    return f"{tag}{int(time.time() * 1000):x}{secrets.token_hex(6)}"
+
+
+def hash_password(password: str) -> str:
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=2**14, r=8, p=1)
+    return secrets.compare_digest(got.hex(), digest)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    case: str
+    customer: str
+    action: str  # created | appended | reopened | abandoned | stale | ignored
+    duplicate: bool
+
+
+class Switch:
+    """The routing core for any number of workspaces on one Redis."""
+
+    def __init__(self, store: Store, *, notify: Notify | None = None) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.notify: Notify = notify or _drop
+        self._configs: dict[str, tuple[bytes, WorkspaceConfig]] = {}
+        self._pools: dict[str, set[str]] = {}
+
+    # -- configuration ------------------------------------------------------------------------
+
+    async def apply_workspace(self, decl: Mapping[str, Any]) -> WorkspaceConfig:
+        """Validate and store a workspace declaration; upsert its queues and agents."""
+        cfg = parse_workspace(decl)
+        ws = cfg.id
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.settings(ws), "decl", _json(decl))
+        pipe.hincrby(keys.settings(ws), "declver", 1)
+        pipe.sadd(keys.WORKSPACES, ws)
+        for q in cfg.queues:
+            pipe.sadd(keys.queues(ws), q.id)
+            pipe.hset(
+                keys.queue(ws, q.id),
+                mapping={"name": q.name, "target": q.target, "order": q.order,
+                         "sl": q.sl_target_s},
+            )
+        await pipe.execute()
+        self._configs.pop(ws, None)
+        self._pools.pop(ws, None)
+        cfg = await self.config(ws)
+        declared = {a.id for a in cfg.agents}
+        for a in cfg.agents:
+            await self.upsert_agent(ws, a)
+        # queue targets may have changed: recompute memberships of the other agents too
+        for aid in await self.agent_ids(ws):
+            if aid not in declared:
+                await self._update_memberships(ws, aid)
+        return cfg
+
+    async def config(self, ws: str) -> WorkspaceConfig:
+        cached = self._configs.get(ws)
+        if cached is not None:
+            return cached[1]
+        raw = await self.redis.hmget(keys.settings(ws), ["decl", "declver"])
+        if raw[0] is None:
+            raise NotFound(f"workspace {ws!r} not found", code="workspace.unknown")
+        cfg = parse_workspace(json.loads(raw[0]))
+        self._configs[ws] = (raw[1] or b"0", cfg)
+        return cfg
+
+    async def refresh_configs(self) -> None:
+        """Drop cached declarations another node changed (called by the timer loop)."""
+        for ws, (ver, _) in list(self._configs.items()):
+            now = await self.redis.hget(keys.settings(ws), "declver")
+            if now != ver:
+                self._configs.pop(ws, None)
+                self._pools.pop(ws, None)
+
+    async def workspaces(self) -> list[str]:
+        return sorted(m.decode() for m in await self.redis.smembers(keys.WORKSPACES))
+
+    async def agent_ids(self, ws: str) -> list[str]:
+        return sorted(m.decode() for m in await self.redis.smembers(keys.agents(ws)))
+
+    # -- agents and pools ---------------------------------------------------------------------
+
+    async def upsert_agent(self, ws: str, agent: AgentConfig | Mapping[str, Any]) -> None:
+        """Create or update an agent; recompute the pools they belong to."""
+        cfg = await self.config(ws)
+        a = agent if isinstance(agent, AgentConfig) else parse_agent(agent)
+        data = agent_data(a)
+        for _ in range(_RETRIES):
+            ver = await self._ver(ws)
+            memberships = await self._memberships(ws, cfg, data)
+            res = await self.store.run(
+                "agent_update", ws, a.id, a.name, ",".join(sorted(a.capacity)),
+                _json(a.capacity), _json(a.attributes), _json(memberships), ver,
+            )
+            if res.get("ok"):
+                break
+        else:
+            raise StoreUnavailable("agent update kept conflicting; try again")
+        extra = {"role": a.role}
+        if a.password is not None:
+            extra["pw"] = hash_password(a.password)
+        await self.redis.hset(keys.agent(ws, a.id), mapping=extra)
+        await self._dispatch(ws, res)
+
+    async def _update_memberships(self, ws: str, aid: str) -> None:
+        row = await self.redis.hgetall(keys.agent(ws, aid))
+        if not row:
+            return
+        d = {k.decode(): v.decode() for k, v in row.items()}
+        caps = {k[4:]: int(v) for k, v in d.items() if k.startswith("cap:")}
+        await self.upsert_agent(
+            ws,
+            AgentConfig(aid, d.get("name", aid), json.loads(d.get("attrs", "{}")), caps,
+                        d.get("role", "agent")),
+        )
+
+    async def _ver(self, ws: str) -> str:
+        v = await self.redis.hget(keys.settings(ws), "ver")
+        return v.decode() if v else "0"
+
+    async def _pool_specs(self, ws: str) -> list[PoolSpec]:
+        ids = [m.decode() for m in await self.redis.smembers(keys.pools(ws))]
+        ids = [p for p in ids if not p.startswith("a~")]
+        pipe = self.redis.pipeline(transaction=False)
+        for p in ids:
+            pipe.hmget(keys.pool(ws, p), ["queue", "filter", "order"])
+        rows = await pipe.execute()
+        specs = []
+        for p, (q, f, o) in zip(ids, rows, strict=True):
+            if q is None:
+                continue
+            order = tuple((k, bool(d)) for k, d in json.loads(o or b"[]"))
+            specs.append(PoolSpec(p, q.decode(), f.decode(), order))
+        return specs
+
+    async def _memberships(
+        self, ws: str, cfg: WorkspaceConfig, data: Mapping[str, Any]
+    ) -> list[list[Any]]:
+        out: list[list[Any]] = []
+        for spec in await self._pool_specs(ws):
+            q = cfg.queue(spec.queue)
+            if q is None:
+                continue
+            out.extend(
+                [spec.id, ordval] for _, ordval in pool_members(spec, q.target, {"_": data})
+            )
+        return out
+
+    async def _agent_datas(self, ws: str) -> dict[str, dict[str, Any]]:
+        ids = await self.agent_ids(ws)
+        pipe = self.redis.pipeline(transaction=False)
+        for aid in ids:
+            pipe.hgetall(keys.agent(ws, aid))
+        out: dict[str, dict[str, Any]] = {}
+        for aid, row in zip(ids, await pipe.execute(), strict=True):
+            d = {k.decode(): v.decode() for k, v in row.items()}
+            caps = {k[4:]: int(v) for k, v in d.items() if k.startswith("cap:")}
+            out[aid] = agent_data({"attributes": json.loads(d.get("attrs", "{}")),
+                                   "capacity": caps})
+        return out
+
+    async def _ensure_pools(self, ws: str, cfg: WorkspaceConfig, specs: list[PoolSpec]) -> None:
+        known = self._pools.setdefault(ws, set())
+        for spec in specs:
+            if spec.id in known:
+                continue
+            if await self.redis.sismember(keys.pools(ws), spec.id):
+                known.add(spec.id)
+                continue
+            queue = cfg.queue(spec.queue)
+            if queue is None:
+                raise BadRequest(f"queue {spec.queue!r} not configured", code="queue.unknown")
+            for _ in range(_RETRIES):
+                ver = await self._ver(ws)
+                members = pool_members(spec, queue.target, await self._agent_datas(ws))
+                res = await self.store.run(
+                    "pool_define", ws, spec.id, spec.queue, spec.filter, ver, _json(members),
+                    _json(spec.order_by),
+                )
+                if res.get("ok"):
+                    known.add(spec.id)
+                    break
+            else:
+                raise StoreUnavailable("pool definition kept conflicting; try again")
+
+    # -- ingest --------------------------------------------------------------------------------
+
+    async def ingest(self, ws: str, event: Mapping[str, Any] | Event) -> IngestResult:
+        """Dedupe, identify, thread, triage and queue one event; offer it if an agent is free.
+
+        Returns only once the event is in Redis. Raises BadRequest/TooLarge for a bad event,
+        NotFound for an unknown workspace, StoreUnavailable if Redis failed (not acknowledged).
+        """
+        ev = event if isinstance(event, Event) else parse_event(event)
+        cfg = await self.config(ws)
+        tri = triage(cfg, ev.channel, ev.attributes, subject=ev.subject)
+        await self._ensure_pools(ws, cfg, tri.pools)
+        res = await self.store.run(
+            "event_ingest", ws, ev.id, ev.channel, ev.kind, _json(list(ev.identities)),
+            ev.name, ev.thread_key, ev.case, _json(timeline_entry(ev)), new_id("c"),
+            new_id("u"), _json(tri.plan), _json(tri.fields), int(cfg.reopen_window_s * 1000),
+            _json(reopen_plan(cfg, tri)), "" if ev.seq is None else ev.seq, DEDUPE_TTL_S,
+        )
+        await self._dispatch(ws, res)
+        return IngestResult(res["case"], res["customer"], res["action"], bool(res["duplicate"]))
+
+    # -- agent actions -------------------------------------------------------------------------
+
+    async def _act(self, name: str, ws: str, *args: Any) -> dict[str, Any]:
+        res: dict[str, Any] = await self.store.run(name, ws, *args)
+        if not res.get("ok"):
+            raise from_script(str(res.get("error", "error")))
+        await self._dispatch(ws, res)
+        return res
+
+    async def set_status(self, ws: str, agent: str, status: str) -> dict[str, Any]:
+        cfg = await self.config(ws)
+        st = cfg.status(status)
+        if st is None:
+            raise BadRequest(f"unknown status {status!r}", code="status.unknown")
+        return await self._act("agent_status", ws, agent, st.name, "1" if st.routable else "0")
+
+    async def accept(self, ws: str, agent: str, offer: str) -> dict[str, Any]:
+        return await self._act("offer_accept", ws, agent, offer)
+
+    async def reject(self, ws: str, agent: str, offer: str) -> dict[str, Any]:
+        cfg = await self.config(ws)
+        after = cfg.status(cfg.reject_status) if cfg.reject_status else None
+        return await self._act(
+            "offer_reject", ws, agent, offer, after.name if after else "",
+            ("1" if after.routable else "0") if after else "",
+        )
+
+    async def wrapup(self, ws: str, agent: str, case: str) -> dict[str, Any]:
+        return await self._act("case_wrapup", ws, agent, case)
+
+    async def complete(
+        self, ws: str, agent: str, case: str, disposition: str = "", note: str = ""
+    ) -> dict[str, Any]:
+        cfg = await self.config(ws)
+        if disposition and disposition not in cfg.dispositions:
+            raise BadRequest(f"unknown disposition {disposition!r}", code="disposition.unknown")
+        entry = ""
+        if note or disposition:
+            entry = _json({"id": new_id("n"), "ch": "note", "dir": "note", "kind": "wrapup",
+                           "ts": time.time(), "text": note, "disposition": disposition,
+                           "agent": agent, "case": case})
+        return await self._act("case_complete", ws, agent, case, disposition, entry)
+
+    async def transfer(
+        self, ws: str, agent: str, case: str, *, queue: str = "", to_agent: str = "",
+        note: str = "",
+    ) -> dict[str, Any]:
+        """Transfer an assigned case to a queue or a named agent (then back to the queue).
+
+        ``agent`` '' means a supervisor moving a waiting case (the caller checked the role).
+        """
+        cfg = await self.config(ws)
+        plan = await self._transfer_plan(ws, cfg, case, queue, to_agent)
+        entry = _json({"id": new_id("n"), "ch": "note", "dir": "note", "kind": "transfer",
+                       "ts": time.time(), "text": note, "agent": agent,
+                       "to": to_agent or queue})
+        return await self._act("case_transfer", ws, agent, case, _json(plan), entry, to_agent)
+
+    async def _transfer_plan(
+        self, ws: str, cfg: WorkspaceConfig, case: str, queue: str, to_agent: str
+    ) -> list[dict[str, Any]]:
+        if bool(queue) == bool(to_agent):
+            raise BadRequest("transfer to exactly one of queue or agent", code="transfer.invalid")
+        row = await self.redis.hmget(keys.case(ws, case), ["q", "pri"])
+        if row[0] is None:
+            raise NotFound("case not found", code="case.unknown")
+        pri = int(row[1] or 0)
+        if to_agent:
+            if not await self.redis.exists(keys.agent(ws, to_agent)):
+                raise NotFound("agent not found", code="agent.unknown")
+            back = row[0].decode()
+            await self._ensure_pools(ws, cfg, [PoolSpec(back, back, "true")])
+            tmo = int(cfg.transfer_agent_timeout_s * 1000)
+            return [{"queue": back, "pri": pri, "lifo": "0", "due": tmo, "agent": to_agent},
+                    {"queue": back, "pri": pri, "lifo": "0", "pool": back}]
+        q = cfg.queue(queue)
+        if q is None:
+            raise NotFound(f"queue {queue!r} not found", code="queue.unknown")
+        spec = PoolSpec(q.id, q.id, "true")
+        await self._ensure_pools(ws, cfg, [spec])
+        return [{"queue": q.id, "pri": pri, "lifo": "1" if q.order == "lifo" else "0",
+                 "pool": q.id}]
+
+    async def followup(
+        self, ws: str, agent: str, case: str, due_ms: int, note: str = ""
+    ) -> dict[str, Any]:
+        if due_ms < now_ms() - 60_000 or due_ms > now_ms() + 366 * 86400 * 1000:
+            raise BadRequest("due: within the next year", code="followup.invalid")
+        return await self._act("case_followup", ws, agent, case, due_ms, note[:2000])
+
+    async def reply(
+        self, ws: str, agent: str, case: str, text: str, *, note: bool = False,
+        agent_name: str = "",
+    ) -> dict[str, Any]:
+        """Send ``text`` to the customer on the case's channel (or add an internal note)."""
+        if not text.strip():
+            raise BadRequest("text: empty", code="reply.invalid")
+        entry = {"id": new_id("m"), "dir": "note" if note else "out", "kind": "message",
+                 "ts": time.time(), "text": text, "agent": agent, "from": agent_name or agent}
+        return await self._act("case_reply", ws, agent, case, _json(entry),
+                               "note" if note else "reply")
+
+    async def presence(self, ws: str, agent: str, connected: bool, grace_s: float = 30) -> str:
+        res = await self.store.run(
+            "agent_presence", ws, agent, "connect" if connected else "disconnect",
+            int(grace_s * 1000), secrets.token_hex(8),
+        )
+        if not res.get("ok"):
+            raise from_script(str(res.get("error")))
+        return str(res.get("status", ""))
+
+    async def run_timers(self, ws: str, *, now: int | None = None, limit: int = 500) -> int:
+        """Fire the workspace's due timers (offer deadlines, escalations, reminders, grace)."""
+        cfg = await self.config(ws)
+        away = cfg.status("away")
+        res = await self.store.run(
+            "timers_run", ws, limit, cfg.max_missed_offers, away.name if away else "away",
+            now=now,
+        )
+        await self._dispatch(ws, res)
+        return int(res.get("fired", 0))
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    async def _dispatch(self, ws: str, res: Mapping[str, Any]) -> None:
+        for p in _as_list(res.get("push")):
+            await self.notify(ws, p["agent"], p["frame"])
+        for o in _as_list(res.get("offers")):
+            await self.notify(ws, o["agent"], offer_frame(o))
+        for r in _as_list(res.get("rescinded")):
+            if r.get("agent"):
+                await self.notify(ws, r["agent"], {"type": "offer.rescinded",
+                                                   "offer": r["offer"], "case": r["case"],
+                                                   "reason": "rescinded"})

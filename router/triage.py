@@ -1,0 +1,199 @@
+"""Triage: from a normalized event to a routing plan. Pure — no I/O.
+
+The workspace's workflow (TaskRouter's format, :mod:`router.workflow`) picks the filter and its
+targets; each target becomes a *step* of the plan stored on the case. A step names a **pool** —
+a queue narrowed by the target's worker filter (with the case's own attributes already bound
+in) — so Lua can match in O(log n) against precomputed per-pool sorted sets. Escalation to the
+next step happens in Redis (``timers_run.lua``), keeping the case's age.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from router.expressions import clock_values
+from router.expressions import compile as compile_expression
+from router.workflow import Step
+from router.workspace import AgentConfig, WorkspaceConfig
+
+__all__ = [
+    "PoolSpec",
+    "Triage",
+    "agent_data",
+    "order_value",
+    "pool_id",
+    "pool_members",
+    "reopen_plan",
+    "skip_rule",
+    "triage",
+]
+
+_SKIP = re.compile(r"^\s*workers\.available\s*(==|!=|>=|<=|>|<)\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """A queue narrowed by a worker filter, ordered by idle time or an agent attribute."""
+
+    id: str
+    queue: str
+    filter: str  # canonical expression over agent attributes; "true" = the whole queue
+    order_by: tuple[tuple[str, bool], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Triage:
+    filter_name: str
+    plan: list[dict[str, Any]]  # steps as stored on the case (JSON)
+    pools: list[PoolSpec]  # pools the plan needs defined in Redis
+    fields: dict[str, Any]  # case hash fields for a new case
+
+
+def pool_id(queue: str, filter_: str, order_by: Sequence[tuple[str, bool]] = ()) -> str:
+    """Stable id: the queue id itself for the plain queue, ``queue^hash`` for a narrowed one."""
+    if filter_ == "true" and not order_by:
+        return queue
+    order = ",".join(f"{k}:{'d' if d else 'a'}" for k, d in order_by)
+    digest = hashlib.sha1(f"{filter_}|{order}".encode()).hexdigest()[:12]
+    return f"{queue}^{digest}"
+
+
+def skip_rule(text: str | None) -> list[Any] | None:
+    """Compile a target's ``skip_if`` to ``[op, n]`` over the step's available-agent count.
+
+    Switchboard supports the form TaskRouter documents, ``workers.available == 0`` (any
+    comparison with a whole number); anything else is rejected when the workflow is loaded.
+    """
+    if not text:
+        return None
+    m = _SKIP.match(text)
+    if m is None:
+        raise ValueError(f"skip_if supports 'workers.available <op> <number>', got {text!r}")
+    return [m.group(1), int(m.group(2))]
+
+
+def agent_data(agent: AgentConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The data a worker filter is evaluated against: attributes plus configured capacity."""
+    if isinstance(agent, AgentConfig):
+        attrs, cap = dict(agent.attributes), agent.capacity
+    else:
+        attrs, cap = dict(agent.get("attributes", {})), agent.get("capacity", {})
+    attrs.setdefault("channel", {ch: {"configured_capacity": n} for ch, n in cap.items()})
+    return attrs
+
+
+def _lookup(data: Mapping[str, Any], path: str) -> Any:
+    cur: Any = data
+    for part in path.split("."):
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def order_value(data: Mapping[str, Any], order_by: Sequence[tuple[str, bool]]) -> int:
+    """Sort key of an agent in a pool (lower is offered first): the first ``order_by`` key,
+    negated when descending, as an integer within ±2047; 0 when absent or not a number."""
+    if not order_by:
+        return 0
+    path, desc = order_by[0]
+    v = _lookup(data, path)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return 0
+    n = round(-v if desc else v)
+    return max(-2047, min(2047, n))
+
+
+def pool_members(
+    spec: PoolSpec, queue_target: str, agents: Mapping[str, Mapping[str, Any]]
+) -> list[list[Any]]:
+    """``[[agent id, order value], ...]`` for the agents (id -> agent_data) in the pool."""
+    q = compile_expression(queue_target).strip_prefix("worker")
+    f = compile_expression(spec.filter)
+    return [
+        [aid, order_value(data, spec.order_by)]
+        for aid, data in agents.items()
+        if q.evaluate(data) and f.evaluate(data)
+    ]
+
+
+def _step(
+    ws: WorkspaceConfig, step: Step, due: float | None
+) -> tuple[dict[str, Any], PoolSpec | None]:
+    q = ws.queue(step.queue)
+    lifo = "1" if q is not None and q.order == "lifo" else "0"
+    out: dict[str, Any] = {"queue": step.queue, "pri": step.priority, "lifo": lifo}
+    if due is not None:
+        out["due"] = int(due * 1000)  # since the plan started (TaskRouter: on the task's age)
+    skip = skip_rule(step.skip_if)
+    if skip is not None:
+        out["skip"] = skip
+    if step.known_agent_id:
+        out["agent"] = step.known_agent_id
+        return out, None
+    spec = PoolSpec(
+        pool_id(step.queue, step.worker_filter, step.order_by),
+        step.queue,
+        step.worker_filter,
+        tuple(step.order_by),
+    )
+    out["pool"] = spec.id
+    return out, spec
+
+
+def triage(
+    ws: WorkspaceConfig,
+    channel: str,
+    attributes: Mapping[str, Any],
+    *,
+    subject: str = "",
+    now: datetime | None = None,
+) -> Triage:
+    """Plan the routing of a new case on ``channel`` with task ``attributes``."""
+    ch = ws.channels[channel]
+    task = {"channel": channel, **attributes}
+    clock = clock_values(now or datetime.now(UTC), ws.timezone)
+    plan = ws.workflow.plan(task, default_priority=ch.priority, clock=clock)
+    steps: list[dict[str, Any]] = []
+    pools: list[PoolSpec] = []
+    for i, s in enumerate(plan.steps):
+        out, spec = _step(ws, s, plan.deadline(i))
+        steps.append(out)
+        if spec is not None:
+            pools.append(spec)
+    if plan.fallback is not None and plan.steps and plan.fallback is not plan.steps[0]:
+        out, spec = _step(ws, plan.fallback, None)
+        out["fb"] = True  # reached only by skipping past the last step, never by its timeout
+        steps.append(out)
+        if spec is not None:
+            pools.append(spec)
+    fields = {
+        "pri": steps[0]["pri"] if steps else ch.priority,
+        "otm": int(ch.offer_timeout_s * 1000),
+        "attrs": json.dumps(dict(attributes), separators=(",", ":"), default=str),
+        "subject": subject,
+        "flt": plan.filter_name,
+    }
+    return Triage(plan.filter_name, steps, pools, fields)
+
+
+def reopen_plan(ws: WorkspaceConfig, tri: Triage) -> list[dict[str, Any]]:
+    """A reopened case first waits for its last agent, then follows its normal plan."""
+    first = tri.plan[0] if tri.plan else {"queue": "", "pri": 0, "lifo": "0"}
+    known = {
+        "known": "last_agent",
+        "queue": first["queue"],
+        "pri": first["pri"],
+        "lifo": "0",
+        "due": int(ws.reopen_agent_timeout_s * 1000),
+    }
+    shift = known["due"]
+    rest = [{**s, "due": s["due"] + shift} if "due" in s else s for s in tri.plan]
+    return [known, *rest]
+

@@ -1,0 +1,471 @@
+"""TaskRouter workflow configurations: validate once, plan each case's route, no I/O.
+
+A configuration is the JSON that Twilio TaskRouter documents::
+
+    {"task_routing": {
+        "filters": [{"filter_friendly_name": "Gold", "expression": "tier == 'gold'",
+                     "targets": [{"queue": "vip", "priority": 10, "timeout": 60,
+                                  "expression": "task.language IN worker.languages"},
+                                 {"queue": "support"}]}],
+        "default_filter": {"queue": "support"}}}
+
+Queues are our own ids (any non-empty string) instead of ``WQ…`` sids. Semantics
+follow TaskRouter's docs: the first matching filter wins; its targets are routing
+steps taken in order; a target without a queue inherits the previous one; a target's
+priority sticks until another target sets one; expressions, timeouts, ``order_by``,
+``skip_if`` and known-agent fields apply only to the target that states them. When the
+last step of a filter times out (or is skipped) the case flows into the next filter
+that also matches; ``default_filter`` only catches cases no filter matched, or that
+skipped past every step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, NoReturn
+
+from router.expressions import Expression, ExpressionError, compile, resolve
+
+__all__ = [
+    "DEFAULT_FILTER_NAME",
+    "Filter",
+    "Plan",
+    "Step",
+    "Target",
+    "Workflow",
+    "WorkflowError",
+    "load_workflow",
+    "order_key",
+    "parse_order_by",
+]
+
+DEFAULT_FILTER_NAME = "default_filter"
+_TARGET_KEYS = frozenset(
+    {"queue", "priority", "timeout", "expression", "order_by", "skip_if"}
+    | {"known_worker_sid", "known_worker_friendly_name"}
+)
+_FILTER_KEYS = frozenset({"filter_friendly_name", "expression", "targets"})
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_TRUE = compile("true")
+_FALSE = compile("false")
+
+OrderBy = tuple[tuple[str, bool], ...]  # (agent attribute path, descending?)
+
+
+class WorkflowError(ValueError):
+    """An invalid workflow: ``path`` names the field, ``column`` the fault in an expression."""
+
+    def __init__(self, path: str, reason: str, column: int | None = None) -> None:
+        where = f"{path}: " if path else ""
+        at = "" if column is None else f" at column {column}"
+        super().__init__(f"{where}{reason}{at}")
+        self.path = path
+        self.reason = reason
+        self.column = column
+
+
+@dataclass(frozen=True)
+class Target:
+    """One routing step as configured; ``queue`` is already resolved through inheritance."""
+
+    queue: str
+    priority: int | None = None
+    timeout: float | None = None
+    expression: str | None = None  # as written; worker keys prefixed "worker." or bare
+    order_by: OrderBy = ()
+    skip_if: str | None = None
+    known_agent: str | None = None  # task attribute path holding the agent id
+
+
+@dataclass(frozen=True)
+class Filter:
+    name: str
+    expression: str  # over task attributes, bare or prefixed "task."
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One routing step of one case, with everything task-dependent already resolved.
+
+    ``worker_filter`` is the canonical target expression over agent attributes (task
+    values and time of day bound, ``worker.`` stripped; ``"true"`` when the target has
+    none). ``worker_expression`` is the same, compiled; prefer it, since bound task
+    values can make the text longer than ``compile()`` accepts. ``known_agent_id`` set:
+    only that agent may take the case (and only if it also passes the filter); a
+    known-agent target whose task attribute is missing gets ``worker_filter == "false"``,
+    so the case waits out the step as TaskRouter does. ``skip_if`` (canonical text) is
+    evaluated by the caller against ``{"workers": {"available": n, ...}}`` when no agent
+    is found on entering the step; true moves the case on at once.
+    """
+
+    index: int
+    queue: str
+    priority: int
+    timeout: float | None
+    worker_filter: str
+    order_by: OrderBy
+    skip_if: str | None
+    known_agent_id: str | None
+    filter_name: str
+    worker_expression: Expression = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The route of one case: ``steps`` in order, then ``fallback``.
+
+    A step's timeout moves the case to the next step, keeping its age. When the last
+    step's timeout expires the case is cancelled (TaskRouter's WorkflowTimeout). A step
+    without a timeout holds the case until it is assigned or skipped. Skipping past the
+    last step leads to ``fallback`` (the default filter) when there is one. No steps
+    at all (nothing matched, no default filter): the caller cancels the case.
+    """
+
+    filter_name: str
+    steps: tuple[Step, ...]
+    fallback: Step | None = None
+
+    def deadline(self, index: int) -> float | None:
+        """The case age (seconds) at which step ``index`` times out, or None if it never does.
+
+        TaskRouter measures timeouts on the task's age: a step's deadline is the sum of
+        its own and all earlier steps' timeouts, so time saved by skipping a step is
+        spent in the next one. Raises IndexError for an index outside ``steps``.
+        """
+        step = self.steps[index]
+        if step.timeout is None:
+            return None
+        return sum(s.timeout or 0.0 for s in self.steps[: index + 1])
+
+
+@dataclass(frozen=True)
+class Workflow:
+    filters: tuple[Filter, ...]
+    default_target: Target | None
+    reservation_timeout: float = 120.0
+
+    def plan(
+        self,
+        task: Mapping[str, Any],
+        *,
+        default_priority: int = 0,
+        clock: Mapping[str, Any] | None = None,
+    ) -> Plan:
+        """Route a case with attributes ``task``; pure, and never raises for any attributes.
+
+        ``default_priority`` is the case's own priority, kept until a target sets one.
+        ``clock`` is ``expressions.clock_values(...)``; without it every ``taskrouter.*``
+        key is null, so time-of-day rules do not match.
+        """
+        moments = clock.get("taskrouter") if clock is not None else None
+        moments = moments if isinstance(moments, Mapping) else {}
+        attributes: Mapping[str, Any] = task
+        if clock is not None:
+            attributes = {**task, "taskrouter": moments}
+        steps: list[Step] = []
+        priority, first = default_priority, ""
+        for rule in self.filters:
+            if steps and steps[-1].timeout is None and steps[-1].skip_if is None:
+                break  # the case can never leave the previous filter's last step
+            if not _filter_expression(rule.expression).evaluate(attributes):
+                continue
+            first = first or rule.name
+            for target in rule.targets:
+                priority = priority if target.priority is None else target.priority
+                steps.append(_step(len(steps), rule.name, target, priority, task, moments))
+        fallback = None
+        if self.default_target is not None:
+            target = self.default_target
+            final = priority if target.priority is None else target.priority
+            fallback = _step(len(steps), DEFAULT_FILTER_NAME, target, final, task, moments)
+        if not steps:
+            return Plan(DEFAULT_FILTER_NAME, (fallback,) if fallback else ())
+        return Plan(first, tuple(steps), fallback)
+
+
+@functools.lru_cache(maxsize=1024)
+def _filter_expression(text: str) -> Expression:
+    return compile(text).strip_prefix("task")
+
+
+def _step(
+    index: int,
+    name: str,
+    target: Target,
+    priority: int,
+    task: Mapping[str, Any],
+    moments: Mapping[str, Any],
+) -> Step:
+    expression = compile(target.expression) if target.expression else _TRUE
+    residual = expression.bind("task", task).bind("taskrouter", moments).strip_prefix("worker")
+    agent = None
+    if target.known_agent is not None:
+        agent = _agent_id(resolve(task, target.known_agent))
+        residual = residual if agent is not None else _FALSE
+    return Step(
+        index=index,
+        queue=target.queue,
+        priority=priority,
+        timeout=target.timeout,
+        worker_filter=residual.canonical(),
+        order_by=target.order_by,
+        skip_if=target.skip_if,
+        known_agent_id=agent,
+        filter_name=name,
+        worker_expression=residual,
+    )
+
+
+def _agent_id(value: object) -> str | None:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def order_key(order_by: OrderBy, attributes: Mapping[str, Any]) -> tuple[tuple[int, float], ...]:
+    """Sort key for an agent: sort ascending by it to get the ``order_by`` order.
+
+    As in TaskRouter, an agent lacking a numeric value for a clause sorts after those
+    that have one, whichever the direction. Ties are left to the caller (TaskRouter
+    then prefers the agent idle longest).
+    """
+    key: list[tuple[int, float]] = []
+    for path, descending in order_by:
+        value = resolve(attributes, path)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            key.append((1, 0.0))
+        elif isinstance(value, float) and not math.isfinite(value):
+            key.append((1, 0.0))
+        else:
+            key.append((0, -value if descending else value))
+    return tuple(key)
+
+
+def parse_order_by(text: str) -> OrderBy:
+    """Parse ``"worker.level DESC, worker.age ASC"`` into ``(("level", True), ("age", False))``.
+
+    The direction is optional (ASC) and case-insensitive; a bare path means a worker
+    attribute. Raises WorkflowError (path ``order_by``, with the column) for an empty
+    clause, an unknown direction, a malformed path or a task/taskrouter path.
+    """
+    if not text.strip():
+        return ()
+    clauses: list[tuple[str, bool]] = []
+    start = 0  # offset of the current clause in text
+    for piece in text.split(","):
+        words = [(m.group(), start + m.start() + 1) for m in re.finditer(r"\S+", piece)]
+        if not words or len(words) > 2:
+            column = words[2][1] if words else start + 1
+            _order_fail("expected '<attribute> [ASC|DESC]'", column)
+        (path, column), direction = words[0], words[1:]
+        if direction and direction[0][0].upper() not in ("ASC", "DESC"):
+            _order_fail("expected ASC or DESC", direction[0][1])
+        head, dot, rest = path.partition(".")
+        if head in ("task", "taskrouter", "workers") or head.startswith("worker["):
+            _order_fail("order_by sorts agents: use worker.<attribute>", column)
+        if head == "worker":
+            path, column = rest, column + len(head) + len(dot)
+        try:
+            resolve({}, path)
+        except ExpressionError as exc:
+            _order_fail(f"bad attribute path: {exc.reason}", column + exc.column - 1)
+        clauses.append((path, bool(direction) and direction[0][0].upper() == "DESC"))
+        start += len(piece) + 1
+    return tuple(clauses)
+
+
+def _order_fail(reason: str, column: int) -> NoReturn:
+    raise WorkflowError("order_by", reason, column)
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def load_workflow(
+    config: Mapping[str, Any] | str,
+    queues: Collection[str],
+    *,
+    reservation_timeout: float = 120.0,
+) -> Workflow:
+    """Validate a TaskRouter workflow configuration (a mapping or JSON text).
+
+    Every expression is compiled here, so a workflow that loads cannot fail later on
+    syntax. Numbers may be given as strings (``"priority": "5"``), as TaskRouter allows.
+    Raises WorkflowError naming the offending path (``task_routing.filters[1].targets[0]
+    .expression``) and, for expression syntax, the column: for malformed JSON or
+    structure, unknown keys, a queue not in ``queues``, a first target without a queue,
+    a non-integer priority, a non-positive timeout, both known-worker fields at once,
+    or a bad ``order_by``. ``reservation_timeout`` (seconds an offer may stay
+    unanswered, TaskRouter's TaskReservationTimeout) must be positive.
+    """
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError as exc:
+            raise WorkflowError(
+                "", f"invalid JSON: {exc.msg} (line {exc.lineno})", exc.colno
+            ) from exc
+    root = _mapping(config, "")
+    if "task_routing" in root or not ({"filters", "default_filter"} & root.keys()):
+        _only(root, frozenset({"task_routing"}), "")
+        routing, base = _mapping(root.get("task_routing"), "task_routing"), "task_routing."
+    else:
+        routing, base = root, ""  # some TaskRouter examples omit the wrapper
+    _only(routing, frozenset({"filters", "default_filter"}), base.rstrip("."))
+    known = frozenset(queues)
+    raw_filters = routing.get("filters", [])
+    if not isinstance(raw_filters, list):
+        _fail(f"{base}filters", "must be a list")
+    filters = tuple(_filter(raw, f"{base}filters[{i}]", known) for i, raw in enumerate(raw_filters))
+    default = None
+    if routing.get("default_filter") is not None:
+        default = _target(routing["default_filter"], f"{base}default_filter", known, None)
+        # TaskRouter's default filter has no timeout and nothing after it to skip to.
+        default = replace(default, timeout=None, skip_if=None)
+    seconds = _seconds(reservation_timeout, "reservation_timeout")
+    if seconds is None:
+        _fail("reservation_timeout", "must be a positive number of seconds")
+    return Workflow(filters, default, seconds)
+
+
+def _fail(path: str, reason: str, column: int | None = None) -> NoReturn:
+    raise WorkflowError(path, reason, column)
+
+
+def _mapping(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        _fail(path, f"must be an object, not {type(value).__name__}")
+    return value
+
+
+def _only(value: Mapping[str, Any], allowed: frozenset[str], path: str) -> None:
+    # Unknown keys are usually typos ("timout"); silently ignoring one misroutes work.
+    for key in value:
+        if key not in allowed:
+            _fail(
+                f"{path}.{key}" if path else str(key),
+                f"unknown key (allowed: {', '.join(sorted(allowed))})",
+            )
+
+
+def _filter(raw: object, path: str, known: frozenset[str]) -> Filter:
+    value = _mapping(raw, path)
+    _only(value, _FILTER_KEYS, path)
+    name = value.get("filter_friendly_name", path.rpartition(".")[2])
+    if not isinstance(name, str):
+        _fail(f"{path}.filter_friendly_name", "must be a string")
+    expression = _expression(value.get("expression"), f"{path}.expression")
+    if expression is None:
+        _fail(f"{path}.expression", 'a filter needs an expression ("1==1" matches every task)')
+    raw_targets = value.get("targets")
+    if not isinstance(raw_targets, list) or not raw_targets:
+        _fail(f"{path}.targets", "must be a non-empty list")
+    targets: list[Target] = []
+    for i, raw_target in enumerate(raw_targets):
+        inherited = targets[-1].queue if targets else None
+        targets.append(_target(raw_target, f"{path}.targets[{i}]", known, inherited))
+    return Filter(name, expression, tuple(targets))
+
+
+def _target(raw: object, path: str, known: frozenset[str], inherited: str | None) -> Target:
+    value = _mapping(raw, path)
+    _only(value, _TARGET_KEYS, path)
+    queue = value.get("queue")
+    if queue is None:
+        if inherited is None:
+            _fail(f"{path}.queue", "required here (only later targets inherit the queue)")
+        queue = inherited
+    elif not isinstance(queue, str) or not queue:
+        _fail(f"{path}.queue", "must be a non-empty string")
+    elif queue not in known:
+        _fail(f"{path}.queue", f"unknown queue {queue!r} (known: {', '.join(sorted(known))})")
+    timeout = _seconds(value.get("timeout"), f"{path}.timeout")
+    order_by = value.get("order_by")
+    if order_by is not None and not isinstance(order_by, str):
+        _fail(f"{path}.order_by", "must be a string like 'worker.level DESC'")
+    try:
+        clauses = parse_order_by(order_by or "")
+    except WorkflowError as exc:
+        _fail(f"{path}.order_by", exc.reason, exc.column)
+    if "known_worker_sid" in value and "known_worker_friendly_name" in value:
+        _fail(path, "use known_worker_sid or known_worker_friendly_name, not both")
+    known_key = "known_worker_sid" if "known_worker_sid" in value else "known_worker_friendly_name"
+    return Target(
+        queue=queue,
+        priority=_integer(value.get("priority"), f"{path}.priority"),
+        timeout=timeout,
+        expression=_expression(value.get("expression"), f"{path}.expression"),
+        order_by=clauses,
+        skip_if=_canonical(_expression(value.get("skip_if"), f"{path}.skip_if")),
+        known_agent=_known_agent(value.get(known_key), f"{path}.{known_key}"),
+    )
+
+
+def _expression(value: object, path: str) -> str | None:
+    """The expression text if present and valid; blank counts as absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        _fail(path, "must be a string")
+    if not value.strip():
+        return None
+    try:
+        compile(value)
+    except ExpressionError as exc:
+        _fail(path, exc.reason, exc.column)
+    return value
+
+
+def _canonical(text: str | None) -> str | None:
+    return None if text is None else compile(text).canonical()
+
+
+def _known_agent(value: object, path: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        _fail(path, "must name a task attribute, like 'task.agent_sid'")
+    text = value.strip()
+    offset = value.index(text)
+    if text.startswith("task."):
+        text, offset = text[5:], offset + 5
+    try:
+        resolve({}, text)
+    except ExpressionError as exc:
+        _fail(path, f"bad attribute path: {exc.reason}", offset + exc.column)
+    return text
+
+
+def _integer(value: object, path: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value.strip())
+    _fail(path, "must be an integer")
+
+
+def _seconds(value: object, path: str) -> float | None:
+    """A positive finite number of seconds, None when absent; raises for anything else."""
+    if value is None:
+        return None
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value.strip())
+    if number is None or not math.isfinite(number) or number <= 0:
+        _fail(path, "must be a positive number of seconds")
+    return number

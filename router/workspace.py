@@ -1,0 +1,214 @@
+"""A workspace's configuration: statuses, channels, queues, agents and the workflow.
+
+``parse_workspace(dict)`` validates a declaration (from a config file or the admin API) and
+raises :class:`ConfigError` naming the offending path. The declaration is applied to Redis by
+``Switch.apply_workspace``; every router node then reads it back from Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from router import keys
+from router.errors import ConfigError
+from router.expressions import ExpressionError
+from router.expressions import compile as compile_expression
+from router.workflow import Workflow, WorkflowError, load_workflow
+
+__all__ = [
+    "CHANNELS",
+    "AgentConfig",
+    "ChannelConfig",
+    "QueueConfig",
+    "StatusConfig",
+    "WorkspaceConfig",
+    "parse_agent",
+    "parse_queue",
+    "parse_workspace",
+]
+
+CHANNELS = ("chat", "email", "voice")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    name: str
+    routable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """Per-channel routing defaults: how long an offer waits and the default priority."""
+
+    offer_timeout_s: float
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    id: str
+    name: str
+    target: str = "1 == 1"  # which agents serve this queue (TaskRouter's target_workers)
+    order: str = "fifo"  # fifo | lifo
+    sl_target_s: float = 60.0  # service level: share of cases answered within this many s
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    id: str
+    name: str
+    attributes: Mapping[str, Any]
+    capacity: Mapping[str, int]
+    role: str = "agent"  # agent | supervisor | admin
+    password: str | None = None  # plain text from a config file; stored hashed
+
+
+DEFAULT_STATUSES = (
+    StatusConfig("available", True),
+    StatusConfig("away", False),
+    StatusConfig("offline", False),
+)
+DEFAULT_CHANNELS = {
+    "voice": ChannelConfig(offer_timeout_s=15, priority=10),
+    "chat": ChannelConfig(offer_timeout_s=30, priority=5),
+    "email": ChannelConfig(offer_timeout_s=120, priority=0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceConfig:
+    id: str
+    queues: tuple[QueueConfig, ...]
+    agents: tuple[AgentConfig, ...]
+    workflow: Workflow
+    workflow_json: Mapping[str, Any]
+    statuses: tuple[StatusConfig, ...] = DEFAULT_STATUSES
+    channels: Mapping[str, ChannelConfig] = field(default_factory=lambda: dict(DEFAULT_CHANNELS))
+    reopen_window_s: float = 72 * 3600
+    reopen_agent_timeout_s: float = 120
+    transfer_agent_timeout_s: float = 60
+    max_missed_offers: int = 3
+    reject_status: str | None = None
+    timezone: str = "UTC"
+    dispositions: tuple[str, ...] = ("resolved", "follow-up", "no-answer", "spam")
+    canned: Mapping[str, str] = field(default_factory=dict)
+
+    def status(self, name: str) -> StatusConfig | None:
+        return next((s for s in self.statuses if s.name == name), None)
+
+    def queue(self, qid: str) -> QueueConfig | None:
+        return next((q for q in self.queues if q.id == qid), None)
+
+
+def _req(d: Mapping[str, Any], key: str, path: str, typ: type | tuple[type, ...] = str) -> Any:
+    if key not in d:
+        raise ConfigError(f"{path}.{key}: required")
+    v = d[key]
+    if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
+        raise ConfigError(f"{path}.{key}: expected {getattr(typ, '__name__', typ)}")
+    return v
+
+
+def _id(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not keys.valid_id(value):
+        raise ConfigError(f"{path}: ids are 1-64 characters of A-Z a-z 0-9 _ . @ + -")
+    return value
+
+
+def _number(value: Any, path: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: expected a number") from None
+
+
+def parse_queue(d: Mapping[str, Any], path: str = "queue") -> QueueConfig:
+    qid = _id(d.get("id"), f"{path}.id")
+    target = str(d.get("target", "1 == 1"))
+    try:
+        compile_expression(target)
+    except ExpressionError as e:
+        raise ConfigError(f"{path}.target: {e}") from None
+    order = str(d.get("order", "fifo")).lower()
+    if order not in ("fifo", "lifo"):
+        raise ConfigError(f"{path}.order: fifo or lifo")
+    sl = _number(d.get("sl_target_s", 60), f"{path}.sl_target_s")
+    return QueueConfig(qid, str(d.get("name", qid)), target, order, sl)
+
+
+def parse_agent(d: Mapping[str, Any], path: str = "agent") -> AgentConfig:
+    aid = _id(d.get("id"), f"{path}.id")
+    attrs = d.get("attributes", {})
+    if not isinstance(attrs, Mapping):
+        raise ConfigError(f"{path}.attributes: expected a map")
+    cap_in = d.get("capacity", {"chat": 3, "email": 5, "voice": 1})
+    if not isinstance(cap_in, Mapping):
+        raise ConfigError(f"{path}.capacity: expected a map of channel to count")
+    capacity: dict[str, int] = {}
+    for ch, n in cap_in.items():
+        if ch not in CHANNELS:
+            raise ConfigError(f"{path}.capacity.{ch}: unknown channel")
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 100:
+            raise ConfigError(f"{path}.capacity.{ch}: an integer 0-100")
+        capacity[ch] = n
+    role = str(d.get("role", "agent"))
+    if role not in ("agent", "supervisor", "admin"):
+        raise ConfigError(f"{path}.role: agent, supervisor or admin")
+    pw = d.get("password")
+    return AgentConfig(
+        aid, str(d.get("name", aid)), dict(attrs), capacity, role, None if pw is None else str(pw)
+    )
+
+
+def parse_workspace(d: Mapping[str, Any]) -> WorkspaceConfig:
+    """Validate a workspace declaration; raise ConfigError naming the offending path."""
+    ws = _id(d.get("id", "default"), "workspace.id")
+    queues = tuple(parse_queue(q, f"queues[{i}]") for i, q in enumerate(d.get("queues", [])))
+    if not queues:
+        raise ConfigError("queues: at least one queue")
+    qids = [q.id for q in queues]
+    if len(set(qids)) != len(qids):
+        raise ConfigError("queues: duplicate id")
+    agents = tuple(parse_agent(a, f"agents[{i}]") for i, a in enumerate(d.get("agents", [])))
+    wf_json = d.get("workflow") or {"task_routing": {"default_filter": {"queue": qids[0]}}}
+    try:
+        workflow = load_workflow(wf_json, qids)
+    except WorkflowError as e:
+        raise ConfigError(f"workflow: {e}") from None
+    statuses = list(DEFAULT_STATUSES)
+    for i, s in enumerate(d.get("statuses", [])):
+        name = _id(s.get("name") if isinstance(s, Mapping) else s, f"statuses[{i}]")
+        routable = bool(s.get("routable", False)) if isinstance(s, Mapping) else False
+        statuses = [x for x in statuses if x.name != name] + [StatusConfig(name, routable)]
+    channels = dict(DEFAULT_CHANNELS)
+    for ch, c in (d.get("channels") or {}).items():
+        if ch not in CHANNELS:
+            raise ConfigError(f"channels.{ch}: unknown channel")
+        base = channels[ch]
+        channels[ch] = ChannelConfig(
+            _number(c.get("offer_timeout_s", base.offer_timeout_s), f"channels.{ch}"),
+            int(_number(c.get("priority", base.priority), f"channels.{ch}.priority")),
+        )
+    routing = d.get("routing") or {}
+    reject_status = routing.get("reject_status")
+    if reject_status is not None and reject_status not in {s.name for s in statuses}:
+        raise ConfigError("routing.reject_status: not a configured status")
+    return WorkspaceConfig(
+        id=ws,
+        queues=queues,
+        agents=agents,
+        workflow=workflow,
+        workflow_json=wf_json,
+        statuses=tuple(statuses),
+        channels=channels,
+        reopen_window_s=_number(routing.get("reopen_window_s", 72 * 3600), "routing"),
+        reopen_agent_timeout_s=_number(routing.get("reopen_agent_timeout_s", 120), "routing"),
+        transfer_agent_timeout_s=_number(routing.get("transfer_agent_timeout_s", 60), "routing"),
+        max_missed_offers=int(routing.get("max_missed_offers", 3)),
+        reject_status=reject_status,
+        timezone=str(d.get("timezone", "UTC")),
+        dispositions=tuple(d.get("dispositions", ("resolved", "follow-up", "no-answer", "spam"))),
+        canned=dict(d.get("canned", {})),
+    )

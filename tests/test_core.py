@@ -1,0 +1,215 @@
+"""The routing core end to end on real Redis: ingest → triage → queue → offer → accept → done."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from router.errors import BadRequest, Conflict, NotFound
+from router.store import now_ms
+from router.switch import Switch
+from tests.switchboard_fixtures import DECL, Inbox, agent, chat
+
+
+async def setup(sw: Switch, *agents: dict[str, Any]) -> None:
+    await sw.apply_workspace({**DECL, "agents": list(agents)})
+
+
+async def case_field(sw: Switch, case: str, field: str) -> str | None:
+    v = await sw.redis.hget(f"sb:{{acme}}:c:{case}", field)
+    return v.decode() if v else None
+
+
+async def test_available_agent_gets_offer_and_full_lifecycle(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1"))
+    assert r.action == "created" and not r.duplicate
+    offer = inbox.last_offer("ann")
+    assert offer["case"]["id"] == r.case
+    assert offer["case"]["queue"] == "support"
+    assert offer["customer"]["identities"] == ["email:alice@example.com"]
+    assert [e["text"] for e in offer["timeline"]] == ["hello"]
+    assert offer["why"]["queue"] == "support"
+    await switch.accept("acme", "ann", offer["offer"])
+    assert await case_field(switch, r.case, "st") == "assigned"
+    await switch.wrapup("acme", "ann", r.case)
+    await switch.complete("acme", "ann", r.case, "resolved", "sorted")
+    assert await case_field(switch, r.case, "st") == "completed"
+
+
+async def test_duplicate_event_changes_nothing(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r1 = await switch.ingest("acme", chat("e1"))
+    r2 = await switch.ingest("acme", chat("e1"))
+    assert r2.duplicate and r2.case == r1.case
+    assert len(inbox.offers("ann")) == 1
+    assert await switch.redis.llen(f"sb:{{acme}}:cu:{r1.customer}:tl") == 1
+
+
+async def test_waiting_cases_go_by_priority_then_age(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support", "sales"], chat=1))
+    low1 = await switch.ingest("acme", chat("a", email="a@x.test"))
+    low2 = await switch.ingest("acme", chat("b", email="b@x.test"))
+    high = await switch.ingest("acme", chat("c", email="c@x.test", attributes={"topic": "sales"}))
+    order = []
+    await switch.set_status("acme", "ann", "available")
+    for _ in range(3):
+        o = inbox.last_offer("ann")
+        order.append(o["case"]["id"])
+        await switch.accept("acme", "ann", o["offer"])
+        await switch.complete("acme", "ann", o["case"]["id"])
+    assert order == [high.case, low1.case, low2.case]
+
+
+async def test_reject_goes_to_next_agent_not_back(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    await switch.set_status("acme", "bob", "available")
+    r = await switch.ingest("acme", chat("e1"))
+    first = "ann" if inbox.offers("ann") else "bob"
+    other = "bob" if first == "ann" else "ann"
+    await switch.reject("acme", first, inbox.last_offer(first)["offer"])
+    assert inbox.last_offer(other)["case"]["id"] == r.case
+    # the rejecting agent is not offered it again after the other one rejects too
+    await switch.reject("acme", other, inbox.last_offer(other)["offer"])
+    assert len(inbox.offers(first)) == 1
+    assert await case_field(switch, r.case, "st") == "queued"
+
+
+async def test_accept_is_idempotent_and_guarded(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["sales"]))
+    await switch.set_status("acme", "ann", "available")
+    await switch.ingest("acme", chat("e1"))
+    oid = inbox.last_offer("ann")["offer"]
+    with pytest.raises(NotFound):
+        await switch.accept("acme", "bob", oid)
+    a1 = await switch.accept("acme", "ann", oid)
+    a2 = await switch.accept("acme", "ann", oid)
+    assert not a1["duplicate"] and a2["duplicate"]
+    with pytest.raises(Conflict):
+        await switch.reject("acme", "ann", oid)
+
+
+async def test_offer_timeout_requeues_and_missed_offers_set_away(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"], chat=3))
+    await switch.set_status("acme", "ann", "available")
+    for i in range(3):
+        await switch.ingest("acme", chat(f"e{i}", email=f"c{i}@x.test"))
+    assert len(inbox.offers("ann")) == 3
+    await switch.run_timers("acme", now=now_ms() + 31_000)
+    st = await switch.redis.hget("sb:{acme}:a:ann", "st")
+    assert st == b"away"
+    with pytest.raises(Conflict):
+        await switch.accept("acme", "ann", inbox.offers("ann")[0]["offer"])
+    assert await switch.redis.zcard("sb:{acme}:q:support:wait") == 3
+
+
+async def test_capacity_is_never_exceeded(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"], chat=2))
+    await switch.set_status("acme", "ann", "available")
+    for i in range(4):
+        await switch.ingest("acme", chat(f"e{i}", email=f"c{i}@x.test"))
+    assert len(inbox.offers("ann")) == 2
+    o = inbox.offers("ann")[0]
+    await switch.accept("acme", "ann", o["offer"])
+    await switch.complete("acme", "ann", o["case"]["id"])
+    assert len(inbox.offers("ann")) == 3
+
+
+async def test_one_customer_across_channels_one_timeline(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"], chat=5, email=5, voice=1))
+    await switch.ingest("acme", chat("c1", email="al@x.test", text="chat first"))
+    await switch.ingest("acme", {"id": "m1", "channel": "email", "identities":
+                                 {"email": "AL@x.test", "phone": "+15551230000"},
+                                 "subject": "still broken", "text": "mail second"})
+    await switch.ingest("acme", {"id": "v1", "channel": "voice", "kind": "call.offered",
+                                 "identities": {"phone": "+1 555 123 0000"}, "thread": "CA1",
+                                 "text": "incoming call"})
+    await switch.set_status("acme", "ann", "available")
+    voice = [o for o in inbox.offers("ann") if o["case"]["channel"] == "voice"][0]
+    texts = [e["text"] for e in voice["timeline"]]
+    assert texts == ["chat first", "mail second", "incoming call"]
+
+
+async def test_followup_message_reaches_assigned_agent(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1", thread="conv1"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    r2 = await switch.ingest("acme", chat("e2", thread="conv1", text="are you there?"))
+    assert r2.case == r.case and r2.action == "appended"
+    msg = [f for f in inbox.frames["ann"] if f["type"] == "case.message"]
+    assert msg[-1]["entry"]["text"] == "are you there?"
+
+
+async def test_reopen_prefers_last_agent(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1", thread="conv1"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.complete("acme", "ann", r.case)
+    await switch.set_status("acme", "bob", "available")
+    await switch.set_status("acme", "ann", "away")
+    r2 = await switch.ingest("acme", chat("e2", thread="conv1", text="one more thing"))
+    assert r2.action == "reopened" and r2.case == r.case
+    assert not inbox.offers("bob")  # waits for ann first
+    await switch.set_status("acme", "ann", "available")
+    assert inbox.last_offer("ann")["case"]["id"] == r.case
+    assert inbox.last_offer("ann")["why"]["reason"].startswith("preferred agent")
+
+
+async def test_escalation_keeps_age_and_relaxes_skills(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"], languages=["en"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1", attributes={"language": "es"}))
+    assert not inbox.offers("ann")  # step 1 needs a Spanish speaker
+    age = await case_field(switch, r.case, "age")
+    await switch.run_timers("acme", now=now_ms() + 31_000)
+    o = inbox.last_offer("ann")
+    assert o["case"]["id"] == r.case and o["case"]["step"] == 2 and o["case"]["priority"] == 20
+    assert await case_field(switch, r.case, "age") == age
+
+
+async def test_transfer_to_agent_and_queue(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["sales"]))
+    await switch.set_status("acme", "ann", "available")
+    await switch.set_status("acme", "bob", "available")
+    r = await switch.ingest("acme", chat("e1"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.transfer("acme", "ann", r.case, to_agent="bob", note="billing question")
+    o = inbox.last_offer("bob")
+    assert o["case"]["id"] == r.case
+    assert o["timeline"][-1]["kind"] == "transfer"
+    await switch.accept("acme", "bob", o["offer"])
+    await switch.transfer("acme", "bob", r.case, queue="support")
+    assert inbox.last_offer("ann")["case"]["id"] == r.case
+    with pytest.raises(BadRequest):
+        await switch.transfer("acme", "ann", r.case, queue="support", to_agent="bob")
+
+
+async def test_call_ended_while_waiting_abandons(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]))
+    call = {"id": "v1", "channel": "voice", "kind": "call.offered",
+            "identities": {"phone": "+15550001111"}, "thread": "CA9"}
+    r = await switch.ingest("acme", call)
+    end = {**call, "id": "v2", "kind": "call.ended"}
+    r2 = await switch.ingest("acme", end)
+    assert r2.action == "abandoned" and r2.case == r.case
+    assert await case_field(switch, r.case, "st") == "abandoned"
+    await switch.set_status("acme", "ann", "available")
+    assert not inbox.offers("ann")
+
+
+async def test_reply_goes_to_outbox_only_from_owner(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    with pytest.raises(NotFound):
+        await switch.reply("acme", "bob", r.case, "hi from bob")
+    await switch.reply("acme", "ann", r.case, "hi from ann")
+    out = await switch.redis.xrange("sb:{acme}:out")
+    assert len(out) == 1 and out[0][1][b"case"] == r.case.encode()
