@@ -65,6 +65,9 @@ class ExpressionError(ValueError):
         self.column = column
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[ExpressionError], tuple[str, int, str]]:
+        return (ExpressionError, (self.expression, self.column, self.reason))
+
 
 # --- values -----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["case_view", "customer_view", "offer_frame", "pairs"]
+__all__ = ["case_view", "chat_frame", "customer_view", "offer_frame", "pairs"]
 
 _INT_FIELDS = ("pri", "created", "updated", "assigned", "closed", "age", "step")
 
@@ -96,3 +96,16 @@ def offer_frame(payload: Mapping[str, Any]) -> dict[str, Any]:
         frame["timeline"] = tl if isinstance(tl, list) else []
         frame["timeline_total"] = cust.get("total", 0)
     return frame
+
+
+def chat_frame(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """What a customer's widget sees of a timeline entry: no internal fields, no agent id."""
+    return {
+        "type": "message",
+        "case": entry.get("case", ""),
+        "id": entry.get("id", ""),
+        "dir": entry.get("dir", ""),
+        "text": entry.get("text", ""),
+        "from": entry.get("from", "") if entry.get("dir") == "out" else "",
+        "ts": entry.get("ts", 0),
+    }

@@ -8,9 +8,7 @@ push to the ``notify`` callback — whichever node or process calls it. Errors a
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router import keys
+from router.auth import hash_password
 from router.errors import BadRequest, NotFound, StoreUnavailable, from_script
 from router.ingest import Event, parse_event, timeline_entry
 from router.push import offer_frame
@@ -25,7 +24,7 @@ from router.store import Store, now_ms
 from router.triage import PoolSpec, agent_data, pool_members, reopen_plan, triage
 from router.workspace import AgentConfig, WorkspaceConfig, parse_agent, parse_workspace
 
-__all__ = ["IngestResult", "Notify", "Switch", "hash_password", "verify_password"]
+__all__ = ["IngestResult", "Notify", "Switch", "new_id"]
 
 #: notify(workspace, agent id, frame) — deliver a server → agent frame to that agent's consoles.
 Notify = Callable[[str, str, dict[str, Any]], Awaitable[None]]
@@ -52,29 +51,13 @@ def new_id(tag: str) -> str:
     return f"{tag}{int(time.time() * 1000):x}{secrets.token_hex(6)}"
 
 
-def hash_password(password: str) -> str:
-    salt = os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
-    return f"scrypt${salt.hex()}${digest.hex()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    try:
-        scheme, salt, digest = stored.split("$")
-    except ValueError:
-        return False
-    if scheme != "scrypt":
-        return False
-    got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=2**14, r=8, p=1)
-    return secrets.compare_digest(got.hex(), digest)
-
-
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     case: str
     customer: str
     action: str  # created | appended | reopened | abandoned | stale | ignored
     duplicate: bool
+    offered: bool = False  # this very call offered the case to an agent
 
 
 class Switch:
@@ -266,7 +249,9 @@ class Switch:
             _json(reopen_plan(cfg, tri)), "" if ev.seq is None else ev.seq, DEDUPE_TTL_S,
         )
         await self._dispatch(ws, res)
-        return IngestResult(res["case"], res["customer"], res["action"], bool(res["duplicate"]))
+        offered = any(o.get("case") == res["case"] for o in _as_list(res.get("offers")))
+        return IngestResult(res["case"], res["customer"], res["action"], bool(res["duplicate"]),
+                            offered)
 
     # -- agent actions -------------------------------------------------------------------------
 

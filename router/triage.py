@@ -13,11 +13,11 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from router.expressions import clock_values
+from router.expressions import Expression, ExpressionError, clock_values
 from router.expressions import compile as compile_expression
 from router.workflow import Step
 from router.workspace import AgentConfig, WorkspaceConfig
@@ -45,6 +45,16 @@ class PoolSpec:
     queue: str
     filter: str  # canonical expression over agent attributes; "true" = the whole queue
     order_by: tuple[tuple[str, bool], ...] = ()
+    # compiled filter when known (bound task values can make the text exceed compile()'s bound)
+    expression: Expression | None = field(default=None, compare=False, repr=False)
+
+    def compiled(self) -> Expression | None:
+        if self.expression is not None:
+            return self.expression
+        try:
+            return compile_expression(self.filter)
+        except ExpressionError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +125,9 @@ def pool_members(
 ) -> list[list[Any]]:
     """``[[agent id, order value], ...]`` for the agents (id -> agent_data) in the pool."""
     q = compile_expression(queue_target).strip_prefix("worker")
-    f = compile_expression(spec.filter)
+    f = spec.compiled()
+    if f is None:
+        return []
     return [
         [aid, order_value(data, spec.order_by)]
         for aid, data in agents.items()
@@ -142,6 +154,7 @@ def _step(
         step.queue,
         step.worker_filter,
         tuple(step.order_by),
+        step.worker_expression,
     )
     out["pool"] = spec.id
     return out, spec

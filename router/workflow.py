@@ -69,6 +69,9 @@ class WorkflowError(ValueError):
         self.reason = reason
         self.column = column
 
+    def __reduce__(self) -> tuple[type[WorkflowError], tuple[str, str, int | None]]:
+        return (WorkflowError, (self.path, self.reason, self.column))
+
 
 @dataclass(frozen=True)
 class Target:
@@ -119,13 +122,16 @@ class Step:
 
 @dataclass(frozen=True)
 class Plan:
-    """The route of one case: ``steps`` in order, then ``fallback``.
+    """The route of one case: ``steps`` in order, then possibly ``fallback``.
 
-    A step's timeout moves the case to the next step, keeping its age. When the last
-    step's timeout expires the case is cancelled (TaskRouter's WorkflowTimeout). A step
-    without a timeout holds the case until it is assigned or skipped. Skipping past the
-    last step leads to ``fallback`` (the default filter) when there is one. No steps
-    at all (nothing matched, no default filter): the caller cancels the case.
+    ``steps`` holds the matched filter's targets, then those of later filters that also
+    match, as far as a case can get: it stops after a step with neither timeout nor
+    ``skip_if``, which holds the case until it is assigned. A step's timeout moves the
+    case to the next step, keeping its age; when the last step's timeout expires the
+    case is cancelled (TaskRouter's WorkflowTimeout). A held ``skip_if`` moves it on at
+    once; skipping past the last step leads to ``fallback``, the default filter, which
+    is set only when that can happen. No steps at all (nothing matched and no default
+    filter): the caller cancels the case.
     """
 
     filter_name: str
@@ -172,22 +178,29 @@ class Workflow:
         steps: list[Step] = []
         priority, first = default_priority, ""
         for rule in self.filters:
-            if steps and steps[-1].timeout is None and steps[-1].skip_if is None:
-                break  # the case can never leave the previous filter's last step
+            if steps and _holds(steps[-1]):
+                break
             if not _filter_expression(rule.expression).evaluate(attributes):
                 continue
             first = first or rule.name
             for target in rule.targets:
                 priority = priority if target.priority is None else target.priority
                 steps.append(_step(len(steps), rule.name, target, priority, task, moments))
+                if _holds(steps[-1]):
+                    break
         fallback = None
-        if self.default_target is not None:
+        if self.default_target is not None and (not steps or steps[-1].skip_if is not None):
             target = self.default_target
             final = priority if target.priority is None else target.priority
             fallback = _step(len(steps), DEFAULT_FILTER_NAME, target, final, task, moments)
         if not steps:
             return Plan(DEFAULT_FILTER_NAME, (fallback,) if fallback else ())
         return Plan(first, tuple(steps), fallback)
+
+
+def _holds(step: Step) -> bool:
+    """Whether a case can never leave ``step`` unassigned, making later targets unreachable."""
+    return step.timeout is None and step.skip_if is None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -226,7 +239,7 @@ def _step(
 def _agent_id(value: object) -> str | None:
     if isinstance(value, str) and value:
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
         return str(value)
     return None
 

@@ -106,7 +106,7 @@ def _req(d: Mapping[str, Any], key: str, path: str, typ: type | tuple[type, ...]
     if key not in d:
         raise ConfigError(f"{path}.{key}: required")
     v = d[key]
-    if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
+    if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
         raise ConfigError(f"{path}.{key}: expected {getattr(typ, '__name__', typ)}")
     return v
 

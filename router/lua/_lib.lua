@@ -255,7 +255,9 @@ local function end_unassigned(c, status, reason)
   local ck = k_case(c)
   dequeue(c)
   redis.call('HSET', ck, 'st', status, 'reason', reason, 'closed', NOW, 'updated', NOW)
-  log('case.' .. status, {'case', c, 'reason', reason})
+  local cq = redis.call('HMGET', ck, 'q', 'created', 'ch')
+  log('case.' .. status, {'case', c, 'reason', reason, 'queue', cq[1] or '', 'ch', cq[3] or '',
+    'waited', NOW - (tonumber(cq[2]) or NOW)})
 end
 
 -- Enter workflow step i (1-based) of the case's plan, keeping the case's age; steps whose

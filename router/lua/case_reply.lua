@@ -19,7 +19,8 @@ redis.call('RPUSH', k_timeline(cs[4]), raw)
 redis.call('HSET', ck, 'updated', NOW)
 if ARGV[5] == 'reply' then
   redis.call('HSETNX', ck, 'first_reply', NOW)
-  redis.call('XADD', k_outbox(), 'MAXLEN', '~', 100000, '*', 'ch', cs[3], 'case', c,
+  redis.call('XADD', k_outbox(), 'MAXLEN', '~', 100000, '*', 'kind', 'deliver', 'ch', cs[3],
+    'case', c,
     'customer', cs[4], 'thread', cs[5] or '', 'subject', cs[6] or '', 'entry', raw)
   redis.call('PUBLISH', P .. 'push:c:' .. c, raw)
 end

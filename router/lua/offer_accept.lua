@@ -20,5 +20,12 @@ redis.call('HSET', ck, 'st', 'assigned', 'agent', a, 'last_agent', a, 'assigned'
 redis.call('HSETNX', ck, 'first_assigned', NOW)
 redis.call('ZREM', k_timers(), 'e|' .. c .. '|' .. (hget(ck, 'step') or '1'))
 redis.call('HSET', k_agent(a), 'missed', 0)
-log('offer.accepted', {'case', c, 'agent', a, 'offer', o})
+local cq = redis.call('HMGET', ck, 'q', 'created', 'thread', 'cust')
+log('offer.accepted', {'case', c, 'agent', a, 'offer', o, 'queue', cq[1], 'ch', of[4],
+  'waited', NOW - (tonumber(cq[2]) or NOW)})
+if of[4] == 'voice' then
+  -- the bridge that holds the call connects it to the agent (durable, via the outbox)
+  redis.call('XADD', k_outbox(), 'MAXLEN', '~', 100000, '*', 'kind', 'call.connect', 'ch', 'voice',
+    'case', c, 'customer', cq[4] or '', 'thread', cq[3] or '', 'agent', a)
+end
 return result({ok = true, case = c, duplicate = false, fields = redis.call('HGETALL', ck)})

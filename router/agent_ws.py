@@ -1,0 +1,229 @@
+"""``/ws/agent`` — agent and supervisor consoles.
+
+Connect with ``?token=<ws token>`` (from ``POST /api/ws-token``) and subprotocol
+``switchboard.v1.json`` (browsers) or ``switchboard.v1.msgpack``. The first server frame is
+``hello``, the full snapshot; it is sent again on every reconnect. Frames are documented in
+docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from router import keys, snapshot, wire
+from router.auth import Principal, origin_allowed
+from router.context import Ctx
+from router.errors import CLOSE_CODES, BadRequest, Forbidden, NotFound, SwitchboardError
+from router.hub import Conn
+from router.metrics import METRICS
+from router.session import serve_frames
+
+__all__ = ["agent_endpoint"]
+
+
+def _str(frame: dict[str, Any], name: str, limit: int = 200, required: bool = True) -> str:
+    v = frame.get(name)
+    if v is None and not required:
+        return ""
+    if not isinstance(v, str) or (required and not v) or len(v) > limit:
+        raise BadRequest(f"{name}: expected a string of at most {limit} characters",
+                         code="frame.invalid")
+    return v
+
+
+async def reject_connection(websocket: WebSocket, codec: wire.Codec | None, code: str,
+                            message: str) -> None:
+    """Accept, say why in an error frame, close with 1008 — the client learns the reason."""
+    await websocket.accept(subprotocol=codec)
+    frame = {"type": "error", "code": code, "message": message}
+    data = wire.encode(frame, codec or wire.JSON)
+    if isinstance(data, bytes):
+        await websocket.send_bytes(data)
+    else:
+        await websocket.send_text(data)
+    await websocket.close(CLOSE_CODES["policy"], message[:100])
+
+
+class AgentSession:
+    def __init__(self, ctx: Ctx, who: Principal, conn: Conn) -> None:
+        self.ctx, self.who, self.conn = ctx, who, conn
+        self.ws, self.agent = who.workspace, who.subject
+        self.sw = ctx.switch
+
+    async def handle(self, f: dict[str, Any]) -> dict[str, Any] | None:
+        method = _HANDLERS.get(f["type"])
+        if method is None:
+            raise BadRequest(f"unknown frame type {f['type'][:40]!r}", code="frame.unknown_type")
+        result: dict[str, Any] | None = await method(self, f)
+        return result
+
+    async def status(self, f: dict[str, Any]) -> dict[str, Any]:
+        res = await self.sw.set_status(self.ws, self.agent, _str(f, "status", 64))
+        return {"status": res["status"]}
+
+    async def accept(self, f: dict[str, Any]) -> dict[str, Any]:
+        res = await self.sw.accept(self.ws, self.agent, _str(f, "offer", 64))
+        detail = await snapshot.case_detail(self.ctx.redis, self.ws, res["case"])
+        METRICS.offer_outcomes.labels("accepted").inc()
+        return {"case": res["case"], "duplicate": res["duplicate"], "detail": detail}
+
+    async def reject(self, f: dict[str, Any]) -> dict[str, Any]:
+        res = await self.sw.reject(self.ws, self.agent, _str(f, "offer", 64))
+        METRICS.offer_outcomes.labels("rejected").inc()
+        return {"case": res["case"], "duplicate": res["duplicate"]}
+
+    async def reply(self, f: dict[str, Any]) -> dict[str, Any]:
+        res = await self.sw.reply(self.ws, self.agent, _str(f, "case", 64),
+                                  _str(f, "text", 32_000), agent_name=await self._name())
+        return {"entry": res["entry"]}
+
+    async def note(self, f: dict[str, Any]) -> dict[str, Any]:
+        res = await self.sw.reply(self.ws, self.agent, _str(f, "case", 64),
+                                  _str(f, "text", 32_000), note=True,
+                                  agent_name=await self._name())
+        return {"entry": res["entry"]}
+
+    async def transfer(self, f: dict[str, Any]) -> None:
+        await self.sw.transfer(
+            self.ws, self.agent, _str(f, "case", 64), queue=_str(f, "queue", 64, False),
+            to_agent=_str(f, "agent", 64, False), note=_str(f, "note", 2000, False),
+        )
+
+    async def wrapup(self, f: dict[str, Any]) -> None:
+        await self.sw.wrapup(self.ws, self.agent, _str(f, "case", 64))
+
+    async def complete(self, f: dict[str, Any]) -> None:
+        await self.sw.complete(self.ws, self.agent, _str(f, "case", 64),
+                               _str(f, "disposition", 64, False), _str(f, "note", 4000, False))
+
+    async def followup(self, f: dict[str, Any]) -> dict[str, Any]:
+        due = f.get("due")
+        if due is None and isinstance(f.get("in_s"), int | float):
+            due = int((time.time() + float(f["in_s"])) * 1000)
+        if isinstance(due, bool) or not isinstance(due, int | float):
+            raise BadRequest("due: ms since the epoch (or in_s: seconds from now)",
+                             code="frame.invalid")
+        res = await self.sw.followup(self.ws, self.agent, _str(f, "case", 64), int(due),
+                                     _str(f, "note", 2000, False))
+        return {"due": res["due"]}
+
+    async def history(self, f: dict[str, Any]) -> dict[str, Any]:
+        customer = _str(f, "customer", 64)
+        if not self.who.can("supervisor") and customer not in await self._my_customers():
+            raise NotFound("customer not found", code="customer.unknown")
+        before = f.get("before")
+        if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+            raise BadRequest("before: an index from a previous page", code="frame.invalid")
+        limit = f.get("limit", 50)
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise BadRequest("limit: an integer", code="frame.invalid")
+        page = await snapshot.history(self.ctx.redis, self.ws, customer, before, limit)
+        return {"history": page}
+
+    async def ping(self, f: dict[str, Any]) -> dict[str, Any]:
+        return {"ts": time.time()}
+
+    # -- supervisors -------------------------------------------------------------------------
+
+    def _supervisor(self) -> None:
+        if not self.who.can("supervisor"):
+            raise Forbidden("supervisors only", code="forbidden")
+
+    async def stats(self, f: dict[str, Any]) -> dict[str, Any]:
+        self._supervisor()
+        cfg = await self.sw.config(self.ws)
+        return {"stats": await self.ctx.stats.snapshot(self.ctx.redis, cfg, self.ws)}
+
+    async def move(self, f: dict[str, Any]) -> None:
+        self._supervisor()
+        await self.sw.transfer(self.ws, "", _str(f, "case", 64), queue=_str(f, "queue", 64),
+                               note=_str(f, "note", 2000, False))
+
+    async def agent_status(self, f: dict[str, Any]) -> dict[str, Any]:
+        self._supervisor()
+        res = await self.sw.set_status(self.ws, _str(f, "agent", 64), _str(f, "status", 64))
+        return {"status": res["status"]}
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _name(self) -> str:
+        v = await self.ctx.redis.hget(keys.agent(self.ws, self.agent), "name")
+        return v.decode() if v else self.agent
+
+    async def _my_customers(self) -> set[str]:
+        r = self.ctx.redis
+        cases = {c.decode() for c in await r.smembers(keys.agent_cases(self.ws, self.agent))}
+        for o in await r.smembers(keys.agent_offers(self.ws, self.agent)):
+            c = await r.hget(keys.offer(self.ws, o.decode()), "case")
+            if c:
+                cases.add(c.decode())
+        out = set()
+        for c in cases:
+            u = await r.hget(keys.case(self.ws, c), "cust")
+            if u:
+                out.add(u.decode())
+        return out
+
+
+_HANDLERS = {
+    "status": AgentSession.status,
+    "offer.accept": AgentSession.accept,
+    "offer.reject": AgentSession.reject,
+    "case.reply": AgentSession.reply,
+    "case.note": AgentSession.note,
+    "case.transfer": AgentSession.transfer,
+    "case.wrapup": AgentSession.wrapup,
+    "case.complete": AgentSession.complete,
+    "case.followup": AgentSession.followup,
+    "history.fetch": AgentSession.history,
+    "ping": AgentSession.ping,
+    "stats.fetch": AgentSession.stats,
+    "case.move": AgentSession.move,
+    "agent.status": AgentSession.agent_status,
+}
+
+
+async def agent_endpoint(websocket: WebSocket) -> None:
+    ctx: Ctx = websocket.app.state.ctx
+    s = ctx.settings
+    codec = wire.choose(websocket.scope.get("subprotocols", []))
+    if codec is None:
+        await reject_connection(websocket, None, "subprotocol.unsupported",
+                                f"speak one of {', '.join(wire.SUBPROTOCOLS)}")
+        return
+    if not origin_allowed(websocket.headers.get("origin"), s.allowed_origins):
+        await reject_connection(websocket, codec, "origin.forbidden", "origin not allowed")
+        return
+    if ctx.draining:
+        await websocket.accept(subprotocol=codec)
+        await websocket.close(CLOSE_CODES["restart"], "draining")
+        return
+    try:
+        who = ctx.tokens.verify(websocket.query_params.get("token", ""), "ws")
+        if not await ctx.redis.exists(keys.agent(who.workspace, who.subject)):
+            raise NotFound("agent not found", code="agent.unknown")
+    except SwitchboardError as e:
+        await reject_connection(websocket, codec, e.code, e.message)
+        return
+    await websocket.accept(subprotocol=codec)
+    conn = Conn(websocket, codec, f"{who.workspace}/{who.subject}")
+    session = AgentSession(ctx, who, conn)
+    METRICS.connections.labels("agent").inc()
+    await ctx.hub.add_agent(who.workspace, who.subject, conn)
+    try:
+        await ctx.switch.presence(who.workspace, who.subject, True, s.grace_s)
+        cfg = await ctx.switch.config(who.workspace)
+        await conn.send(await snapshot.hello(ctx.redis, cfg, who.workspace, who.subject))
+        await serve_frames(websocket, conn, session.handle, endpoint="agent",
+                           max_frame=s.agent_max_frame, rate=s.rate_per_s)
+    finally:
+        conn.closed = True
+        METRICS.connections.labels("agent").dec()
+        await ctx.hub.remove_agent(who.workspace, who.subject, conn)
+        try:
+            await ctx.switch.presence(who.workspace, who.subject, False, s.grace_s)
+        except SwitchboardError:
+            pass

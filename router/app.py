@@ -1,0 +1,190 @@
+"""``create_app(settings)`` — the Starlette application: routes, lifespan, background loops.
+
+On startup: connect to Redis (or start the embedded redis-server when no URL is configured),
+load the transition scripts, apply the workspace file if one is configured, start the pub/sub
+hub, the timer loop and the adapter plugins. On shutdown (or SIGTERM, see ``drain``): stop
+taking work, tell consoles to reconnect elsewhere, stop everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from router import keys
+from router.agent_ws import agent_endpoint
+from router.api import api_routes
+from router.auth import Tokens
+from router.bridge_ws import bridge_endpoint
+from router.chat_ws import chat_endpoint
+from router.config import Settings, load_workspace_file
+from router.context import Ctx
+from router.embedded import EmbeddedRedis
+from router.errors import CLOSE_CODES, SwitchboardError
+from router.hub import Hub
+from router.metrics import METRICS
+from router.plugins import Plugin
+from router.stats import Stats
+from router.store import Store, connect
+from router.switch import Switch
+
+__all__ = ["WEB_DIR", "create_app", "drain"]
+
+log = logging.getLogger("switchboard.app")
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+async def _timer_loop(ctx: Ctx) -> None:
+    """Fire due timers of every workspace; any node may, each timer fires once."""
+    tick = 0
+    workspaces: list[str] = []
+    while True:
+        try:
+            if tick % 20 == 0:
+                workspaces = await ctx.switch.workspaces()
+                await ctx.switch.refresh_configs()
+            for ws in workspaces:
+                while await ctx.switch.run_timers(ws) >= 500:
+                    pass
+        except asyncio.CancelledError:
+            raise
+        except (SwitchboardError, RedisError, OSError) as e:
+            log.warning("timer loop: %s", e)
+        tick += 1
+        await asyncio.sleep(ctx.settings.timer_interval_s)
+
+
+async def drain(ctx: Ctx) -> None:
+    """Stop taking new work: /readyz turns 503, consoles are told to reconnect and closed 1012."""
+    ctx.draining = True
+    for conns in list(ctx.hub.agents.values()):
+        await ctx.hub.broadcast(conns, {"type": "drain", "message": "server restarting"})
+        for c in list(conns):
+            with contextlib.suppress(Exception):
+                await c.ws.close(CLOSE_CODES["restart"], "server restarting")  # type: ignore[attr-defined]
+
+
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings.with_secret()
+    plugins: Sequence[Plugin] = app.state.plugins
+    embedded = None
+    url = settings.redis_url
+    if not url:
+        embedded = EmbeddedRedis(Path(settings.data_dir) / "redis")
+        url = await embedded.start()
+        log.info("embedded redis-server at %s (data in %s)", url, settings.data_dir)
+    client = connect(url, max_connections=32)
+    store = Store(client)
+    await store.load()
+    node = f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(3)}"
+    hub = Hub(client, node)
+    switch = Switch(store, notify=hub.notify)
+    bridge_keys = settings.bridge_keys
+    if settings.config:
+        decl, file_bridges = load_workspace_file(settings.config)
+        await switch.apply_workspace(decl)
+        bridge_keys = bridge_keys + file_bridges
+    ctx = Ctx(settings=settings, redis_url=url, redis=client, switch=switch, hub=hub,
+              tokens=Tokens(settings.secret, {"session": settings.token_ttl_s}),
+              stats=Stats(url), node=node, bridge_keys=bridge_keys)
+    app.state.ctx = ctx
+    await hub.start()
+    timers = asyncio.create_task(_timer_loop(ctx), name="timers")
+    started: list[Plugin] = []
+    try:
+        for p in plugins:
+            await p.start(ctx)
+            started.append(p)
+        ctx.ready = True
+        log.info("switchboard node %s ready on %s:%s", node, settings.host, settings.port)
+        yield
+    finally:
+        ctx.ready = False
+        for p in reversed(started):
+            with contextlib.suppress(Exception):
+                await p.stop()
+        timers.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await timers
+        await hub.stop()
+        await ctx.stats.close()
+        await store.close()
+        if embedded is not None:
+            await embedded.stop()
+
+
+async def livez(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    ctx: Ctx = request.app.state.ctx
+    if not ctx.ready or ctx.draining:
+        return PlainTextResponse("draining" if ctx.draining else "starting", status_code=503)
+    try:
+        await ctx.redis.ping()
+    except (RedisError, OSError):
+        return PlainTextResponse("redis unreachable", status_code=503)
+    return PlainTextResponse("ready")
+
+
+async def metrics(request: Request) -> Response:
+    ctx: Ctx = request.app.state.ctx
+    with contextlib.suppress(RedisError, SwitchboardError, OSError):
+        for ws in await ctx.switch.workspaces():
+            cfg = await ctx.switch.config(ws)
+            for q in cfg.queues:
+                depth = await ctx.redis.zcard(keys.queue_waiting(ws, q.id))
+                METRICS.queue_depth.labels(ws, q.id).set(depth)
+    return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _page(name: str) -> Any:
+    async def page(request: Request) -> Response:
+        return FileResponse(WEB_DIR / name, headers={
+            "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; "
+            "img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
+            "base-uri 'none'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        })
+    return page
+
+
+def create_app(settings: Settings, *, plugins: Sequence[Plugin] = ()) -> Starlette:
+    routes: list[BaseRoute] = [
+        Route("/", _page("index.html")),
+        Route("/supervisor", _page("supervisor.html")),
+        Route("/chat", _page("chat.html")),
+        Route("/livez", livez),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        WebSocketRoute("/ws/agent", agent_endpoint),
+        WebSocketRoute("/ws/bridge", bridge_endpoint),
+        WebSocketRoute("/ws/chat", chat_endpoint),
+        Mount("/api", routes=api_routes()),
+    ]
+    for p in plugins:
+        routes.extend(p.routes())
+    if WEB_DIR.is_dir():
+        routes.append(Mount("/static", StaticFiles(directory=WEB_DIR), name="static"))
+    app = Starlette(routes=routes, lifespan=_lifespan)
+    app.state.settings = settings
+    app.state.plugins = list(plugins)
+    return app

@@ -1,0 +1,107 @@
+"""Who may connect: agent passwords (scrypt), signed tokens, bridge API keys, Origin checks.
+
+Tokens are itsdangerous-signed (HMAC-SHA256, timestamped) maps — a well-reviewed library for
+exactly this, rather than hand-rolled signing. Kinds: ``session`` (REST, hours), ``ws`` (one
+WebSocket connect, minutes) and ``visitor`` (a chat widget's anonymous identity, days).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from router.config import BridgeKey
+from router.errors import Unauthorized
+
+__all__ = [
+    "Principal",
+    "Tokens",
+    "find_bridge",
+    "hash_password",
+    "origin_allowed",
+    "verify_password",
+]
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+TTL = {"session": 12 * 3600, "ws": 300, "visitor": 30 * 86400}
+
+
+def hash_password(password: str) -> str:
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Constant-time check; False for any malformed stored hash."""
+    try:
+        scheme, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), **_SCRYPT)
+    except ValueError:
+        return False
+    return hmac.compare_digest(got.hex(), digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    kind: str  # session | ws | visitor
+    workspace: str
+    subject: str  # agent id or visitor id
+    role: str = "agent"  # agent | supervisor | admin | visitor
+
+    def can(self, role: str) -> bool:
+        order = {"visitor": 0, "agent": 1, "supervisor": 2, "admin": 3}
+        return order.get(self.role, -1) >= order[role]
+
+
+class Tokens:
+    def __init__(self, secret: str, ttl: dict[str, int] | None = None) -> None:
+        self._s = URLSafeTimedSerializer(secret, salt="switchboard.v1")
+        self._ttl = {**TTL, **(ttl or {})}
+
+    def issue(self, p: Principal) -> str:
+        return self._s.dumps({"k": p.kind, "w": p.workspace, "s": p.subject, "r": p.role})
+
+    def verify(self, token: str, kind: str) -> Principal:
+        """The principal of a valid token of this kind; Unauthorized otherwise."""
+        try:
+            d: Any = self._s.loads(token, max_age=self._ttl[kind])
+        except SignatureExpired:
+            raise Unauthorized("token expired", code="auth.expired") from None
+        except BadSignature:
+            raise Unauthorized("invalid token") from None
+        if not isinstance(d, dict) or d.get("k") != kind:
+            raise Unauthorized("wrong kind of token")
+        return Principal(kind, str(d["w"]), str(d["s"]), str(d["r"]))
+
+    def ttl(self, kind: str) -> int:
+        return self._ttl[kind]
+
+    @staticmethod
+    def new_visitor_id() -> str:
+        return "v" + secrets.token_hex(12)
+
+
+def find_bridge(keys: Iterable[BridgeKey], presented: str) -> BridgeKey:
+    """The bridge whose key matches (constant-time); Unauthorized otherwise."""
+    found = None
+    for k in keys:
+        if hmac.compare_digest(k.key.encode(), presented.encode()):
+            found = k
+    if found is None:
+        raise Unauthorized("unknown bridge key")
+    return found
+
+
+def origin_allowed(origin: str | None, allowed: Iterable[str]) -> bool:
+    """Browsers always send Origin; non-browser clients (bridges, benches) send none."""
+    return origin is None or origin in set(allowed)

@@ -1,0 +1,122 @@
+"""``/ws/bridge`` — channel bridges stream events in and take deliveries out.
+
+Authenticate with ``Authorization: Bearer <bridge key>``; a key is scoped to one workspace and
+a set of channels. Speak msgpack (default) or JSON. Events may be pipelined: many ``event``
+frames in flight, each answered by an ``ack`` (carrying the case id) once the event is durably
+in Redis, or an ``error``; acks can come back out of order, matched by ``ref``. Deliveries
+(``deliver``, ``call.connect``) come from the workspace outbox and are re-sent until the bridge
+answers ``delivered`` with their ``id``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from router import keys, wire
+from router.agent_ws import reject_connection
+from router.auth import find_bridge
+from router.config import BridgeKey
+from router.context import Ctx
+from router.errors import BadRequest, Forbidden, SwitchboardError
+from router.hub import Conn
+from router.metrics import METRICS
+from router.outbox import OutboxReader
+from router.push import pairs
+from router.session import serve_frames
+
+__all__ = ["bridge_endpoint"]
+
+
+class BridgeSession:
+    def __init__(self, ctx: Ctx, bridge: BridgeKey, conn: Conn) -> None:
+        self.ctx, self.bridge, self.conn = ctx, bridge, conn
+        self.ws = bridge.workspace
+        self.reader = OutboxReader(
+            ctx.redis_url, self.ws, f"bridge:{bridge.id}", ctx.node, bridge.channels,
+            self.deliver,
+        )
+
+    async def handle(self, f: dict[str, Any]) -> dict[str, Any] | None:
+        t = f["type"]
+        if t == "event":
+            return await self.event(f)
+        if t == "delivered":
+            eid = f.get("id")
+            if not isinstance(eid, str) or len(eid) > 40:
+                raise BadRequest("id: the id of a deliver frame", code="frame.invalid")
+            await self.reader.ack(eid)
+            return None
+        if t == "ping":
+            return {"ts": time.time()}
+        raise BadRequest(f"unknown frame type {t[:40]!r}", code="frame.unknown_type")
+
+    async def event(self, f: dict[str, Any]) -> dict[str, Any]:
+        channel = f.get("channel")
+        if channel not in self.bridge.channels:
+            raise Forbidden(f"this bridge may not send {str(channel)[:16]!r} events",
+                            code="bridge.channel")
+        t0 = time.perf_counter()
+        body = {k: v for k, v in f.items() if k not in ("type", "ref")}
+        res = await self.ctx.switch.ingest(self.ws, body)
+        elapsed = time.perf_counter() - t0
+        METRICS.offer_decision.observe(elapsed)
+        METRICS.events.labels(res.action).inc()
+        if res.action == "created":
+            METRICS.cases_created.labels(channel).inc()
+        if res.offered:
+            METRICS.ingest_to_offer.observe(elapsed)
+        return {"case": res.case, "customer": res.customer, "action": res.action,
+                "duplicate": res.duplicate}
+
+    async def deliver(self, eid: str, entry: dict[str, Any]) -> bool:
+        cust = pairs(await self.ctx.redis.hgetall(keys.customer(self.ws, entry.get("customer",
+                                                                                    ""))))
+        identities = sorted(k[2:] for k in cust if k.startswith("i:"))
+        if entry.get("kind") == "call.connect":
+            agent = pairs(await self.ctx.redis.hgetall(keys.agent(self.ws, entry["agent"])))
+            frame = {"type": "call.connect", "id": eid, "case": entry.get("case"),
+                     "thread": entry.get("thread", ""), "agent": entry["agent"],
+                     "agent_name": agent.get("name", ""), "identities": identities}
+        else:
+            e = entry.get("entry") or {}
+            frame = {"type": "deliver", "id": eid, "channel": entry.get("ch"),
+                     "case": entry.get("case"), "thread": entry.get("thread", ""),
+                     "subject": entry.get("subject", ""), "identities": identities,
+                     "text": e.get("text", ""), "from": e.get("from", ""),
+                     "message": e.get("id", "")}
+        await self.conn.send(frame)
+        return False  # acknowledged when the bridge answers "delivered"
+
+
+async def bridge_endpoint(websocket: WebSocket) -> None:
+    ctx: Ctx = websocket.app.state.ctx
+    s = ctx.settings
+    codec = wire.choose(websocket.scope.get("subprotocols", []), default=wire.MSGPACK)
+    if codec is None:
+        await reject_connection(websocket, None, "subprotocol.unsupported",
+                                f"speak one of {', '.join(wire.SUBPROTOCOLS)}")
+        return
+    auth = websocket.headers.get("authorization", "")
+    try:
+        if not auth.lower().startswith("bearer "):
+            raise Forbidden("send Authorization: Bearer <bridge key>", code="auth.invalid")
+        bridge = find_bridge(ctx.bridge_keys, auth[7:].strip())
+    except SwitchboardError as e:
+        await reject_connection(websocket, codec, e.code, e.message)
+        return
+    await websocket.accept(subprotocol=codec)
+    conn = Conn(websocket, codec, f"bridge:{bridge.id}")
+    session = BridgeSession(ctx, bridge, conn)
+    session.reader.start()
+    METRICS.connections.labels("bridge").inc()
+    try:
+        await serve_frames(websocket, conn, session.handle, endpoint="bridge",
+                           max_frame=s.bridge_max_frame, rate=s.bridge_rate_per_s,
+                           concurrent=512)
+    finally:
+        conn.closed = True
+        METRICS.connections.labels("bridge").dec()
+        await session.reader.stop()

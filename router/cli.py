@@ -1,0 +1,165 @@
+"""The ``switchboard`` command: ``serve``, ``demo``, ``check-config``.
+
+Every option also has a ``SWITCHBOARD_*`` environment variable (see docs/operations.md);
+options given here win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+
+from router.config import Settings, load_workspace_file
+from router.errors import ConfigError
+from router.logs import setup_logging
+from router.plugins import Plugin, load_plugins
+from router.workspace import parse_workspace
+
+__all__ = ["main"]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with a graceful drain on SIGTERM/SIGINT before it shuts down."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        app = self.config.loaded_app
+        ctx = getattr(getattr(app, "state", None), "ctx", None)
+        if ctx is not None and not ctx.draining and not self.should_exit:
+            from router.app import drain
+
+            loop = asyncio.get_event_loop()
+            task = loop.create_task(drain(ctx))
+            task.add_done_callback(lambda _t: uvicorn.Server.handle_exit(self, sig, frame))
+            return
+        super().handle_exit(sig, frame)
+
+
+def _serve(settings: Settings, plugins: Sequence[Plugin], *, simulate: bool = False) -> None:
+    from router.app import create_app
+
+    setup_logging(settings.log_level, settings.log_json)
+    app = create_app(settings, plugins=plugins)
+    if simulate:
+        from router.demo import simulate as run_simulation
+
+        @contextlib.asynccontextmanager
+        async def with_simulation(inner: Any) -> Any:
+            async with app.router.lifespan_context(inner) as state:
+                task = asyncio.create_task(run_simulation(app.state.ctx.switch))
+                try:
+                    yield state
+                finally:
+                    task.cancel()
+
+        app.router.lifespan_context = with_simulation
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, loop="uvloop", ws=settings.ws_impl,
+        ws_per_message_deflate=False, ws_max_size=max(settings.bridge_max_frame,
+                                                      settings.agent_max_frame),
+        lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=10,
+    )
+    server = _Server(config)
+    server.run()
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port,
+                                   "config": getattr(args, "config", None),
+                                   "redis_url": args.redis_url,
+                                   "data_dir": args.data_dir}.items() if v is not None}
+    return Settings.from_env(**overrides, **extra)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    plugins = load_plugins([a for a in args.adapters.split(",") if a], settings)
+    _serve(settings, plugins)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from router.demo import DEMO_BRIDGE, DEMO_WORKSPACE
+
+    path = Path(tempfile.mkdtemp(prefix="switchboard-demo-")) / "demo.json"
+    path.write_text(json.dumps({"workspace": DEMO_WORKSPACE}))
+    settings = _settings(args, config=str(path), demo=True, log_json=False,
+                         bridge_keys=(DEMO_BRIDGE,),
+                         smtp_port=args.smtp_port if args.smtp_port is not None else 2525)
+    if args.data_dir is None and not args.redis_url:
+        settings = dataclasses.replace(settings, data_dir="var/demo")
+    plugins = load_plugins(["email"], settings) if settings.smtp_port else []
+    print(f"Switchboard demo: console http://{settings.host}:{settings.port}/ "
+          "(agents ann, bob, cat; supervisor sue; password: demo)", file=sys.stderr)
+    _serve(settings, plugins, simulate=not args.quiet)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    out: dict[str, Any] = {"settings": settings.masked()}
+    try:
+        if settings.config:
+            decl, bridges = load_workspace_file(settings.config)
+            cfg = parse_workspace(decl)
+            out["workspace"] = {
+                "id": cfg.id, "queues": [dataclasses.asdict(q) for q in cfg.queues],
+                "agents": [{"id": a.id, "role": a.role, "capacity": dict(a.capacity),
+                            "password": "***" if a.password else None} for a in cfg.agents],
+                "statuses": [dataclasses.asdict(s) for s in cfg.statuses],
+                "workflow": cfg.workflow_json,
+            }
+            out["bridges"] = [{"id": b.id, "workspace": b.workspace,
+                               "channels": sorted(b.channels), "key": "***"} for b in bridges]
+    except ConfigError as e:
+        print(json.dumps({"error": str(e)}), file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="switchboard", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--host")
+        sp.add_argument("--port", type=int)
+        sp.add_argument("--redis-url", dest="redis_url", help="default: embedded redis-server")
+        sp.add_argument("--data-dir", dest="data_dir")
+
+    s = sub.add_parser("serve", help="run a router node")
+    common(s)
+    s.add_argument("--config", help="workspace declaration file (YAML or JSON)")
+    s.add_argument("--adapters", default="", help="comma list: email,twilio")
+    s.set_defaults(fn=cmd_serve)
+    d = sub.add_parser("demo", help="seed a demo workspace and serve it")
+    common(d)
+    d.add_argument("--quiet", action="store_true", help="no simulated customers")
+    d.add_argument("--smtp-port", dest="smtp_port", type=int, help="inbound SMTP (0 = off)")
+    d.set_defaults(fn=cmd_demo)
+    c = sub.add_parser("check-config", help="validate and print the effective configuration")
+    common(c)
+    c.add_argument("--config")
+    c.set_defaults(fn=cmd_check_config)
+    args = p.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        code: int = args.fn(args)
+        return code
+    return 130
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main())

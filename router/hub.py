@@ -1,0 +1,195 @@
+"""The hub: this node's open sockets, and pushes across nodes through Redis pub/sub.
+
+A push for an agent whose console is connected here is written straight to the socket; for an
+agent connected elsewhere it is published on the agent's channel, which the node holding the
+console subscribes to while it holds it. Chat widgets subscribe to their case's channel, on
+which ``case_reply.lua`` publishes agent replies. Pub/sub is fire-and-forget: a console that
+misses a push (say, mid-reconnect) gets the truth from the ``hello`` snapshot it receives on
+every connect, and a missed offer still ends on time.
+
+There is no backpressure toward pushers: a console whose socket fails is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from router import keys, wire
+from router.push import chat_frame
+
+__all__ = ["Conn", "Hub"]
+
+log = logging.getLogger("switchboard.hub")
+
+
+class Socket(Protocol):
+    async def send_bytes(self, data: bytes) -> None: ...
+    async def send_text(self, data: str) -> None: ...
+
+
+class Conn:
+    """One open WebSocket and the codec it speaks."""
+
+    __slots__ = ("closed", "codec", "label", "ws")
+
+    def __init__(self, ws: Socket, codec: wire.Codec, label: str = "") -> None:
+        self.ws = ws
+        self.codec = codec
+        self.label = label
+        self.closed = False
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.send_encoded(wire.encode(frame, self.codec))
+
+    async def send_encoded(self, data: bytes | str) -> None:
+        if self.closed:
+            return
+        try:
+            if isinstance(data, bytes):
+                await self.ws.send_bytes(data)
+            else:
+                await self.ws.send_text(data)
+        except Exception:
+            self.closed = True
+
+
+class Hub:
+    def __init__(self, redis: aioredis.Redis, node: str) -> None:
+        self.redis = redis
+        self.node = node
+        self.agents: dict[tuple[str, str], set[Conn]] = {}
+        self.chats: dict[tuple[str, str], set[Conn]] = {}
+        self.supervisors: dict[str, set[Conn]] = {}
+        self._routes: dict[bytes, tuple[str, str, str]] = {}
+        self._ps = redis.pubsub(ignore_subscribe_messages=True)
+        self._task: asyncio.Task[None] | None = None
+        self.on_node_message: Callable[[dict[str, Any]], None] | None = None
+
+    async def start(self) -> None:
+        await self._ps.subscribe(f"sb:node:{self.node}")
+        self._task = asyncio.create_task(self._reader(), name="hub-reader")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError):
+                await self._task
+        with contextlib.suppress(RedisError, OSError):
+            await self._ps.aclose()
+
+    # -- membership -------------------------------------------------------------------------
+
+    async def add_agent(self, ws: str, agent: str, conn: Conn) -> None:
+        conns = self.agents.setdefault((ws, agent), set())
+        conns.add(conn)
+        if len(conns) == 1:
+            await self._subscribe(keys.push_agent(ws, agent), ("a", ws, agent))
+
+    async def remove_agent(self, ws: str, agent: str, conn: Conn) -> None:
+        conns = self.agents.get((ws, agent))
+        if conns is None:
+            return
+        conns.discard(conn)
+        if not conns:
+            del self.agents[(ws, agent)]
+            await self._unsubscribe(keys.push_agent(ws, agent))
+
+    async def watch_case(self, ws: str, case: str, conn: Conn) -> None:
+        conns = self.chats.setdefault((ws, case), set())
+        if conn in conns:
+            return
+        conns.add(conn)
+        if len(conns) == 1:
+            await self._subscribe(keys.push_case(ws, case), ("c", ws, case))
+
+    async def unwatch_case(self, ws: str, case: str, conn: Conn) -> None:
+        conns = self.chats.get((ws, case))
+        if conns is None:
+            return
+        conns.discard(conn)
+        if not conns:
+            del self.chats[(ws, case)]
+            await self._unsubscribe(keys.push_case(ws, case))
+
+    def connected_agents(self) -> int:
+        return sum(len(c) for c in self.agents.values())
+
+    async def _subscribe(self, channel: str, route: tuple[str, str, str]) -> None:
+        self._routes[channel.encode()] = route
+        try:
+            await self._ps.subscribe(channel)
+        except RedisError as e:
+            log.warning("subscribe %s failed: %s", channel, e)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        self._routes.pop(channel.encode(), None)
+        try:
+            await self._ps.unsubscribe(channel)
+        except RedisError as e:
+            log.warning("unsubscribe %s failed: %s", channel, e)
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    async def notify(self, ws: str, agent: str, frame: dict[str, Any]) -> None:
+        """Deliver a frame to every console of the agent, here or on another node."""
+        conns = self.agents.get((ws, agent))
+        if conns:
+            await self.broadcast(conns, frame)
+            return
+        payload = json.dumps({"n": self.node, "f": frame}, separators=(",", ":"), default=str)
+        try:
+            await self.redis.publish(keys.push_agent(ws, agent), payload)
+        except RedisError as e:
+            log.warning("publish to %s failed: %s", agent, e)
+
+    async def broadcast(self, conns: set[Conn], frame: dict[str, Any]) -> None:
+        encoded: dict[str, bytes | str] = {}
+        for c in list(conns):
+            data = encoded.get(c.codec)
+            if data is None:
+                data = encoded[c.codec] = wire.encode(frame, c.codec)
+            await c.send_encoded(data)
+
+    async def _reader(self) -> None:
+        while True:
+            try:
+                async for msg in self._ps.listen():
+                    if msg.get("type") == "message":
+                        await self._route(msg["channel"], msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as e:
+                log.warning("pub/sub connection lost (%s); resubscribing", e)
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(RedisError, OSError):
+                    await self._ps.subscribe(f"sb:node:{self.node}",
+                                             *[c.decode() for c in self._routes])
+
+    async def _route(self, channel: bytes, data: bytes) -> None:
+        route = self._routes.get(channel)
+        try:
+            body = json.loads(data)
+        except ValueError:
+            return
+        if route is None:
+            if self.on_node_message is not None and isinstance(body, dict):
+                self.on_node_message(body)
+            return
+        kind, ws, ident = route
+        if kind == "a":
+            conns = self.agents.get((ws, ident))
+            if conns and isinstance(body, dict) and body.get("n") != self.node:
+                await self.broadcast(conns, body["f"])
+        elif kind == "c":
+            conns = self.chats.get((ws, ident))
+            if conns and isinstance(body, dict):
+                await self.broadcast(conns, chat_frame(body))
+

@@ -1,0 +1,105 @@
+"""The outbox: replies and call connects leave through a Redis stream, delivered at least once.
+
+``case_reply.lua`` and ``offer_accept.lua`` append to the workspace's outbox stream in the same
+atomic call as the transition, so a reply can't be lost between Redis and an adapter. Each
+consumer — a bridge (by its id) or an adapter such as email — reads the stream through its own
+consumer group, so every consumer sees every entry once; entries it has not acknowledged are
+re-read from its pending list after a reconnect or restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from router import keys
+
+__all__ = ["Delivery", "OutboxReader"]
+
+log = logging.getLogger("switchboard.outbox")
+
+#: deliver(entry id, entry) -> True if done (acknowledge now), False if acknowledged later.
+Delivery = Callable[[str, dict[str, Any]], Awaitable[bool]]
+
+
+def _decode(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    out: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
+    if "entry" in out:
+        out["entry"] = json.loads(out["entry"])
+    return out
+
+
+class OutboxReader:
+    def __init__(
+        self, url: str, ws: str, group: str, consumer: str, channels: frozenset[str],
+        deliver: Delivery, *, start_at_end: bool = True,
+    ) -> None:
+        self.redis = aioredis.Redis.from_url(url)
+        self.ws, self.group, self.consumer = ws, group, consumer
+        self.channels = channels
+        self.deliver = deliver
+        self.start_at_end = start_at_end
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"outbox-{self.group}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.redis.aclose()
+
+    async def ack(self, entry_id: str) -> None:
+        await self.redis.xack(keys.outbox(self.ws), self.group, entry_id)
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(
+                keys.outbox(self.ws), self.group, id="$" if self.start_at_end else "0",
+                mkstream=True,
+            )
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def _run(self) -> None:
+        stream = keys.outbox(self.ws)
+        while True:
+            try:
+                await self._ensure_group()
+                cursor = "0"  # our pending entries first, then new ones
+                while True:
+                    got = await self.redis.xreadgroup(
+                        self.group, self.consumer, {stream: cursor}, count=100, block=2000
+                    )
+                    entries = got[0][1] if got else []
+                    if cursor == "0" and not entries:
+                        cursor = ">"
+                        continue
+                    for eid_raw, fields in entries:
+                        eid = eid_raw.decode()
+                        entry = _decode(fields)
+                        if entry.get("ch") not in self.channels:
+                            await self.ack(eid)
+                        elif await self.deliver(eid, entry):
+                            await self.ack(eid)
+                    if cursor == "0":
+                        # pending entries handed out again; move on to new ones
+                        cursor = ">"
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as e:
+                log.warning("outbox %s: %s; retrying", self.group, e)
+                await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("outbox %s delivery failed; retrying", self.group)
+                await asyncio.sleep(1.0)

@@ -1,0 +1,122 @@
+"""The frame loop every WebSocket endpoint shares: size limit, rate limit, decode, ack/error.
+
+A client frame may carry a ``ref``; the server answers each frame with ``ack`` (plus whatever
+the handler returned) or ``error`` (``code`` + ``message``) carrying the same ``ref``. Handler
+errors are typed (:mod:`router.errors`) and never end the connection; an oversized frame closes
+it with 1009, persistent flooding with 1008. Bridges may have many frames in flight at once
+(acks then come back out of order, matched by ``ref``); consoles are handled in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from router import wire
+from router.errors import CLOSE_CODES, BadRequest, RateLimited, SwitchboardError
+from router.hub import Conn
+from router.metrics import METRICS
+
+__all__ = ["Bucket", "Handler", "serve_frames"]
+
+log = logging.getLogger("switchboard.session")
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
+MAX_VIOLATIONS = 200
+
+
+class Bucket:
+    """Token bucket: ``rate`` frames per second, bursts of up to twice that."""
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(2.0 * rate, 1.0)
+        self.tokens = self.burst
+        self.last = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+async def _answer(conn: Conn, frame: dict[str, Any], handle: Handler, endpoint: str) -> None:
+    ref = frame.get("ref")
+    ftype = frame["type"]
+    METRICS.frames.labels(endpoint, "in", ftype if len(ftype) <= 32 else "?").inc()
+    try:
+        reply = await handle(frame)
+    except SwitchboardError as e:
+        await conn.send({"type": "error", "ref": ref, "code": e.code, "message": e.message})
+        return
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("handler for %s failed", ftype)
+        await conn.send({"type": "error", "ref": ref, "code": "internal",
+                         "message": "internal error; nothing was changed"})
+        return
+    out: dict[str, Any] = {"type": "ack", "ref": ref}
+    if reply:
+        out.update(reply)
+    await conn.send(out)
+
+
+async def serve_frames(
+    websocket: WebSocket, conn: Conn, handle: Handler, *, endpoint: str, max_frame: int,
+    rate: float, concurrent: int = 1,
+) -> None:
+    """Read frames until the client leaves; return normally on disconnect or close."""
+    bucket = Bucket(rate)
+    violations = 0
+    slots = asyncio.Semaphore(concurrent) if concurrent > 1 else None
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            msg = await websocket.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            data: bytes | str | None = msg.get("bytes")
+            if data is None:
+                data = msg.get("text")
+            if data is None:
+                continue
+            if len(data) > max_frame:
+                await websocket.close(CLOSE_CODES["too_large"], "frame too large")
+                return
+            if not bucket.take():
+                violations += 1
+                if violations > MAX_VIOLATIONS:
+                    await websocket.close(CLOSE_CODES["policy"], "rate limit")
+                    return
+                err = RateLimited(f"over {rate:g} frames/s")
+                await conn.send({"type": "error", "code": err.code, "message": err.message})
+                continue
+            try:
+                frame = wire.decode(data, conn.codec)
+            except BadRequest as e:
+                await conn.send({"type": "error", "code": e.code, "message": e.message})
+                continue
+            if slots is None:
+                await _answer(conn, frame, handle, endpoint)
+            else:
+                await slots.acquire()
+                task = asyncio.create_task(_answer(conn, frame, handle, endpoint))
+                tasks.add(task)
+                task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+    except WebSocketDisconnect:
+        return
+    finally:
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

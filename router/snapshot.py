@@ -1,0 +1,111 @@
+"""Read-side queries: the ``hello`` snapshot, history pages, a chat widget's conversation.
+
+Nothing here changes state. The ``hello`` snapshot is the truth a console rebuilds its screen
+from after every (re)connect: the agent's status and load, their open cases with timelines,
+and their pending offers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from router import keys
+from router.push import case_view, chat_frame, customer_view, pairs
+from router.workspace import WorkspaceConfig
+
+__all__ = ["agent_view", "case_detail", "chat_history", "hello", "history"]
+
+TIMELINE_PAGE = 50
+
+
+def _dec(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v or "")
+
+
+def agent_view(fields: dict[str, str]) -> dict[str, Any]:
+    chs = [c for c in fields.get("chs", "").split(",") if c]
+    return {
+        "id": fields.get("id", ""),
+        "name": fields.get("name", ""),
+        "role": fields.get("role", "agent"),
+        "status": fields.get("st", "offline"),
+        "capacity": {c: int(fields.get(f"cap:{c}") or 0) for c in chs},
+        "load": {c: int(fields.get(f"load:{c}") or 0) for c in chs},
+        "idle_since": int(fields.get("idle") or 0),
+        "attributes": json.loads(fields.get("attrs") or "{}"),
+    }
+
+
+async def history(
+    redis: aioredis.Redis, ws: str, customer: str, before: int | None = None,
+    limit: int = TIMELINE_PAGE,
+) -> dict[str, Any]:
+    """One page of a customer's timeline, newest last. ``before`` is an index from a previous
+    page's ``start``; pages go back in time."""
+    total = int(await redis.llen(keys.customer_timeline(ws, customer)))
+    end = total if before is None else max(0, min(before, total))
+    start = max(0, end - max(1, min(limit, 200)))
+    raw = await redis.lrange(keys.customer_timeline(ws, customer), start, end - 1) if end else []
+    return {"customer": customer, "start": start, "total": total,
+            "timeline": [json.loads(r) for r in raw]}
+
+
+async def case_detail(redis: aioredis.Redis, ws: str, case: str) -> dict[str, Any] | None:
+    """A case with its customer and the latest page of the customer's timeline."""
+    fields = pairs(await redis.hgetall(keys.case(ws, case)))
+    if not fields:
+        return None
+    view = case_view(fields)
+    cust = fields.get("cust", "")
+    profile = pairs(await redis.hgetall(keys.customer(ws, cust)))
+    page = await history(redis, ws, cust)
+    return {"case": view, "customer": customer_view(profile), "timeline": page["timeline"],
+            "timeline_start": page["start"], "timeline_total": page["total"]}
+
+
+async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str
+                ) -> dict[str, Any]:
+    fields = pairs(await redis.hgetall(keys.agent(ws, agent)))
+    cases = sorted(_dec(c) for c in await redis.smembers(keys.agent_cases(ws, agent)))
+    offers = sorted(_dec(o) for o in await redis.smembers(keys.agent_offers(ws, agent)))
+    open_cases = [d for d in [await case_detail(redis, ws, c) for c in cases] if d]
+    pending = []
+    for o in offers:
+        of = pairs(await redis.hgetall(keys.offer(ws, o)))
+        if of.get("st") != "pending":
+            continue
+        detail = await case_detail(redis, ws, of.get("case", ""))
+        if detail:
+            pending.append({"type": "offer", "offer": o, "deadline": int(of.get("deadline") or 0),
+                            **detail, "why": {"queue": detail["case"]["queue"],
+                                              "filter": detail["case"]["filter"],
+                                              "step": detail["case"]["step"],
+                                              "reason": "pending offer (restored)"}})
+    return {
+        "type": "hello",
+        "workspace": ws,
+        "agent": agent_view(fields),
+        "statuses": [{"name": s.name, "routable": s.routable} for s in cfg.statuses],
+        "queues": [{"id": q.id, "name": q.name} for q in cfg.queues],
+        "dispositions": list(cfg.dispositions),
+        "canned": dict(cfg.canned),
+        "cases": open_cases,
+        "offers": pending,
+    }
+
+
+async def chat_history(redis: aioredis.Redis, ws: str, case: str) -> list[dict[str, Any]]:
+    """The messages of one chat case as its customer may see them (no notes, no agent ids)."""
+    cust = await redis.hget(keys.case(ws, case), "cust")
+    if not cust:
+        return []
+    raw = await redis.lrange(keys.customer_timeline(ws, _dec(cust)), -500, -1)
+    out = []
+    for r in raw:
+        e = json.loads(r)
+        if e.get("case") == case and e.get("dir") in ("in", "out"):
+            out.append(chat_frame(e))
+    return out

@@ -1,0 +1,127 @@
+"""Live supervisor statistics: queue depth and longest wait from the waiting sets, service level
+and answer/abandon counts from the workspace's event log (never by scanning case keys).
+
+Service level, per queue, over the last 60 minutes:
+
+    SL = cases answered within the queue's target  ÷  (cases answered + cases abandoned)
+
+"answered" is an offer accepted (``offer.accepted``, with the case's wait so far); "abandoned"
+is a case that ended before any agent took it (``case.abandoned``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from router import keys
+from router.push import pairs
+from router.snapshot import agent_view
+from router.workspace import WorkspaceConfig
+
+__all__ = ["SL_FORMULA", "Stats"]
+
+log = logging.getLogger("switchboard.stats")
+SL_FORMULA = "answered within target ÷ (answered + abandoned), last 60 min"
+WINDOW_S = 3600
+
+
+class _Tail:
+    """Follows one workspace's log stream and keeps per-minute counts per queue."""
+
+    def __init__(self, redis: aioredis.Redis, ws: str, cfg: WorkspaceConfig) -> None:
+        self.redis, self.ws = redis, ws
+        self.targets = {q.id: q.sl_target_s * 1000 for q in cfg.queues}
+        # (queue, minute) -> [answered within target, answered, abandoned]
+        self.buckets: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+        self.task = asyncio.create_task(self._run(), name=f"stats-{ws}")
+
+    def _count(self, fields: dict[str, str]) -> None:
+        t = fields.get("t")
+        q = fields.get("queue", "")
+        if not q or t not in ("offer.accepted", "case.abandoned"):
+            return
+        minute = int(float(fields.get("ts", "0")) // 60_000)
+        b = self.buckets[(q, minute)]
+        if t == "offer.accepted":
+            b[1] += 1
+            if float(fields.get("waited", "0")) <= self.targets.get(q, 60_000):
+                b[0] += 1
+        else:
+            b[2] += 1
+
+    async def _run(self) -> None:
+        cursor = f"{int((time.time() - WINDOW_S) * 1000)}-0"
+        stream = keys.log(self.ws)
+        while True:
+            try:
+                got = await self.redis.xread({stream: cursor}, count=1000, block=1000)
+                for _, entries in got or []:
+                    for eid, fields in entries:
+                        cursor = eid.decode()
+                        self._count(pairs(fields))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as e:
+                log.warning("stats tail %s: %s", self.ws, e)
+                await asyncio.sleep(1.0)
+
+    def service_level(self, queue: str) -> dict[str, Any]:
+        since = int(time.time() // 60) - WINDOW_S // 60
+        within = answered = abandoned = 0
+        for (q, minute), (w, a, ab) in list(self.buckets.items()):
+            if minute < since:
+                del self.buckets[(q, minute)]
+            elif q == queue:
+                within, answered, abandoned = within + w, answered + a, abandoned + ab
+        total = answered + abandoned
+        return {"answered": answered, "abandoned": abandoned, "within_target": within,
+                "service_level": round(within / total, 4) if total else None}
+
+
+class Stats:
+    def __init__(self, url: str) -> None:
+        self.redis = aioredis.Redis.from_url(url)
+        self._tails: dict[str, _Tail] = {}
+
+    async def close(self) -> None:
+        for t in self._tails.values():
+            t.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t.task
+        await self.redis.aclose()
+
+    async def snapshot(self, redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str
+                       ) -> dict[str, Any]:
+        """Queues (waiting, longest wait, service level) and agents (status, load)."""
+        tail = self._tails.get(ws)
+        if tail is None:
+            tail = self._tails[ws] = _Tail(self.redis, ws, cfg)
+        now_rel = time.time() * 1000 - 1704067200000  # case ages count from 2024-01-01
+        pipe = redis.pipeline(transaction=False)
+        for q in cfg.queues:
+            pipe.zcard(keys.queue_waiting(ws, q.id))
+            pipe.zrange(keys.queue_waiting(ws, q.id), 0, 0, withscores=True)
+        res = await pipe.execute()
+        queues = []
+        for i, q in enumerate(cfg.queues):
+            waiting, oldest = int(res[2 * i]), res[2 * i + 1]
+            longest = max(0.0, (now_rel - oldest[0][1]) / 1000) if oldest else 0.0
+            queues.append({"id": q.id, "name": q.name, "waiting": waiting,
+                           "longest_wait_s": round(longest, 1), "sl_target_s": q.sl_target_s,
+                           **tail.service_level(q.id)})
+        ids = sorted(m.decode() for m in await redis.smembers(keys.agents(ws)))
+        pipe = redis.pipeline(transaction=False)
+        for aid in ids:
+            pipe.hgetall(keys.agent(ws, aid))
+        agents = [agent_view(pairs(row)) for row in await pipe.execute()]
+        for a in agents:
+            a.pop("attributes", None)
+        return {"queues": queues, "agents": agents, "sl_formula": SL_FORMULA, "ts": time.time()}
