@@ -38,6 +38,7 @@ SCRIPT_NAMES = (
     "case_reply",
     "case_transfer",
     "case_wrapup",
+    "customer_merge",
     "event_ingest",
     "offer_accept",
     "offer_reject",

@@ -355,6 +355,10 @@ class Switch:
         return await self._act("case_reply", ws, agent, case, _json(entry),
                                "note" if note else "reply")
 
+    async def merge_customers(self, ws: str, into: str, from_: str) -> dict[str, Any]:
+        """Merge customer ``from_`` into ``into`` (admin): identities, cases, timeline."""
+        return await self._act("customer_merge", ws, into, from_)
+
     async def presence(self, ws: str, agent: str, connected: bool, grace_s: float = 30) -> str:
         res = await self.store.run(
             "agent_presence", ws, agent, "connect" if connected else "disconnect",

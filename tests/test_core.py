@@ -213,3 +213,21 @@ async def test_reply_goes_to_outbox_only_from_owner(switch: Switch, inbox: Inbox
     await switch.reply("acme", "ann", r.case, "hi from ann")
     out = await switch.redis.xrange("sb:{acme}:out")
     assert len(out) == 1 and out[0][1][b"case"] == r.case.encode()
+
+
+async def test_merge_customers_moves_identities_cases_and_timeline(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]))
+    a = await switch.ingest("acme", chat("e1", email="a@x.test", text="first"))
+    b = await switch.ingest("acme", {"id": "v1", "channel": "voice", "kind": "call.offered",
+                                     "identities": {"phone": "+15550002222"}, "thread": "CA1",
+                                     "text": "second"})
+    assert a.customer != b.customer
+    await switch.merge_customers("acme", a.customer, b.customer)
+    c = await switch.ingest("acme", chat("e2", email="z@x.test", text="third",
+                                         identities={"phone": "+15550002222"}))
+    assert c.customer == a.customer
+    await switch.set_status("acme", "ann", "available")
+    texts = [e["text"] for e in inbox.offers("ann")[0]["timeline"]]
+    assert texts == ["first", "second", "third"]
+    with pytest.raises(NotFound):
+        await switch.merge_customers("acme", a.customer, b.customer)
