@@ -66,9 +66,11 @@ class AgentSession:
 
     async def accept(self, f: dict[str, Any]) -> dict[str, Any]:
         res = await self.sw.accept(self.ws, self.agent, _str(f, "offer", 64))
-        detail = await snapshot.case_detail(self.ctx.redis, self.ws, res["case"])
         METRICS.offer_outcomes.labels("accepted").inc()
-        return {"case": res["case"], "duplicate": res["duplicate"], "detail": detail}
+        out = {"case": res["case"], "duplicate": res["duplicate"]}
+        if f.get("detail"):  # the offer frame already carried it; ask only when restoring
+            out["detail"] = await snapshot.case_detail(self.ctx.redis, self.ws, res["case"])
+        return out
 
     async def reject(self, f: dict[str, Any]) -> dict[str, Any]:
         res = await self.sw.reject(self.ws, self.agent, _str(f, "offer", 64))
