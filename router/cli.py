@@ -96,7 +96,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     path.write_text(json.dumps({"workspace": DEMO_WORKSPACE}))
     settings = _settings(args, config=str(path), demo=True, log_json=False,
                          bridge_keys=(DEMO_BRIDGE,),
-                         smtp_port=args.smtp_port if args.smtp_port is not None else 2525)
+                         smtp_port=args.smtp_port if args.smtp_port is not None else 2525,
+                         mailboxes="support@demo.test=demo,billing@demo.test=demo/billing")
     if args.data_dir is None and not args.redis_url:
         settings = dataclasses.replace(settings, data_dir="var/demo")
     plugins = load_plugins(["email"], settings) if settings.smtp_port else []

@@ -1,0 +1,449 @@
+"""Email adapter: inbound SMTP becomes normalized events, agent replies go out over SMTP.
+
+Inbound runs an aiosmtpd server on the running event loop, inside the Switchboard process. A
+mail is answered ``250`` only after the injected ``ingest`` callable returned for every
+workspace it was addressed to; any exception from ``ingest`` answers ``451 4.3.0`` so the sending
+MTA retries (ingest deduplicates on the event ``id``, so a retry is harmless). The adapter never
+touches routing state itself.
+
+SMTP replies: ``550 5.1.1`` unknown mailbox, ``552 5.3.4`` over the size cap (SIZE is advertised)
+or too complex to parse (parts, depth, time), ``550 5.1.7`` no usable sender, ``554 5.6.0`` a
+parser failure, ``451 4.3.x`` anything worth retrying.
+
+Outbound builds every header from scratch (nothing is copied from inbound mail) with control
+characters removed, and hands the message to the configured smarthost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import policy
+from email.errors import HeaderParseError
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from types import TracebackType
+from typing import Any, AnyStr
+
+import aiosmtplib
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from adapters.email_parse import (
+    Limits,
+    MessageTooComplex,
+    ParsedMail,
+    clean_line,
+    make_message_id,
+    normalize,
+    normalize_message_id,
+    parse_address,
+    parse_message,
+    reply_token,
+    strip_tokens,
+    verify_message_id,
+    verify_token,
+)
+
+__all__ = [
+    "EmailAdapter",
+    "EmailConfig",
+    "Ingest",
+    "IngestRefused",
+    "build_reply",
+    "make_message_id",
+    "reply_token",
+    "send",
+    "verify_message_id",
+    "verify_token",
+]
+
+log = logging.getLogger("switchboard.adapters.email")
+
+Ingest = Callable[[str, dict[str, Any]], Awaitable[Mapping[str, Any]]]
+"""``(workspace, event) -> {"case": ..., "customer": ..., "duplicate": bool}``; raises to refuse."""
+
+
+class IngestRefused(Exception):
+    """Stand-in for ``router.errors.SwitchboardError`` in tests. The adapter treats *any*
+    exception from ingest as "not accepted" and answers 451."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmailConfig:
+    hostname: str  # address the SMTP server binds to
+    port: int  # 0 picks a free port; see EmailAdapter.port
+    mailboxes: Mapping[str, tuple[str, str | None]]  # address -> (workspace, queue hint)
+    reply_secret: bytes  # HMAC key for reply tokens; rotating it orphans older tokens
+    domain: str  # right-hand side of our Message-IDs; also the SMTP greeting name
+    max_message_bytes: int = 10 * 1024 * 1024
+    max_parts: int = 100
+    max_depth: int = 10
+    parse_timeout_s: float = 2.0
+    max_text_chars: int = 100_000
+    max_recipients: int = 50
+    parse_workers: int = 4
+    idle_timeout_s: float = 300.0
+    drain_timeout_s: float = 10.0
+    tls_context: ssl.SSLContext | None = None  # offers STARTTLS inbound when set
+    smarthost_host: str = "localhost"
+    smarthost_port: int = 25
+    smarthost_username: str | None = None
+    smarthost_password: str | None = None
+    smarthost_starttls: bool | None = None  # None: use STARTTLS when offered
+    smarthost_timeout_s: float = 30.0
+    from_addresses: Mapping[str, str] = field(default_factory=dict)  # workspace -> From
+    plus_address_replies: bool = True  # Reply-To: support+{token}@...
+
+    def __post_init__(self) -> None:
+        if len(self.reply_secret) < 16:
+            raise ValueError("reply_secret must be at least 16 bytes")
+        for address in (*self.mailboxes, *self.from_addresses.values()):
+            if parse_address(address) is None:
+                raise ValueError(f"not a plain email address: {address!r}")
+
+
+# aiosmtpd's own size refusals carry no enhanced status code (RFC 3463); add one.
+_REWRITES = {
+    "552 Error: Too much mail data": "552 5.3.4 Message too big for system",
+    "552 Error: message size exceeds fixed maximum message size": (
+        "552 5.3.4 Message size exceeds fixed maximum message size"
+    ),
+}
+_QUEUE_ALLOWANCE_S = 5.0  # waiting for a parse worker is load, not a property of the message
+
+
+class _ParserBusy(Exception):
+    pass
+
+
+class _Server(SMTP):
+    def __init__(self, connections: weakref.WeakSet[_Server], *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._connections = connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        super().connection_lost(exc)
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            await super().push(_REWRITES.get(status, status))
+        else:
+            await super().push(status)
+
+
+class _Handler:
+    """aiosmtpd finds hooks by their ``handle_`` names; kept off EmailAdapter's public face."""
+
+    def __init__(self, adapter: EmailAdapter) -> None:
+        self._adapter = adapter
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        return self._adapter._recipient(envelope, address, options)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return await self._adapter._data(envelope)
+
+
+class EmailAdapter:
+    """The inbound SMTP server and the outbound reply path for one Switchboard process."""
+
+    def __init__(self, config: EmailConfig, ingest: Ingest) -> None:
+        self._config = config
+        self._ingest = ingest
+        self._mailboxes = {addr.lower(): target for addr, target in config.mailboxes.items()}
+        self._limits = Limits(
+            max_parts=config.max_parts,
+            max_depth=config.max_depth,
+            budget_s=config.parse_timeout_s,
+            max_text_chars=config.max_text_chars,
+        )
+        self._server: asyncio.Server | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._connections: weakref.WeakSet[_Server] = weakref.WeakSet()
+        self._inflight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._closing = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``). RuntimeError before ``start()``."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("EmailAdapter is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        """Listen on ``config.hostname:config.port`` on the running loop; OSError if unbindable."""
+        if self._server is not None:
+            raise RuntimeError("EmailAdapter already started")
+        cfg, loop, handler = self._config, asyncio.get_running_loop(), _Handler(self)
+        self._closing = False
+        self._executor = ThreadPoolExecutor(cfg.parse_workers, thread_name_prefix="email-parse")
+
+        def protocol() -> _Server:
+            return _Server(
+                self._connections,
+                handler,
+                data_size_limit=cfg.max_message_bytes,
+                enable_SMTPUTF8=True,
+                hostname=cfg.domain,
+                ident="Switchboard ESMTP",
+                tls_context=cfg.tls_context,
+                timeout=cfg.idle_timeout_s,
+                loop=loop,
+            )
+
+        try:
+            self._server = await loop.create_server(protocol, host=cfg.hostname, port=cfg.port)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+        log.info("email adapter listening on %s:%d", cfg.hostname, self.port)
+
+    async def stop(self) -> None:
+        """Stop accepting, let mails already in DATA finish (up to ``drain_timeout_s``), then
+        close the remaining connections. Idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._closing = True
+        server.close()
+        try:
+            await asyncio.wait_for(self._drained.wait(), self._config.drain_timeout_s)
+        except TimeoutError:
+            log.warning("email adapter: %d mails still in flight at shutdown", self._inflight)
+        for conn in list(self._connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        await server.wait_closed()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def __aenter__(self) -> EmailAdapter:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def deliver(self, workspace: str, delivery: Mapping[str, Any]) -> str:
+        """Send an agent's reply: ``{"case", "to": {"email"}, "subject", "text", "agent":
+        {"name"}, "in_reply_to", "references"}``. Returns the new Message-ID (record it if you
+        like; threading does not need it). ValueError/LookupError/KeyError on a bad delivery;
+        aiosmtplib.SMTPException or OSError when the smarthost refuses or is unreachable —
+        nothing is retried or queued here."""
+        agent = delivery.get("agent") or {}
+        parent = delivery.get("in_reply_to")
+        message = build_reply(
+            from_addr=self._from_address(workspace),
+            from_name=str(agent.get("name") or "") or None,
+            to_addr=str(delivery["to"]["email"]),
+            subject=str(delivery.get("subject") or ""),
+            text=str(delivery.get("text") or ""),
+            case_id=str(delivery["case"]),
+            workspace=workspace,
+            in_reply_to=str(parent) if parent else None,
+            references=[str(r) for r in delivery.get("references") or ()],
+            secret=self._config.reply_secret,
+            domain=self._config.domain,
+            plus_address=self._config.plus_address_replies,
+        )
+        await send(message, self._config)
+        return str(message["Message-ID"])
+
+    def _from_address(self, workspace: str) -> str:
+        if workspace in self._config.from_addresses:
+            return self._config.from_addresses[workspace]
+        for address, (ws, _) in self._config.mailboxes.items():
+            if ws == workspace:
+                return address
+        raise LookupError(f"no email address configured for workspace {workspace!r}")
+
+    def _mailbox(self, address: str) -> tuple[str, str, str | None] | None:
+        addr = parse_address(address)
+        if addr is None:
+            return None
+        local, _, domain = addr.rpartition("@")
+        for key in (addr, f"{local.split('+', 1)[0]}@{domain}"):
+            if key in self._mailboxes:
+                workspace, hint = self._mailboxes[key]
+                return key, workspace, hint
+        return None
+
+    def _recipient(self, envelope: Envelope, address: str, options: list[str]) -> str:
+        if self._closing:
+            return "451 4.3.2 Shutting down, try again later"
+        if len(envelope.rcpt_tos) >= self._config.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        if self._mailbox(address) is None:
+            return "550 5.1.1 No such mailbox here"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def _data(self, envelope: Envelope) -> str:
+        self._inflight += 1
+        self._drained.clear()
+        try:
+            return await self._receive(envelope)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._drained.set()
+
+    async def _receive(self, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        targets: dict[str, tuple[str, str | None]] = {}  # one event per workspace addressed
+        for rcpt in envelope.rcpt_tos:
+            if (found := self._mailbox(rcpt)) is not None:
+                targets.setdefault(found[1], (found[0], found[2]))
+        try:
+            mail = await self._parse(raw)
+        except MessageTooComplex as exc:
+            log.info("email refused: %s", exc)
+            return "552 5.3.4 Message too complex"
+        except _ParserBusy:
+            return "451 4.3.2 System busy, try again later"
+        except Exception:
+            log.exception("email parser failed")
+            return "554 5.6.0 Message could not be parsed"
+        now = time.time()
+        events: list[tuple[str, dict[str, Any]]] = []
+        for workspace, (mailbox, hint) in targets.items():
+            event = normalize(
+                mail,
+                workspace=workspace,
+                mailbox=mailbox,
+                queue_hint=hint,
+                rcpt_tos=envelope.rcpt_tos,
+                envelope_sender=envelope.mail_from,
+                secret=self._config.reply_secret,
+                domain=self._config.domain,
+                now=now,
+            )
+            if event is None:
+                return "550 5.1.7 No usable sender address"
+            events.append((workspace, event))
+        for workspace, event in events:
+            try:
+                result = await self._ingest(workspace, event)
+            except Exception:
+                log.warning("email ingest refused (workspace %s)", workspace, exc_info=True)
+                return "451 4.3.0 Temporary failure, try again"
+            log.info("email ingested: workspace=%s case=%s", workspace, result.get("case"))
+        return "250 2.0.0 OK"
+
+    async def _parse(self, raw: bytes) -> ParsedMail:
+        if self._executor is None:
+            raise _ParserBusy
+        started: list[float] = []
+        limits = self._limits
+
+        def work() -> ParsedMail:
+            started.append(time.monotonic())
+            return parse_message(raw, limits)
+
+        future = asyncio.get_running_loop().run_in_executor(self._executor, work)
+        try:
+            return await asyncio.wait_for(future, limits.budget_s + _QUEUE_ALLOWANCE_S)
+        except TimeoutError:
+            # The worker stops itself at its deadline between steps; only a single step that
+            # overran it (or a long wait for a free worker) gets here.
+            if started and time.monotonic() - started[0] >= limits.budget_s:
+                raise MessageTooComplex("parse overran its time budget") from None
+            raise _ParserBusy from None
+
+
+# --- outbound -----------------------------------------------------------------------------------
+
+_REPLY_PREFIX = re.compile(r"^(?:\s*(?:re|aw|sv|antw)\s*(?:\[\d+\])?\s*:)+\s*", re.I)
+_BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _address(value: str, display_name: str | None = None) -> Address:
+    addr = value.strip()
+    if parse_address(addr) is None:
+        raise ValueError(f"not a plain email address: {value!r}")
+    try:
+        return Address(display_name=clean_line(display_name or "", 200), addr_spec=addr)
+    except (HeaderParseError, IndexError, ValueError) as exc:
+        raise ValueError(f"not a plain email address: {value!r}") from exc
+
+
+def build_reply(
+    *,
+    from_addr: str,
+    to_addr: str,
+    subject: str,
+    text: str,
+    case_id: str,
+    workspace: str,
+    in_reply_to: str | None,
+    references: Sequence[str],
+    secret: bytes,
+    domain: str,
+    from_name: str | None = None,
+    plus_address: bool = True,
+) -> EmailMessage:
+    """An agent's reply, every header built here from cleaned inputs: control characters in any
+    input are removed, so no input can add a header. ``Re:`` is added once when the mail answers
+    something (``in_reply_to`` or ``references``) and the subject carries ``[#{reply_token}]``.
+    ValueError on an invalid address or case id."""
+    sender, recipient = _address(from_addr, from_name), _address(to_addr)
+    token = reply_token(secret, workspace, case_id)
+    parent = normalize_message_id(in_reply_to)
+    refs = [r for r in map(normalize_message_id, [*references, in_reply_to or ""]) if r]
+    refs = list(dict.fromkeys(refs))
+    refs = refs[:1] + refs[-19:] if len(refs) > 20 else refs  # RFC 5322 3.6.4: keep first + recent
+    base = _REPLY_PREFIX.sub("", strip_tokens(clean_line(subject)))[:200] or "(no subject)"
+
+    message = EmailMessage(policy=policy.SMTP)
+    message["From"] = sender
+    message["To"] = recipient
+    if plus_address:
+        local, _, host = sender.addr_spec.rpartition("@")
+        message["Reply-To"] = Address(addr_spec=f"{local.split('+', 1)[0]}+{token}@{host}")
+    message["Subject"] = f"{'Re: ' if refs else ''}{base} [#{token}]"
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = make_message_id(secret, workspace, case_id, clean_line(domain))
+    if parent:
+        message["In-Reply-To"] = parent
+    if refs:
+        message["References"] = " ".join(refs)
+    body = _BODY_CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    message.set_content(body)
+    return message
+
+
+async def send(message: EmailMessage, config: EmailConfig) -> None:
+    """Hand ``message`` to the smarthost; the envelope comes from its From/To headers.
+    Raises aiosmtplib.SMTPException (refused, auth failed) or OSError/TimeoutError."""
+    await aiosmtplib.send(
+        message,
+        hostname=config.smarthost_host,
+        port=config.smarthost_port,
+        username=config.smarthost_username,
+        password=config.smarthost_password,
+        start_tls=config.smarthost_starttls,
+        timeout=config.smarthost_timeout_s,
+    )

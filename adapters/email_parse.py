@@ -1,0 +1,573 @@
+"""The sans-I/O half of the email adapter: raw RFC 5322 bytes in, plain data out.
+
+Nothing here does I/O or touches routing state. ``parse_message`` is meant to run in a worker
+thread: it enforces its own limits (part count, nesting depth, a wall-clock budget checked
+between steps) and raises ``MessageTooComplex`` instead of grinding on a MIME bomb. Every other
+oddity of real mail — unknown charsets, broken encoded words, missing headers — degrades to
+replacement characters or ``None``; it never raises.
+
+Reply tokens make threading unguessable: a token or Message-ID only threads a mail onto a case
+when its HMAC, keyed by the workspace's reply secret and bound to the workspace, verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import re
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.message import EmailMessage, Message
+from email.parser import BytesFeedParser
+from email.policy import EmailPolicy, Policy
+from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any, TypedDict
+
+import nh3
+
+__all__ = [
+    "Attachment",
+    "Limits",
+    "MessageTooComplex",
+    "ParsedMail",
+    "clean_line",
+    "find_case",
+    "html_to_text",
+    "make_message_id",
+    "normalize",
+    "normalize_message_id",
+    "parse_address",
+    "parse_message",
+    "reply_token",
+    "strip_tokens",
+    "trim_quoted",
+    "verify_message_id",
+    "verify_token",
+]
+
+
+class MessageTooComplex(Exception):
+    """The message exceeds the part, depth or time budget; it must be refused, not retried."""
+
+
+class Attachment(TypedDict):
+    name: str
+    type: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_parts: int = 100
+    max_depth: int = 10
+    budget_s: float = 2.0
+    max_text_chars: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMail:
+    """What the adapter keeps of one message. Header values are decoded, single-line text."""
+
+    digest: str  # sha256 of the raw bytes
+    message_id: str | None  # "<local@domain>"
+    sender: str | None  # lower-cased From address
+    name: str | None  # From display name
+    recipients: tuple[str, ...]  # lower-cased To/Cc addresses
+    subject: str
+    text: str  # plain text, quoted earlier text trimmed, capped at Limits.max_text_chars
+    untrimmed_length: int
+    truncated: bool
+    attachments: tuple[Attachment, ...]
+    reply_ids: tuple[str, ...]  # In-Reply-To first, then References newest first
+    date: float | None
+    language: str | None
+    auto_submitted: bool
+
+
+# --- reply tokens -------------------------------------------------------------------------------
+
+_CASE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TOKEN = re.compile(r"([A-Za-z0-9_-]{1,64})\.([0-9a-fA-F]{16})")
+_MSGID_TOKEN = re.compile(r"<([A-Za-z0-9_-]{1,64})\.([0-9a-f]{16})\.([0-9a-fA-F]{16})@([^<>@\s]+)>")
+_SUBJECT_TOKEN = re.compile(r"\[#([A-Za-z0-9_-]{1,64}\.[0-9a-fA-F]{16})\]")
+_PLUS_TOKEN = re.compile(r"[^@+]*\+([A-Za-z0-9_-]{1,64}\.[0-9a-fA-F]{16})@.*")
+
+
+def _mac(secret: bytes, workspace: str, case_id: str, nonce: str) -> str:
+    msg = f"{workspace}:{case_id}:{nonce}".encode()
+    return hmac.new(secret, msg, hashlib.sha256).hexdigest()[:16]
+
+
+def _check_case_id(case_id: str) -> None:
+    if not _CASE_ID.fullmatch(case_id):
+        raise ValueError(f"case id must match [A-Za-z0-9_-]{{1,64}}: {case_id!r}")
+
+
+def reply_token(secret: bytes, workspace: str, case_id: str) -> str:
+    """``{case_id}.{mac16}``, for subjects (``[#token]``) and plus-addresses.
+    ValueError on a case id outside ``[A-Za-z0-9_-]{1,64}``."""
+    _check_case_id(case_id)
+    return f"{case_id}.{_mac(secret, workspace, case_id, '')}"
+
+
+def verify_token(secret: bytes, workspace: str, token: str) -> str | None:
+    """The case id if ``token`` was issued for this workspace with this secret, else None."""
+    m = _TOKEN.fullmatch(token)
+    if m is None:
+        return None
+    case_id, mac = m.group(1), m.group(2).lower()
+    return case_id if hmac.compare_digest(mac, _mac(secret, workspace, case_id, "")) else None
+
+
+def make_message_id(
+    secret: bytes, workspace: str, case_id: str, domain: str, *, nonce: str | None = None
+) -> str:
+    """``<{case_id}.{nonce}.{mac16}@{domain}>``: unique per call (random nonce), checked by
+    ``verify_message_id``."""
+    _check_case_id(case_id)
+    nonce = nonce or secrets.token_hex(8)
+    if not re.fullmatch(r"[0-9a-f]{16}", nonce):
+        raise ValueError("nonce must be 16 lower-case hex digits")
+    return f"<{case_id}.{nonce}.{_mac(secret, workspace, case_id, nonce)}@{domain}>"
+
+
+def verify_message_id(secret: bytes, workspace: str, domain: str, message_id: str) -> str | None:
+    """The case id if we generated ``message_id`` for this workspace and domain, else None."""
+    m = _MSGID_TOKEN.fullmatch(message_id.strip())
+    if m is None or m.group(4).lower() != domain.lower():
+        return None
+    case_id, nonce, mac = m.group(1), m.group(2), m.group(3).lower()
+    return case_id if hmac.compare_digest(mac, _mac(secret, workspace, case_id, nonce)) else None
+
+
+def find_case(
+    mail: ParsedMail, *, rcpt_tos: Iterable[str], secret: bytes, workspace: str, domain: str
+) -> str | None:
+    """The case named by the first token whose MAC verifies; forged or stale tokens are skipped."""
+    for mid in mail.reply_ids:
+        if case := verify_message_id(secret, workspace, domain, mid):
+            return case
+    for addr in (*rcpt_tos, *mail.recipients):
+        m = _PLUS_TOKEN.fullmatch(addr)
+        if m and (case := verify_token(secret, workspace, m.group(1))):
+            return case
+    for token in _SUBJECT_TOKEN.findall(mail.subject):
+        if case := verify_token(secret, workspace, token):
+            return case
+    return None
+
+
+# --- headers ------------------------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_MSGID = re.compile(r"<([^<>\s\x00-\x1f\x7f]{1,250})>")
+_BARE_MSGID = re.compile(r"[^<>\s\x00-\x1f\x7f]{1,250}@[^<>\s\x00-\x1f\x7f]{1,250}")
+_ADDR = re.compile(
+    r"[^\s@<>()\[\],;:\"\\\x00-\x1f\x7f]{1,64}@[^\s@<>()\[\],;:\"\\\x00-\x1f\x7f]{1,253}"
+)
+_LANG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8}){0,4}")
+_MAX_HEADER = 16_384
+_MAX_REPLY_IDS = 50
+
+
+def clean_line(value: str, limit: int = 998) -> str:
+    """One line of text: control and line-separator characters become spaces, runs collapse."""
+    return " ".join(_CONTROL.sub(" ", value).split())[:limit]
+
+
+def normalize_message_id(value: str | None) -> str | None:
+    """``<local@domain>`` from a Message-ID-like value, or None if there is none."""
+    if not value:
+        return None
+    m = _MSGID.search(value)
+    if m:
+        return f"<{m.group(1)}>"
+    m = _BARE_MSGID.search(value)
+    return f"<{m.group(0)}>" if m else None
+
+
+def parse_address(value: str) -> str | None:
+    """The lower-cased addr-spec if ``value`` is exactly one plain address, else None."""
+    addr = value.strip().lower()
+    return addr if len(addr) <= 254 and _ADDR.fullmatch(addr) else None
+
+
+def strip_tokens(subject: str) -> str:
+    """``subject`` without our ``[#case.mac]`` tokens, so replies don't accumulate them."""
+    return " ".join(_SUBJECT_TOKEN.sub(" ", subject).split())
+
+
+def _unsurrogate(value: str) -> str:
+    # BytesParser keeps 8-bit header bytes as surrogate escapes; most such headers are UTF-8.
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+_WANTED = {
+    *("from", "to", "cc", "subject", "message-id", "in-reply-to", "references", "date"),
+    *("content-language", "auto-submitted", "precedence"),
+}
+
+
+def _raw_headers(msg: Message) -> dict[str, str]:
+    """First value of each header we read, raw: policy.default's structured parsing is slow on
+    hostile input and strict on sloppy input, and these need neither."""
+    found: dict[str, str] = {}
+    for key, value in msg.raw_items():
+        name = key.lower()
+        if name in _WANTED and name not in found:
+            text = _unsurrogate(str(value))[:_MAX_HEADER]
+            found[name] = re.sub(r"\r?\n(?=[ \t])", "", text).replace("\r", "").replace("\n", "")
+    return found
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> str:
+    name = (charset or "").strip().strip('"').lower()[:40]
+    if name in ("", "us-ascii", "ascii"):
+        name = "utf-8"  # undeclared 8-bit text is almost always UTF-8, a superset of ASCII
+    try:
+        return data.decode(name, errors="replace")
+    except (LookupError, TypeError, ValueError):
+        return data.decode("utf-8", errors="replace")
+
+
+def _decode_words(value: str) -> str:
+    """RFC 2047 encoded words to text; unknown charsets decode with replacement characters."""
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:  # HeaderParseError, LookupError, UnicodeError: fall back per chunk
+        try:
+            chunks = decode_header(value)
+        except Exception:
+            return value
+        return "".join(c if isinstance(c, str) else _decode_bytes(c, cs) for c, cs in chunks)
+
+
+def _addresses(value: str | None) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if value:
+        for name, raw_addr in getaddresses([value]):
+            if addr := parse_address(raw_addr):
+                out.append((clean_line(_decode_words(name), 200), addr))
+    return out
+
+
+def _date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _language(value: str | None) -> str | None:
+    first = (value or "").split(",")[0].strip()
+    return first.lower() if _LANG.fullmatch(first) else None
+
+
+def _is_auto(headers: Mapping[str, str]) -> bool:
+    auto = headers.get("auto-submitted", "no").strip().lower()
+    precedence = headers.get("precedence", "").strip().lower()
+    return auto != "no" or precedence in ("bulk", "junk", "list", "auto_reply")
+
+
+# --- body ---------------------------------------------------------------------------------------
+
+_HTML_SPACE = re.compile(r"\s+")
+# [^<>] rather than [^>]: an unterminated "<a" must not make each match scan to the end.
+_HTML_BREAK = re.compile(r"<(?:br|hr)\b[^<>]*>|</(?:div|li|tr|h[1-6]|pre|table)\s*>", re.I)
+_HTML_PARAGRAPH = re.compile(r"</(?:p|blockquote)\s*>", re.I)
+_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]{0,20})\b[^<>]*>")
+_DROP_CONTENT = {"script", "style", "title", "template", "noscript", "head"}
+_RAW_TEXT = {"script", "style", "title"}  # cannot nest
+_NEVER_NESTED = {
+    *("area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"),
+    *("track", "wbr", "p", "li", "dt", "dd", "td", "th", "tr", "option", "html", "body"),
+}
+_MAX_HTML_DEPTH = 100
+
+
+def _html_depth(markup: str) -> int:
+    depth = deepest = 0
+    for m in _HTML_TAG.finditer(markup):
+        if m.group(2).lower() in _NEVER_NESTED:
+            continue
+        depth = max(depth - 1, 0) if m.group(1) else depth + 1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _flatten(m: re.Match[str]) -> str:
+    return m.group(0) if m.group(2).lower() in _RAW_TEXT else " "
+
+
+def html_to_text(markup: str) -> str:
+    """Plain text from HTML: every tag stripped by nh3 (script/style content dropped), entities
+    unescaped, whitespace collapsed, block ends kept as line breaks. No markup survives; the
+    text may contain ``<`` where the customer wrote one, and must be displayed as text."""
+    markup = _HTML_SPACE.sub(" ", markup)  # source newlines are just spaces in HTML
+    markup = _HTML_PARAGRAPH.sub("\\g<0>\n\n", _HTML_BREAK.sub("\\g<0>\n", markup))
+    if _html_depth(markup) > _MAX_HTML_DEPTH:
+        # The HTML tree builder is quadratic in nesting depth: flatten such markup first.
+        markup = _HTML_TAG.sub(_flatten, markup)
+    text = html.unescape(nh3.clean(markup, tags=set(), clean_content_tags=_DROP_CONTENT))
+    return _tidy(text.replace("\xa0", " "))
+
+
+def _tidy(text: str) -> str:
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+_ATTRIBUTION = re.compile(
+    r"\s*(?:On\s.{1,300}\swrote|Le\s.{1,300}\sa\s+écrit|Am\s.{1,300}\sschrieb.{0,200}"
+    r"|El\s.{1,300}\sescribió|Op\s.{1,300}\sschreef.{0,200})\s*:\s*",
+    re.I,
+)
+_SEPARATOR = re.compile(r"\s*-{3,}\s*Original Message\s*-{3,}\s*", re.I)
+_OUTLOOK_RULE = re.compile(r"\s*_{20,}\s*")
+
+
+def trim_quoted(text: str) -> str:
+    """Drop quoted earlier text: ``>`` lines and everything from an attribution line
+    (``On <date>, <name> wrote:``, ``-----Original Message-----``, an Outlook ``From:/Sent:``
+    block) onward. If nothing would remain, the text is returned unchanged."""
+    lines = text.split("\n")
+    cut = len(lines)
+    for i, line in enumerate(lines):
+        if len(line) > 1000:
+            continue
+        joined = f"{line} {lines[i + 1]}" if i + 1 < len(lines) else line
+        nxt = [ln.strip().lower() for ln in lines[i + 1 : i + 4]]
+        if (
+            _ATTRIBUTION.fullmatch(line)
+            or (line.lstrip().startswith("On ") and _ATTRIBUTION.fullmatch(joined[:1000]))
+            or _SEPARATOR.fullmatch(line)
+            or (_OUTLOOK_RULE.fullmatch(line) and nxt and nxt[0].startswith("from:"))
+            or (
+                line.lower().startswith("from:")
+                and any(n.startswith(("sent:", "date:")) for n in nxt)
+            )
+        ):
+            cut = i
+            break
+    kept = [ln for ln in lines[:cut] if not ln.lstrip().startswith(">")]
+    trimmed = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
+    return trimmed or text.strip()
+
+
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _part_text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    data = payload if isinstance(payload, bytes) else b""
+    try:
+        charset = part.get_content_charset()
+    except Exception:
+        charset = None
+    text = _decode_bytes(data, charset)
+    if part.get_content_subtype() == "html":
+        return html_to_text(text)
+    return _TEXT_CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:
+        return None
+    if not name:
+        return None
+    return clean_line(_unsurrogate(name), 255) or None
+
+
+# --- parse --------------------------------------------------------------------------------------
+
+_MAX_STRUCTURED = 1024
+
+
+class _Policy(EmailPolicy):
+    """policy.default, except that a structured header (Content-Type, Content-Disposition, ...)
+    is parsed from at most 1 KiB: the stdlib parser is superlinear on some long values."""
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        if not hasattr(value, "name"):  # not yet parsed
+            value = value[:_MAX_STRUCTURED]
+        return super().header_fetch_parse(name, value)
+
+
+_POLICY = _Policy()
+
+
+class _Budget:
+    __slots__ = ("deadline", "limits", "parts")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.deadline = time.monotonic() + limits.budget_s
+        self.parts = 0
+
+    def tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise MessageTooComplex("parse time budget exceeded")
+
+    def new_part(self, policy: Policy = _POLICY) -> EmailMessage:
+        # The feed parser calls this for every part it opens, so a bomb stops at part N + 1.
+        self.parts += 1
+        if self.parts > self.limits.max_parts:
+            raise MessageTooComplex(f"more than {self.limits.max_parts} MIME parts")
+        self.tick()
+        return EmailMessage(policy=policy)
+
+
+def _leaves(msg: Message, budget: _Budget) -> list[Message]:
+    """Leaf parts in document order; a forwarded message/rfc822 counts as one leaf."""
+    leaves: list[Message] = []
+    stack: list[tuple[Message, int]] = [(msg, 0)]
+    while stack:
+        budget.tick()
+        part, depth = stack.pop()
+        if depth > budget.limits.max_depth:
+            raise MessageTooComplex(f"MIME nesting deeper than {budget.limits.max_depth}")
+        payload: Any = part.get_payload()
+        if isinstance(payload, list):
+            children = [(p, depth + 1) for p in payload if isinstance(p, Message)]
+            stack.extend(reversed(children))
+            if part.get_content_type() != "message/rfc822":
+                continue
+        leaves.append(part)
+    return leaves
+
+
+def _is_attachment(part: Message) -> bool:
+    return (
+        part.get_content_maintype() != "text"
+        or part.get_content_disposition() == "attachment"
+        or _filename(part) is not None
+    )
+
+
+def _attachment(part: Message) -> Attachment:
+    ctype = part.get_content_type()
+    if ctype == "message/rfc822":
+        payload: Any = part.get_payload()
+        try:
+            size = len(payload[0].as_bytes()) if payload else 0
+        except Exception:
+            size = 0
+    else:
+        data = part.get_payload(decode=True)
+        size = len(data) if isinstance(data, bytes) else 0
+    return {"name": _filename(part) or "attachment", "type": ctype, "size": size}
+
+
+def parse_message(raw: bytes, limits: Limits) -> ParsedMail:
+    """Parse one message within ``limits`` (``MessageTooComplex`` past them). Malformed content
+    degrades, it does not raise; anything else raised here is a parser bug for the caller to log."""
+    budget = _Budget(limits)
+    parser = BytesFeedParser(_factory=budget.new_part, policy=_POLICY)
+    budget.parts = 0  # the constructor probes the factory once
+    view = memoryview(raw)
+    for start in range(0, len(raw), 65_536):
+        budget.tick()
+        parser.feed(bytes(view[start : start + 65_536]))
+    msg = parser.close()
+
+    inline: list[Message] = []
+    attachments: list[Attachment] = []
+    for part in _leaves(msg, budget):
+        budget.tick()  # each part's headers cost a little: keep the deadline close
+        if _is_attachment(part):
+            attachments.append(_attachment(part))
+        else:
+            inline.append(part)
+    body = next((p for p in inline if p.get_content_subtype() == "plain"), None)
+    body = body or next((p for p in inline if p.get_content_subtype() == "html"), None)
+    full = _part_text(body) if body is not None else ""
+    budget.tick()
+    text = trim_quoted(full[: limits.max_text_chars * 4])  # bounded work on giant bodies
+
+    headers = _raw_headers(msg)
+    sender = _addresses(headers.get("from"))
+    recipients = _addresses(headers.get("to")) + _addresses(headers.get("cc"))
+    refs = _MSGID.findall(headers.get("references", ""))
+    reply_ids = [f"<{m}>" for m in _MSGID.findall(headers.get("in-reply-to", ""))]
+    reply_ids += [f"<{m}>" for m in reversed(refs[-_MAX_REPLY_IDS:])]
+    return ParsedMail(
+        digest=hashlib.sha256(raw).hexdigest(),
+        message_id=normalize_message_id(headers.get("message-id")),
+        sender=sender[0][1] if sender else None,
+        name=(sender[0][0] or None) if sender else None,
+        recipients=tuple(addr for _, addr in recipients[:_MAX_REPLY_IDS]),
+        subject=clean_line(_decode_words(headers.get("subject", ""))),
+        text=text[: limits.max_text_chars],
+        untrimmed_length=len(full),
+        truncated=len(text) > limits.max_text_chars,
+        attachments=tuple(attachments),
+        reply_ids=tuple(dict.fromkeys(reply_ids[:_MAX_REPLY_IDS])),
+        date=_date(headers.get("date")),
+        language=_language(headers.get("content-language")),
+        auto_submitted=_is_auto(headers),
+    )
+
+
+# --- normalized event ---------------------------------------------------------------------------
+
+_SANE_PAST_S = 7 * 86_400  # a mail can sit in retry queues for days
+_SANE_FUTURE_S = 900
+
+
+def normalize(
+    mail: ParsedMail,
+    *,
+    workspace: str,
+    mailbox: str,
+    queue_hint: str | None,
+    rcpt_tos: Sequence[str],
+    envelope_sender: str | None,
+    secret: bytes,
+    domain: str,
+    now: float,
+) -> dict[str, Any] | None:
+    """The normalized ``email``/``message`` event for one workspace, or None without a sender."""
+    sender = mail.sender
+    if sender is None and envelope_sender:
+        found = _addresses(envelope_sender)
+        sender = found[0][1] if found else None
+    if sender is None:
+        return None
+    if mail.message_id is None:
+        event_id = f"sha256:{mail.digest}"
+    elif len(mail.message_id) <= 200:
+        event_id = mail.message_id
+    else:
+        event_id = "sha256:" + hashlib.sha256(mail.message_id.encode()).hexdigest()
+    case = find_case(mail, rcpt_tos=rcpt_tos, secret=secret, workspace=workspace, domain=domain)
+    sane = mail.date is not None and now - _SANE_PAST_S <= mail.date <= now + _SANE_FUTURE_S
+    return {
+        "id": event_id,
+        "channel": "email",
+        "kind": "message",
+        "identities": {"email": sender},
+        "name": mail.name,
+        "thread": case,
+        "case": case,
+        "subject": mail.subject,
+        "text": mail.text,
+        "attachments": [dict(a) for a in mail.attachments],
+        "attributes": {
+            "to": mailbox,
+            "queue_hint": queue_hint,
+            "message_id": mail.message_id or event_id,
+            "language": mail.language,
+            "untrimmed_length": mail.untrimmed_length,
+            "truncated": mail.truncated,
+            "auto_submitted": mail.auto_submitted or not envelope_sender,
+        },
+        "ts": mail.date if sane and mail.date is not None else now,
+    }

@@ -1,0 +1,152 @@
+"""Plugs the email adapter into a Switchboard server process (``--adapters email``).
+
+Inbound: the SMTP server hands each accepted mail to ``switch.ingest`` and answers 250 only
+after the case is in Redis. Outbound: agents' email replies are read from the workspace outbox
+(consumer group ``email``, at least once) and sent to the smarthost — or, with no smarthost
+configured (the demo), written as ``.eml`` files under ``<data_dir>/mail-out/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.routing import BaseRoute
+
+from adapters.email import EmailAdapter, EmailConfig, build_reply
+from router import keys
+from router.config import Settings
+from router.outbox import OutboxReader
+
+if TYPE_CHECKING:
+    from router.context import Ctx
+
+__all__ = ["EmailPlugin", "parse_mailboxes", "plugin"]
+
+log = logging.getLogger("switchboard.adapters.email")
+
+
+def parse_mailboxes(spec: str) -> dict[str, tuple[str, str | None]]:
+    """``"support@acme.test=acme,billing@acme.test=acme/billing"`` → address → (ws, queue)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        addr, _, target = item.partition("=")
+        ws, _, queue = target.partition("/")
+        if not addr or not ws:
+            raise ValueError(f"mailbox {item!r}: expected address=workspace[/queue]")
+        out[addr.strip().lower()] = (ws.strip(), queue.strip() or None)
+    return out
+
+
+class EmailPlugin:
+    name = "email"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.mailboxes = parse_mailboxes(settings.mailboxes)
+        self.adapter: EmailAdapter | None = None
+        self.readers: list[OutboxReader] = []
+        self.ctx: Ctx | None = None
+        self.drop_dir = Path(settings.data_dir) / "mail-out"
+
+    def routes(self) -> list[BaseRoute]:
+        return []
+
+    def _config(self, secret: str) -> EmailConfig:
+        s = self.settings
+        host, _, port = s.smarthost.partition(":")
+        return EmailConfig(
+            hostname=s.smtp_host, port=s.smtp_port, mailboxes=self.mailboxes,
+            reply_secret=hmac.new(secret.encode(), b"email-reply", hashlib.sha256).digest(),
+            domain=s.smtp_domain, smarthost_host=host or "localhost",
+            smarthost_port=int(port or 25), smarthost_username=s.smarthost_user or None,
+            smarthost_password=s.smarthost_password or None,
+            from_addresses={ws: addr for addr, (ws, _) in reversed(self.mailboxes.items())},
+        )
+
+    async def start(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+
+        async def ingest(ws: str, event: dict[str, Any]) -> dict[str, Any]:
+            res = await ctx.switch.ingest(ws, event)
+            return {"case": res.case, "customer": res.customer, "duplicate": res.duplicate}
+
+        self.adapter = EmailAdapter(self._config(ctx.settings.secret), ingest)
+        await self.adapter.start()
+        for ws in sorted({ws for ws, _ in self.mailboxes.values()}):
+            reader = OutboxReader(ctx.redis_url, ws, "email", ctx.node, frozenset({"email"}),
+                                  self._deliverer(ws))
+            reader.start()
+            self.readers.append(reader)
+
+    def _deliverer(self, ws: str) -> Any:
+        async def deliver(eid: str, entry: dict[str, Any]) -> bool:
+            assert self.ctx is not None and self.adapter is not None
+            delivery = await self._delivery(ws, entry)
+            if delivery is None:
+                log.warning("email reply %s for case %s: customer has no address; dropped",
+                            eid, entry.get("case"))
+                return True
+            if self.settings.smarthost:
+                await self.adapter.deliver(ws, delivery)
+            else:
+                self._drop(ws, eid, delivery)
+            return True
+
+        return deliver
+
+    async def _delivery(self, ws: str, entry: dict[str, Any]) -> dict[str, Any] | None:
+        assert self.ctx is not None
+        r = self.ctx.redis
+        cust = entry.get("customer", "")
+        prof = await r.hgetall(keys.customer(ws, cust))
+        emails = sorted(k.decode()[8:] for k in prof if k.startswith(b"i:email:"))
+        if not emails:
+            return None
+        case = entry.get("case", "")
+        parent = None
+        refs: list[str] = []
+        for raw in await r.lrange(keys.customer_timeline(ws, cust), -200, -1):
+            e = json.loads(raw)
+            if e.get("case") == case and e.get("ch") == "email" and e.get("dir") == "in":
+                mid = e.get("id")
+                if isinstance(mid, str) and "@" in mid:
+                    parent = mid if mid.startswith("<") else f"<{mid}>"
+                    refs.append(parent)
+        text = (entry.get("entry") or {}).get("text", "")
+        agent = (entry.get("entry") or {}).get("from", "")
+        return {"case": case, "to": {"email": emails[0]}, "subject": entry.get("subject", ""),
+                "text": text, "agent": {"name": agent}, "in_reply_to": parent,
+                "references": refs[-10:]}
+
+    def _drop(self, ws: str, eid: str, delivery: dict[str, Any]) -> None:
+        cfg = self._config(self.ctx.settings.secret if self.ctx else "x" * 16)
+        msg = build_reply(
+            from_addr=cfg.from_addresses.get(ws, "support@localhost"),
+            from_name=delivery["agent"]["name"] or None, to_addr=delivery["to"]["email"],
+            subject=delivery["subject"], text=delivery["text"], case_id=delivery["case"],
+            workspace=ws, in_reply_to=delivery["in_reply_to"],
+            references=delivery["references"], secret=cfg.reply_secret, domain=cfg.domain,
+            plus_address=cfg.plus_address_replies,
+        )
+        self.drop_dir.mkdir(parents=True, exist_ok=True)
+        path = self.drop_dir / f"{eid}.eml"
+        path.write_bytes(bytes(msg))
+        log.info("no smarthost configured: reply for case %s written to %s",
+                 delivery["case"], path)
+
+    async def stop(self) -> None:
+        for r in self.readers:
+            await r.stop()
+        if self.adapter is not None:
+            await self.adapter.stop()
+
+
+def plugin(settings: Settings) -> EmailPlugin | None:
+    if not settings.smtp_port or not settings.mailboxes:
+        return None
+    return EmailPlugin(settings)
