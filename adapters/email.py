@@ -88,7 +88,7 @@ class EmailConfig:
     max_parts: int = 100
     max_depth: int = 10
     parse_timeout_s: float = 2.0
-    max_text_chars: int = 100_000
+    max_text_chars: int = 60_000
     max_recipients: int = 50
     parse_workers: int = 4
     idle_timeout_s: float = 300.0

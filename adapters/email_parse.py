@@ -4,7 +4,7 @@ Nothing here does I/O or touches routing state. ``parse_message`` is meant to ru
 thread: it enforces its own limits (part count, nesting depth, a wall-clock budget checked
 between steps) and raises ``MessageTooComplex`` instead of grinding on a MIME bomb. Every other
 oddity of real mail — unknown charsets, broken encoded words, missing headers — degrades to
-replacement characters or ``None``; it never raises.
+replacement characters or ``None`` rather than an exception.
 
 Reply tokens make threading unguessable: a token or Message-ID only threads a mail onto a case
 when its HMAC, keyed by the workspace's reply secret and bound to the workspace, verifies.
@@ -20,6 +20,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesFeedParser
@@ -65,7 +66,8 @@ class Limits:
     max_parts: int = 100
     max_depth: int = 10
     budget_s: float = 2.0
-    max_text_chars: int = 100_000
+    max_text_chars: int = 60_000  # the router refuses text over 64 Ki characters
+    max_attachments: int = 50  # ... and more than 50 attachments
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,8 @@ class ParsedMail:
     text: str  # plain text, quoted earlier text trimmed, capped at Limits.max_text_chars
     untrimmed_length: int
     truncated: bool
-    attachments: tuple[Attachment, ...]
+    attachments: tuple[Attachment, ...]  # the first Limits.max_attachments
+    attachments_omitted: int
     reply_ids: tuple[str, ...]  # In-Reply-To first, then References newest first
     date: float | None
     language: str | None
@@ -259,7 +262,8 @@ def _date(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return parsedate_to_datetime(value).timestamp()
+        when = parsedate_to_datetime(value)
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
@@ -507,8 +511,9 @@ def parse_message(raw: bytes, limits: Limits) -> ParsedMail:
         subject=clean_line(_decode_words(headers.get("subject", ""))),
         text=text[: limits.max_text_chars],
         untrimmed_length=len(full),
-        truncated=len(text) > limits.max_text_chars,
-        attachments=tuple(attachments),
+        truncated=len(text) > limits.max_text_chars or len(full) > limits.max_text_chars * 4,
+        attachments=tuple(attachments[: limits.max_attachments]),
+        attachments_omitted=max(len(attachments) - limits.max_attachments, 0),
         reply_ids=tuple(dict.fromkeys(reply_ids[:_MAX_REPLY_IDS])),
         date=_date(headers.get("date")),
         language=_language(headers.get("content-language")),
@@ -541,12 +546,13 @@ def normalize(
         sender = found[0][1] if found else None
     if sender is None:
         return None
-    if mail.message_id is None:
+    mid = mail.message_id
+    if mid is None:
         event_id = f"sha256:{mail.digest}"
-    elif len(mail.message_id) <= 200:
-        event_id = mail.message_id
+    elif len(mid) <= 200 and mid.isascii() and mid.isprintable():
+        event_id = mid
     else:
-        event_id = "sha256:" + hashlib.sha256(mail.message_id.encode()).hexdigest()
+        event_id = "sha256:" + hashlib.sha256(mid.encode()).hexdigest()
     case = find_case(mail, rcpt_tos=rcpt_tos, secret=secret, workspace=workspace, domain=domain)
     sane = mail.date is not None and now - _SANE_PAST_S <= mail.date <= now + _SANE_FUTURE_S
     return {
@@ -567,6 +573,7 @@ def normalize(
             "language": mail.language,
             "untrimmed_length": mail.untrimmed_length,
             "truncated": mail.truncated,
+            "attachments_omitted": mail.attachments_omitted,
             "auto_submitted": mail.auto_submitted or not envelope_sender,
         },
         "ts": mail.date if sane and mail.date is not None else now,

@@ -169,6 +169,7 @@ async def test_plain_text_mail_becomes_one_normalized_event(
             "language": "de-de",
             "untrimmed_length": len("Hello, my order is late.\n"),
             "truncated": False,
+            "attachments_omitted": 0,
             "auto_submitted": False,
         },
         "ts": pytest.approx(sent_at.timestamp(), abs=1),
