@@ -347,7 +347,14 @@ class EmailAdapter:
         for workspace, event in events:
             try:
                 result = await self._ingest(workspace, event)
-            except Exception:
+            except Exception as exc:
+                # a refusal that retrying cannot fix (the router's 4xx errors: a bad event, an
+                # unknown workspace) is permanent; anything else (Redis down) is temporary
+                if 400 <= getattr(exc, "http_status", 500) < 500:
+                    log.warning("email refused (workspace %s): %s", workspace, exc)
+                    return "554 5.6.0 Message refused: " + str(exc)[:200].replace(
+                        "\r", " "
+                    ).replace("\n", " ")
                 log.warning("email ingest refused (workspace %s)", workspace, exc_info=True)
                 return "451 4.3.0 Temporary failure, try again"
             log.info("email ingested: workspace=%s case=%s", workspace, result.get("case"))

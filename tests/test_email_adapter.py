@@ -387,6 +387,18 @@ async def test_ingest_failure_answers_451_and_server_keeps_serving(
     await assert_still_serving(adapter, ingest)
 
 
+async def test_permanent_refusal_answers_554_so_the_sender_stops_retrying(
+    adapter: EmailAdapter, ingest: Recorder
+) -> None:
+    from router.errors import BadRequest
+
+    ingest.fail = BadRequest("identities.email: not an email address")
+    code, reply = await submit(adapter, mail(Message_ID="<bad@example.com>"))
+    assert code == 554 and b"not an email address" in reply
+    ingest.fail = None
+    await assert_still_serving(adapter, ingest)
+
+
 async def test_stop_is_idempotent_and_frees_the_port(ingest: Recorder) -> None:
     running = EmailAdapter(config(), ingest)
     await running.start()
