@@ -72,7 +72,18 @@ def _load_scripts() -> dict[str, _Script]:
 
 
 def connect(url: str, *, max_connections: int = 16) -> aioredis.Redis:
-    """A client whose pool waits for a free connection instead of failing (PERF-NOTES)."""
+    """A client whose pool waits for a free connection instead of failing (PERF-NOTES).
+
+    ``redis+cluster://host:port`` connects to a Redis Cluster: every workspace's keys share one
+    hash slot, and scripts are routed by their first key (the workspace prefix).
+    """
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        from redis.asyncio.cluster import RedisCluster
+
+        cluster: aioredis.Redis = RedisCluster.from_url(
+            url.replace("+cluster", "", 1), max_connections=max_connections
+        )
+        return cluster
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=10
     )
