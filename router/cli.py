@@ -81,7 +81,11 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    plugins = load_plugins([a for a in args.adapters.split(",") if a], settings)
+    try:
+        plugins = load_plugins([a for a in args.adapters.split(",") if a], settings)
+    except (ConfigError, ValueError) as e:
+        print(json.dumps({"error": str(e)}), file=sys.stderr)
+        return 2
     _serve(settings, plugins)
     return 0
 

@@ -9,6 +9,7 @@ outbox), ``stop()`` undoes it.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.routing import BaseRoute
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from router.context import Ctx
 
 __all__ = ["ADAPTERS", "Plugin", "load_plugins"]
+
+log = logging.getLogger("switchboard.plugins")
 
 #: name -> "module:factory"; factory(settings) returns a Plugin, or None when not configured.
 ADAPTERS = {
@@ -46,6 +49,8 @@ def load_plugins(names: list[str], settings: Settings) -> list[Plugin]:
         module, _, attr = target.partition(":")
         factory: Any = getattr(importlib.import_module(module), attr)
         plugin = factory(settings)
-        if plugin is not None:
+        if plugin is None:
+            log.warning("adapter %r is not configured (see docs/adapters-*.md); left off", name)
+        else:
             out.append(plugin)
     return out

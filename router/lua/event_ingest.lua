@@ -22,6 +22,21 @@ if seen then
   return result(r)
 end
 
+-- threading: a verified case id, else the channel thread
+local c = nil
+if ARGV[8] ~= '' and redis.call('EXISTS', k_case(ARGV[8])) == 1 then c = ARGV[8] end
+if c == nil and ARGV[7] ~= '' then c = hget(k_threads(), ARGV[7]) end
+
+local ends = kind == 'call.ended' or kind == 'conversation.ended'
+if c == nil and ends then
+  -- the end of a conversation we never saw: nothing to record, nobody to create
+  local r = {ok = true, case = '', customer = '', action = 'ignored', duplicate = false}
+  redis.call('SET', dk, cjson.encode(r), 'EX', tonumber(ARGV[17]))
+  r.offers = {}
+  r.push = {}
+  return result(r)
+end
+
 -- identity: the first known identity names the customer; unknown ones are linked to it
 local idents = cjson.decode(ARGV[5])
 local u = nil
@@ -45,18 +60,16 @@ for _, i in ipairs(idents) do
 end
 if ARGV[6] ~= '' then redis.call('HSETNX', k_customer(u), 'name', ARGV[6]) end
 
--- threading: a verified case id, else the channel thread
-local c = nil
-if ARGV[8] ~= '' and redis.call('EXISTS', k_case(ARGV[8])) == 1 then c = ARGV[8] end
-if c == nil and ARGV[7] ~= '' then c = hget(k_threads(), ARGV[7]) end
-
 local entry = cjson.decode(ARGV[9])
 local offers, push = {}, {}
 local action = 'appended'
 
+-- a follow-up goes on the timeline of the case's customer (a forwarded reply's sender is
+-- identified as themselves, but the message belongs to the conversation it answers)
 local function append(case_id)
   entry.case = case_id
-  redis.call('RPUSH', k_timeline(u), cjson.encode(entry))
+  local owner = hget(k_case(case_id), 'cust') or u
+  redis.call('RPUSH', k_timeline(owner), cjson.encode(entry))
 end
 
 local function notify(case_id, frame)
@@ -81,7 +94,9 @@ if st == 'stale' then
 elseif c and OPEN[st] then
   if kind == 'call.ended' or kind == 'conversation.ended' then
     append(c)
-    if st == 'queued' or st == 'offered' then
+    -- a caller who asked to be called back hangs up on purpose: the case keeps its place
+    local callback = kind == 'call.ended' and hget(k_case(c), 'callback') == '1'
+    if (st == 'queued' or st == 'offered') and not callback then
       if st == 'offered' then
         local o = hget(k_case(c), 'offer')
         local oa = hget(k_offer(o), 'agent')
