@@ -8,8 +8,9 @@ docs/protocol.md.
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
 from starlette.websockets import WebSocket
 
@@ -21,7 +22,7 @@ from router.hub import Conn
 from router.metrics import METRICS
 from router.session import serve_frames
 
-__all__ = ["agent_endpoint"]
+__all__ = ["accept_socket", "agent_endpoint", "reject_connection"]
 
 
 def _str(frame: dict[str, Any], name: str, limit: int = 200, required: bool = True) -> str:
@@ -34,10 +35,23 @@ def _str(frame: dict[str, Any], name: str, limit: int = 200, required: bool = Tr
     return v
 
 
+def _finite(v: Any) -> TypeGuard[int | float]:
+    """A real number (not a bool, NaN or infinity) in a sane range."""
+    return (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            and abs(v) < 1e15)
+
+
+async def accept_socket(websocket: WebSocket, codec: wire.Codec | None) -> None:
+    """Accept the handshake, naming the subprotocol only if the client offered it: a client
+    that offered none gets the endpoint's default codec, unnamed (RFC 6455, 4.2.2)."""
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol=codec if codec in offered else None)
+
+
 async def reject_connection(websocket: WebSocket, codec: wire.Codec | None, code: str,
                             message: str) -> None:
     """Accept, say why in an error frame, close with 1008 — the client learns the reason."""
-    await websocket.accept(subprotocol=codec)
+    await accept_socket(websocket, codec)
     frame = {"type": "error", "code": code, "message": message}
     data = wire.encode(frame, codec or wire.JSON)
     if isinstance(data, bytes):
@@ -102,10 +116,10 @@ class AgentSession:
                                _str(f, "disposition", 64, False), _str(f, "note", 4000, False))
 
     async def followup(self, f: dict[str, Any]) -> dict[str, Any]:
-        due = f.get("due")
-        if due is None and isinstance(f.get("in_s"), int | float):
-            due = int((time.time() + float(f["in_s"])) * 1000)
-        if isinstance(due, bool) or not isinstance(due, int | float):
+        due, in_s = f.get("due"), f.get("in_s")
+        if due is None and _finite(in_s):
+            due = int((time.time() + float(in_s)) * 1000)
+        if not _finite(due):
             raise BadRequest("due: ms since the epoch (or in_s: seconds from now)",
                              code="frame.invalid")
         res = await self.sw.followup(self.ws, self.agent, _str(f, "case", 64), int(due),
@@ -146,7 +160,11 @@ class AgentSession:
 
     async def agent_status(self, f: dict[str, Any]) -> dict[str, Any]:
         self._supervisor()
-        res = await self.sw.set_status(self.ws, _str(f, "agent", 64), _str(f, "status", 64))
+        target = _str(f, "agent", 64)
+        res = await self.sw.set_status(self.ws, target, _str(f, "status", 64))
+        # the agent's consoles learn it as they learn a status set by the timers
+        await self.ctx.hub.notify(self.ws, target, {"type": "status", "status": res["status"],
+                                                    "reason": "supervisor"})
         return {"status": res["status"]}
 
     # -- helpers -----------------------------------------------------------------------------
@@ -200,7 +218,7 @@ async def agent_endpoint(websocket: WebSocket) -> None:
         await reject_connection(websocket, codec, "origin.forbidden", "origin not allowed")
         return
     if ctx.draining:
-        await websocket.accept(subprotocol=codec)
+        await accept_socket(websocket, codec)
         await websocket.close(CLOSE_CODES["restart"], "draining")
         return
     try:
@@ -210,15 +228,16 @@ async def agent_endpoint(websocket: WebSocket) -> None:
     except SwitchboardError as e:
         await reject_connection(websocket, codec, e.code, e.message)
         return
-    await websocket.accept(subprotocol=codec)
+    await accept_socket(websocket, codec)
     conn = Conn(websocket, codec, f"{who.workspace}/{who.subject}")
     session = AgentSession(ctx, who, conn)
     METRICS.connections.labels("agent").inc()
+    conn.hold()  # pushes that race the snapshot are sent after it, never before
     await ctx.hub.add_agent(who.workspace, who.subject, conn)
     try:
         await ctx.switch.presence(who.workspace, who.subject, True, s.grace_s)
         cfg = await ctx.switch.config(who.workspace)
-        await conn.send(await snapshot.hello(ctx.redis, cfg, who.workspace, who.subject))
+        await conn.release(await snapshot.hello(ctx.redis, cfg, who.workspace, who.subject))
         await serve_frames(websocket, conn, session.handle, endpoint="agent",
                            max_frame=s.agent_max_frame, rate=s.rate_per_s)
     finally:

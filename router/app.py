@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import secrets
@@ -79,6 +81,17 @@ async def drain(ctx: Ctx) -> None:
                 await c.ws.close(CLOSE_CODES["restart"], "server restarting")  # type: ignore[attr-defined]
 
 
+async def _apply_file(switch: Switch, decl: dict[str, Any]) -> None:
+    """Apply a workspace file when it changed since it was last applied, so that edits made
+    through the admin API survive restarts until the file itself is edited."""
+    digest = hashlib.sha256(json.dumps(decl, sort_keys=True).encode()).hexdigest()
+    cfg_key = keys.settings(str(decl.get("id", "default")))
+    if await switch.redis.hget(cfg_key, "filehash") == digest.encode():
+        return
+    await switch.apply_workspace(decl)
+    await switch.redis.hset(cfg_key, "filehash", digest)
+
+
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings.with_secret()
@@ -98,7 +111,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     bridge_keys = settings.bridge_keys
     if settings.config:
         decl, file_bridges = load_workspace_file(settings.config)
-        await switch.apply_workspace(decl)
+        await _apply_file(switch, decl)
         bridge_keys = bridge_keys + file_bridges
     ctx = Ctx(settings=settings, redis_url=url, redis=client, switch=switch, hub=hub,
               tokens=Tokens(settings.secret, {"session": settings.token_ttl_s}),

@@ -10,17 +10,19 @@ answers ``delivered`` with their ``id``.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from typing import Any
 
 from starlette.websockets import WebSocket
 
 from router import keys, wire
-from router.agent_ws import reject_connection
+from router.agent_ws import accept_socket, reject_connection
 from router.auth import find_bridge
 from router.config import BridgeKey
 from router.context import Ctx
-from router.errors import BadRequest, Forbidden, SwitchboardError
+from router.errors import CLOSE_CODES, BadRequest, Forbidden, SwitchboardError
 from router.hub import Conn
 from router.metrics import METRICS
 from router.outbox import OutboxReader
@@ -29,14 +31,19 @@ from router.session import serve_frames
 
 __all__ = ["bridge_endpoint"]
 
+_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+
 
 class BridgeSession:
     def __init__(self, ctx: Ctx, bridge: BridgeKey, conn: Conn) -> None:
         self.ctx, self.bridge, self.conn = ctx, bridge, conn
         self.ws = bridge.workspace
+        # One consumer name per bridge, not per node: entries left unacknowledged by a
+        # connection (closed, or on a node that died) are re-sent to the bridge's next
+        # connection on whichever node it lands.
         self.reader = OutboxReader(
-            ctx.redis_url, self.ws, f"bridge:{bridge.id}", ctx.node, bridge.channels,
-            self.deliver,
+            ctx.redis_url, self.ws, f"bridge:{bridge.id}", f"bridge:{bridge.id}",
+            bridge.channels, self.deliver,
         )
 
     async def handle(self, f: dict[str, Any]) -> dict[str, Any] | None:
@@ -45,7 +52,7 @@ class BridgeSession:
             return await self.event(f)
         if t == "delivered":
             eid = f.get("id")
-            if not isinstance(eid, str) or len(eid) > 40:
+            if not isinstance(eid, str) or not _STREAM_ID.match(eid):
                 raise BadRequest("id: the id of a deliver frame", code="frame.invalid")
             await self.reader.ack(eid)
             return None
@@ -58,8 +65,15 @@ class BridgeSession:
         if channel not in self.bridge.channels:
             raise Forbidden(f"this bridge may not send {str(channel)[:16]!r} events",
                             code="bridge.channel")
+        # A key is scoped to one workspace; an event naming another is refused, not rerouted.
+        if "workspace" in f and f["workspace"] != self.ws:
+            raise Forbidden("this bridge may not send events for that workspace",
+                            code="bridge.workspace")
+        ts = f.get("ts")
+        if isinstance(ts, float) and not math.isfinite(ts):
+            raise BadRequest("ts: seconds since the epoch", code="event.invalid")
         t0 = time.perf_counter()
-        body = {k: v for k, v in f.items() if k not in ("type", "ref")}
+        body = {k: v for k, v in f.items() if k not in ("type", "ref", "workspace")}
         res = await self.ctx.switch.ingest(self.ws, body)
         elapsed = time.perf_counter() - t0
         METRICS.offer_decision.observe(elapsed)
@@ -107,7 +121,11 @@ async def bridge_endpoint(websocket: WebSocket) -> None:
     except SwitchboardError as e:
         await reject_connection(websocket, codec, e.code, e.message)
         return
-    await websocket.accept(subprotocol=codec)
+    if ctx.draining:
+        await accept_socket(websocket, codec)
+        await websocket.close(CLOSE_CODES["restart"], "draining")
+        return
+    await accept_socket(websocket, codec)
     conn = Conn(websocket, codec, f"bridge:{bridge.id}")
     session = BridgeSession(ctx, bridge, conn)
     session.reader.start()

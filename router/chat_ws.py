@@ -15,10 +15,10 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from router import keys, snapshot, wire
-from router.agent_ws import reject_connection
+from router.agent_ws import accept_socket, reject_connection
 from router.auth import Principal, Tokens, origin_allowed
 from router.context import Ctx
-from router.errors import BadRequest, NotFound, SwitchboardError
+from router.errors import CLOSE_CODES, BadRequest, NotFound, SwitchboardError
 from router.hub import Conn
 from router.ingest import parse_event
 from router.metrics import METRICS
@@ -89,6 +89,10 @@ async def chat_endpoint(websocket: WebSocket) -> None:
     if not origin_allowed(websocket.headers.get("origin"), s.allowed_origins):
         await reject_connection(websocket, codec, "origin.forbidden", "origin not allowed")
         return
+    if ctx.draining:
+        await accept_socket(websocket, codec)
+        await websocket.close(CLOSE_CODES["restart"], "draining")
+        return
     token = websocket.query_params.get("token", "")
     try:
         if token:
@@ -103,7 +107,7 @@ async def chat_endpoint(websocket: WebSocket) -> None:
         code = e.code if isinstance(e, SwitchboardError) else NotFound.code
         await reject_connection(websocket, codec, code, msg)
         return
-    await websocket.accept(subprotocol=codec)
+    await accept_socket(websocket, codec)
     conn = Conn(websocket, codec, f"chat:{who.subject}")
     session = ChatSession(ctx, who, conn)
     METRICS.connections.labels("chat").inc()

@@ -58,7 +58,8 @@ class Settings:
     smtp_port: int = 0  # inbound SMTP adapter; 0 = off
     smtp_host: str = "127.0.0.1"
     smtp_domain: str = "switchboard.local"
-    mailboxes: str = ""  # inbound addresses: "support@acme.test=acme,billing@acme.test=acme/billing"
+    # inbound addresses: "support@acme.test=acme,billing@acme.test=acme/billing"
+    mailboxes: str = ""
     smarthost: str = ""  # host:port for outbound replies; empty = log only
     smarthost_user: str = ""
     smarthost_password: str = field(default="", repr=False)

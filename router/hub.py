@@ -38,18 +38,37 @@ class Socket(Protocol):
 class Conn:
     """One open WebSocket and the codec it speaks."""
 
-    __slots__ = ("closed", "codec", "label", "ws")
+    __slots__ = ("closed", "codec", "held", "label", "ws")
 
     def __init__(self, ws: Socket, codec: wire.Codec, label: str = "") -> None:
         self.ws = ws
         self.codec = codec
         self.label = label
         self.closed = False
+        self.held: list[bytes | str] | None = None
+
+    def hold(self) -> None:
+        """Queue everything sent from now on until ``release``: a console subscribes to its
+        pushes before reading its snapshot, and no push may overtake the snapshot."""
+        self.held = []
+
+    async def release(self, first: dict[str, Any]) -> None:
+        """Send ``first`` (the snapshot), then what was held, in order; stop holding."""
+        await self._write(wire.encode(first, self.codec))
+        while self.held:
+            await self._write(self.held.pop(0))
+        self.held = None
 
     async def send(self, frame: dict[str, Any]) -> None:
         await self.send_encoded(wire.encode(frame, self.codec))
 
     async def send_encoded(self, data: bytes | str) -> None:
+        if self.held is not None:
+            self.held.append(data)
+            return
+        await self._write(data)
+
+    async def _write(self, data: bytes | str) -> None:
         if self.closed:
             return
         try:
@@ -143,7 +162,9 @@ class Hub:
         conns = self.agents.get((ws, agent))
         if conns:
             await self.broadcast(conns, frame)
-            return
+        # Published even when the agent is connected here: they may have another console on
+        # another node (a second tab, or a reconnect that landed elsewhere before this socket
+        # noticed it was dead). Our own node skips its own publications.
         payload = json.dumps({"n": self.node, "f": frame}, separators=(",", ":"), default=str)
         try:
             await self.redis.publish(keys.push_agent(ws, agent), payload)

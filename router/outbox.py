@@ -82,8 +82,8 @@ class OutboxReader:
                         self.group, self.consumer, {stream: cursor}, count=100, block=2000
                     )
                     entries = got[0][1] if got else []
-                    if cursor == "0" and not entries:
-                        cursor = ">"
+                    if cursor != ">" and not entries:
+                        cursor = ">"  # every pending entry handed out again; now new ones
                         continue
                     for eid_raw, fields in entries:
                         eid = eid_raw.decode()
@@ -92,9 +92,9 @@ class OutboxReader:
                             await self.ack(eid)
                         elif await self.deliver(eid, entry):
                             await self.ack(eid)
-                    if cursor == "0":
-                        # pending entries handed out again; move on to new ones
-                        cursor = ">"
+                    if cursor != ">":
+                        # the pending list is read in pages: continue after this one
+                        cursor = entries[-1][0].decode()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as e:

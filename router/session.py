@@ -51,26 +51,47 @@ class Bucket:
         return True
 
 
+def _too_large(data: bytes | str, limit: int) -> bool:
+    """Is the frame over ``limit`` bytes on the wire? A text frame arrives decoded, so count
+    its UTF-8 bytes, not its characters (only when the count could matter)."""
+    if isinstance(data, bytes) or len(data) > limit:
+        return len(data) > limit
+    return len(data) * 4 > limit and len(data.encode("utf-8", "surrogatepass")) > limit
+
+
 async def _answer(conn: Conn, frame: dict[str, Any], handle: Handler, endpoint: str) -> None:
     ref = frame.get("ref")
     ftype = frame["type"]
-    METRICS.frames.labels(endpoint, "in", ftype if len(ftype) <= 32 else "?").inc()
     try:
         reply = await handle(frame)
     except SwitchboardError as e:
+        # Label unknown types as "?": a client must not be able to mint metric series.
+        label = "?" if e.code == "frame.unknown_type" else ftype
+        METRICS.frames.labels(endpoint, "in", label).inc()
         await conn.send({"type": "error", "ref": ref, "code": e.code, "message": e.message})
         return
     except asyncio.CancelledError:
         raise
     except Exception:
+        METRICS.frames.labels(endpoint, "in", ftype).inc()
         log.exception("handler for %s failed", ftype)
         await conn.send({"type": "error", "ref": ref, "code": "internal",
                          "message": "internal error; nothing was changed"})
         return
+    METRICS.frames.labels(endpoint, "in", ftype).inc()
     out: dict[str, Any] = {"type": "ack", "ref": ref}
     if reply:
         out.update(reply)
     await conn.send(out)
+
+
+def _done(tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore
+          ) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        slots.release()
+
+    return done
 
 
 async def serve_frames(
@@ -92,21 +113,28 @@ async def serve_frames(
                 data = msg.get("text")
             if data is None:
                 continue
-            if len(data) > max_frame:
+            if _too_large(data, max_frame):
                 await websocket.close(CLOSE_CODES["too_large"], "frame too large")
                 return
-            if not bucket.take():
+            allowed = bucket.take()
+            frame: dict[str, Any] | None = None
+            try:
+                frame = wire.decode(data, conn.codec)
+            except BadRequest as e:
+                bad = e
+            if not allowed:
                 violations += 1
                 if violations > MAX_VIOLATIONS:
                     await websocket.close(CLOSE_CODES["policy"], "rate limit")
                     return
-                err = RateLimited(f"over {rate:g} frames/s")
-                await conn.send({"type": "error", "code": err.code, "message": err.message})
+                # answered with the frame's ref when it has one, so the client knows which
+                err = RateLimited(f"over {rate:g} frames/s; this frame was dropped")
+                await conn.send({"type": "error", "ref": frame.get("ref") if frame else None,
+                                 "code": err.code, "message": err.message})
                 continue
-            try:
-                frame = wire.decode(data, conn.codec)
-            except BadRequest as e:
-                await conn.send({"type": "error", "code": e.code, "message": e.message})
+            if frame is None:
+                await conn.send({"type": "error", "ref": None, "code": bad.code,
+                                 "message": bad.message})
                 continue
             if slots is None:
                 await _answer(conn, frame, handle, endpoint)
@@ -114,7 +142,7 @@ async def serve_frames(
                 await slots.acquire()
                 task = asyncio.create_task(_answer(conn, frame, handle, endpoint))
                 tasks.add(task)
-                task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+                task.add_done_callback(_done(tasks, slots))
     except WebSocketDisconnect:
         return
     finally:

@@ -77,7 +77,10 @@ class Switch:
         cfg = parse_workspace(decl)
         ws = cfg.id
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.settings(ws), "decl", _json(decl))
+        # stored without passwords: they are kept only hashed, on the agents
+        stored = {**decl, "agents": [{k: v for k, v in a.items() if k != "password"}
+                                     for a in decl.get("agents", []) if isinstance(a, Mapping)]}
+        pipe.hset(keys.settings(ws), "decl", _json(stored))
         pipe.hincrby(keys.settings(ws), "declver", 1)
         pipe.sadd(keys.WORKSPACES, ws)
         for q in cfg.queues:
@@ -90,9 +93,9 @@ class Switch:
         await pipe.execute()
         self._configs.pop(ws, None)
         self._pools.pop(ws, None)
-        cfg = await self.config(ws)
+        await self.config(ws)
         declared = {a.id for a in cfg.agents}
-        for a in cfg.agents:
+        for a in cfg.agents:  # from the declaration as given: it has the passwords
             await self.upsert_agent(ws, a)
         # queue targets may have changed: recompute memberships of the other agents too
         for aid in await self.agent_ids(ws):

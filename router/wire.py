@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgpack
 
@@ -17,10 +17,10 @@ from router.errors import BadRequest
 
 __all__ = ["JSON", "MSGPACK", "SUBPROTOCOLS", "Codec", "choose", "decode", "encode"]
 
-MSGPACK = "switchboard.v1.msgpack"
-JSON = "switchboard.v1.json"
-SUBPROTOCOLS = (MSGPACK, JSON)
 Codec = Literal["switchboard.v1.msgpack", "switchboard.v1.json"]
+MSGPACK: Final = "switchboard.v1.msgpack"
+JSON: Final = "switchboard.v1.json"
+SUBPROTOCOLS: tuple[Codec, ...] = (MSGPACK, JSON)
 
 
 def choose(offered: Sequence[str], default: Codec = JSON) -> Codec | None:

@@ -17,8 +17,12 @@ remove_agent_everywhere(a)
 if created then
   redis.call('HSET', ak, 'id', a, 'st', 'offline', 'r', '0', 'idle', NOW, 'missed', 0)
 end
+local caps = cjson.decode(ARGV[5])
+for _, ch in ipairs(split(hget(ak, 'chs'), ',')) do
+  if caps[ch] == nil then redis.call('HDEL', ak, 'cap:' .. ch) end
+end
 redis.call('HSET', ak, 'name', ARGV[3], 'chs', ARGV[4], 'attrs', ARGV[6])
-for ch, n in pairs(cjson.decode(ARGV[5])) do
+for ch, n in pairs(caps) do
   redis.call('HSET', ak, 'cap:' .. ch, n)
   redis.call('HSETNX', ak, 'load:' .. ch, 0)
 end

@@ -1,0 +1,351 @@
+"""Read-only queries for the admin API: agents, queues, customers and case listings.
+
+Nothing here changes state. Listings never scan the keyspace: waiting cases come from the
+queues' waiting sets, offered and assigned ones from the agents' offer and case sets, and
+closed ones from the workspace's event log (``XREVRANGE``), as the design says history must.
+Every function takes the caller's workspace; ids from another workspace are simply not found.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from router import keys
+from router.errors import BadRequest
+from router.push import case_view, customer_view, pairs
+from router.snapshot import agent_view
+from router.workspace import WorkspaceConfig
+
+__all__ = [
+    "CLOSED",
+    "OPEN",
+    "STATUSES",
+    "CasePage",
+    "agent",
+    "agents",
+    "case_fields",
+    "case_summary",
+    "customer",
+    "customers_of",
+    "find_customer",
+    "held_cases",
+    "list_cases",
+    "queues",
+    "workflow_queues",
+]
+
+OPEN = ("queued", "offered", "assigned", "wrapping")
+CLOSED = ("completed", "cancelled", "abandoned")
+STATUSES = OPEN + CLOSED
+#: Log entries one closed-case page may read before it returns what it found so far.
+LOG_SCAN_BUDGET = 20_000
+_LOG_BATCH = 500
+CUSTOMER_CASES = 100
+
+_KEYSET = re.compile(r"^(-?[0-9]{1,20})~([A-Za-z0-9_.@+-]{1,64})$")
+_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def case_summary(fields: Mapping[str, str]) -> dict[str, Any]:
+    """A case as listings show it: the console's view plus its lifecycle moments."""
+    out = case_view(fields)
+    out["updated"] = int(fields.get("updated") or 0)
+    if fields.get("closed"):
+        out["closed"] = int(fields["closed"])
+    if fields.get("st") == "offered" and fields.get("oagent"):
+        out["offered_to"] = fields["oagent"]
+    return out
+
+
+async def case_fields(redis: aioredis.Redis, ws: str, case: str) -> dict[str, str]:
+    """The case's hash as a str dict; empty if there is no such case in this workspace."""
+    if not keys.valid_id(case):
+        return {}
+    return pairs(await redis.hgetall(keys.case(ws, case)))
+
+
+# -- agents ---------------------------------------------------------------------------------------
+
+
+async def agents(redis: aioredis.Redis, ws: str) -> list[dict[str, Any]]:
+    ids = sorted(_s(m) for m in await redis.smembers(keys.agents(ws)))
+    pipe = redis.pipeline(transaction=False)
+    for aid in ids:
+        pipe.hgetall(keys.agent(ws, aid))
+    return [agent_view(pairs(row)) for row in await pipe.execute() if row]
+
+
+async def agent(redis: aioredis.Redis, ws: str, aid: str) -> dict[str, Any] | None:
+    """One agent with the ids of the cases they hold and the offers pending for them."""
+    if not keys.valid_id(aid):
+        return None
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(keys.agent(ws, aid))
+    pipe.smembers(keys.agent_cases(ws, aid))
+    pipe.smembers(keys.agent_offers(ws, aid))
+    row, cases, offers = await pipe.execute()
+    if not row:
+        return None
+    view = agent_view(pairs(row))
+    view["cases"] = sorted(_s(c) for c in cases)
+    view["offers"] = sorted(_s(o) for o in offers)
+    return view
+
+
+async def held_cases(redis: aioredis.Redis, ws: str, aid: str) -> set[str]:
+    """Cases the agent holds (assigned, wrapping) or has a pending offer for."""
+    cases = {_s(c) for c in await redis.smembers(keys.agent_cases(ws, aid))}
+    offers = [_s(o) for o in await redis.smembers(keys.agent_offers(ws, aid))]
+    if offers:
+        pipe = redis.pipeline(transaction=False)
+        for o in offers:
+            pipe.hget(keys.offer(ws, o), "case")
+        cases.update(_s(c) for c in await pipe.execute() if c)
+    return cases
+
+
+async def customers_of(redis: aioredis.Redis, ws: str, cases: Iterable[str]) -> set[str]:
+    ids = list(cases)
+    if not ids:
+        return set()
+    pipe = redis.pipeline(transaction=False)
+    for c in ids:
+        pipe.hget(keys.case(ws, c), "cust")
+    return {_s(u) for u in await pipe.execute() if u}
+
+
+# -- queues and workflow ------------------------------------------------------------------------
+
+
+async def queues(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str) -> list[dict[str, Any]]:
+    pipe = redis.pipeline(transaction=False)
+    for q in cfg.queues:
+        pipe.zcard(keys.queue_waiting(ws, q.id))
+    waiting = await pipe.execute()
+    return [
+        {
+            "id": q.id,
+            "name": q.name,
+            "target": q.target,
+            "order": q.order,
+            "sl_target_s": q.sl_target_s,
+            "waiting": int(n),
+        }
+        for q, n in zip(cfg.queues, waiting, strict=True)
+    ]
+
+
+def workflow_queues(workflow: Mapping[str, Any]) -> set[str]:
+    """Every queue a TaskRouter workflow configuration names (filters and default filter)."""
+    routing = workflow.get("task_routing", workflow)
+    if not isinstance(routing, Mapping):
+        return set()
+    out: set[str] = set()
+    for f in routing.get("filters") or []:
+        for t in (f.get("targets") or []) if isinstance(f, Mapping) else []:
+            if isinstance(t, Mapping) and isinstance(t.get("queue"), str):
+                out.add(t["queue"])
+    default = routing.get("default_filter")
+    if isinstance(default, Mapping) and isinstance(default.get("queue"), str):
+        out.add(default["queue"])
+    return out
+
+
+# -- customers ----------------------------------------------------------------------------------
+
+
+async def customer(redis: aioredis.Redis, ws: str, cust: str) -> dict[str, Any] | None:
+    """Profile, identities and the latest cases (newest first); None if unknown.
+
+    A merged-away customer is a tombstone: ``{"id", "merged_into"}`` and nothing else.
+    """
+    if not keys.valid_id(cust):
+        return None
+    profile = pairs(await redis.hgetall(keys.customer(ws, cust)))
+    if not profile:
+        return None
+    if profile.get("merged_into"):
+        return {"id": cust, "merged_into": profile["merged_into"]}
+    total = int(await redis.llen(keys.customer_cases(ws, cust)))
+    ids = [_s(c) for c in await redis.lrange(keys.customer_cases(ws, cust), -CUSTOMER_CASES, -1)]
+    pipe = redis.pipeline(transaction=False)
+    for c in reversed(ids):
+        pipe.hgetall(keys.case(ws, c))
+    cases = [case_summary(pairs(row)) for row in await pipe.execute() if row]
+    return {
+        **customer_view(profile),
+        "created": int(profile.get("created") or 0),
+        "cases": cases,
+        "cases_total": total,
+    }
+
+
+async def find_customer(redis: aioredis.Redis, ws: str, identity: str) -> str | None:
+    """The customer an identity (``kind:value``, already normalized) belongs to."""
+    u = await redis.hget(keys.identities(ws), identity)
+    return _s(u) if u else None
+
+
+# -- cases ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CasePage:
+    cases: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def _bad_cursor() -> BadRequest:
+    return BadRequest("cursor: not a cursor from a previous page", code="cursor.invalid")
+
+
+def _keyset(cursor: str | None) -> tuple[int, str] | None:
+    if cursor is None:
+        return None
+    m = _KEYSET.match(cursor)
+    if m is None:
+        raise _bad_cursor()
+    return int(m.group(1)), m.group(2)
+
+
+async def list_cases(
+    redis: aioredis.Redis,
+    cfg: WorkspaceConfig,
+    ws: str,
+    status: str,
+    *,
+    queue: str = "",
+    limit: int = 50,
+    cursor: str | None = None,
+) -> CasePage:
+    """One page of the workspace's cases in ``status`` (optionally in one queue).
+
+    Queued cases come oldest first; offered, assigned and wrapping ones by creation time;
+    closed ones (completed, cancelled, abandoned) newest first, from the event log. A closed
+    page reads at most ``LOG_SCAN_BUDGET`` log entries, so it may hold fewer than ``limit``
+    cases while ``next_cursor`` is still set: follow it until it is None. Raises BadRequest
+    for an unknown status or a cursor that did not come from a previous page.
+    """
+    if status not in STATUSES:
+        raise BadRequest(f"status: one of {', '.join(STATUSES)}", code="status.invalid")
+    qids = [queue] if queue else [q.id for q in cfg.queues]
+    if status == "queued":
+        return await _queued(redis, ws, qids, limit, _keyset(cursor))
+    if status in OPEN:
+        return await _held(redis, ws, status, queue, limit, _keyset(cursor))
+    if cursor is not None and not _STREAM_ID.match(cursor):
+        raise _bad_cursor()
+    return await _closed(redis, ws, status, queue, limit, cursor)
+
+
+async def _hashes(redis: aioredis.Redis, ws: str, ids: list[str]) -> list[dict[str, str]]:
+    pipe = redis.pipeline(transaction=False)
+    for c in ids:
+        pipe.hgetall(keys.case(ws, c))
+    return [pairs(row) for row in await pipe.execute()]
+
+
+async def _queued(
+    redis: aioredis.Redis, ws: str, qids: list[str], limit: int, after: tuple[int, str] | None
+) -> CasePage:
+    # Keyset on (age, case id) across the queues' waiting sets. Members tied with the cursor's
+    # age are fetched too (ZCOUNT), so a page boundary inside a tie loses nothing.
+    lo = "-inf" if after is None else str(after[0])
+    ties = [0] * len(qids)
+    if after is not None:
+        pipe = redis.pipeline(transaction=False)
+        for q in qids:
+            pipe.zcount(keys.queue_waiting(ws, q), lo, lo)
+        ties = [int(n) for n in await pipe.execute()]
+    pipe = redis.pipeline(transaction=False)
+    for q, tie in zip(qids, ties, strict=True):
+        pipe.zrangebyscore(
+            keys.queue_waiting(ws, q), lo, "+inf", start=0, num=limit + 1 + tie, withscores=True
+        )
+    found: list[tuple[int, str]] = []
+    for rows in await pipe.execute():
+        found.extend((int(score), _s(c)) for c, score in rows)
+    found = sorted({k for k in found if after is None or k > after})
+    page = found[:limit]
+    rows = await _hashes(redis, ws, [c for _, c in page])
+    cases = [case_summary(f) for f in rows if f.get("st") == "queued"]
+    more = len(found) > limit
+    return CasePage(cases, f"{page[-1][0]}~{page[-1][1]}" if more and page else None)
+
+
+async def _held(
+    redis: aioredis.Redis,
+    ws: str,
+    status: str,
+    queue: str,
+    limit: int,
+    after: tuple[int, str] | None,
+) -> CasePage:
+    ids = sorted(_s(m) for m in await redis.smembers(keys.agents(ws)))
+    pipe = redis.pipeline(transaction=False)
+    for aid in ids:
+        if status == "offered":
+            pipe.smembers(keys.agent_offers(ws, aid))
+        else:
+            pipe.smembers(keys.agent_cases(ws, aid))
+    members = [_s(m) for group in await pipe.execute() for m in group]
+    if status == "offered":
+        pipe = redis.pipeline(transaction=False)
+        for o in members:
+            pipe.hget(keys.offer(ws, o), "case")
+        members = [_s(c) for c in await pipe.execute() if c]
+    cases = sorted(set(members))
+    keyed = []
+    for f in await _hashes(redis, ws, cases):
+        if f.get("st") != status or (queue and f.get("q") != queue):
+            continue
+        k = (int(f.get("created") or 0), f.get("id", ""))
+        if after is None or k > after:
+            keyed.append((k, f))
+    keyed.sort(key=lambda kf: kf[0])
+    page = keyed[:limit]
+    nxt = f"{page[-1][0][0]}~{page[-1][0][1]}" if len(keyed) > limit else None
+    return CasePage([case_summary(f) for _, f in page], nxt)
+
+
+async def _closed(
+    redis: aioredis.Redis, ws: str, status: str, queue: str, limit: int, cursor: str | None
+) -> CasePage:
+    # A case's latest closing entry is the one whose ts equals the case's "closed" moment;
+    # older closings of a case that was reopened since (or is open again) are skipped.
+    want = f"case.{status}"
+    top = "+" if cursor is None else f"({cursor}"
+    out: list[dict[str, Any]] = []
+    scanned = 0
+    while scanned < LOG_SCAN_BUDGET:
+        entries = await redis.xrevrange(keys.log(ws), top, "-", count=_LOG_BATCH)
+        if not entries:
+            return CasePage(out, None)
+        scanned += len(entries)
+        hits = []
+        for eid, raw in entries:
+            e = pairs(raw)
+            if e.get("t") == want and e.get("case"):
+                hits.append((_s(eid), e))
+        rows = await _hashes(redis, ws, [e["case"] for _, e in hits])
+        for (eid, e), f in zip(hits, rows, strict=True):
+            if f.get("st") != status or f.get("closed") != e.get("ts"):
+                continue
+            if queue and f.get("q") != queue:
+                continue
+            out.append(case_summary(f))
+            if len(out) == limit:
+                return CasePage(out, eid)
+        top = f"({_s(entries[-1][0])}"
+        if len(entries) < _LOG_BATCH:
+            return CasePage(out, None)
+    return CasePage(out, top[1:])
