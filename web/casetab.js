@@ -1,0 +1,331 @@
+// casetab.js — one open case: its tab, the customer's timeline, the reply box and the actions
+// (transfer, follow-up, wrap-up → complete).
+
+import { CHANNEL_LABEL, clock, h, replace, shortId } from "./dom.js";
+import { renderTimeline } from "./timeline.js";
+
+const FOLLOWUP_CHOICES = [
+  [60, "In 1 minute"], [15 * 60, "In 15 minutes"], [3600, "In 1 hour"], [4 * 3600, "In 4 hours"],
+  [24 * 3600, "Tomorrow, same time"],
+];
+const STATUS_LABEL = { assigned: "In progress", wrapping: "Wrapping up", completed: "Completed" };
+
+let seq = 0;
+
+/**
+ * app: {conn, timeline(customerId), queues, dispositions, canned, drafts (Map), toast(text, opts),
+ *       announce(text), removeCase(caseId), select(caseId)}
+ */
+export class CaseView {
+  constructor(app, detail) {
+    this.app = app;
+    this.uid = `c${++seq}`;
+    this.case = detail.case;
+    this.customer = detail.customer || { id: detail.case.customer, name: "", identities: [] };
+    this.tab = h("button", {
+      role: "tab", id: `tab-${this.uid}`, "aria-controls": `panel-${this.uid}`, "aria-selected": "false",
+      tabindex: "-1", class: "case-tab", testid: "case-tab", data: { case: this.case.id },
+      onclick: () => app.select(this.case.id),
+    });
+    this.list = h("ol", { class: "timeline", testid: "timeline", role: "log", "aria-live": "polite",
+      "aria-label": "Customer history, newest last" });
+    this.more = h("button", { class: "link-button history-more", testid: "history-more",
+      onclick: () => this.loadOlder() }, "Load earlier history");
+    this.scroller = h("div", { class: "tl-scroll", tabindex: "0", "aria-label": "Customer history" }, this.list);
+    this.head = h("header", { class: "case-head" });
+    this.actions = h("aside", { class: "case-actions", "aria-label": "Case actions" });
+    this.el = h("section", {
+      role: "tabpanel", id: `panel-${this.uid}`, "aria-labelledby": `tab-${this.uid}`, class: "case-panel",
+      testid: "case-panel", data: { case: this.case.id }, hidden: true,
+    },
+    this.head,
+    h("div", { class: "case-body" },
+      h("section", { class: "conversation", "aria-label": "Conversation" },
+        h("div", { class: "tl-top" }, this.more), this.scroller, this.composer()),
+      this.actions));
+    this.render();
+  }
+
+  get timeline() {
+    return this.app.timeline(this.customer.id || this.case.customer);
+  }
+
+  update(detail) {
+    this.case = detail.case;
+    if (detail.customer) this.customer = detail.customer;
+    this.render();
+  }
+
+  setActive(active) {
+    this.el.hidden = !active;
+    this.tab.setAttribute("aria-selected", String(active));
+    this.tab.tabIndex = active ? 0 : -1;
+    this.tab.classList.toggle("active", active);
+    if (active) this.renderTimeline(true);
+  }
+
+  render() {
+    const c = this.case;
+    const name = this.customer.name || identities(this.customer.identities, "Customer");
+    replace(this.tab,
+      h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
+      h("span", { class: "case-tab-name" }, name),
+      c.status === "wrapping" ? h("span", { class: "case-tab-state" }, "wrap-up") : null);
+    replace(this.head,
+      h("div", { class: "case-who" },
+        h("h2", { testid: "case-customer" }, name),
+        h("p", { class: "case-ids" }, identities(this.customer.identities))),
+      h("dl", { class: "case-facts" },
+        fact("Channel", CHANNEL_LABEL[c.channel] || c.channel),
+        c.subject ? fact("Subject", c.subject) : null,
+        fact("Queue", this.app.queueName(c.queue)),
+        fact("Status", STATUS_LABEL[c.status] || c.status, "case-status"),
+        fact("Case", shortId(c.id))));
+    if (this.actionsFor !== c.status) {
+      this.actionsFor = c.status; // re-render the forms only when the case's state changes
+      this.renderActions();
+    }
+    this.renderTimeline();
+  }
+
+  renderTimeline(force) {
+    if (this.el.hidden && !force) return;
+    const tl = this.timeline;
+    renderTimeline(this.list, tl, this.case.id);
+    this.more.hidden = !tl.hasOlder;
+  }
+
+  async loadOlder() {
+    const tl = this.timeline;
+    this.more.disabled = true;
+    try {
+      const ack = await this.app.conn.request("history.fetch",
+        { customer: this.customer.id || this.case.customer, before: tl.start, limit: 50 });
+      tl.prepend(ack.history);
+      this.app.timelineChanged(this.customer.id);
+    } catch (e) {
+      this.app.toast(e.message, { kind: "error" });
+    } finally {
+      this.more.disabled = false;
+    }
+  }
+
+  // -- composer --------------------------------------------------------------------------------
+
+  composer() {
+    const canReply = this.case.channel === "chat" || this.case.channel === "email";
+    const id = `reply-${this.uid}`;
+    const drafts = this.app.drafts;
+    const replyHint = `Write a ${this.case.channel === "email" ? "reply email" : "chat reply"}…`;
+    this.input = h("textarea", { id, rows: "3", testid: "reply-input", class: "reply-input",
+      placeholder: canReply ? replyHint : "Write an internal note (the customer never sees it)…",
+      value: drafts.get(this.case.id) || "" });
+    this.input.addEventListener("input", () => drafts.set(this.case.id, this.input.value));
+    this.input.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); this.send(); }
+    });
+    this.mode = canReply ? "reply" : "note";
+    const label = h("label", { for: id, class: "visually-hidden" }, canReply ? "Reply to customer" : "Internal note");
+    const sendLabel = () => (this.mode === "reply" ? "Send reply" : "Add note");
+    this.sendButton = h("button", { type: "submit", class: "primary", testid: "reply-send" }, sendLabel());
+    const modeRadio = (value, text) => h("label", { class: "seg" },
+      h("input", { type: "radio", name: `mode-${this.uid}`, value, checked: this.mode === value,
+        testid: `compose-mode-${value}`,
+        onchange: () => {
+          this.mode = value;
+          this.sendButton.textContent = sendLabel();
+          this.input.placeholder = value === "reply" ? replyHint : "Write an internal note (the customer never sees it)…";
+          label.textContent = value === "reply" ? "Reply to customer" : "Internal note";
+          form.classList.toggle("note-mode", value === "note");
+        } }), text);
+    const canned = Object.entries(this.app.canned);
+    const cannedSelect = canned.length ? h("select", { testid: "canned-select", "aria-label": "Insert a canned reply",
+      onchange: (ev) => {
+        const text = this.app.canned[ev.target.value];
+        ev.target.value = "";
+        if (text) this.insert(text);
+      } },
+    h("option", { value: "" }, "Canned reply…"),
+    canned.map(([key, text]) => h("option", { value: key }, `${key} — ${text.slice(0, 40)}${text.length > 40 ? "…" : ""}`))) : null;
+    const form = h("form", { class: `composer${canReply ? "" : " note-mode"}`, testid: "composer",
+      onsubmit: (ev) => { ev.preventDefault(); this.send(); } },
+    h("div", { class: "composer-tools" },
+      canReply ? h("fieldset", { class: "segmented" }, h("legend", { class: "visually-hidden" }, "Send as"),
+        modeRadio("reply", "Reply"), modeRadio("note", "Internal note")) : h("span", { class: "muted" }, "Notes only on calls"),
+      cannedSelect),
+    label, this.input,
+    h("div", { class: "composer-foot" },
+      h("span", { class: "hint" }, h("kbd", null, "Ctrl"), " + ", h("kbd", null, "Enter"), " to send"),
+      this.sendButton));
+    return form;
+  }
+
+  insert(text) {
+    const el = this.input;
+    const start = el.selectionStart ?? el.value.length;
+    const end = el.selectionEnd ?? el.value.length;
+    el.setRangeText(text, start, end, "end");
+    this.app.drafts.set(this.case.id, el.value);
+    el.focus();
+  }
+
+  focusComposer() {
+    this.input.focus();
+  }
+
+  async send() {
+    const text = this.input.value.trim();
+    if (!text) return;
+    this.sendButton.disabled = true;
+    try {
+      const ack = await this.app.conn.request(this.mode === "reply" ? "case.reply" : "case.note",
+        { case: this.case.id, text });
+      this.input.value = "";
+      this.app.drafts.delete(this.case.id);
+      if (this.timeline.add(ack.entry)) this.app.timelineChanged(this.customer.id);
+    } catch (e) {
+      this.app.toast(`Not sent: ${e.message}`, { kind: "error" });
+    } finally {
+      this.sendButton.disabled = false;
+      this.input.focus();
+    }
+  }
+
+  // -- actions ---------------------------------------------------------------------------------
+
+  renderActions() {
+    replace(this.actions,
+      this.wrapSection(),
+      this.transferSection(),
+      this.followupSection());
+  }
+
+  wrapSection() {
+    if (this.case.status !== "wrapping") {
+      return h("section", { class: "action-card" },
+        h("h3", null, "Wrap-up"),
+        h("p", { class: "hint" }, "End the conversation and do the after-contact work. You keep this slot until you complete the case."),
+        h("button", { class: "primary", testid: "wrapup", onclick: (ev) => this.wrapup(ev.currentTarget) }, "Wrap up"));
+    }
+    const sel = `disp-${this.uid}`;
+    const noteId = `wnote-${this.uid}`;
+    this.disposition = h("select", { id: sel, required: true, testid: "disposition-select" },
+      h("option", { value: "" }, "Choose a disposition…"),
+      this.app.dispositions.map((d) => h("option", { value: d }, d)));
+    const note = h("textarea", { id: noteId, rows: "2", testid: "wrapup-note" });
+    const done = h("button", { type: "submit", class: "primary", testid: "complete" }, "Complete case");
+    return h("form", { class: "action-card wrapping", onsubmit: async (ev) => {
+      ev.preventDefault();
+      done.disabled = true;
+      try {
+        await this.app.conn.request("case.complete", { case: this.case.id, disposition: this.disposition.value, note: note.value });
+        this.app.announce(`Case completed: ${this.disposition.value}.`);
+        this.app.removeCase(this.case.id);
+      } catch (e) {
+        this.app.toast(e.message, { kind: "error" });
+        done.disabled = false;
+      }
+    } },
+    h("h3", null, "Wrap-up"),
+    h("label", { for: sel }, "Disposition"), this.disposition,
+    h("label", { for: noteId }, "Wrap-up note ", h("span", { class: "muted" }, "(optional)")), note,
+    done);
+  }
+
+  async wrapup(button) {
+    button.disabled = true;
+    try {
+      await this.app.conn.request("case.wrapup", { case: this.case.id });
+      this.case = { ...this.case, status: "wrapping" };
+      this.render();
+      this.disposition.focus();
+    } catch (e) {
+      this.app.toast(e.message, { kind: "error" });
+      button.disabled = false;
+    }
+  }
+
+  transferSection() {
+    const u = this.uid;
+    let to = "queue";
+    const queue = h("select", { id: `tq-${u}`, testid: "transfer-queue" },
+      this.app.queues.map((q) => h("option", { value: q.id, selected: q.id === this.case.queue }, q.name)));
+    const agent = h("input", { id: `ta-${u}`, testid: "transfer-agent", autocomplete: "off", spellcheck: "false",
+      placeholder: "agent id, e.g. bob" });
+    const note = h("textarea", { id: `tn-${u}`, rows: "2", testid: "transfer-note" });
+    const queueRow = h("div", { class: "field" }, h("label", { for: `tq-${u}` }, "Queue"), queue);
+    const agentRow = h("div", { class: "field", hidden: true }, h("label", { for: `ta-${u}` }, "Agent id"), agent);
+    const pick = (value, text) => h("label", { class: "seg" },
+      h("input", { type: "radio", name: `tt-${u}`, value, checked: value === "queue", testid: `transfer-to-${value}`,
+        onchange: () => { to = value; queueRow.hidden = value !== "queue"; agentRow.hidden = value !== "agent"; } }),
+      text);
+    const submit = h("button", { type: "submit", class: "secondary", testid: "transfer-submit" }, "Transfer");
+    return h("form", { class: "action-card", onsubmit: async (ev) => {
+      ev.preventDefault();
+      const target = to === "queue" ? { queue: queue.value } : { agent: agent.value.trim() };
+      if (to === "agent" && !target.agent) { agent.focus(); return; }
+      submit.disabled = true;
+      try {
+        await this.app.conn.request("case.transfer", { case: this.case.id, ...target, note: note.value });
+        const where = target.queue ? this.app.queueName(target.queue) : target.agent;
+        this.app.toast(`Transferred to ${where}.`);
+        this.app.removeCase(this.case.id);
+      } catch (e) {
+        this.app.toast(e.message, { kind: "error" });
+        submit.disabled = false;
+      }
+    } },
+    h("h3", null, "Transfer"),
+    h("fieldset", { class: "segmented" }, h("legend", { class: "visually-hidden" }, "Transfer to"),
+      pick("queue", "To a queue"), pick("agent", "To an agent")),
+    queueRow, agentRow,
+    h("label", { for: `tn-${u}` }, "Note for the next agent"), note,
+    submit);
+  }
+
+  followupSection() {
+    const u = this.uid;
+    const when = h("select", { id: `fw-${u}`, testid: "followup-when" },
+      FOLLOWUP_CHOICES.map(([s, text]) => h("option", { value: String(s) }, text)));
+    const note = h("input", { id: `fn-${u}`, testid: "followup-note", placeholder: "e.g. check the refund went through" });
+    const submit = h("button", { type: "submit", class: "secondary", testid: "followup-submit" }, "Schedule");
+    return h("form", { class: "action-card", onsubmit: async (ev) => {
+      ev.preventDefault();
+      submit.disabled = true;
+      try {
+        const ack = await this.app.conn.request("case.followup",
+          { case: this.case.id, in_s: Number(when.value), note: note.value });
+        this.app.toast(`Follow-up reminder set for ${clock(ack.due / 1000)}.`, { testid: "followup-confirmation" });
+        note.value = "";
+      } catch (e) {
+        this.app.toast(e.message, { kind: "error" });
+      } finally {
+        submit.disabled = false;
+      }
+    } },
+    h("h3", null, "Follow-up"),
+    h("label", { for: `fw-${u}` }, "Remind me"), when,
+    h("label", { for: `fn-${u}` }, "Note"), note,
+    submit);
+  }
+}
+
+/** "dana@example.com · +15550100777 · web chat" — an anonymous chat visitor id tells an agent
+ *  nothing, so it is named, not shown. */
+function identities(list, none = "no known contact details") {
+  const out = [];
+  for (const i of list || []) {
+    const [kind, ...rest] = String(i).split(":");
+    const value = rest.join(":");
+    if (kind === "visitor") {
+      if (!out.includes("web chat visitor")) out.push("web chat visitor");
+    } else {
+      out.push(value || kind);
+    }
+  }
+  return out.join(" · ") || none;
+}
+
+function fact(term, value, testid) {
+  return h("div", { class: "fact" }, h("dt", null, term), h("dd", testid ? { testid } : null, value));
+}

@@ -1,0 +1,436 @@
+// console.js — the agent console: status, offers, one tab per open case, live updates.
+//
+// The screen is a projection of the server's state: every `hello` (first connect and every
+// reconnect) rebuilds it; pushes (offer, case.message, ...) patch it in between.
+
+import { CHANNEL_LABEL, h, replace } from "./dom.js";
+import { Connection, clearSession, loadSession } from "./session.js";
+import { signIn } from "./login.js";
+import { announcer, connectionUi, toaster } from "./ui.js";
+import { Timeline, caseSummary } from "./timeline.js";
+import { OfferCard } from "./offers.js";
+import { CaseView } from "./casetab.js";
+
+const RESCIND_REASON = {
+  timeout: "The offer timed out and went back to the queue.",
+  abandoned: "The customer left before the offer was answered.",
+  rescinded: "The offer was withdrawn.",
+};
+
+class AgentConsole {
+  constructor(root, session) {
+    this.root = root;
+    this.session = session;
+    this.conn = new Connection(session);
+    this.me = { id: session.agent, name: session.name, status: "offline", capacity: {} };
+    this.statuses = [];
+    this.queues = [];
+    this.dispositions = [];
+    this.canned = {};
+    this.timelines = new Map();
+    this.views = new Map();
+    this.offerCards = new Map();
+    this.drafts = new Map();
+    this.active = null;
+    this.polite = announcer("polite");
+    this.urgent = announcer("assertive");
+    this.toasts = toaster();
+    this.buildShell();
+    this.conn.addEventListener("frame", (ev) => this.onFrame(ev.detail));
+    this.conn.addEventListener("expired", (ev) => this.expired(ev.detail.message));
+    setInterval(() => this.offerCards.forEach((c) => c.tick()), 250);
+    document.addEventListener("keydown", (ev) => this.shortcut(ev));
+    this.conn.start();
+  }
+
+  // -- shell -----------------------------------------------------------------------------------
+
+  buildShell() {
+    const { banner, indicator } = connectionUi(this.conn, () => this.polite.announce("Reconnected."));
+    this.statusSelect = h("select", { id: "status-select", testid: "status-select",
+      onchange: (ev) => this.setStatus(ev.target.value) });
+    this.loadEl = h("div", { class: "load", testid: "agent-load", "aria-label": "Your load per channel" });
+    this.offerList = h("ul", { class: "offer-list", testid: "offer-list", "aria-label": "Pending offers" });
+    this.offerEmpty = h("p", { class: "empty", testid: "offers-empty" });
+    this.offerCount = h("span", { class: "count", testid: "offer-count" }, "0");
+    this.tabs = h("div", { role: "tablist", class: "case-tabs", "aria-label": "Open cases", testid: "case-tabs",
+      onkeydown: (ev) => this.tabKeys(ev) });
+    this.panels = h("div", { class: "case-panels" });
+    this.noCases = h("div", { class: "no-cases", testid: "no-cases" },
+      h("h2", null, "No open cases"),
+      h("p", null, "Accepted offers open here, one tab per case, with the customer's whole history."));
+    replace(this.root,
+      h("header", { class: "topbar" },
+        h("div", { class: "brand" }, h("span", { class: "brand-mark", "aria-hidden": "true" }, "◆"), "Switchboard"),
+        h("div", { class: "who" }, h("span", { class: "who-name", testid: "agent-name" }, this.session.name),
+          h("span", { class: "who-ws" }, this.session.workspace)),
+        this.loadEl,
+        h("div", { class: "status-field" }, h("label", { for: "status-select" }, "Status"), this.statusSelect),
+        indicator,
+        h("button", { class: "ghost", testid: "sign-out", onclick: () => this.signOut() }, "Sign out")),
+      banner,
+      h("div", { class: "layout" },
+        h("aside", { class: "sidebar", "aria-labelledby": "offers-title" },
+          h("h2", { id: "offers-title", class: "side-title" }, "Offers ", this.offerCount),
+          h("p", { class: "hint keys" }, h("kbd", null, "Alt A"), " accept · ", h("kbd", null, "Alt R"), " reject"),
+          this.offerEmpty, this.offerList),
+        h("main", { id: "main", class: "work", tabindex: "-1" }, this.tabs, this.panels, this.noCases)),
+      this.toasts.el, this.polite.el, this.urgent.el);
+    this.renderOffersMeta();
+  }
+
+  expired(message) {
+    clearSession();
+    sessionStorage.setItem("switchboard.note", `Please sign in again (${message}).`);
+    location.reload();
+  }
+
+  async signOut() {
+    try {
+      await this.conn.request("status", { status: "offline" });
+    } catch {
+      /* signing out anyway */
+    }
+    this.conn.stop();
+    clearSession();
+    location.reload();
+  }
+
+  toast(text, opts) {
+    return this.toasts.show(text, opts);
+  }
+
+  announce(text) {
+    this.polite.announce(text);
+  }
+
+  queueName(id) {
+    const q = this.queues.find((x) => x.id === id);
+    return q ? q.name : id || "—";
+  }
+
+  // -- state -----------------------------------------------------------------------------------
+
+  timeline(customerId) {
+    let tl = this.timelines.get(customerId);
+    if (!tl) {
+      tl = new Timeline();
+      this.timelines.set(customerId, tl);
+    }
+    return tl;
+  }
+
+  absorb(detail) {
+    const cust = (detail.customer && detail.customer.id) || detail.case.customer;
+    const tl = this.timeline(cust);
+    const entries = detail.timeline || [];
+    const total = detail.timeline_total ?? entries.length;
+    tl.setPage(entries, detail.timeline_start ?? Math.max(0, total - entries.length), total);
+    return tl;
+  }
+
+  timelineChanged(customerId) {
+    for (const v of this.views.values()) {
+      if ((v.customer.id || v.case.customer) === customerId) v.renderTimeline();
+    }
+  }
+
+  onFrame(f) {
+    switch (f.type) {
+      case "hello": return this.hello(f);
+      case "offer": return this.addOffer(f, true);
+      case "offer.rescinded": {
+        if (this.removeOffer(f.offer)) this.toast(RESCIND_REASON[f.reason] || RESCIND_REASON.rescinded);
+        return undefined;
+      }
+      case "case.message":
+      case "case.updated": return this.caseEntry(f);
+      case "reminder": return this.reminder(f);
+      case "status": {
+        this.me.status = f.status;
+        if (f.status === "offline") this.dropOffers();
+        this.renderStatus();
+        const why = { missed_offers: " because offers were missed in a row",
+          supervisor: ", set by a supervisor" }[f.reason] || "";
+        this.toast(`Your status is now ${label(f.status)}${why}.`, {
+          kind: f.reason === "missed_offers" ? "error" : "info", testid: "status-changed",
+        });
+        return undefined;
+      }
+      case "drain": return this.toast("The server is restarting; reconnecting…");
+      case "error": return this.toast(f.message || f.code, { kind: "error" });
+      default: return undefined;
+    }
+  }
+
+  hello(f) {
+    this.me = f.agent;
+    this.statuses = f.statuses || [];
+    this.queues = f.queues || [];
+    this.dispositions = f.dispositions || [];
+    this.canned = f.canned || {};
+    this.timelines = new Map();
+    for (const v of this.views.values()) { v.tab.remove(); v.el.remove(); }
+    this.views.clear();
+    for (const c of this.offerCards.values()) c.el.remove();
+    this.offerCards.clear();
+    const keep = this.active;
+    this.active = null;
+    for (const d of f.cases || []) this.addCase(d);
+    for (const o of f.offers || []) this.addOffer(o, false);
+    const first = this.views.keys().next().value;
+    if (keep && this.views.has(keep)) this.select(keep);
+    else if (first) this.select(first);
+    this.renderStatus();
+    this.renderCasesMeta();
+  }
+
+  addCase(detail) {
+    this.absorb(detail);
+    const existing = this.views.get(detail.case.id);
+    if (existing) {
+      existing.update(detail);
+      return existing;
+    }
+    const view = new CaseView(this, detail);
+    this.views.set(detail.case.id, view);
+    this.tabs.append(view.tab);
+    this.panels.append(view.el);
+    this.renderCasesMeta();
+    return view;
+  }
+
+  removeCase(caseId) {
+    const view = this.views.get(caseId);
+    if (!view) return;
+    const ids = [...this.views.keys()];
+    const next = ids[ids.indexOf(caseId) + 1] || ids[ids.indexOf(caseId) - 1];
+    view.tab.remove();
+    view.el.remove();
+    this.views.delete(caseId);
+    this.drafts.delete(caseId);
+    if (this.active === caseId) {
+      this.active = null;
+      if (next) this.select(next);
+    }
+    this.renderCasesMeta();
+  }
+
+  select(caseId, focusTab = false) {
+    if (!this.views.has(caseId)) return;
+    this.active = caseId;
+    for (const [id, v] of this.views) v.setActive(id === caseId);
+    const view = this.views.get(caseId);
+    view.tab.classList.remove("unread");
+    if (focusTab) view.tab.focus();
+  }
+
+  caseEntry(f) {
+    const view = this.views.get(f.case);
+    const card = [...this.offerCards.values()].find((c) => c.offer.case.id === f.case);
+    const cust = view ? (view.customer.id || view.case.customer) : card?.offer.case.customer;
+    if (!cust || !f.entry) return;
+    if (!this.timeline(cust).add(f.entry)) return;
+    this.timelineChanged(cust);
+    if (view && f.entry.dir === "in" && this.active !== f.case) {
+      // the open case's timeline is a live region that reads new entries out by itself
+      const name = view.customer.name || "the customer";
+      this.announce(`New ${CHANNEL_LABEL[f.entry.ch] || ""} message from ${name} in another tab.`);
+      view.tab.classList.add("unread");
+    }
+    if (view && f.type === "case.updated" && f.event === "call.ended") {
+      this.toast(`Call with ${view.customer.name || "the customer"} ended.`);
+    }
+  }
+
+  reminder(f) {
+    const view = this.views.get(f.case);
+    const who = view ? (view.customer.name || "the customer") : "a case you handled";
+    const actions = view ? [["Open case", () => this.select(f.case, true)]] : [];
+    this.toast(f.note || `Follow up on ${who}.`, {
+      kind: "reminder", title: `Follow-up reminder · ${who}`, testid: "reminder", actions,
+    });
+    this.urgent.announce(`Follow-up reminder: ${f.note || who}`);
+  }
+
+  // -- offers ----------------------------------------------------------------------------------
+
+  addOffer(o, fresh) {
+    if (this.offerCards.has(o.offer)) return;
+    const tl = this.absorb(o);
+    const card = new OfferCard(o, tl, {
+      accept: (id) => this.accept(id),
+      reject: (id) => this.reject(id),
+      queueName: (id) => this.queueName(id),
+      now: () => this.conn.now(),
+    });
+    this.offerCards.set(o.offer, card);
+    this.offerList.append(card.el);
+    this.renderOffersMeta();
+    if (fresh) {
+      const who = (o.customer && o.customer.name) || "a customer";
+      this.urgent.announce(`New ${CHANNEL_LABEL[o.case.channel] || ""} offer from ${who}: `
+        + `${caseSummary(o.case, tl)}. Alt A to accept, Alt R to reject.`);
+    }
+  }
+
+  removeOffer(offerId) {
+    const card = this.offerCards.get(offerId);
+    if (!card) return false;
+    const hadFocus = card.el.contains(document.activeElement);
+    card.el.remove();
+    this.offerCards.delete(offerId);
+    this.renderOffersMeta();
+    if (hadFocus) {
+      const next = this.offerCards.values().next().value;
+      (next ? next.el : this.offerList).focus?.();
+    }
+    return true;
+  }
+
+  // Going offline rescinds every pending offer on the server, which does not push
+  // offer.rescinded for them: drop the cards here.
+  dropOffers() {
+    for (const id of [...this.offerCards.keys()]) this.removeOffer(id);
+  }
+
+  async accept(offerId) {
+    const card = this.offerCards.get(offerId);
+    if (!card) return;
+    card.busy(true);
+    try {
+      // The offer carried the case, customer and timeline: the tab is built from them (the
+      // server sends the case detail only when asked, e.g. by a console restoring an offer).
+      const o = card.offer;
+      const ack = await this.conn.request("offer.accept", { offer: offerId });
+      this.removeOffer(offerId);
+      const tl = this.timeline(o.customer?.id || o.case.customer);
+      const detail = ack.detail || {
+        case: { ...o.case, status: "assigned", agent: this.me.id }, customer: o.customer,
+        timeline: tl.entries, timeline_start: tl.start, timeline_total: tl.total,
+      };
+      const view = this.addCase(detail);
+      this.select(detail.case.id);
+      view.focusComposer();
+      this.announce(`Accepted. Case with ${view.customer.name || "the customer"} is open.`);
+    } catch (e) {
+      card.busy(false);
+      if (String(e.code || "").startsWith("offer.")) this.removeOffer(offerId);
+      this.toast(`Could not accept: ${e.message}`, { kind: "error" });
+    }
+  }
+
+  async reject(offerId) {
+    const card = this.offerCards.get(offerId);
+    if (!card) return;
+    card.busy(true);
+    try {
+      await this.conn.request("offer.reject", { offer: offerId });
+      this.removeOffer(offerId);
+      this.announce("Offer rejected.");
+    } catch (e) {
+      card.busy(false);
+      if (String(e.code || "").startsWith("offer.")) this.removeOffer(offerId);
+      this.toast(`Could not reject: ${e.message}`, { kind: "error" });
+    }
+  }
+
+  renderOffersMeta() {
+    const n = this.offerCards.size;
+    this.offerCount.textContent = String(n);
+    this.offerEmpty.hidden = n > 0;
+    const routable = (this.statuses.find((s) => s.name === this.me.status) || {}).routable;
+    this.offerEmpty.textContent = routable
+      ? "No offers right now. New ones appear here with a countdown."
+      : `You're ${this.me.status || "offline"}. Set your status to available to receive offers.`;
+    document.title = n ? `(${n}) Offer — Switchboard` : "Switchboard — Agent console";
+    this.renderLoad();
+  }
+
+  renderCasesMeta() {
+    this.noCases.hidden = this.views.size > 0;
+    this.tabs.hidden = this.views.size === 0;
+    this.panels.hidden = this.views.size === 0;
+    this.renderLoad();
+  }
+
+  // Load is computed from what this console holds: open cases and pending offers per channel.
+  renderLoad() {
+    const load = {};
+    for (const v of this.views.values()) load[v.case.channel] = (load[v.case.channel] || 0) + 1;
+    for (const c of this.offerCards.values()) {
+      const ch = c.offer.case.channel;
+      load[ch] = (load[ch] || 0) + 1;
+    }
+    const cap = this.me.capacity || {};
+    replace(this.loadEl, Object.keys(cap).map((ch) => h("span", {
+      class: `load-chip${(load[ch] || 0) >= cap[ch] ? " full" : ""}`, testid: `load-${ch}`,
+    }, `${CHANNEL_LABEL[ch] || ch} ${load[ch] || 0}/${cap[ch]}`)));
+  }
+
+  // -- status ----------------------------------------------------------------------------------
+
+  renderStatus() {
+    const current = this.me.status;
+    const names = this.statuses.map((s) => s.name);
+    if (current && !names.includes(current)) names.push(current);
+    replace(this.statusSelect, names.map((n) => h("option", { value: n, selected: n === current }, label(n))));
+    this.statusSelect.value = current;
+    this.statusSelect.className = `status-${current}`;
+    this.renderOffersMeta();
+  }
+
+  async setStatus(status) {
+    const before = this.me.status;
+    try {
+      const ack = await this.conn.request("status", { status });
+      this.me.status = ack.status;
+      this.announce(`Status: ${label(ack.status)}.`);
+      if (ack.status === "offline") this.dropOffers();
+    } catch (e) {
+      this.me.status = before;
+      this.toast(`Status not changed: ${e.message}`, { kind: "error" });
+    }
+    this.renderStatus();
+  }
+
+  // -- keyboard --------------------------------------------------------------------------------
+
+  shortcut(ev) {
+    if (!ev.altKey || ev.ctrlKey || ev.metaKey) return;
+    if (ev.code === "KeyA" || ev.code === "KeyR") {
+      const focused = document.activeElement && document.activeElement.closest?.("[data-testid=offer]");
+      const id = focused ? focused.dataset.offer : this.offerCards.keys().next().value;
+      if (!id) return;
+      ev.preventDefault();
+      if (ev.code === "KeyA") this.accept(id);
+      else this.reject(id);
+    } else if (/^Digit[1-9]$/.test(ev.code)) {
+      const id = [...this.views.keys()][Number(ev.code.slice(5)) - 1];
+      if (id) { ev.preventDefault(); this.select(id, true); }
+    }
+  }
+
+  tabKeys(ev) {
+    const ids = [...this.views.keys()];
+    const i = ids.indexOf(this.active);
+    const to = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: ids.length - 1 }[ev.key];
+    if (to === undefined || !ids.length) return;
+    ev.preventDefault();
+    this.select(ids[(to + ids.length) % ids.length], true);
+  }
+}
+
+function label(status) {
+  return status ? status.charAt(0).toUpperCase() + status.slice(1) : "";
+}
+
+async function start(root) {
+  const note = sessionStorage.getItem("switchboard.note");
+  sessionStorage.removeItem("switchboard.note");
+  let session = loadSession();
+  if (!session) session = await signIn(root, { title: "Sign in to the agent console", note });
+  return new AgentConsole(root, session);
+}
+
+start(document.getElementById("app"));

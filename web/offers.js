@@ -1,0 +1,85 @@
+// offers.js — offer cards: who, what, why, and how long is left to answer.
+//
+// The countdown runs against the server's deadline, corrected by the clock offset measured
+// with pings, so every console shows the same time left.
+
+import { CHANNEL_LABEL, h } from "./dom.js";
+import { caseSummary } from "./timeline.js";
+
+function whyText(why, queueName) {
+  if (!why) return "";
+  const filter = why.filter && why.filter !== "default_filter" ? `“${why.filter}”` : "the default route";
+  const step = why.step > 1 ? `, escalation step ${why.step}` : "";
+  return `${queueName(why.queue)} via ${filter}${step}: ${why.reason || "best available agent"}.`;
+}
+
+function customerLabel(customer) {
+  if (!customer) return "Unknown customer";
+  if (customer.name) return customer.name;
+  const ids = customer.identities || [];
+  const known = ids.find((i) => !i.startsWith("visitor:"));
+  if (known) return known.replace(/^[a-z]+:/, "");
+  return ids.length ? "a web chat visitor" : "Unknown customer";
+}
+
+/**
+ * One offer card. `actions` = {accept(offerId), reject(offerId), queueName(id), now()}.
+ * Call tick() to refresh the countdown.
+ */
+export class OfferCard {
+  constructor(offer, timeline, actions) {
+    this.offer = offer;
+    this.actions = actions;
+    const c = offer.case || {};
+    const channel = c.channel || "chat";
+    const left = (offer.deadline - actions.now()) / 1000;
+    this.windowS = Math.max(1, Math.round(left));
+    this.seconds = h("span", { class: "offer-seconds", testid: "offer-countdown" });
+    this.bar = h("progress", { class: "offer-progress", max: String(this.windowS), value: String(this.windowS),
+      "aria-hidden": "true" });
+    const earlier = timeline.entries.filter((e) => e.case !== c.id).length;
+    const total = Math.max(timeline.total, timeline.entries.length);
+    const ownCount = timeline.entries.length - earlier;
+    const historyCount = Math.max(0, total - ownCount);
+    const titleId = `offer-title-${offer.offer}`;
+    this.accept = h("button", { class: "primary", testid: "offer-accept", "aria-keyshortcuts": "Alt+A",
+      onclick: () => actions.accept(offer.offer) }, "Accept", h("kbd", null, "Alt A"));
+    this.reject = h("button", { class: "secondary", testid: "offer-reject", "aria-keyshortcuts": "Alt+R",
+      onclick: () => actions.reject(offer.offer) }, "Reject", h("kbd", null, "Alt R"));
+    this.el = h("li", {
+      class: `offer ch-${channel}`, tabindex: "0", testid: "offer", "aria-labelledby": titleId,
+      data: { offer: offer.offer, case: c.id || "", channel },
+    },
+    h("div", { class: "offer-head" },
+      h("span", { class: `badge ch-${channel}`, testid: "offer-channel" }, CHANNEL_LABEL[channel] || channel),
+      c.priority ? h("span", { class: "offer-priority" }, `Priority ${c.priority}`) : null,
+      h("span", { class: "offer-timer" }, h("span", { class: "visually-hidden" }, "Time left: "), this.seconds)),
+    this.bar,
+    h("p", { class: "offer-customer", id: titleId, testid: "offer-customer" },
+      `${CHANNEL_LABEL[channel] || channel} from `, customerLabel(offer.customer)),
+    h("p", { class: "offer-subject", testid: "offer-subject" }, caseSummary(c, timeline)),
+    h("p", { class: "offer-why", testid: "offer-why" },
+      h("span", { class: "offer-why-label" }, "Why you: "), whyText(offer.why, actions.queueName)),
+    historyCount ? h("p", { class: "offer-history" },
+      `${historyCount} earlier ${historyCount === 1 ? "entry" : "entries"} in this customer's history`) : null,
+    h("div", { class: "offer-actions" }, this.accept, this.reject));
+    this.el.addEventListener("keydown", (ev) => {
+      if (ev.altKey || ev.ctrlKey || ev.metaKey || ev.target !== this.el) return;
+      if (ev.key === "a" || ev.key === "A") { ev.preventDefault(); actions.accept(offer.offer); }
+      if (ev.key === "r" || ev.key === "R") { ev.preventDefault(); actions.reject(offer.offer); }
+    });
+    this.tick();
+  }
+
+  tick() {
+    const left = Math.max(0, (this.offer.deadline - this.actions.now()) / 1000);
+    this.seconds.textContent = left > 0 ? `${Math.ceil(left)} s` : "expiring";
+    this.bar.value = Math.min(this.windowS, left);
+    this.el.classList.toggle("urgent", left <= 10);
+  }
+
+  busy(on) {
+    this.accept.disabled = on;
+    this.reject.disabled = on;
+  }
+}

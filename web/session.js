@@ -1,0 +1,254 @@
+// session.js — sign-in, the session token, and the console's WebSocket connection.
+//
+// The session token (REST, hours) lives in sessionStorage, so a reload stays signed in while a
+// new browser tab starts fresh. Before every (re)connect a one-use WebSocket token is fetched
+// with POST /api/ws-token. The connection reconnects by itself with exponential backoff and
+// jitter; the server's `hello` frame after each connect is the truth the page rebuilds from.
+
+import { backoff } from "./dom.js";
+
+const KEY = "switchboard.session";
+const LAST = "switchboard.last-login";
+export const PROTOCOL = "switchboard.v1.json";
+
+export class AuthError extends Error {}
+
+export function loadSession() {
+  try {
+    const s = JSON.parse(sessionStorage.getItem(KEY) || "null");
+    return s && typeof s.token === "string" ? s : null;
+  } catch {
+    return null;
+  }
+}
+
+export function clearSession() {
+  sessionStorage.removeItem(KEY);
+}
+
+/** The workspace and agent id last used on this browser (never the password). */
+export function lastLogin() {
+  try {
+    return JSON.parse(localStorage.getItem(LAST) || "{}");
+  } catch {
+    return {};
+  }
+}
+
+async function post(path, body, token) {
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let res;
+  try {
+    res = await fetch(path, { method: "POST", headers, body: JSON.stringify(body || {}) });
+  } catch {
+    throw new Error("The server can't be reached. Check your connection and try again.");
+  }
+  let data = {};
+  try {
+    data = await res.json();
+  } catch {
+    /* non-JSON error page */
+  }
+  if (res.status === 401 || res.status === 403) {
+    throw new AuthError(data.message || "Not signed in");
+  }
+  if (!res.ok) throw new Error(data.message || `Request failed (${res.status})`);
+  return data;
+}
+
+/** Sign in; returns and stores the session {token, workspace, agent, role, name}. */
+export async function login(workspace, agent, password) {
+  const d = await post("/api/login", { workspace, agent, password });
+  const session = {
+    token: d.token, workspace: d.workspace, agent: d.agent, role: d.role, name: d.name,
+  };
+  sessionStorage.setItem(KEY, JSON.stringify(session));
+  localStorage.setItem(LAST, JSON.stringify({ workspace: d.workspace, agent: d.agent }));
+  return session;
+}
+
+async function wsToken(session) {
+  const d = await post("/api/ws-token", {}, session.token);
+  return d.token;
+}
+
+const PING_EVERY_MS = 20000;
+const PING_TIMEOUT_MS = 10000;
+
+/**
+ * One logical connection to /ws/agent that survives drops.
+ *
+ * Events (EventTarget): "frame" (detail: a server push or hello), "state" (detail:
+ * {state: connecting|open|waiting|stopped, attempt, delayMs, reason}), "expired" (the session
+ * is no longer valid: sign in again). request() resolves with the ack or rejects with
+ * {code, message}; requests in flight when the socket drops reject with code "disconnected".
+ */
+export class Connection extends EventTarget {
+  constructor(session, path = "/ws/agent") {
+    super();
+    this.session = session;
+    this.path = path;
+    this.ws = null;
+    this.ref = 0;
+    this.pending = new Map();
+    this.attempt = 0;
+    this.timer = null;
+    this.pinger = null;
+    this.stopped = false;
+    this.everOpen = false;
+    this.clockOffsetMs = 0; // server clock − local clock
+    this.state = "stopped";
+    window.addEventListener("online", () => {
+      if (this.state === "waiting") this.retryNow();
+    });
+  }
+
+  get open() {
+    return this.state === "open";
+  }
+
+  start() {
+    this.stopped = false;
+    this._connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearInterval(this.pinger);
+    if (this.ws) this.ws.close(1000, "signed out");
+    this._setState("stopped");
+  }
+
+  retryNow() {
+    clearTimeout(this.timer);
+    if (!this.stopped && this.state !== "connecting" && this.state !== "open") this._connect();
+  }
+
+  /** Send a frame; resolves with the server's ack, rejects with its error {code, message}. */
+  request(type, fields = {}) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN || this.state !== "open") {
+      return Promise.reject({ code: "disconnected", message: "Not connected — try again in a moment." });
+    }
+    const ref = ++this.ref;
+    return new Promise((resolve, reject) => {
+      this.pending.set(ref, { resolve, reject });
+      this.ws.send(JSON.stringify({ ...fields, type, ref }));
+    });
+  }
+
+  _setState(state, extra = {}) {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: { state, attempt: this.attempt, ...extra } }));
+  }
+
+  async _connect() {
+    this._setState("connecting");
+    let token;
+    try {
+      token = await wsToken(this.session);
+    } catch (e) {
+      if (e instanceof AuthError) {
+        this.stopped = true;
+        this._setState("stopped");
+        this.dispatchEvent(new CustomEvent("expired", { detail: { message: e.message } }));
+        return;
+      }
+      this._retry(e.message);
+      return;
+    }
+    if (this.stopped) return;
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const url = `${scheme}://${location.host}${this.path}?token=${encodeURIComponent(token)}`;
+    let ws;
+    try {
+      ws = new WebSocket(url, [PROTOCOL]);
+    } catch (e) {
+      this._retry(String(e));
+      return;
+    }
+    this.ws = ws;
+    let refusal = null;
+    ws.onmessage = (ev) => {
+      let frame;
+      try {
+        frame = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      if (!frame || typeof frame.type !== "string") return;
+      if ((frame.type === "ack" || frame.type === "error") && this.pending.has(frame.ref)) {
+        const p = this.pending.get(frame.ref);
+        this.pending.delete(frame.ref);
+        if (frame.type === "ack") p.resolve(frame);
+        else p.reject({ code: frame.code, message: frame.message });
+        return;
+      }
+      if (frame.type === "error" && this.state === "connecting") {
+        refusal = frame; // the server says why before closing a refused connection
+        return;
+      }
+      if (frame.type === "hello") {
+        this.attempt = 0;
+        this.everOpen = true;
+        this._setState("open");
+        this._startPinging();
+      }
+      this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      clearInterval(this.pinger);
+      for (const p of this.pending.values()) {
+        p.reject({ code: "disconnected", message: "The connection dropped; nothing was confirmed." });
+      }
+      this.pending.clear();
+      if (this.stopped) return;
+      if (refusal && refusal.code === "agent.unknown") {
+        this.stopped = true;
+        this._setState("stopped");
+        this.dispatchEvent(new CustomEvent("expired", { detail: { message: refusal.message } }));
+        return;
+      }
+      const why = refusal ? refusal.message : ev.code === 1012 ? "server restarting" : "connection lost";
+      this._retry(why);
+    };
+  }
+
+  _retry(reason) {
+    if (this.stopped) return;
+    const delayMs = backoff(this.attempt);
+    this.attempt += 1;
+    this._setState("waiting", { delayMs, reason, retryAt: Date.now() + delayMs });
+    this.timer = setTimeout(() => this._connect(), delayMs);
+  }
+
+  _startPinging() {
+    clearInterval(this.pinger);
+    const ping = async () => {
+      const ws = this.ws;
+      const sent = Date.now();
+      const timeout = setTimeout(() => {
+        if (this.ws === ws && ws) ws.close(4000, "ping timeout");
+      }, PING_TIMEOUT_MS);
+      try {
+        const ack = await this.request("ping");
+        const now = Date.now();
+        if (typeof ack.ts === "number") this.clockOffsetMs = ack.ts * 1000 - (sent + now) / 2;
+      } catch {
+        /* the close handler takes over */
+      } finally {
+        clearTimeout(timeout);
+      }
+    };
+    ping();
+    this.pinger = setInterval(ping, PING_EVERY_MS);
+  }
+
+  /** Server time now, in ms since the epoch (local clock corrected by the measured offset). */
+  now() {
+    return Date.now() + this.clockOffsetMs;
+  }
+}

@@ -1,0 +1,386 @@
+// supervisor.js — live queue and agent statistics, refreshed over the WebSocket every second;
+// move a waiting case to another queue; change an agent's status.
+//
+// Rows are updated in place (keyed by queue / agent id) so a supervisor's focus on a status
+// menu survives each refresh.
+
+import { CHANNEL_LABEL, duration, h, replace, shortId } from "./dom.js";
+import { Connection, clearSession, loadSession } from "./session.js";
+import { signIn } from "./login.js";
+import { announcer, connectionUi, toaster } from "./ui.js";
+
+const POLL_MS = 1000;
+
+function label(status) {
+  return status ? status.charAt(0).toUpperCase() + status.slice(1) : "";
+}
+
+function percent(v) {
+  return v === null || v === undefined ? "—" : `${Math.round(v * 100)}%`;
+}
+
+class SupervisorView {
+  constructor(root, session) {
+    this.root = root;
+    this.session = session;
+    this.conn = new Connection(session);
+    this.statuses = [];
+    this.queues = [];
+    this.queueRows = new Map();
+    this.agentRows = new Map();
+    this.groups = new Map();
+    this.inflight = false;
+    this.forbidden = false;
+    this.toasts = toaster();
+    this.polite = announcer("polite");
+    this.build();
+    this.conn.addEventListener("frame", (ev) => this.onFrame(ev.detail));
+    this.conn.addEventListener("expired", (ev) => {
+      clearSession();
+      sessionStorage.setItem("switchboard.note", `Please sign in again (${ev.detail.message}).`);
+      location.reload();
+    });
+    this.conn.start();
+    this.loop();
+  }
+
+  build() {
+    const { banner, indicator } = connectionUi(this.conn, () => this.polite.announce("Reconnected."));
+    this.stamp = h("span", { class: "stamp", testid: "stats-updated" }, "Waiting for data…");
+    this.summary = h("div", { class: "summary", testid: "summary" });
+    this.queueBody = h("tbody", { testid: "queue-rows" });
+    this.formula = h("p", { class: "formula", testid: "sl-formula" });
+    this.agentTable = h("table", { class: "data agents", testid: "agents-table" },
+      h("caption", { class: "visually-hidden" }, "Agents by status, with load per channel"),
+      h("thead", null, h("tr", null,
+        h("th", { scope: "col" }, "Agent"), h("th", { scope: "col" }, "Load per channel"),
+        h("th", { scope: "col" }, "Status"))));
+    this.moveQueue = h("select", { id: "move-queue", testid: "move-case-queue" });
+    this.waitingRows = new Map();
+    this.waitingSupported = true;
+    this.waitingBody = h("tbody", { testid: "waiting-rows" });
+    this.waitingEmpty = h("p", { class: "empty", testid: "waiting-empty" }, "No case is waiting.");
+    this.waitingPanel = h("section", { class: "panel", "aria-labelledby": "waiting-title" },
+      h("div", { class: "panel-head" }, h("h2", { id: "waiting-title" }, "Waiting cases")),
+      h("table", { class: "data waiting", testid: "waiting-table" },
+        h("caption", { class: "visually-hidden" }, "Cases waiting in a queue, oldest first"),
+        h("thead", null, h("tr", null,
+          h("th", { scope: "col" }, "Case"), h("th", { scope: "col" }, "Queue"),
+          h("th", { scope: "col", class: "num" }, "Waiting"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
+        this.waitingBody),
+      this.waitingEmpty);
+    this.main = h("main", { id: "main", class: "sup-main", tabindex: "-1" },
+      this.summary,
+      h("section", { class: "panel", "aria-labelledby": "queues-title" },
+        h("div", { class: "panel-head" }, h("h2", { id: "queues-title" }, "Queues"), this.stamp),
+        h("table", { class: "data queues", testid: "queues-table" },
+          h("caption", { class: "visually-hidden" }, "Queues: waiting cases, longest wait and service level"),
+          h("thead", null, h("tr", null,
+            h("th", { scope: "col" }, "Queue"), h("th", { scope: "col", class: "num" }, "Waiting"),
+            h("th", { scope: "col", class: "num" }, "Longest wait"),
+            h("th", { scope: "col", class: "num" }, "Service level"),
+            h("th", { scope: "col", class: "num" }, "Answered"), h("th", { scope: "col", class: "num" }, "Abandoned"))),
+          this.queueBody),
+        this.formula),
+      this.waitingPanel,
+      h("div", { class: "sup-grid" },
+        h("section", { class: "panel", "aria-labelledby": "agents-title" },
+          h("div", { class: "panel-head" }, h("h2", { id: "agents-title" }, "Agents")), this.agentTable),
+        this.moveForm()));
+    replace(this.root,
+      h("header", { class: "topbar" },
+        h("div", { class: "brand" }, h("span", { class: "brand-mark", "aria-hidden": "true" }, "◆"), "Switchboard"),
+        h("div", { class: "who" }, h("span", { class: "who-name", testid: "agent-name" }, this.session.name),
+          h("span", { class: "who-ws" }, `Supervisor · ${this.session.workspace}`)),
+        h("div", { class: "spacer" }),
+        indicator,
+        h("button", { class: "ghost", testid: "sign-out", onclick: () => this.signOut() }, "Sign out")),
+      banner, this.main, this.toasts.el, this.polite.el);
+  }
+
+  moveForm() {
+    const caseId = this.moveCase = h("input", { id: "move-case", testid: "move-case-id", required: true, autocomplete: "off",
+      spellcheck: "false", placeholder: "case id" });
+    const note = h("input", { id: "move-note", testid: "move-case-note", placeholder: "why (optional)" });
+    const submit = h("button", { type: "submit", class: "primary", testid: "move-case-submit" }, "Move case");
+    return h("form", { class: "panel move", "aria-labelledby": "move-title", onsubmit: async (ev) => {
+      ev.preventDefault();
+      submit.disabled = true;
+      try {
+        await this.conn.request("case.move", { case: caseId.value.trim(), queue: this.moveQueue.value, note: note.value });
+        this.toasts.show(`Case moved to ${this.queueName(this.moveQueue.value)}.`, { testid: "move-confirmation" });
+        caseId.value = "";
+        note.value = "";
+        this.refresh();
+      } catch (e) {
+        this.toasts.show(`Not moved: ${e.message}`, { kind: "error" });
+      } finally {
+        submit.disabled = false;
+      }
+    } },
+    h("h2", { id: "move-title" }, "Move a waiting case"),
+    h("p", { class: "hint" }, "A case that is waiting (or being offered) moves to another queue and keeps its age."),
+    h("label", { for: "move-case" }, "Case id"), caseId,
+    h("label", { for: "move-queue" }, "To queue"), this.moveQueue,
+    h("label", { for: "move-note" }, "Note"), note,
+    submit);
+  }
+
+  queueName(id) {
+    const q = this.queues.find((x) => x.id === id);
+    return q ? q.name : id;
+  }
+
+  async signOut() {
+    this.conn.stop();
+    clearSession();
+    location.reload();
+  }
+
+  onFrame(f) {
+    if (f.type === "hello") {
+      this.statuses = f.statuses || [];
+      this.queues = f.queues || [];
+      replace(this.moveQueue, this.queues.map((q) => h("option", { value: q.id }, q.name)));
+      this.refresh();
+    } else if (f.type === "error") {
+      this.toasts.show(f.message || f.code, { kind: "error" });
+    }
+  }
+
+  async loop() {
+    await this.refresh();
+    if (!this.forbidden) setTimeout(() => this.loop(), POLL_MS);
+  }
+
+  async refresh() {
+    if (!this.conn.open || this.inflight || this.forbidden) return;
+    this.inflight = true;
+    try {
+      const [ack] = await Promise.all([this.conn.request("stats.fetch"), this.fetchWaiting()]);
+      this.render(ack.stats);
+    } catch (e) {
+      if (e.code === "forbidden") this.showForbidden();
+    } finally {
+      this.inflight = false;
+    }
+  }
+
+  // Waiting cases come from the admin REST API (GET /api/cases?status=queued); on a server
+  // without it the panel is hidden and a case id can still be typed into the move form.
+  async fetchWaiting() {
+    if (!this.waitingSupported) return;
+    let res;
+    try {
+      res = await fetch(`/api/cases?status=queued&limit=50`, {
+        headers: { Authorization: `Bearer ${this.session.token}` },
+      });
+    } catch {
+      return; // offline: the banner says so
+    }
+    if (res.status === 404 || res.status === 405) {
+      this.waitingSupported = false;
+      this.waitingPanel.hidden = true;
+      return;
+    }
+    if (!res.ok) return;
+    const data = await res.json();
+    this.renderWaiting(Array.isArray(data.cases) ? data.cases : []);
+  }
+
+  renderWaiting(cases) {
+    const seen = new Set();
+    const now = this.conn.now();
+    cases.forEach((c, i) => {
+      seen.add(c.id);
+      let row = this.waitingRows.get(c.id);
+      if (!row) {
+        row = { waited: h("td", { class: "num", testid: "waiting-case-age" }), queue: h("td", { testid: "waiting-case-queue" }) };
+        const pick = h("button", { class: "secondary small", testid: "waiting-case-move",
+          "aria-label": `Move case ${c.id}`, onclick: () => {
+            this.moveCase.value = c.id;
+            this.moveQueue.focus();
+          } }, "Move…");
+        row.tr = h("tr", { testid: "waiting-case", data: { case: c.id } },
+          h("th", { scope: "row" }, h("div", { class: "waiting-case" },
+            h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
+            h("span", { class: "waiting-subject" }, c.subject || (c.channel === "voice" ? "Incoming call" : "No subject")),
+            h("span", { class: "waiting-id" }, shortId(c.id)),
+            c.priority ? h("span", { class: "offer-priority" }, `P${c.priority}`) : null)),
+          row.queue, row.waited, h("td", null, pick));
+        this.waitingRows.set(c.id, row);
+      }
+      // keep the server's order (oldest first); move a row only when it is out of place, so a
+      // focused button keeps its focus
+      const at = this.waitingBody.children[i];
+      if (at !== row.tr) this.waitingBody.insertBefore(row.tr, at || null);
+      row.queue.textContent = this.queueName(c.queue);
+      row.waited.textContent = duration((now - (c.created || now)) / 1000);
+    });
+    for (const [id, row] of this.waitingRows) {
+      if (!seen.has(id)) { row.tr.remove(); this.waitingRows.delete(id); }
+    }
+    this.waitingEmpty.hidden = cases.length > 0;
+  }
+
+  showForbidden() {
+    this.forbidden = true;
+    replace(this.main, h("section", { class: "panel forbidden", testid: "forbidden" },
+      h("h2", null, "Supervisors only"),
+      h("p", null, `You're signed in as ${this.session.name}, who isn't a supervisor. `,
+        "Sign out and sign in with a supervisor account, or go back to the agent console.")));
+  }
+
+  render(stats) {
+    const t = new Date((stats.ts || Date.now() / 1000) * 1000);
+    this.stamp.textContent = `Updated ${t.toLocaleTimeString()}`;
+    this.formula.textContent = `Service level = ${stats.sl_formula}. Each queue's target is shown under its figure.`;
+    this.renderSummary(stats);
+    this.renderQueues(stats.queues || []);
+    this.renderAgents((stats.agents || []).filter((a) => a.role === "agent" || Object.keys(a.capacity || {}).length));
+  }
+
+  renderSummary(stats) {
+    const qs = stats.queues || [];
+    const agents = stats.agents || [];
+    const waiting = qs.reduce((n, q) => n + q.waiting, 0);
+    const longest = qs.reduce((m, q) => Math.max(m, q.waiting ? q.longest_wait_s : 0), 0);
+    const available = agents.filter((a) => a.status === "available").length;
+    const staff = agents.filter((a) => a.role === "agent").length;
+    const card = (title, value, testid) => h("div", { class: "stat" },
+      h("span", { class: "stat-label" }, title), h("span", { class: "stat-value", testid }, value));
+    replace(this.summary,
+      card("Waiting now", String(waiting), "total-waiting"),
+      card("Longest wait", waiting ? duration(longest) : "—", "total-longest"),
+      card("Agents available", `${available} of ${staff}`, "agents-available"));
+  }
+
+  renderQueues(queues) {
+    const seen = new Set();
+    for (const q of queues) {
+      seen.add(q.id);
+      let row = this.queueRows.get(q.id);
+      if (!row) {
+        const cell = (testid, cls = "num") => h("td", { class: cls, testid });
+        row = { tr: null, waiting: cell("queue-waiting"), longest: cell("queue-longest"), sl: cell("queue-sl"),
+          answered: cell("queue-answered"), abandoned: cell("queue-abandoned"),
+          name: h("th", { scope: "row", testid: "queue-name" }) };
+        row.tr = h("tr", { testid: "queue-row", data: { queue: q.id } },
+          row.name, row.waiting, row.longest, row.sl, row.answered, row.abandoned);
+        this.queueRows.set(q.id, row);
+        this.queueBody.append(row.tr);
+      }
+      row.name.textContent = q.name;
+      row.waiting.textContent = String(q.waiting);
+      row.tr.classList.toggle("busy", q.waiting > 0);
+      row.longest.textContent = q.waiting ? duration(q.longest_wait_s) : "—";
+      const level = q.service_level;
+      const tone = level === null || level === undefined ? "" : level >= 0.8 ? "good" : level >= 0.6 ? "warn" : "bad";
+      replace(row.sl, h("span", { class: `sl ${tone}` }, percent(level)),
+        h("span", { class: "sl-target" }, `target ${Math.round(q.sl_target_s)} s`));
+      row.answered.textContent = String(q.answered);
+      row.abandoned.textContent = String(q.abandoned);
+    }
+    for (const [id, row] of this.queueRows) {
+      if (!seen.has(id)) { row.tr.remove(); this.queueRows.delete(id); }
+    }
+  }
+
+  statusOrder() {
+    const names = this.statuses.map((s) => s.name);
+    const routable = this.statuses.filter((s) => s.routable).map((s) => s.name);
+    const rest = names.filter((n) => !routable.includes(n) && n !== "away" && n !== "offline");
+    return [...routable, ...rest, "away", "offline"];
+  }
+
+  group(status) {
+    let g = this.groups.get(status);
+    if (!g) {
+      const count = h("span", { class: "count" });
+      g = { body: h("tbody", { class: `group status-${status}`, testid: "agent-group", data: { status } },
+        h("tr", { class: "group-head" }, h("th", { colspan: "3", scope: "rowgroup" },
+          h("span", { class: `dot status-${status}`, "aria-hidden": "true" }), label(status), " ", count))), count };
+      this.groups.set(status, g);
+      const order = this.statusOrder();
+      const rank = (s) => (order.indexOf(s) < 0 ? order.length : order.indexOf(s));
+      const after = [...this.groups.entries()].filter(([s]) => s !== status && rank(s) > rank(status))
+        .sort((a, b) => rank(a[0]) - rank(b[0]))[0];
+      this.agentTable.insertBefore(g.body, after ? after[1].body : null);
+    }
+    return g;
+  }
+
+  renderAgents(agents) {
+    const seen = new Set();
+    for (const a of agents) {
+      seen.add(a.id);
+      let row = this.agentRows.get(a.id);
+      if (!row) row = this.agentRow(a);
+      row.name.textContent = a.name || a.id;
+      replace(row.load, Object.keys(a.capacity || {}).map((ch) => h("span", {
+        class: `load-chip${(a.load[ch] || 0) >= a.capacity[ch] && a.capacity[ch] ? " full" : ""}`,
+        testid: `agent-load-${ch}`,
+      }, `${CHANNEL_LABEL[ch] || ch} ${a.load[ch] || 0}/${a.capacity[ch]}`)));
+      if (document.activeElement !== row.select && row.select.value !== a.status) this.fillStatus(row.select, a.status);
+      if (row.status !== a.status) {
+        row.status = a.status;
+        this.group(a.status).body.append(row.tr);
+      }
+    }
+    for (const [id, row] of this.agentRows) {
+      if (!seen.has(id)) { row.tr.remove(); this.agentRows.delete(id); }
+    }
+    for (const [status, g] of this.groups) {
+      const n = g.body.querySelectorAll("tr[data-agent]").length;
+      g.count.textContent = `· ${n}`;
+      g.body.hidden = n === 0;
+      if (!n && !this.statuses.some((s) => s.name === status)) { g.body.remove(); this.groups.delete(status); }
+    }
+  }
+
+  agentRow(a) {
+    const id = `agent-status-${a.id}`;
+    const row = {
+      status: null,
+      name: h("span", { class: "agent-name" }),
+      load: h("div", { class: "loads" }),
+      select: h("select", { id, testid: "agent-status", data: { agent: a.id }, "aria-label": `Status of ${a.name || a.id}`,
+        onchange: (ev) => this.setAgentStatus(a.id, ev.target.value, row) }),
+    };
+    row.tr = h("tr", { testid: "agent-row", data: { agent: a.id } },
+      h("th", { scope: "row" }, row.name, h("span", { class: "agent-id" }, a.id)), h("td", null, row.load), h("td", null, row.select));
+    this.agentRows.set(a.id, row);
+    return row;
+  }
+
+  fillStatus(select, current) {
+    const names = this.statuses.map((s) => s.name);
+    if (!names.includes(current)) names.push(current);
+    replace(select, names.map((n) => h("option", { value: n, selected: n === current }, label(n))));
+    select.value = current;
+  }
+
+  async setAgentStatus(agent, status, row) {
+    row.select.disabled = true;
+    try {
+      await this.conn.request("agent.status", { agent, status });
+      this.toasts.show(`${row.name.textContent} is now ${status}.`, { testid: "agent-status-confirmation" });
+    } catch (e) {
+      this.toasts.show(`Status not changed: ${e.message}`, { kind: "error" });
+      this.fillStatus(row.select, row.status);
+    } finally {
+      row.select.disabled = false;
+      this.refresh();
+    }
+  }
+}
+
+async function start(root) {
+  const note = sessionStorage.getItem("switchboard.note");
+  sessionStorage.removeItem("switchboard.note");
+  let session = loadSession();
+  if (!session) session = await signIn(root, { title: "Sign in — supervisor view", note });
+  return new SupervisorView(root, session);
+}
+
+start(document.getElementById("app"));

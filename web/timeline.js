@@ -1,0 +1,158 @@
+// timeline.js — a customer's history across channels, newest at the bottom.
+//
+// Entries come straight from customers and bridges: every piece of their text is rendered with
+// text nodes (dom.h), never parsed as HTML, and nothing in an entry ever becomes a link.
+
+import { CHANNEL_LABEL, clock, h, shortId } from "./dom.js";
+
+const KIND_LABEL = {
+  "call.offered": "Incoming call",
+  "call.ended": "Call ended",
+  "callback.requested": "Callback requested",
+  "conversation.ended": "Customer left the chat",
+};
+
+/** A customer's timeline: entries (ordered, de-duplicated by id) and paging state. */
+export class Timeline {
+  constructor(page) {
+    this.entries = [];
+    this.ids = new Set();
+    this.start = 0;
+    this.total = 0;
+    if (page) this.setPage(page.timeline || [], page.start ?? 0, page.total ?? 0);
+  }
+
+  /** Take the latest page (from an offer, an accept or hello), keeping older pages already
+   *  loaded in front of it. */
+  setPage(entries, start, total) {
+    const fresh = new Set(entries.map((e) => e.id));
+    const firstTs = entries.length ? entries[0].ts : Infinity;
+    const older = this.start < start
+      ? this.entries.filter((e) => !fresh.has(e.id) && e.ts <= firstTs) : [];
+    this.entries = [...older, ...entries];
+    this.ids = new Set(this.entries.map((e) => e.id));
+    this.start = older.length ? this.start : start;
+    this.total = Math.max(total, this.entries.length);
+  }
+
+  /** Add older entries (a history.fetch page) in front. */
+  prepend(page) {
+    const fresh = page.timeline.filter((e) => !this.ids.has(e.id));
+    this.entries = [...fresh, ...this.entries];
+    for (const e of fresh) this.ids.add(e.id);
+    this.start = page.start;
+    this.total = Math.max(page.total, this.total);
+  }
+
+  /** Add a live entry at the end; false if it was already there. */
+  add(entry) {
+    if (!entry || !entry.id || this.ids.has(entry.id)) return false;
+    this.ids.add(entry.id);
+    this.entries.push(entry);
+    this.total += 1;
+    return true;
+  }
+
+  get hasOlder() {
+    return this.start > 0;
+  }
+}
+
+function who(entry) {
+  if (entry.dir === "in") return entry.from || "Customer";
+  if (entry.dir === "out") return entry.from || entry.agent || "Agent";
+  return entry.from || entry.agent || "Note";
+}
+
+function body(entry) {
+  const parts = [];
+  if (entry.subject) parts.push(h("p", { class: "tl-subject" }, entry.subject));
+  const label = KIND_LABEL[entry.kind];
+  if (label) parts.push(h("p", { class: "tl-event" }, label));
+  if (entry.kind === "wrapup") {
+    parts.push(h("p", { class: "tl-event" }, "Wrapped up", entry.disposition ? ` · ${entry.disposition}` : ""));
+  } else if (entry.kind === "transfer") {
+    parts.push(h("p", { class: "tl-event" }, "Transferred", entry.to ? ` to ${entry.to}` : ""));
+  }
+  if (entry.text && !(label && entry.text === label)) {
+    parts.push(h("p", { class: "tl-text", testid: "timeline-text" }, entry.text));
+  }
+  if (Array.isArray(entry.attachments) && entry.attachments.length) {
+    parts.push(h("ul", { class: "tl-attachments", "aria-label": "Attachments" },
+      entry.attachments.map((a) => h("li", null, String(a.name || "attachment"),
+        a.size ? ` (${Math.ceil(a.size / 1024)} KB)` : ""))));
+  }
+  return parts;
+}
+
+function entryNode(entry, currentCase, caseChannel) {
+  // agents' replies carry no channel of their own: they went out on their case's channel
+  const channel = entry.ch && entry.ch !== "note" ? entry.ch : caseChannel;
+  const ch = entry.dir === "note" ? "note" : channel;
+  const dirLabel = entry.dir === "in" ? "from customer" : entry.dir === "out" ? "to customer" : "internal";
+  return h("li", {
+    class: `tl-entry tl-${entry.dir} ${entry.case === currentCase ? "tl-this" : "tl-other"}`,
+    testid: "timeline-entry",
+    data: { channel: ch || "", dir: entry.dir || "", entry: entry.id || "" },
+  },
+  h("div", { class: "tl-meta" },
+    h("span", { class: `badge ch-${ch}` }, CHANNEL_LABEL[ch] || ch || "?"),
+    h("span", { class: "tl-who" }, who(entry)),
+    h("span", { class: "visually-hidden" }, `, ${dirLabel}, `),
+    h("time", { class: "tl-time", datetime: new Date(entry.ts * 1000).toISOString() }, clock(entry.ts))),
+  body(entry));
+}
+
+function divider(caseId, currentCase, channel) {
+  const label = caseId === currentCase ? "This case" : "Earlier case";
+  return h("li", { class: "tl-divider", "aria-hidden": "true" },
+    h("span", null, label, ` · ${CHANNEL_LABEL[channel] || channel || ""} · ${shortId(caseId)}`));
+}
+
+/**
+ * Render `timeline` into the list `ol` for the case `currentCase`. New entries at the end are
+ * appended (so the list, a live region, announces only them); anything else re-renders the
+ * list. Keeps the reader's place: stuck to the bottom if they were there, otherwise the same
+ * distance from the bottom.
+ */
+export function renderTimeline(ol, timeline, currentCase) {
+  const scroller = ol.parentElement;
+  const fromBottom = scroller ? scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight : 0;
+  const channels = new Map(); // case id -> its channel, from the entries that name one
+  for (const e of timeline.entries) {
+    if (e.ch && e.ch !== "note" && !channels.has(e.case)) channels.set(e.case, e.ch);
+  }
+  const shown = ol.shownIds || [];
+  const entries = timeline.entries;
+  const appendOnly = ol.shownCase === currentCase && shown.length <= entries.length
+    && shown.every((id, i) => entries[i].id === id);
+  const from = appendOnly ? shown.length : 0;
+  const nodes = [];
+  let lastCase = from > 0 ? entries[from - 1].case : null;
+  for (const e of entries.slice(from)) {
+    if (e.case !== lastCase) nodes.push(divider(e.case, currentCase, channels.get(e.case)));
+    lastCase = e.case;
+    nodes.push(entryNode(e, currentCase, channels.get(e.case)));
+  }
+  if (appendOnly) {
+    ol.append(...nodes);
+  } else {
+    ol.setAttribute("aria-busy", "true"); // a rebuild is not news: don't read it all out
+    ol.replaceChildren(...nodes);
+    ol.removeAttribute("aria-busy");
+  }
+  ol.shownIds = entries.map((e) => e.id);
+  ol.shownCase = currentCase;
+  if (scroller) {
+    scroller.scrollTop = fromBottom < 40 ? scroller.scrollHeight
+      : scroller.scrollHeight - scroller.clientHeight - fromBottom;
+  }
+}
+
+/** The text that best describes a case for an offer card: its subject, else first message. */
+export function caseSummary(caseView, timeline) {
+  if (caseView.subject) return caseView.subject;
+  const first = timeline.entries.find((e) => e.case === caseView.id && e.dir === "in" && e.text);
+  if (first) return first.text.length > 240 ? `${first.text.slice(0, 240)}…` : first.text;
+  return caseView.channel === "voice" ? "Incoming call" : "(no message)";
+}

@@ -1,0 +1,91 @@
+// ui.js — pieces both consoles share: the connection banner and indicator, toasts, the
+// screen-reader announcer and the sign-out button.
+
+import { h } from "./dom.js";
+
+/** A live region for screen readers; announce(text) speaks it once. */
+export function announcer(politeness = "polite") {
+  const el = h("div", { class: "visually-hidden", "aria-live": politeness, "aria-atomic": "true",
+    testid: politeness === "assertive" ? "announcer-urgent" : "announcer" });
+  return {
+    el,
+    announce(text) {
+      el.textContent = "";
+      // a fresh text node after clearing makes screen readers repeat identical messages
+      setTimeout(() => { el.textContent = text; }, 30);
+    },
+  };
+}
+
+/** Toasts: short messages top-right. kind: info | error | reminder (stays until dismissed). */
+export function toaster() {
+  const el = h("div", { class: "toasts", "aria-live": "polite", testid: "toasts" });
+  function show(text, { kind = "info", title, testid, actions = [], timeoutMs } = {}) {
+    const close = h("button", { class: "icon-button", "aria-label": "Dismiss", testid: "toast-dismiss" }, "×");
+    const toast = h("div", { class: `toast toast-${kind}`, role: kind === "error" ? "alert" : "status",
+      testid: testid || `toast-${kind}` },
+    h("div", { class: "toast-body" },
+      title ? h("p", { class: "toast-title" }, title) : null,
+      h("p", { class: "toast-text" }, text),
+      actions.length ? h("div", { class: "toast-actions" }, actions.map(([label, fn]) =>
+        h("button", { class: "link-button", onclick: () => { fn(); toast.remove(); } }, label))) : null),
+    close);
+    close.addEventListener("click", () => toast.remove());
+    el.append(toast);
+    const ms = timeoutMs ?? (kind === "reminder" ? 0 : kind === "error" ? 8000 : 4000);
+    if (ms) setTimeout(() => toast.remove(), ms);
+    return toast;
+  }
+  return { el, show };
+}
+
+/**
+ * The banner shown while the connection is down, and a small state indicator for the top bar.
+ * Hidden until the connection has been open once (the first connect shows "Connecting…" in
+ * the indicator only).
+ */
+export function connectionUi(conn, onRecovered) {
+  const text = h("span", { class: "banner-text", testid: "connection-banner-text" });
+  const countdown = h("span", { class: "banner-countdown", "aria-hidden": "true" });
+  const retry = h("button", { class: "banner-button", testid: "reconnect-now",
+    onclick: () => conn.retryNow() }, "Retry now");
+  const banner = h("div", { class: "banner", role: "alert", testid: "connection-banner", hidden: true },
+    h("span", { class: "banner-icon", "aria-hidden": "true" }, "!"), text, countdown, retry);
+  const indicator = h("span", { class: "conn conn-connecting", testid: "connection-state" }, "Connecting…");
+  let ticker = null;
+  let wasDown = false;
+  conn.addEventListener("state", (ev) => {
+    const { state, reason, retryAt, attempt } = ev.detail;
+    clearInterval(ticker);
+    indicator.className = `conn conn-${state}`;
+    indicator.textContent = { open: "Live", connecting: "Connecting…", waiting: "Offline", stopped: "Signed out" }[state];
+    if (state === "open") {
+      banner.hidden = true;
+      if (wasDown && onRecovered) onRecovered();
+      wasDown = false;
+      return;
+    }
+    if (state === "stopped" || (!conn.everOpen && attempt === 0)) {
+      banner.hidden = true;
+      return;
+    }
+    wasDown = true;
+    banner.hidden = false;
+    if (state === "connecting") {
+      countdown.textContent = "Reconnecting…";
+      retry.hidden = true;
+      return;
+    }
+    const why = reason && reason !== "connection lost" ? ` (${reason})` : "";
+    text.textContent = `Connection lost${why}. Your cases are safe on the server; `
+      + "reconnecting automatically.";
+    retry.hidden = false;
+    const tick = () => {
+      const s = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
+      countdown.textContent = `Next try in ${s} s.`;
+    };
+    tick();
+    ticker = setInterval(tick, 1000);
+  });
+  return { banner, indicator };
+}
