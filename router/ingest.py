@@ -98,7 +98,10 @@ def parse_event(d: Any) -> Event:
     ids = d.get("identities") or {}
     if not isinstance(ids, Mapping) or not ids:
         raise BadRequest("identities: a non-empty map", code="event.invalid")
-    identities = tuple(_identity(str(k), v) for k, v in ids.items())
+    # strongest first: the first identity already known names the customer
+    order = {"external": 0, "email": 1, "phone": 2, "visitor": 3}
+    identities = tuple(sorted((_identity(str(k), v) for k, v in ids.items()),
+                              key=lambda i: order.get(i.split(":", 1)[0], 9)))
     attrs = d.get("attributes") or {}
     if not isinstance(attrs, Mapping):
         raise BadRequest("attributes: expected a map", code="event.invalid")

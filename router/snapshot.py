@@ -84,8 +84,14 @@ async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str
                                               "filter": detail["case"]["filter"],
                                               "step": detail["case"]["step"],
                                               "reason": "pending offer (restored)"}})
+    ids = sorted(_dec(a) for a in await redis.smembers(keys.agents(ws)))
+    pipe = redis.pipeline(transaction=False)
+    for aid in ids:
+        pipe.hget(keys.agent(ws, aid), "name")
+    names = await pipe.execute()
     return {
         "type": "hello",
+        "agents": [{"id": aid, "name": _dec(n) or aid} for aid, n in zip(ids, names, strict=True)],
         "workspace": ws,
         "agent": agent_view(fields),
         "statuses": [{"name": s.name, "routable": s.routable} for s in cfg.statuses],

@@ -8,6 +8,7 @@ push to the ``notify`` callback — whichever node or process calls it. Errors a
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 from router import keys
 from router.auth import hash_password
-from router.errors import BadRequest, NotFound, StoreUnavailable, from_script
+from router.errors import BadRequest, Conflict, NotFound, StoreUnavailable, from_script
 from router.ingest import Event, parse_event, timeline_entry
 from router.push import offer_frame
 from router.store import Store, now_ms
@@ -46,9 +47,14 @@ def _as_list(v: Any) -> list[Any]:
     return v if isinstance(v, list) else []
 
 
+_seq = itertools.count()
+
+
 def new_id(tag: str) -> str:
-    """Time-ordered, unguessable id: tag + ms timestamp (hex) + 48 random bits."""
-    return f"{tag}{int(time.time() * 1000):x}{secrets.token_hex(6)}"
+    """Time-ordered, unguessable id: tag + ms timestamp + a per-process counter + 48 random
+    bits. Ids made by one process sort in creation order even within a millisecond, which is
+    what keeps FIFO exact for cases of equal priority and age."""
+    return f"{tag}{int(time.time() * 1000):x}{next(_seq) & 0xFFFF:04x}{secrets.token_hex(6)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +258,8 @@ class Switch:
             _json(reopen_plan(cfg, tri)), "" if ev.seq is None else ev.seq, DEDUPE_TTL_S,
         )
         await self._dispatch(ws, res)
+        for other in _as_list(res.get("conflicts")):
+            await self._absorb_anonymous(ws, res["customer"], other)
         offered = any(o.get("case") == res["case"] for o in _as_list(res.get("offers")))
         return IngestResult(res["case"], res["customer"], res["action"], bool(res["duplicate"]),
                             offered)
@@ -357,6 +365,18 @@ class Switch:
                  "ts": time.time(), "text": text, "agent": agent, "from": agent_name or agent}
         return await self._act("case_reply", ws, agent, case, _json(entry),
                                "note" if note else "reply")
+
+    async def _absorb_anonymous(self, ws: str, into: str, other: str) -> None:
+        """A chat visitor who gives an email or phone of a known customer: their anonymous
+        (visitor-only) customer record joins the known one, conversation and all. A record
+        with any other identity is never merged automatically (an admin can)."""
+        fields = [f.decode() for f in await self.redis.hkeys(keys.customer(ws, other))]
+        idents = [f for f in fields if f.startswith("i:")]
+        if idents and all(f.startswith("i:visitor:") for f in idents):
+            try:
+                await self.merge_customers(ws, into, other)
+            except (NotFound, Conflict):
+                pass  # merged meanwhile by another node
 
     async def merge_customers(self, ws: str, into: str, from_: str) -> dict[str, Any]:
         """Merge customer ``from_`` into ``into`` (admin): identities, cases, timeline."""

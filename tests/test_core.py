@@ -122,12 +122,27 @@ async def test_capacity_is_never_exceeded(switch: Switch, inbox: Inbox):
 async def test_one_customer_across_channels_one_timeline(switch: Switch, inbox: Inbox):
     await setup(switch, agent("ann", ["support"], chat=5, email=5, voice=1))
     await switch.ingest("acme", chat("c1", email="al@x.test", text="chat first"))
-    await switch.ingest("acme", {"id": "m1", "channel": "email", "identities":
-                                 {"email": "AL@x.test", "phone": "+15551230000"},
-                                 "subject": "still broken", "text": "mail second"})
-    await switch.ingest("acme", {"id": "v1", "channel": "voice", "kind": "call.offered",
-                                 "identities": {"phone": "+1 555 123 0000"}, "thread": "CA1",
-                                 "text": "incoming call"})
+    await switch.ingest(
+        "acme",
+        {
+            "id": "m1",
+            "channel": "email",
+            "identities": {"email": "AL@x.test", "phone": "+15551230000"},
+            "subject": "still broken",
+            "text": "mail second",
+        },
+    )
+    await switch.ingest(
+        "acme",
+        {
+            "id": "v1",
+            "channel": "voice",
+            "kind": "call.offered",
+            "identities": {"phone": "+1 555 123 0000"},
+            "thread": "CA1",
+            "text": "incoming call",
+        },
+    )
     await switch.set_status("acme", "ann", "available")
     voice = [o for o in inbox.offers("ann") if o["case"]["channel"] == "voice"][0]
     texts = [e["text"] for e in voice["timeline"]]
@@ -192,8 +207,13 @@ async def test_transfer_to_agent_and_queue(switch: Switch, inbox: Inbox):
 
 async def test_call_ended_while_waiting_abandons(switch: Switch, inbox: Inbox):
     await setup(switch, agent("ann", ["support"]))
-    call = {"id": "v1", "channel": "voice", "kind": "call.offered",
-            "identities": {"phone": "+15550001111"}, "thread": "CA9"}
+    call = {
+        "id": "v1",
+        "channel": "voice",
+        "kind": "call.offered",
+        "identities": {"phone": "+15550001111"},
+        "thread": "CA9",
+    }
     r = await switch.ingest("acme", call)
     end = {**call, "id": "v2", "kind": "call.ended"}
     r2 = await switch.ingest("acme", end)
@@ -218,16 +238,43 @@ async def test_reply_goes_to_outbox_only_from_owner(switch: Switch, inbox: Inbox
 async def test_merge_customers_moves_identities_cases_and_timeline(switch: Switch, inbox: Inbox):
     await setup(switch, agent("ann", ["support"]))
     a = await switch.ingest("acme", chat("e1", email="a@x.test", text="first"))
-    b = await switch.ingest("acme", {"id": "v1", "channel": "voice", "kind": "call.offered",
-                                     "identities": {"phone": "+15550002222"}, "thread": "CA1",
-                                     "text": "second"})
+    b = await switch.ingest(
+        "acme",
+        {
+            "id": "v1",
+            "channel": "voice",
+            "kind": "call.offered",
+            "identities": {"phone": "+15550002222"},
+            "thread": "CA1",
+            "text": "second",
+        },
+    )
     assert a.customer != b.customer
     await switch.merge_customers("acme", a.customer, b.customer)
-    c = await switch.ingest("acme", chat("e2", email="z@x.test", text="third",
-                                         identities={"phone": "+15550002222"}))
+    c = await switch.ingest(
+        "acme", chat("e2", email="z@x.test", text="third", identities={"phone": "+15550002222"})
+    )
     assert c.customer == a.customer
     await switch.set_status("acme", "ann", "available")
     texts = [e["text"] for e in inbox.offers("ann")[0]["timeline"]]
     assert texts == ["first", "second", "third"]
     with pytest.raises(NotFound):
         await switch.merge_customers("acme", a.customer, b.customer)
+
+
+async def test_visitor_who_identifies_joins_the_known_customer(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]))
+    known = await switch.ingest("acme", chat("m0", email="dana@x.test", text="earlier"))
+    first = await switch.ingest("acme", {"id": "w1", "channel": "chat",
+                                         "identities": {"visitor": "v123"}, "thread": "v123",
+                                         "text": "hi, anonymous so far"})
+    assert first.customer != known.customer
+    later = await switch.ingest("acme", {"id": "w2", "channel": "chat",
+                                         "identities": {"visitor": "v123",
+                                                        "email": "dana@x.test"},
+                                         "thread": "v123", "text": "I'm Dana"})
+    assert later.case == first.case and later.customer == known.customer
+    await switch.set_status("acme", "ann", "available")
+    offer = [o for o in inbox.offers("ann") if o["case"]["id"] == first.case][0]
+    assert [e["text"] for e in offer["timeline"]][-3:] == ["earlier", "hi, anonymous so far",
+                                                           "I'm Dana"]

@@ -14,6 +14,7 @@ if cs[1] ~= 'assigned' and cs[1] ~= 'wrapping' then
 end
 local entry = cjson.decode(ARGV[4])
 entry.case = c
+if ARGV[5] == 'reply' then entry.ch = cs[3] else entry.ch = 'note' end
 local raw = cjson.encode(entry)
 redis.call('RPUSH', k_timeline(cs[4]), raw)
 redis.call('HSET', ck, 'updated', NOW)

@@ -49,6 +49,7 @@ if u == nil then
   redis.call('HSET', k_customer(u), 'id', u, 'created', NOW)
   log('customer.created', {'customer', u})
 end
+local conflicts = {}
 for _, i in ipairs(idents) do
   local other = hget(k_ids(), i)
   if other == nil then
@@ -56,6 +57,7 @@ for _, i in ipairs(idents) do
     redis.call('HSET', k_customer(u), 'i:' .. i, '1')
   elseif other ~= u then
     log('identity.conflict', {'customer', u, 'other', other, 'identity', i})
+    conflicts[#conflicts + 1] = other
   end
 end
 if ARGV[6] ~= '' then redis.call('HSETNX', k_customer(u), 'name', ARGV[6]) end
@@ -156,4 +158,5 @@ local r = {ok = true, case = c or '', customer = u, action = action, duplicate =
 redis.call('SET', dk, cjson.encode(r), 'EX', tonumber(ARGV[17]))
 r.offers = offers
 r.push = push
+r.conflicts = conflicts
 return result(r)
