@@ -337,8 +337,10 @@ class Switch:
             back = row[0].decode()
             await self._ensure_pools(ws, cfg, [PoolSpec(back, back, "true")])
             tmo = int(cfg.transfer_agent_timeout_s * 1000)
+            bq = cfg.queue(back)
+            lifo = "1" if bq is not None and bq.order == "lifo" else "0"
             return [{"queue": back, "pri": pri, "lifo": "0", "due": tmo, "agent": to_agent},
-                    {"queue": back, "pri": pri, "lifo": "0", "pool": back}]
+                    {"queue": back, "pri": pri, "lifo": lifo, "pool": back}]
         q = cfg.queue(queue)
         if q is None:
             raise NotFound(f"queue {queue!r} not found", code="queue.unknown")

@@ -286,6 +286,8 @@ local function enter_step(c, i, offers, by_timeout)
     i = i + 1
   end
   local s = plan[i]
+  local prev = hget(ck, 'step')
+  if prev then redis.call('ZREM', k_timers(), 'e|' .. c .. '|' .. prev) end
   if s == nil then
     end_unassigned(c, 'cancelled', 'workflow.exhausted')
     return false
@@ -338,6 +340,9 @@ local function end_offer(o, status, offers, keep_out)
   redis.call('ZREM', k_timers(), 'o|' .. o)
   redis.call('SREM', k_agent_offers(a), o)
   release(a, ch)
+  -- back in (or, if no longer routable, out of) the available sets before the case looks for
+  -- an agent again
+  refresh_agent(a)
   local ck = k_case(c)
   local xs = hget(ck, 'x') or '|'
   if status ~= 'rescinded' then redis.call('HSET', ck, 'x', xs .. a .. '|') end
