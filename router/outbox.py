@@ -10,7 +10,6 @@ re-read from its pending list after a reconnect or restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -52,10 +51,18 @@ class OutboxReader:
         self._task = asyncio.create_task(self._run(), name=f"outbox-{self.group}")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop reading; returns once the reader task has ended (entries it handed out and
+        nobody acknowledged stay pending for the group's next reader)."""
+        task = self._task
+        if task:
+            # redis-py can turn a cancellation that lands mid-command into a ConnectionError,
+            # which _run then retries: cancel until the task has really ended, or a leaked
+            # reader would keep taking this group's entries.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+            if not task.cancelled():
+                task.exception()  # retrieved: the reader has only ever ended by cancellation
         await self.redis.aclose()
 
     async def ack(self, entry_id: str) -> None:

@@ -24,43 +24,73 @@ __all__ = ["BRIDGE_KEY", "ServerProcess", "write_config"]
 BRIDGE_KEY = "test-bridge-key"
 
 
-def write_config(path: Path, workspace: dict[str, Any], *, channels: list[str] | None = None
-                 ) -> Path:
-    doc = {"workspace": workspace,
-           "bridges": [{"id": "test-bridge", "workspace": workspace["id"],
-                        "channels": channels or ["chat", "email", "voice"],
-                        "key_env": "TEST_BRIDGE_KEY"},
-                       {"id": "chat-only", "workspace": workspace["id"], "channels": ["chat"],
-                        "key_env": "TEST_CHAT_BRIDGE_KEY"}]}
+def write_config(
+    path: Path, workspace: dict[str, Any], *, channels: list[str] | None = None
+) -> Path:
+    doc = {
+        "workspace": workspace,
+        "bridges": [
+            {
+                "id": "test-bridge",
+                "workspace": workspace["id"],
+                "channels": channels or ["chat", "email", "voice"],
+                "key_env": "TEST_BRIDGE_KEY",
+            },
+            {
+                "id": "chat-only",
+                "workspace": workspace["id"],
+                "channels": ["chat"],
+                "key_env": "TEST_CHAT_BRIDGE_KEY",
+            },
+        ],
+    }
     path.write_text(json.dumps(doc))
     return path
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, config: Path | None = None, *, redis_url: str = "",
-                 adapters: str = "", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        config: Path | None = None,
+        *,
+        redis_url: str = "",
+        adapters: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "router.cli", "serve", "--port", str(self.port),
-                "--data-dir", str(data_dir)]
+        args = [
+            sys.executable,
+            "-m",
+            "router.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+        ]
         if config is not None:
             args += ["--config", str(config)]
         if redis_url:
             args += ["--redis-url", redis_url]
         if adapters:
             args += ["--adapters", adapters]
-        full_env = {**os.environ, "TEST_BRIDGE_KEY": BRIDGE_KEY,
-                    "TEST_CHAT_BRIDGE_KEY": "chat-only-key",
-                    "SWITCHBOARD_ALLOWED_ORIGINS": f"http://127.0.0.1:{self.port}",
-                    "SWITCHBOARD_SECRET": "test-secret", "SWITCHBOARD_LOG_JSON": "0",
-                    **(env or {})}
+        full_env = {
+            **os.environ,
+            "TEST_BRIDGE_KEY": BRIDGE_KEY,
+            "TEST_CHAT_BRIDGE_KEY": "chat-only-key",
+            "SWITCHBOARD_ALLOWED_ORIGINS": f"http://127.0.0.1:{self.port}",
+            "SWITCHBOARD_SECRET": "test-secret",
+            "SWITCHBOARD_LOG_JSON": "0",
+            **(env or {}),
+        }
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir / "server.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
-        self.proc = subprocess.Popen(args, env=full_env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -77,8 +107,10 @@ class ServerProcess:
         raise RuntimeError(f"server not ready: {self.log_path.read_text()[-3000:]}")
 
     def login(self, agent: str, password: str = "pw", workspace: str = "acme") -> dict[str, Any]:
-        r = httpx.post(f"{self.url}/api/login",
-                       json={"workspace": workspace, "agent": agent, "password": password})
+        r = httpx.post(
+            f"{self.url}/api/login",
+            json={"workspace": workspace, "agent": agent, "password": password},
+        )
         r.raise_for_status()
         data: dict[str, Any] = r.json()
         return data

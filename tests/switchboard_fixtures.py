@@ -31,8 +31,11 @@ DECL: dict[str, Any] = {
                     "filter_friendly_name": "spanish",
                     "expression": "language == 'es'",
                     "targets": [
-                        {"queue": "support", "expression": "task.language IN worker.languages",
-                         "timeout": 30},
+                        {
+                            "queue": "support",
+                            "expression": "task.language IN worker.languages",
+                            "timeout": 30,
+                        },
                         {"queue": "support", "priority": 20},
                     ],
                 },
@@ -49,8 +52,16 @@ DECL: dict[str, Any] = {
 }
 
 
-def agent(aid: str, skills: list[str], *, chat: int = 2, email: int = 3, voice: int = 1,
-          languages: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+def agent(
+    aid: str,
+    skills: list[str],
+    *,
+    chat: int = 2,
+    email: int = 3,
+    voice: int = 1,
+    languages: list[str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     return {
         "id": aid,
         "name": aid.title(),
@@ -97,7 +108,13 @@ async def switch(redis: Redis, redis_server: str, inbox: Inbox) -> AsyncIterator
 
 
 def chat(eid: str, email: str = "alice@example.com", text: str = "hello", **kw: Any) -> dict:
-    ev = {"id": eid, "channel": "chat", "kind": "message", "identities": {"email": email},
-          "thread": kw.pop("thread", eid), "text": text}
+    ev = {
+        "id": eid,
+        "channel": "chat",
+        "kind": "message",
+        "identities": {"email": email},
+        "thread": kw.pop("thread", eid),
+        "text": text,
+    }
     ev.update(kw)
     return ev

@@ -22,8 +22,9 @@ async def test_acknowledged_cases_survive_redis_kill_and_aof_restart(tmp_path: P
     sw = Switch(store, notify=inbox)
     try:
         await sw.apply_workspace({**DECL, "agents": [agent("ann", ["support"], chat=10)]})
-        acked = [(await sw.ingest("acme", chat(f"e{i}", email=f"c{i}@x.test"))).case
-                 for i in range(5)]
+        acked = [
+            (await sw.ingest("acme", chat(f"e{i}", email=f"c{i}@x.test"))).case for i in range(5)
+        ]
         old_pid = server.pid
         assert old_pid is not None
         os.kill(old_pid, signal.SIGKILL)

@@ -1,0 +1,673 @@
+"""The WebSocket protocol (docs/protocol.md), frame by frame, over real sockets against a real
+``switchboard serve`` process and a real Redis.
+
+Every team of agents has its own queue (see ``team_workspace``), so tests sharing the module's
+server never route to each other's agents; ids are fresh per test.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from router import keys
+from tests.ws_client import (
+    CHAT_ONLY_KEY,
+    JSON,
+    MSGPACK,
+    Stack,
+    WsClient,
+    connect_agent,
+    event,
+    open_ws,
+    team_workspace,
+    uid,
+)
+
+#: team -> number of agents (see team_workspace)
+TEAMS = {
+    **dict.fromkeys(["kinds", "offer", "accept", "reply", "xferb", "wrap"], 1),
+    **dict.fromkeys(["follow", "hist", "move", "movex", "voice", "pipe", "dup", "codec"], 1),
+    "reopen": 1,
+    "hello": 2,
+    "rescind": 1,
+    "leave": 1,
+    "reject": 2,
+    "xfer": 2,
+}
+BOSS = {
+    "id": "boss",
+    "name": "Boss",
+    "password": "pw",
+    "role": "supervisor",
+    "attributes": {"skills": []},
+    "capacity": {"chat": 0},
+}
+#: a second workspace whose offers time out fast and whose agents go away after 2 misses
+BRISK = {
+    "id": "brisk",
+    "queues": [{"id": "support"}],
+    "channels": {"chat": {"offer_timeout_s": 0.3}},
+    "routing": {"max_missed_offers": 2},
+    "agents": [{"id": "bea", "name": "Bea", "password": "pw", "capacity": {"chat": 5}}],
+}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    decl = team_workspace(TEAMS, extra_agents=[BOSS])
+    st = await Stack.start(tmp_path_factory.mktemp("protocol"), decl)
+    await st.apply_workspace(BRISK)
+    try:
+        yield st
+    finally:
+        await st.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def bridge(stack: Stack) -> WsClient:
+    """The module's one connection of the all-channels bridge: it receives every delivery."""
+    return await stack.bridge()
+
+
+async def offered(
+    stack: Stack, bridge: WsClient, agent: str, team: str, **kw: Any
+) -> tuple[WsClient, dict[str, Any], dict[str, Any]]:
+    """``agent`` connected and available; an event for ``team`` acked; the offer it got."""
+    console, _ = await stack.agent(agent, status="available")
+    ack = await bridge.ok("event", **event(team, **kw))
+    return console, await console.offer_for(ack["case"]), ack
+
+
+# -- endpoints and sign-in ------------------------------------------------------------------------
+
+
+async def test_login_then_ws_token_then_hello(stack: Stack) -> None:
+    http, url = stack.http, stack.nodes[0].url
+    r = await http.post(
+        f"{url}/api/login", json={"workspace": "acme", "agent": "hello1", "password": "pw"}
+    )
+    assert r.status_code == 200
+    login = r.json()
+    assert login["agent"] == "hello1" and login["role"] == "agent" and login["name"] == "Hello 1"
+    assert login["token"] and login["ws_token"]
+
+    bad = await http.post(
+        f"{url}/api/login", json={"workspace": "acme", "agent": "hello1", "password": "nope"}
+    )
+    assert bad.status_code == 401 and bad.json()["code"] == "auth.invalid"
+    assert (await http.post(f"{url}/api/ws-token")).status_code == 401
+
+    me = await http.get(f"{url}/api/me", headers={"Authorization": f"Bearer {login['token']}"})
+    assert me.json() == {"workspace": "acme", "agent": "hello1", "role": "agent"}
+    r = await http.post(
+        f"{url}/api/ws-token", headers={"Authorization": f"Bearer {login['token']}"}
+    )
+    assert r.status_code == 200
+    fresh = r.json()
+    assert fresh["expires_in"] > 0
+
+    console = stack.track(await connect_agent(stack.nodes[0].ws_url, fresh["token"]))
+    hello = await console.recv()  # the very first frame
+    assert hello["type"] == "hello"
+    assert hello["workspace"] == "acme"
+    assert hello["agent"]["id"] == "hello1" and hello["agent"]["name"] == "Hello 1"
+    assert hello["agent"]["status"] == "offline"
+    assert hello["agent"]["capacity"] == {"chat": 2, "email": 3, "voice": 1}
+    assert {"name": "available", "routable": True} in hello["statuses"]
+    assert {"id": "hello", "name": "hello"} in hello["queues"]
+    assert "resolved" in hello["dispositions"]
+    assert {"id": "hello2", "name": "Hello 2"} in hello["agents"]  # for transfers
+    assert hello["cases"] == [] and hello["offers"] == []
+
+
+async def test_hello_after_reconnect_is_the_snapshot(stack: Stack, bridge: WsClient) -> None:
+    console, _ = await stack.agent("hello2", status="available")
+    first = await bridge.ok("event", **event("hello", text="first"))
+    offer1 = await console.expect("offer")
+    assert offer1["case"]["id"] == first["case"]
+    await console.ok("offer.accept", offer=offer1["offer"])
+    second = await bridge.ok("event", **event("hello", text="second"))
+    offer2 = await console.expect("offer")
+    await console.close()
+
+    again, hello = await stack.agent("hello2")
+    assert hello["agent"]["status"] == "available"
+    assert hello["agent"]["load"]["chat"] == 2
+    [case] = hello["cases"]
+    assert case["case"]["id"] == first["case"] and case["case"]["status"] == "assigned"
+    assert [e["text"] for e in case["timeline"]] == ["first"]
+    [pending] = hello["offers"]
+    assert pending["offer"] == offer2["offer"] and pending["case"]["id"] == second["case"]
+    assert pending["deadline"] == offer2["deadline"]
+    assert pending["customer"]["id"] == offer2["customer"]["id"]
+    assert [e["text"] for e in pending["timeline"]] == ["second"]
+    assert pending["why"]["queue"] == "hello"
+    await again.ok("offer.accept", offer=offer2["offer"])  # the snapshot's offer is live
+
+
+async def test_codecs_by_subprotocol(stack: Stack) -> None:
+    base = stack.nodes[0].ws_url
+    token = await stack.ws_token("codec1")
+    packed = stack.track(await connect_agent(base, token, MSGPACK))
+    assert packed.ws.subprotocol == MSGPACK
+    raw = await packed.ws.recv()
+    assert isinstance(raw, bytes) and packed.decode(raw)["type"] == "hello"
+    ref = await packed.send("ping")
+    raw = await packed.ws.recv()
+    assert isinstance(raw, bytes)
+    assert packed.decode(raw) == {
+        "type": "ack",
+        "ref": ref,
+        "ts": pytest.approx(time.time(), abs=60),
+    }
+
+    token = await stack.ws_token("codec1")
+    text = stack.track(await connect_agent(base, token, JSON))
+    assert text.ws.subprotocol == JSON
+    assert isinstance(await text.ws.recv(), str)
+
+    # offering both: the server takes the first one offered that it speaks
+    token = await stack.ws_token("codec1")
+    both = stack.track(
+        await open_ws(f"{base}/ws/agent?token={token}", subprotocols=["x.unknown", JSON, MSGPACK])
+    )
+    assert both.ws.subprotocol == JSON
+
+    # offering none: consoles and widgets default to JSON, bridges to msgpack (unnamed)
+    token = await stack.ws_token("codec1")
+    plain = stack.track(await open_ws(f"{base}/ws/agent?token={token}", None))
+    assert plain.ws.subprotocol is None
+    assert isinstance(await plain.ws.recv(), str)
+    headers = {"Authorization": f"Bearer {CHAT_ONLY_KEY}"}
+    bplain = stack.track(await open_ws(f"{base}/ws/bridge", None, headers=headers, default=MSGPACK))
+    assert bplain.ws.subprotocol is None
+    ref = await bplain.send("ping")
+    raw = await bplain.ws.recv()
+    assert isinstance(raw, bytes) and bplain.decode(raw)["ref"] == ref
+
+    # a bridge may speak JSON, a widget msgpack
+    bjson = stack.track(await open_ws(f"{base}/ws/bridge", JSON, headers=headers))
+    ack = await bjson.ok("event", **event("codec", channel="chat"))
+    assert ack["action"] == "created"
+    widget, welcome = await stack.chat(codec=MSGPACK)
+    assert widget.ws.subprotocol == MSGPACK and welcome["visitor"]
+
+
+@pytest.mark.parametrize("path", ["/ws/agent", "/ws/bridge", "/ws/chat?workspace=acme"])
+async def test_permessage_deflate_is_off(stack: Stack, path: str) -> None:
+    headers = {"Authorization": f"Bearer {CHAT_ONLY_KEY}"}
+    if path == "/ws/agent":
+        path += "?token=" + await stack.ws_token("codec1")
+    client = stack.track(
+        await open_ws(
+            f"{stack.nodes[0].ws_url}{path}", JSON, headers=headers, compression="deflate"
+        )
+    )
+    assert client.ws.response is not None
+    assert "Sec-WebSocket-Extensions" not in client.ws.response.headers
+    assert client.ws.protocol.extensions == []
+    assert (await client.ok("ping"))["ts"] > 0
+
+
+async def test_ping_on_every_endpoint(stack: Stack, bridge: WsClient) -> None:
+    console, _ = await stack.agent("codec1")
+    widget, _ = await stack.chat()
+    for client in (console, bridge, widget):
+        ack = await client.ok("ping")
+        assert isinstance(ack["ts"], float)
+
+
+# -- bridge → server: events ----------------------------------------------------------------------
+
+
+async def test_event_ack_is_durable_and_repeats_change_nothing(
+    stack: Stack, bridge: WsClient
+) -> None:
+    ev = event("dup", channel="email", subject="Refund", text="where is my refund?")
+    ack = await bridge.ok("event", **ev)
+    assert ack["action"] == "created" and ack["duplicate"] is False
+    assert ack["case"] and ack["customer"]
+    # acknowledged only once it is in Redis: read it straight back, no waiting
+    case = await stack.case(ack["case"])
+    assert case["st"] == "queued" and case["cust"] == ack["customer"] and case["ch"] == "email"
+    assert await stack.redis.exists(keys.dedupe("acme", ev["id"]))
+    timeline = keys.customer_timeline("acme", ack["customer"])
+    assert await stack.redis.llen(timeline) == 1
+    log_len = await stack.redis.xlen(keys.log("acme"))
+
+    again = await bridge.ok("event", **ev)
+    changed = await bridge.ok("event", **{**ev, "text": "a different text, same id"})
+    for dup in (again, changed):
+        assert dup["duplicate"] is True
+        assert (dup["case"], dup["customer"], dup["action"]) == (
+            ack["case"],
+            ack["customer"],
+            "created",
+        )
+    assert await stack.redis.llen(timeline) == 1
+    assert await stack.redis.xlen(keys.log("acme")) == log_len
+    assert (await stack.case(ack["case"]))["updated"] == case["updated"]
+
+
+async def test_pipelined_events_are_acked_by_ref(stack: Stack, bridge: WsClient) -> None:
+    evs = {await bridge.send("event", **(ev := event("pipe"))): ev for _ in range(40)}
+    acks = {ref: await bridge.answer(ref) for ref in evs}
+    assert all(a["type"] == "ack" for a in acks.values())
+    assert len({a["case"] for a in acks.values()}) == len(evs)
+    for ref, ack in acks.items():
+        assert (await stack.case(ack["case"]))["event"] == evs[ref]["id"]
+
+
+async def test_event_kinds_and_case_pushes(stack: Stack, bridge: WsClient) -> None:
+    email, thread = f"{uid('k')}@example.com", uid("thread")
+    console, _ = await stack.agent("kinds1", status="available")
+    created = await bridge.ok("event", **event("kinds", email=email, thread=thread, text="hi"))
+    assert created["action"] == "created"
+    offer = await console.expect("offer")
+    await console.ok("offer.accept", offer=offer["offer"])
+
+    more = await bridge.ok("event", **event("kinds", email=email, thread=thread, text="more"))
+    assert (more["action"], more["case"]) == ("appended", created["case"])
+    msg = await console.expect("case.message")
+    assert msg["case"] == created["case"]
+    assert msg["entry"]["text"] == "more" and msg["entry"]["dir"] == "in"
+    assert msg["entry"]["ch"] == "chat"
+
+    cb = await bridge.ok(
+        "event",
+        **event("kinds", email=email, thread=thread, kind="callback.requested", text="call me"),
+    )
+    assert cb["action"] == "appended"
+    upd = await console.expect("case.updated", event="callback.requested")
+    assert upd["case"] == created["case"] and upd["entry"]["text"] == "call me"
+    assert (await stack.case(created["case"]))["callback"] == "1"
+
+    end = await bridge.ok(
+        "event", **event("kinds", email=email, thread=thread, kind="conversation.ended", text="")
+    )
+    assert end["action"] == "appended"
+    upd = await console.expect("case.updated", event="conversation.ended")
+    assert upd["case"] == created["case"]
+
+    # a call that ends while it is still being offered: abandoned, the offer is rescinded
+    call = uid("call")
+    phone = f"+1555{int(time.time() * 1000) % 10_000_000:07d}"
+    rang = await bridge.ok(
+        "event",
+        **event(
+            "kinds",
+            channel="voice",
+            kind="call.offered",
+            thread=call,
+            identities={"phone": phone},
+            text="",
+        ),
+    )
+    assert rang["action"] == "created"
+    ring = await console.offer_for(rang["case"])
+    hung = await bridge.ok(
+        "event",
+        **event(
+            "kinds",
+            channel="voice",
+            kind="call.ended",
+            thread=call,
+            identities={"phone": phone},
+            text="",
+        ),
+    )
+    assert (hung["action"], hung["case"]) == ("abandoned", rang["case"])
+    gone = await console.expect("offer.rescinded", offer=ring["offer"])
+    assert gone == {
+        "type": "offer.rescinded",
+        "offer": ring["offer"],
+        "case": rang["case"],
+        "reason": "abandoned",
+    }
+    assert (await stack.case(rang["case"]))["st"] == "abandoned"
+
+    # an end for a conversation nobody knows opens nothing
+    stray = await bridge.ok("event", **event("kinds", kind="conversation.ended", text=""))
+    assert stray["action"] == "ignored"
+
+
+async def test_completed_case_reopens_and_late_callbacks_are_stale(
+    stack: Stack, bridge: WsClient
+) -> None:
+    email, thread = f"{uid('r')}@example.com", uid("t")
+    console, offer, ack = await offered(
+        stack, bridge, "reopen1", "reopen", email=email, thread=thread
+    )
+    await console.ok("offer.accept", offer=offer["offer"])
+    await console.ok("case.complete", case=ack["case"], disposition="resolved")
+    back = await bridge.ok("event", **event("reopen", email=email, thread=thread, text="again"))
+    assert (back["action"], back["case"]) == ("reopened", ack["case"])
+    again = await console.offer_for(ack["case"])
+    assert again["why"]["reason"].startswith("preferred agent")
+    await console.ok("offer.accept", offer=again["offer"])
+
+    # status callbacks carry a sequence number: an older one arriving late is not applied
+    call, phone = uid("CA"), "+14155550199"
+    kw = {"channel": "voice", "thread": call, "identities": {"phone": phone}, "text": ""}
+    rang = await bridge.ok("event", **event("reopen", kind="call.offered", seq=2, **kw))
+    late = await bridge.ok("event", **event("reopen", kind="call.ended", seq=1, **kw))
+    assert (late["action"], late["case"]) == ("stale", rang["case"])
+    assert (await stack.case(rang["case"]))["st"] in ("queued", "offered")
+
+
+# -- server → agent: offers and the agent's answers ----------------------------------------------
+
+
+async def test_offer_carries_case_profile_cross_channel_timeline_and_why(
+    stack: Stack, bridge: WsClient
+) -> None:
+    email = f"{uid('zoe')}@example.com"
+    by_mail = await bridge.ok(
+        "event",
+        **event(
+            "offer",
+            channel="email",
+            email=email,
+            name="Zoe Q",
+            subject="Invoice 12",
+            text="my invoice is wrong",
+        ),
+    )
+    by_chat = await bridge.ok("event", **event("offer", email=email, text="hello? <b>x</b>"))
+    assert by_chat["customer"] == by_mail["customer"]  # one customer across channels
+    console, _ = await stack.agent("offer1", status="available")  # pulls both cases
+    offer = await console.offer_for(by_chat["case"])
+    await console.offer_for(by_mail["case"])
+    assert isinstance(offer["offer"], str) and offer["offer"]
+    assert isinstance(offer["deadline"], int) and offer["deadline"] > time.time() * 1000
+    case = offer["case"]
+    assert case["id"] == by_chat["case"] and case["channel"] == "chat"
+    assert case["status"] == "offered" and case["queue"] == "offer"
+    assert case["customer"] == by_chat["customer"] and isinstance(case["priority"], int)
+    assert offer["customer"] == {
+        "id": by_chat["customer"],
+        "name": "Zoe Q",
+        "identities": [f"email:{email}"],
+    }
+    assert [(e["ch"], e["text"]) for e in offer["timeline"]] == [
+        ("email", "my invoice is wrong"),
+        ("chat", "hello? <b>x</b>"),
+    ]
+    assert offer["timeline"][0]["subject"] == "Invoice 12"
+    assert offer["timeline_total"] == 2
+    why = offer["why"]
+    assert (why["queue"], why["filter"], why["step"]) == ("offer", "offer", 1)
+    assert isinstance(why["reason"], str) and why["reason"]
+
+
+async def test_accept_assigns_once(stack: Stack, bridge: WsClient) -> None:
+    console, offer, ack = await offered(stack, bridge, "accept1", "accept")
+    got = await console.ok("offer.accept", offer=offer["offer"])
+    assert got == {"type": "ack", "ref": got["ref"], "case": ack["case"], "duplicate": False}
+    # a console restoring its screen may ask for the case detail with the accept
+    again = await console.ok("offer.accept", offer=offer["offer"], detail=True)
+    assert again["case"] == ack["case"] and again["duplicate"] is True
+    detail = again["detail"]
+    assert detail["case"]["status"] == "assigned" and detail["case"]["agent"] == "accept1"
+    assert detail["customer"]["id"] == ack["customer"]
+    assert [e["id"] for e in detail["timeline"]] == [offer["timeline"][0]["id"]]
+    case = await stack.case(ack["case"])
+    third = await console.ok("offer.accept", offer=offer["offer"])
+    assert third["case"] == ack["case"] and third["duplicate"] is True
+    assert await stack.case(ack["case"]) == case
+    assert await stack.redis.smembers(keys.agent_cases("acme", "accept1")) == {ack["case"].encode()}
+
+
+async def test_reject_sends_the_case_to_the_next_agent(stack: Stack, bridge: WsClient) -> None:
+    first, offer, ack = await offered(stack, bridge, "reject1", "reject")
+    second, _ = await stack.agent("reject2", status="available")
+    got = await first.ok("offer.reject", offer=offer["offer"])
+    assert got["case"] == ack["case"] and got["duplicate"] is False
+    nxt = await second.offer_for(ack["case"])
+    assert nxt["offer"] != offer["offer"]
+    again = await first.ok("offer.reject", offer=offer["offer"])
+    assert again["duplicate"] is True
+    assert (await stack.case(ack["case"]))["oagent"] == "reject2"
+
+
+async def test_status(stack: Stack) -> None:
+    console, _ = await stack.agent("reject2")
+    for status in ("away", "available", "offline"):
+        assert (await console.ok("status", status=status))["status"] == status
+    assert (await stack.redis.hget(keys.agent("acme", "reject2"), "st")) == b"offline"
+
+
+async def test_reply_is_delivered_through_the_bridge(stack: Stack, bridge: WsClient) -> None:
+    console, offer, ack = await offered(
+        stack, bridge, "reply1", "reply", subject="Order", thread="order-77" + uid()
+    )
+    case = ack["case"]
+    await console.ok("offer.accept", offer=offer["offer"])
+    sent = await console.ok("case.reply", case=case, text="On its way!")
+    entry = sent["entry"]
+    assert (entry["dir"], entry["text"], entry["case"]) == ("out", "On its way!", case)
+    assert entry["from"] == "Reply 1" and entry["id"]
+
+    deliver = await bridge.expect("deliver", case=case)
+    assert deliver["channel"] == "chat" and deliver["text"] == "On its way!"
+    assert deliver["thread"].startswith("chat:order-77") and deliver["subject"] == "Order"
+    assert deliver["identities"] == offer["customer"]["identities"]
+    assert deliver["from"] == "Reply 1" and deliver["message"] == entry["id"]
+    assert (await bridge.ok("delivered", id=deliver["id"])).keys() == {"type", "ref"}
+
+    note = await console.ok("case.note", case=case, text="customer is VIP")
+    assert note["entry"]["dir"] == "note"
+    second = await console.ok("case.reply", case=case, text="Anything else?")
+    nxt = await bridge.expect("deliver", case=case)  # the note was never delivered
+    assert nxt["message"] == second["entry"]["id"]
+    await bridge.ok("delivered", id=nxt["id"])
+    page = (await console.ok("history.fetch", customer=ack["customer"]))["history"]
+    assert [e["dir"] for e in page["timeline"]] == ["in", "out", "note", "out"]
+
+
+async def test_transfer_to_a_queue_then_to_an_agent(stack: Stack, bridge: WsClient) -> None:
+    first, offer, ack = await offered(stack, bridge, "xfer1", "xfer")
+    case = ack["case"]
+    await first.ok("offer.accept", offer=offer["offer"])
+    other, _ = await stack.agent("xferb1", status="available")
+    assert (
+        await first.ok("case.transfer", case=case, queue="xferb", note="billing issue")
+    ).keys() == {"type", "ref"}
+    moved = await other.offer_for(case)
+    assert moved["case"]["queue"] == "xferb"
+    assert moved["timeline"][-1]["dir"] == "note"
+    assert moved["timeline"][-1]["text"] == "billing issue"
+    assert await stack.redis.smembers(keys.agent_cases("acme", "xfer1")) == set()
+
+    await other.ok("offer.accept", offer=moved["offer"])
+    named, _ = await stack.agent("xfer2", status="available")
+    await other.ok("case.transfer", case=case, agent="xfer2")
+    direct = await named.offer_for(case)
+    assert direct["why"]["reason"].startswith("preferred agent")
+
+
+async def test_wrapup_then_complete_frees_capacity(stack: Stack, bridge: WsClient) -> None:
+    # voice capacity is 1: the second call waits until the first one is completed
+    console, _ = await stack.agent("wrap1", status="available")
+    calls = [
+        await bridge.ok(
+            "event",
+            **event(
+                "wrap",
+                channel="voice",
+                kind="call.offered",
+                identities={"phone": f"+1202555{i:04d}"},
+                text="",
+            ),
+        )
+        for i in (1, 2)
+    ]
+    offer = await console.offer_for(calls[0]["case"])
+    await console.ok("offer.accept", offer=offer["offer"])
+    assert (await stack.case(calls[1]["case"]))["st"] == "queued"
+    assert (await console.ok("case.wrapup", case=calls[0]["case"])).keys() == {"type", "ref"}
+    assert (await stack.case(calls[0]["case"]))["st"] == "wrapping"
+    await console.ok("case.wrapup", case=calls[0]["case"])  # repeated: no second effect
+    await console.ok(
+        "case.complete", case=calls[0]["case"], disposition="resolved", note="refund issued"
+    )
+    done = await stack.case(calls[0]["case"])
+    assert (done["st"], done["disposition"]) == ("completed", "resolved")
+    nxt = await console.offer_for(calls[1]["case"])  # capacity freed: the next call
+    assert nxt["case"]["channel"] == "voice"
+    await console.ok("case.complete", case=calls[0]["case"])  # repeated: no second effect
+
+
+async def test_followup_sends_a_reminder(stack: Stack, bridge: WsClient) -> None:
+    console, offer, ack = await offered(stack, bridge, "follow1", "follow")
+    await console.ok("offer.accept", offer=offer["offer"])
+    due = int(time.time() * 1000) + 50
+    got = await console.ok("case.followup", case=ack["case"], due=due, note="call back")
+    assert got["due"] == due
+    reminder = await console.expect("reminder", case=ack["case"])
+    assert reminder == {"type": "reminder", "case": ack["case"], "note": "call back"}
+    got = await console.ok("case.followup", case=ack["case"], in_s=0.05, note="again")
+    assert abs(got["due"] - time.time() * 1000) < 60_000
+    assert (await console.expect("reminder", case=ack["case"]))["note"] == "again"
+
+
+async def test_history_fetch_pages_back(stack: Stack, bridge: WsClient) -> None:
+    email, thread = f"{uid('h')}@example.com", uid("t")
+    console, _, ack = await offered(
+        stack, bridge, "hist1", "hist", email=email, thread=thread, text="m0"
+    )
+    for i in range(1, 5):
+        await bridge.ok("event", **event("hist", email=email, thread=thread, text=f"m{i}"))
+    page = (await console.ok("history.fetch", customer=ack["customer"], limit=2))["history"]
+    assert page["customer"] == ack["customer"] and page["total"] == 5 and page["start"] == 3
+    assert [e["text"] for e in page["timeline"]] == ["m3", "m4"]
+    older = (
+        await console.ok("history.fetch", customer=ack["customer"], limit=2, before=page["start"])
+    )["history"]
+    assert [e["text"] for e in older["timeline"]] == ["m1", "m2"] and older["start"] == 1
+
+
+async def test_supervisor_moves_a_case_and_sets_a_status(stack: Stack, bridge: WsClient) -> None:
+    console, offer, ack = await offered(stack, bridge, "move1", "move")
+    boss, hello = await stack.agent("boss")
+    assert hello["agent"]["role"] == "supervisor"
+    other, _ = await stack.agent("movex1", status="available")
+    await boss.ok("case.move", case=ack["case"], queue="movex", note="overflow")
+    gone = await console.expect("offer.rescinded", offer=offer["offer"])
+    assert gone["case"] == ack["case"] and gone["reason"] == "rescinded"
+    assert (await other.offer_for(ack["case"]))["case"]["queue"] == "movex"
+
+    stats = (await boss.ok("stats.fetch"))["stats"]
+    assert {"move", "movex"} <= {q["id"] for q in stats["queues"]}
+    assert "move1" in {a["id"] for a in stats["agents"]}
+
+    assert (await boss.ok("agent.status", agent="move1", status="away"))["status"] == "away"
+    pushed = await console.expect("status")
+    assert pushed == {"type": "status", "status": "away", "reason": "supervisor"}
+
+
+async def test_going_offline_rescinds_pending_offers_with_a_push(
+    stack: Stack, bridge: WsClient
+) -> None:
+    boss, _ = await stack.agent("boss")
+    for team, by in (("rescind", boss), ("leave", None)):
+        console, offer, _ = await offered(stack, bridge, f"{team}1", team)
+        if by is None:
+            await console.ok("status", status="offline")
+        else:
+            await by.ok("agent.status", agent=f"{team}1", status="offline")
+        await console.ok("ping")  # pushes for this console were written before this answer
+        assert await stack.redis.hget(keys.offer("acme", offer["offer"]), "st") == b"rescinded"
+        assert [f["offer"] for f in console.pending("offer.rescinded")] == [offer["offer"]]
+
+
+async def test_voice_accept_sends_call_connect(stack: Stack, bridge: WsClient) -> None:
+    call, phone = uid("CA"), "+14155550123"
+    console, offer, ack = await offered(
+        stack,
+        bridge,
+        "voice1",
+        "voice",
+        channel="voice",
+        kind="call.offered",
+        thread=call,
+        identities={"phone": phone},
+        text="",
+    )
+    assert offer["case"]["channel"] == "voice"
+    await console.ok("offer.accept", offer=offer["offer"])
+    connect = await bridge.expect("call.connect", case=ack["case"])
+    assert connect["thread"] == f"voice:{call}" and connect["agent"] == "voice1"
+    assert connect["agent_name"] == "Voice 1" and connect["identities"] == [f"phone:{phone}"]
+    await bridge.ok("delivered", id=connect["id"])
+
+
+async def test_offer_timeout_rescinds_and_missed_offers_set_away(stack: Stack) -> None:
+    bea, _ = await stack.agent("bea", workspace="brisk", status="available")
+    for n in (1, 2):
+        widget, _ = await stack.chat(workspace="brisk")
+        ack = await widget.ok("message", text=f"anyone there? ({n})")
+        offer = await bea.offer_for(ack["case"])
+        gone = await bea.expect("offer.rescinded", offer=offer["offer"])
+        assert gone == {
+            "type": "offer.rescinded",
+            "offer": offer["offer"],
+            "case": ack["case"],
+            "reason": "timeout",
+        }
+    status = await bea.expect("status")
+    assert status == {"type": "status", "status": "away", "reason": "missed_offers"}
+
+
+# -- the chat widget ----------------------------------------------------------------------------
+
+
+async def test_chat_widget_conversation(stack: Stack) -> None:
+    widget, welcome = await stack.chat()
+    assert welcome["workspace"] == "acme" and welcome["case"] == "" and welcome["messages"] == []
+    assert welcome["visitor"].startswith("v") and welcome["token"]
+    ident = await widget.ok("identify", email=f"{uid('w')}@example.com", name="Wanda")
+    assert ident["identities"] == ["email", "visitor"]
+    first = await widget.ok("message", text="hello", id="m-1")
+    assert first["case"] and first["duplicate"] is False
+    again = await widget.ok("message", text="hello", id="m-1")
+    assert (again["case"], again["duplicate"]) == (first["case"], True)
+
+    console, _ = await stack.agent("support1", status="available")
+    offer = await console.offer_for(first["case"])
+    assert offer["customer"]["name"] == "Wanda"
+    await console.ok("offer.accept", offer=offer["offer"])
+    sent = await console.ok("case.reply", case=first["case"], text="Hi Wanda, <i>how</i>?")
+    await console.ok("case.note", case=first["case"], text="internal only")
+    shown = await widget.expect("message", dir="out")
+    assert shown == {
+        "type": "message",
+        "case": first["case"],
+        "id": sent["entry"]["id"],
+        "dir": "out",
+        "text": "Hi Wanda, <i>how</i>?",
+        "from": "Support 1",
+        "ts": sent["entry"]["ts"],
+    }
+    await widget.ok("message", text="my order")
+    assert (await console.expect("case.message", case=first["case"]))["entry"]["text"] == (
+        "my order"
+    )
+
+    back, resumed = await stack.chat(token=welcome["token"])
+    assert resumed["visitor"] == welcome["visitor"] and resumed["case"] == first["case"]
+    assert [(m["dir"], m["text"]) for m in resumed["messages"]] == [
+        ("in", "hello"),
+        ("out", "Hi Wanda, <i>how</i>?"),
+        ("in", "my order"),
+    ]
+    assert all("agent" not in m for m in resumed["messages"])
+    assert (await back.ok("end"))["case"] == first["case"]
+    assert (await console.expect("case.updated", case=first["case"]))["event"] == (
+        "conversation.ended"
+    )
