@@ -15,9 +15,16 @@ from typing import Any, TypeGuard
 from starlette.websockets import WebSocket
 
 from router import keys, snapshot, wire
-from router.auth import Principal, origin_allowed
+from router.auth import Principal, origin_allowed, token_digest
 from router.context import Ctx
-from router.errors import CLOSE_CODES, BadRequest, Forbidden, NotFound, SwitchboardError
+from router.errors import (
+    CLOSE_CODES,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    SwitchboardError,
+    Unauthorized,
+)
 from router.hub import Conn
 from router.metrics import METRICS
 from router.session import serve_frames
@@ -30,15 +37,20 @@ def _str(frame: dict[str, Any], name: str, limit: int = 200, required: bool = Tr
     if v is None and not required:
         return ""
     if not isinstance(v, str) or (required and not v) or len(v) > limit:
-        raise BadRequest(f"{name}: expected a string of at most {limit} characters",
-                         code="frame.invalid")
+        raise BadRequest(
+            f"{name}: expected a string of at most {limit} characters", code="frame.invalid"
+        )
     return v
 
 
 def _finite(v: Any) -> TypeGuard[int | float]:
     """A real number (not a bool, NaN or infinity) in a sane range."""
-    return (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            and abs(v) < 1e15)
+    return (
+        isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and abs(v) < 1e15
+    )
 
 
 async def accept_socket(websocket: WebSocket, codec: wire.Codec | None) -> None:
@@ -48,8 +60,9 @@ async def accept_socket(websocket: WebSocket, codec: wire.Codec | None) -> None:
     await websocket.accept(subprotocol=codec if codec in offered else None)
 
 
-async def reject_connection(websocket: WebSocket, codec: wire.Codec | None, code: str,
-                            message: str) -> None:
+async def reject_connection(
+    websocket: WebSocket, codec: wire.Codec | None, code: str, message: str
+) -> None:
     """Accept, say why in an error frame, close with 1008 — the client learns the reason."""
     await accept_socket(websocket, codec)
     frame = {"type": "error", "code": code, "message": message}
@@ -92,38 +105,59 @@ class AgentSession:
         return {"case": res["case"], "duplicate": res["duplicate"]}
 
     async def reply(self, f: dict[str, Any]) -> dict[str, Any]:
-        res = await self.sw.reply(self.ws, self.agent, _str(f, "case", 64),
-                                  _str(f, "text", 32_000), agent_name=await self._name())
+        res = await self.sw.reply(
+            self.ws,
+            self.agent,
+            _str(f, "case", 64),
+            _str(f, "text", 32_000),
+            agent_name=await self._name(),
+        )
         return {"entry": res["entry"]}
 
     async def note(self, f: dict[str, Any]) -> dict[str, Any]:
-        res = await self.sw.reply(self.ws, self.agent, _str(f, "case", 64),
-                                  _str(f, "text", 32_000), note=True,
-                                  agent_name=await self._name())
+        res = await self.sw.reply(
+            self.ws,
+            self.agent,
+            _str(f, "case", 64),
+            _str(f, "text", 32_000),
+            note=True,
+            agent_name=await self._name(),
+        )
         return {"entry": res["entry"]}
 
     async def transfer(self, f: dict[str, Any]) -> None:
         await self.sw.transfer(
-            self.ws, self.agent, _str(f, "case", 64), queue=_str(f, "queue", 64, False),
-            to_agent=_str(f, "agent", 64, False), note=_str(f, "note", 2000, False),
+            self.ws,
+            self.agent,
+            _str(f, "case", 64),
+            queue=_str(f, "queue", 64, False),
+            to_agent=_str(f, "agent", 64, False),
+            note=_str(f, "note", 2000, False),
         )
 
     async def wrapup(self, f: dict[str, Any]) -> None:
         await self.sw.wrapup(self.ws, self.agent, _str(f, "case", 64))
 
     async def complete(self, f: dict[str, Any]) -> None:
-        await self.sw.complete(self.ws, self.agent, _str(f, "case", 64),
-                               _str(f, "disposition", 64, False), _str(f, "note", 4000, False))
+        await self.sw.complete(
+            self.ws,
+            self.agent,
+            _str(f, "case", 64),
+            _str(f, "disposition", 64, False),
+            _str(f, "note", 4000, False),
+        )
 
     async def followup(self, f: dict[str, Any]) -> dict[str, Any]:
         due, in_s = f.get("due"), f.get("in_s")
         if due is None and _finite(in_s):
             due = int((time.time() + float(in_s)) * 1000)
         if not _finite(due):
-            raise BadRequest("due: ms since the epoch (or in_s: seconds from now)",
-                             code="frame.invalid")
-        res = await self.sw.followup(self.ws, self.agent, _str(f, "case", 64), int(due),
-                                     _str(f, "note", 2000, False))
+            raise BadRequest(
+                "due: ms since the epoch (or in_s: seconds from now)", code="frame.invalid"
+            )
+        res = await self.sw.followup(
+            self.ws, self.agent, _str(f, "case", 64), int(due), _str(f, "note", 2000, False)
+        )
         return {"due": res["due"]}
 
     async def history(self, f: dict[str, Any]) -> dict[str, Any]:
@@ -155,16 +189,22 @@ class AgentSession:
 
     async def move(self, f: dict[str, Any]) -> None:
         self._supervisor()
-        await self.sw.transfer(self.ws, "", _str(f, "case", 64), queue=_str(f, "queue", 64),
-                               note=_str(f, "note", 2000, False))
+        await self.sw.transfer(
+            self.ws,
+            "",
+            _str(f, "case", 64),
+            queue=_str(f, "queue", 64),
+            note=_str(f, "note", 2000, False),
+        )
 
     async def agent_status(self, f: dict[str, Any]) -> dict[str, Any]:
         self._supervisor()
         target = _str(f, "agent", 64)
         res = await self.sw.set_status(self.ws, target, _str(f, "status", 64))
         # the agent's consoles learn it as they learn a status set by the timers
-        await self.ctx.hub.notify(self.ws, target, {"type": "status", "status": res["status"],
-                                                    "reason": "supervisor"})
+        await self.ctx.hub.notify(
+            self.ws, target, {"type": "status", "status": res["status"], "reason": "supervisor"}
+        )
         return {"status": res["status"]}
 
     # -- helpers -----------------------------------------------------------------------------
@@ -211,8 +251,12 @@ async def agent_endpoint(websocket: WebSocket) -> None:
     s = ctx.settings
     codec = wire.choose(websocket.scope.get("subprotocols", []))
     if codec is None:
-        await reject_connection(websocket, None, "subprotocol.unsupported",
-                                f"speak one of {', '.join(wire.SUBPROTOCOLS)}")
+        await reject_connection(
+            websocket,
+            None,
+            "subprotocol.unsupported",
+            f"speak one of {', '.join(wire.SUBPROTOCOLS)}",
+        )
         return
     if not origin_allowed(websocket.headers.get("origin"), s.allowed_origins):
         await reject_connection(websocket, codec, "origin.forbidden", "origin not allowed")
@@ -222,7 +266,13 @@ async def agent_endpoint(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_CODES["restart"], "draining")
         return
     try:
-        who = ctx.tokens.verify(websocket.query_params.get("token", ""), "ws")
+        token = websocket.query_params.get("token", "")
+        who = ctx.tokens.verify(token, "ws")
+        spent = keys.spent_token(who.workspace, token_digest(token))
+        if not await ctx.redis.set(spent, 1, nx=True, ex=ctx.tokens.ttl("ws")):
+            raise Unauthorized(
+                "this connect token was already used; get a fresh one", code="auth.reused"
+            )
         if not await ctx.redis.exists(keys.agent(who.workspace, who.subject)):
             raise NotFound("agent not found", code="agent.unknown")
     except SwitchboardError as e:
@@ -238,8 +288,14 @@ async def agent_endpoint(websocket: WebSocket) -> None:
         await ctx.switch.presence(who.workspace, who.subject, True, s.grace_s)
         cfg = await ctx.switch.config(who.workspace)
         await conn.release(await snapshot.hello(ctx.redis, cfg, who.workspace, who.subject))
-        await serve_frames(websocket, conn, session.handle, endpoint="agent",
-                           max_frame=s.agent_max_frame, rate=s.rate_per_s)
+        await serve_frames(
+            websocket,
+            conn,
+            session.handle,
+            endpoint="agent",
+            max_frame=s.agent_max_frame,
+            rate=s.rate_per_s,
+        )
     finally:
         conn.closed = True
         METRICS.connections.labels("agent").dec()

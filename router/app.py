@@ -74,6 +74,7 @@ async def _timer_loop(ctx: Ctx) -> None:
 async def drain(ctx: Ctx) -> None:
     """Stop taking new work: /readyz turns 503, consoles are told to reconnect and closed 1012."""
     ctx.draining = True
+    await asyncio.sleep(ctx.settings.drain_delay_s)  # let load balancers see /readyz 503
     for conns in list(ctx.hub.agents.values()):
         await ctx.hub.broadcast(conns, {"type": "drain", "message": "server restarting"})
         for c in list(conns):
@@ -113,9 +114,17 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         decl, file_bridges = load_workspace_file(settings.config)
         await _apply_file(switch, decl)
         bridge_keys = bridge_keys + file_bridges
-    ctx = Ctx(settings=settings, redis_url=url, redis=client, switch=switch, hub=hub,
-              tokens=Tokens(settings.secret, {"session": settings.token_ttl_s}),
-              stats=Stats(url), node=node, bridge_keys=bridge_keys)
+    ctx = Ctx(
+        settings=settings,
+        redis_url=url,
+        redis=client,
+        switch=switch,
+        hub=hub,
+        tokens=Tokens(settings.secret, {"session": settings.token_ttl_s}),
+        stats=Stats(url),
+        node=node,
+        bridge_keys=bridge_keys,
+    )
     app.state.ctx = ctx
     await hub.start()
     timers = asyncio.create_task(_timer_loop(ctx), name="timers")
@@ -170,13 +179,17 @@ async def metrics(request: Request) -> Response:
 
 def _page(name: str) -> Any:
     async def page(request: Request) -> Response:
-        return FileResponse(WEB_DIR / name, headers={
-            "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; "
-            "img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
-            "base-uri 'none'; frame-ancestors 'none'",
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-        })
+        return FileResponse(
+            WEB_DIR / name,
+            headers={
+                "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; "
+                "img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
+                "base-uri 'none'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
+
     return page
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "find_bridge",
     "hash_password",
     "origin_allowed",
+    "token_digest",
     "verify_password",
 ]
 
@@ -69,7 +70,10 @@ class Tokens:
         self._ttl = {**TTL, **(ttl or {})}
 
     def issue(self, p: Principal) -> str:
-        return self._s.dumps({"k": p.kind, "w": p.workspace, "s": p.subject, "r": p.role})
+        # the nonce makes every token distinct, so a ws token can be spent exactly once
+        return self._s.dumps(
+            {"k": p.kind, "w": p.workspace, "s": p.subject, "r": p.role, "n": secrets.token_hex(8)}
+        )
 
     def verify(self, token: str, kind: str) -> Principal:
         """The principal of a valid token of this kind; Unauthorized otherwise."""
@@ -105,3 +109,8 @@ def find_bridge(keys: Iterable[BridgeKey], presented: str) -> BridgeKey:
 def origin_allowed(origin: str | None, allowed: Iterable[str]) -> bool:
     """Browsers always send Origin; non-browser clients (bridges, benches) send none."""
     return origin is None or origin in set(allowed)
+
+
+def token_digest(token: str) -> str:
+    """What a spent one-connect token is remembered by (never the token itself)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:32]

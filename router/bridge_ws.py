@@ -42,8 +42,12 @@ class BridgeSession:
         # connection (closed, or on a node that died) are re-sent to the bridge's next
         # connection on whichever node it lands.
         self.reader = OutboxReader(
-            ctx.redis_url, self.ws, f"bridge:{bridge.id}", f"bridge:{bridge.id}",
-            bridge.channels, self.deliver,
+            ctx.redis_url,
+            self.ws,
+            f"bridge:{bridge.id}",
+            f"bridge:{bridge.id}",
+            bridge.channels,
+            self.deliver,
         )
 
     async def handle(self, f: dict[str, Any]) -> dict[str, Any] | None:
@@ -63,12 +67,14 @@ class BridgeSession:
     async def event(self, f: dict[str, Any]) -> dict[str, Any]:
         channel = f.get("channel")
         if channel not in self.bridge.channels:
-            raise Forbidden(f"this bridge may not send {str(channel)[:16]!r} events",
-                            code="bridge.channel")
+            raise Forbidden(
+                f"this bridge may not send {str(channel)[:16]!r} events", code="bridge.channel"
+            )
         # A key is scoped to one workspace; an event naming another is refused, not rerouted.
         if "workspace" in f and f["workspace"] != self.ws:
-            raise Forbidden("this bridge may not send events for that workspace",
-                            code="bridge.workspace")
+            raise Forbidden(
+                "this bridge may not send events for that workspace", code="bridge.workspace"
+            )
         ts = f.get("ts")
         if isinstance(ts, float) and not math.isfinite(ts):
             raise BadRequest("ts: seconds since the epoch", code="event.invalid")
@@ -82,25 +88,43 @@ class BridgeSession:
             METRICS.cases_created.labels(channel).inc()
         if res.offered:
             METRICS.ingest_to_offer.observe(elapsed)
-        return {"case": res.case, "customer": res.customer, "action": res.action,
-                "duplicate": res.duplicate}
+        return {
+            "case": res.case,
+            "customer": res.customer,
+            "action": res.action,
+            "duplicate": res.duplicate,
+        }
 
     async def deliver(self, eid: str, entry: dict[str, Any]) -> bool:
-        cust = pairs(await self.ctx.redis.hgetall(keys.customer(self.ws, entry.get("customer",
-                                                                                    ""))))
+        cust = pairs(
+            await self.ctx.redis.hgetall(keys.customer(self.ws, entry.get("customer", "")))
+        )
         identities = sorted(k[2:] for k in cust if k.startswith("i:"))
         if entry.get("kind") == "call.connect":
             agent = pairs(await self.ctx.redis.hgetall(keys.agent(self.ws, entry["agent"])))
-            frame = {"type": "call.connect", "id": eid, "case": entry.get("case"),
-                     "thread": entry.get("thread", ""), "agent": entry["agent"],
-                     "agent_name": agent.get("name", ""), "identities": identities}
+            frame = {
+                "type": "call.connect",
+                "id": eid,
+                "case": entry.get("case"),
+                "thread": entry.get("thread", ""),
+                "agent": entry["agent"],
+                "agent_name": agent.get("name", ""),
+                "identities": identities,
+            }
         else:
             e = entry.get("entry") or {}
-            frame = {"type": "deliver", "id": eid, "channel": entry.get("ch"),
-                     "case": entry.get("case"), "thread": entry.get("thread", ""),
-                     "subject": entry.get("subject", ""), "identities": identities,
-                     "text": e.get("text", ""), "from": e.get("from", ""),
-                     "message": e.get("id", "")}
+            frame = {
+                "type": "deliver",
+                "id": eid,
+                "channel": entry.get("ch"),
+                "case": entry.get("case"),
+                "thread": entry.get("thread", ""),
+                "subject": entry.get("subject", ""),
+                "identities": identities,
+                "text": e.get("text", ""),
+                "from": e.get("from", ""),
+                "message": e.get("id", ""),
+            }
         await self.conn.send(frame)
         return False  # acknowledged when the bridge answers "delivered"
 
@@ -110,8 +134,12 @@ async def bridge_endpoint(websocket: WebSocket) -> None:
     s = ctx.settings
     codec = wire.choose(websocket.scope.get("subprotocols", []), default=wire.MSGPACK)
     if codec is None:
-        await reject_connection(websocket, None, "subprotocol.unsupported",
-                                f"speak one of {', '.join(wire.SUBPROTOCOLS)}")
+        await reject_connection(
+            websocket,
+            None,
+            "subprotocol.unsupported",
+            f"speak one of {', '.join(wire.SUBPROTOCOLS)}",
+        )
         return
     auth = websocket.headers.get("authorization", "")
     try:
@@ -131,9 +159,15 @@ async def bridge_endpoint(websocket: WebSocket) -> None:
     session.reader.start()
     METRICS.connections.labels("bridge").inc()
     try:
-        await serve_frames(websocket, conn, session.handle, endpoint="bridge",
-                           max_frame=s.bridge_max_frame, rate=s.bridge_rate_per_s,
-                           concurrent=512)
+        await serve_frames(
+            websocket,
+            conn,
+            session.handle,
+            endpoint="bridge",
+            max_frame=s.bridge_max_frame,
+            rate=s.bridge_rate_per_s,
+            concurrent=512,
+        )
     finally:
         conn.closed = True
         METRICS.connections.labels("bridge").dec()

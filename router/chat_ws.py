@@ -51,8 +51,9 @@ class ChatSession:
             return await self._send("message", text, f.get("id"))
         if t == "identify":
             ids = {k: f[k] for k in ("email", "phone") if isinstance(f.get(k), str) and f[k]}
-            probe = parse_event({"id": "probe", "channel": "chat", "identities": ids or
-                                 {"visitor": self.visitor}})  # validates, raises BadRequest
+            probe = parse_event(
+                {"id": "probe", "channel": "chat", "identities": ids or {"visitor": self.visitor}}
+            )  # validates, raises BadRequest
             for ident in probe.identities:
                 kind, value = ident.split(":", 1)
                 self.identities[kind] = value
@@ -68,11 +69,20 @@ class ChatSession:
         raise BadRequest(f"unknown frame type {t[:40]!r}", code="frame.unknown_type")
 
     async def _send(self, kind: str, text: str, client_id: Any) -> dict[str, Any]:
-        cid = client_id if isinstance(client_id, str) and 0 < len(client_id) <= 64 \
+        cid = (
+            client_id
+            if isinstance(client_id, str) and 0 < len(client_id) <= 64
             else secrets.token_hex(8)
-        event = {"id": f"{self.visitor}:{cid}", "channel": "chat", "kind": kind,
-                 "identities": dict(self.identities), "thread": self.visitor, "text": text,
-                 "name": self.name}
+        )
+        event = {
+            "id": f"{self.visitor}:{cid}",
+            "channel": "chat",
+            "kind": kind,
+            "identities": dict(self.identities),
+            "thread": self.visitor,
+            "text": text,
+            "name": self.name,
+        }
         res = await self.ctx.switch.ingest(self.ws, event)
         await self.watch(res.case)
         return {"case": res.case, "duplicate": res.duplicate}
@@ -83,8 +93,12 @@ async def chat_endpoint(websocket: WebSocket) -> None:
     s = ctx.settings
     codec = wire.choose(websocket.scope.get("subprotocols", []))
     if codec is None:
-        await reject_connection(websocket, None, "subprotocol.unsupported",
-                                f"speak one of {', '.join(wire.SUBPROTOCOLS)}")
+        await reject_connection(
+            websocket,
+            None,
+            "subprotocol.unsupported",
+            f"speak one of {', '.join(wire.SUBPROTOCOLS)}",
+        )
         return
     if not origin_allowed(websocket.headers.get("origin"), s.allowed_origins):
         await reject_connection(websocket, codec, "origin.forbidden", "origin not allowed")
@@ -117,11 +131,24 @@ async def chat_endpoint(websocket: WebSocket) -> None:
         if case:
             await session.watch(case.decode())
             messages = await snapshot.chat_history(ctx.redis, who.workspace, session.case)
-        await conn.send({"type": "welcome", "visitor": who.subject, "token": token,
-                         "workspace": who.workspace, "case": session.case,
-                         "messages": messages})
-        await serve_frames(websocket, conn, session.handle, endpoint="chat",
-                           max_frame=s.chat_max_frame, rate=min(s.rate_per_s, 10.0))
+        await conn.send(
+            {
+                "type": "welcome",
+                "visitor": who.subject,
+                "token": token,
+                "workspace": who.workspace,
+                "case": session.case,
+                "messages": messages,
+            }
+        )
+        await serve_frames(
+            websocket,
+            conn,
+            session.handle,
+            endpoint="chat",
+            max_frame=s.chat_max_frame,
+            rate=min(s.rate_per_s, 10.0),
+        )
     finally:
         conn.closed = True
         METRICS.connections.labels("chat").dec()

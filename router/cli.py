@@ -30,9 +30,12 @@ __all__ = ["main"]
 class _Server(uvicorn.Server):
     """uvicorn's server with a graceful drain on SIGTERM/SIGINT before it shuts down."""
 
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self.app = app  # config.loaded_app is wrapped in middleware: keep our own reference
+
     def handle_exit(self, sig: int, frame: Any) -> None:
-        app = self.config.loaded_app
-        ctx = getattr(getattr(app, "state", None), "ctx", None)
+        ctx = getattr(self.app.state, "ctx", None)
         if ctx is not None and not ctx.draining and not self.should_exit:
             from router.app import drain
 
@@ -62,20 +65,34 @@ def _serve(settings: Settings, plugins: Sequence[Plugin], *, simulate: bool = Fa
 
         app.router.lifespan_context = with_simulation
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="uvloop", ws=settings.ws_impl,
-        ws_per_message_deflate=False, ws_max_size=max(settings.bridge_max_frame,
-                                                      settings.agent_max_frame),
-        lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=10,
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        ws=settings.ws_impl,
+        ws_per_message_deflate=False,
+        ws_max_size=max(settings.bridge_max_frame, settings.agent_max_frame),
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
     )
-    server = _Server(config)
+    server = _Server(config, app)
     server.run()
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port,
-                                   "config": getattr(args, "config", None),
-                                   "redis_url": args.redis_url,
-                                   "data_dir": args.data_dir}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "config": getattr(args, "config", None),
+            "redis_url": args.redis_url,
+            "data_dir": args.data_dir,
+        }.items()
+        if v is not None
+    }
     return Settings.from_env(**overrides, **extra)
 
 
@@ -98,15 +115,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     path = Path(tempfile.mkdtemp(prefix="switchboard-demo-")) / "demo.json"
     path.write_text(json.dumps({"workspace": DEMO_WORKSPACE}))
-    settings = _settings(args, config=str(path), demo=True, log_json=False,
-                         bridge_keys=(DEMO_BRIDGE,),
-                         smtp_port=args.smtp_port if args.smtp_port is not None else 2525,
-                         mailboxes="support@demo.test=demo,billing@demo.test=demo/billing")
+    settings = _settings(
+        args,
+        config=str(path),
+        demo=True,
+        log_json=False,
+        bridge_keys=(DEMO_BRIDGE,),
+        smtp_port=args.smtp_port if args.smtp_port is not None else 2525,
+        mailboxes="support@demo.test=demo,billing@demo.test=demo/billing",
+    )
     if args.data_dir is None and not args.redis_url:
         settings = dataclasses.replace(settings, data_dir="var/demo")
     plugins = load_plugins(["email"], settings) if settings.smtp_port else []
-    print(f"Switchboard demo: console http://{settings.host}:{settings.port}/ "
-          "(agents ann, bob, cat; supervisor sue; password: demo)", file=sys.stderr)
+    print(
+        f"Switchboard demo: console http://{settings.host}:{settings.port}/ "
+        "(agents ann, bob, cat; supervisor sue; password: demo)",
+        file=sys.stderr,
+    )
     _serve(settings, plugins, simulate=not args.quiet)
     return 0
 
@@ -119,14 +144,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             decl, bridges = load_workspace_file(settings.config)
             cfg = parse_workspace(decl)
             out["workspace"] = {
-                "id": cfg.id, "queues": [dataclasses.asdict(q) for q in cfg.queues],
-                "agents": [{"id": a.id, "role": a.role, "capacity": dict(a.capacity),
-                            "password": "***" if a.password else None} for a in cfg.agents],
+                "id": cfg.id,
+                "queues": [dataclasses.asdict(q) for q in cfg.queues],
+                "agents": [
+                    {
+                        "id": a.id,
+                        "role": a.role,
+                        "capacity": dict(a.capacity),
+                        "password": "***" if a.password else None,
+                    }
+                    for a in cfg.agents
+                ],
                 "statuses": [dataclasses.asdict(s) for s in cfg.statuses],
                 "workflow": cfg.workflow_json,
             }
-            out["bridges"] = [{"id": b.id, "workspace": b.workspace,
-                               "channels": sorted(b.channels), "key": "***"} for b in bridges]
+            out["bridges"] = [
+                {"id": b.id, "workspace": b.workspace, "channels": sorted(b.channels), "key": "***"}
+                for b in bridges
+            ]
     except ConfigError as e:
         print(json.dumps({"error": str(e)}), file=sys.stderr)
         return 2

@@ -55,6 +55,7 @@ class Settings:
     bridge_rate_per_s: float = 5000.0
     ws_impl: str = "websockets-sansio"  # uvicorn --ws; see bench/README.md for the figures
     timer_interval_s: float = 0.05
+    drain_delay_s: float = 1.0  # on SIGTERM: /readyz is 503 this long before sockets close
     smtp_port: int = 0  # inbound SMTP adapter; 0 = off
     smtp_host: str = "127.0.0.1"
     smtp_domain: str = "switchboard.local"
@@ -114,8 +115,15 @@ class Settings:
             if f.name in ("secret", "smarthost_password", "twilio_auth_token") and v:
                 v = "***"
             elif f.name == "bridge_keys":
-                v = [{"id": b.id, "workspace": b.workspace, "channels": sorted(b.channels),
-                      "key": "***"} for b in v]
+                v = [
+                    {
+                        "id": b.id,
+                        "workspace": b.workspace,
+                        "channels": sorted(b.channels),
+                        "key": "***",
+                    }
+                    for b in v
+                ]
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
 
@@ -158,8 +166,11 @@ def load_workspace_file(
         if not isinstance(b, dict) or "id" not in b:
             raise ConfigError(f"{p}: expected a map with an id")
         bridges.append(
-            BridgeKey(str(b["id"]), str(b.get("workspace", decl.get("id", "default"))),
-                      frozenset(b.get("channels", ["chat", "email", "voice"])),
-                      _secret(b, env, p))
+            BridgeKey(
+                str(b["id"]),
+                str(b.get("workspace", decl.get("id", "default"))),
+                frozenset(b.get("channels", ["chat", "email", "voice"])),
+                _secret(b, env, p),
+            )
         )
     return decl, tuple(bridges)

@@ -28,37 +28,67 @@ DEMO_WORKSPACE: dict[str, Any] = {
     "queues": [
         {"id": "support", "name": "Support", "target": "skills HAS 'support'", "sl_target_s": 60},
         {"id": "sales", "name": "Sales", "target": "skills HAS 'sales'", "sl_target_s": 30},
-        {"id": "billing", "name": "Billing", "target": "skills HAS 'billing'",
-         "sl_target_s": 120},
+        {"id": "billing", "name": "Billing", "target": "skills HAS 'billing'", "sl_target_s": 120},
     ],
     "workflow": {
         "task_routing": {
             "filters": [
-                {"filter_friendly_name": "Sales", "expression": "topic == 'sales'",
-                 "targets": [{"queue": "sales", "priority": 10}]},
-                {"filter_friendly_name": "Billing", "expression": "topic == 'billing'",
-                 "targets": [{"queue": "billing", "timeout": 120}, {"queue": "support"}]},
-                {"filter_friendly_name": "Spanish", "expression": "language == 'es'",
-                 "targets": [{"queue": "support",
-                              "expression": "task.language IN worker.languages",
-                              "timeout": 60},
-                             {"queue": "support"}]},
+                {
+                    "filter_friendly_name": "Sales",
+                    "expression": "topic == 'sales'",
+                    "targets": [{"queue": "sales", "priority": 10}],
+                },
+                {
+                    "filter_friendly_name": "Billing",
+                    "expression": "topic == 'billing'",
+                    "targets": [{"queue": "billing", "timeout": 120}, {"queue": "support"}],
+                },
+                {
+                    "filter_friendly_name": "Spanish",
+                    "expression": "language == 'es'",
+                    "targets": [
+                        {
+                            "queue": "support",
+                            "expression": "task.language IN worker.languages",
+                            "timeout": 60,
+                        },
+                        {"queue": "support"},
+                    ],
+                },
             ],
             "default_filter": {"queue": "support"},
         }
     },
     "agents": [
-        {"id": "ann", "name": "Ann Agent", "password": "demo",
-         "attributes": {"skills": ["support"], "languages": ["en", "es"]},
-         "capacity": {"chat": 3, "email": 5, "voice": 1}},
-        {"id": "bob", "name": "Bob Builder", "password": "demo",
-         "attributes": {"skills": ["sales", "billing"], "languages": ["en"]},
-         "capacity": {"chat": 2, "email": 5, "voice": 1}},
-        {"id": "cat", "name": "Cat Caller", "password": "demo",
-         "attributes": {"skills": ["support", "billing"], "languages": ["en"]},
-         "capacity": {"chat": 1, "email": 3, "voice": 1}},
-        {"id": "sue", "name": "Sue Supervisor", "password": "demo", "role": "supervisor",
-         "attributes": {"skills": []}, "capacity": {}},
+        {
+            "id": "ann",
+            "name": "Ann Agent",
+            "password": "demo",
+            "attributes": {"skills": ["support"], "languages": ["en", "es"]},
+            "capacity": {"chat": 3, "email": 5, "voice": 1},
+        },
+        {
+            "id": "bob",
+            "name": "Bob Builder",
+            "password": "demo",
+            "attributes": {"skills": ["sales", "billing"], "languages": ["en"]},
+            "capacity": {"chat": 2, "email": 5, "voice": 1},
+        },
+        {
+            "id": "cat",
+            "name": "Cat Caller",
+            "password": "demo",
+            "attributes": {"skills": ["support", "billing"], "languages": ["en"]},
+            "capacity": {"chat": 1, "email": 3, "voice": 1},
+        },
+        {
+            "id": "sue",
+            "name": "Sue Supervisor",
+            "password": "demo",
+            "role": "supervisor",
+            "attributes": {"skills": []},
+            "capacity": {},
+        },
     ],
     "statuses": [{"name": "lunch"}, {"name": "training"}],
     "dispositions": ["resolved", "follow-up", "escalated", "no-answer", "spam"],
@@ -69,12 +99,18 @@ DEMO_WORKSPACE: dict[str, Any] = {
     },
 }
 
-_PEOPLE = [("Alice Moreno", "alice@example.com", "+15550100001", "es"),
-           ("Dmitri Volkov", "dmitri@example.com", "+15550100002", "en"),
-           ("Priya Nair", "priya@example.com", "+15550100003", "en"),
-           ("Tom Becker", "tom@example.com", "+15550100004", "en")]
-_TOPICS = [("support", "My order arrived damaged"), ("billing", "I was charged twice"),
-           ("sales", "Do you offer a team plan?"), ("support", "I can't log in")]
+_PEOPLE = [
+    ("Alice Moreno", "alice@example.com", "+15550100001", "es"),
+    ("Dmitri Volkov", "dmitri@example.com", "+15550100002", "en"),
+    ("Priya Nair", "priya@example.com", "+15550100003", "en"),
+    ("Tom Becker", "tom@example.com", "+15550100004", "en"),
+]
+_TOPICS = [
+    ("support", "My order arrived damaged"),
+    ("billing", "I was charged twice"),
+    ("sales", "Do you offer a team plan?"),
+    ("support", "I can't log in"),
+]
 
 
 async def simulate(switch: Switch, ws: str = "demo", every_s: float = 20.0) -> None:
@@ -87,16 +123,24 @@ async def simulate(switch: Switch, ws: str = "demo", every_s: float = 20.0) -> N
         name, email, phone, lang = rng.choice(_PEOPLE)
         topic, text = rng.choice(_TOPICS)
         channel = rng.choice(["chat", "email", "voice"])
-        event: dict[str, Any] = {"id": f"demo-{n}-{rng.getrandbits(32):x}", "channel": channel,
-                                 "name": name, "text": text,
-                                 "attributes": {"topic": topic, "language": lang}}
+        event: dict[str, Any] = {
+            "id": f"demo-{n}-{rng.getrandbits(32):x}",
+            "channel": channel,
+            "name": name,
+            "text": text,
+            "attributes": {"topic": topic, "language": lang},
+        }
         if channel == "chat":
             event.update(identities={"email": email}, thread=f"demo-chat-{n}")
         elif channel == "email":
             event.update(identities={"email": email}, subject=text)
         else:
-            event.update(kind="call.offered", identities={"phone": phone},
-                         thread=f"demo-call-{n}", text="Incoming call")
+            event.update(
+                kind="call.offered",
+                identities={"phone": phone},
+                thread=f"demo-call-{n}",
+                text="Incoming call",
+            )
         with contextlib.suppress(SwitchboardError):
             res = await switch.ingest(ws, event)
             log.info("demo customer %s (%s) -> case %s", name, channel, res.case)

@@ -191,8 +191,9 @@ class Hub:
                 log.warning("pub/sub connection lost (%s); resubscribing", e)
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(RedisError, OSError):
-                    await self._ps.subscribe(f"sb:node:{self.node}",
-                                             *[c.decode() for c in self._routes])
+                    await self._ps.subscribe(
+                        f"sb:node:{self.node}", *[c.decode() for c in self._routes]
+                    )
 
     async def _route(self, channel: bytes, data: bytes) -> None:
         route = self._routes.get(channel)
@@ -213,4 +214,3 @@ class Hub:
             conns = self.chats.get((ws, ident))
             if conns and isinstance(body, dict):
                 await self.broadcast(conns, chat_frame(body))
-

@@ -7,6 +7,7 @@ shape as an ``event`` frame. Validation is strict and typed: anything off raises
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -100,8 +101,12 @@ def parse_event(d: Any) -> Event:
         raise BadRequest("identities: a non-empty map", code="event.invalid")
     # strongest first: the first identity already known names the customer
     order = {"external": 0, "email": 1, "phone": 2, "visitor": 3}
-    identities = tuple(sorted((_identity(str(k), v) for k, v in ids.items()),
-                              key=lambda i: order.get(i.split(":", 1)[0], 9)))
+    identities = tuple(
+        sorted(
+            (_identity(str(k), v) for k, v in ids.items()),
+            key=lambda i: order.get(i.split(":", 1)[0], 9),
+        )
+    )
     attrs = d.get("attributes") or {}
     if not isinstance(attrs, Mapping):
         raise BadRequest("attributes: expected a map", code="event.invalid")
@@ -111,13 +116,18 @@ def parse_event(d: Any) -> Event:
     if not isinstance(atts, list) or len(atts) > 50:
         raise BadRequest("attachments: a list of at most 50", code="event.invalid")
     attachments = tuple(
-        {"name": str(a.get("name", ""))[:200], "type": str(a.get("type", ""))[:100],
-         "size": int(a.get("size", 0))}
+        {
+            "name": str(a.get("name", ""))[:200],
+            "type": str(a.get("type", ""))[:100],
+            "size": int(a.get("size", 0)),
+        }
         for a in atts
         if isinstance(a, Mapping)
     )
     ts = d.get("ts")
-    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
+    if ts is not None and (
+        isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)
+    ):
         raise BadRequest("ts: seconds since the epoch", code="event.invalid")
     seq = d.get("seq")
     if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):

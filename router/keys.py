@@ -38,6 +38,7 @@ __all__ = [
     "queue_waiting",
     "queues",
     "settings",
+    "spent_token",
     "threads",
     "timers",
     "valid_id",
@@ -170,3 +171,8 @@ def push_agent(ws: str, aid: str) -> str:
 def push_case(ws: str, cid: str) -> str:
     """Pub/sub channel of a case's customer-facing chat widget connections."""
     return f"sb:{{{ws}}}:push:c:{cid}"
+
+
+def spent_token(ws: str, digest: str) -> str:
+    """Marks a one-connect WebSocket token as used (expires with the token)."""
+    return f"sb:{{{ws}}}:spent:{digest}"

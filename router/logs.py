@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
@@ -23,6 +24,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class _Redact(logging.Filter):
+    """Tokens travel in WebSocket URLs (browsers can't set headers there); keep them out of
+    logs, uvicorn's "[accepted]" lines included."""
+
+    _TOKEN = re.compile(r"(token=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        if "token=" in str(record.msg):
+            record.msg = self._TOKEN.sub(r"\1***", str(record.msg))
+        return True
+
+
 def setup_logging(level: str = "info", json_lines: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:
@@ -31,6 +47,7 @@ def setup_logging(level: str = "info", json_lines: bool = True) -> None:
         fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
         fmt.converter = time.gmtime
         handler.setFormatter(fmt)
+    handler.addFilter(_Redact())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -20,33 +20,43 @@ class Metrics:
             "switchboard_connections", "Open WebSocket connections.", ["endpoint"], registry=r
         )
         self.frames = Counter(
-            "switchboard_frames_total", "WebSocket frames by endpoint, direction and type.",
-            ["endpoint", "direction", "type"], registry=r,
+            "switchboard_frames_total",
+            "WebSocket frames by endpoint, direction and type.",
+            ["endpoint", "direction", "type"],
+            registry=r,
         )
         self.cases_created = Counter(
-            "switchboard_cases_created_total", "Cases opened, by channel.", ["channel"],
+            "switchboard_cases_created_total",
+            "Cases opened, by channel.",
+            ["channel"],
             registry=r,
         )
         self.events = Counter(
             "switchboard_events_total", "Ingested events by outcome.", ["action"], registry=r
         )
         self.queue_depth = Gauge(
-            "switchboard_queue_depth", "Cases waiting, by workspace and queue.",
-            ["workspace", "queue"], registry=r,
+            "switchboard_queue_depth",
+            "Cases waiting, by workspace and queue.",
+            ["workspace", "queue"],
+            registry=r,
         )
         self.offer_outcomes = Counter(
-            "switchboard_offer_outcomes_total", "Offers ended, by outcome.", ["outcome"],
+            "switchboard_offer_outcomes_total",
+            "Offers ended, by outcome.",
+            ["outcome"],
             registry=r,
         )
         self.offer_decision = Histogram(
             "switchboard_offer_decision_seconds",
             "Time to run one routing transition script that may make offers.",
-            buckets=_LATENCY, registry=r,
+            buckets=_LATENCY,
+            registry=r,
         )
         self.ingest_to_offer = Histogram(
             "switchboard_ingest_to_offer_seconds",
             "From a bridge event's arrival to its offer frame being written to the console.",
-            buckets=_LATENCY, registry=r,
+            buckets=_LATENCY,
+            registry=r,
         )
 
 

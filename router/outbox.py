@@ -37,8 +37,15 @@ def _decode(fields: dict[bytes, bytes]) -> dict[str, Any]:
 
 class OutboxReader:
     def __init__(
-        self, url: str, ws: str, group: str, consumer: str, channels: frozenset[str],
-        deliver: Delivery, *, start_at_end: bool = True,
+        self,
+        url: str,
+        ws: str,
+        group: str,
+        consumer: str,
+        channels: frozenset[str],
+        deliver: Delivery,
+        *,
+        start_at_end: bool = True,
     ) -> None:
         self.redis = aioredis.Redis.from_url(url)
         self.ws, self.group, self.consumer = ws, group, consumer
@@ -71,7 +78,9 @@ class OutboxReader:
     async def _ensure_group(self) -> None:
         try:
             await self.redis.xgroup_create(
-                keys.outbox(self.ws), self.group, id="$" if self.start_at_end else "0",
+                keys.outbox(self.ws),
+                self.group,
+                id="$" if self.start_at_end else "0",
                 mkstream=True,
             )
         except ResponseError as e:

@@ -75,8 +75,14 @@ async def _answer(conn: Conn, frame: dict[str, Any], handle: Handler, endpoint: 
     except Exception:
         METRICS.frames.labels(endpoint, "in", ftype).inc()
         log.exception("handler for %s failed", ftype)
-        await conn.send({"type": "error", "ref": ref, "code": "internal",
-                         "message": "internal error; nothing was changed"})
+        await conn.send(
+            {
+                "type": "error",
+                "ref": ref,
+                "code": "internal",
+                "message": "internal error; nothing was changed",
+            }
+        )
         return
     METRICS.frames.labels(endpoint, "in", ftype).inc()
     out: dict[str, Any] = {"type": "ack", "ref": ref}
@@ -85,8 +91,9 @@ async def _answer(conn: Conn, frame: dict[str, Any], handle: Handler, endpoint: 
     await conn.send(out)
 
 
-def _done(tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore
-          ) -> Callable[[asyncio.Task[None]], None]:
+def _done(
+    tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore
+) -> Callable[[asyncio.Task[None]], None]:
     def done(task: asyncio.Task[None]) -> None:
         tasks.discard(task)
         slots.release()
@@ -95,8 +102,14 @@ def _done(tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore
 
 
 async def serve_frames(
-    websocket: WebSocket, conn: Conn, handle: Handler, *, endpoint: str, max_frame: int,
-    rate: float, concurrent: int = 1,
+    websocket: WebSocket,
+    conn: Conn,
+    handle: Handler,
+    *,
+    endpoint: str,
+    max_frame: int,
+    rate: float,
+    concurrent: int = 1,
 ) -> None:
     """Read frames until the client leaves; return normally on disconnect or close."""
     bucket = Bucket(rate)
@@ -129,12 +142,19 @@ async def serve_frames(
                     return
                 # answered with the frame's ref when it has one, so the client knows which
                 err = RateLimited(f"over {rate:g} frames/s; this frame was dropped")
-                await conn.send({"type": "error", "ref": frame.get("ref") if frame else None,
-                                 "code": err.code, "message": err.message})
+                await conn.send(
+                    {
+                        "type": "error",
+                        "ref": frame.get("ref") if frame else None,
+                        "code": err.code,
+                        "message": err.message,
+                    }
+                )
                 continue
             if frame is None:
-                await conn.send({"type": "error", "ref": None, "code": bad.code,
-                                 "message": bad.message})
+                await conn.send(
+                    {"type": "error", "ref": None, "code": bad.code, "message": bad.message}
+                )
                 continue
             if slots is None:
                 await _answer(conn, frame, handle, endpoint)

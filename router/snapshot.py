@@ -40,7 +40,10 @@ def agent_view(fields: dict[str, str]) -> dict[str, Any]:
 
 
 async def history(
-    redis: aioredis.Redis, ws: str, customer: str, before: int | None = None,
+    redis: aioredis.Redis,
+    ws: str,
+    customer: str,
+    before: int | None = None,
     limit: int = TIMELINE_PAGE,
 ) -> dict[str, Any]:
     """One page of a customer's timeline, newest last. ``before`` is an index from a previous
@@ -49,8 +52,12 @@ async def history(
     end = total if before is None else max(0, min(before, total))
     start = max(0, end - max(1, min(limit, 200)))
     raw = await redis.lrange(keys.customer_timeline(ws, customer), start, end - 1) if end else []
-    return {"customer": customer, "start": start, "total": total,
-            "timeline": [json.loads(r) for r in raw]}
+    return {
+        "customer": customer,
+        "start": start,
+        "total": total,
+        "timeline": [json.loads(r) for r in raw],
+    }
 
 
 async def case_detail(redis: aioredis.Redis, ws: str, case: str) -> dict[str, Any] | None:
@@ -62,12 +69,16 @@ async def case_detail(redis: aioredis.Redis, ws: str, case: str) -> dict[str, An
     cust = fields.get("cust", "")
     profile = pairs(await redis.hgetall(keys.customer(ws, cust)))
     page = await history(redis, ws, cust)
-    return {"case": view, "customer": customer_view(profile), "timeline": page["timeline"],
-            "timeline_start": page["start"], "timeline_total": page["total"]}
+    return {
+        "case": view,
+        "customer": customer_view(profile),
+        "timeline": page["timeline"],
+        "timeline_start": page["start"],
+        "timeline_total": page["total"],
+    }
 
 
-async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str
-                ) -> dict[str, Any]:
+async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str) -> dict[str, Any]:
     fields = pairs(await redis.hgetall(keys.agent(ws, agent)))
     cases = sorted(_dec(c) for c in await redis.smembers(keys.agent_cases(ws, agent)))
     offers = sorted(_dec(o) for o in await redis.smembers(keys.agent_offers(ws, agent)))
@@ -79,11 +90,20 @@ async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str
             continue
         detail = await case_detail(redis, ws, of.get("case", ""))
         if detail:
-            pending.append({"type": "offer", "offer": o, "deadline": int(of.get("deadline") or 0),
-                            **detail, "why": {"queue": detail["case"]["queue"],
-                                              "filter": detail["case"]["filter"],
-                                              "step": detail["case"]["step"],
-                                              "reason": "pending offer (restored)"}})
+            pending.append(
+                {
+                    "type": "offer",
+                    "offer": o,
+                    "deadline": int(of.get("deadline") or 0),
+                    **detail,
+                    "why": {
+                        "queue": detail["case"]["queue"],
+                        "filter": detail["case"]["filter"],
+                        "step": detail["case"]["step"],
+                        "reason": "pending offer (restored)",
+                    },
+                }
+            )
     ids = sorted(_dec(a) for a in await redis.smembers(keys.agents(ws)))
     pipe = redis.pipeline(transaction=False)
     for aid in ids:

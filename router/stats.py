@@ -82,8 +82,12 @@ class _Tail:
             elif q == queue:
                 within, answered, abandoned = within + w, answered + a, abandoned + ab
         total = answered + abandoned
-        return {"answered": answered, "abandoned": abandoned, "within_target": within,
-                "service_level": round(within / total, 4) if total else None}
+        return {
+            "answered": answered,
+            "abandoned": abandoned,
+            "within_target": within,
+            "service_level": round(within / total, 4) if total else None,
+        }
 
 
 class Stats:
@@ -98,8 +102,9 @@ class Stats:
                 await t.task
         await self.redis.aclose()
 
-    async def snapshot(self, redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str
-                       ) -> dict[str, Any]:
+    async def snapshot(
+        self, redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str
+    ) -> dict[str, Any]:
         """Queues (waiting, longest wait, service level) and agents (status, load)."""
         tail = self._tails.get(ws)
         if tail is None:
@@ -114,9 +119,16 @@ class Stats:
         for i, q in enumerate(cfg.queues):
             waiting, oldest = int(res[2 * i]), res[2 * i + 1]
             longest = max(0.0, (now_rel - oldest[0][1]) / 1000) if oldest else 0.0
-            queues.append({"id": q.id, "name": q.name, "waiting": waiting,
-                           "longest_wait_s": round(longest, 1), "sl_target_s": q.sl_target_s,
-                           **tail.service_level(q.id)})
+            queues.append(
+                {
+                    "id": q.id,
+                    "name": q.name,
+                    "waiting": waiting,
+                    "longest_wait_s": round(longest, 1),
+                    "sl_target_s": q.sl_target_s,
+                    **tail.service_level(q.id),
+                }
+            )
         ids = sorted(m.decode() for m in await redis.smembers(keys.agents(ws)))
         pipe = redis.pipeline(transaction=False)
         for aid in ids:

@@ -84,8 +84,14 @@ class Switch:
         ws = cfg.id
         pipe = self.redis.pipeline(transaction=True)
         # stored without passwords: they are kept only hashed, on the agents
-        stored = {**decl, "agents": [{k: v for k, v in a.items() if k != "password"}
-                                     for a in decl.get("agents", []) if isinstance(a, Mapping)]}
+        stored = {
+            **decl,
+            "agents": [
+                {k: v for k, v in a.items() if k != "password"}
+                for a in decl.get("agents", [])
+                if isinstance(a, Mapping)
+            ],
+        }
         pipe.hset(keys.settings(ws), "decl", _json(stored))
         pipe.hincrby(keys.settings(ws), "declver", 1)
         pipe.sadd(keys.WORKSPACES, ws)
@@ -93,8 +99,7 @@ class Switch:
             pipe.sadd(keys.queues(ws), q.id)
             pipe.hset(
                 keys.queue(ws, q.id),
-                mapping={"name": q.name, "target": q.target, "order": q.order,
-                         "sl": q.sl_target_s},
+                mapping={"name": q.name, "target": q.target, "order": q.order, "sl": q.sl_target_s},
             )
         await pipe.execute()
         self._configs.pop(ws, None)
@@ -145,8 +150,15 @@ class Switch:
             ver = await self._ver(ws)
             memberships = await self._memberships(ws, cfg, data)
             res = await self.store.run(
-                "agent_update", ws, a.id, a.name, ",".join(sorted(a.capacity)),
-                _json(a.capacity), _json(a.attributes), _json(memberships), ver,
+                "agent_update",
+                ws,
+                a.id,
+                a.name,
+                ",".join(sorted(a.capacity)),
+                _json(a.capacity),
+                _json(a.attributes),
+                _json(memberships),
+                ver,
             )
             if res.get("ok"):
                 break
@@ -166,8 +178,13 @@ class Switch:
         caps = {k[4:]: int(v) for k, v in d.items() if k.startswith("cap:")}
         await self.upsert_agent(
             ws,
-            AgentConfig(aid, d.get("name", aid), json.loads(d.get("attrs", "{}")), caps,
-                        d.get("role", "agent")),
+            AgentConfig(
+                aid,
+                d.get("name", aid),
+                json.loads(d.get("attrs", "{}")),
+                caps,
+                d.get("role", "agent"),
+            ),
         )
 
     async def _ver(self, ws: str) -> str:
@@ -197,9 +214,7 @@ class Switch:
             q = cfg.queue(spec.queue)
             if q is None:
                 continue
-            out.extend(
-                [spec.id, ordval] for _, ordval in pool_members(spec, q.target, {"_": data})
-            )
+            out.extend([spec.id, ordval] for _, ordval in pool_members(spec, q.target, {"_": data}))
         return out
 
     async def _agent_datas(self, ws: str) -> dict[str, dict[str, Any]]:
@@ -211,8 +226,9 @@ class Switch:
         for aid, row in zip(ids, await pipe.execute(), strict=True):
             d = {k.decode(): v.decode() for k, v in row.items()}
             caps = {k[4:]: int(v) for k, v in d.items() if k.startswith("cap:")}
-            out[aid] = agent_data({"attributes": json.loads(d.get("attrs", "{}")),
-                                   "capacity": caps})
+            out[aid] = agent_data(
+                {"attributes": json.loads(d.get("attrs", "{}")), "capacity": caps}
+            )
         return out
 
     async def _ensure_pools(self, ws: str, cfg: WorkspaceConfig, specs: list[PoolSpec]) -> None:
@@ -230,7 +246,13 @@ class Switch:
                 ver = await self._ver(ws)
                 members = pool_members(spec, queue.target, await self._agent_datas(ws))
                 res = await self.store.run(
-                    "pool_define", ws, spec.id, spec.queue, spec.filter, ver, _json(members),
+                    "pool_define",
+                    ws,
+                    spec.id,
+                    spec.queue,
+                    spec.filter,
+                    ver,
+                    _json(members),
                     _json(spec.order_by),
                 )
                 if res.get("ok"):
@@ -252,17 +274,32 @@ class Switch:
         tri = triage(cfg, ev.channel, ev.attributes, subject=ev.subject)
         await self._ensure_pools(ws, cfg, tri.pools)
         res = await self.store.run(
-            "event_ingest", ws, ev.id, ev.channel, ev.kind, _json(list(ev.identities)),
-            ev.name, ev.thread_key, ev.case, _json(timeline_entry(ev)), new_id("c"),
-            new_id("u"), _json(tri.plan), _json(tri.fields), int(cfg.reopen_window_s * 1000),
-            _json(reopen_plan(cfg, tri)), "" if ev.seq is None else ev.seq, DEDUPE_TTL_S,
+            "event_ingest",
+            ws,
+            ev.id,
+            ev.channel,
+            ev.kind,
+            _json(list(ev.identities)),
+            ev.name,
+            ev.thread_key,
+            ev.case,
+            _json(timeline_entry(ev)),
+            new_id("c"),
+            new_id("u"),
+            _json(tri.plan),
+            _json(tri.fields),
+            int(cfg.reopen_window_s * 1000),
+            _json(reopen_plan(cfg, tri)),
+            "" if ev.seq is None else ev.seq,
+            DEDUPE_TTL_S,
         )
         await self._dispatch(ws, res)
         for other in _as_list(res.get("conflicts")):
             await self._absorb_anonymous(ws, res["customer"], other)
         offered = any(o.get("case") == res["case"] for o in _as_list(res.get("offers")))
-        return IngestResult(res["case"], res["customer"], res["action"], bool(res["duplicate"]),
-                            offered)
+        return IngestResult(
+            res["case"], res["customer"], res["action"], bool(res["duplicate"]), offered
+        )
 
     # -- agent actions -------------------------------------------------------------------------
 
@@ -287,7 +324,11 @@ class Switch:
         cfg = await self.config(ws)
         after = cfg.status(cfg.reject_status) if cfg.reject_status else None
         return await self._act(
-            "offer_reject", ws, agent, offer, after.name if after else "",
+            "offer_reject",
+            ws,
+            agent,
+            offer,
+            after.name if after else "",
             ("1" if after.routable else "0") if after else "",
         )
 
@@ -302,13 +343,29 @@ class Switch:
             raise BadRequest(f"unknown disposition {disposition!r}", code="disposition.unknown")
         entry = ""
         if note or disposition:
-            entry = _json({"id": new_id("n"), "ch": "note", "dir": "note", "kind": "wrapup",
-                           "ts": time.time(), "text": note, "disposition": disposition,
-                           "agent": agent, "case": case})
+            entry = _json(
+                {
+                    "id": new_id("n"),
+                    "ch": "note",
+                    "dir": "note",
+                    "kind": "wrapup",
+                    "ts": time.time(),
+                    "text": note,
+                    "disposition": disposition,
+                    "agent": agent,
+                    "case": case,
+                }
+            )
         return await self._act("case_complete", ws, agent, case, disposition, entry)
 
     async def transfer(
-        self, ws: str, agent: str, case: str, *, queue: str = "", to_agent: str = "",
+        self,
+        ws: str,
+        agent: str,
+        case: str,
+        *,
+        queue: str = "",
+        to_agent: str = "",
         note: str = "",
     ) -> dict[str, Any]:
         """Transfer an assigned case to a queue or a named agent (then back to the queue).
@@ -317,9 +374,18 @@ class Switch:
         """
         cfg = await self.config(ws)
         plan = await self._transfer_plan(ws, cfg, case, queue, to_agent)
-        entry = _json({"id": new_id("n"), "ch": "note", "dir": "note", "kind": "transfer",
-                       "ts": time.time(), "text": note, "agent": agent,
-                       "to": to_agent or queue})
+        entry = _json(
+            {
+                "id": new_id("n"),
+                "ch": "note",
+                "dir": "note",
+                "kind": "transfer",
+                "ts": time.time(),
+                "text": note,
+                "agent": agent,
+                "to": to_agent or queue,
+            }
+        )
         return await self._act("case_transfer", ws, agent, case, _json(plan), entry, to_agent)
 
     async def _transfer_plan(
@@ -339,15 +405,18 @@ class Switch:
             tmo = int(cfg.transfer_agent_timeout_s * 1000)
             bq = cfg.queue(back)
             lifo = "1" if bq is not None and bq.order == "lifo" else "0"
-            return [{"queue": back, "pri": pri, "lifo": "0", "due": tmo, "agent": to_agent},
-                    {"queue": back, "pri": pri, "lifo": lifo, "pool": back}]
+            return [
+                {"queue": back, "pri": pri, "lifo": "0", "due": tmo, "agent": to_agent},
+                {"queue": back, "pri": pri, "lifo": lifo, "pool": back},
+            ]
         q = cfg.queue(queue)
         if q is None:
             raise NotFound(f"queue {queue!r} not found", code="queue.unknown")
         spec = PoolSpec(q.id, q.id, "true")
         await self._ensure_pools(ws, cfg, [spec])
-        return [{"queue": q.id, "pri": pri, "lifo": "1" if q.order == "lifo" else "0",
-                 "pool": q.id}]
+        return [
+            {"queue": q.id, "pri": pri, "lifo": "1" if q.order == "lifo" else "0", "pool": q.id}
+        ]
 
     async def followup(
         self, ws: str, agent: str, case: str, due_ms: int, note: str = ""
@@ -357,16 +426,30 @@ class Switch:
         return await self._act("case_followup", ws, agent, case, due_ms, note[:2000])
 
     async def reply(
-        self, ws: str, agent: str, case: str, text: str, *, note: bool = False,
+        self,
+        ws: str,
+        agent: str,
+        case: str,
+        text: str,
+        *,
+        note: bool = False,
         agent_name: str = "",
     ) -> dict[str, Any]:
         """Send ``text`` to the customer on the case's channel (or add an internal note)."""
         if not text.strip():
             raise BadRequest("text: empty", code="reply.invalid")
-        entry = {"id": new_id("m"), "dir": "note" if note else "out", "kind": "message",
-                 "ts": time.time(), "text": text, "agent": agent, "from": agent_name or agent}
-        return await self._act("case_reply", ws, agent, case, _json(entry),
-                               "note" if note else "reply")
+        entry = {
+            "id": new_id("m"),
+            "dir": "note" if note else "out",
+            "kind": "message",
+            "ts": time.time(),
+            "text": text,
+            "agent": agent,
+            "from": agent_name or agent,
+        }
+        return await self._act(
+            "case_reply", ws, agent, case, _json(entry), "note" if note else "reply"
+        )
 
     async def _absorb_anonymous(self, ws: str, into: str, other: str) -> None:
         """A chat visitor who gives an email or phone of a known customer: their anonymous
@@ -386,8 +469,12 @@ class Switch:
 
     async def presence(self, ws: str, agent: str, connected: bool, grace_s: float = 30) -> str:
         res = await self.store.run(
-            "agent_presence", ws, agent, "connect" if connected else "disconnect",
-            int(grace_s * 1000), secrets.token_hex(8),
+            "agent_presence",
+            ws,
+            agent,
+            "connect" if connected else "disconnect",
+            int(grace_s * 1000),
+            secrets.token_hex(8),
         )
         if not res.get("ok"):
             raise from_script(str(res.get("error")))
@@ -398,7 +485,11 @@ class Switch:
         cfg = await self.config(ws)
         away = cfg.status("away")
         res = await self.store.run(
-            "timers_run", ws, limit, cfg.max_missed_offers, away.name if away else "away",
+            "timers_run",
+            ws,
+            limit,
+            cfg.max_missed_offers,
+            away.name if away else "away",
             now=now,
         )
         await self._dispatch(ws, res)
@@ -413,6 +504,13 @@ class Switch:
             await self.notify(ws, o["agent"], offer_frame(o))
         for r in _as_list(res.get("rescinded")):
             if r.get("agent"):
-                await self.notify(ws, r["agent"], {"type": "offer.rescinded",
-                                                   "offer": r["offer"], "case": r["case"],
-                                                   "reason": "rescinded"})
+                await self.notify(
+                    ws,
+                    r["agent"],
+                    {
+                        "type": "offer.rescinded",
+                        "offer": r["offer"],
+                        "case": r["case"],
+                        "reason": "rescinded",
+                    },
+                )

@@ -209,4 +209,3 @@ def reopen_plan(ws: WorkspaceConfig, tri: Triage) -> list[dict[str, Any]]:
     shift = known["due"]
     rest = [{**s, "due": s["due"] + shift} if "due" in s else s for s in tri.plan]
     return [known, *rest]
-

@@ -45,8 +45,15 @@ def decode(data: bytes | str, codec: Codec) -> dict[str, Any]:
             frame = json.loads(data)
         else:
             frame = json.loads(data.decode("utf-8"))
-    except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError,
-            msgpack.StackError, UnicodeDecodeError) as e:
+    except (
+        ValueError,
+        TypeError,
+        RecursionError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+        UnicodeDecodeError,
+    ) as e:
         raise BadRequest(f"undecodable frame: {type(e).__name__}", code="frame.malformed") from None
     if not isinstance(frame, dict):
         raise BadRequest("a frame is a map", code="frame.malformed")

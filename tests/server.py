@@ -84,6 +84,7 @@ class ServerProcess:
             "TEST_CHAT_BRIDGE_KEY": "chat-only-key",
             "SWITCHBOARD_ALLOWED_ORIGINS": f"http://127.0.0.1:{self.port}",
             "SWITCHBOARD_SECRET": "test-secret",
+            "SWITCHBOARD_DRAIN_DELAY_S": "0.2",
             "SWITCHBOARD_LOG_JSON": "0",
             **(env or {}),
         }

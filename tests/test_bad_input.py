@@ -393,6 +393,16 @@ async def test_tokens(stack: Stack) -> None:
         assert r.status_code == 400 and r.json()["code"] == "body.invalid"
 
 
+async def test_a_connect_token_is_spent_once_and_never_logged(stack: Stack) -> None:
+    base = stack.nodes[0].ws_url
+    good = await stack.ws_token("frames1")
+    first = stack.track(await connect_agent(base, good))
+    assert (await first.expect("hello"))["type"] == "hello"
+    await refused(stack.track(await connect_agent(base, good)), "auth.reused")
+    await first.close()
+    assert good not in stack.nodes[0].log()
+
+
 async def test_foreign_origin(stack: Stack) -> None:
     base, mine = stack.nodes[0].ws_url, stack.nodes[0].url
     good = await stack.ws_token("frames1")

@@ -275,12 +275,6 @@ async def test_sigterm_drains_and_loses_or_duplicates_nothing(
     assert [x["offer"] for x in hello["offers"]] == [pending["offer"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py _Server.handle_exit looks for app.state on "
-    "config.loaded_app, which uvicorn wraps in ProxyHeadersMiddleware: drain() "
-    "never runs on SIGTERM",
-)
 async def test_sigterm_tells_consoles_to_reconnect(stack: Stack) -> None:
     node = await stack.add_node(LONG_GRACE)
     console, _ = await stack.agent("drain1", node=len(stack.nodes) - 1)
