@@ -60,10 +60,14 @@ class EmailPlugin:
         s = self.settings
         host, _, port = s.smarthost.partition(":")
         return EmailConfig(
-            hostname=s.smtp_host, port=s.smtp_port, mailboxes=self.mailboxes,
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            mailboxes=self.mailboxes,
             reply_secret=hmac.new(secret.encode(), b"email-reply", hashlib.sha256).digest(),
-            domain=s.smtp_domain, smarthost_host=host or "localhost",
-            smarthost_port=int(port or 25), smarthost_username=s.smarthost_user or None,
+            domain=s.smtp_domain,
+            smarthost_host=host or "localhost",
+            smarthost_port=int(port or 25),
+            smarthost_username=s.smarthost_user or None,
             smarthost_password=s.smarthost_password or None,
             from_addresses={ws: addr for addr, (ws, _) in reversed(self.mailboxes.items())},
         )
@@ -78,8 +82,9 @@ class EmailPlugin:
         self.adapter = EmailAdapter(self._config(ctx.settings.secret), ingest)
         await self.adapter.start()
         for ws in sorted({ws for ws, _ in self.mailboxes.values()}):
-            reader = OutboxReader(ctx.redis_url, ws, "email", ctx.node, frozenset({"email"}),
-                                  self._deliverer(ws))
+            reader = OutboxReader(
+                ctx.redis_url, ws, "email", ctx.node, frozenset({"email"}), self._deliverer(ws)
+            )
             reader.start()
             self.readers.append(reader)
 
@@ -88,8 +93,11 @@ class EmailPlugin:
             assert self.ctx is not None and self.adapter is not None
             delivery = await self._delivery(ws, entry)
             if delivery is None:
-                log.warning("email reply %s for case %s: customer has no address; dropped",
-                            eid, entry.get("case"))
+                log.warning(
+                    "email reply %s for case %s: customer has no address; dropped",
+                    eid,
+                    entry.get("case"),
+                )
                 return True
             if self.settings.smarthost:
                 await self.adapter.deliver(ws, delivery)
@@ -119,25 +127,36 @@ class EmailPlugin:
                     refs.append(parent)
         text = (entry.get("entry") or {}).get("text", "")
         agent = (entry.get("entry") or {}).get("from", "")
-        return {"case": case, "to": {"email": emails[0]}, "subject": entry.get("subject", ""),
-                "text": text, "agent": {"name": agent}, "in_reply_to": parent,
-                "references": refs[-10:]}
+        return {
+            "case": case,
+            "to": {"email": emails[0]},
+            "subject": entry.get("subject", ""),
+            "text": text,
+            "agent": {"name": agent},
+            "in_reply_to": parent,
+            "references": refs[-10:],
+        }
 
     def _drop(self, ws: str, eid: str, delivery: dict[str, Any]) -> None:
         cfg = self._config(self.ctx.settings.secret if self.ctx else "x" * 16)
         msg = build_reply(
             from_addr=cfg.from_addresses.get(ws, "support@localhost"),
-            from_name=delivery["agent"]["name"] or None, to_addr=delivery["to"]["email"],
-            subject=delivery["subject"], text=delivery["text"], case_id=delivery["case"],
-            workspace=ws, in_reply_to=delivery["in_reply_to"],
-            references=delivery["references"], secret=cfg.reply_secret, domain=cfg.domain,
+            from_name=delivery["agent"]["name"] or None,
+            to_addr=delivery["to"]["email"],
+            subject=delivery["subject"],
+            text=delivery["text"],
+            case_id=delivery["case"],
+            workspace=ws,
+            in_reply_to=delivery["in_reply_to"],
+            references=delivery["references"],
+            secret=cfg.reply_secret,
+            domain=cfg.domain,
             plus_address=cfg.plus_address_replies,
         )
         self.drop_dir.mkdir(parents=True, exist_ok=True)
         path = self.drop_dir / f"{eid}.eml"
         path.write_bytes(bytes(msg))
-        log.info("no smarthost configured: reply for case %s written to %s",
-                 delivery["case"], path)
+        log.info("no smarthost configured: reply for case %s written to %s", delivery["case"], path)
 
     async def stop(self) -> None:
         for r in self.readers:

@@ -285,7 +285,7 @@ async def agent_endpoint(websocket: WebSocket) -> None:
     conn.hold()  # pushes that race the snapshot are sent after it, never before
     await ctx.hub.add_agent(who.workspace, who.subject, conn)
     try:
-        await ctx.switch.presence(who.workspace, who.subject, True, s.grace_s)
+        await ctx.switch.presence(who.workspace, who.subject, "connect", ctx.node, s.grace_s)
         cfg = await ctx.switch.config(who.workspace)
         await conn.release(await snapshot.hello(ctx.redis, cfg, who.workspace, who.subject))
         await serve_frames(
@@ -301,6 +301,6 @@ async def agent_endpoint(websocket: WebSocket) -> None:
         METRICS.connections.labels("agent").dec()
         await ctx.hub.remove_agent(who.workspace, who.subject, conn)
         try:
-            await ctx.switch.presence(who.workspace, who.subject, False, s.grace_s)
+            await ctx.switch.presence(who.workspace, who.subject, "disconnect", ctx.node, s.grace_s)
         except SwitchboardError:
             pass

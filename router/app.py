@@ -60,6 +60,9 @@ async def _timer_loop(ctx: Ctx) -> None:
             if tick % 20 == 0:
                 workspaces = await ctx.switch.workspaces()
                 await ctx.switch.refresh_configs()
+                await ctx.switch.heartbeat(
+                    ctx.node, dead_after_s=ctx.settings.node_dead_s, grace_s=ctx.settings.grace_s
+                )
             for ws in workspaces:
                 while await ctx.switch.run_timers(ws) >= 500:
                     pass

@@ -48,6 +48,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ("http://127.0.0.1:8000", "http://localhost:8000")
     token_ttl_s: int = 12 * 3600
     grace_s: float = 30.0  # an agent's reconnect grace before offers are rescinded
+    node_dead_s: float = 15.0  # a node silent this long is dead: its consoles count as gone
     agent_max_frame: int = 64 * 1024
     bridge_max_frame: int = 1024 * 1024
     chat_max_frame: int = 16 * 1024

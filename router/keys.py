@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "NODES",
     "WORKSPACES",
     "agent",
     "agent_cases",
+    "agent_conns",
     "agent_offers",
     "agent_pools",
     "agents",
@@ -24,6 +26,7 @@ __all__ = [
     "dedupe",
     "identities",
     "log",
+    "node_agents",
     "offer",
     "outbox",
     "pool",
@@ -46,6 +49,8 @@ __all__ = [
 
 #: Global (not per-workspace) set of workspace ids, read by every node's timer loop.
 WORKSPACES = b"sb:workspaces"
+#: Global zset of router nodes -> last heartbeat (ms); a node silent too long is reaped.
+NODES = b"sb:nodes"
 
 _ID = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 
@@ -77,6 +82,16 @@ def agent(ws: str, aid: str) -> str:
 
 def agent_pools(ws: str, aid: str) -> str:
     return f"sb:{{{ws}}}:a:{aid}:pools"
+
+
+def agent_conns(ws: str, aid: str) -> str:
+    """Hash node id -> open console connections of the agent on that node."""
+    return f"sb:{{{ws}}}:a:{aid}:conns"
+
+
+def node_agents(ws: str, node: str) -> str:
+    """Set of the agents with a console connected on a node."""
+    return f"sb:{{{ws}}}:node:{node}:agents"
 
 
 def agent_cases(ws: str, aid: str) -> str:

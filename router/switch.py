@@ -467,18 +467,35 @@ class Switch:
         """Merge customer ``from_`` into ``into`` (admin): identities, cases, timeline."""
         return await self._act("customer_merge", ws, into, from_)
 
-    async def presence(self, ws: str, agent: str, connected: bool, grace_s: float = 30) -> str:
+    async def presence(
+        self, ws: str, agent: str, action: str, node: str, grace_s: float = 30
+    ) -> str:
+        """An agent's console connected or disconnected on ``node`` (or ``reap`` the
+        connections a dead node held). Returns the agent's status."""
         res = await self.store.run(
-            "agent_presence",
-            ws,
-            agent,
-            "connect" if connected else "disconnect",
-            int(grace_s * 1000),
-            secrets.token_hex(8),
+            "agent_presence", ws, agent, action, int(grace_s * 1000), secrets.token_hex(8), node
         )
         if not res.get("ok"):
             raise from_script(str(res.get("error")))
         return str(res.get("status", ""))
+
+    async def heartbeat(
+        self, node: str, *, dead_after_s: float = 15, grace_s: float = 30
+    ) -> list[str]:
+        """Say this node is alive; reap the agent connections of nodes that stopped saying
+        so (killed without a goodbye). Returns the nodes reaped."""
+        now = now_ms()
+        await self.redis.zadd(keys.NODES, {node: now})
+        dead = [
+            n.decode()
+            for n in await self.redis.zrangebyscore(keys.NODES, 0, now - int(dead_after_s * 1000))
+        ]
+        for n in dead:
+            for ws in await self.workspaces():
+                for a in await self.redis.smembers(keys.node_agents(ws, n)):
+                    await self.presence(ws, a.decode(), "reap", n, grace_s)
+            await self.redis.zrem(keys.NODES, n)
+        return dead
 
     async def run_timers(self, ws: str, *, now: int | None = None, limit: int = 500) -> int:
         """Fire the workspace's due timers (offer deadlines, escalations, reminders, grace)."""

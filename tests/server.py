@@ -90,7 +90,7 @@ class ServerProcess:
         }
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir / "server.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
+        self._log = open(self.log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(args, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
         self.wait_ready()
 

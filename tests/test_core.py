@@ -144,7 +144,7 @@ async def test_one_customer_across_channels_one_timeline(switch: Switch, inbox: 
         },
     )
     await switch.set_status("acme", "ann", "available")
-    voice = [o for o in inbox.offers("ann") if o["case"]["channel"] == "voice"][0]
+    voice = next(o for o in inbox.offers("ann") if o["case"]["channel"] == "voice")
     texts = [e["text"] for e in voice["timeline"]]
     assert texts == ["chat first", "mail second", "incoming call"]
 
@@ -265,16 +265,32 @@ async def test_merge_customers_moves_identities_cases_and_timeline(switch: Switc
 async def test_visitor_who_identifies_joins_the_known_customer(switch: Switch, inbox: Inbox):
     await setup(switch, agent("ann", ["support"]))
     known = await switch.ingest("acme", chat("m0", email="dana@x.test", text="earlier"))
-    first = await switch.ingest("acme", {"id": "w1", "channel": "chat",
-                                         "identities": {"visitor": "v123"}, "thread": "v123",
-                                         "text": "hi, anonymous so far"})
+    first = await switch.ingest(
+        "acme",
+        {
+            "id": "w1",
+            "channel": "chat",
+            "identities": {"visitor": "v123"},
+            "thread": "v123",
+            "text": "hi, anonymous so far",
+        },
+    )
     assert first.customer != known.customer
-    later = await switch.ingest("acme", {"id": "w2", "channel": "chat",
-                                         "identities": {"visitor": "v123",
-                                                        "email": "dana@x.test"},
-                                         "thread": "v123", "text": "I'm Dana"})
+    later = await switch.ingest(
+        "acme",
+        {
+            "id": "w2",
+            "channel": "chat",
+            "identities": {"visitor": "v123", "email": "dana@x.test"},
+            "thread": "v123",
+            "text": "I'm Dana",
+        },
+    )
     assert later.case == first.case and later.customer == known.customer
     await switch.set_status("acme", "ann", "available")
-    offer = [o for o in inbox.offers("ann") if o["case"]["id"] == first.case][0]
-    assert [e["text"] for e in offer["timeline"]][-3:] == ["earlier", "hi, anonymous so far",
-                                                           "I'm Dana"]
+    offer = next(o for o in inbox.offers("ann") if o["case"]["id"] == first.case)
+    assert [e["text"] for e in offer["timeline"]][-3:] == [
+        "earlier",
+        "hi, anonymous so far",
+        "I'm Dana",
+    ]

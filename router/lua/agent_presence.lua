@@ -1,22 +1,35 @@
--- agent_presence.lua — an agent's console connected or disconnected. A disconnect arms a grace
--- timer (timers_run "g|"); reconnecting on any node within the grace period cancels it, so the
--- agent keeps their cases and pending offers.
+-- agent_presence.lua — an agent's console connected or disconnected on a node, or a dead
+-- node's connections are reaped. Connections are counted per node, so a node that dies
+-- (kill -9) without saying goodbye can be reaped by any other node. When the last connection
+-- is gone a grace timer is armed (timers_run "g|"); reconnecting on any node within the grace
+-- period cancels it, so the agent keeps their cases and pending offers.
 -- KEYS[1] workspace prefix
--- ARGV    now, agent id, 'connect'|'disconnect', grace ms, token (for disconnect)
--- Returns {ok, status}.
-local a = ARGV[2]
+-- ARGV    now, agent id, 'connect'|'disconnect'|'reap', grace ms, token, node id
+-- Returns {ok, status, connections}.
+local a, action, node = ARGV[2], ARGV[3], ARGV[6]
 local ak = k_agent(a)
 if redis.call('EXISTS', ak) == 0 then return result({ok = false, error = 'agent.unknown'}) end
-if ARGV[3] == 'connect' then
+local conns = P .. 'a:' .. a .. ':conns'
+local node_agents = P .. 'node:' .. node .. ':agents'
+if action == 'connect' then
   local g = hget(ak, 'grace')
   if g and g ~= '' then redis.call('ZREM', k_timers(), 'g|' .. a .. '|' .. g) end
   redis.call('HSET', ak, 'grace', '')
-  redis.call('HINCRBY', ak, 'conns', 1)
-else
-  local n = redis.call('HINCRBY', ak, 'conns', -1)
-  if n <= 0 then
-    redis.call('HSET', ak, 'conns', 0, 'grace', ARGV[5])
-    redis.call('ZADD', k_timers(), NOW + tonumber(ARGV[4]), 'g|' .. a .. '|' .. ARGV[5])
+  redis.call('HINCRBY', conns, node, 1)
+  redis.call('SADD', node_agents, a)
+elseif action == 'disconnect' then
+  if redis.call('HINCRBY', conns, node, -1) <= 0 then
+    redis.call('HDEL', conns, node)
+    redis.call('SREM', node_agents, a)
   end
+else
+  redis.call('HDEL', conns, node)
+  redis.call('SREM', node_agents, a)
 end
-return result({ok = true, status = hget(ak, 'st')})
+local total = 0
+for _, n in ipairs(redis.call('HVALS', conns)) do total = total + (tonumber(n) or 0) end
+if action ~= 'connect' and total <= 0 and (hget(ak, 'grace') or '') == '' then
+  redis.call('HSET', ak, 'grace', ARGV[5])
+  redis.call('ZADD', k_timers(), NOW + tonumber(ARGV[4]), 'g|' .. a .. '|' .. ARGV[5])
+end
+return result({ok = true, status = hget(ak, 'st'), connections = total})
