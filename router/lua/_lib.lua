@@ -180,32 +180,34 @@ local function match_case(c, offers)
 end
 
 -- The best waiting case across all of agent a's pools, on channels where a has free capacity.
+-- Each pool offers its head (the first case a has not refused, in the pool's own order: FIFO
+-- or LIFO); heads are ranked across pools by priority, then age (oldest first), then id.
 local function best_case_for(a)
   local ag = redis.call('HMGET', k_agent(a), 'r', 'chs')
   if ag[1] ~= '1' then return nil end
   local pools = redis.call('SMEMBERS', k_agent_pools(a))
-  local best, best_score = nil, nil
+  local best, best_pri, best_age = nil, nil, nil
   for _, ch in ipairs(split(ag[2], ',')) do
     if agent_free(a, ch) > 0 then
       for _, p in ipairs(pools) do
         local w = k_pool_wait(p, ch)
         local start = 0
-        local found = false
-        while not found do
-          local items = redis.call('ZRANGE', w, start, start + 7, 'WITHSCORES')
+        local head = nil
+        while head == nil do
+          local items = redis.call('ZRANGE', w, start, start + 7)
           if #items == 0 then break end
-          for i = 1, #items, 2 do
-            local c, s = items[i], tonumber(items[i + 1])
-            if best_score ~= nil and s > best_score then found = true break end
-            if not excluded(hget(k_case(c), 'x'), a) then
-              if best_score == nil or s < best_score or (s == best_score and c < best) then
-                best, best_score = c, s
-              end
-              found = true
-              break
-            end
+          for _, c in ipairs(items) do
+            if not excluded(hget(k_case(c), 'x'), a) then head = c break end
           end
           start = start + 8
+        end
+        if head ~= nil then
+          local cs = redis.call('HMGET', k_case(head), 'pri', 'age')
+          local pri, age = tonumber(cs[1]) or 0, tonumber(cs[2]) or 0
+          if best == nil or pri > best_pri or (pri == best_pri and (age < best_age
+              or (age == best_age and head < best))) then
+            best, best_pri, best_age = head, pri, age
+          end
         end
       end
     end

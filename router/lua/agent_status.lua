@@ -24,6 +24,6 @@ if ARGV[3] == 'offline' then
   end
 end
 refresh_agent(a)
-if ARGV[4] == '1' then pull(a, offers) end
 log('agent.status', {'agent', a, 'status', ARGV[3]})
+if ARGV[4] == '1' then pull(a, offers) end
 return result({ok = true, status = ARGV[3], offers = offers, rescinded = rescinded})

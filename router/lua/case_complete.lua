@@ -16,7 +16,7 @@ redis.call('SREM', k_agent_cases(a), c)
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
 release(a, cs[3])
 refresh_agent(a)
+log('case.completed', {'case', c, 'agent', a, 'disposition', ARGV[4]})
 local offers = {}
 pull(a, offers)
-log('case.completed', {'case', c, 'agent', a, 'disposition', ARGV[4]})
 return result({ok = true, duplicate = false, offers = offers})
