@@ -14,11 +14,11 @@ from typing import Any, TypeGuard
 
 from starlette.websockets import WebSocket
 
-from router import keys, snapshot, wire
-from router.auth import Principal, origin_allowed, token_digest
+from router import keys, snapshot
+from router.admission import accept_socket, admit, reject_connection
+from router.auth import Principal, token_digest
 from router.context import Ctx
 from router.errors import (
-    CLOSE_CODES,
     BadRequest,
     Forbidden,
     NotFound,
@@ -51,27 +51,6 @@ def _finite(v: Any) -> TypeGuard[int | float]:
         and math.isfinite(v)
         and abs(v) < 1e15
     )
-
-
-async def accept_socket(websocket: WebSocket, codec: wire.Codec | None) -> None:
-    """Accept the handshake, naming the subprotocol only if the client offered it: a client
-    that offered none gets the endpoint's default codec, unnamed (RFC 6455, 4.2.2)."""
-    offered = websocket.scope.get("subprotocols", [])
-    await websocket.accept(subprotocol=codec if codec in offered else None)
-
-
-async def reject_connection(
-    websocket: WebSocket, codec: wire.Codec | None, code: str, message: str
-) -> None:
-    """Accept, say why in an error frame, close with 1008 — the client learns the reason."""
-    await accept_socket(websocket, codec)
-    frame = {"type": "error", "code": code, "message": message}
-    data = wire.encode(frame, codec or wire.JSON)
-    if isinstance(data, bytes):
-        await websocket.send_bytes(data)
-    else:
-        await websocket.send_text(data)
-    await websocket.close(CLOSE_CODES["policy"], message[:100])
 
 
 class AgentSession:
@@ -249,21 +228,8 @@ _HANDLERS = {
 async def agent_endpoint(websocket: WebSocket) -> None:
     ctx: Ctx = websocket.app.state.ctx
     s = ctx.settings
-    codec = wire.choose(websocket.scope.get("subprotocols", []))
+    codec = await admit(websocket, ctx)
     if codec is None:
-        await reject_connection(
-            websocket,
-            None,
-            "subprotocol.unsupported",
-            f"speak one of {', '.join(wire.SUBPROTOCOLS)}",
-        )
-        return
-    if not origin_allowed(websocket.headers.get("origin"), s.allowed_origins):
-        await reject_connection(websocket, codec, "origin.forbidden", "origin not allowed")
-        return
-    if ctx.draining:
-        await accept_socket(websocket, codec)
-        await websocket.close(CLOSE_CODES["restart"], "draining")
         return
     try:
         token = websocket.query_params.get("token", "")

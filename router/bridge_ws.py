@@ -18,11 +18,11 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from router import keys, wire
-from router.agent_ws import accept_socket, reject_connection
+from router.admission import accept_socket, admit, reject_connection
 from router.auth import find_bridge
 from router.config import BridgeKey
 from router.context import Ctx
-from router.errors import CLOSE_CODES, BadRequest, Forbidden, SwitchboardError
+from router.errors import BadRequest, Forbidden, SwitchboardError
 from router.hub import Conn
 from router.metrics import METRICS
 from router.outbox import OutboxReader
@@ -132,14 +132,8 @@ class BridgeSession:
 async def bridge_endpoint(websocket: WebSocket) -> None:
     ctx: Ctx = websocket.app.state.ctx
     s = ctx.settings
-    codec = wire.choose(websocket.scope.get("subprotocols", []), default=wire.MSGPACK)
+    codec = await admit(websocket, ctx, default=wire.MSGPACK, browser=False)
     if codec is None:
-        await reject_connection(
-            websocket,
-            None,
-            "subprotocol.unsupported",
-            f"speak one of {', '.join(wire.SUBPROTOCOLS)}",
-        )
         return
     auth = websocket.headers.get("authorization", "")
     try:
@@ -148,10 +142,6 @@ async def bridge_endpoint(websocket: WebSocket) -> None:
         bridge = find_bridge(ctx.bridge_keys, auth[7:].strip())
     except SwitchboardError as e:
         await reject_connection(websocket, codec, e.code, e.message)
-        return
-    if ctx.draining:
-        await accept_socket(websocket, codec)
-        await websocket.close(CLOSE_CODES["restart"], "draining")
         return
     await accept_socket(websocket, codec)
     conn = Conn(websocket, codec, f"bridge:{bridge.id}")

@@ -14,11 +14,11 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from router import keys, snapshot, wire
-from router.agent_ws import accept_socket, reject_connection
-from router.auth import Principal, Tokens, origin_allowed
+from router import keys, snapshot
+from router.admission import accept_socket, admit, reject_connection
+from router.auth import Principal, Tokens
 from router.context import Ctx
-from router.errors import CLOSE_CODES, BadRequest, NotFound, SwitchboardError
+from router.errors import BadRequest, NotFound, SwitchboardError
 from router.hub import Conn
 from router.ingest import parse_event
 from router.metrics import METRICS
@@ -91,21 +91,8 @@ class ChatSession:
 async def chat_endpoint(websocket: WebSocket) -> None:
     ctx: Ctx = websocket.app.state.ctx
     s = ctx.settings
-    codec = wire.choose(websocket.scope.get("subprotocols", []))
+    codec = await admit(websocket, ctx)
     if codec is None:
-        await reject_connection(
-            websocket,
-            None,
-            "subprotocol.unsupported",
-            f"speak one of {', '.join(wire.SUBPROTOCOLS)}",
-        )
-        return
-    if not origin_allowed(websocket.headers.get("origin"), s.allowed_origins):
-        await reject_connection(websocket, codec, "origin.forbidden", "origin not allowed")
-        return
-    if ctx.draining:
-        await accept_socket(websocket, codec)
-        await websocket.close(CLOSE_CODES["restart"], "draining")
         return
     token = websocket.query_params.get("token", "")
     try:
