@@ -8,6 +8,7 @@ push to the ``notify`` callback — whichever node or process calls it. Errors a
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import secrets
@@ -75,6 +76,7 @@ class Switch:
         self.notify: Notify = notify or _drop
         self._configs: dict[str, tuple[bytes, WorkspaceConfig]] = {}
         self._pools: dict[str, set[str]] = {}
+        self._defining: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -236,30 +238,44 @@ class Switch:
         for spec in specs:
             if spec.id in known:
                 continue
-            if await self.redis.sismember(keys.pools(ws), spec.id):
-                known.add(spec.id)
-                continue
-            queue = cfg.queue(spec.queue)
-            if queue is None:
-                raise BadRequest(f"queue {spec.queue!r} not configured", code="queue.unknown")
-            for _ in range(_RETRIES):
-                ver = await self._ver(ws)
-                members = pool_members(spec, queue.target, await self._agent_datas(ws))
-                res = await self.store.run(
-                    "pool_define",
-                    ws,
-                    spec.id,
-                    spec.queue,
-                    spec.filter,
-                    ver,
-                    _json(members),
-                    _json(spec.order_by),
-                )
-                if res.get("ok"):
-                    known.add(spec.id)
-                    break
-            else:
-                raise StoreUnavailable("pool definition kept conflicting; try again")
+            # single flight: concurrent first cases of a new pool share one definition
+            key = (ws, spec.id)
+            pending = self._defining.get(key)
+            if pending is None:
+                pending = asyncio.ensure_future(self._define_pool(ws, cfg, spec))
+                self._defining[key] = pending
+                pending.add_done_callback(self._defined(key))
+            await asyncio.shield(pending)
+            known.add(spec.id)
+
+    def _defined(self, key: tuple[str, str]) -> Callable[[asyncio.Future[None]], None]:
+        def done(_: asyncio.Future[None]) -> None:
+            self._defining.pop(key, None)
+
+        return done
+
+    async def _define_pool(self, ws: str, cfg: WorkspaceConfig, spec: PoolSpec) -> None:
+        if await self.redis.sismember(keys.pools(ws), spec.id):
+            return
+        queue = cfg.queue(spec.queue)
+        if queue is None:
+            raise BadRequest(f"queue {spec.queue!r} not configured", code="queue.unknown")
+        for _ in range(_RETRIES):
+            ver = await self._ver(ws)
+            members = pool_members(spec, queue.target, await self._agent_datas(ws))
+            res = await self.store.run(
+                "pool_define",
+                ws,
+                spec.id,
+                spec.queue,
+                spec.filter,
+                ver,
+                _json(members),
+                _json(spec.order_by),
+            )
+            if res.get("ok"):
+                return
+        raise StoreUnavailable("pool definition kept conflicting; try again")
 
     # -- ingest --------------------------------------------------------------------------------
 

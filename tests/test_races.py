@@ -373,3 +373,26 @@ def test_log_check_catches_a_second_owner() -> None:
         check_log([offer, accept, {**offer, "agent": "b", "offer": "o2"}])
     with pytest.raises(AssertionError, match="already ended"):
         check_log([offer, accept, accept])
+
+
+async def test_first_cases_of_a_new_pool_define_it_once(switch: Switch) -> None:
+    """64 concurrent first cases of new pools: each pool is defined once, not 64 times."""
+    import asyncio
+
+    from tests.switchboard_fixtures import DECL, agent, chat
+
+    await switch.apply_workspace({**DECL, "agents": [agent("ann", ["support"], chat=3)]})
+    before = await switch.redis.xlen("sb:{acme}:log")
+    calls = switch.store.calls
+    await asyncio.gather(
+        *(
+            switch.ingest(
+                "acme", chat(f"p{i}", email=f"p{i}@x.test", attributes={"language": "es"})
+            )
+            for i in range(64)
+        )
+    )
+    entries = await switch.redis.xrange("sb:{acme}:log", min="-", max="+")
+    defined = [e[b"pool"] for _, e in entries[before:] if e[b"t"] == b"pool.defined"]
+    assert len(defined) == len(set(defined)) == 2  # the step's narrowed pool and its queue
+    assert switch.store.calls - calls == 64 + 2  # one script per case, one per pool
