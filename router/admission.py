@@ -50,9 +50,7 @@ async def admit(
             f"speak one of {', '.join(wire.SUBPROTOCOLS)}",
         )
         return None
-    if browser and not origin_allowed(
-        websocket.headers.get("origin"), ctx.settings.allowed_origins
-    ):
+    if browser and not origin_allowed(websocket.headers.get("origin"), ctx.settings.origins()):
         await reject_connection(websocket, codec, "origin.forbidden", "origin not allowed")
         return None
     if ctx.draining:

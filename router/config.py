@@ -45,7 +45,8 @@ class Settings:
     data_dir: str = "var"  # embedded Redis data (AOF) and the generated secret
     config: str = ""  # a workspace declaration file (YAML or JSON)
     secret: str = field(default="", repr=False)  # token signing; generated into data_dir if empty
-    allowed_origins: tuple[str, ...] = ("http://127.0.0.1:8000", "http://localhost:8000")
+    # browser origins for consoles and the widget; empty: this server's own address
+    allowed_origins: tuple[str, ...] = ()
     token_ttl_s: int = 12 * 3600
     grace_s: float = 30.0  # an agent's reconnect grace before offers are rescinded
     node_dead_s: float = 15.0  # a node silent this long is dead: its consoles count as gone
@@ -94,6 +95,16 @@ class Settings:
                 values[f.name] = raw
         values.update(overrides)
         return cls(**values)
+
+    def origins(self) -> tuple[str, ...]:
+        """The allowed browser origins: as configured, or else the pages this server serves
+        (its own host:port, with both loopback spellings when it listens on loopback)."""
+        if self.allowed_origins:
+            return self.allowed_origins
+        hosts = [self.host]
+        if self.host in ("127.0.0.1", "localhost", "0.0.0.0", "::", "::1"):
+            hosts = ["127.0.0.1", "localhost"]
+        return tuple(f"http://{h}:{self.port}" for h in hosts)
 
     def with_secret(self) -> Settings:
         """These settings with a signing secret: the configured one, or one generated once

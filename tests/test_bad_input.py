@@ -498,3 +498,11 @@ async def test_rate_limit_then_close_1008(stack: Stack) -> None:
     assert await flood.closed() == 1008
     still, _ = await stack.agent("limits2")
     await still.ok("ping")
+
+
+def test_default_origins_are_the_servers_own_address() -> None:
+    from router.config import Settings
+
+    assert Settings(port=8020).origins() == ("http://127.0.0.1:8020", "http://localhost:8020")
+    assert Settings(host="cc.example", port=443).origins() == ("http://cc.example:443",)
+    assert Settings(allowed_origins=("https://app.example",)).origins() == ("https://app.example",)
