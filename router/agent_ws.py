@@ -152,6 +152,9 @@ class AgentSession:
         page = await snapshot.history(self.ctx.redis, self.ws, customer, before, limit)
         return {"history": page}
 
+    async def agents(self, f: dict[str, Any]) -> dict[str, Any]:
+        return {"agents": await snapshot.agent_directory(self.ctx.redis, self.ws)}
+
     async def ping(self, f: dict[str, Any]) -> dict[str, Any]:
         return {"ts": time.time()}
 
@@ -219,6 +222,7 @@ _HANDLERS = {
     "case.followup": AgentSession.followup,
     "history.fetch": AgentSession.history,
     "ping": AgentSession.ping,
+    "agents.list": AgentSession.agents,
     "stats.fetch": AgentSession.stats,
     "case.move": AgentSession.move,
     "agent.status": AgentSession.agent_status,

@@ -16,7 +16,7 @@ from router import keys
 from router.push import case_view, chat_frame, customer_view, pairs
 from router.workspace import WorkspaceConfig
 
-__all__ = ["agent_view", "case_detail", "chat_history", "hello", "history"]
+__all__ = ["agent_directory", "agent_view", "case_detail", "chat_history", "hello", "history"]
 
 TIMELINE_PAGE = 50
 
@@ -104,14 +104,8 @@ async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str
                     },
                 }
             )
-    ids = sorted(_dec(a) for a in await redis.smembers(keys.agents(ws)))
-    pipe = redis.pipeline(transaction=False)
-    for aid in ids:
-        pipe.hget(keys.agent(ws, aid), "name")
-    names = await pipe.execute()
     return {
         "type": "hello",
-        "agents": [{"id": aid, "name": _dec(n) or aid} for aid, n in zip(ids, names, strict=True)],
         "workspace": ws,
         "agent": agent_view(fields),
         "statuses": [{"name": s.name, "routable": s.routable} for s in cfg.statuses],
@@ -135,3 +129,14 @@ async def chat_history(redis: aioredis.Redis, ws: str, case: str) -> list[dict[s
         if e.get("case") == case and e.get("dir") in ("in", "out"):
             out.append(chat_frame(e))
     return out
+
+
+async def agent_directory(redis: aioredis.Redis, ws: str) -> list[dict[str, str]]:
+    """Every agent's id and name (for transfers), asked for on demand: a workspace can have
+    thousands, too many to send with every hello."""
+    ids = sorted(_dec(a) for a in await redis.smembers(keys.agents(ws)))
+    pipe = redis.pipeline(transaction=False)
+    for aid in ids:
+        pipe.hget(keys.agent(ws, aid), "name")
+    names = await pipe.execute()
+    return [{"id": aid, "name": _dec(n) or aid} for aid, n in zip(ids, names, strict=True)]
