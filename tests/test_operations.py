@@ -1,0 +1,92 @@
+"""Operators' surface: /livez, /readyz, /metrics after real traffic, and check-config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server import BRIDGE_KEY, ServerProcess, write_config
+from tests.switchboard_fixtures import DECL, agent
+from tests.util import wait_for
+from tests.ws_client import connect_bridge
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("ops")
+    ws = {**DECL, "agents": [agent("ann", ["support"])]}
+    proc = ServerProcess(root / "node", write_config(root / "ws.json", ws))
+    yield proc
+    proc.stop()
+
+
+async def test_health_and_metrics_follow_real_traffic(server: ServerProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        assert (await http.get("/livez")).text == "ok"
+        assert (await http.get("/readyz")).status_code == 200
+        bridge = await connect_bridge(server.ws_url, BRIDGE_KEY)
+        try:
+            ack = await bridge.ok(
+                "event", id="ops-1", channel="chat", identities={"email": "ops@x.test"}, text="hi"
+            )
+            assert ack["action"] == "created"
+        finally:
+            await bridge.close()
+
+        async def scraped() -> str | None:
+            text = (await http.get("/metrics")).text
+            return text if 'switchboard_cases_created_total{channel="chat"} 1.0' in text else None
+
+        text = str(await wait_for(scraped))
+        for name in (
+            "switchboard_connections",
+            "switchboard_frames_total",
+            "switchboard_offer_decision_seconds_bucket",
+            'switchboard_queue_depth{queue="support",workspace="acme"} 1.0',
+        ):
+            assert name in text, name
+
+
+def _check_config(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "router.cli", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "TEST_BRIDGE_KEY": "k1",
+            "TEST_CHAT_BRIDGE_KEY": "k2",
+            "SWITCHBOARD_SECRET": "s3cret",
+            **env,
+        },
+    )
+
+
+def test_check_config_masks_secrets_and_names_bad_columns(tmp_path: Path) -> None:
+    good = write_config(
+        tmp_path / "good.json",
+        {**DECL, "agents": [{**agent("ann", ["support"]), "password": "hunter2"}]},
+    )
+    out = _check_config(good)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["settings"]["secret"] == "***"
+    assert doc["workspace"]["agents"][0]["password"] == "***"
+    assert all(b["key"] == "***" for b in doc["bridges"])
+    for secret in ("hunter2", "s3cret", "k1", "k2"):
+        assert secret not in out.stdout
+
+    wf = json.loads(json.dumps(DECL["workflow"]))
+    wf["task_routing"]["filters"][0]["expression"] = "topic == 'sales' AND"
+    bad = write_config(tmp_path / "bad.json", {**DECL, "workflow": wf})
+    out = _check_config(bad)
+    assert out.returncode == 2
+    err = json.loads(out.stderr)["error"]
+    assert "filters[0].expression" in err and "column" in err
