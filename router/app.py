@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -137,6 +138,12 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
             await p.start(ctx)
             started.append(p)
         ctx.ready = True
+        # long-lived start-up objects (config, compiled expressions, code) leave the collector's
+        # view, and young collections run less often: full-heap GC pauses were 140-450 ms under
+        # load (bench/README.md)
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, 20, 20)
         log.info("switchboard node %s ready on %s:%s", node, settings.host, settings.port)
         yield
     finally:

@@ -95,11 +95,19 @@ class WorkspaceConfig:
     dispositions: tuple[str, ...] = ("resolved", "follow-up", "no-answer", "spam")
     canned: Mapping[str, str] = field(default_factory=dict)
 
+    _queue_index: dict[str, QueueConfig] = field(init=False, repr=False, compare=False)
+    _status_index: dict[str, StatusConfig] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # looked up on every routed case: dicts, not scans
+        object.__setattr__(self, "_queue_index", {q.id: q for q in self.queues})
+        object.__setattr__(self, "_status_index", {s.name: s for s in self.statuses})
+
     def status(self, name: str) -> StatusConfig | None:
-        return next((s for s in self.statuses if s.name == name), None)
+        return self._status_index.get(name)
 
     def queue(self, qid: str) -> QueueConfig | None:
-        return next((q for q in self.queues if q.id == qid), None)
+        return self._queue_index.get(qid)
 
 
 def _req(d: Mapping[str, Any], key: str, path: str, typ: type | tuple[type, ...] = str) -> Any:

@@ -1,0 +1,35 @@
+"""Smoke test of the end-to-end bench: a tiny run over real sockets, a real server and Redis.
+
+It checks that ``python -m bench e2e`` runs start to finish and that its ``--json`` result has
+the headline keys, with nothing lost or duplicated; not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REQUIRED = (
+    "offered_rate", "achieved_rate", "p50_ms", "p99_ms", "lost", "duplicated", "agents",
+    "bare_pipeline_rate", "ratio_to_bare_pipeline", "rss_kib_per_idle_console",
+    "bare_rss_kib_per_connection",
+)  # fmt: skip
+
+
+def test_e2e_bench_runs_and_counts_every_offer(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "bench", "e2e", "--seconds", "2", "--agents", "20",
+            "--rate", "50", "--json", "--results", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    missing = [k for k in REQUIRED if k not in result]
+    assert not missing, f"missing keys {missing}"
+    assert result["lost"] == 0 and result["duplicated"] == 0, result["e2e"]["errors"]
+    assert result["agents"] >= 20
+    assert result["achieved_rate"] > 0 and result["p99_ms"] is not None
+    assert result["bare_pipeline_rate"] and result["rss_kib_per_idle_console"] is not None
+    run_dir = next(tmp_path.iterdir())
+    for name in ("result.json", "summary.md", "latency_vs_rate.png", "timeline.png"):
+        assert (run_dir / name).exists(), name
