@@ -162,19 +162,23 @@ class WsClient(asyncio.Protocol):
             self._transport.abort()
 
 
-async def connect(host: str, port: int, path: str, on_message: OnMessage | None = None) -> WsClient:
-    """Open a WebSocket to ``ws://host:port/path``; raise ``WsError``/``OSError`` on failure.
-
-    The TCP connect + upgrade is bounded by :data:`HANDSHAKE_TIMEOUT` (``TimeoutError``).
+async def connect(
+    host: str, port: int, path: str, on_message: OnMessage | None = None, *,
+    headers: dict[str, str] | None = None, within: float = HANDSHAKE_TIMEOUT,
+) -> WsClient:  # fmt: skip
+    """Open a WebSocket to ``ws://host:port/path`` with optional extra handshake ``headers``
+    (e.g. ``Sec-WebSocket-Protocol``, ``Authorization``); raise ``WsError``/``OSError`` on
+    failure. The TCP connect + upgrade is bounded by ``within`` seconds (``TimeoutError``).
     """
     key = base64.b64encode(os.urandom(16))
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
+    lines = [
+        f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
+        "Connection: Upgrade", f"Sec-WebSocket-Key: {key.decode()}", "Sec-WebSocket-Version: 13",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]  # fmt: skip
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+    async with asyncio.timeout(within):
         transport, client = await loop.create_connection(
             lambda: WsClient(key, on_message), host, port
         )

@@ -20,10 +20,8 @@ that already had a live offer (a re-offer after a failed accept is not a duplica
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
-import os
 import random
 import time
 from collections import Counter
@@ -33,7 +31,7 @@ from typing import Any
 
 import msgpack
 
-from bench.bare_wsclient import WsClient, WsError
+from bench.bare_wsclient import WsClient, WsError, connect
 from bench.server_proc import Server
 from router.auth import Tokens
 
@@ -58,26 +56,10 @@ async def open_ws(
 
     Raises ``WsError``/``OSError``, or ``TimeoutError`` after ``within`` seconds.
     """
-    key = base64.b64encode(os.urandom(16))
-    lines = [
-        f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
-        "Connection: Upgrade", f"Sec-WebSocket-Key: {key.decode()}",
-        "Sec-WebSocket-Version: 13", f"Sec-WebSocket-Protocol: {SUBPROTOCOL}",
-    ]  # fmt: skip
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(within):
-        transport, client = await loop.create_connection(
-            lambda: WsClient(key, on_message), host, port
-        )
-        transport.write(request)
-        try:
-            await client.handshake
-        except BaseException:
-            transport.abort()
-            raise
-    return client
+    return await connect(
+        host, port, path, on_message,
+        headers={"Sec-WebSocket-Protocol": SUBPROTOCOL, **(headers or {})}, within=within,
+    )  # fmt: skip
 
 
 @dataclass
