@@ -81,6 +81,7 @@ def agent(ws: str, aid: str) -> str:
 
 
 def agent_pools(ws: str, aid: str) -> str:
+    """Hash pool id -> the agent's order value in that pool (the pools the agent serves)."""
     return f"sb:{{{ws}}}:a:{aid}:pools"
 
 

@@ -89,12 +89,14 @@ local function refresh_agent(a)
   local ag = redis.call('HMGET', k_agent(a), 'r', 'idle', 'chs')
   local routable = ag[1] == '1'
   local idle = tonumber(ag[2]) or 0
-  local pools = redis.call('SMEMBERS', k_agent_pools(a))
+  -- the agent's own pools hash (pool -> order value) avoids a lookup in each pool's big hash
+  local pools = redis.call('HGETALL', k_agent_pools(a))
   for _, ch in ipairs(split(ag[3], ',')) do
     local free = routable and agent_free(a, ch) > 0
-    for _, p in ipairs(pools) do
+    for i = 1, #pools, 2 do
+      local p = pools[i]
       if free then
-        local ord = tonumber(redis.call('HGET', k_pool_agents(p), a)) or 0
+        local ord = tonumber(pools[i + 1]) or 0
         redis.call('ZADD', k_pool_av(p, ch), ord * PRI_SCALE + idle - EPOCH_MS, a)
       else
         redis.call('ZREM', k_pool_av(p, ch), a)
@@ -105,7 +107,7 @@ end
 
 local function remove_agent_everywhere(a)
   local chs = split(hget(k_agent(a), 'chs'), ',')
-  for _, p in ipairs(redis.call('SMEMBERS', k_agent_pools(a))) do
+  for _, p in ipairs(redis.call('HKEYS', k_agent_pools(a))) do
     for _, ch in ipairs(chs) do redis.call('ZREM', k_pool_av(p, ch), a) end
   end
 end
@@ -117,7 +119,7 @@ local function ensure_agent_pool(a)
     redis.call('HSET', k_pool(p), 'queue', '', 'filter', 'agent:' .. a, 'kind', 'agent')
   end
   if redis.call('HSETNX', k_pool_agents(p), a, 0) == 1 then
-    redis.call('SADD', k_agent_pools(a), p)
+    redis.call('HSET', k_agent_pools(a), p, 0)
     refresh_agent(a)
   end
   return p
@@ -185,7 +187,7 @@ end
 local function best_case_for(a)
   local ag = redis.call('HMGET', k_agent(a), 'r', 'chs')
   if ag[1] ~= '1' then return nil end
-  local pools = redis.call('SMEMBERS', k_agent_pools(a))
+  local pools = redis.call('HKEYS', k_agent_pools(a))
   local best, best_pri, best_age = nil, nil, nil
   for _, ch in ipairs(split(ag[2], ',')) do
     if agent_free(a, ch) > 0 then

@@ -29,14 +29,14 @@ end
 redis.call('SADD', k_agents(), a)
 local want = {}
 for _, m in ipairs(cjson.decode(ARGV[7])) do want[m[1]] = m[2] end
-for _, p in ipairs(redis.call('SMEMBERS', k_agent_pools(a))) do
+for _, p in ipairs(redis.call('HKEYS', k_agent_pools(a))) do
   if want[p] == nil and string.sub(p, 1, 2) ~= 'a~' then
-    redis.call('SREM', k_agent_pools(a), p)
+    redis.call('HDEL', k_agent_pools(a), p)
     redis.call('HDEL', k_pool_agents(p), a)
   end
 end
 for p, ord in pairs(want) do
-  redis.call('SADD', k_agent_pools(a), p)
+  redis.call('HSET', k_agent_pools(a), p, ord)
   redis.call('HSET', k_pool_agents(p), a, ord)
 end
 refresh_agent(a)

@@ -19,7 +19,7 @@ redis.call('HSET', k_pool(p), 'queue', ARGV[3], 'filter', ARGV[4], 'kind', 'queu
   'order', ARGV[7])
 for _, m in ipairs(cjson.decode(ARGV[6])) do
   redis.call('HSET', k_pool_agents(p), m[1], m[2])
-  redis.call('SADD', k_agent_pools(m[1]), p)
+  redis.call('HSET', k_agent_pools(m[1]), p, m[2])
   refresh_agent(m[1])
 end
 log('pool.defined', {'pool', p, 'queue', ARGV[3]})
