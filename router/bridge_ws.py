@@ -156,7 +156,7 @@ async def bridge_endpoint(websocket: WebSocket) -> None:
             endpoint="bridge",
             max_frame=s.bridge_max_frame,
             rate=s.bridge_rate_per_s,
-            concurrent=512,
+            concurrent=64,  # fills the pipelines; more in flight only starves agents in overload
         )
     finally:
         conn.closed = True
