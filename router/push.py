@@ -18,10 +18,11 @@ _INT_FIELDS = ("pri", "created", "updated", "assigned", "closed", "age", "step")
 def pairs(flat: Sequence[Any] | Mapping[Any, Any]) -> dict[str, str]:
     """A Redis HGETALL reply (flat list from Lua, or a dict from redis-py) as a str dict."""
     if isinstance(flat, Mapping):
-        items = list(flat.items())
-    else:
-        items = list(zip(flat[0::2], flat[1::2], strict=True))
-    return {_s(k): _s(v) for k, v in items}
+        return {_s(k): _s(v) for k, v in flat.items()}
+    if all(type(x) is str for x in flat):  # from a script's JSON reply: the hot path
+        it = iter(flat)
+        return dict(zip(it, it, strict=True))
+    return {_s(k): _s(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
 
 
 def _s(v: Any) -> str:
@@ -93,6 +94,8 @@ def offer_frame(payload: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(cust, Mapping):
         frame["customer"] = customer_view(pairs(cust.get("profile") or []))
         tl = cust.get("timeline")
+        if isinstance(tl, str):  # the script's entries as one JSON array text
+            tl = json.loads(tl)
         frame["timeline"] = tl if isinstance(tl, list) else []
         frame["timeline_total"] = cust.get("total", 0)
     return frame

@@ -34,7 +34,10 @@ def agent_view(fields: dict[str, str]) -> dict[str, Any]:
         "status": fields.get("st", "offline"),
         "capacity": {c: int(fields.get(f"cap:{c}") or 0) for c in chs},
         "load": {c: int(fields.get(f"load:{c}") or 0) for c in chs},
-        "idle_since": int(fields.get("idle") or 0),
+        # became available, or last offered / freed on a channel, whichever came last
+        "idle_since": max(
+            (int(v or 0) for k, v in fields.items() if k.partition(":")[0] == "idle"), default=0
+        ),
         "attributes": json.loads(fields.get("attrs") or "{}"),
     }
 

@@ -22,7 +22,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from router import keys
 from router.errors import StoreUnavailable
@@ -60,6 +60,16 @@ class _Script:
     name: str
     source: bytes
     sha: str
+    evalsha: bytes  # "EVALSHA <sha> 1" in the Redis protocol, less the array header
+
+
+def _pack(head: bytes, argv: list[Any]) -> bytes:
+    """One ``EVALSHA`` in the Redis protocol (RESP2): ``head`` then each of ``argv``."""
+    parts = [b"*%d\r\n" % (len(argv) + 3), head]
+    for a in argv:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
+    return b"".join(parts)
 
 
 def _load_scripts() -> dict[str, _Script]:
@@ -67,7 +77,9 @@ def _load_scripts() -> dict[str, _Script]:
     out: dict[str, _Script] = {}
     for name in SCRIPT_NAMES:
         source = (lib + "\n" + _read_lua(name)).encode()
-        out[name] = _Script(name, source, hashlib.sha1(source).hexdigest())
+        sha = hashlib.sha1(source).hexdigest()
+        head = b"$7\r\nEVALSHA\r\n$40\r\n" + sha.encode() + b"\r\n$1\r\n1\r\n"
+        out[name] = _Script(name, source, sha, head)
     return out
 
 
@@ -163,16 +175,30 @@ class Store:
                 fut.set_result(r)
 
     async def _execute(self, batch: list[_Pending]) -> list[Any]:
-        if len(batch) == 1:
-            script, argv, _ = batch[0]
-            try:
-                return [await self.redis.execute_command("EVALSHA", script.sha, 1, *argv)]
-            except NoScriptError as e:
-                return [e]
-        pipe = self.redis.pipeline(transaction=False)
-        for script, argv, _ in batch:
-            pipe.execute_command("EVALSHA", script.sha, 1, *argv)
-        return list(await pipe.execute(raise_on_error=False))
+        pool = getattr(self.redis, "connection_pool", None)
+        if pool is None:  # Redis Cluster: its own pipeline routes each call to its slot
+            pipe = self.redis.pipeline(transaction=False)
+            for script, argv, _ in batch:
+                pipe.execute_command("EVALSHA", script.sha, 1, *argv)
+            return list(await pipe.execute(raise_on_error=False))
+        # One connection, the whole batch written at once, replies read in order: what a
+        # pipeline does, without redis-py packing each argument (a fifth of a router's CPU).
+        packed = b"".join([_pack(script.evalsha, argv) for script, argv, _ in batch])
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            results: list[Any] = []
+            for _ in batch:
+                try:
+                    results.append(await conn.read_response())
+                except ResponseError as e:  # NOSCRIPT, or an error raised by the script
+                    results.append(e)
+            return results
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     async def close(self) -> None:
         if self._tasks:

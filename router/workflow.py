@@ -157,6 +157,30 @@ class Workflow:
     default_target: Target | None
     reservation_timeout: float = 120.0
 
+    @functools.cached_property
+    def task_keys(self) -> tuple[str, ...] | None:
+        """The top-level task attributes a plan can depend on, sorted; None when it also
+        depends on the time of day (``taskrouter.*``), so plans must not be reused."""
+        names: set[str] = set()
+        targets = [t for f in self.filters for t in f.targets]
+        if self.default_target is not None:
+            targets.append(self.default_target)
+        paths = [p for f in self.filters for p in _filter_expression(f.expression).keys()]
+        for t in targets:
+            task_paths = compile(t.expression).keys() if t.expression else frozenset()
+            for p in task_paths:
+                head, _, rest = p.partition(".")
+                if head == "taskrouter" or (head == "task" and rest):
+                    paths.append(p if head == "taskrouter" else rest)
+            if t.known_agent is not None:
+                paths.append(t.known_agent.removeprefix("task."))
+        for p in paths:
+            name = re.split(r"[.\[]", p, maxsplit=1)[0]
+            if name in ("taskrouter", "task", ""):
+                return None
+            names.add(name)
+        return tuple(sorted(names))
+
     def plan(
         self,
         task: Mapping[str, Any],

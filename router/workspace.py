@@ -97,10 +97,14 @@ class WorkspaceConfig:
 
     _queue_index: dict[str, QueueConfig] = field(init=False, repr=False, compare=False)
     _status_index: dict[str, StatusConfig] = field(init=False, repr=False, compare=False)
+    # triage's plans by the task values the workflow reads (router/triage.py); lives and dies
+    # with this configuration, so a changed workflow or queue never sees an old plan
+    plan_cache: dict[Any, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # looked up on every routed case: dicts, not scans
         object.__setattr__(self, "_queue_index", {q.id: q for q in self.queues})
+        object.__setattr__(self, "plan_cache", {})
         object.__setattr__(self, "_status_index", {s.name: s for s in self.statuses})
 
     def status(self, name: str) -> StatusConfig | None:

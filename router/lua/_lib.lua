@@ -8,6 +8,7 @@
 
 local P = KEYS[1]
 local NOW = tonumber(ARGV[1])
+local NOW_S = ARGV[1]  -- as given: passing the number to redis.call would format it each time
 
 -- Case ages count from 2024-01-01 so that priority * 2^41 + age fits a double exactly
 -- (priorities 0..2047; ages good until 2093). See docs/routing.md "Order".
@@ -51,7 +52,7 @@ local function split(s, sep)
 end
 
 local function log(typ, fields)
-  local args = {k_log(), 'MAXLEN', '~', LOG_MAXLEN, '*', 't', typ, 'ts', NOW}
+  local args = {k_log(), 'MAXLEN', '~', LOG_MAXLEN, '*', 't', typ, 'ts', NOW_S}
   for i = 1, #fields do args[#args + 1] = fields[i] end
   redis.call('XADD', unpack(args))
 end
@@ -83,25 +84,43 @@ local function agent_free(a, ch)
   return (tonumber(v[1]) or 0) - (tonumber(v[2]) or 0)
 end
 
--- Make every available-agents ZSET of every pool the agent belongs to reflect the agent's
--- current routable flag, free capacity per channel and idle moment.
-local function refresh_agent(a)
-  local ag = redis.call('HMGET', k_agent(a), 'r', 'idle', 'chs')
-  local routable = ag[1] == '1'
-  local idle = tonumber(ag[2]) or 0
+-- An agent's idle moment on a channel: the later of becoming available ("idle") and the last
+-- change of their load on that channel ("idle:<ch>", set by offers and releases). Per channel,
+-- so an offer or a release re-scores only that channel's available sets.
+local function idle_on(idle, idle_ch)
+  local a, b = tonumber(idle) or 0, tonumber(idle_ch) or 0
+  if b > a then return b end
+  return a
+end
+
+-- Make the available-agents ZSETs of every pool the agent belongs to reflect the agent's
+-- routable flag, free capacity and idle moment on channel only_ch (every channel when nil).
+local function refresh_agent(a, only_ch)
+  local ak = k_agent(a)
   -- the agent's own pools hash (pool -> order value) avoids a lookup in each pool's big hash
   local pools = redis.call('HGETALL', k_agent_pools(a))
-  for _, ch in ipairs(split(ag[3], ',')) do
-    local free = routable and agent_free(a, ch) > 0
+  local function score(ch, routable, v, idle)
+    local free = routable and (tonumber(v[1]) or 0) - (tonumber(v[2]) or 0) > 0
+    local t = idle_on(idle, v[3]) - EPOCH_MS
     for i = 1, #pools, 2 do
       local p = pools[i]
       if free then
-        local ord = tonumber(pools[i + 1]) or 0
-        redis.call('ZADD', k_pool_av(p, ch), ord * PRI_SCALE + idle - EPOCH_MS, a)
+        redis.call('ZADD', k_pool_av(p, ch), (tonumber(pools[i + 1]) or 0) * PRI_SCALE + t, a)
       else
         redis.call('ZREM', k_pool_av(p, ch), a)
       end
     end
+  end
+  if only_ch then
+    local v = redis.call('HMGET', ak, 'cap:' .. only_ch, 'load:' .. only_ch,
+      'idle:' .. only_ch, 'r', 'idle')
+    score(only_ch, v[4] == '1', v, v[5])
+    return
+  end
+  local ag = redis.call('HMGET', ak, 'r', 'idle', 'chs')
+  for _, ch in ipairs(split(ag[3], ',')) do
+    score(ch, ag[1] == '1', redis.call('HMGET', ak, 'cap:' .. ch, 'load:' .. ch, 'idle:' .. ch),
+      ag[2])
   end
 end
 
@@ -127,32 +146,35 @@ end
 
 -- Offers ---------------------------------------------------------------------------------------
 
+-- The timeline's entries are JSON already: they travel as one JSON array text, not decoded
+-- and encoded again here (Redis's CPU is the shared resource).
 local function customer_payload(u, limit)
   local prof = redis.call('HGETALL', k_customer(u))
   local tl = redis.call('LRANGE', k_timeline(u), -limit, -1)
-  local items = {}
-  for i = 1, #tl do items[i] = cjson.decode(tl[i]) end
-  return {profile = prof, timeline = items, total = redis.call('LLEN', k_timeline(u))}
+  return {profile = prof, timeline = '[' .. table.concat(tl, ',') .. ']',
+    total = redis.call('LLEN', k_timeline(u))}
 end
 
 -- Offer case c to agent a: reserve capacity, arm the deadline, log it. Returns the payload the
 -- pushing node needs (offer, case, customer profile and recent timeline).
-local function make_offer(c, a)
+local function make_offer(c, a, waiting)
   local ck = k_case(c)
   local cs = redis.call('HMGET', ck, 'ch', 'pool', 'q', 'otm', 'cust', 'step')
   local ch, pool, q, otm, cust = cs[1], cs[2], cs[3], tonumber(cs[4]) or 30000, cs[5]
   local o = next_id('o')
   local deadline = NOW + otm
   redis.call('HSET', k_offer(o), 'id', o, 'case', c, 'agent', a, 'st', 'pending',
-    'created', NOW, 'deadline', deadline, 'ch', ch)
-  redis.call('HSET', ck, 'st', 'offered', 'offer', o, 'oagent', a, 'updated', NOW)
-  redis.call('ZREM', k_pool_wait(pool, ch), c)
-  redis.call('ZREM', k_queue_wait(q), c)
+    'created', NOW_S, 'deadline', deadline, 'ch', ch)
+  redis.call('HSET', ck, 'st', 'offered', 'offer', o, 'oagent', a, 'updated', NOW_S)
+  if waiting then
+    redis.call('ZREM', k_pool_wait(pool, ch), c)
+    redis.call('ZREM', k_queue_wait(q), c)
+  end
   redis.call('HINCRBY', k_agent(a), 'load:' .. ch, 1)
-  redis.call('HSET', k_agent(a), 'idle', NOW)
+  redis.call('HSET', k_agent(a), 'idle:' .. ch, NOW_S)
   redis.call('SADD', k_agent_offers(a), o)
   redis.call('ZADD', k_timers(), deadline, 'o|' .. o)
-  refresh_agent(a)
+  refresh_agent(a, ch)
   log('offer.created', {'case', c, 'agent', a, 'offer', o, 'queue', q, 'ch', ch})
   local payload = {offer = o, agent = a, case = c, deadline = deadline,
     fields = redis.call('HGETALL', ck)}
@@ -160,8 +182,9 @@ local function make_offer(c, a)
   return payload
 end
 
--- Best available eligible agent for a queued case, or nil. Longest idle first (lowest score);
--- agents who already refused this case are skipped.
+-- Best available eligible agent for a queued case that is not in a waiting set (it is put
+-- there only if nobody takes it), or nil. Longest idle first (lowest score); agents who already
+-- refused this case are skipped.
 local function match_case(c, offers)
   local cs = redis.call('HMGET', k_case(c), 'pool', 'ch', 'x', 'st')
   if cs[4] ~= 'queued' then return nil end
@@ -173,7 +196,7 @@ local function match_case(c, offers)
     if #cands == 0 then return nil end
     for _, a in ipairs(cands) do
       if not excluded(xs, a) then
-        offers[#offers + 1] = make_offer(c, a)
+        offers[#offers + 1] = make_offer(c, a, false)
         return a
       end
     end
@@ -181,15 +204,17 @@ local function match_case(c, offers)
   end
 end
 
--- The best waiting case across all of agent a's pools, on channels where a has free capacity.
+-- The best waiting case across all of agent a's pools, on channels where a has free capacity
+-- (only on channel only_ch when given: the one whose capacity just changed).
 -- Each pool offers its head (the first case a has not refused, in the pool's own order: FIFO
 -- or LIFO); heads are ranked across pools by priority, then age (oldest first), then id.
-local function best_case_for(a)
+local function best_case_for(a, only_ch)
   local ag = redis.call('HMGET', k_agent(a), 'r', 'chs')
   if ag[1] ~= '1' then return nil end
   local pools = redis.call('HKEYS', k_agent_pools(a))
   local best, best_pri, best_age = nil, nil, nil
-  for _, ch in ipairs(split(ag[2], ',')) do
+  local chs = only_ch and {only_ch} or split(ag[2], ',')
+  for _, ch in ipairs(chs) do
     if agent_free(a, ch) > 0 then
       for _, p in ipairs(pools) do
         local w = k_pool_wait(p, ch)
@@ -217,12 +242,14 @@ local function best_case_for(a)
   return best
 end
 
--- Give agent a as many waiting cases as its free capacity allows (work conservation).
-local function pull(a, offers)
+-- Give agent a as many waiting cases as its free capacity allows (work conservation). With
+-- only_ch, just that channel: the caller freed capacity there and nowhere else, and the other
+-- channels were already conserving work.
+local function pull(a, offers, only_ch)
   for _ = 1, 64 do
-    local c = best_case_for(a)
+    local c = best_case_for(a, only_ch)
     if c == nil then return end
-    offers[#offers + 1] = make_offer(c, a)
+    offers[#offers + 1] = make_offer(c, a, true)
   end
 end
 
@@ -258,7 +285,7 @@ end
 local function end_unassigned(c, status, reason)
   local ck = k_case(c)
   dequeue(c)
-  redis.call('HSET', ck, 'st', status, 'reason', reason, 'closed', NOW, 'updated', NOW)
+  redis.call('HSET', ck, 'st', status, 'reason', reason, 'closed', NOW_S, 'updated', NOW_S)
   local cq = redis.call('HMGET', ck, 'q', 'created', 'ch')
   log('case.' .. status, {'case', c, 'reason', reason, 'queue', cq[1] or '', 'ch', cq[3] or '',
     'waited', NOW - (tonumber(cq[2]) or NOW)})
@@ -298,15 +325,14 @@ local function enter_step(c, i, offers, by_timeout)
   end
   dequeue(c)
   local fields = {'st', 'queued', 'pool', s.pool, 'q', s.queue, 'step', i, 'lifo', s.lifo or '0',
-    'esc', '0', 'updated', NOW}
+    'esc', '0', 'updated', NOW_S}
   if s.pri ~= nil then fields[#fields + 1] = 'pri'; fields[#fields + 1] = s.pri end
   redis.call('HSET', ck, unpack(fields))
   if s.due ~= nil then
     redis.call('ZADD', k_timers(), start + s.due, 'e|' .. c .. '|' .. i)
   end
-  enqueue(c)
   log('case.queued', {'case', c, 'queue', s.queue, 'step', i})
-  match_case(c, offers)
+  if match_case(c, offers) == nil then enqueue(c) end
   return true
 end
 
@@ -315,13 +341,12 @@ end
 local function requeue(c, offers)
   local ck = k_case(c)
   local cs = redis.call('HMGET', ck, 'esc', 'step')
-  redis.call('HSET', ck, 'st', 'queued', 'offer', '', 'oagent', '', 'updated', NOW)
+  redis.call('HSET', ck, 'st', 'queued', 'offer', '', 'oagent', '', 'updated', NOW_S)
   if cs[1] == '1' then
     return enter_step(c, (tonumber(cs[2]) or 1) + 1, offers, true)
   end
-  enqueue(c)
   log('case.queued', {'case', c, 'requeued', '1'})
-  match_case(c, offers)
+  if match_case(c, offers) == nil then enqueue(c) end
   return true
 end
 
@@ -329,7 +354,7 @@ end
 local function release(a, ch)
   local load = redis.call('HINCRBY', k_agent(a), 'load:' .. ch, -1)
   if load < 0 then redis.call('HSET', k_agent(a), 'load:' .. ch, 0) end
-  redis.call('HSET', k_agent(a), 'idle', NOW)
+  redis.call('HSET', k_agent(a), 'idle:' .. ch, NOW_S)
 end
 
 -- End a pending offer (rejected / timeout / rescinded): the agent gets its capacity back, the
@@ -340,20 +365,20 @@ local function end_offer(o, status, offers, keep_out)
   local of = redis.call('HMGET', ok, 'st', 'case', 'agent', 'ch')
   if of[1] ~= 'pending' then return false end
   local c, a, ch = of[2], of[3], of[4]
-  redis.call('HSET', ok, 'st', status, 'ended', NOW)
+  redis.call('HSET', ok, 'st', status, 'ended', NOW_S)
   redis.call('ZREM', k_timers(), 'o|' .. o)
   redis.call('SREM', k_agent_offers(a), o)
   release(a, ch)
   -- back in (or, if no longer routable, out of) the available sets before the case looks for
   -- an agent again
-  refresh_agent(a)
+  refresh_agent(a, ch)
   local ck = k_case(c)
   local xs = hget(ck, 'x') or '|'
   if status ~= 'rescinded' then redis.call('HSET', ck, 'x', xs .. a .. '|') end
   log('offer.' .. status, {'case', c, 'agent', a, 'offer', o})
   if OPEN[hget(ck, 'st') or ''] and hget(ck, 'offer') == o then
     if keep_out then
-      redis.call('HSET', ck, 'st', 'queued', 'offer', '', 'oagent', '', 'updated', NOW)
+      redis.call('HSET', ck, 'st', 'queued', 'offer', '', 'oagent', '', 'updated', NOW_S)
     else
       requeue(c, offers)
     end

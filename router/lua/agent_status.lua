@@ -11,7 +11,7 @@ local was = hget(ak, 'r')
 redis.call('HSET', ak, 'st', ARGV[3], 'r', ARGV[4])
 if ARGV[4] == '1' then
   redis.call('HSET', ak, 'missed', 0)
-  if was ~= '1' then redis.call('HSET', ak, 'idle', NOW) end
+  if was ~= '1' then redis.call('HSET', ak, 'idle', NOW_S) end
 end
 local offers = {}
 local rescinded = {}

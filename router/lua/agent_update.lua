@@ -15,7 +15,7 @@ local ak = k_agent(a)
 local created = redis.call('EXISTS', ak) == 0
 remove_agent_everywhere(a)
 if created then
-  redis.call('HSET', ak, 'id', a, 'st', 'offline', 'r', '0', 'idle', NOW, 'missed', 0)
+  redis.call('HSET', ak, 'id', a, 'st', 'offline', 'r', '0', 'idle', NOW_S, 'missed', 0)
 end
 local caps = cjson.decode(ARGV[5])
 for _, ch in ipairs(split(hget(ak, 'chs'), ',')) do

@@ -11,12 +11,12 @@ if cs[1] == 'completed' then return result({ok = true, duplicate = true, offers 
 if cs[1] ~= 'assigned' and cs[1] ~= 'wrapping' then
   return result({ok = false, error = 'case.' .. cs[1]})
 end
-redis.call('HSET', ck, 'st', 'completed', 'disposition', ARGV[4], 'closed', NOW, 'updated', NOW)
+redis.call('HSET', ck, 'st', 'completed', 'disposition', ARGV[4], 'closed', NOW_S, 'updated', NOW_S)
 redis.call('SREM', k_agent_cases(a), c)
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
 release(a, cs[3])
-refresh_agent(a)
+refresh_agent(a, cs[3])
 log('case.completed', {'case', c, 'agent', a, 'disposition', ARGV[4]})
 local offers = {}
-pull(a, offers)
+pull(a, offers, cs[3])
 return result({ok = true, duplicate = false, offers = offers})

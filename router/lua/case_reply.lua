@@ -17,9 +17,9 @@ entry.case = c
 if ARGV[5] == 'reply' then entry.ch = cs[3] else entry.ch = 'note' end
 local raw = cjson.encode(entry)
 redis.call('RPUSH', k_timeline(cs[4]), raw)
-redis.call('HSET', ck, 'updated', NOW)
+redis.call('HSET', ck, 'updated', NOW_S)
 if ARGV[5] == 'reply' then
-  redis.call('HSETNX', ck, 'first_reply', NOW)
+  redis.call('HSETNX', ck, 'first_reply', NOW_S)
   redis.call('XADD', k_outbox(), 'MAXLEN', '~', 100000, '*', 'kind', 'deliver', 'ch', cs[3],
     'case', c,
     'customer', cs[4], 'thread', cs[5] or '', 'subject', cs[6] or '', 'entry', raw)

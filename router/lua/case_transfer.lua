@@ -36,14 +36,14 @@ end
 if ARGV[6] ~= '' then ensure_agent_pool(ARGV[6]) end
 local plan = cjson.decode(ARGV[4])
 if ARGV[6] ~= '' then plan[1].pool = 'a~' .. ARGV[6] end
-redis.call('HSET', ck, 'plan', cjson.encode(plan), 'plan_start', NOW, 'st', 'queued',
-  'offer', '', 'oagent', '', 'transferred', NOW)
+redis.call('HSET', ck, 'plan', cjson.encode(plan), 'plan_start', NOW_S, 'st', 'queued',
+  'offer', '', 'oagent', '', 'transferred', NOW_S)
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
 log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6]})
 redis.call('HSET', ck, 'x', a ~= '' and ('|' .. a .. '|') or '|')
 enter_step(c, 1, offers)
 if a ~= '' then
-  refresh_agent(a)
-  pull(a, offers)
+  refresh_agent(a, cs[3])
+  pull(a, offers, cs[3])
 end
 return result({ok = true, offers = offers, rescinded = rescinded})

@@ -9,6 +9,6 @@ local cs = redis.call('HMGET', ck, 'st', 'agent')
 if not cs[1] or cs[2] ~= a then return result({ok = false, error = 'case.unknown'}) end
 if cs[1] == 'wrapping' then return result({ok = true, duplicate = true}) end
 if cs[1] ~= 'assigned' then return result({ok = false, error = 'case.' .. cs[1]}) end
-redis.call('HSET', ck, 'st', 'wrapping', 'wrapping_since', NOW, 'updated', NOW)
+redis.call('HSET', ck, 'st', 'wrapping', 'wrapping_since', NOW_S, 'updated', NOW_S)
 log('case.wrapping', {'case', c, 'agent', a})
 return result({ok = true, duplicate = false})

@@ -44,6 +44,6 @@ for n = 1, #merged, 1000 do
   redis.call('RPUSH', k_timeline(into), unpack(merged, n, math.min(n + 999, #merged)))
 end
 redis.call('DEL', k_customer(from), k_customer_cases(from), k_timeline(from))
-redis.call('HSET', k_customer(from), 'id', from, 'merged_into', into, 'merged', NOW)
+redis.call('HSET', k_customer(from), 'id', from, 'merged_into', into, 'merged', NOW_S)
 log('customer.merged', {'customer', into, 'from', from})
 return result({ok = true, moved_cases = #cases, identities = idents})

@@ -39,24 +39,24 @@ end
 
 -- identity: the first known identity names the customer; unknown ones are linked to it
 local idents = cjson.decode(ARGV[5])
+local owners = #idents > 0 and redis.call('HMGET', k_ids(), unpack(idents)) or {}
 local u = nil
-for _, i in ipairs(idents) do
-  u = hget(k_ids(), i)
-  if u then break end
+for i = 1, #idents do
+  if owners[i] then u = owners[i] break end
 end
 if u == nil then
   u = ARGV[11]
-  redis.call('HSET', k_customer(u), 'id', u, 'created', NOW)
+  redis.call('HSET', k_customer(u), 'id', u, 'created', NOW_S)
   log('customer.created', {'customer', u})
 end
 local conflicts = {}
-for _, i in ipairs(idents) do
-  local other = hget(k_ids(), i)
-  if other == nil then
-    redis.call('HSET', k_ids(), i, u)
-    redis.call('HSET', k_customer(u), 'i:' .. i, '1')
+for i, ident in ipairs(idents) do
+  local other = owners[i]
+  if not other then
+    redis.call('HSET', k_ids(), ident, u)
+    redis.call('HSET', k_customer(u), 'i:' .. ident, '1')
   elseif other ~= u then
-    log('identity.conflict', {'customer', u, 'other', other, 'identity', i})
+    log('identity.conflict', {'customer', u, 'other', other, 'identity', ident})
     conflicts[#conflicts + 1] = other
   end
 end
@@ -111,16 +111,16 @@ elseif c and OPEN[st] then
       end_unassigned(c, 'abandoned', kind)
       action = 'abandoned'
     else
-      redis.call('HSET', k_case(c), 'ended', NOW, 'updated', NOW)
+      redis.call('HSET', k_case(c), 'ended', NOW_S, 'updated', NOW_S)
       notify(c, {type = 'case.updated', case = c, event = kind, entry = entry})
     end
   elseif kind == 'callback.requested' then
     append(c)
-    redis.call('HSET', k_case(c), 'callback', '1', 'updated', NOW)
+    redis.call('HSET', k_case(c), 'callback', '1', 'updated', NOW_S)
     notify(c, {type = 'case.updated', case = c, event = kind, entry = entry})
   else
     append(c)
-    redis.call('HSET', k_case(c), 'updated', NOW)
+    redis.call('HSET', k_case(c), 'updated', NOW_S)
     notify(c, {type = 'case.message', case = c, entry = entry})
   end
 elseif kind == 'call.ended' or kind == 'conversation.ended' then
@@ -132,19 +132,25 @@ else
   if reopen then
     action = 'reopened'
     if ARGV[15] ~= '' then plan = ARGV[15] end
-    redis.call('HSET', k_case(c), 'st', 'queued', 'age', NOW - EPOCH_MS, 'reopened', NOW,
-      'x', '|', 'agent', '', 'plan', plan, 'plan_start', NOW, 'updated', NOW)
+    redis.call('HSET', k_case(c), 'st', 'queued', 'age', NOW - EPOCH_MS, 'reopened', NOW_S,
+      'x', '|', 'agent', '', 'plan', plan, 'plan_start', NOW_S, 'updated', NOW_S)
     log('case.reopened', {'case', c, 'customer', u})
   else
     action = 'created'
     c = ARGV[10]
     local ck = k_case(c)
-    redis.call('HSET', ck, 'id', c, 'cust', u, 'ch', ch, 'st', 'queued', 'created', NOW,
-      'updated', NOW, 'age', NOW - EPOCH_MS, 'plan', plan, 'plan_start', NOW, 'x', '|',
-      'thread', ARGV[7],
-      'event', eid)
-    for f, v in pairs(cjson.decode(ARGV[13])) do redis.call('HSET', ck, f, v) end
-    if ARGV[16] ~= '' then redis.call('HSET', ck, 'seq', ARGV[16]) end
+    local fields = {'id', c, 'cust', u, 'ch', ch, 'st', 'queued', 'created', NOW_S,
+      'updated', NOW_S, 'age', NOW - EPOCH_MS, 'plan', plan, 'plan_start', NOW_S, 'x', '|',
+      'thread', ARGV[7], 'event', eid}
+    for f, v in pairs(cjson.decode(ARGV[13])) do
+      fields[#fields + 1] = f
+      fields[#fields + 1] = v
+    end
+    if ARGV[16] ~= '' then
+      fields[#fields + 1] = 'seq'
+      fields[#fields + 1] = ARGV[16]
+    end
+    redis.call('HSET', ck, unpack(fields))
     redis.call('RPUSH', k_customer_cases(u), c)
     if ARGV[7] ~= '' then redis.call('HSET', k_threads(), ARGV[7], c) end
     log('case.created', {'case', c, 'customer', u, 'ch', ch})

@@ -11,13 +11,13 @@ local c = of[2]
 if of[1] == 'accepted' then return result({ok = true, case = c, duplicate = true}) end
 if of[1] ~= 'pending' then return result({ok = false, error = 'offer.' .. of[1]}) end
 local ck = k_case(c)
-redis.call('HSET', k_offer(o), 'st', 'accepted', 'ended', NOW)
+redis.call('HSET', k_offer(o), 'st', 'accepted', 'ended', NOW_S)
 redis.call('ZREM', k_timers(), 'o|' .. o)
 redis.call('SREM', k_agent_offers(a), o)
 redis.call('SADD', k_agent_cases(a), c)
-redis.call('HSET', ck, 'st', 'assigned', 'agent', a, 'last_agent', a, 'assigned', NOW,
-  'updated', NOW, 'esc', '0')
-redis.call('HSETNX', ck, 'first_assigned', NOW)
+redis.call('HSET', ck, 'st', 'assigned', 'agent', a, 'last_agent', a, 'assigned', NOW_S,
+  'updated', NOW_S, 'esc', '0')
+redis.call('HSETNX', ck, 'first_assigned', NOW_S)
 redis.call('ZREM', k_timers(), 'e|' .. c .. '|' .. (hget(ck, 'step') or '1'))
 redis.call('HSET', k_agent(a), 'missed', 0)
 local cq = redis.call('HMGET', ck, 'q', 'created', 'thread', 'cust')
