@@ -259,7 +259,7 @@ class Agents:
         self._inbox: dict[str, asyncio.Queue[_Work]] = {aid: asyncio.Queue() for aid in ids}
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def notify(self, ws: str, agent: str, frame: dict[str, Any]) -> None:
+    async def notify(self, ws: str, agent: str, frame: dict[str, Any], **_: Any) -> None:
         """The ``notify`` callback to give the Switch."""
         if frame.get("type") != "offer":
             self.pushes += 1

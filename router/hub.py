@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -91,6 +91,7 @@ class Hub:
         self._ps = redis.pubsub(ignore_subscribe_messages=True)
         self._task: asyncio.Task[None] | None = None
         self.on_node_message: Callable[[dict[str, Any]], None] | None = None
+        self.relays_skipped = 0  # offers not published: no other node held the agent's consoles
 
     async def start(self) -> None:
         await self._ps.subscribe(f"sb:node:{self.node}")
@@ -157,14 +158,22 @@ class Hub:
 
     # -- delivery -----------------------------------------------------------------------------
 
-    async def notify(self, ws: str, agent: str, frame: dict[str, Any]) -> None:
-        """Deliver a frame to every console of the agent, here or on another node."""
+    async def notify(
+        self, ws: str, agent: str, frame: dict[str, Any], *, nodes: Sequence[str] | None = None
+    ) -> None:
+        """Deliver a frame to every console of the agent, here or on another node.
+
+        The frame is also published on the agent's channel, for consoles on other nodes (a
+        second tab, or a reconnect that landed elsewhere before this socket noticed it was
+        dead) — unless ``nodes`` says that, when the transition ran, no other node held one.
+        Our own node skips its own publications.
+        """
         conns = self.agents.get((ws, agent))
         if conns:
             await self.broadcast(conns, frame)
-        # Published even when the agent is connected here: they may have another console on
-        # another node (a second tab, or a reconnect that landed elsewhere before this socket
-        # noticed it was dead). Our own node skips its own publications.
+        if nodes is not None and all(n == self.node for n in nodes):
+            self.relays_skipped += 1
+            return
         payload = json.dumps({"n": self.node, "f": frame}, separators=(",", ":"), default=str)
         try:
             await self.redis.publish(keys.push_agent(ws, agent), payload)

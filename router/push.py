@@ -30,7 +30,8 @@ def _s(v: Any) -> str:
 
 
 def case_view(fields: Mapping[str, str]) -> dict[str, Any]:
-    """The case as consoles see it (internal routing fields left out)."""
+    """The case as consoles see it (internal routing fields left out). An offer carries only
+    the fields read here (``OFFER_FIELDS`` in router/lua/_lib.lua): keep the two in step."""
     out: dict[str, Any] = {
         "id": fields.get("id", ""),
         "channel": fields.get("ch", ""),

@@ -13,9 +13,9 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from router import keys
 from router.auth import hash_password
@@ -28,14 +28,24 @@ from router.workspace import AgentConfig, WorkspaceConfig, parse_agent, parse_wo
 
 __all__ = ["IngestResult", "Notify", "Switch", "new_id"]
 
-#: notify(workspace, agent id, frame) — deliver a server → agent frame to that agent's consoles.
-Notify = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+
+class Notify(Protocol):
+    """Deliver a server → agent frame to that agent's consoles. ``nodes``, when given, names
+    the router nodes that held the agent's consoles when the transition ran (offers carry it),
+    so a node holding all of them need not relay the frame through Redis."""
+
+    def __call__(
+        self, ws: str, agent: str, frame: dict[str, Any], *, nodes: Sequence[str] | None = None
+    ) -> Awaitable[None]: ...
+
 
 DEDUPE_TTL_S = 7 * 86400
 _RETRIES = 8
 
 
-async def _drop(ws: str, agent: str, frame: dict[str, Any]) -> None:
+async def _drop(
+    ws: str, agent: str, frame: dict[str, Any], *, nodes: Sequence[str] | None = None
+) -> None:
     return None
 
 
@@ -534,7 +544,8 @@ class Switch:
         for p in _as_list(res.get("push")):
             await self.notify(ws, p["agent"], p["frame"])
         for o in _as_list(res.get("offers")):
-            await self.notify(ws, o["agent"], offer_frame(o))
+            nodes = _as_list(o["nodes"]) if "nodes" in o else None
+            await self.notify(ws, o["agent"], offer_frame(o), nodes=nodes)
         for r in _as_list(res.get("rescinded")):
             if r.get("agent"):
                 await self.notify(

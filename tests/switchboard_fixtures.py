@@ -76,7 +76,7 @@ class Inbox:
     def __init__(self) -> None:
         self.frames: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
-    async def __call__(self, ws: str, agent: str, frame: dict[str, Any]) -> None:
+    async def __call__(self, ws: str, agent: str, frame: dict[str, Any], **_: Any) -> None:
         self.frames[agent].append(frame)
 
     def offers(self, agent: str) -> list[dict[str, Any]]:

@@ -51,7 +51,7 @@ class Switches:
         self.all = [Switch(Store(connect(url)), notify=self._notify) for _ in range(n)]
         self.offers: dict[str, tuple[str, str]] = {}  # offer -> (agent, case), in push order
 
-    async def _notify(self, ws: str, agent_id: str, frame: dict[str, Any]) -> None:
+    async def _notify(self, ws: str, agent_id: str, frame: dict[str, Any], **_: Any) -> None:
         if frame["type"] == "offer":
             self.offers[frame["offer"]] = (agent_id, frame["case"]["id"])
 

@@ -155,6 +155,11 @@ local function customer_payload(u, limit)
     total = redis.call('LLEN', k_timeline(u))}
 end
 
+-- The case fields an offer carries (router/push.py case_view); the plan and other routing
+-- state stay in Redis.
+local OFFER_FIELDS = {'id', 'ch', 'st', 'pri', 'q', 'cust', 'subject', 'created', 'agent',
+  'flt', 'step', 'attrs', 'pool', 'callback', 'disposition', 'reopened', 'transferred'}
+
 -- Offer case c to agent a: reserve capacity, arm the deadline, log it. Returns the payload the
 -- pushing node needs (offer, case, customer profile and recent timeline).
 local function make_offer(c, a, waiting)
@@ -176,8 +181,17 @@ local function make_offer(c, a, waiting)
   redis.call('ZADD', k_timers(), deadline, 'o|' .. o)
   refresh_agent(a, ch)
   log('offer.created', {'case', c, 'agent', a, 'offer', o, 'queue', q, 'ch', ch})
-  local payload = {offer = o, agent = a, case = c, deadline = deadline,
-    fields = redis.call('HGETALL', ck)}
+  local v = redis.call('HMGET', ck, unpack(OFFER_FIELDS))
+  local fields = {}
+  for i, f in ipairs(OFFER_FIELDS) do
+    if v[i] then
+      fields[#fields + 1] = f
+      fields[#fields + 1] = v[i]
+    end
+  end
+  -- the nodes holding the agent's consoles: one that holds them all needs no pub/sub relay
+  local payload = {offer = o, agent = a, case = c, deadline = deadline, fields = fields,
+    nodes = redis.call('HKEYS', k_agent(a) .. ':conns')}
   if cust then payload.customer = customer_payload(cust, 50) end
   return payload
 end

@@ -28,4 +28,4 @@ if of[4] == 'voice' then
   redis.call('XADD', k_outbox(), 'MAXLEN', '~', 100000, '*', 'kind', 'call.connect', 'ch', 'voice',
     'case', c, 'customer', cq[4] or '', 'thread', cq[3] or '', 'agent', a)
 end
-return result({ok = true, case = c, duplicate = false, fields = redis.call('HGETALL', ck)})
+return result({ok = true, case = c, duplicate = false})
