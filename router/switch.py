@@ -23,7 +23,7 @@ from router.errors import BadRequest, Conflict, NotFound, StoreUnavailable, from
 from router.ingest import Event, parse_event, timeline_entry
 from router.push import offer_frame
 from router.store import Store, now_ms
-from router.triage import PoolSpec, agent_data, pool_members, reopen_plan, triage
+from router.triage import PoolSpec, agent_data, pool_members, triage
 from router.workspace import AgentConfig, WorkspaceConfig, parse_agent, parse_workspace
 
 __all__ = ["IngestResult", "Notify", "Switch", "new_id"]
@@ -312,10 +312,10 @@ class Switch:
             _json(timeline_entry(ev)),
             new_id("c"),
             new_id("u"),
-            _json(tri.plan),
+            tri.plan_json,
             _json(tri.fields),
             int(cfg.reopen_window_s * 1000),
-            _json(reopen_plan(cfg, tri)),
+            tri.reopen_json,
             "" if ev.seq is None else ev.seq,
             DEDUPE_TTL_S,
         )

@@ -63,6 +63,8 @@ class Triage:
     plan: list[dict[str, Any]]  # steps as stored on the case (JSON); shared, do not modify
     pools: list[PoolSpec]  # pools the plan needs defined in Redis
     fields: dict[str, Any]  # case hash fields for a new case
+    plan_json: str = ""  # plan as JSON, as the ingest script takes it
+    reopen_json: str = ""  # reopen_plan(...) as JSON
 
 
 def pool_id(queue: str, filter_: str, order_by: Sequence[tuple[str, bool]] = ()) -> str:
@@ -185,7 +187,7 @@ def triage(
             if len(ws.plan_cache) >= PLAN_CACHE_SIZE:
                 ws.plan_cache.clear()
             ws.plan_cache[key] = planned
-    filter_name, steps, pools = planned
+    filter_name, steps, pools, plan_json, reopen_json = planned
     fields = {
         "pri": steps[0]["pri"] if steps else ch.priority,
         "otm": int(ch.offer_timeout_s * 1000),
@@ -193,7 +195,7 @@ def triage(
         "subject": subject,
         "flt": filter_name,
     }
-    return Triage(filter_name, steps, pools, fields)
+    return Triage(filter_name, steps, pools, fields, plan_json, reopen_json)
 
 
 PLAN_CACHE_SIZE = 4096  # distinct plans kept per configuration; then the cache starts over
@@ -212,7 +214,7 @@ def _plan_key(channel: str, task: Mapping[str, Any], names: Sequence[str]) -> tu
 
 def _plan(
     ws: WorkspaceConfig, channel: str, task: Mapping[str, Any], now: datetime | None
-) -> tuple[str, list[dict[str, Any]], list[PoolSpec]]:
+) -> tuple[str, list[dict[str, Any]], list[PoolSpec], str, str]:
     ch = ws.channels[channel]
     clock = clock_values(now or datetime.now(UTC), ws.timezone)
     plan = ws.workflow.plan(task, default_priority=ch.priority, clock=clock)
@@ -229,7 +231,12 @@ def _plan(
         steps.append(out)
         if spec is not None:
             pools.append(spec)
-    return plan.filter_name, steps, pools
+    reopen = reopen_plan(ws, Triage(plan.filter_name, steps, pools, {}))
+    return plan.filter_name, steps, pools, _compact(steps), _compact(reopen)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def reopen_plan(ws: WorkspaceConfig, tri: Triage) -> list[dict[str, Any]]:

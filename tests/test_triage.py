@@ -88,5 +88,5 @@ def test_cached_plans_equal_fresh_ones(changes: list[tuple[str, Any]]) -> None:
         else:
             attrs[key] = value
         got = triage(cfg, channel, attrs)
-        name, steps, pools = _plan(cfg, channel, {"channel": channel, **attrs}, None)
-        assert (got.filter_name, got.plan, got.pools) == (name, steps, pools)
+        fresh = _plan(cfg, channel, {"channel": channel, **attrs}, None)
+        assert (got.filter_name, got.plan, got.pools, got.plan_json, got.reopen_json) == fresh

@@ -151,8 +151,9 @@ end
 local function customer_payload(u, limit)
   local prof = redis.call('HGETALL', k_customer(u))
   local tl = redis.call('LRANGE', k_timeline(u), -limit, -1)
-  return {profile = prof, timeline = '[' .. table.concat(tl, ',') .. ']',
-    total = redis.call('LLEN', k_timeline(u))}
+  local total = #tl
+  if total >= limit then total = redis.call('LLEN', k_timeline(u)) end
+  return {profile = prof, timeline = '[' .. table.concat(tl, ',') .. ']', total = total}
 end
 
 -- The case fields an offer carries (router/push.py case_view); the plan and other routing
@@ -199,8 +200,9 @@ end
 -- Best available eligible agent for a queued case that is not in a waiting set (it is put
 -- there only if nobody takes it), or nil. Longest idle first (lowest score); agents who already
 -- refused this case are skipped.
-local function match_case(c, offers)
-  local cs = redis.call('HMGET', k_case(c), 'pool', 'ch', 'x', 'st')
+local function match_case(c, offers, known)
+  -- known: the case's {pool, ch, x, st} when the caller has just read or written them
+  local cs = known or redis.call('HMGET', k_case(c), 'pool', 'ch', 'x', 'st')
   if cs[4] ~= 'queued' then return nil end
   local av = k_pool_av(cs[1], cs[2])
   local xs = cs[3]
@@ -311,7 +313,7 @@ end
 -- fallback step (the default filter, "fb") is reached only by skipping, never by a timeout.
 local function enter_step(c, i, offers, by_timeout)
   local ck = k_case(c)
-  local cs = redis.call('HMGET', ck, 'plan', 'ch', 'plan_start')
+  local cs = redis.call('HMGET', ck, 'plan', 'ch', 'plan_start', 'step', 'pool', 'q', 'x')
   local plan = cjson.decode(cs[1])
   local ch = cs[2]
   local start = tonumber(cs[3]) or NOW
@@ -331,13 +333,14 @@ local function enter_step(c, i, offers, by_timeout)
     i = i + 1
   end
   local s = plan[i]
-  local prev = hget(ck, 'step')
-  if prev then redis.call('ZREM', k_timers(), 'e|' .. c .. '|' .. prev) end
+  if cs[4] then redis.call('ZREM', k_timers(), 'e|' .. c .. '|' .. cs[4]) end
   if s == nil then
     end_unassigned(c, 'cancelled', 'workflow.exhausted')
     return false
   end
-  dequeue(c)
+  -- out of the previous step's waiting sets (a new case is in none)
+  if cs[5] then redis.call('ZREM', k_pool_wait(cs[5], ch), c) end
+  if cs[6] then redis.call('ZREM', k_queue_wait(cs[6]), c) end
   local fields = {'st', 'queued', 'pool', s.pool, 'q', s.queue, 'step', i, 'lifo', s.lifo or '0',
     'esc', '0', 'updated', NOW_S}
   if s.pri ~= nil then fields[#fields + 1] = 'pri'; fields[#fields + 1] = s.pri end
@@ -346,7 +349,7 @@ local function enter_step(c, i, offers, by_timeout)
     redis.call('ZADD', k_timers(), start + s.due, 'e|' .. c .. '|' .. i)
   end
   log('case.queued', {'case', c, 'queue', s.queue, 'step', i})
-  if match_case(c, offers) == nil then enqueue(c) end
+  if match_case(c, offers, {s.pool, ch, cs[7], 'queued'}) == nil then enqueue(c) end
   return true
 end
 

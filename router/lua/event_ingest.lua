@@ -50,15 +50,22 @@ if u == nil then
   log('customer.created', {'customer', u})
 end
 local conflicts = {}
+local linked, marks = {}, {}
 for i, ident in ipairs(idents) do
   local other = owners[i]
   if not other then
-    redis.call('HSET', k_ids(), ident, u)
-    redis.call('HSET', k_customer(u), 'i:' .. ident, '1')
+    linked[#linked + 1] = ident
+    linked[#linked + 1] = u
+    marks[#marks + 1] = 'i:' .. ident
+    marks[#marks + 1] = '1'
   elseif other ~= u then
     log('identity.conflict', {'customer', u, 'other', other, 'identity', ident})
     conflicts[#conflicts + 1] = other
   end
+end
+if #linked > 0 then
+  redis.call('HSET', k_ids(), unpack(linked))
+  redis.call('HSET', k_customer(u), unpack(marks))
 end
 if ARGV[6] ~= '' then redis.call('HSETNX', k_customer(u), 'name', ARGV[6]) end
 
