@@ -170,6 +170,7 @@ class EmbeddedRedis:
         self._lock_fd: int | None = None
         self._socket_dir: Path | None = None  # a short temp dir of ours, when data_dir is too long
         self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False  # stop() wants the supervisor gone; see _end_if_stopping()
 
     @property
     def url(self) -> str:
@@ -214,6 +215,7 @@ class EmbeddedRedis:
         except BaseException:
             self._release()
             raise
+        self._stopping = False
         self._supervisor = asyncio.create_task(self._supervise(), name="embedded-redis-supervisor")
         return self._url
 
@@ -224,6 +226,7 @@ class EmbeddedRedis:
         Raises :class:`EmbeddedRedisError` only if the process survives SIGKILL.
         """
         if self._supervisor is not None:
+            self._stopping = True  # in case the cancellation gets lost: see _end_if_stopping()
             self._supervisor.cancel()
             await asyncio.wait([self._supervisor])
             self._supervisor = None
@@ -313,6 +316,7 @@ class EmbeddedRedis:
         client = self._client(timeout=1.0)
         try:
             while True:
+                self._end_if_stopping()
                 if proc.returncode is not None:
                     raise EmbeddedRedisError(
                         f"redis-server exited with code {proc.returncode} while starting"
@@ -346,6 +350,7 @@ class EmbeddedRedis:
             while True:
                 proc = self._proc
                 assert proc is not None
+                self._end_if_stopping()
                 code = await proc.wait()
                 self._proc = None
                 if loop.time() - self._spawned_at >= _STABLE_AFTER:
@@ -365,6 +370,7 @@ class EmbeddedRedis:
                     self._log_tail(),
                 )
                 while True:
+                    self._end_if_stopping()
                     delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**failures)
                     failures += 1
                     logger.warning(
@@ -380,6 +386,20 @@ class EmbeddedRedis:
                     break
         except Exception:
             logger.exception("embedded Redis supervisor failed; Redis is no longer supervised")
+
+    def _end_if_stopping(self) -> None:
+        """Raise ``CancelledError`` once ``stop()`` has begun, even if its ``cancel()`` got lost.
+
+        Called wherever the supervisor is about to wait. On Python 3.11 ``asyncio.wait_for``
+        swallows a cancellation that arrives just as the awaited operation completes
+        (python/cpython#86296; 3.12 rewrote ``wait_for`` on ``asyncio.timeout``), and redis-py
+        runs every socket write of a client with ``socket_timeout`` under one. When ``stop()``
+        cancelled the supervisor while a restart's readiness probe was in that window, the
+        supervisor finished the restart and then waited on a Redis that nobody stops: ``stop()``
+        hung forever.
+        """
+        if self._stopping:
+            raise asyncio.CancelledError
 
     async def _shutdown(self, proc: asyncio.subprocess.Process) -> None:
         loop = asyncio.get_running_loop()
