@@ -36,8 +36,12 @@ __all__ = [
     "MAX_NODES",
     "Expression",
     "ExpressionError",
+    "KeyUse",
+    "Term",
+    "as_number",
     "clock_values",
     "compile",
+    "key_uses",
     "matches",
     "resolve",
 ]
@@ -605,6 +609,44 @@ def _parse_path(text: str) -> _Path:
 
 # --- public API ---------------------------------------------------------------
 
+_ORDER_OPS = frozenset({"==", "!=", "<", "<=", ">", ">="})
+_TURNED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}  # the same comparison, sides swapped
+
+
+class Term(NamedTuple):
+    """A top-level AND term ``key <op> value`` taken out by :meth:`Expression.split`."""
+
+    key: str  # the key's path as text
+    op: str  # == != < <= > >=, read with the key on the left (``1 > k`` gives ``k < 1``)
+    value: Any  # the constant it is compared with: a scalar, None or an array (a tuple)
+
+
+class KeyUse(NamedTuple):
+    """One key as written in an expression, with the comparison it is an operand of."""
+
+    key: str  # the key's path as text: "worker.channel.chat.assigned_tasks"
+    column: int  # 1-based column where the key starts
+    op: str  # the comparison's operator ("==" for "=", "NOT IN")
+    left: bool  # whether the key is the comparison's left operand
+    other: str | None  # the other operand's key path, or None when it is a constant
+    value: Any  # the other operand's value when it is a constant (an array as a tuple)
+    conjunct: bool  # the comparison is a top-level AND term: under no OR and no NOT
+
+
+def _term(node: _Pred, select: Callable[[str], bool]) -> Term | None:
+    if not isinstance(node, _Cmp) or node.op not in _ORDER_OPS:
+        return None
+    if isinstance(node.left, _Key) and isinstance(node.right, _Const):
+        key, value, op = node.left, node.right.value, node.op
+    elif isinstance(node.right, _Key) and isinstance(node.left, _Const):
+        key, value, op = node.right, node.left.value, _TURNED.get(node.op, node.op)
+    else:
+        return None
+    text = _text_path(key.path)
+    if not select(text):
+        return None
+    return Term(text, op, value)
+
 
 class Expression:
     """A compiled, constant-folded expression; immutable, hashable, equal by canonical text."""
@@ -664,6 +706,28 @@ class Expression:
 
         return Expression(_rewrite(self._node, key))
 
+    def split(self, select: Callable[[str], bool]) -> tuple[Expression, tuple[Term, ...]]:
+        """Take out the top-level AND terms comparing a selected key with a constant.
+
+        ``select`` gets each key's path as text. Returns the rest (``true`` when nothing
+        is left) and the terms in order: this expression is ``rest AND term AND ...``.
+        Raises ValueError when a selected key is used any other way (under OR or NOT,
+        against another key, with HAS, IN or CONTAINS): check the text with
+        :func:`key_uses` first to report such a use with its column.
+        """
+        node = self._node
+        rest: list[_Pred] = []
+        terms: list[Term] = []
+        for child in node.children if isinstance(node, _And) else (node,):
+            term = _term(child, select)
+            if term is not None:
+                terms.append(term)
+            elif any(select(_text_path(p)) for p in _paths(child)):
+                raise ValueError(f"cannot split {_text(child)!r} off {self._canonical!r}")
+            else:
+                rest.append(child)
+        return Expression(_junction(True, rest)), tuple(terms)
+
     def canonical(self) -> str:
         """Deterministic text: single quotes, upper-case keywords, one space around operators.
 
@@ -706,6 +770,59 @@ def compile(expression: str) -> Expression:  # shadows the builtin on purpose, l
 def matches(expression: str, data: Mapping[str, Any]) -> bool:
     """``compile(expression).evaluate(data)``; raises ExpressionError only for bad syntax."""
     return compile(expression).evaluate(data)
+
+
+def key_uses(expression: str) -> tuple[KeyUse, ...]:
+    """Every key in ``expression`` as written, in text order, with its comparison.
+
+    For checks that need the column of a key, such as where a key may appear; the
+    expression is read as written, before any constant folding. Raises ExpressionError
+    as :func:`compile` does.
+    """
+    compile(expression)  # the same bounds and errors
+    parser = _Parser(expression)
+    tree = parser.parse()
+    # keys are operands, so a left-to-right walk of the tree meets them in token order
+    columns = iter([t.column for t in parser.tokens if t.kind == "key"])
+    uses: list[KeyUse] = []
+
+    def walk(node: _Pred, top: bool) -> None:
+        if isinstance(node, _Cmp):
+            sides = (node.left, node.right)
+            for i, side in enumerate(sides):
+                if isinstance(side, _Key):
+                    other = sides[1 - i]
+                    name = _text_path(other.path) if isinstance(other, _Key) else None
+                    value = None if isinstance(other, _Key) else other.value
+                    uses.append(
+                        KeyUse(
+                            _text_path(side.path), next(columns), node.op, i == 0, name, value, top
+                        )
+                    )
+        elif isinstance(node, _And):
+            for child in node.children:
+                walk(child, top)
+        elif isinstance(node, _Or):
+            for child in node.children:
+                walk(child, False)
+        elif isinstance(node, _Not):
+            walk(node.child, False)
+
+    walk(tree, True)
+    return tuple(uses)
+
+
+def as_number(value: object) -> int | float | None:
+    """The number ``value`` compares as against a number, or None.
+
+    A finite number is itself, a numeric string (``"5"``, ``"-1.5e3"``) its value;
+    anything else (booleans, null, other strings, arrays, objects) is None.
+    """
+    if isinstance(value, str):
+        return _as_number(value)
+    if _kind(value) == _NUM:
+        return cast(int | float, value)
+    return None
 
 
 def resolve(data: Mapping[str, Any], path: str) -> Any:

@@ -208,14 +208,14 @@ class Switch:
         ids = [p for p in ids if not p.startswith("a~")]
         pipe = self.redis.pipeline(transaction=False)
         for p in ids:
-            pipe.hmget(keys.pool(ws, p), ["queue", "filter", "order"])
+            pipe.hmget(keys.pool(ws, p), ["queue", "filter", "order", "load"])
         rows = await pipe.execute()
         specs = []
-        for p, (q, f, o) in zip(ids, rows, strict=True):
+        for p, (q, f, o, ld) in zip(ids, rows, strict=True):
             if q is None:
                 continue
             order = tuple((k, bool(d)) for k, d in json.loads(o or b"[]"))
-            specs.append(PoolSpec(p, q.decode(), f.decode(), order))
+            specs.append(PoolSpec(p, q.decode(), f.decode(), order, load=(ld or b"").decode()))
         return specs
 
     async def _memberships(
@@ -282,6 +282,7 @@ class Switch:
                 ver,
                 _json(members),
                 _json(spec.order_by),
+                spec.load,
             )
             if res.get("ok"):
                 return

@@ -5,6 +5,11 @@ targets; each target becomes a *step* of the plan stored on the case. A step nam
 a queue narrowed by the target's worker filter (with the case's own attributes already bound
 in) — so Lua can match in O(log n) against precomputed per-pool sorted sets. Escalation to the
 next step happens in Redis (``timers_run.lua``), keeping the case's age.
+
+A target's terms on the agent's live load (``worker.channel.chat.assigned_tasks < 2``) cannot
+be precomputed: they travel in the pool's id, after ``#`` (:func:`load_code`), and the Lua
+matching checks them per candidate agent (``_lib.lua`` ``load_conds``); a pool id without
+``#`` has none, and costs nothing more.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ from typing import Any
 
 from router.expressions import Expression, ExpressionError, clock_values
 from router.expressions import compile as compile_expression
-from router.workflow import Step
+from router.workflow import LoadCondition, Step
 from router.workspace import AgentConfig, WorkspaceConfig
 
 __all__ = [
     "PoolSpec",
     "Triage",
     "agent_data",
+    "load_code",
     "order_value",
     "pool_id",
     "pool_members",
@@ -47,6 +53,7 @@ class PoolSpec:
     order_by: tuple[tuple[str, bool], ...] = ()
     # compiled filter when known (bound task values can make the text exceed compile()'s bound)
     expression: Expression | None = field(default=None, compare=False, repr=False)
+    load: str = ""  # live-load conditions checked when matching (load_code), "" = none
 
     def compiled(self) -> Expression | None:
         if self.expression is not None:
@@ -67,13 +74,27 @@ class Triage:
     reopen_json: str = ""  # reopen_plan(...) as JSON
 
 
-def pool_id(queue: str, filter_: str, order_by: Sequence[tuple[str, bool]] = ()) -> str:
-    """Stable id: the queue id itself for the plain queue, ``queue^hash`` for a narrowed one."""
-    if filter_ == "true" and not order_by:
+def pool_id(
+    queue: str, filter_: str, order_by: Sequence[tuple[str, bool]] = (), load: str = ""
+) -> str:
+    """Stable id: the queue id itself for the plain queue, ``queue^hash`` for a narrowed one,
+    ``queue^hash#<load code>`` for one with live-load conditions (Lua reads them there)."""
+    if filter_ == "true" and not order_by and not load:
         return queue
     order = ",".join(f"{k}:{'d' if d else 'a'}" for k, d in order_by)
     digest = hashlib.sha1(f"{filter_}|{order}".encode()).hexdigest()[:12]
-    return f"{queue}^{digest}"
+    return f"{queue}^{digest}#{load}" if load else f"{queue}^{digest}"
+
+
+_LOAD_NAMES = {"assigned_tasks": "at", "available_capacity_percentage": "acp"}
+
+
+def load_code(conditions: Sequence[LoadCondition]) -> str:
+    """Live-load conditions as ``_lib.lua`` reads them from a pool id: sorted, ``&``-joined
+    ``<channel>.at<op><n>`` (assigned tasks) / ``<channel>.acp<op><n>`` (available capacity
+    %), op one of ``== != < >``; ``""`` for none. Ids never hold ``#`` (keys.valid_id)."""
+    codes = {f"{c.channel}.{_LOAD_NAMES[c.key]}{c.op}{c.value}" for c in conditions}
+    return "&".join(sorted(codes))
 
 
 def skip_rule(text: str | None) -> list[Any] | None:
@@ -151,12 +172,14 @@ def _step(
     if step.known_agent_id:
         out["agent"] = step.known_agent_id
         return out, None
+    load = load_code(step.load_conditions)
     spec = PoolSpec(
-        pool_id(step.queue, step.worker_filter, step.order_by),
+        pool_id(step.queue, step.worker_filter, step.order_by, load),
         step.queue,
         step.worker_filter,
         tuple(step.order_by),
         step.worker_expression,
+        load,
     )
     out["pool"] = spec.id
     return out, spec

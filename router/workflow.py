@@ -17,6 +17,12 @@ priority sticks until another target sets one; expressions, timeouts, ``order_by
 last step of a filter times out (or is skipped) the case flows into the next filter
 that also matches; ``default_filter`` only catches cases no filter matched, or that
 skipped past every step.
+
+A target expression may read the agent's live load, ``worker.channel.<name>.assigned_tasks``
+and ``worker.channel.<name>.available_capacity_percentage``, in top-level AND terms compared
+with a number (or a task value): a step keeps them apart as ``load_conditions``, checked by the
+router when it matches, since they change with every offer; the rest of the expression decides
+which agents belong to the step's pool. Any other use of them is rejected when loading.
 """
 
 from __future__ import annotations
@@ -29,16 +35,18 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
-from router.expressions import Expression, ExpressionError, compile, resolve
+from router.expressions import Expression, ExpressionError, as_number, compile, key_uses, resolve
 
 __all__ = [
     "DEFAULT_FILTER_NAME",
     "Filter",
+    "LoadCondition",
     "Plan",
     "Step",
     "Target",
     "Workflow",
     "WorkflowError",
+    "check_load_terms",
     "load_workflow",
     "order_key",
     "parse_order_by",
@@ -54,6 +62,13 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _TRUE = compile("true")
 _FALSE = compile("false")
+# The agent's live load on a channel, as target expressions read it (worker. prefix optional).
+_LOAD_KEY = re.compile(
+    r"(?:worker\.)?channel\.([A-Za-z0-9_]+)\.(assigned_tasks|available_capacity_percentage)"
+    r"(?![A-Za-z0-9_])"
+)
+_LOAD_OPS = frozenset({"==", "!=", "<", "<=", ">", ">="})
+_LOAD_BOUND = 10**9  # loads and percentages stay far inside; larger numbers are clamped
 
 OrderBy = tuple[tuple[str, bool], ...]  # (agent attribute path, descending?)
 
@@ -86,6 +101,33 @@ class Target:
     known_agent: str | None = None  # task attribute path holding the agent id
 
 
+@dataclass(frozen=True, order=True)
+class LoadCondition:
+    """A step's condition on the agent's live load on ``channel``, checked when matching.
+
+    ``assigned_tasks`` is the agent's load on the channel, pending offers included (as
+    TaskRouter counts reservations); ``available_capacity_percentage`` is
+    ``floor(100 * (capacity - load) / capacity)``, 0 without capacity. ``op`` is one of
+    ``== != < >`` and ``value`` an integer: ``<= 2`` is kept as ``< 3``, ``> 1.5`` as ``> 1``.
+    """
+
+    channel: str
+    key: str  # assigned_tasks | available_capacity_percentage
+    op: str
+    value: int
+
+    def holds(self, capacity: int, load: int) -> bool:
+        """Whether an agent with this capacity and load on the channel meets the condition."""
+        x = load
+        if self.key == "available_capacity_percentage":
+            x = 100 * (capacity - load) // capacity if capacity > 0 else 0
+        if self.op == "<":
+            return x < self.value
+        if self.op == ">":
+            return x > self.value
+        return (x == self.value) == (self.op == "==")
+
+
 @dataclass(frozen=True)
 class Filter:
     name: str
@@ -99,8 +141,10 @@ class Step:
 
     ``worker_filter`` is the canonical target expression over agent attributes (task
     values and time of day bound, ``worker.`` stripped; ``"true"`` when the target has
-    none). ``worker_expression`` is the same, compiled; prefer it, since bound task
-    values can make the text longer than ``compile()`` accepts. ``known_agent_id`` set:
+    none), without its terms on the agent's live load: those are ``load_conditions``,
+    all of which must also hold. ``worker_expression`` is the filter compiled; prefer it,
+    since bound task values can make the text longer than ``compile()`` accepts. A filter
+    that is ``"false"`` has no load conditions. ``known_agent_id`` set:
     only that agent may take the case (and only if it also passes the filter); a
     known-agent target whose task attribute is missing gets ``worker_filter == "false"``,
     so the case waits out the step as TaskRouter does. ``skip_if`` (canonical text) is
@@ -118,6 +162,7 @@ class Step:
     known_agent_id: str | None
     filter_name: str
     worker_expression: Expression = field(compare=False, repr=False)
+    load_conditions: tuple[LoadCondition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -241,11 +286,13 @@ def _step(
     moments: Mapping[str, Any],
 ) -> Step:
     expression = compile(target.expression) if target.expression else _TRUE
-    residual = expression.bind("task", task).bind("taskrouter", moments).strip_prefix("worker")
+    bound = expression.bind("task", task).bind("taskrouter", moments).strip_prefix("worker")
+    residual, load = _split_load(bound)
     agent = None
     if target.known_agent is not None:
         agent = _agent_id(resolve(task, target.known_agent))
-        residual = residual if agent is not None else _FALSE
+        if agent is None:
+            residual, load = _FALSE, ()
     return Step(
         index=index,
         queue=target.queue,
@@ -257,7 +304,56 @@ def _step(
         known_agent_id=agent,
         filter_name=name,
         worker_expression=residual,
+        load_conditions=load,
     )
+
+
+def _is_load_key(path: str) -> bool:
+    return _LOAD_KEY.fullmatch(path) is not None
+
+
+def _split_load(expression: Expression) -> tuple[Expression, tuple[LoadCondition, ...]]:
+    """The expression without its live-load terms, and those terms as conditions.
+
+    Loading checked that every live-load key is in a top-level AND term compared with a
+    number or a (now bound) task value, so split() cannot fail here.
+    """
+    rest, terms = expression.split(_is_load_key)
+    conditions: set[LoadCondition] = set()
+    for term in terms:
+        match = _LOAD_KEY.fullmatch(term.key)
+        assert match is not None
+        condition = _load_condition(match.group(1), match.group(2), term.op, term.value)
+        if condition is False:
+            return _FALSE, ()
+        if isinstance(condition, LoadCondition):
+            conditions.add(condition)
+    if rest.constant_value is False:
+        return rest, ()
+    return rest, tuple(sorted(conditions))
+
+
+def _load_condition(channel: str, key: str, op: str, value: object) -> LoadCondition | bool:
+    """``<load> op value`` as an integer condition, or its result when that is constant.
+
+    A load is a whole number, so ``< 1.5`` is ``< 2`` and ``== 1.5`` is never true; a
+    value that is not a number (a task attribute that is missing, a word) compares as the
+    expression language says: only ``!= null`` holds.
+    """
+    number = as_number(value)
+    if number is None:
+        return op == "!=" and value is None
+    if op in ("==", "!="):
+        if isinstance(number, float) and not number.is_integer():
+            return op == "!="
+        n = int(number)
+    elif op in ("<", ">="):
+        n = math.ceil(number)
+        n, op = (n, "<") if op == "<" else (n - 1, ">")
+    else:
+        n = math.floor(number)
+        n, op = (n + 1, "<") if op == "<=" else (n, ">")
+    return LoadCondition(channel, key, op, max(-_LOAD_BOUND, min(_LOAD_BOUND, n)))
 
 
 def _agent_id(value: object) -> str | None:
@@ -436,11 +532,17 @@ def _target(raw: object, path: str, known: frozenset[str], inherited: str | None
     if "known_worker_sid" in value and "known_worker_friendly_name" in value:
         _fail(path, "use known_worker_sid or known_worker_friendly_name, not both")
     known_key = "known_worker_sid" if "known_worker_sid" in value else "known_worker_friendly_name"
+    expression = _expression(value.get("expression"), f"{path}.expression")
+    if expression is not None:
+        try:
+            check_load_terms(expression)
+        except ExpressionError as exc:
+            _fail(f"{path}.expression", exc.reason, exc.column)
     return Target(
         queue=queue,
         priority=_integer(value.get("priority"), f"{path}.priority"),
         timeout=timeout,
-        expression=_expression(value.get("expression"), f"{path}.expression"),
+        expression=expression,
         order_by=clauses,
         skip_if=_canonical(_expression(value.get("skip_if"), f"{path}.skip_if")),
         known_agent=_known_agent(value.get(known_key), f"{path}.{known_key}"),
@@ -460,6 +562,35 @@ def _expression(value: object, path: str) -> str | None:
     except ExpressionError as exc:
         _fail(path, exc.reason, exc.column)
     return value
+
+
+def check_load_terms(expression: str, *, allowed: bool = True) -> None:
+    """Raise ExpressionError at the first use of the agent's live load that routing cannot
+    check: ``worker.channel.<name>.assigned_tasks`` or ``.available_capacity_percentage``
+    anywhere but in a top-level AND term compared (``== != < <= > >=``) with a number or a
+    task value. ``allowed=False`` (queue targets, computed once per agent) rejects any use.
+    """
+    for use in key_uses(expression):
+        match = _LOAD_KEY.match(use.key)
+        if match is None:
+            continue
+        name = f"worker.channel.{match.group(1)}.{match.group(2)}"
+        other = re.split(r"[.\[]", use.other, maxsplit=1)[0] if use.other is not None else None
+        if not allowed:
+            reason = f"{name} (live load) works only in a workflow target's expression"
+        elif match.end() != len(use.key):
+            reason = f"compare {name} itself: it has no fields"
+        elif not use.conjunct:
+            reason = f"{name} (live load) works only in a top-level AND term, not under OR or NOT"
+        elif use.op not in _LOAD_OPS:
+            reason = f"compare {name} with == != < <= > or >="
+        elif use.other is not None and other not in ("task", "taskrouter"):
+            reason = f"compare {name} with a number or a task value, not with {use.other}"
+        elif use.other is None and (isinstance(use.value, str) or as_number(use.value) is None):
+            reason = f"compare {name} with a number"
+        else:
+            continue
+        raise ExpressionError(expression, use.column, reason)
 
 
 def _canonical(text: str | None) -> str | None:

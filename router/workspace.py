@@ -15,7 +15,7 @@ from router import keys
 from router.errors import ConfigError
 from router.expressions import ExpressionError
 from router.expressions import compile as compile_expression
-from router.workflow import Workflow, WorkflowError, load_workflow
+from router.workflow import Workflow, WorkflowError, check_load_terms, load_workflow
 
 __all__ = [
     "CHANNELS",
@@ -141,6 +141,7 @@ def parse_queue(d: Mapping[str, Any], path: str = "queue") -> QueueConfig:
     target = str(d.get("target", "1 == 1"))
     try:
         compile_expression(target)
+        check_load_terms(target, allowed=False)  # membership is computed once per agent
     except ExpressionError as e:
         raise ConfigError(f"{path}.target: {e}") from None
     order = str(d.get("order", "fifo")).lower()

@@ -14,8 +14,12 @@ from router.expressions import (
     MAX_LENGTH,
     Expression,
     ExpressionError,
+    KeyUse,
+    Term,
+    as_number,
     clock_values,
     compile,
+    key_uses,
     matches,
     resolve,
 )
@@ -427,6 +431,58 @@ def test_channel_capacity_keys_are_plain_data() -> None:
     assert matches("channel.chat.assigned_tasks < channel.chat.configured_capacity", worker)
 
 
+# --- splitting off terms, and where keys are used ----------------------------------------
+
+
+def is_x(key: str) -> bool:
+    return key == "x"
+
+
+def test_split_takes_out_top_level_terms_on_a_key() -> None:
+    rest, terms = compile("skills HAS 'a' AND x < 2 AND (2 <= x AND y == 1)").split(is_x)
+    assert rest.canonical() == "skills HAS 'a' AND y == 1"
+    assert terms == (Term("x", "<", 2), Term("x", ">=", 2))  # "2 <= x" read as "x >= 2"
+    rest, terms = compile("x != 'a'").split(is_x)
+    assert rest.canonical() == "true" and terms == (Term("x", "!=", "a"),)
+    rest, terms = compile("y == 1").split(is_x)
+    assert rest.canonical() == "y == 1" and terms == ()
+    rest, terms = compile("x > 1 AND y == 1").bind("y", {}).split(is_x)  # folded away: false
+    assert rest.canonical() == "false" and terms == ()
+
+
+@pytest.mark.parametrize(
+    "text", ["x < 1 OR y == 1", "NOT (x < 1)", "x < y", "x IN [1, 2]", "x HAS 1", "y == x"]
+)
+def test_split_refuses_other_uses_of_the_key(text: str) -> None:
+    with pytest.raises(ValueError, match="cannot split"):
+        compile(text).split(is_x)
+
+
+def test_key_uses_give_each_key_its_column_and_comparison() -> None:
+    uses = key_uses("a = 1 AND (2 > worker.b OR NOT (c IN task.d)) AND e HAS 'x'")
+    assert uses == (
+        KeyUse("a", 1, "==", True, None, 1, True),
+        KeyUse("worker.b", 16, ">", False, None, 2, False),
+        KeyUse("c", 33, "IN", True, "task.d", None, False),
+        KeyUse("task.d", 38, "IN", False, "c", None, False),
+        KeyUse("e", 51, "HAS", True, None, "x", True),
+    )
+    assert key_uses("(a < 1 AND (b < [1]))") == (
+        KeyUse("a", 2, "<", True, None, 1, True),
+        KeyUse("b", 13, "<", True, None, (1,), True),
+    )
+    assert key_uses("true") == ()
+    with pytest.raises(ExpressionError, match="column 6"):
+        key_uses("a == ")
+
+
+def test_as_number_is_the_value_compared_with_a_number() -> None:
+    assert [as_number(v) for v in (3, 2.5, "08", "-1.5e3", " 1", "x", True, None, [1])] == [
+        3, 2.5, 8, -1500.0, None, None, None, None, None
+    ]  # fmt: skip
+    assert as_number(float("nan")) is None and as_number(2**4000) is None
+
+
 # --- time of day ---------------------------------------------------------------------
 
 BUSINESS_HOURS = (
@@ -556,3 +612,38 @@ def test_arbitrary_text_either_compiles_or_raises_expression_error(text: str) ->
     else:
         assert isinstance(expr, Expression)
         assert compile(expr.canonical()) == expr
+
+
+def splits_cleanly(text: str) -> bool:
+    """What key_uses promises split() will take apart once task values are bound."""
+    return all(
+        u.conjunct
+        and u.op in ("==", "!=", "<", "<=", ">", ">=")
+        and (u.other is None or u.other.startswith("task"))
+        for u in key_uses(text)
+        if u.key == "x"
+    )
+
+
+x_terms = st.builds(
+    lambda op, value, turned: f"{value} {op} x" if turned else f"x {op} {value}",
+    st.sampled_from(["==", "=", "!=", "<", "<=", ">", ">="]),
+    st.one_of(literals, st.sampled_from(["task.a", "task.b", "task.arr", "task.obj.z"])),
+    st.booleans(),
+)
+x_conjunctions = st.lists(
+    st.one_of(x_terms, predicates_over([k for k in KEYS if k != "x"]), predicates), max_size=4
+).map(lambda parts: " AND ".join(f"({p})" for p in parts) or "true")
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(x_conjunctions, documents, documents)
+def test_split_is_exact(text: str, task: dict[str, Any], rest: dict[str, Any]) -> None:
+    if not splits_cleanly(text):
+        return
+    expr = compile(text)
+    remainder, terms = expr.bind("task", task).split(is_x)
+    held = remainder.evaluate(rest) and all(
+        matches(f"x {t.op} value", {"x": rest.get("x"), "value": t.value}) for t in terms
+    )
+    assert held == expr.evaluate({**rest, "task": task})

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.triage import _plan, triage
+from router.triage import _plan, pool_id, triage
 from router.workspace import parse_workspace
 
 WORKFLOW = {
@@ -20,7 +20,11 @@ WORKFLOW = {
             {
                 "expression": "task.topic == 'billing' AND amount > 100",
                 "targets": [
-                    {"queue": "billing", "expression": "task.language IN worker.languages"},
+                    {
+                        "queue": "billing",
+                        "expression": "task.language IN worker.languages"
+                        " AND worker.channel.chat.assigned_tasks <= task.amount",
+                    },
                 ],
             },
             {
@@ -46,6 +50,19 @@ def config(workflow: dict[str, Any] = WORKFLOW) -> Any:
 
 def test_plan_depends_only_on_the_attributes_the_workflow_reads() -> None:
     assert config().workflow.task_keys == ("amount", "language", "owner", "tier", "topic", "vip")
+
+
+def test_live_load_conditions_are_part_of_the_pool_id() -> None:
+    cfg = config()
+    plain = triage(cfg, "chat", {"topic": "billing", "amount": 150, "language": "en"}).pools
+    other = triage(cfg, "chat", {"topic": "billing", "amount": 101, "language": "en"}).pools
+    (one,), (two,) = plain, other
+    assert (one.filter, one.load) == ("'en' IN languages", "chat.at<151")
+    assert two.load == "chat.at<102"
+    assert one.id.endswith("#chat.at<151") and one.id.partition("#")[0] == two.id.partition("#")[0]
+    assert pool_id("support", "true") == "support"
+    assert pool_id("support", "true", (), "chat.at<1").startswith("support^")
+    assert pool_id("q", "x == 1") == pool_id("q", "x == 1", (), "voice.acp==100").split("#")[0]
 
 
 def test_a_time_of_day_rule_turns_the_cache_off() -> None:

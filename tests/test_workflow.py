@@ -7,11 +7,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router import workflow
 from router.expressions import clock_values
+from router.expressions import compile as compile_expression
 from router.workflow import (
     DEFAULT_FILTER_NAME,
+    LoadCondition,
     Plan,
     Target,
     Workflow,
@@ -46,7 +50,7 @@ def test_public_api_is_exactly_all() -> None:
     public = {name for name in vars(workflow) if not name.startswith("_")}
     imported = {"annotations", "functools", "json", "math", "re", "Collection", "Mapping"}
     imported |= {"dataclass", "field", "replace", "Any", "NoReturn", "Expression"}
-    imported |= {"ExpressionError", "compile", "resolve", "OrderBy"}
+    imported |= {"ExpressionError", "compile", "resolve", "OrderBy", "as_number", "key_uses"}
     assert public - imported == set(workflow.__all__)
 
 
@@ -614,3 +618,130 @@ def test_workflows_are_values() -> None:
     assert one == two
     assert one.plan({}) == two.plan({})
     assert hash(one.plan({}).steps[0]) == hash(two.plan({}).steps[0])
+
+
+# --- live load: worker.channel.<name>.assigned_tasks / available_capacity_percentage ---------
+
+
+def first_step(expression: str, task: dict[str, Any] | None = None) -> workflow.Step:
+    flow = load(routing(rule("1==1", {"queue": "vip", "expression": expression})))
+    return flow.plan(task or {}).steps[0]
+
+
+def test_live_load_terms_are_split_from_the_worker_filter() -> None:
+    step = first_step(
+        "task.vip == true AND worker.channel.voice.available_capacity_percentage == 100"
+        " AND skills HAS 'es' AND 3 > channel.chat.assigned_tasks",
+        {"vip": True},
+    )
+    assert step.worker_filter == "skills HAS 'es'"
+    assert step.worker_expression == compile_expression("skills HAS 'es'")
+    assert step.load_conditions == (
+        LoadCondition("chat", "assigned_tasks", "<", 3),
+        LoadCondition("voice", "available_capacity_percentage", "==", 100),
+    )
+    not_vip = first_step("task.vip == true AND channel.chat.assigned_tasks < 1", {"vip": False})
+    assert (not_vip.worker_filter, not_vip.load_conditions) == ("false", ())
+    plain = first_step("worker.channel.chat.configured_capacity > 1")  # static: membership
+    assert (plain.worker_filter, plain.load_conditions) == (
+        "channel.chat.configured_capacity > 1",
+        (),
+    )
+
+
+@pytest.mark.parametrize(
+    ("term", "value", "result"),
+    [
+        ("<", 2, ("<", 2)),
+        ("<=", 2, ("<", 3)),
+        (">", 2, (">", 2)),
+        (">=", 2, (">", 1)),
+        ("<", 1.5, ("<", 2)),
+        ("<=", 1.5, ("<", 2)),
+        (">", 1.5, (">", 1)),
+        (">=", 1.5, (">", 1)),
+        ("==", 2.0, ("==", 2)),
+        ("==", "2", ("==", 2)),  # a numeric string compares as its number
+        ("==", 1.5, False),
+        ("!=", 1.5, True),
+        ("<", 10**20, ("<", 10**9)),  # clamped far above any load
+        ("<", None, False),  # a missing task value: false, but for != null
+        ("!=", None, True),
+        ("==", None, False),
+        ("!=", "many", False),
+        ("<", True, False),
+        ("<", [3], False),
+    ],
+)
+def test_live_load_compared_with_a_task_value(term: str, value: Any, result: Any) -> None:
+    step = first_step(f"worker.channel.chat.assigned_tasks {term} task.n", {"n": value})
+    if isinstance(result, bool):
+        assert (step.worker_filter, step.load_conditions) == (str(result).lower(), ())
+    else:
+        assert step.worker_filter == "true"
+        assert step.load_conditions == (LoadCondition("chat", "assigned_tasks", *result),)
+
+
+def test_a_known_agent_step_whose_agent_is_missing_has_no_load_conditions() -> None:
+    target = {"queue": "vip", "known_worker_sid": "task.owner"}
+    target["expression"] = "worker.channel.chat.assigned_tasks < 2"
+    step = load(routing(rule("1==1", target))).plan({}).steps[0]
+    assert (step.worker_filter, step.load_conditions) == ("false", ())
+
+
+@pytest.mark.parametrize(
+    ("expression", "column", "reason"),
+    [
+        ("worker.channel.chat.assigned_tasks < 1 OR level > 2", 1, "not under OR or NOT"),
+        ("level > 2 AND NOT (channel.chat.assigned_tasks < 1)", 20, "not under OR or NOT"),
+        ("worker.channel.chat.assigned_tasks < worker.level", 1, "not with worker.level"),
+        (
+            "worker.channel.chat.assigned_tasks < worker.channel.voice.assigned_tasks",
+            1,
+            "not with worker.channel.voice.assigned_tasks",
+        ),
+        ("worker.channel.chat.assigned_tasks IN [0, 1]", 1, "with == != < <= > or >="),
+        ("'x' CONTAINS worker.channel.chat.available_capacity_percentage", 14, "with =="),
+        ("worker.channel.chat.assigned_tasks < '2'", 1, "with a number"),
+        ("worker.channel.chat.assigned_tasks != null", 1, "with a number"),
+        ("worker.channel.chat.assigned_tasks.x < 1", 1, "it has no fields"),
+    ],
+)
+def test_live_load_used_any_other_way_is_rejected_with_its_column(
+    expression: str, column: int, reason: str
+) -> None:
+    with pytest.raises(WorkflowError) as caught:
+        load(routing(rule("1==1", {"queue": "vip"}, {"expression": expression})))
+    assert caught.value.path == "task_routing.filters[0].targets[1].expression"
+    assert caught.value.column == column
+    assert reason in str(caught.value)
+
+
+LOAD_KEYS = ["assigned_tasks", "available_capacity_percentage"]
+ORDER = ["==", "!=", "<", "<=", ">", ">="]
+task_values = st.one_of(
+    st.integers(-150, 150),
+    st.floats(-150, 150),
+    st.sampled_from([None, True, False, "", "x", "50", "33.4", "-1e1", [1], 10**30, 1e300]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(LOAD_KEYS), st.sampled_from(ORDER), task_values, st.booleans(),
+    st.integers(0, 4), st.integers(0, 6),
+)  # fmt: skip
+def test_load_conditions_mean_what_the_expression_says(
+    key: str, op: str, value: Any, turned: bool, capacity: int, load_now: int
+) -> None:
+    """Matching by the step's conditions (LoadCondition.holds, which the Lua mirrors: see
+    tests/test_live_load.py) agrees with evaluating the expression on the live values."""
+    text = f"task.v {op} channel.chat.{key}" if turned else f"channel.chat.{key} {op} task.v"
+    step = first_step(text, {"v": value})
+    meets = step.worker_filter != "false" and all(
+        c.holds(capacity, load_now) for c in step.load_conditions
+    )
+    percent = 100 * (capacity - load_now) // capacity if capacity else 0
+    live = {"assigned_tasks": load_now, "available_capacity_percentage": percent}
+    data = {"channel": {"chat": live}, "task": {"v": value}}
+    assert meets == compile_expression(text).evaluate(data)

@@ -93,8 +93,63 @@ local function idle_on(idle, idle_ch)
   return a
 end
 
+-- Live-load conditions --------------------------------------------------------------------------
+
+-- A pool whose target expression compares the agent's live load (TaskRouter's
+-- worker.channel.<ch>.assigned_tasks / available_capacity_percentage) carries those conditions
+-- in its id after '#' (router/triage.py load_code): '&'-joined '<ch>.at<op><n>' (assigned tasks:
+-- the load on ch, pending offers included) or '<ch>.acp<op><n>' (available capacity per cent,
+-- floor(100 * (cap - load) / cap), 0 without capacity), op one of == != < >. Membership and the
+-- available sets ignore them; the matching checks them per agent. Ids never hold '#' otherwise,
+-- so a pool without conditions costs one string.find and no redis.call.
+local function load_conds(p)
+  local i = string.find(p, '#', 1, true)
+  if i == nil then return nil end
+  local out = {}
+  for ch, what, op, n in string.gmatch(string.sub(p, i + 1), '([%w_]+)%.(%a+)([=!<>]+)(%-?%d+)') do
+    out[#out + 1] = {ch = ch, pct = what == 'acp', op = op, n = tonumber(n)}
+  end
+  return out
+end
+
+-- Whether agent a meets every condition now (one HMGET).
+local function load_fits(a, conds)
+  local f = {}
+  for _, c in ipairs(conds) do
+    f[#f + 1] = 'cap:' .. c.ch
+    f[#f + 1] = 'load:' .. c.ch
+  end
+  local v = redis.call('HMGET', k_agent(a), unpack(f))
+  for i, c in ipairs(conds) do
+    local cap, x = tonumber(v[2 * i - 1]) or 0, tonumber(v[2 * i]) or 0
+    if c.pct then
+      if cap > 0 then x = math.floor(100 * (cap - x) / cap) else x = 0 end
+    end
+    local ok
+    if c.op == '<' then ok = x < c.n
+    elseif c.op == '>' then ok = x > c.n
+    elseif c.op == '==' then ok = x == c.n
+    else ok = x ~= c.n end
+    if not ok then return false end
+  end
+  return true
+end
+
+-- Whether the load on ch moving up (dir 1) or down (dir -1) can make a condition true that
+-- was false: assigned tasks rise with the load, the available percentage falls.
+local function load_opens(conds, ch, dir)
+  for _, c in ipairs(conds) do
+    if c.ch == ch then
+      local up = (dir > 0) ~= c.pct
+      if c.op == '==' or c.op == '!=' or (c.op == '>') == up then return true end
+    end
+  end
+  return false
+end
+
 -- Make the available-agents ZSETs of every pool the agent belongs to reflect the agent's
 -- routable flag, free capacity and idle moment on channel only_ch (every channel when nil).
+-- Returns the agent's pools hash as HGETALL gives it (pool, order value, ...).
 local function refresh_agent(a, only_ch)
   local ak = k_agent(a)
   -- the agent's own pools hash (pool -> order value) avoids a lookup in each pool's big hash
@@ -115,13 +170,14 @@ local function refresh_agent(a, only_ch)
     local v = redis.call('HMGET', ak, 'cap:' .. only_ch, 'load:' .. only_ch,
       'idle:' .. only_ch, 'r', 'idle')
     score(only_ch, v[4] == '1', v, v[5])
-    return
+    return pools
   end
   local ag = redis.call('HMGET', ak, 'r', 'idle', 'chs')
   for _, ch in ipairs(split(ag[3], ',')) do
     score(ch, ag[1] == '1', redis.call('HMGET', ak, 'cap:' .. ch, 'load:' .. ch, 'idle:' .. ch),
       ag[2])
   end
+  return pools
 end
 
 local function remove_agent_everywhere(a)
@@ -162,7 +218,9 @@ local OFFER_FIELDS = {'id', 'ch', 'st', 'pri', 'q', 'cust', 'subject', 'created'
   'flt', 'step', 'attrs', 'pool', 'callback', 'disposition', 'reopened', 'transferred'}
 
 -- Offer case c to agent a: reserve capacity, arm the deadline, log it. Returns the payload the
--- pushing node needs (offer, case, customer profile and recent timeline).
+-- pushing node needs (offer, case, customer profile and recent timeline), and whether the higher
+-- load may have opened one of the agent's pools to it (a live-load condition such as
+-- assigned_tasks > 0): the caller then has the agent pull.
 local function make_offer(c, a, waiting)
   local ck = k_case(c)
   local cs = redis.call('HMGET', ck, 'ch', 'pool', 'q', 'otm', 'cust', 'step')
@@ -180,7 +238,15 @@ local function make_offer(c, a, waiting)
   redis.call('HSET', k_agent(a), 'idle:' .. ch, NOW_S)
   redis.call('SADD', k_agent_offers(a), o)
   redis.call('ZADD', k_timers(), deadline, 'o|' .. o)
-  refresh_agent(a, ch)
+  local pools = refresh_agent(a, ch)
+  local opened = false
+  for i = 1, #pools, 2 do
+    local conds = load_conds(pools[i])
+    if conds ~= nil and load_opens(conds, ch, 1) then
+      opened = true
+      break
+    end
+  end
   log('offer.created', {'case', c, 'agent', a, 'offer', o, 'queue', q, 'ch', ch})
   local v = redis.call('HMGET', ck, unpack(OFFER_FIELDS))
   local fields = {}
@@ -194,63 +260,68 @@ local function make_offer(c, a, waiting)
   local payload = {offer = o, agent = a, case = c, deadline = deadline, fields = fields,
     nodes = redis.call('HKEYS', k_agent(a) .. ':conns')}
   if cust then payload.customer = customer_payload(cust, 50) end
-  return payload
+  return payload, opened
 end
 
--- Best available eligible agent for a queued case that is not in a waiting set (it is put
--- there only if nobody takes it), or nil. Longest idle first (lowest score); agents who already
--- refused this case are skipped.
-local function match_case(c, offers, known)
-  -- known: the case's {pool, ch, x, st} when the caller has just read or written them
-  local cs = known or redis.call('HMGET', k_case(c), 'pool', 'ch', 'x', 'st')
-  if cs[4] ~= 'queued' then return nil end
-  local av = k_pool_av(cs[1], cs[2])
-  local xs = cs[3]
+-- The first case in pool p's waiting set on channel ch that agent a has not refused, with its
+-- priority and age; nil when there is none, or when a fails the pool's live-load conditions
+-- (fit caches that answer per pool for one look).
+local function pool_head(a, p, ch, fit)
+  local w = k_pool_wait(p, ch)
   local start = 0
-  while true do
-    local cands = redis.call('ZRANGE', av, start, start + 7)
-    if #cands == 0 then return nil end
-    for _, a in ipairs(cands) do
-      if not excluded(xs, a) then
-        offers[#offers + 1] = make_offer(c, a, false)
-        return a
-      end
+  local head = nil
+  while head == nil do
+    local items = redis.call('ZRANGE', w, start, start + 7)
+    if #items == 0 then return nil end
+    for _, c in ipairs(items) do
+      if not excluded(hget(k_case(c), 'x'), a) then head = c break end
     end
     start = start + 8
   end
+  local conds = load_conds(p)
+  if conds ~= nil then
+    if fit[p] == nil then fit[p] = load_fits(a, conds) end
+    if not fit[p] then return nil end
+  end
+  local cs = redis.call('HMGET', k_case(head), 'pri', 'age')
+  return head, tonumber(cs[1]) or 0, tonumber(cs[2]) or 0
 end
 
--- The best waiting case across all of agent a's pools, on channels where a has free capacity
--- (only on channel only_ch when given: the one whose capacity just changed).
+-- The best waiting case across all of agent a's pools, on channels where a has free capacity.
 -- Each pool offers its head (the first case a has not refused, in the pool's own order: FIFO
 -- or LIFO); heads are ranked across pools by priority, then age (oldest first), then id.
-local function best_case_for(a, only_ch)
+-- only_ch: a's load on that channel just moved, down (dir -1 or nil: capacity freed there, so
+-- every pool on that channel) or up (dir 1: after an offer). The other channels were already
+-- conserving work, except for pools whose live-load conditions the move may have opened: those
+-- are looked at on every channel.
+local function best_case_for(a, only_ch, dir)
   local ag = redis.call('HMGET', k_agent(a), 'r', 'chs')
   if ag[1] ~= '1' then return nil end
   local pools = redis.call('HKEYS', k_agent_pools(a))
+  local chs, opened = nil, nil
+  if only_ch then
+    for _, p in ipairs(pools) do
+      local conds = load_conds(p)
+      if conds ~= nil and load_opens(conds, only_ch, dir or -1) then
+        opened = opened or {}
+        opened[#opened + 1] = p
+      end
+    end
+    if opened then chs = split(ag[2], ',') else chs = {only_ch} end
+  else
+    chs = split(ag[2], ',')
+  end
   local best, best_pri, best_age = nil, nil, nil
-  local chs = only_ch and {only_ch} or split(ag[2], ',')
+  local fit = {}
   for _, ch in ipairs(chs) do
-    if agent_free(a, ch) > 0 then
-      for _, p in ipairs(pools) do
-        local w = k_pool_wait(p, ch)
-        local start = 0
-        local head = nil
-        while head == nil do
-          local items = redis.call('ZRANGE', w, start, start + 7)
-          if #items == 0 then break end
-          for _, c in ipairs(items) do
-            if not excluded(hget(k_case(c), 'x'), a) then head = c break end
-          end
-          start = start + 8
-        end
-        if head ~= nil then
-          local cs = redis.call('HMGET', k_case(head), 'pri', 'age')
-          local pri, age = tonumber(cs[1]) or 0, tonumber(cs[2]) or 0
-          if best == nil or pri > best_pri or (pri == best_pri and (age < best_age
-              or (age == best_age and head < best))) then
-            best, best_pri, best_age = head, pri, age
-          end
+    local ps = pools
+    if only_ch and (ch ~= only_ch or dir == 1) then ps = opened or {} end
+    if #ps > 0 and agent_free(a, ch) > 0 then
+      for _, p in ipairs(ps) do
+        local head, pri, age = pool_head(a, p, ch, fit)
+        if head ~= nil and (best == nil or pri > best_pri or (pri == best_pri and (age < best_age
+            or (age == best_age and head < best)))) then
+          best, best_pri, best_age = head, pri, age
         end
       end
     end
@@ -259,13 +330,40 @@ local function best_case_for(a, only_ch)
 end
 
 -- Give agent a as many waiting cases as its free capacity allows (work conservation). With
--- only_ch, just that channel: the caller freed capacity there and nowhere else, and the other
--- channels were already conserving work.
-local function pull(a, offers, only_ch)
+-- only_ch (and dir), only what that channel's load move can have changed (best_case_for).
+local function pull(a, offers, only_ch, dir)
   for _ = 1, 64 do
-    local c = best_case_for(a, only_ch)
+    local c = best_case_for(a, only_ch, dir)
     if c == nil then return end
-    offers[#offers + 1] = make_offer(c, a, true)
+    local payload, opened = make_offer(c, a, true)
+    offers[#offers + 1] = payload
+    if opened then only_ch = nil end  -- the new load opened a pool: look everywhere
+  end
+end
+
+-- Best available eligible agent for a queued case that is not in a waiting set (it is put
+-- there only if nobody takes it), or nil. Longest idle first (lowest score); agents who already
+-- refused this case, or who fail the pool's live-load conditions, are skipped.
+local function match_case(c, offers, known)
+  -- known: the case's {pool, ch, x, st} when the caller has just read or written them
+  local cs = known or redis.call('HMGET', k_case(c), 'pool', 'ch', 'x', 'st')
+  if cs[4] ~= 'queued' then return nil end
+  local av = k_pool_av(cs[1], cs[2])
+  local xs = cs[3]
+  local conds = load_conds(cs[1])
+  local start = 0
+  while true do
+    local cands = redis.call('ZRANGE', av, start, start + 7)
+    if #cands == 0 then return nil end
+    for _, a in ipairs(cands) do
+      if not excluded(xs, a) and (conds == nil or load_fits(a, conds)) then
+        local payload, opened = make_offer(c, a, false)
+        offers[#offers + 1] = payload
+        if opened then pull(a, offers, cs[2], 1) end
+        return a
+      end
+    end
+    start = start + 8
   end
 end
 

@@ -1,10 +1,13 @@
 -- pool_define.lua — define a pool (a queue narrowed by a worker filter) with its members.
 -- Pools are created lazily, the first time triage routes a case to a (queue, filter) pair;
 -- membership is computed by Python from agent attributes and checked against the config
--- version so a concurrent agent update cannot be missed.
+-- version so a concurrent agent update cannot be missed. Conditions on the agents' live load
+-- are not part of membership: the matching reads them from the pool id (see load_conds in
+-- _lib.lua); the 'load' field keeps a copy for people and tools.
 -- KEYS[1] workspace prefix
--- ARGV    now, pool id, queue id, canonical filter, config version read, members JSON
---         [[agent id, order value], ...], order_by JSON
+-- ARGV    now, pool id, queue id, canonical filter (without live-load terms), config version
+--         read, members JSON [[agent id, order value], ...], order_by JSON, live-load
+--         conditions ('' = none; the part of the pool id after '#')
 -- Returns {ok=true, created} or {ok=false, retry=true}.
 local p = ARGV[2]
 if redis.call('SISMEMBER', k_pools(), p) == 1 then
@@ -16,7 +19,7 @@ end
 redis.call('HINCRBY', k_cfg(), 'ver', 1)
 redis.call('SADD', k_pools(), p)
 redis.call('HSET', k_pool(p), 'queue', ARGV[3], 'filter', ARGV[4], 'kind', 'queue',
-  'order', ARGV[7])
+  'order', ARGV[7], 'load', ARGV[8] or '')
 for _, m in ipairs(cjson.decode(ARGV[6])) do
   redis.call('HSET', k_pool_agents(p), m[1], m[2])
   redis.call('HSET', k_agent_pools(m[1]), p, m[2])
