@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -22,7 +21,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from router import keys, wire
+from router import fastjson, keys, wire
 from router.push import chat_frame
 
 __all__ = ["Conn", "Hub"]
@@ -174,7 +173,7 @@ class Hub:
         if nodes is not None and all(n == self.node for n in nodes):
             self.relays_skipped += 1
             return
-        payload = json.dumps({"n": self.node, "f": frame}, separators=(",", ":"), default=str)
+        payload = fastjson.dumps({"n": self.node, "f": frame})
         try:
             await self.redis.publish(keys.push_agent(ws, agent), payload)
         except RedisError as e:
@@ -207,7 +206,7 @@ class Hub:
     async def _route(self, channel: bytes, data: bytes) -> None:
         route = self._routes.get(channel)
         try:
-            body = json.loads(data)
+            body = fastjson.loads(data)
         except ValueError:
             return
         if route is None:

@@ -6,9 +6,10 @@ connection) lives in ``router/hub.py``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from router import fastjson
 
 __all__ = ["case_view", "chat_frame", "customer_view", "offer_frame", "pairs"]
 
@@ -46,7 +47,7 @@ def case_view(fields: Mapping[str, str]) -> dict[str, Any]:
         "step": int(fields.get("step") or 0),
     }
     try:
-        out["attributes"] = json.loads(fields.get("attrs") or "{}")
+        out["attributes"] = fastjson.loads(fields.get("attrs") or "{}")
     except ValueError:
         out["attributes"] = {}
     for k in ("callback", "disposition", "reopened", "transferred"):
@@ -96,7 +97,7 @@ def offer_frame(payload: Mapping[str, Any]) -> dict[str, Any]:
         frame["customer"] = customer_view(pairs(cust.get("profile") or []))
         tl = cust.get("timeline")
         if isinstance(tl, str):  # the script's entries as one JSON array text
-            tl = json.loads(tl)
+            tl = fastjson.loads(tl)
         frame["timeline"] = tl if isinstance(tl, list) else []
         frame["timeline_total"] = cust.get("total", 0)
     return frame

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -24,7 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from router import keys
+from router import fastjson, keys
 from router.errors import StoreUnavailable
 
 __all__ = ["SCRIPT_NAMES", "Store", "connect", "now_ms"]
@@ -139,7 +138,7 @@ class Store:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         raw = await fut
-        return json.loads(raw)
+        return fastjson.loads(raw)
 
     def _flush(self) -> None:
         self._scheduled = False

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from router import keys
+from router import fastjson, keys
 from router.auth import hash_password
 from router.errors import BadRequest, Conflict, NotFound, StoreUnavailable, from_script
 from router.ingest import Event, parse_event, timeline_entry
@@ -50,7 +50,7 @@ async def _drop(
 
 
 def _json(v: Any) -> str:
-    return json.dumps(v, separators=(",", ":"), default=str)
+    return fastjson.dumps_str(v)
 
 
 def _as_list(v: Any) -> list[Any]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from router import fastjson
 from router.expressions import Expression, ExpressionError, clock_values
 from router.expressions import compile as compile_expression
 from router.workflow import LoadCondition, Step
@@ -214,7 +215,7 @@ def triage(
     fields = {
         "pri": steps[0]["pri"] if steps else ch.priority,
         "otm": int(ch.offer_timeout_s * 1000),
-        "attrs": json.dumps(dict(attributes), separators=(",", ":"), default=str),
+        "attrs": fastjson.dumps_str(dict(attributes)),
         "subject": subject,
         "flt": filter_name,
     }
