@@ -46,7 +46,9 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def _serve(settings: Settings, plugins: Sequence[Plugin], *, simulate: bool = False) -> None:
+def _serve(
+    settings: Settings, plugins: Sequence[Plugin], *, simulate: bool = False, every_s: float = 20.0
+) -> None:
     from router.app import create_app
 
     setup_logging(settings.log_level, settings.log_json)
@@ -54,10 +56,12 @@ def _serve(settings: Settings, plugins: Sequence[Plugin], *, simulate: bool = Fa
     if simulate:
         from router.demo import simulate as run_simulation
 
+        lifespan = app.router.lifespan_context  # the app's own, wrapped (not looked up again)
+
         @contextlib.asynccontextmanager
         async def with_simulation(inner: Any) -> Any:
-            async with app.router.lifespan_context(inner) as state:
-                task = asyncio.create_task(run_simulation(app.state.ctx.switch))
+            async with lifespan(inner) as state:
+                task = asyncio.create_task(run_simulation(app.state.ctx.switch, every_s=every_s))
                 try:
                     yield state
                 finally:
@@ -132,7 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "(agents ann, bob, cat; supervisor sue; password: demo)",
         file=sys.stderr,
     )
-    _serve(settings, plugins, simulate=not args.quiet)
+    _serve(settings, plugins, simulate=not args.quiet, every_s=max(0.1, args.every_s))
     return 0
 
 
@@ -187,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     d = sub.add_parser("demo", help="seed a demo workspace and serve it")
     common(d)
     d.add_argument("--quiet", action="store_true", help="no simulated customers")
+    d.add_argument(
+        "--every-s", dest="every_s", type=float, default=20.0,
+        help="a simulated customer every this many seconds (default 20)",
+    )  # fmt: skip
     d.add_argument("--smtp-port", dest="smtp_port", type=int, help="inbound SMTP (0 = off)")
     d.set_defaults(fn=cmd_demo)
     c = sub.add_parser("check-config", help="validate and print the effective configuration")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ class ServerProcess:
         redis_url: str = "",
         adapters: str = "",
         env: dict[str, str] | None = None,
+        command: Sequence[str] = ("serve",),
     ) -> None:
         self.port = free_port()
         self.data_dir = data_dir
@@ -66,7 +68,7 @@ class ServerProcess:
             sys.executable,
             "-m",
             "router.cli",
-            "serve",
+            *command,
             "--port",
             str(self.port),
             "--data-dir",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import httpx
@@ -90,3 +90,39 @@ def test_check_config_masks_secrets_and_names_bad_columns(tmp_path: Path) -> Non
     assert out.returncode == 2
     err = json.loads(out.stderr)["error"]
     assert "filters[0].expression" in err and "column" in err
+
+
+# -- make run: the demo --------------------------------------------------------------------------
+
+
+async def test_the_demo_serves_its_workspace_and_simulated_customers_reach_the_agents(
+    tmp_path: Path,
+) -> None:
+    """What ``make run`` starts (``switchboard demo``): the console page, the demo agents'
+    passwords, and the simulated customers' cases (nobody is signed in: they wait)."""
+    demo = ServerProcess(
+        tmp_path / "demo", command=("demo", "--smtp-port", "0", "--every-s", "0.2")
+    )
+    try:
+        async with httpx.AsyncClient(base_url=demo.url) as http:
+            assert "Switchboard" in (await http.get("/")).text
+            r = await http.post(
+                "/api/login", json={"workspace": "demo", "agent": "sue", "password": "demo"}
+            )
+            auth = {"Authorization": f"Bearer {r.json()['token']}"}
+
+            async def queued() -> int:
+                r = await http.get("/api/cases", params={"status": "queued"}, headers=auth)
+                r.raise_for_status()
+                return len(r.json()["cases"])
+
+            await wait_for(
+                lambda: _at_least(queued(), 3), timeout=30, message="fewer than 3 customers"
+            )
+    finally:
+        demo.stop()
+    assert "Application shutdown complete" in demo.log()
+
+
+async def _at_least(n: Awaitable[int], k: int) -> bool:
+    return await n >= k
