@@ -9,8 +9,9 @@ and runs these phases, printing progress every second:
    complete after ``--handle-ms`` (each times 0.5-1.5 at random).
 2. **freed**: ``--freed-agents`` backlog agents (voice capacity 1) in front of a standing queue
    of calls; agent freed → next offer (``case.complete`` written → next offer received).
-3. **saturated**: a closed loop of ``--window`` events in flight, agents accepting and completing
-   at once: sustained routed cases/s (offered, accepted and completed) and server CPU per case.
+3. **saturated**: a closed loop of ``--window`` (256) events in flight, agents accepting and
+   completing at once: sustained routed cases/s (offered, accepted and completed) and server CPU
+   per case.
 4. **step** (``--step``): open loop at rising rates; the knee is the highest rate whose
    p99 ingest → offer stays under ``--p99-bound-ms`` (and that is achieved, nothing lost).
 Before these: **idle consoles** on a server of their own (a workspace of ``--idle-conns``
@@ -418,7 +419,7 @@ def parser() -> argparse.ArgumentParser:
     a("--handle-ms", type=float, default=200.0, help="accept → complete (default 200)")
     a("--freed-agents", type=int, help="backlog agents (default: as many as --agents, ≤ 50)")
     a("--freed-handle-ms", type=float, default=100.0, help="their handle time (default 100)")
-    a("--window", type=int, default=64, help="events in flight when saturated (default 64)")
+    a("--window", type=int, default=256, help="events in flight when saturated (default 256)")
     a("--idle-conns", type=int, help="idle consoles (default 10 per agent, 200-2000; 0 = skip)")
     a("--idle-budget-s", type=float, default=120.0, help="give up opening consoles after this")
     a("--step", action="store_true", help="step the open-loop rate up to find the knee")
