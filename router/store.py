@@ -65,9 +65,13 @@ class _Script:
 def _pack(head: bytes, argv: list[Any]) -> bytes:
     """One ``EVALSHA`` in the Redis protocol (RESP2): ``head`` then each of ``argv``."""
     parts = [b"*%d\r\n" % (len(argv) + 3), head]
+    add = parts.append
     for a in argv:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
+        t = type(a)
+        b = a.encode() if t is str else a if t is bytes else str(a).encode()
+        add(b"$%d\r\n" % len(b))
+        add(b)
+        add(b"\r\n")
     return b"".join(parts)
 
 
