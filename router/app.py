@@ -43,7 +43,7 @@ from router.hub import Hub
 from router.metrics import METRICS
 from router.plugins import Plugin
 from router.stats import Stats
-from router.store import Store, connect
+from router.store import Store, connect, stop_task
 from router.switch import Switch
 
 __all__ = ["WEB_DIR", "create_app", "drain"]
@@ -151,9 +151,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         for p in reversed(started):
             with contextlib.suppress(Exception):
                 await p.stop()
-        timers.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await timers
+        await stop_task(timers)
         await hub.stop()
         await ctx.stats.close()
         await store.close()

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from router import fastjson, keys, wire
 from router.push import chat_frame
+from router.store import stop_task
 
 __all__ = ["Conn", "Hub"]
 
@@ -98,9 +99,7 @@ class Hub:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisError):
-                await self._task
+            await stop_task(self._task)
         with contextlib.suppress(RedisError, OSError):
             await self._ps.aclose()
 

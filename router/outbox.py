@@ -15,10 +15,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from router import keys
+from router.store import open_client
 
 __all__ = ["Delivery", "OutboxReader"]
 
@@ -47,7 +47,7 @@ class OutboxReader:
         *,
         start_at_end: bool = True,
     ) -> None:
-        self.redis = aioredis.Redis.from_url(url)
+        self.redis = open_client(url)
         self.ws, self.group, self.consumer = ws, group, consumer
         self.channels = channels
         self.deliver = deliver

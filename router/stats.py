@@ -12,7 +12,6 @@ is a case that ended before any agent took it (``case.abandoned``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -24,6 +23,7 @@ from redis.exceptions import RedisError
 from router import keys
 from router.push import pairs
 from router.snapshot import agent_view
+from router.store import open_client, stop_task
 from router.workspace import WorkspaceConfig
 
 __all__ = ["SL_FORMULA", "Stats"]
@@ -92,14 +92,12 @@ class _Tail:
 
 class Stats:
     def __init__(self, url: str) -> None:
-        self.redis = aioredis.Redis.from_url(url)
+        self.redis = open_client(url)
         self._tails: dict[str, _Tail] = {}
 
     async def close(self) -> None:
         for t in self._tails.values():
-            t.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t.task
+            await stop_task(t.task)
         await self.redis.aclose()
 
     async def snapshot(

@@ -26,7 +26,15 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from router import fastjson, keys
 from router.errors import StoreUnavailable
 
-__all__ = ["SCRIPT_NAMES", "Store", "connect", "now_ms"]
+__all__ = [
+    "SCRIPT_NAMES",
+    "Store",
+    "connect",
+    "is_cluster_url",
+    "now_ms",
+    "open_client",
+    "stop_task",
+]
 
 SCRIPT_NAMES = (
     "agent_presence",
@@ -86,13 +94,41 @@ def _load_scripts() -> dict[str, _Script]:
     return out
 
 
+async def stop_task(task: asyncio.Task[Any]) -> None:
+    """Cancel a background task and return once it has ended.
+
+    redis-py (its cluster client in particular) can turn a cancellation that lands mid-command
+    into a ``ConnectionError``, which a retrying loop would swallow: cancel until it is done.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.cancelled():
+        task.exception()  # retrieved: it ended by cancellation or by an error already logged
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(("redis+cluster://", "rediss+cluster://"))
+
+
+def open_client(url: str) -> aioredis.Redis:
+    """A separate client with its own connections, for blocking reads (``XREAD BLOCK``) that
+    must not hold one of the shared pool's: a cluster client for a ``redis+cluster://`` URL."""
+    if is_cluster_url(url):
+        from redis.asyncio.cluster import RedisCluster
+
+        cluster: aioredis.Redis = RedisCluster.from_url(url.replace("+cluster", "", 1))
+        return cluster
+    return aioredis.Redis.from_url(url)
+
+
 def connect(url: str, *, max_connections: int = 16) -> aioredis.Redis:
     """A client whose pool waits for a free connection instead of failing (PERF-NOTES).
 
     ``redis+cluster://host:port`` connects to a Redis Cluster: every workspace's keys share one
     hash slot, and scripts are routed by their first key (the workspace prefix).
     """
-    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+    if is_cluster_url(url):
         from redis.asyncio.cluster import RedisCluster
 
         cluster: aioredis.Redis = RedisCluster.from_url(

@@ -106,7 +106,6 @@ class Switch:
         }
         pipe.hset(keys.settings(ws), "decl", _json(stored))
         pipe.hincrby(keys.settings(ws), "declver", 1)
-        pipe.sadd(keys.WORKSPACES, ws)
         for q in cfg.queues:
             pipe.sadd(keys.queues(ws), q.id)
             pipe.hset(
@@ -114,6 +113,8 @@ class Switch:
                 mapping={"name": q.name, "target": q.target, "order": q.order, "sl": q.sl_target_s},
             )
         await pipe.execute()
+        # the global set is in another hash slot than the workspace's keys: not in the MULTI
+        await self.redis.sadd(keys.WORKSPACES, ws)
         self._configs.pop(ws, None)
         self._pools.pop(ws, None)
         await self.config(ws)

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from router import keys
 from router.embedded import EmbeddedRedis
-from router.store import Store, connect
+from router.store import Store, connect, is_cluster_url
 from router.switch import Switch
 from tests.server import BRIDGE_KEY, ServerProcess, write_config
 from tests.util import wait_for
@@ -356,9 +356,10 @@ def event(
 class Stack:
     """One real Redis and ``switchboard serve`` nodes on it; closes what it opened."""
 
-    def __init__(self, root: Path, decl: Frame, redis: EmbeddedRedis, url: str) -> None:
+    def __init__(self, root: Path, decl: Frame, redis: EmbeddedRedis | None, url: str) -> None:
         self.root, self.decl, self._redis, self.url = root, decl, redis, url
-        self.redis = aioredis.Redis.from_url(url)
+        # a Redis Cluster URL (redis+cluster://) gets a cluster client, like the server's
+        self.redis = connect(url) if is_cluster_url(url) else aioredis.Redis.from_url(url)
         self.config = write_config(root / "workspace.json", decl)
         self.nodes: list[ServerProcess] = []
         self._clients: list[WsClient] = []
@@ -367,10 +368,19 @@ class Stack:
 
     @classmethod
     async def start(
-        cls, root: Path, decl: Frame, *, nodes: Sequence[Mapping[str, str]] = ({},)
+        cls,
+        root: Path,
+        decl: Frame,
+        *,
+        nodes: Sequence[Mapping[str, str]] = ({},),
+        redis_url: str = "",
     ) -> Stack:
-        server = EmbeddedRedis(root / "redis", appendonly=False)
-        stack = cls(root, decl, server, await server.start())
+        """Nodes on a fresh embedded Redis, or on ``redis_url`` (left running) when given."""
+        server, url = None, redis_url
+        if not redis_url:
+            server = EmbeddedRedis(root / "redis", appendonly=False)
+            url = await server.start()
+        stack = cls(root, decl, server, url)
         try:
             for env in nodes:
                 await stack.add_node(env)
@@ -400,7 +410,8 @@ class Stack:
         for node in self.nodes:
             await asyncio.to_thread(node.stop)
         await self.redis.aclose()
-        await self._redis.stop()
+        if self._redis is not None:
+            await self._redis.stop()
 
     def track(self, client: WsClient) -> WsClient:
         self._clients.append(client)
