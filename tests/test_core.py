@@ -39,6 +39,18 @@ async def test_available_agent_gets_offer_and_full_lifecycle(switch: Switch, inb
     assert await case_field(switch, r.case, "st") == "completed"
 
 
+async def test_attributes_beyond_fast_json_reach_the_offer_intact(switch: Switch, inbox: Inbox):
+    """Integers past 64 bits and non-ASCII text take the JSON fallback path, not an error."""
+    await setup(switch, agent("ann", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    attrs = {"order": 2**70, "note": "Zoë — 注文", "tags": ["a", 1, None]}
+    r = await switch.ingest("acme", chat("e-big", text="Grüße", attributes=attrs))
+    offer = inbox.last_offer("ann")
+    assert offer["case"]["id"] == r.case
+    assert offer["case"]["attributes"] == attrs
+    assert [e["text"] for e in offer["timeline"]] == ["Grüße"]
+
+
 async def test_duplicate_event_changes_nothing(switch: Switch, inbox: Inbox):
     await setup(switch, agent("ann", ["support"]))
     await switch.set_status("acme", "ann", "available")
