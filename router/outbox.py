@@ -18,7 +18,7 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from router import keys
-from router.store import open_client
+from router.store import open_client, stop_task
 
 __all__ = ["Delivery", "OutboxReader"]
 
@@ -60,16 +60,10 @@ class OutboxReader:
     async def stop(self) -> None:
         """Stop reading; returns once the reader task has ended (entries it handed out and
         nobody acknowledged stay pending for the group's next reader)."""
-        task = self._task
-        if task:
-            # redis-py can turn a cancellation that lands mid-command into a ConnectionError,
-            # which _run then retries: cancel until the task has really ended, or a leaked
-            # reader would keep taking this group's entries.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=0.1)
-            if not task.cancelled():
-                task.exception()  # retrieved: the reader has only ever ended by cancellation
+        if self._task:
+            # cancelled until it has really ended: a leaked reader would keep taking this
+            # group's entries
+            await stop_task(self._task)
         await self.redis.aclose()
 
     async def ack(self, entry_id: str) -> None:

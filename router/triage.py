@@ -255,7 +255,7 @@ def _plan(
         steps.append(out)
         if spec is not None:
             pools.append(spec)
-    reopen = reopen_plan(ws, Triage(plan.filter_name, steps, pools, {}))
+    reopen = reopen_plan(ws, steps)
     return plan.filter_name, steps, pools, _compact(steps), _compact(reopen)
 
 
@@ -263,9 +263,9 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def reopen_plan(ws: WorkspaceConfig, tri: Triage) -> list[dict[str, Any]]:
-    """A reopened case first waits for its last agent, then follows its normal plan."""
-    first = tri.plan[0] if tri.plan else {"queue": "", "pri": 0, "lifo": "0"}
+def reopen_plan(ws: WorkspaceConfig, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A reopened case first waits for its last agent, then follows its normal ``plan``."""
+    first = plan[0] if plan else {"queue": "", "pri": 0, "lifo": "0"}
     known = {
         "known": "last_agent",
         "queue": first["queue"],
@@ -274,5 +274,5 @@ def reopen_plan(ws: WorkspaceConfig, tri: Triage) -> list[dict[str, Any]]:
         "due": int(ws.reopen_agent_timeout_s * 1000),
     }
     shift = known["due"]
-    rest = [{**s, "due": s["due"] + shift} if "due" in s else s for s in tri.plan]
+    rest = [{**s, "due": s["due"] + shift} if "due" in s else s for s in plan]
     return [known, *rest]
