@@ -1,10 +1,13 @@
 """The connection to Redis and the transition scripts, with calls batched across concurrent cases.
 
-Every state transition is one Lua script (``router/lua/<thing>_<verb>.lua``), loaded once with
-``_lib.lua`` prepended and called by SHA. Calls made by concurrent coroutines within the same
-event-loop turn are sent together as one pipeline (no MULTI: each script is atomic on its own),
-which is what lets one router process route more cases per second than one round trip per case
-allows (see bench/README.md). A batch is flushed at once; there is no timer and no added latency.
+Every state transition is one Lua script (``router/lua/<thing>_<verb>.lua``). They are loaded
+as one script: ``_lib.lua``, each transition's body as a function, then ``_batch.lua``, which
+runs a list of transitions in order. Calls made by concurrent coroutines within the same
+event-loop turn are sent together: one ``EVALSHA`` per workspace and up to
+:data:`MAX_BATCH` transitions, so the helpers are set up once per batch and Redis parses one
+command, which is what lets one router process route more cases per second than one round
+trip per case allows (see bench/README.md). Each transition keeps its own result or error; the
+batch is atomic as a whole. A batch is flushed at once; there is no timer and no added latency.
 
 Failure: any Redis error reaches the caller as :class:`StoreUnavailable`; the ingest path treats
 that as "not acknowledged" so the sender retries. A script that Redis no longer knows (restart,
@@ -62,36 +65,69 @@ def _read_lua(name: str) -> str:
     return (resources.files("router") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
+# (workspace prefix, transition, its ARGV: now first, the caller's future)
+_Pending = tuple[str, str, list[Any], "asyncio.Future[Any]"]
+
+MAX_BATCH = 32  # transitions per EVALSHA: a batch holds Redis for about 5 ms at most
+
+
 @dataclass(frozen=True, slots=True)
 class _Script:
-    name: str
     source: bytes
     sha: str
     evalsha: bytes  # "EVALSHA <sha> 1" in the Redis protocol, less the array header
 
 
-def _pack(head: bytes, argv: list[Any]) -> bytes:
-    """One ``EVALSHA`` in the Redis protocol (RESP2): ``head`` then each of ``argv``."""
-    parts = [b"*%d\r\n" % (len(argv) + 3), head]
+def _load_script() -> _Script:
+    """_lib, every transition as ``T['<name>'] = function() <body> end``, then _batch."""
+    parts = ["local ARGV = ARGV  -- each transition's own, set by _batch.lua", _read_lua("_lib")]
+    parts.append("local T = {}")
+    for name in SCRIPT_NAMES:
+        parts.append(f"T['{name}'] = function()\n{_read_lua(name)}\nend")
+    parts.append(_read_lua("_batch"))
+    source = "\n".join(parts).encode()
+    sha = hashlib.sha1(source).hexdigest()
+    head = b"$7\r\nEVALSHA\r\n$40\r\n" + sha.encode() + b"\r\n$1\r\n1\r\n"
+    return _Script(source, sha, head)
+
+
+def _arg(a: Any) -> bytes:
+    t = type(a)
+    return a.encode() if t is str else a if t is bytes else str(a).encode()
+
+
+def _batch_argv(items: list[_Pending]) -> list[bytes]:
+    """_batch.lua's ARGV: per transition its name, its argument count, its arguments."""
+    out: list[bytes] = []
+    for _, name, argv, _ in items:
+        out.append(name.encode())
+        out.append(b"%d" % len(argv))
+        out.extend([_arg(a) for a in argv])
+    return out
+
+
+def _pack(head: bytes, prefix: str, args: list[bytes]) -> bytes:
+    """One ``EVALSHA`` in the Redis protocol (RESP2): ``head``, the key, then each of ``args``."""
+    key = prefix.encode()
+    parts = [b"*%d\r\n" % (len(args) + 4), head, b"$%d\r\n" % len(key), key, b"\r\n"]
     add = parts.append
-    for a in argv:
-        t = type(a)
-        b = a.encode() if t is str else a if t is bytes else str(a).encode()
+    for b in args:
         add(b"$%d\r\n" % len(b))
         add(b)
         add(b"\r\n")
     return b"".join(parts)
 
 
-def _load_scripts() -> dict[str, _Script]:
-    lib = _read_lua("_lib")
-    out: dict[str, _Script] = {}
-    for name in SCRIPT_NAMES:
-        source = (lib + "\n" + _read_lua(name)).encode()
-        sha = hashlib.sha1(source).hexdigest()
-        head = b"$7\r\nEVALSHA\r\n$40\r\n" + sha.encode() + b"\r\n$1\r\n1\r\n"
-        out[name] = _Script(name, source, sha, head)
-    return out
+def _chunks(batch: list[_Pending]) -> list[tuple[str, list[_Pending]]]:
+    """The batch as (workspace prefix, transitions) groups of at most MAX_BATCH, in order."""
+    groups: dict[str, list[_Pending]] = {}
+    for item in batch:
+        groups.setdefault(item[0], []).append(item)
+    return [
+        (prefix, items[i : i + MAX_BATCH])
+        for prefix, items in groups.items()
+        for i in range(0, len(items), MAX_BATCH)
+    ]
 
 
 async def stop_task(task: asyncio.Task[Any]) -> None:
@@ -141,11 +177,8 @@ def connect(url: str, *, max_connections: int = 16) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
-_Pending = tuple[_Script, list[Any], "asyncio.Future[Any]"]
-
-
 class Store:
-    """Runs transition scripts; concurrent calls share pipelines.
+    """Runs transition scripts; concurrent calls share one EVALSHA per workspace.
 
     ``await store.run("offer_accept", ws, agent, offer)`` returns the script's decoded JSON.
     ``now`` (ARGV[1]) is filled in by the store unless given with ``now=``.
@@ -153,7 +186,7 @@ class Store:
 
     def __init__(self, client: aioredis.Redis, *, max_inflight: int = 8) -> None:
         self.redis = client
-        self._scripts = _load_scripts()
+        self._script = _load_script()
         self._pending: list[_Pending] = []
         self._scheduled = False
         self._slots = asyncio.Semaphore(max_inflight)
@@ -162,18 +195,18 @@ class Store:
         self.batches = 0
 
     async def load(self) -> None:
-        """Load every script into Redis (also done lazily on NOSCRIPT)."""
+        """Load the scripts into Redis (also done lazily on NOSCRIPT)."""
         try:
-            for s in self._scripts.values():
-                await self.redis.script_load(s.source)
+            await self.redis.script_load(self._script.source)
         except RedisError as e:
             raise StoreUnavailable(str(e)) from e
 
     async def run(self, name: str, ws: str, *args: Any, now: int | None = None) -> Any:
-        script = self._scripts[name]
-        argv = [keys.prefix(ws), now_ms() if now is None else now, *args]
+        if name not in SCRIPT_NAMES:
+            raise ValueError(f"no transition script {name!r}")
+        argv = [now_ms() if now is None else now, *args]
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((script, argv, fut))
+        self._pending.append((keys.prefix(ws), name, argv, fut))
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -191,48 +224,52 @@ class Store:
     async def _send(self, batch: list[_Pending]) -> None:
         self.calls += len(batch)
         self.batches += 1
+        chunks = _chunks(batch)
         try:
             async with self._slots:
-                results = await self._execute(batch)
-                retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-                if retry:
+                replies = await self._execute(chunks)
+                if any(isinstance(r, NoScriptError) for r in replies):
                     await self.load()
-                    again = await self._execute([batch[i] for i in retry])
-                    for i, r in zip(retry, again, strict=True):
-                        results[i] = r
+                    replies = await self._execute(chunks)
         except (RedisError, OSError) as e:
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(StoreUnavailable(str(e)))
+            for item in batch:
+                if not item[3].done():
+                    item[3].set_exception(StoreUnavailable(str(e)))
             return
-        for (_, _, fut), r in zip(batch, results, strict=True):
-            if fut.done():
-                continue
-            if isinstance(r, Exception):
-                fut.set_exception(StoreUnavailable(str(r)))
-            else:
-                fut.set_result(r)
+        for (_, items), reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, Exception):
+                reply = [b"!" + str(reply).encode()] * len(items)
+            for item, r in zip(items, reply, strict=True):
+                fut = item[3]
+                if fut.done():
+                    continue
+                if r[:1] == b"!":
+                    fut.set_exception(StoreUnavailable(r[1:].decode(errors="replace")))
+                else:
+                    fut.set_result(r)
 
-    async def _execute(self, batch: list[_Pending]) -> list[Any]:
+    async def _execute(self, chunks: list[tuple[str, list[_Pending]]]) -> list[Any]:
+        """One EVALSHA per chunk; each reply is the chunk's list of results, or the error."""
+        script = self._script
         pool = getattr(self.redis, "connection_pool", None)
         if pool is None:  # Redis Cluster: its own pipeline routes each call to its slot
             pipe = self.redis.pipeline(transaction=False)
-            for script, argv, _ in batch:
-                pipe.execute_command("EVALSHA", script.sha, 1, *argv)
+            for prefix, items in chunks:
+                pipe.execute_command("EVALSHA", script.sha, 1, prefix, *_batch_argv(items))
             return list(await pipe.execute(raise_on_error=False))
         # One connection, the whole batch written at once, replies read in order: what a
         # pipeline does, without redis-py packing each argument (a fifth of a router's CPU).
-        packed = b"".join([_pack(script.evalsha, argv) for script, argv, _ in batch])
+        packed = b"".join([_pack(script.evalsha, p, _batch_argv(items)) for p, items in chunks])
         conn = await pool.get_connection()
         try:
             await conn.send_packed_command(packed, check_health=False)
-            results: list[Any] = []
-            for _ in batch:
+            replies: list[Any] = []
+            for _ in chunks:
                 try:
-                    results.append(await conn.read_response())
-                except ResponseError as e:  # NOSCRIPT, or an error raised by the script
-                    results.append(e)
-            return results
+                    replies.append(await conn.read_response())
+                except ResponseError as e:  # NOSCRIPT, or an error outside the transitions
+                    replies.append(e)
+            return replies
         except BaseException:
             await conn.disconnect()
             raise

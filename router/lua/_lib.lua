@@ -1,4 +1,5 @@
--- _lib.lua — helpers shared by every transition script; prepended to each one at load time.
+-- _lib.lua — helpers shared by every transition script; loaded once, ahead of all of them and
+-- of _batch.lua, which runs a batch of transitions in one call (router/store.py).
 --
 -- Conventions for every script:
 --   KEYS[1]  the workspace prefix "sb:{<ws>}:" (its hash slot is the workspace's slot)
@@ -7,8 +8,9 @@
 -- Sub-key builders mirror router/keys.py; tests/test_keys.py keeps them in step.
 
 local P = KEYS[1]
-local NOW = tonumber(ARGV[1])
-local NOW_S = ARGV[1]  -- as given: passing the number to redis.call would format it each time
+-- now, set by _batch.lua before each transition from its ARGV[1]; NOW_S as given, because
+-- passing the number to redis.call would format it each time
+local NOW, NOW_S = 0, '0'
 
 -- Case ages count from 2024-01-01 so that priority * 2^41 + age fits a double exactly
 -- (priorities 0..2047; ages good until 2093). See docs/routing.md "Order".
