@@ -118,7 +118,8 @@ class Run:
                 f"e2e {load.phase.name:<9} {point['t']:6.1f}s  offered {self.offered_now:6.0f}/s"
                 f"  offers {point['offers_per_s']:6.0f}/s  p50 {_f(p50)} p99 {_f(p99)} ms"
                 f"  server {shares['server_cpu']:4.0%} {now.server_rss_kib / 1024:5.0f} MiB"
-                f"  redis {shares['redis_cpu']:4.0%}  other {shares['other_cpu']:4.0%}"
+                f"  redis {shares['redis_cpu']:4.0%}  load generator {shares['client_cpu']:4.0%}"
+                f"  other {shares['other_cpu']:4.0%}"
                 f" (on server core {_pct(shares['server_core_other_cpu'])})"
                 f"  agents {load.connected_agents()}  in flight {flight['open']}"
                 f"  unacked {flight['unacked']}",

@@ -14,8 +14,7 @@ end
 redis.call('HSET', ck, 'st', 'completed', 'disposition', ARGV[4], 'closed', NOW_S, 'updated', NOW_S)
 redis.call('SREM', k_agent_cases(a), c)
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
-release(a, cs[3])
-refresh_agent(a, cs[3])
+move_load(a, cs[3], -1)
 log('case.completed', {'case', c, 'agent', a, 'disposition', ARGV[4]})
 local offers = {}
 pull(a, offers, cs[3])

@@ -44,13 +44,13 @@ local u = nil
 for i = 1, #idents do
   if owners[i] then u = owners[i] break end
 end
+local linked, marks = {}, {}
 if u == nil then
   u = ARGV[11]
-  redis.call('HSET', k_customer(u), 'id', u, 'created', NOW_S)
+  marks = {'id', u, 'created', NOW_S}
   log('customer.created', {'customer', u})
 end
 local conflicts = {}
-local linked, marks = {}, {}
 for i, ident in ipairs(idents) do
   local other = owners[i]
   if not other then
@@ -63,10 +63,8 @@ for i, ident in ipairs(idents) do
     conflicts[#conflicts + 1] = other
   end
 end
-if #linked > 0 then
-  redis.call('HSET', k_ids(), unpack(linked))
-  redis.call('HSET', k_customer(u), unpack(marks))
-end
+if #linked > 0 then redis.call('HSET', k_ids(), unpack(linked)) end
+if #marks > 0 then redis.call('HSET', k_customer(u), unpack(marks)) end
 if ARGV[6] ~= '' then redis.call('HSETNX', k_customer(u), 'name', ARGV[6]) end
 
 local entry = cjson.decode(ARGV[9])
@@ -75,9 +73,9 @@ local action = 'appended'
 
 -- a follow-up goes on the timeline of the case's customer (a forwarded reply's sender is
 -- identified as themselves, but the message belongs to the conversation it answers)
-local function append(case_id)
+local function append(case_id, owner)
   entry.case = case_id
-  local owner = hget(k_case(case_id), 'cust') or u
+  owner = owner or hget(k_case(case_id), 'cust') or u
   redis.call('RPUSH', k_timeline(owner), cjson.encode(entry))
 end
 
@@ -136,6 +134,7 @@ else
   local reopen = c ~= nil and st == 'completed'
     and NOW - (tonumber(hget(k_case(c), 'closed')) or 0) <= tonumber(ARGV[14])
   local plan = ARGV[12]
+  local known, owner = nil, nil  -- a new case's routing fields and customer, as just written
   if reopen then
     action = 'reopened'
     if ARGV[15] ~= '' then plan = ARGV[15] end
@@ -161,10 +160,11 @@ else
     redis.call('RPUSH', k_customer_cases(u), c)
     if ARGV[7] ~= '' then redis.call('HSET', k_threads(), ARGV[7], c) end
     log('case.created', {'case', c, 'customer', u, 'ch', ch})
+    known, owner = {plan, ch, NOW_S, false, false, false, '|'}, u
   end
   if kind == 'callback.requested' then redis.call('HSET', k_case(c), 'callback', '1') end
-  append(c)
-  enter_step(c, 1, offers)
+  append(c, owner)
+  enter_step(c, 1, offers, false, known)
 end
 
 local r = {ok = true, case = c or '', customer = u, action = action, duplicate = false}

@@ -11,16 +11,21 @@ local c = of[2]
 if of[1] == 'accepted' then return result({ok = true, case = c, duplicate = true}) end
 if of[1] ~= 'pending' then return result({ok = false, error = 'offer.' .. of[1]}) end
 local ck = k_case(c)
+local cq = redis.call('HMGET', ck, 'q', 'created', 'thread', 'cust', 'step', 'first_assigned')
 redis.call('HSET', k_offer(o), 'st', 'accepted', 'ended', NOW_S)
-redis.call('ZREM', k_timers(), 'o|' .. o)
+-- the offer's deadline and the workflow step's timeout
+redis.call('ZREM', k_timers(), 'o|' .. o, 'e|' .. c .. '|' .. (cq[5] or '1'))
 redis.call('SREM', k_agent_offers(a), o)
 redis.call('SADD', k_agent_cases(a), c)
-redis.call('HSET', ck, 'st', 'assigned', 'agent', a, 'last_agent', a, 'assigned', NOW_S,
-  'updated', NOW_S, 'esc', '0')
-redis.call('HSETNX', ck, 'first_assigned', NOW_S)
-redis.call('ZREM', k_timers(), 'e|' .. c .. '|' .. (hget(ck, 'step') or '1'))
-redis.call('HSET', k_agent(a), 'missed', 0)
-local cq = redis.call('HMGET', ck, 'q', 'created', 'thread', 'cust')
+local f = {'st', 'assigned', 'agent', a, 'last_agent', a, 'assigned', NOW_S, 'updated', NOW_S,
+  'esc', '0'}
+if not cq[6] then
+  f[#f + 1] = 'first_assigned'
+  f[#f + 1] = NOW_S
+end
+redis.call('HSET', ck, unpack(f))
+local missed = hget(k_agent(a), 'missed')
+if missed and missed ~= '0' then redis.call('HSET', k_agent(a), 'missed', 0) end
 log('offer.accepted', {'case', c, 'agent', a, 'offer', o, 'queue', cq[1], 'ch', of[4],
   'waited', NOW - (tonumber(cq[2]) or NOW)})
 if of[4] == 'voice' then
