@@ -24,6 +24,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -39,7 +40,7 @@ from router.config import Settings, load_workspace_file
 from router.context import Ctx
 from router.embedded import EmbeddedRedis
 from router.errors import CLOSE_CODES, SwitchboardError
-from router.hub import Hub
+from router.hub import Hub, RawSend
 from router.metrics import METRICS
 from router.plugins import Plugin
 from router.stats import Stats
@@ -218,7 +219,7 @@ def create_app(settings: Settings, *, plugins: Sequence[Plugin] = ()) -> Starlet
         routes.extend(p.routes())
     if WEB_DIR.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=WEB_DIR), name="static"))
-    app = Starlette(routes=routes, lifespan=_lifespan)
+    app = Starlette(routes=routes, lifespan=_lifespan, middleware=[Middleware(RawSend)])
     app.state.settings = settings
     app.state.plugins = list(plugins)
     return app

@@ -59,6 +59,17 @@ def _too_large(data: bytes | str, limit: int) -> bool:
     return len(data) * 4 > limit and len(data.encode("utf-8", "surrogatepass")) > limit
 
 
+_FRAMES_IN: dict[tuple[str, str], Any] = {}
+
+
+def _count_in(endpoint: str, ftype: str) -> None:
+    """Count a frame in; the metric's children are looked up once per (endpoint, type)."""
+    child = _FRAMES_IN.get((endpoint, ftype))
+    if child is None:
+        child = _FRAMES_IN[endpoint, ftype] = METRICS.frames.labels(endpoint, "in", ftype)
+    child.inc()
+
+
 async def _answer(conn: Conn, frame: dict[str, Any], handle: Handler, endpoint: str) -> None:
     ref = frame.get("ref")
     ftype = frame["type"]
@@ -67,13 +78,13 @@ async def _answer(conn: Conn, frame: dict[str, Any], handle: Handler, endpoint: 
     except SwitchboardError as e:
         # Label unknown types as "?": a client must not be able to mint metric series.
         label = "?" if e.code == "frame.unknown_type" else ftype
-        METRICS.frames.labels(endpoint, "in", label).inc()
+        _count_in(endpoint, label)
         await conn.send({"type": "error", "ref": ref, "code": e.code, "message": e.message})
         return
     except asyncio.CancelledError:
         raise
     except Exception:
-        METRICS.frames.labels(endpoint, "in", ftype).inc()
+        _count_in(endpoint, ftype)
         log.exception("handler for %s failed", ftype)
         await conn.send(
             {
@@ -84,7 +95,7 @@ async def _answer(conn: Conn, frame: dict[str, Any], handle: Handler, endpoint: 
             }
         )
         return
-    METRICS.frames.labels(endpoint, "in", ftype).inc()
+    _count_in(endpoint, ftype)
     out: dict[str, Any] = {"type": "ack", "ref": ref}
     if reply:
         out.update(reply)
