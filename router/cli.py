@@ -22,6 +22,7 @@ from router.config import Settings, load_workspace_file
 from router.errors import ConfigError
 from router.logs import setup_logging
 from router.plugins import Plugin, load_plugins
+from router.transport import ws_protocol
 from router.workspace import parse_workspace
 
 __all__ = ["main"]
@@ -73,7 +74,7 @@ def _serve(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        ws=settings.ws_impl,
+        ws=ws_protocol(settings.ws_impl),  # router/transport.py
         ws_per_message_deflate=False,
         ws_max_size=max(settings.bridge_max_frame, settings.agent_max_frame),
         lifespan="on",

@@ -1,0 +1,68 @@
+"""Frames written to one socket in one event-loop turn leave in one ``write`` syscall.
+
+A router answers in bursts: one Redis reply resolves a dozen transitions at once, and their
+frames go out in the same loop turn — a bridge gets a dozen acks, an agent who completed a case
+gets the ack and the next offer. uvicorn's WebSocket protocol writes each frame to the transport
+straight away, and on a loopback socket each ``write`` also runs the receiving side's network
+stack: it was a third of the server's CPU under load (bench/README.md). :class:`CorkedTransport`
+holds the writes of one turn and sends them together at the start of the next (``call_soon``):
+the order is kept, and a frame waits no longer than the callbacks already queued.
+
+:class:`CorkedWebSocketProtocol` is uvicorn's ``websockets-sansio`` protocol on such a transport
+(``SWITCHBOARD_WS_IMPL=websockets-sansio``, the default; any other value is handed to uvicorn
+as is, uncorked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+__all__ = ["CorkedTransport", "CorkedWebSocketProtocol", "ws_protocol"]
+
+
+class CorkedTransport:
+    """Wraps an asyncio transport: ``write`` is deferred to the end of the loop turn and
+    joined with the other writes of that turn; ``close`` sends what is held first."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self._flush)
+        self._held.append(data)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, []
+        if held and not self._transport.is_closing():
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = []
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:  # get_extra_info, is_closing, pause_reading, ...
+        return getattr(self._transport, name)
+
+
+class CorkedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O ``websockets`` protocol, writing through a :class:`CorkedTransport`."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(CorkedTransport(transport))  # type: ignore[arg-type]
+
+
+def ws_protocol(impl: str) -> Any:
+    """What to give uvicorn as ``ws=`` for the ``ws_impl`` setting."""
+    return CorkedWebSocketProtocol if impl == "websockets-sansio" else impl
