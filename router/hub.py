@@ -25,7 +25,7 @@ from router import fastjson, keys, wire
 from router.push import chat_frame
 from router.store import stop_task
 
-__all__ = ["Conn", "Hub", "RawSend"]
+__all__ = ["RAW_SEND", "Conn", "Hub"]
 
 log = logging.getLogger("switchboard.hub")
 
@@ -35,22 +35,10 @@ class Socket(Protocol):
     async def send_text(self, data: str) -> None: ...
 
 
-_RAW_SEND = "switchboard.raw_send"
-
-
-class RawSend:
-    """ASGI middleware: keeps the server's own ``send`` in a WebSocket's scope, so that
-    :class:`Conn` writes frames with it directly. Starlette's ``WebSocket.send_bytes`` adds
-    state checks and an exception-handling wrapper per frame, which a router sending four
-    frames per case pays for (the handshake and the close still go through Starlette)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket":
-            scope[_RAW_SEND] = send
-        await self.app(scope, receive, send)
+# The server's own ASGI send, kept in a WebSocket's scope by router/app.py: Conn writes frames
+# with it directly, as Starlette's WebSocket.send_bytes adds state checks per frame (the
+# handshake and the close still go through Starlette).
+RAW_SEND = "switchboard.raw_send"
 
 
 class Conn:
@@ -60,8 +48,8 @@ class Conn:
 
     def __init__(self, ws: Socket, codec: wire.Codec, label: str = "") -> None:
         self.ws = ws
-        # the server's send (RawSend), when the socket is an accepted ASGI WebSocket
-        self._raw: Callable[[dict[str, Any]], Any] | None = getattr(ws, "scope", {}).get(_RAW_SEND)
+        # the server's send (RAW_SEND), when the socket is an accepted ASGI WebSocket
+        self._raw: Callable[[dict[str, Any]], Any] | None = getattr(ws, "scope", {}).get(RAW_SEND)
         self.codec = codec
         self.label = label
         self.closed = False

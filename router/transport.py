@@ -32,15 +32,17 @@ class CorkedTransport:
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._loop = asyncio.get_running_loop()
-        self._held: list[bytes] = []
+        self._held: list[bytes] | None = None  # made on a write: most sockets are idle
 
     def write(self, data: bytes) -> None:
-        if not self._held:
+        if self._held is None:
+            self._held = [data]
             self._loop.call_soon(self._flush)
-        self._held.append(data)
+        else:
+            self._held.append(data)
 
     def _flush(self) -> None:
-        held, self._held = self._held, []
+        held, self._held = self._held, None
         if held and not self._transport.is_closing():
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
@@ -49,7 +51,7 @@ class CorkedTransport:
         self._transport.close()
 
     def abort(self) -> None:
-        self._held = []
+        self._held = None
         self._transport.abort()
 
     def __getattr__(self, name: str) -> Any:  # get_extra_info, is_closing, pause_reading, ...
