@@ -309,7 +309,7 @@ async def measure_pipeline_open(
 
     Cases are due every ``1 / rate`` s and sent when due, however the server is doing; the
     sender wakes every 1 ms (uvloop's timer resolution: shorter sleeps busy-spin), so cases
-    leave in bursts of about ``rate / 1000``. Each is stamped when actually sent; how late
+    leave in bursts of about ``rate / 1000``. Each is stamped when handed to the socket; how late
     sends were against their schedule is reported as ``send_lag_p99_ms``.
     """
     load = _PipelineLoad(_Latencies(counting=True))

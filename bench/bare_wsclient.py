@@ -3,7 +3,11 @@
 Why not the ``websockets`` client: on a 2-core box the load generator shares the machine with
 the server under test, and a full client spends about as much CPU per frame as the server.
 This one does only what a benchmark needs: an HTTP/1.1 upgrade, masked binary frames out
-(masking via websockets' C ``apply_mask``), unfragmented frames in, ping → pong, close.
+(masking via websockets' C ``apply_mask``), unfragmented frames in, ping → pong, close. The
+frames one socket sends in one event-loop turn leave in one write (the router's own
+:class:`~router.transport.CorkedTransport`): in a closed loop each offer received sends the
+next event, a burst per turn, and a write per frame cost the shared core about a tenth of the
+router's throughput (bench/README.md). The bare limits are driven by this same client.
 
 Guarantees and limits: one callback per complete data frame, in order, called from the
 event loop (keep it short). There's no backpressure on ``send``; callers bound what they
@@ -21,6 +25,8 @@ import random
 import struct
 from collections.abc import Callable
 from typing import cast
+
+from router.transport import CorkedTransport
 
 try:
     from websockets.speedups import apply_mask
@@ -54,7 +60,9 @@ class WsClient(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = cast(
+            asyncio.Transport, CorkedTransport(cast(asyncio.Transport, transport))
+        )
 
     def data_received(self, data: bytes) -> None:
         self._buf += data

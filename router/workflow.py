@@ -388,7 +388,8 @@ def parse_order_by(text: str) -> OrderBy:
 
     The direction is optional (ASC) and case-insensitive; a bare path means a worker
     attribute. Raises WorkflowError (path ``order_by``, with the column) for an empty
-    clause, an unknown direction, a malformed path or a task/taskrouter path.
+    clause, an unknown direction, a malformed path, a task/taskrouter path or live load
+    (``worker.channel.<ch>.assigned_tasks``; ``configured_capacity`` is static and allowed).
     """
     if not text.strip():
         return ()
@@ -407,6 +408,12 @@ def parse_order_by(text: str) -> OrderBy:
             _order_fail("order_by sorts agents: use worker.<attribute>", column)
         if head == "worker":
             path, column = rest, column + len(head) + len(dot)
+        if _LIVE_LOAD.fullmatch(path):
+            _order_fail(
+                "order_by cannot rank by live load, which moves with every offer: use it in "
+                "the target's expression, or order by a static attribute",
+                column,
+            )
         try:
             resolve({}, path)
         except ExpressionError as exc:
@@ -414,6 +421,9 @@ def parse_order_by(text: str) -> OrderBy:
         clauses.append((path, bool(direction) and direction[0][0].upper() == "DESC"))
         start += len(piece) + 1
     return tuple(clauses)
+
+
+_LIVE_LOAD = re.compile(r"channel\.[^.]+\.(assigned_tasks|available_capacity_percentage)")
 
 
 def _order_fail(reason: str, column: int) -> NoReturn:

@@ -558,7 +558,10 @@ def test_skip_if_reaches_the_next_filter_and_then_the_default() -> None:
     [
         ("worker.level DESC, worker.age ASC", (("level", True), ("age", False))),
         ("worker.level desc,worker.age", (("level", True), ("age", False))),
-        ("  worker.channel.chat.assigned_tasks   Asc ", (("channel.chat.assigned_tasks", False),)),
+        (
+            "  worker.channel.chat.configured_capacity   Asc ",
+            (("channel.chat.configured_capacity", False),),
+        ),
         ("worker.scores[0] DESC", (("scores[0]", True),)),
         ("level DESC", (("level", True),)),
         ("", ()),
@@ -580,6 +583,8 @@ def test_parse_order_by(text: str, expected: tuple[tuple[str, bool], ...]) -> No
         ("worker.a..b ASC", 10, "bad attribute path"),
         ("worker. ASC", 8, "bad attribute path"),
         ("worker[0] ASC", 1, "use worker.<attribute>"),
+        ("worker.level, worker.channel.chat.assigned_tasks", 22, "cannot rank by live load"),
+        ("channel.voice.available_capacity_percentage DESC", 1, "cannot rank by live load"),
     ],
 )
 def test_parse_order_by_errors(text: str, column: int, reason: str) -> None:
