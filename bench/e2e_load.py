@@ -115,6 +115,7 @@ class Load:
         self._seq = itertools.count()
         self._requests: dict[int, _Request] = {}
         self.acked: set[str] = set()  # new cases whose event was acknowledged
+        self.unoffered: set[str] = set()  # acknowledged, no offer seen yet (kept as they come)
         self.cases: dict[str, str] = {}  # case → live | failed (accept refused) | done
         self.duplicated = 0
         self.reoffered = 0
@@ -224,6 +225,8 @@ class Load:
             self.not_created[str(frame.get("action"))] += 1
         else:
             self.acked.add(frame["case"])
+            if frame["case"] not in self.cases:  # the offer can overtake the ack
+                self.unoffered.add(frame["case"])
 
     def _on_agent_for(self, agent: AgentConn) -> Callable[[bytes], None]:
         def on_message(payload: bytes) -> None:
@@ -251,6 +254,8 @@ class Load:
             return
         if state == "failed":
             self.reoffered += 1
+        else:
+            self.unoffered.discard(cid)
         self.cases[cid] = "live"
         self.open_cases += 1
         agent.open_cases += 1
@@ -394,7 +399,7 @@ class Load:
 
     def lost(self) -> int:
         """Acknowledged new cases with no offer yet (after a drain: lost)."""
-        return sum(1 for c in self.acked if c not in self.cases)
+        return len(self.unoffered)
 
     @staticmethod
     async def _until(cond: Callable[[], bool], seconds: float, what: str) -> None:
