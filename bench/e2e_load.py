@@ -7,7 +7,8 @@ the generator must stay light). Frames are msgpack. Callbacks run on the loop an
 What is timed, all with this process's ``perf_counter_ns`` (no clocks to synchronise):
 
 * **ingest → offer** — an event carries ``attributes.t0`` (ns since the load started, stamped
-  when the frame is handed to the socket, which writes at the end of the loop turn); the case keeps its attributes, so the offer frame carries it back.
+  when the frame is handed to the socket, which writes at the end of the loop turn); the case
+  keeps its attributes, so the offer frame carries it back.
 * **agent freed → next offer** — from writing a ``case.complete`` to the agent's next offer,
   counted only for backlog agents while a queue of calls is kept standing in front of them.
 * **accept → ack** — from writing ``offer.accept`` to its ``ack`` (matched by ``ref``).
