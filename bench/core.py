@@ -25,7 +25,11 @@ bare limit of the same Redis, measured in the same run with the same client libr
    latencies: from the start of the ``ingest`` call to ``notify`` receiving the offer for the
    case that event created, in this process (cases that had to wait for a free agent
    included). The routed phase's figures are ``saturated_p50_ms``/``saturated_p99_ms``.
-6. Drain and check: every case an ingest created or reopened must be offered exactly once
+6. **Unbatched phase**: the routed phase again (half as long) with the Store sending every
+   transition as its own ``EVALSHA`` and round trip, as a lone caller would
+   (``Store.batching = False``): ``unbatched_routed_per_s``, and ``ratio_to_unbatched`` = routed
+   / unbatched, what batching across concurrent cases buys for the same work.
+7. Drain and check: every case an ingest created or reopened must be offered exactly once
    (no rejects and no timers run here, so any other count is a bug): ``lost_offers`` and
    ``duplicate_offers`` must be 0, and nothing may be left waiting in Redis. Exit status 1
    otherwise.
@@ -331,7 +335,8 @@ async def _setup(bench: Bench, decl: Mapping[str, Any]) -> None:
 
 
 async def _measure_switch(url: str, seconds: float, agents: int, producers: int) -> dict[str, Any]:
-    store = Store(connect(url))
+    # the unbatched phase: a connection for every producer and agent, as lone callers have
+    store = Store(connect(url, max_connections=producers + agents))
     await store.load()
     decl = workspace(agents)
     bench = Bench(store, [a["id"] for a in decl["agents"]])
@@ -360,7 +365,19 @@ async def _phases(bench: Bench, seconds: float, producers: int) -> dict[str, Any
     interval = producers / max(rate, 1.0)
     paced = [partial(bench.open_loop, interval, i * interval / producers) for i in range(producers)]
     lat = await run_phase(bench, "latency", paced, seconds)
+    log.info("unbatched phase: the routed phase with every transition its own EVALSHA, %.0f s",
+             seconds / 2)  # fmt: skip
+    bench.agents.timings = SATURATED
+    bench.store.batching = False
+    try:
+        alone = await run_phase(bench, "unbatched", [bench.closed_loop] * producers, seconds / 2)
+    finally:
+        bench.store.batching = True
     return {
+        "unbatched_routed_per_s": alone["routed_per_s"],
+        "ratio_to_unbatched": round(sat["routed_per_s"] / max(alone["routed_per_s"], 1e-9), 3),
+        "unbatched_client_us_per_case": alone["client_us_per_case"],
+        "unbatched_redis_us_per_case": alone["redis_us_per_case"],
         "routed_per_s": sat["routed_per_s"],
         "lifecycle_per_s": sat["lifecycle_per_s"],
         "p50_ms": lat["p50_ms"],
@@ -569,6 +586,8 @@ def _summarise(r: Mapping[str, Any]) -> None:
     log.info("routed %.0f/s, lifecycle %.0f/s, raw EVALSHA %.0f/s: ratio %.2f (floor %.1f: %s)",
              r["routed_per_s"], r["lifecycle_per_s"], r["raw_evalsha_per_s"], r["ratio_to_raw"],
              r["floor"], "met" if r["floor_met"] else "NOT met")  # fmt: skip
+    log.info("the same work unbatched (an EVALSHA per transition): %.0f/s; batched is %.2fx",
+             r["unbatched_routed_per_s"], r["ratio_to_unbatched"])  # fmt: skip
     log.info("per core-second of the busier party: routed %.0f, raw %.0f: ratio %.2f",
              r["routed_per_core_s"], r["raw_evalsha_per_core_s"], r["ratio_per_core"])  # fmt: skip
     log.info("offer latency at %.0f cases/s: p50 %s ms, p99 %s ms", r["latency_target_per_s"],

@@ -33,3 +33,20 @@ def test_e2e_bench_runs_and_counts_every_offer(tmp_path: Path) -> None:
     run_dir = next(tmp_path.iterdir())
     for name in ("result.json", "summary.md", "latency_vs_rate.png", "timeline.png"):
         assert (run_dir / name).exists(), name
+
+
+CORE_REQUIRED = (
+    "routed_per_s", "lifecycle_per_s", "raw_evalsha_per_s", "ratio_to_raw", "p50_ms", "p99_ms",
+    "unbatched_routed_per_s", "ratio_to_unbatched",
+)  # fmt: skip
+
+
+def test_core_bench_runs_and_counts_every_offer() -> None:
+    argv = [sys.executable, "-m", "bench", "core", "--seconds", "1", "--json"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    missing = [k for k in CORE_REQUIRED if k not in result]
+    assert not missing, f"missing keys {missing}"
+    assert result["lost_offers"] == 0 and result["duplicate_offers"] == 0, result["errors"]
+    assert result["routed_per_s"] > 0 and result["unbatched_routed_per_s"] > 0

@@ -67,3 +67,15 @@ async def test_flushed_script_is_reloaded(switch: Switch, redis: Redis) -> None:
     await redis.script_flush()
     res = await switch.store.run("agent_status", "acme", "ann", "available", "1")
     assert res["ok"]
+
+
+async def test_unbatched_store_sends_each_call_alone(switch: Switch, redis: Redis) -> None:
+    """The baseline the core bench measures batching against: one EVALSHA per transition."""
+    await switch.apply_workspace({**DECL, "agents": [agent("ann", ["support"])]})
+    switch.store.batching = False
+    await redis.config_resetstat()
+    results = await asyncio.gather(
+        *(switch.store.run("agent_status", "acme", "ann", s, r) for s, r in [("away", "0")] * 3)
+    )
+    assert [r["status"] for r in results] == ["away"] * 3
+    assert await evalsha_calls(redis) == 3
