@@ -2,7 +2,8 @@
 
 CPU shares are per second of wall time (1.0 = one core busy). ``other_cpu`` is what the rest of
 the machine used meanwhile (the server, Redis and this process excluded): on a shared machine,
-the first thing to read before trusting a rate.
+the first thing to read before trusting a rate. Redis's share includes its AOF rewrite children,
+all at once in the sample in which a child ends (while it runs, it shows as other).
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ class Sample:
     server_core_busy: float | None  # the server's core, when it is pinned to one
 
 
-def _cpu(proc: psutil.Process | None) -> float:
+def _cpu(proc: psutil.Process | None, *, children: bool = False) -> float:
+    """CPU seconds of ``proc``; with ``children``, also of its children that have ended (Redis's
+    AOF rewrites run in a forked child: counted as Redis once it is reaped, not as "other")."""
     if proc is None:
         return 0.0
     with contextlib.suppress(psutil.Error):
         t = proc.cpu_times()
-        return float(t.user + t.system)
+        own = float(t.user + t.system)
+        return own + float(t.children_user + t.children_system) if children else own
     return 0.0
 
 
@@ -70,7 +74,7 @@ class Probe:
             wall=time.perf_counter(),
             server_cpu=_cpu(self.server),
             server_rss_kib=self.rss_kib(),
-            redis_cpu=_cpu(self.redis),
+            redis_cpu=_cpu(self.redis, children=True),
             client_cpu=time.process_time(),
             machine_busy=busy_seconds(),
             server_core_busy=None if self.server_core is None else busy_seconds(self.server_core),
