@@ -79,12 +79,31 @@ class _Script:
     evalsha: bytes  # "EVALSHA <sha> 1" in the Redis protocol, less the array header
 
 
+# The names of the transitions in the batch (_batch.lua's ARGV layout: name, count, arguments).
+_WANT = """local WANT = {}
+do
+  local i = 1
+  while i <= #ARGV do
+    local n = tonumber(ARGV[i + 1])
+    if n == nil then break end
+    WANT[ARGV[i]] = true
+    i = i + 2 + n
+  end
+end"""
+
+
 def _load_script() -> _Script:
-    """_lib, every transition as ``T['<name>'] = function() <body> end``, then _batch."""
+    """_lib, every transition as ``T['<name>'] = function() <body> end``, then _batch.
+
+    A transition's function is made only when the batch runs it (``WANT``): making a closure
+    costs a walk of the chunk's open upvalues for each helper it uses, and in a batch of a few
+    transitions making all sixteen cost more than running them (callgrind; bench/README.md).
+    """
     parts = ["local ARGV = ARGV  -- each transition's own, set by _batch.lua", _read_lua("_lib")]
     parts.append("local T = {}")
+    parts.append(_WANT)
     for name in SCRIPT_NAMES:
-        parts.append(f"T['{name}'] = function()\n{_read_lua(name)}\nend")
+        parts.append(f"if WANT['{name}'] then T['{name}'] = function()\n{_read_lua(name)}\nend end")
     parts.append(_read_lua("_batch"))
     source = "\n".join(parts).encode()
     sha = hashlib.sha1(source).hexdigest()

@@ -7,7 +7,8 @@
 -- KEYS[1] workspace prefix
 -- ARGV    groups of: transition name, argument count n, then its n arguments (now first)
 -- Returns one string per transition, in order: its JSON result, or "!" and the error message
--- when it raised one (the others still run; like a lone script, it keeps the writes it made).
+-- when it raised one (the others still run; like a lone script, it keeps the writes it made,
+-- the new case it held included: see case_hold in _lib.lua).
 local batch = ARGV
 local out = {}
 local i = 1
@@ -16,12 +17,16 @@ while i <= #batch do
   ARGV = {unpack(batch, i + 2, i + 1 + n)}
   NOW_S = ARGV[1]
   NOW = tonumber(NOW_S)
+  NEW_CASE, NEW_CUSTOMER = nil, nil
   local fn = T[name]
   local ok, res
   if fn == nil then
     ok, res = false, 'unknown transition ' .. tostring(name)
   else
     ok, res = pcall(fn)
+    -- a new case still held (a path that returned early, or an error) is written as it is
+    local fok, ferr = pcall(case_flush)
+    if ok and not fok then ok, res = false, ferr end
   end
   if ok then
     out[#out + 1] = res

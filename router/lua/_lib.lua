@@ -16,7 +16,7 @@ local NOW, NOW_S = 0, '0'
 -- (priorities 0..2047; ages good until 2093). See docs/routing.md "Order".
 local EPOCH_MS = 1704067200000
 local PRI_SCALE = 2199023255552
-local LOG_MAXLEN = 1000000
+local LOG_MAXLEN = '1000000'  -- a string: redis.call would print a number each time
 
 local function k_cfg() return P .. 'cfg' end
 local function k_seq() return P .. 'seq' end
@@ -67,6 +67,69 @@ local function hget(key, field)
   local v = redis.call('HGET', key, field)
   if v == false then return nil end
   return v
+end
+
+-- A case this transition creates is held here, not written, while the ingest path fills it in
+-- (creation, workflow step, offer): one HSET instead of three, and no read of what it just
+-- wrote. Only that path touches it (case_get / case_set); anything else that needs it in
+-- Redis calls case_flush() first, and _batch.lua flushes after each transition that returns.
+-- NEW_CUSTOMER: a customer this transition creates, with the profile it wrote and its one
+-- timeline entry, so that the offer's customer payload needs no read either.
+local NEW_CASE, NEW_CUSTOMER = nil, nil
+
+-- The value Redis would store for v (numbers as redis.call formats them).
+local function redis_str(v)
+  if type(v) == 'number' then return string.format('%.17g', v) end
+  return v
+end
+
+local function case_hold(c, fields)
+  local by, at = {}, {}
+  for i = 1, #fields, 2 do
+    fields[i + 1] = redis_str(fields[i + 1])
+    by[fields[i]], at[fields[i]] = fields[i + 1], i + 1
+  end
+  NEW_CASE = {id = c, list = fields, by = by, at = at}
+end
+
+local function case_flush()
+  if NEW_CASE ~= nil then
+    local nc = NEW_CASE
+    NEW_CASE = nil
+    redis.call('HSET', k_case(nc.id), unpack(nc.list))
+  end
+end
+
+-- HMGET of case c's fields (a list), from the held new case when it is c.
+local function case_get(c, fields)
+  local nc = NEW_CASE
+  if nc == nil or nc.id ~= c then return redis.call('HMGET', k_case(c), unpack(fields)) end
+  local out = {}
+  for i, f in ipairs(fields) do
+    local v = nc.by[f]
+    if v == nil then v = false end
+    out[i] = v
+  end
+  return out
+end
+
+-- HSET of case c's fields (field, value, ...), into the held new case when it is c.
+local function case_set(c, ...)
+  local nc = NEW_CASE
+  if nc == nil or nc.id ~= c then return redis.call('HSET', k_case(c), ...) end
+  local kv = {...}
+  for i = 1, #kv, 2 do
+    local f, v = kv[i], redis_str(kv[i + 1])
+    local at = nc.at[f]
+    if at == nil then
+      nc.list[#nc.list + 1] = f
+      nc.list[#nc.list + 1] = v
+      nc.at[f] = #nc.list
+    else
+      nc.list[at] = v
+    end
+    nc.by[f] = v
+  end
 end
 
 -- Waiting order: higher priority first, then oldest; LIFO queues by age alone (newest first).
@@ -151,14 +214,24 @@ end
 
 -- Agent a in the available set on channel ch of each of its pools (pool, order value, ... as
 -- HGETALL gives its pools hash) when free, scored by order value then idle moment; else out.
-local function score_pools(a, pools, ch, free, idle)
+-- was_free: a was in them already, so its own one-agent pool ("a~<agent>"), where order means
+-- nothing, is left as it is. A score is formatted once per order value, not per pool (Redis
+-- would print each number it is given with %.17g).
+local function score_pools(a, pools, ch, free, idle, was_free)
   local t = idle - EPOCH_MS
+  local scores = {}
   for i = 1, #pools, 2 do
     local p = pools[i]
-    if free then
-      redis.call('ZADD', k_pool_av(p, ch), (tonumber(pools[i + 1]) or 0) * PRI_SCALE + t, a)
-    else
+    if not free then
       redis.call('ZREM', k_pool_av(p, ch), a)
+    elseif not (was_free and string.sub(p, 1, 2) == 'a~') then
+      local ov = pools[i + 1]
+      local score = scores[ov]
+      if score == nil then
+        score = string.format('%.17g', (tonumber(ov) or 0) * PRI_SCALE + t)
+        scores[ov] = score
+      end
+      redis.call('ZADD', k_pool_av(p, ch), score, a)
     end
   end
 end
@@ -190,16 +263,20 @@ end
 
 -- Move agent a's load on channel ch by delta (+1 an offer, -1 a release; never below 0), make
 -- now their idle moment on ch, and re-score ch in their pools: refresh_agent(a, ch) after the
--- move, in three calls instead of five. Returns the agent's pools as refresh_agent does.
+-- move, in three calls instead of five. Returns the agent's pools as refresh_agent does, and
+-- what it read and wrote of the agent ({r, cap, load, pools, nodes}: best_case_for and
+-- make_offer reuse it).
 local function move_load(a, ch, delta)
   local ak = k_agent(a)
-  local v = redis.call('HMGET', ak, 'cap:' .. ch, 'load:' .. ch, 'r', 'idle')
+  local v = redis.call('HMGET', ak, 'cap:' .. ch, 'load:' .. ch, 'r', 'idle', 'nodes')
   local load = (tonumber(v[2]) or 0) + delta
   if load < 0 then load = 0 end
   redis.call('HSET', ak, 'load:' .. ch, load, 'idle:' .. ch, NOW_S)
   local pools = redis.call('HGETALL', k_agent_pools(a))
-  score_pools(a, pools, ch, v[3] == '1' and (tonumber(v[1]) or 0) - load > 0, idle_on(v[4], NOW))
-  return pools
+  local cap = tonumber(v[1]) or 0
+  local was_free = v[3] == '1' and cap - (tonumber(v[2]) or 0) > 0
+  score_pools(a, pools, ch, v[3] == '1' and cap - load > 0, idle_on(v[4], NOW), was_free)
+  return pools, {r = v[3], cap = cap, load = load, pools = pools, nodes = v[5]}
 end
 
 local function remove_agent_everywhere(a)
@@ -227,6 +304,11 @@ end
 -- The timeline's entries are JSON already: they travel as one JSON array text, not decoded
 -- and encoded again here (Redis's CPU is the shared resource).
 local function customer_payload(u, limit)
+  local nu = NEW_CUSTOMER
+  if nu ~= nil and nu.id == u then
+    return {profile = nu.profile, timeline = '[' .. table.concat(nu.timeline, ',') .. ']',
+      total = #nu.timeline}
+  end
   local prof = redis.call('HGETALL', k_customer(u))
   local tl = redis.call('LRANGE', k_timeline(u), -limit, -1)
   local total = #tl
@@ -245,8 +327,7 @@ local OF_CH, OF_ST, OF_Q, OF_CUST, OF_POOL, OF_OTM = 2, 3, 5, 6, 13, 18
 -- load may have opened one of the agent's pools to it (a live-load condition such as
 -- assigned_tasks > 0): the caller then has the agent pull.
 local function make_offer(c, a, waiting)
-  local ck = k_case(c)
-  local v = redis.call('HMGET', ck, unpack(OFFER_FIELDS))
+  local v = case_get(c, OFFER_FIELDS)
   local ch, pool, q, cust = v[OF_CH], v[OF_POOL], v[OF_Q], v[OF_CUST]
   local otm = tonumber(v[OF_OTM]) or 30000
   v[OF_ST] = 'offered'
@@ -254,14 +335,14 @@ local function make_offer(c, a, waiting)
   local deadline = NOW + otm
   redis.call('HSET', k_offer(o), 'id', o, 'case', c, 'agent', a, 'st', 'pending',
     'created', NOW_S, 'deadline', deadline, 'ch', ch)
-  redis.call('HSET', ck, 'st', 'offered', 'offer', o, 'oagent', a, 'updated', NOW_S)
+  case_set(c, 'st', 'offered', 'offer', o, 'oagent', a, 'updated', NOW_S)
   if waiting then
     redis.call('ZREM', k_pool_wait(pool, ch), c)
     redis.call('ZREM', k_queue_wait(q), c)
   end
   redis.call('SADD', k_agent_offers(a), o)
   redis.call('ZADD', k_timers(), deadline, 'o|' .. o)
-  local pools = move_load(a, ch, 1)
+  local pools, agent = move_load(a, ch, 1)
   local opened = false
   for i = 1, #pools, 2 do
     local conds = load_conds(pools[i])
@@ -279,11 +360,25 @@ local function make_offer(c, a, waiting)
       fields[#fields + 1] = v[i]
     end
   end
-  -- the nodes holding the agent's consoles: one that holds them all needs no pub/sub relay
+  -- the nodes holding the agent's consoles (agent_presence keeps the list in the agent's
+  -- "nodes"; an agent last seen before it did has only its conns hash): one that holds them
+  -- all needs no pub/sub relay
+  local nodes
+  if agent.nodes then nodes = split(agent.nodes, ',')
+  else nodes = redis.call('HKEYS', k_agent(a) .. ':conns') end
   local payload = {offer = o, agent = a, case = c, deadline = deadline, fields = fields,
-    nodes = redis.call('HKEYS', k_agent(a) .. ':conns')}
+    nodes = nodes}
   if cust then payload.customer = customer_payload(cust, 50) end
   return payload, opened
+end
+
+-- Whether any of pools ps has a case waiting on channel ch: one EXISTS (an empty set is no
+-- key) instead of a ZRANGE per pool, for the usual freed agent whose pools have no backlog.
+local function waiting_in(ps, ch)
+  if #ps < 2 then return true end
+  local ks = {}
+  for i, p in ipairs(ps) do ks[i] = k_pool_wait(p, ch) end
+  return redis.call('EXISTS', unpack(ks)) > 0
 end
 
 -- The first case in pool p's waiting set on channel ch that agent a has not refused, with its
@@ -316,11 +411,18 @@ end
 -- only_ch: a's load on that channel just moved, down (dir -1 or nil: capacity freed there, so
 -- every pool on that channel) or up (dir 1: after an offer). The other channels were already
 -- conserving work, except for pools whose live-load conditions the move may have opened: those
--- are looked at on every channel.
-local function best_case_for(a, only_ch, dir)
-  local ag = redis.call('HMGET', k_agent(a), 'r', 'chs')
-  if ag[1] ~= '1' then return nil end
-  local pools = redis.call('HKEYS', k_agent_pools(a))
+-- are looked at on every channel. known: what move_load just read and wrote of a on only_ch.
+local function best_case_for(a, only_ch, dir, known)
+  local r, chs_s, pools
+  if known then
+    r, pools = known.r, {}
+    for i = 1, #known.pools, 2 do pools[#pools + 1] = known.pools[i] end
+  else
+    local ag = redis.call('HMGET', k_agent(a), 'r', 'chs')
+    r, chs_s = ag[1], ag[2]
+    if r == '1' then pools = redis.call('HKEYS', k_agent_pools(a)) end
+  end
+  if r ~= '1' then return nil end
   local chs, opened = nil, nil
   if only_ch then
     for _, p in ipairs(pools) do
@@ -330,16 +432,18 @@ local function best_case_for(a, only_ch, dir)
         opened[#opened + 1] = p
       end
     end
-    if opened then chs = split(ag[2], ',') else chs = {only_ch} end
+    if opened then chs = split(chs_s or hget(k_agent(a), 'chs'), ',') else chs = {only_ch} end
   else
-    chs = split(ag[2], ',')
+    chs = split(chs_s or hget(k_agent(a), 'chs'), ',')
   end
   local best, best_pri, best_age = nil, nil, nil
   local fit = {}
   for _, ch in ipairs(chs) do
     local ps = pools
     if only_ch and (ch ~= only_ch or dir == 1) then ps = opened or {} end
-    if #ps > 0 and agent_free(a, ch) > 0 then
+    local free
+    if known and ch == only_ch then free = known.cap - known.load else free = agent_free(a, ch) end
+    if #ps > 0 and free > 0 and waiting_in(ps, ch) then
       for _, p in ipairs(ps) do
         local head, pri, age = pool_head(a, p, ch, fit)
         if head ~= nil and (best == nil or pri > best_pri or (pri == best_pri and (age < best_age
@@ -353,10 +457,12 @@ local function best_case_for(a, only_ch, dir)
 end
 
 -- Give agent a as many waiting cases as its free capacity allows (work conservation). With
--- only_ch (and dir), only what that channel's load move can have changed (best_case_for).
-local function pull(a, offers, only_ch, dir)
+-- only_ch (and dir), only what that channel's load move can have changed (best_case_for);
+-- known as best_case_for takes it, for the first look only.
+local function pull(a, offers, only_ch, dir, known)
   for _ = 1, 64 do
-    local c = best_case_for(a, only_ch, dir)
+    local c = best_case_for(a, only_ch, dir, known)
+    known = nil
     if c == nil then return end
     local payload, opened = make_offer(c, a, true)
     offers[#offers + 1] = payload
@@ -394,8 +500,7 @@ end
 
 -- Put a case (status queued, fields pool/q/pri/age set) into its waiting ZSETs.
 local function enqueue(c)
-  local ck = k_case(c)
-  local cs = redis.call('HMGET', ck, 'pool', 'ch', 'q', 'pri', 'age', 'lifo')
+  local cs = case_get(c, {'pool', 'ch', 'q', 'pri', 'age', 'lifo'})
   local score = wait_score(tonumber(cs[4]) or 0, tonumber(cs[5]) or 0, cs[6])
   redis.call('ZADD', k_pool_wait(cs[1], cs[2]), score, c)
   redis.call('ZADD', k_queue_wait(cs[3]), tonumber(cs[5]) or 0, c)
@@ -420,6 +525,7 @@ end
 
 -- Close a case that never reached an agent (workflow exhausted, caller hung up, ...).
 local function end_unassigned(c, status, reason)
+  case_flush()
   local ck = k_case(c)
   dequeue(c)
   redis.call('HSET', ck, 'st', status, 'reason', reason, 'closed', NOW_S, 'updated', NOW_S)
@@ -447,7 +553,7 @@ local function enter_step(c, i, offers, by_timeout, known)
       s.pool = ensure_agent_pool(s.agent)
     end
     if s.known ~= nil and s.pool == nil then
-      local a = hget(ck, s.known)
+      local a = case_get(c, {s.known})[1] or nil
       if a ~= nil and redis.call('EXISTS', k_agent(a)) == 1 then
         s.pool = ensure_agent_pool(a)
       end
@@ -467,7 +573,7 @@ local function enter_step(c, i, offers, by_timeout, known)
   local fields = {'st', 'queued', 'pool', s.pool, 'q', s.queue, 'step', i, 'lifo', s.lifo or '0',
     'esc', '0', 'updated', NOW_S}
   if s.pri ~= nil then fields[#fields + 1] = 'pri'; fields[#fields + 1] = s.pri end
-  redis.call('HSET', ck, unpack(fields))
+  case_set(c, unpack(fields))
   if s.due ~= nil then
     redis.call('ZADD', k_timers(), start + s.due, 'e|' .. c .. '|' .. i)
   end

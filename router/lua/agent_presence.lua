@@ -26,8 +26,14 @@ else
   redis.call('HDEL', conns, node)
   redis.call('SREM', node_agents, a)
 end
-local total = 0
-for _, n in ipairs(redis.call('HVALS', conns)) do total = total + (tonumber(n) or 0) end
+local total, nodes = 0, {}
+local per_node = redis.call('HGETALL', conns)
+for i = 1, #per_node, 2 do
+  nodes[#nodes + 1] = per_node[i]
+  total = total + (tonumber(per_node[i + 1]) or 0)
+end
+-- the agent's "nodes" field: the nodes holding its consoles, read by make_offer with the load
+redis.call('HSET', ak, 'nodes', table.concat(nodes, ','))
 if action ~= 'connect' and total <= 0 and (hget(ak, 'grace') or '') == '' then
   redis.call('HSET', ak, 'grace', ARGV[5])
   redis.call('ZADD', k_timers(), NOW + tonumber(ARGV[4]), 'g|' .. a .. '|' .. ARGV[5])

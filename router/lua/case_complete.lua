@@ -14,8 +14,8 @@ end
 redis.call('HSET', ck, 'st', 'completed', 'disposition', ARGV[4], 'closed', NOW_S, 'updated', NOW_S)
 redis.call('SREM', k_agent_cases(a), c)
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
-move_load(a, cs[3], -1)
+local _, known = move_load(a, cs[3], -1)
 log('case.completed', {'case', c, 'agent', a, 'disposition', ARGV[4]})
 local offers = {}
-pull(a, offers, cs[3])
+pull(a, offers, cs[3], nil, known)
 return result({ok = true, duplicate = false, offers = offers})

@@ -45,9 +45,14 @@ for i = 1, #idents do
   if owners[i] then u = owners[i] break end
 end
 local linked, marks = {}, {}
-if u == nil then
+local new_customer = u == nil
+if new_customer then
   u = ARGV[11]
   marks = {'id', u, 'created', NOW_S}
+  if ARGV[6] ~= '' then
+    marks[#marks + 1] = 'name'
+    marks[#marks + 1] = ARGV[6]
+  end
   log('customer.created', {'customer', u})
 end
 local conflicts = {}
@@ -65,7 +70,11 @@ for i, ident in ipairs(idents) do
 end
 if #linked > 0 then redis.call('HSET', k_ids(), unpack(linked)) end
 if #marks > 0 then redis.call('HSET', k_customer(u), unpack(marks)) end
-if ARGV[6] ~= '' then redis.call('HSETNX', k_customer(u), 'name', ARGV[6]) end
+if new_customer then
+  NEW_CUSTOMER = {id = u, profile = marks, timeline = {}}
+elseif ARGV[6] ~= '' then
+  redis.call('HSETNX', k_customer(u), 'name', ARGV[6])
+end
 
 local entry = cjson.decode(ARGV[9])
 local offers, push = {}, {}
@@ -76,7 +85,11 @@ local action = 'appended'
 local function append(case_id, owner)
   entry.case = case_id
   owner = owner or hget(k_case(case_id), 'cust') or u
-  redis.call('RPUSH', k_timeline(owner), cjson.encode(entry))
+  local text = cjson.encode(entry)
+  redis.call('RPUSH', k_timeline(owner), text)
+  if NEW_CUSTOMER ~= nil and NEW_CUSTOMER.id == owner then
+    NEW_CUSTOMER.timeline[#NEW_CUSTOMER.timeline + 1] = text
+  end
 end
 
 local function notify(case_id, frame)
@@ -156,15 +169,16 @@ else
       fields[#fields + 1] = 'seq'
       fields[#fields + 1] = ARGV[16]
     end
-    redis.call('HSET', ck, unpack(fields))
+    case_hold(c, fields)  -- written by case_flush below, with the step and offer fields
     redis.call('RPUSH', k_customer_cases(u), c)
     if ARGV[7] ~= '' then redis.call('HSET', k_threads(), ARGV[7], c) end
     log('case.created', {'case', c, 'customer', u, 'ch', ch})
     known, owner = {plan, ch, NOW_S, false, false, false, '|'}, u
   end
-  if kind == 'callback.requested' then redis.call('HSET', k_case(c), 'callback', '1') end
+  if kind == 'callback.requested' then case_set(c, 'callback', '1') end
   append(c, owner)
   enter_step(c, 1, offers, false, known)
+  case_flush()
 end
 
 local r = {ok = true, case = c or '', customer = u, action = action, duplicate = false}
