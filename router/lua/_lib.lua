@@ -18,6 +18,16 @@ local EPOCH_MS = 1704067200000
 local PRI_SCALE = 2199023255552
 local LOG_MAXLEN = '1000000'  -- a string: redis.call would print a number each time
 
+-- A number as the text Redis stores for it. redis.call prints a number argument with %.17g,
+-- C's slow floating-point path, as Lua's own number-to-string does with %.14g; the whole
+-- numbers the scripts pass (times, loads, scores) take the fast integer path instead.
+local function num_s(n)
+  if n == math.floor(n) and n > -9007199254740992 and n < 9007199254740992 then
+    return string.format('%d', n)
+  end
+  return string.format('%.17g', n)
+end
+
 local function k_cfg() return P .. 'cfg' end
 local function k_seq() return P .. 'seq' end
 local function k_agents() return P .. 'agents' end
@@ -60,7 +70,7 @@ local function log(typ, fields)
 end
 
 local function next_id(tag)
-  return tag .. redis.call('INCR', k_seq())
+  return tag .. num_s(redis.call('INCR', k_seq()))
 end
 
 local function hget(key, field)
@@ -77,19 +87,19 @@ end
 -- timeline entry, so that the offer's customer payload needs no read either.
 local NEW_CASE, NEW_CUSTOMER = nil, nil
 
--- The value Redis would store for v (numbers as redis.call formats them).
+-- The value Redis would store for v.
 local function redis_str(v)
-  if type(v) == 'number' then return string.format('%.17g', v) end
+  if type(v) == 'number' then return num_s(v) end
   return v
 end
 
 local function case_hold(c, fields)
-  local by, at = {}, {}
+  local by = {}
   for i = 1, #fields, 2 do
     fields[i + 1] = redis_str(fields[i + 1])
-    by[fields[i]], at[fields[i]] = fields[i + 1], i + 1
+    by[fields[i]] = fields[i + 1]
   end
-  NEW_CASE = {id = c, list = fields, by = by, at = at}
+  NEW_CASE = {id = c, list = fields, by = by}
 end
 
 local function case_flush()
@@ -117,16 +127,16 @@ end
 local function case_set(c, ...)
   local nc = NEW_CASE
   if nc == nil or nc.id ~= c then return redis.call('HSET', k_case(c), ...) end
-  local kv = {...}
+  local kv, list = {...}, nc.list
   for i = 1, #kv, 2 do
     local f, v = kv[i], redis_str(kv[i + 1])
-    local at = nc.at[f]
-    if at == nil then
-      nc.list[#nc.list + 1] = f
-      nc.list[#nc.list + 1] = v
-      nc.at[f] = #nc.list
-    else
-      nc.list[at] = v
+    if nc.by[f] == nil then
+      list[#list + 1] = f
+      list[#list + 1] = v
+    else  -- a field set twice (st, updated): a few times per case, over some thirty fields
+      for j = 1, #list, 2 do
+        if list[j] == f then list[j + 1] = v break end
+      end
     end
     nc.by[f] = v
   end
@@ -228,7 +238,7 @@ local function score_pools(a, pools, ch, free, idle, was_free)
       local ov = pools[i + 1]
       local score = scores[ov]
       if score == nil then
-        score = string.format('%.17g', (tonumber(ov) or 0) * PRI_SCALE + t)
+        score = num_s((tonumber(ov) or 0) * PRI_SCALE + t)
         scores[ov] = score
       end
       redis.call('ZADD', k_pool_av(p, ch), score, a)
@@ -271,7 +281,7 @@ local function move_load(a, ch, delta)
   local v = redis.call('HMGET', ak, 'cap:' .. ch, 'load:' .. ch, 'r', 'idle', 'nodes')
   local load = (tonumber(v[2]) or 0) + delta
   if load < 0 then load = 0 end
-  redis.call('HSET', ak, 'load:' .. ch, load, 'idle:' .. ch, NOW_S)
+  redis.call('HSET', ak, 'load:' .. ch, num_s(load), 'idle:' .. ch, NOW_S)
   local pools = redis.call('HGETALL', k_agent_pools(a))
   local cap = tonumber(v[1]) or 0
   local was_free = v[3] == '1' and cap - (tonumber(v[2]) or 0) > 0
@@ -333,15 +343,16 @@ local function make_offer(c, a, waiting)
   v[OF_ST] = 'offered'
   local o = next_id('o')
   local deadline = NOW + otm
+  local deadline_s = num_s(deadline)
   redis.call('HSET', k_offer(o), 'id', o, 'case', c, 'agent', a, 'st', 'pending',
-    'created', NOW_S, 'deadline', deadline, 'ch', ch)
+    'created', NOW_S, 'deadline', deadline_s, 'ch', ch)
   case_set(c, 'st', 'offered', 'offer', o, 'oagent', a, 'updated', NOW_S)
   if waiting then
     redis.call('ZREM', k_pool_wait(pool, ch), c)
     redis.call('ZREM', k_queue_wait(q), c)
   end
   redis.call('SADD', k_agent_offers(a), o)
-  redis.call('ZADD', k_timers(), deadline, 'o|' .. o)
+  redis.call('ZADD', k_timers(), deadline_s, 'o|' .. o)
   local pools, agent = move_load(a, ch, 1)
   local opened = false
   for i = 1, #pools, 2 do
@@ -502,8 +513,8 @@ end
 local function enqueue(c)
   local cs = case_get(c, {'pool', 'ch', 'q', 'pri', 'age', 'lifo'})
   local score = wait_score(tonumber(cs[4]) or 0, tonumber(cs[5]) or 0, cs[6])
-  redis.call('ZADD', k_pool_wait(cs[1], cs[2]), score, c)
-  redis.call('ZADD', k_queue_wait(cs[3]), tonumber(cs[5]) or 0, c)
+  redis.call('ZADD', k_pool_wait(cs[1], cs[2]), num_s(score), c)
+  redis.call('ZADD', k_queue_wait(cs[3]), num_s(tonumber(cs[5]) or 0), c)
 end
 
 local function dequeue(c)
@@ -570,14 +581,14 @@ local function enter_step(c, i, offers, by_timeout, known)
   -- out of the previous step's waiting sets (a new case is in none)
   if cs[5] then redis.call('ZREM', k_pool_wait(cs[5], ch), c) end
   if cs[6] then redis.call('ZREM', k_queue_wait(cs[6]), c) end
-  local fields = {'st', 'queued', 'pool', s.pool, 'q', s.queue, 'step', i, 'lifo', s.lifo or '0',
+  local fields = {'st', 'queued', 'pool', s.pool, 'q', s.queue, 'step', num_s(i), 'lifo', s.lifo or '0',
     'esc', '0', 'updated', NOW_S}
   if s.pri ~= nil then fields[#fields + 1] = 'pri'; fields[#fields + 1] = s.pri end
   case_set(c, unpack(fields))
   if s.due ~= nil then
     redis.call('ZADD', k_timers(), start + s.due, 'e|' .. c .. '|' .. i)
   end
-  log('case.queued', {'case', c, 'queue', s.queue, 'step', i})
+  log('case.queued', {'case', c, 'queue', s.queue, 'step', num_s(i)})
   if match_case(c, offers, {s.pool, ch, cs[7], 'queued'}) == nil then enqueue(c) end
   return true
 end

@@ -159,7 +159,7 @@ else
     c = ARGV[10]
     local ck = k_case(c)
     local fields = {'id', c, 'cust', u, 'ch', ch, 'st', 'queued', 'created', NOW_S,
-      'updated', NOW_S, 'age', NOW - EPOCH_MS, 'plan', plan, 'plan_start', NOW_S, 'x', '|',
+      'updated', NOW_S, 'age', num_s(NOW - EPOCH_MS), 'plan', plan, 'plan_start', NOW_S, 'x', '|',
       'thread', ARGV[7], 'event', eid}
     for f, v in pairs(cjson.decode(ARGV[13])) do
       fields[#fields + 1] = f
