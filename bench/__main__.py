@@ -1,7 +1,6 @@
 """``python -m bench <name> [options]``: run one bench; ``--help`` after a name for its options.
 
-Each name maps to a module with ``main(argv) -> int`` (imported only when chosen). Planned:
-``e2e`` (real sockets end to end) and ``all``.
+Each name maps to a module with ``main(argv) -> int`` (imported only when chosen).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ BENCHES = {
     "core": "bench.core",  # the routing core driven in-process, next to raw EVALSHA
     "e2e": "bench.e2e",  # a real server end to end over real sockets, next to the bare limits
     "all": "bench.all",  # what `make bench` runs: core, then e2e with --step and 10k consoles
+    "cost": "bench.cost",  # Redis's instructions per routed case under callgrind (noise-proof)
 }
 
 

@@ -1,15 +1,20 @@
-"""Smoke test of the end-to-end bench: a tiny run over real sockets, a real server and Redis.
+"""Smoke tests of the benches: tiny runs over real sockets, a real server and Redis.
 
-It checks that ``python -m bench e2e`` runs start to finish and that its ``--json`` result has
-the headline keys, with nothing lost or duplicated; not how fast anything is.
+They check that ``python -m bench e2e``, ``core`` and (where valgrind is installed) ``cost`` run
+start to finish and that their ``--json`` results have the headline keys, with nothing lost or
+duplicated; not how fast anything is.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REQUIRED = (
     "offered_rate", "achieved_rate", "p50_ms", "p99_ms", "lost", "duplicated", "agents",
@@ -50,3 +55,20 @@ def test_core_bench_runs_and_counts_every_offer() -> None:
     assert not missing, f"missing keys {missing}"
     assert result["lost_offers"] == 0 and result["duplicate_offers"] == 0, result["errors"]
     assert result["routed_per_s"] > 0 and result["unbatched_routed_per_s"] > 0
+
+
+def test_cost_bench_counts_redis_instructions_per_case() -> None:
+    if shutil.which("valgrind") is None:
+        if os.environ.get("CI"):
+            pytest.fail("valgrind is not installed: CI must run the cost bench (.ci/run)")
+        pytest.skip("valgrind is not installed (apt-get install valgrind)")
+    argv = [sys.executable, "-m", "bench", "cost", "--cases", "40", "--agents", "40", "--json",
+            "--keep", ""]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["cases"] >= 40
+    # a routed case is three transitions of dozens of commands: far more than a few thousand
+    # instructions, and counted only while cases were routed (not the start-up and set-up)
+    assert 100_000 < result["instructions_per_case"] < 50_000_000, result
+    assert result["redis_commands_per_case"] > 10, result
