@@ -7,7 +7,8 @@ a demotion or a deleted agent takes effect at once, not when the token expires. 
 agent may not see answer 404, never 403, so their existence does not leak. Mutations go through
 the :class:`~router.switch.Switch`; queue and workflow changes re-apply the stored workspace
 declaration. The routes, their roles and schemas are documented in ``router/openapi.py``
-(served as ``/api/openapi.json``) and docs/api.md.
+(served as ``/api/openapi.json``) and docs/api.md. The customer and case handlers live in
+``router/admin_cases.py``, the request helpers all of them share in ``router/admin_http.py``.
 """
 
 from __future__ import annotations
@@ -21,84 +22,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from router import keys, queries, snapshot
-from router.auth import Principal
-from router.context import Ctx
-from router.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from router import keys, queries
+from router.admin_cases import (
+    create_case,
+    customer_timeline,
+    find_customers,
+    get_case,
+    get_customer,
+    list_cases,
+    merge_customers,
+    move_case,
+)
+from router.admin_http import _body, _caller, _ctx, _only, _opt_str, _path_id
+from router.errors import BadRequest, Conflict, Forbidden, NotFound
 from router.expressions import ExpressionError
 from router.expressions import compile as compile_expression
-from router.http import body, endpoint, principal
-from router.ingest import parse_event
+from router.http import endpoint
 from router.openapi import document
-from router.switch import new_id
-from router.workflow import WorkflowError, load_workflow
+from router.workflow import WorkflowError
+from router.workflow_load import load_workflow
 from router.workspace import CHANNELS, WorkspaceConfig, parse_agent
 
 __all__ = ["admin_routes"]
 
 _AGENT_FIELDS = frozenset({"id", "name", "attributes", "capacity", "role", "password"})
 _QUEUE_FIELDS = frozenset({"id", "name", "target", "order", "sl_target_s"})
-_CASE_FIELDS = frozenset({"id", "channel", "identities", "name", "subject", "text", "attributes"})
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    return await body(request)
-
-
-def _principal(request: Request, role: str, workspace: str | None) -> Principal:
-    return principal(request, role, workspace)
-
-
-def _ctx(request: Request) -> Ctx:
-    ctx: Ctx = request.app.state.ctx
-    return ctx
-
-
-async def _caller(request: Request, role: str = "agent") -> Principal:
-    """The signed-in caller with their current role; 401 / 403 as for every route."""
-    who = _principal(request, "agent", request.query_params.get("workspace") or None)
-    stored = await _ctx(request).redis.hget(keys.agent(who.workspace, who.subject), "role")
-    if stored is None:
-        raise Unauthorized("this agent no longer exists; sign in again")
-    current = Principal(who.kind, who.workspace, who.subject, stored.decode())
-    if not current.can(role):
-        raise Forbidden(f"{role}s only")
-    return current
-
-
-def _only(d: dict[str, Any], allowed: frozenset[str]) -> None:
-    extra = sorted(set(d) - allowed)
-    if extra:
-        raise BadRequest(f"{extra[0]}: unknown field", code="body.invalid")
-
-
-def _opt_str(d: dict[str, Any], name: str, limit: int = 200) -> str | None:
-    v = d.get(name)
-    if v is None:
-        return None
-    if not isinstance(v, str) or not v or len(v) > limit:
-        raise BadRequest(f"{name}: a string of 1-{limit} characters", code="body.invalid")
-    return v
-
-
-def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name}: an integer {lo}-{hi}", code="query.invalid") from None
-    if not lo <= v <= hi:
-        raise BadRequest(f"{name}: an integer {lo}-{hi}", code="query.invalid")
-    return v
-
-
-def _path_id(request: Request, what: str) -> str:
-    v = str(request.path_params["id"])
-    if not keys.valid_id(v):
-        raise NotFound(f"{what} not found", code=f"{what}.unknown")
-    return v
 
 
 # -- agents ---------------------------------------------------------------------------------------
@@ -291,156 +239,6 @@ async def put_workflow(request: Request) -> Response:
 
     cfg = await _edit_declaration(request, who.workspace, change)
     return JSONResponse(dict(cfg.workflow_json))
-
-
-# -- customers ----------------------------------------------------------------------------------
-
-
-async def _visible_customer(request: Request) -> tuple[Principal, str]:
-    """The caller and the customer in the path, if they may see it (supervisor+, or an agent
-    holding or being offered one of the customer's cases); 404 otherwise."""
-    who = await _caller(request)
-    cust = _path_id(request, "customer")
-    if not who.can("supervisor"):
-        redis = _ctx(request).redis
-        mine = await queries.held_cases(redis, who.workspace, who.subject)
-        if cust not in await queries.customers_of(redis, who.workspace, mine):
-            raise NotFound("customer not found", code="customer.unknown")
-    return who, cust
-
-
-async def get_customer(request: Request) -> dict[str, Any]:
-    who, cust = await _visible_customer(request)
-    view = await queries.customer(_ctx(request).redis, who.workspace, cust)
-    if view is None:
-        raise NotFound("customer not found", code="customer.unknown")
-    return view
-
-
-async def customer_timeline(request: Request) -> dict[str, Any]:
-    who, cust = await _visible_customer(request)
-    redis = _ctx(request).redis
-    if not await redis.exists(keys.customer(who.workspace, cust)):
-        raise NotFound("customer not found", code="customer.unknown")
-    before = _int_param(request, "before", None, 0, 2**62)
-    limit = _int_param(request, "limit", snapshot.TIMELINE_PAGE, 1, 200)
-    assert limit is not None
-    return await snapshot.history(redis, who.workspace, cust, before, limit)
-
-
-async def find_customers(request: Request) -> dict[str, Any]:
-    who = await _caller(request, "supervisor")
-    identity = request.query_params.get("identity", "")
-    kind, sep, value = identity.partition(":")
-    if not sep:
-        raise BadRequest("identity: kind:value, like email:a@example.com", code="query.invalid")
-    try:
-        normalized = parse_event(
-            {"id": "lookup", "channel": "chat", "identities": {kind: value}}
-        ).identities[0]
-    except BadRequest as e:
-        raise BadRequest(f"identity: {e.message}", code="query.invalid") from None
-    redis = _ctx(request).redis
-    cust = await queries.find_customer(redis, who.workspace, normalized)
-    view = await queries.customer(redis, who.workspace, cust) if cust else None
-    return {"customers": [view] if view else []}
-
-
-async def merge_customers(request: Request) -> dict[str, Any]:
-    who = await _caller(request, "admin")
-    d = await _body(request)
-    _only(d, frozenset({"into", "from"}))
-    into, from_ = _opt_str(d, "into", 64), _opt_str(d, "from", 64)
-    if into is None or from_ is None:
-        raise BadRequest("into and from: both required", code="body.invalid")
-    if into == from_:
-        raise BadRequest("into and from: two different customers", code="body.invalid")
-    if not keys.valid_id(into) or not keys.valid_id(from_):
-        raise NotFound("customer not found", code="customer.unknown")
-    res = await _ctx(request).switch.merge_customers(who.workspace, into, from_)
-    return {
-        "into": into,
-        "from": from_,
-        "moved_cases": int(res.get("moved_cases", 0)),
-        "identities": list(res.get("identities") or []),
-    }
-
-
-# -- cases ----------------------------------------------------------------------------------------
-
-
-async def list_cases(request: Request) -> dict[str, Any]:
-    who = await _caller(request, "supervisor")
-    ctx = _ctx(request)
-    status = request.query_params.get("status", "")
-    queue = request.query_params.get("queue", "")
-    if queue and not keys.valid_id(queue):
-        raise BadRequest("queue: not a queue id", code="query.invalid")
-    limit = _int_param(request, "limit", 50, 1, 200)
-    assert limit is not None
-    cfg = await ctx.switch.config(who.workspace)
-    page = await queries.list_cases(
-        ctx.redis,
-        cfg,
-        who.workspace,
-        status,
-        queue=queue,
-        limit=limit,
-        cursor=request.query_params.get("cursor"),
-    )
-    return {"cases": page.cases, "next_cursor": page.next_cursor}
-
-
-async def get_case(request: Request) -> dict[str, Any]:
-    who = await _caller(request)
-    ctx = _ctx(request)
-    case = _path_id(request, "case")
-    if not who.can("supervisor") and case not in await queries.held_cases(
-        ctx.redis, who.workspace, who.subject
-    ):
-        raise NotFound("case not found", code="case.unknown")
-    detail = await snapshot.case_detail(ctx.redis, who.workspace, case)
-    if detail is None:
-        raise NotFound("case not found", code="case.unknown")
-    detail["case"] = queries.case_summary(await queries.case_fields(ctx.redis, who.workspace, case))
-    return detail
-
-
-async def create_case(request: Request) -> Response:
-    """Open a case by ingesting one inbound event; the same ``id`` again changes nothing."""
-    who = await _caller(request, "supervisor")
-    d = await _body(request)
-    _only(d, _CASE_FIELDS)
-    # the key is namespaced so it cannot collide with the ids of adapters' events
-    key = _opt_str(d, "id", 190) or new_id("e")
-    event = {**d, "id": f"api:{key}", "kind": "message"}
-    res = await _ctx(request).switch.ingest(who.workspace, event)
-    out = {
-        "id": key,
-        "case": res.case,
-        "customer": res.customer,
-        "action": res.action,
-        "duplicate": res.duplicate,
-        "offered": res.offered,
-    }
-    return JSONResponse(out, status_code=200 if res.duplicate else 201)
-
-
-async def move_case(request: Request) -> dict[str, Any]:
-    """Supervisor move: a waiting (queued or offered) case goes to another queue."""
-    who = await _caller(request, "supervisor")
-    ctx = _ctx(request)
-    case = _path_id(request, "case")
-    d = await _body(request)
-    _only(d, frozenset({"queue", "note"}))
-    queue = _opt_str(d, "queue", 64)
-    if queue is None:
-        raise BadRequest("queue: required", code="body.invalid")
-    note = d.get("note", "")
-    if not isinstance(note, str) or len(note) > 2000:
-        raise BadRequest("note: a string of at most 2000 characters", code="body.invalid")
-    await ctx.switch.transfer(who.workspace, "", case, queue=queue, note=note)
-    return queries.case_summary(await queries.case_fields(ctx.redis, who.workspace, case))
 
 
 async def openapi_json(request: Request) -> Response:

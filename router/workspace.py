@@ -15,7 +15,8 @@ from router import keys
 from router.errors import ConfigError
 from router.expressions import ExpressionError
 from router.expressions import compile as compile_expression
-from router.workflow import Workflow, WorkflowError, check_load_terms, load_workflow
+from router.workflow import Workflow, WorkflowError
+from router.workflow_load import check_load_terms, load_workflow
 
 __all__ = [
     "CHANNELS",

@@ -1,4 +1,4 @@
-"""router.workflow: loading TaskRouter workflow JSON and planning a case's route."""
+"""router.workflow_load and router.workflow: loading TaskRouter workflow JSON, planning a route."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from router.workflow import (
     Target,
     Workflow,
     WorkflowError,
-    load_workflow,
     order_key,
     parse_order_by,
 )
+from router.workflow_load import load_workflow
 
 QUEUES = ["sales", "support", "everyone", "vip"]
 
