@@ -14,7 +14,7 @@ declaration. The routes, their roles and schemas are documented in ``router/open
 from __future__ import annotations
 
 import asyncio
-import json
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,6 +42,9 @@ from router.openapi import document
 from router.workflow import WorkflowError
 from router.workflow_load import load_workflow
 from router.workspace import CHANNELS, WorkspaceConfig, parse_agent
+
+#: an admin edit that keeps losing the race for the declaration gives up after this many tries
+EDIT_ATTEMPTS = 5
 
 __all__ = ["admin_routes"]
 
@@ -126,21 +129,27 @@ async def _edit_declaration(
     The re-applied declaration lists no agents: Redis holds the agents as they are now (the
     admin API may have changed them since the file was loaded), and apply_workspace then just
     recomputes every agent's queue memberships from that state instead of resetting agents to
-    the file's attributes and passwords. Edits are serialized per process; two nodes editing
-    at the same moment can still lose one edit (apply_workspace has no compare-and-set).
+    the file's attributes and passwords. Edits are serialized per process (each recomputes
+    every agent's memberships); across nodes, the declaration is stored only if nobody changed
+    it since it was read (workspace_declare.lua), and an edit that lost that race is made again
+    on what won, a few times, before it answers 409 ``workspace.changed``.
     """
     ctx, state = _ctx(request), request.app.state
     lock: asyncio.Lock | None = getattr(state, "admin_edit_lock", None)
     if lock is None:
         lock = state.admin_edit_lock = asyncio.Lock()
     async with lock:
-        raw = await ctx.redis.hget(keys.settings(ws), "decl")
-        if raw is None:
-            raise NotFound("workspace not found", code="workspace.unknown")
-        decl: dict[str, Any] = json.loads(raw)
-        change(decl)
-        decl["agents"] = []
-        return await ctx.switch.apply_workspace(decl)
+        for attempt in range(1, EDIT_ATTEMPTS + 1):
+            decl, version = await ctx.switch.declaration(ws)
+            change(decl)
+            decl["agents"] = []
+            try:
+                return await ctx.switch.apply_workspace(decl, read_version=version)
+            except Conflict as e:
+                if e.code != "workspace.changed" or attempt == EDIT_ATTEMPTS:
+                    raise
+                await asyncio.sleep(random.uniform(0.005, 0.05))  # the other edit gets through
+    raise AssertionError("unreachable")
 
 
 async def list_queues(request: Request) -> dict[str, Any]:

@@ -40,6 +40,7 @@ __all__ = [
     "queue",
     "queue_waiting",
     "queues",
+    "sequence",
     "settings",
     "spent_token",
     "threads",
@@ -70,6 +71,11 @@ def prefix(ws: str) -> str:
 
 def settings(ws: str) -> str:
     return f"sb:{{{ws}}}:cfg"
+
+
+def sequence(ws: str) -> str:
+    """Counter behind offer ids (``o<n>``; Lua's next_id)."""
+    return f"sb:{{{ws}}}:seq"
 
 
 def agents(ws: str) -> str:

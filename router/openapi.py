@@ -319,6 +319,7 @@ OPERATIONS: tuple[Op, ...] = (
         "Queue",
         request="QueuePut",
         created=True,
+        errors=(409,),
     ),
     Op(
         "DELETE",
@@ -336,6 +337,7 @@ OPERATIONS: tuple[Op, ...] = (
         "admin",
         "Workflow",
         request="Workflow",
+        errors=(409,),
     ),
     Op(
         "GET",

@@ -37,6 +37,7 @@ __all__ = [
     "is_cluster_url",
     "now_ms",
     "open_client",
+    "read_lua",
     "stop_task",
 ]
 
@@ -55,6 +56,7 @@ SCRIPT_NAMES = (
     "offer_reject",
     "pool_define",
     "timers_run",
+    "workspace_declare",
 )
 
 
@@ -62,7 +64,8 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _read_lua(name: str) -> str:
+def read_lua(name: str) -> str:
+    """The text of ``router/lua/<name>.lua``."""
     return (resources.files("router") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
@@ -99,12 +102,12 @@ def _load_script() -> _Script:
     costs a walk of the chunk's open upvalues for each helper it uses, and in a batch of a few
     transitions making all sixteen cost more than running them (callgrind; bench/README.md).
     """
-    parts = ["local ARGV = ARGV  -- each transition's own, set by _batch.lua", _read_lua("_lib")]
+    parts = ["local ARGV = ARGV  -- each transition's own, set by _batch.lua", read_lua("_lib")]
     parts.append("local T = {}")
     parts.append(_WANT)
     for name in SCRIPT_NAMES:
-        parts.append(f"if WANT['{name}'] then T['{name}'] = function()\n{_read_lua(name)}\nend end")
-    parts.append(_read_lua("_batch"))
+        parts.append(f"if WANT['{name}'] then T['{name}'] = function()\n{read_lua(name)}\nend end")
+    parts.append(read_lua("_batch"))
     source = "\n".join(parts).encode()
     sha = hashlib.sha1(source).hexdigest()
     head = b"$7\r\nEVALSHA\r\n$40\r\n" + sha.encode() + b"\r\n$1\r\n1\r\n"

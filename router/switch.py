@@ -90,11 +90,17 @@ class Switch:
 
     # -- configuration ------------------------------------------------------------------------
 
-    async def apply_workspace(self, decl: Mapping[str, Any]) -> WorkspaceConfig:
-        """Validate and store a workspace declaration; upsert its queues and agents."""
+    async def apply_workspace(
+        self, decl: Mapping[str, Any], *, read_version: str | None = None
+    ) -> WorkspaceConfig:
+        """Validate and store a workspace declaration; upsert its queues and agents.
+
+        ``read_version``: the ``declver`` the caller read the declaration at (a read-change-write
+        edit); if it changed meanwhile nothing is stored and ``Conflict`` (code
+        ``workspace.changed``) is raised, for the caller to read again and retry.
+        """
         cfg = parse_workspace(decl)
         ws = cfg.id
-        pipe = self.redis.pipeline(transaction=True)
         # stored without passwords: they are kept only hashed, on the agents
         stored = {
             **decl,
@@ -104,16 +110,17 @@ class Switch:
                 if isinstance(a, Mapping)
             ],
         }
-        pipe.hset(keys.settings(ws), "decl", _json(stored))
-        pipe.hincrby(keys.settings(ws), "declver", 1)
-        for q in cfg.queues:
-            pipe.sadd(keys.queues(ws), q.id)
-            pipe.hset(
-                keys.queue(ws, q.id),
-                mapping={"name": q.name, "target": q.target, "order": q.order, "sl": q.sl_target_s},
+        queues = [
+            [str(v) for v in (q.id, q.name, q.target, q.order, q.sl_target_s)] for q in cfg.queues
+        ]
+        res = await self.store.run(
+            "workspace_declare", ws, read_version or "", _json(stored), _json(queues)
+        )
+        if not res.get("ok"):
+            raise Conflict(
+                "the workspace changed while this edit was made", code="workspace.changed"
             )
-        await pipe.execute()
-        # the global set is in another hash slot than the workspace's keys: not in the MULTI
+        # the global set is in another hash slot than the workspace's keys: not in the script
         await self.redis.sadd(keys.WORKSPACES, ws)
         self._configs.pop(ws, None)
         self._pools.pop(ws, None)
@@ -126,6 +133,15 @@ class Switch:
             if aid not in declared:
                 await self._update_memberships(ws, aid)
         return cfg
+
+    async def declaration(self, ws: str) -> tuple[dict[str, Any], str]:
+        """The stored declaration (agents as first declared, without passwords) and its version,
+        for a read-change-write edit: ``apply_workspace(changed, read_version=version)``."""
+        raw = await self.redis.hmget(keys.settings(ws), ["decl", "declver"])
+        if raw[0] is None:
+            raise NotFound(f"workspace {ws!r} not found", code="workspace.unknown")
+        decl: dict[str, Any] = json.loads(raw[0])
+        return decl, (raw[1] or b"0").decode()
 
     async def config(self, ws: str) -> WorkspaceConfig:
         cached = self._configs.get(ws)

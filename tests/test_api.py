@@ -19,8 +19,10 @@ import pytest
 import pytest_asyncio
 from starlette.routing import Route
 
+from router import keys
 from router.auth import Principal, Tokens
 from router.embedded import EmbeddedRedis
+from router.errors import Conflict
 from router.openapi import OPERATIONS, document
 from router.store import Store, connect
 from router.switch import Switch
@@ -311,6 +313,38 @@ async def test_queues_create_update_delete(env: Env) -> None:
         assert (await adm.delete("/api/queues/vip")).status_code == 404
         r = await al.get("/api/queues")
         assert "vip" not in [q["id"] for q in r.json()["queues"]]
+
+
+async def test_an_edit_is_not_lost_to_another_nodes_edit(env: Env) -> None:
+    # read-change-write of the declaration on two nodes: the second write is refused, not kept
+    sw = env.switch
+    decl, version = await sw.declaration("globex")
+    theirs = {**copy.deepcopy(decl), "agents": []}
+    theirs["queues"].append({"id": "night"})
+    await sw.apply_workspace(theirs, read_version=version)
+    mine = {**copy.deepcopy(decl), "agents": []}
+    mine["queues"].append({"id": "weekend"})
+    with pytest.raises(Conflict) as refused:
+        await sw.apply_workspace(mine, read_version=version)
+    assert refused.value.code == "workspace.changed"
+    stored, now = await sw.declaration("globex")
+    assert [q["id"] for q in stored["queues"]] == ["general", "night"] and now != version
+    assert await sw.redis.sismember(keys.queues("globex"), "night")
+    assert not await sw.redis.sismember(keys.queues("globex"), "weekend")
+
+
+async def test_concurrent_queue_edits_all_land(env: Env) -> None:
+    # each PUT reads, changes and writes the declaration: none may be lost or half-applied
+    names = [f"burst{i}" for i in range(8)]
+    async with env.client("ada") as adm:
+        puts = await asyncio.gather(*(adm.put(f"/api/queues/{n}", json={}) for n in names))
+        assert [r.status_code for r in puts] == [201] * len(names), [r.text for r in puts]
+        listed = {q["id"] for q in (await adm.get("/api/queues")).json()["queues"]}
+        assert set(names) <= listed
+        gone = await asyncio.gather(*(adm.delete(f"/api/queues/{n}") for n in names))
+        assert [r.status_code for r in gone] == [204] * len(names), [r.text for r in gone]
+        listed = {q["id"] for q in (await adm.get("/api/queues")).json()["queues"]}
+        assert not set(names) & listed
 
 
 async def test_queue_with_waiting_cases_is_not_deleted(env: Env) -> None:

@@ -33,8 +33,11 @@ local function k_seq() return P .. 'seq' end
 local function k_agents() return P .. 'agents' end
 local function k_agent(a) return P .. 'a:' .. a end
 local function k_agent_pools(a) return P .. 'a:' .. a .. ':pools' end
+local function k_agent_conns(a) return P .. 'a:' .. a .. ':conns' end
+local function k_node_agents(n) return P .. 'node:' .. n .. ':agents' end
 local function k_agent_cases(a) return P .. 'a:' .. a .. ':cases' end
 local function k_agent_offers(a) return P .. 'a:' .. a .. ':offers' end
+local function k_queues() return P .. 'queues' end
 local function k_queue(q) return P .. 'q:' .. q end
 local function k_queue_wait(q) return P .. 'q:' .. q .. ':wait' end
 local function k_pools() return P .. 'pools' end
@@ -53,6 +56,7 @@ local function k_dedupe(e) return P .. 'dd:' .. e end
 local function k_timers() return P .. 'timers' end
 local function k_log() return P .. 'log' end
 local function k_outbox() return P .. 'out' end
+local function k_push_case(c) return P .. 'push:c:' .. c end
 
 local OPEN = {queued = true, offered = true, assigned = true, wrapping = true}
 
@@ -376,7 +380,7 @@ local function make_offer(c, a, waiting)
   -- all needs no pub/sub relay
   local nodes
   if agent.nodes then nodes = split(agent.nodes, ',')
-  else nodes = redis.call('HKEYS', k_agent(a) .. ':conns') end
+  else nodes = redis.call('HKEYS', k_agent_conns(a)) end
   local payload = {offer = o, agent = a, case = c, deadline = deadline, fields = fields,
     nodes = nodes}
   if cust then payload.customer = customer_payload(cust, 50) end

@@ -9,8 +9,8 @@
 local a, action, node = ARGV[2], ARGV[3], ARGV[6]
 local ak = k_agent(a)
 if redis.call('EXISTS', ak) == 0 then return result({ok = false, error = 'agent.unknown'}) end
-local conns = P .. 'a:' .. a .. ':conns'
-local node_agents = P .. 'node:' .. node .. ':agents'
+local conns = k_agent_conns(a)
+local node_agents = k_node_agents(node)
 if action == 'connect' then
   local g = hget(ak, 'grace')
   if g and g ~= '' then redis.call('ZREM', k_timers(), 'g|' .. a .. '|' .. g) end

@@ -23,7 +23,7 @@ if ARGV[5] == 'reply' then
   redis.call('XADD', k_outbox(), 'MAXLEN', '~', 100000, '*', 'kind', 'deliver', 'ch', cs[3],
     'case', c,
     'customer', cs[4], 'thread', cs[5] or '', 'subject', cs[6] or '', 'entry', raw)
-  redis.call('PUBLISH', P .. 'push:c:' .. c, raw)
+  redis.call('PUBLISH', k_push_case(c), raw)
 end
 log('case.' .. ARGV[5], {'case', c, 'agent', a})
 return result({ok = true, entry = entry, channel = cs[3], customer = cs[4]})
