@@ -31,7 +31,7 @@ from typing import Any
 
 import uvloop
 
-from bench.core import Bench, _setup, run_phase
+from bench.core_harness import Bench, run_phase, setup
 from bench.workload import workspace
 from router.embedded import EmbeddedRedis
 from router.store import Store, connect
@@ -92,7 +92,7 @@ async def measure_cost(
             await store.load()
             decl = workspace(agents)
             bench = Bench(store, [a["id"] for a in decl["agents"]])
-            await _setup(bench, decl)
+            await setup(bench, decl)
             await run_phase(bench, "warm", [bench.closed_loop] * PRODUCERS, 1.0)
             await bench.store.redis.config_resetstat()
             calls0, batches0, start = store.calls, store.batches, bench.tally.ingested

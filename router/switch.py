@@ -8,23 +8,22 @@ push to the ``notify`` callback — whichever node or process calls it. Errors a
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from router import fastjson, keys
-from router.auth import hash_password
-from router.errors import BadRequest, Conflict, NotFound, StoreUnavailable, from_script
+from router.declarations import Declarations
+from router.errors import BadRequest, Conflict, NotFound, from_script
 from router.ingest import Event, parse_event, timeline_entry
+from router.pools import Pools
 from router.push import offer_frame
 from router.store import Store, now_ms
-from router.triage import PoolSpec, agent_data, pool_members, triage
-from router.workspace import AgentConfig, WorkspaceConfig, parse_agent, parse_workspace
+from router.triage import PoolSpec, triage
+from router.workspace import AgentConfig, WorkspaceConfig, parse_agent
 
 __all__ = ["IngestResult", "Notify", "Switch", "new_id"]
 
@@ -40,7 +39,6 @@ class Notify(Protocol):
 
 
 DEDUPE_TTL_S = 7 * 86400
-_RETRIES = 8
 
 
 async def _drop(
@@ -84,11 +82,10 @@ class Switch:
         self.store = store
         self.redis = store.redis
         self.notify: Notify = notify or _drop
-        self._configs: dict[str, tuple[bytes, WorkspaceConfig]] = {}
-        self._pools: dict[str, set[str]] = {}
-        self._defining: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self.declarations = Declarations(store)
+        self.pools = Pools(store)
 
-    # -- configuration ------------------------------------------------------------------------
+    # -- configuration (router/declarations.py) ----------------------------------------------------
 
     async def apply_workspace(
         self, decl: Mapping[str, Any], *, read_version: str | None = None
@@ -99,31 +96,9 @@ class Switch:
         edit); if it changed meanwhile nothing is stored and ``Conflict`` (code
         ``workspace.changed``) is raised, for the caller to read again and retry.
         """
-        cfg = parse_workspace(decl)
+        cfg = await self.declarations.apply(decl, read_version=read_version)
         ws = cfg.id
-        # stored without passwords: they are kept only hashed, on the agents
-        stored = {
-            **decl,
-            "agents": [
-                {k: v for k, v in a.items() if k != "password"}
-                for a in decl.get("agents", [])
-                if isinstance(a, Mapping)
-            ],
-        }
-        queues = [
-            [str(v) for v in (q.id, q.name, q.target, q.order, q.sl_target_s)] for q in cfg.queues
-        ]
-        res = await self.store.run(
-            "workspace_declare", ws, read_version or "", _json(stored), _json(queues)
-        )
-        if not res.get("ok"):
-            raise Conflict(
-                "the workspace changed while this edit was made", code="workspace.changed"
-            )
-        # the global set is in another hash slot than the workspace's keys: not in the script
-        await self.redis.sadd(keys.WORKSPACES, ws)
-        self._configs.pop(ws, None)
-        self._pools.pop(ws, None)
+        self.pools.forget(ws)
         await self.config(ws)
         declared = {a.id for a in cfg.agents}
         for a in cfg.agents:  # from the declaration as given: it has the passwords
@@ -137,173 +112,34 @@ class Switch:
     async def declaration(self, ws: str) -> tuple[dict[str, Any], str]:
         """The stored declaration (agents as first declared, without passwords) and its version,
         for a read-change-write edit: ``apply_workspace(changed, read_version=version)``."""
-        raw = await self.redis.hmget(keys.settings(ws), ["decl", "declver"])
-        if raw[0] is None:
-            raise NotFound(f"workspace {ws!r} not found", code="workspace.unknown")
-        decl: dict[str, Any] = json.loads(raw[0])
-        return decl, (raw[1] or b"0").decode()
+        return await self.declarations.read(ws)
 
     async def config(self, ws: str) -> WorkspaceConfig:
-        cached = self._configs.get(ws)
-        if cached is not None:
-            return cached[1]
-        raw = await self.redis.hmget(keys.settings(ws), ["decl", "declver"])
-        if raw[0] is None:
-            raise NotFound(f"workspace {ws!r} not found", code="workspace.unknown")
-        cfg = parse_workspace(json.loads(raw[0]))
-        self._configs[ws] = (raw[1] or b"0", cfg)
-        return cfg
+        return await self.declarations.config(ws)
 
     async def refresh_configs(self) -> None:
         """Drop cached declarations another node changed (called by the timer loop)."""
-        for ws, (ver, _) in list(self._configs.items()):
-            now = await self.redis.hget(keys.settings(ws), "declver")
-            if now != ver:
-                self._configs.pop(ws, None)
-                self._pools.pop(ws, None)
+        async for ws in self.declarations.changed():
+            self.pools.forget(ws)
 
     async def workspaces(self) -> list[str]:
-        return sorted(m.decode() for m in await self.redis.smembers(keys.WORKSPACES))
+        return await self.declarations.workspaces()
 
     async def agent_ids(self, ws: str) -> list[str]:
-        return sorted(m.decode() for m in await self.redis.smembers(keys.agents(ws)))
+        return await self.pools.agent_ids(ws)
 
-    # -- agents and pools ---------------------------------------------------------------------
+    # -- agents and pools (router/pools.py) --------------------------------------------------------
 
     async def upsert_agent(self, ws: str, agent: AgentConfig | Mapping[str, Any]) -> None:
         """Create or update an agent; recompute the pools they belong to."""
         cfg = await self.config(ws)
         a = agent if isinstance(agent, AgentConfig) else parse_agent(agent)
-        data = agent_data(a)
-        for _ in range(_RETRIES):
-            ver = await self._ver(ws)
-            memberships = await self._memberships(ws, cfg, data)
-            res = await self.store.run(
-                "agent_update",
-                ws,
-                a.id,
-                a.name,
-                ",".join(sorted(a.capacity)),
-                _json(a.capacity),
-                _json(a.attributes),
-                _json(memberships),
-                ver,
-            )
-            if res.get("ok"):
-                break
-        else:
-            raise StoreUnavailable("agent update kept conflicting; try again")
-        extra = {"role": a.role}
-        if a.password is not None:
-            extra["pw"] = hash_password(a.password)
-        await self.redis.hset(keys.agent(ws, a.id), mapping=extra)
-        await self._dispatch(ws, res)
+        await self._dispatch(ws, await self.pools.update_agent(ws, cfg, a))
 
     async def _update_memberships(self, ws: str, aid: str) -> None:
-        row = await self.redis.hgetall(keys.agent(ws, aid))
-        if not row:
-            return
-        d = {k.decode(): v.decode() for k, v in row.items()}
-        caps = {k[4:]: int(v) for k, v in d.items() if k.startswith("cap:")}
-        await self.upsert_agent(
-            ws,
-            AgentConfig(
-                aid,
-                d.get("name", aid),
-                json.loads(d.get("attrs", "{}")),
-                caps,
-                d.get("role", "agent"),
-            ),
-        )
-
-    async def _ver(self, ws: str) -> str:
-        v = await self.redis.hget(keys.settings(ws), "ver")
-        return v.decode() if v else "0"
-
-    async def _pool_specs(self, ws: str) -> list[PoolSpec]:
-        ids = [m.decode() for m in await self.redis.smembers(keys.pools(ws))]
-        ids = [p for p in ids if not p.startswith("a~")]
-        pipe = self.redis.pipeline(transaction=False)
-        for p in ids:
-            pipe.hmget(keys.pool(ws, p), ["queue", "filter", "order", "load"])
-        rows = await pipe.execute()
-        specs = []
-        for p, (q, f, o, ld) in zip(ids, rows, strict=True):
-            if q is None:
-                continue
-            order = tuple((k, bool(d)) for k, d in json.loads(o or b"[]"))
-            specs.append(PoolSpec(p, q.decode(), f.decode(), order, load=(ld or b"").decode()))
-        return specs
-
-    async def _memberships(
-        self, ws: str, cfg: WorkspaceConfig, data: Mapping[str, Any]
-    ) -> list[list[Any]]:
-        out: list[list[Any]] = []
-        for spec in await self._pool_specs(ws):
-            q = cfg.queue(spec.queue)
-            if q is None:
-                continue
-            out.extend([spec.id, ordval] for _, ordval in pool_members(spec, q.target, {"_": data}))
-        return out
-
-    async def _agent_datas(self, ws: str) -> dict[str, dict[str, Any]]:
-        ids = await self.agent_ids(ws)
-        pipe = self.redis.pipeline(transaction=False)
-        for aid in ids:
-            pipe.hgetall(keys.agent(ws, aid))
-        out: dict[str, dict[str, Any]] = {}
-        for aid, row in zip(ids, await pipe.execute(), strict=True):
-            d = {k.decode(): v.decode() for k, v in row.items()}
-            caps = {k[4:]: int(v) for k, v in d.items() if k.startswith("cap:")}
-            out[aid] = agent_data(
-                {"attributes": json.loads(d.get("attrs", "{}")), "capacity": caps}
-            )
-        return out
-
-    async def _ensure_pools(self, ws: str, cfg: WorkspaceConfig, specs: list[PoolSpec]) -> None:
-        known = self._pools.setdefault(ws, set())
-        for spec in specs:
-            if spec.id in known:
-                continue
-            # single flight: concurrent first cases of a new pool share one definition
-            key = (ws, spec.id)
-            pending = self._defining.get(key)
-            if pending is None:
-                pending = asyncio.ensure_future(self._define_pool(ws, cfg, spec))
-                self._defining[key] = pending
-                pending.add_done_callback(self._defined(key))
-            await asyncio.shield(pending)
-            known.add(spec.id)
-
-    def _defined(self, key: tuple[str, str]) -> Callable[[asyncio.Future[None]], None]:
-        def done(_: asyncio.Future[None]) -> None:
-            self._defining.pop(key, None)
-
-        return done
-
-    async def _define_pool(self, ws: str, cfg: WorkspaceConfig, spec: PoolSpec) -> None:
-        if await self.redis.sismember(keys.pools(ws), spec.id):
-            return
-        queue = cfg.queue(spec.queue)
-        if queue is None:
-            raise BadRequest(f"queue {spec.queue!r} not configured", code="queue.unknown")
-        for _ in range(_RETRIES):
-            ver = await self._ver(ws)
-            members = pool_members(spec, queue.target, await self._agent_datas(ws))
-            res = await self.store.run(
-                "pool_define",
-                ws,
-                spec.id,
-                spec.queue,
-                spec.filter,
-                ver,
-                _json(members),
-                _json(spec.order_by),
-                spec.load,
-            )
-            if res.get("ok"):
-                return
-        raise StoreUnavailable("pool definition kept conflicting; try again")
+        a = await self.pools.stored_agent(ws, aid)
+        if a is not None:
+            await self.upsert_agent(ws, a)
 
     # -- ingest --------------------------------------------------------------------------------
 
@@ -316,7 +152,7 @@ class Switch:
         ev = event if isinstance(event, Event) else parse_event(event)
         cfg = await self.config(ws)
         tri = triage(cfg, ev.channel, ev.attributes, subject=ev.subject)
-        await self._ensure_pools(ws, cfg, tri.pools)
+        await self.pools.ensure(ws, cfg, tri.pools)
         res = await self.store.run(
             "event_ingest",
             ws,
@@ -445,7 +281,7 @@ class Switch:
             if not await self.redis.exists(keys.agent(ws, to_agent)):
                 raise NotFound("agent not found", code="agent.unknown")
             back = row[0].decode()
-            await self._ensure_pools(ws, cfg, [PoolSpec(back, back, "true")])
+            await self.pools.ensure(ws, cfg, [PoolSpec(back, back, "true")])
             tmo = int(cfg.transfer_agent_timeout_s * 1000)
             bq = cfg.queue(back)
             lifo = "1" if bq is not None and bq.order == "lifo" else "0"
@@ -457,7 +293,7 @@ class Switch:
         if q is None:
             raise NotFound(f"queue {queue!r} not found", code="queue.unknown")
         spec = PoolSpec(q.id, q.id, "true")
-        await self._ensure_pools(ws, cfg, [spec])
+        await self.pools.ensure(ws, cfg, [spec])
         return [
             {"queue": q.id, "pri": pri, "lifo": "1" if q.order == "lifo" else "0", "pool": q.id}
         ]
