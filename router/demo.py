@@ -1,7 +1,8 @@
 """The demo workspace (``switchboard demo``) and simulated customers who chat, mail and call.
 
 Agents (password ``demo``): ann (support, English/Spanish), bob (sales + billing), cat
-(support + billing, voice), and sue, a supervisor. Bridge key for ``/ws/bridge``: ``demo-key``.
+(support + billing, voice), sue, a supervisor, and ada, an admin (the REST API's queue, workflow
+and agent edits). Bridge key for ``/ws/bridge``: ``demo-key``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ DEMO_WORKSPACE: dict[str, Any] = {
             "name": "Sue Supervisor",
             "password": "demo",
             "role": "supervisor",
+            "attributes": {"skills": []},
+            "capacity": {},
+        },
+        {
+            "id": "ada",
+            "name": "Ada Admin",
+            "password": "demo",
+            "role": "admin",
             "attributes": {"skills": []},
             "capacity": {},
         },

@@ -99,7 +99,8 @@ async def test_the_demo_serves_its_workspace_and_simulated_customers_reach_the_a
     tmp_path: Path,
 ) -> None:
     """What ``make run`` starts (``switchboard demo``): the console page, the demo agents'
-    passwords, and the simulated customers' cases (nobody is signed in: they wait)."""
+    passwords, the simulated customers' cases (nobody is signed in: they wait), and an admin
+    who can edit the workspace."""
     demo = ServerProcess(
         tmp_path / "demo", command=("demo", "--smtp-port", "0", "--every-s", "0.2")
     )
@@ -119,6 +120,15 @@ async def test_the_demo_serves_its_workspace_and_simulated_customers_reach_the_a
             await wait_for(
                 lambda: _at_least(queued(), 3), timeout=30, message="fewer than 3 customers"
             )
+            # the demo's admin can change the workspace through the REST API
+            r = await http.post(
+                "/api/login", json={"workspace": "demo", "agent": "ada", "password": "demo"}
+            )
+            admin = {"Authorization": f"Bearer {r.json()['token']}"}
+            r = await http.put("/api/queues/night", json={"name": "Night shift"}, headers=admin)
+            assert r.status_code == 201, r.text
+            r = await http.get("/api/queues", headers=auth)
+            assert "night" in [q["id"] for q in r.json()["queues"]]
     finally:
         demo.stop()
     assert "Application shutdown complete" in demo.log()
