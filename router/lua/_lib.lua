@@ -16,7 +16,7 @@ local NOW, NOW_S = 0, '0'
 -- (priorities 0..2047; ages good until 2093). See docs/routing.md "Order".
 local EPOCH_MS = 1704067200000
 local PRI_SCALE = 2199023255552
-local LOG_MAXLEN = '1000000'  -- a string: redis.call would print a number each time
+local LOG_MAXLEN = '1000000'  -- the event log keeps about this many entries (timers_run trims)
 
 -- A number as the text Redis stores for it. redis.call prints a number argument with %.17g,
 -- C's slow floating-point path, as Lua's own number-to-string does with %.14g; the whole
@@ -68,7 +68,7 @@ local function split(s, sep)
 end
 
 local function log(typ, fields)
-  local args = {k_log(), 'MAXLEN', '~', LOG_MAXLEN, '*', 't', typ, 'ts', NOW_S}
+  local args = {k_log(), '*', 't', typ, 'ts', NOW_S}
   for i = 1, #fields do args[#args + 1] = fields[i] end
   redis.call('XADD', unpack(args))
 end

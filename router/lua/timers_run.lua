@@ -10,6 +10,10 @@
 -- KEYS[1] workspace prefix
 -- ARGV    now, max timers to fire, max missed offers in a row, away status
 -- Returns {fired, offers, push=[{agent, frame}]}.
+-- The event log is trimmed here, on every node's timer tick, rather than by each XADD: six
+-- entries per case carried three more arguments each, and Redis formats every argument of a
+-- write again for the AOF. It may pass LOG_MAXLEN by a tick's worth of entries.
+redis.call('XTRIM', k_log(), 'MAXLEN', '~', LOG_MAXLEN)
 local limit = tonumber(ARGV[2])
 local max_missed = tonumber(ARGV[3])
 local due = redis.call('ZRANGEBYSCORE', k_timers(), '-inf', NOW, 'LIMIT', 0, limit)
