@@ -235,3 +235,53 @@ async def test_lua_load_conditions_agree_with_python(redis: Redis) -> None:
     assert await fits(keys=["sb:{t}:"], args=[0, "x", both]) == 1
     await redis.hset("sb:{t}:a:x", "load:voice", 1)
     assert await fits(keys=["sb:{t}:"], args=[0, "x", both]) == 0
+
+
+@pytest.mark.parametrize("skip_if", ["workers.available == 0", "workers.available < 1"])
+async def test_skip_if_counts_only_the_agents_who_meet_the_load_terms(
+    switch: Switch, inbox: Inbox, skip_if: str
+) -> None:
+    """ann has room for more chats but already has one, so the first step's pool ("no chat
+    yet") has nobody available: the step is skipped, and bob in sales gets the case."""
+    first = {
+        "queue": "support",
+        "expression": "worker.channel.chat.assigned_tasks < 1",
+        "skip_if": skip_if,
+    }
+    decl = workspace(
+        first, {"queue": "sales"}, agents=[agent("ann", ["support"]), agent("bob", ["sales"])]
+    )
+    await switch.apply_workspace(decl)
+    await switch.set_status("acme", "ann", "available")
+    held = await switch.ingest("acme", chat("e1"))
+    assert offered(inbox, "ann") == [held.case]
+    await accept_last(switch, inbox, "ann")
+    await switch.set_status("acme", "bob", "available")
+    case = await switch.ingest("acme", chat("e2", email="b@x.test"))
+    assert offered(inbox, "bob") == [case.case]
+    assert offered(inbox, "ann") == [held.case]
+
+
+async def test_skip_if_keeps_the_step_while_someone_meets_the_load_terms(
+    switch: Switch, inbox: Inbox
+) -> None:
+    first = {
+        "queue": "support",
+        "expression": "worker.channel.chat.assigned_tasks < 1",
+        "skip_if": "workers.available == 0",
+    }
+    decl = workspace(
+        first,
+        {"queue": "sales"},
+        agents=[agent("ann", ["support"]), agent("cy", ["support"]), agent("bob", ["sales"])],
+    )
+    await switch.apply_workspace(decl)
+    for who in ("ann", "cy", "bob"):
+        await switch.set_status("acme", who, "available")
+    one = await switch.ingest("acme", chat("e1"))
+    two = await switch.ingest("acme", chat("e2", email="b@x.test"))
+    # each support agent takes one chat; nobody fits a third, which then goes to sales
+    firsts = offered(inbox, "ann") + offered(inbox, "cy")
+    assert sorted(firsts) == sorted([one.case, two.case])
+    three = await switch.ingest("acme", chat("e3", email="c@x.test"))
+    assert offered(inbox, "bob") == [three.case]

@@ -527,11 +527,38 @@ local function dequeue(c)
   if cs[3] then redis.call('ZREM', k_queue_wait(cs[3]), c) end
 end
 
+-- How many agents of pool p's available set on channel ch meet its live-load conditions,
+-- counting no further than cap (an HMGET per agent looked at).
+local function fitting(p, ch, conds, cap)
+  local n, start = 0, 0
+  while n < cap do
+    local cands = redis.call('ZRANGE', k_pool_av(p, ch), start, start + 7)
+    if #cands == 0 then break end
+    for _, a in ipairs(cands) do
+      if load_fits(a, conds) then
+        n = n + 1
+        if n >= cap then break end
+      end
+    end
+    start = start + 8
+  end
+  return n
+end
+
 local function skip_step(step, ch)
-  -- skip_if is compiled by Python to {op, n} over "workers.available" in the step's pool.
+  -- skip_if is compiled by Python to {op, n} over "workers.available" in the step's pool: its
+  -- agents with free capacity on the case's channel who also meet the pool's live-load
+  -- conditions, if it has any. Those are counted only up to floor(n) + 1, which decides every
+  -- comparison with n.
   if step.skip == nil then return false end
-  local n = redis.call('ZCARD', k_pool_av(step.pool, ch))
   local op, v = step.skip[1], step.skip[2]
+  local conds = load_conds(step.pool)
+  local n
+  if conds == nil then
+    n = redis.call('ZCARD', k_pool_av(step.pool, ch))
+  else
+    n = fitting(step.pool, ch, conds, math.max(0, math.floor(v) + 1))
+  end
   if op == '==' then return n == v elseif op == '!=' then return n ~= v
   elseif op == '<' then return n < v elseif op == '<=' then return n <= v
   elseif op == '>' then return n > v elseif op == '>=' then return n >= v end
