@@ -22,10 +22,6 @@ from router.workspace import WorkspaceConfig, parse_workspace
 __all__ = ["Declarations"]
 
 
-def _json(v: Any) -> str:
-    return fastjson.dumps_str(v)
-
-
 class Declarations:
     """The declarations of any number of workspaces on one Redis, with their configs cached."""
 
@@ -57,7 +53,11 @@ class Declarations:
             [str(v) for v in (q.id, q.name, q.target, q.order, q.sl_target_s)] for q in cfg.queues
         ]
         res = await self.store.run(
-            "workspace_declare", ws, read_version or "", _json(stored), _json(queues)
+            "workspace_declare",
+            ws,
+            read_version or "",
+            fastjson.dumps_str(stored),
+            fastjson.dumps_str(queues),
         )
         if not res.get("ok"):
             raise Conflict(

@@ -27,10 +27,6 @@ __all__ = ["Pools"]
 _RETRIES = 8
 
 
-def _json(v: Any) -> str:
-    return fastjson.dumps_str(v)
-
-
 class Pools:
     """The agents and pool memberships of any number of workspaces on one Redis."""
 
@@ -60,9 +56,9 @@ class Pools:
                 a.id,
                 a.name,
                 ",".join(sorted(a.capacity)),
-                _json(a.capacity),
-                _json(a.attributes),
-                _json(memberships),
+                fastjson.dumps_str(a.capacity),
+                fastjson.dumps_str(a.attributes),
+                fastjson.dumps_str(memberships),
                 ver,
             )
             if res.get("ok"):
@@ -173,8 +169,8 @@ class Pools:
                 spec.queue,
                 spec.filter,
                 ver,
-                _json(members),
-                _json(spec.order_by),
+                fastjson.dumps_str(members),
+                fastjson.dumps_str(spec.order_by),
                 spec.load,
             )
             if res.get("ok"):

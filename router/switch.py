@@ -47,10 +47,6 @@ async def _drop(
     return None
 
 
-def _json(v: Any) -> str:
-    return fastjson.dumps_str(v)
-
-
 def _as_list(v: Any) -> list[Any]:
     # Redis's cjson encodes an empty Lua table as {}.
     return v if isinstance(v, list) else []
@@ -159,15 +155,15 @@ class Switch:
             ev.id,
             ev.channel,
             ev.kind,
-            _json(list(ev.identities)),
+            fastjson.dumps_str(list(ev.identities)),
             ev.name,
             ev.thread_key,
             ev.case,
-            _json(timeline_entry(ev)),
+            fastjson.dumps_str(timeline_entry(ev)),
             new_id("c"),
             new_id("u"),
             tri.plan_json,
-            _json(tri.fields),
+            fastjson.dumps_str(tri.fields),
             int(cfg.reopen_window_s * 1000),
             tri.reopen_json,
             "" if ev.seq is None else ev.seq,
@@ -223,7 +219,7 @@ class Switch:
             raise BadRequest(f"unknown disposition {disposition!r}", code="disposition.unknown")
         entry = ""
         if note or disposition:
-            entry = _json(
+            entry = fastjson.dumps_str(
                 {
                     "id": new_id("n"),
                     "ch": "note",
@@ -254,7 +250,7 @@ class Switch:
         """
         cfg = await self.config(ws)
         plan = await self._transfer_plan(ws, cfg, case, queue, to_agent)
-        entry = _json(
+        entry = fastjson.dumps_str(
             {
                 "id": new_id("n"),
                 "ch": "note",
@@ -266,7 +262,8 @@ class Switch:
                 "to": to_agent or queue,
             }
         )
-        return await self._act("case_transfer", ws, agent, case, _json(plan), entry, to_agent)
+        plan_json = fastjson.dumps_str(plan)
+        return await self._act("case_transfer", ws, agent, case, plan_json, entry, to_agent)
 
     async def _transfer_plan(
         self, ws: str, cfg: WorkspaceConfig, case: str, queue: str, to_agent: str
@@ -328,7 +325,7 @@ class Switch:
             "from": agent_name or agent,
         }
         return await self._act(
-            "case_reply", ws, agent, case, _json(entry), "note" if note else "reply"
+            "case_reply", ws, agent, case, fastjson.dumps_str(entry), "note" if note else "reply"
         )
 
     async def _absorb_anonymous(self, ws: str, into: str, other: str) -> None:
