@@ -69,14 +69,15 @@ async def _until(done: Callable[[], bool], within: float) -> None:
             await asyncio.sleep(0.05)
 
 
-def _total(out: Path) -> int:
-    """The largest event total among callgrind's output files (the server, not a child)."""
-    best = 0
+def _largest(out: Path) -> tuple[int, Path]:
+    """The largest event total among callgrind's output files (the server's counted part, not
+    a child's or the uncounted start's), and that file."""
+    best, where = 0, out
     for f in out.parent.glob(out.name + "*"):
         for line in f.read_text(errors="replace").splitlines():
-            if line.startswith(("summary:", "totals:")):
-                best = max(best, int(line.split()[1]))
-    return best
+            if line.startswith(("summary:", "totals:")) and int(line.split()[1]) > best:
+                best, where = int(line.split()[1]), f
+    return best, where
 
 
 async def measure_cost(
@@ -117,10 +118,10 @@ async def measure_cost(
             await store.close()
         finally:
             await server.stop()
-        total = _total(out)
+        total, counted = _largest(out)
         if keep is not None:
             keep.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(out, keep)
+            shutil.copy(counted, keep)
     return {
         "cases": done,
         "instructions_per_case": round(total / max(1, done)),

@@ -9,6 +9,10 @@
 -- Returns one string per transition, in order: its JSON result, or "!" and the error message
 -- when it raised one (the others still run; like a lone script, it keeps the writes it made,
 -- the new case it held included: see case_hold in _lib.lua).
+-- Lua's collector starts a cycle when its heap has doubled (pause 200): every cycle marks the
+-- helpers and tables above again. At 400 it runs half as often, for a few hundred KB more
+-- heap: -1.6 % of Redis's instructions per routed case (python -m bench cost).
+collectgarbage('setpause', 400)
 local batch = ARGV
 local out = {}
 local i = 1

@@ -68,9 +68,7 @@ local function split(s, sep)
 end
 
 local function log(typ, fields)
-  local args = {k_log(), '*', 't', typ, 'ts', NOW_S}
-  for i = 1, #fields do args[#args + 1] = fields[i] end
-  redis.call('XADD', unpack(args))
+  redis.call('XADD', k_log(), '*', 't', typ, 'ts', NOW_S, unpack(fields))
 end
 
 local function next_id(tag)

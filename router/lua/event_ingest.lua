@@ -76,21 +76,23 @@ elseif ARGV[6] ~= '' then
   redis.call('HSETNX', k_customer(u), 'name', ARGV[6])
 end
 
-local entry = cjson.decode(ARGV[9])
 local offers, push = {}, {}
 local action = 'appended'
 
 -- a follow-up goes on the timeline of the case's customer (a forwarded reply's sender is
--- identified as themselves, but the message belongs to the conversation it answers)
+-- identified as themselves, but the message belongs to the conversation it answers). The
+-- entry (a JSON object, never empty: router/ingest.py timeline_entry) gets its case spliced in
+-- as text rather than being decoded and encoded again; entry() decodes it for a push.
+local text = nil
 local function append(case_id, owner)
-  entry.case = case_id
   owner = owner or hget(k_case(case_id), 'cust') or u
-  local text = cjson.encode(entry)
+  text = '{"case":' .. cjson.encode(case_id) .. ',' .. string.sub(ARGV[9], 2)
   redis.call('RPUSH', k_timeline(owner), text)
   if NEW_CUSTOMER ~= nil and NEW_CUSTOMER.id == owner then
     NEW_CUSTOMER.timeline[#NEW_CUSTOMER.timeline + 1] = text
   end
 end
+local function entry() return cjson.decode(text) end
 
 local function notify(case_id, frame)
   local cs = redis.call('HMGET', k_case(case_id), 'st', 'agent', 'oagent')
@@ -130,16 +132,16 @@ elseif c and OPEN[st] then
       action = 'abandoned'
     else
       redis.call('HSET', k_case(c), 'ended', NOW_S, 'updated', NOW_S)
-      notify(c, {type = 'case.updated', case = c, event = kind, entry = entry})
+      notify(c, {type = 'case.updated', case = c, event = kind, entry = entry()})
     end
   elseif kind == 'callback.requested' then
     append(c)
     redis.call('HSET', k_case(c), 'callback', '1', 'updated', NOW_S)
-    notify(c, {type = 'case.updated', case = c, event = kind, entry = entry})
+    notify(c, {type = 'case.updated', case = c, event = kind, entry = entry()})
   else
     append(c)
     redis.call('HSET', k_case(c), 'updated', NOW_S)
-    notify(c, {type = 'case.message', case = c, entry = entry})
+    notify(c, {type = 'case.message', case = c, entry = entry()})
   end
 elseif kind == 'call.ended' or kind == 'conversation.ended' then
   action = 'ignored'
