@@ -68,7 +68,11 @@ def ws_impls() -> list[str]:
 
 
 async def measure_bare(
-    seconds: float = 5.0, *, redis_url: str | None = None, idle_conns: int = 2000
+    seconds: float = 5.0,
+    *,
+    redis_url: str | None = None,
+    idle_conns: int = 2000,
+    pipeline_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Measure the bare limits of our stack; return the figures.
 
@@ -77,7 +81,9 @@ async def measure_bare(
     ``other_cpu``); ``bare_relay_by_impl`` (uvicorn ws implementation → figures),
     ``best_ws_impl`` and its ``bare_relay_frames_per_s``, ``bare_relay_us_per_frame``
     (server CPU µs per relayed frame), ``bare_relay_p50_ms``/``p99_ms`` (at saturation);
-    ``bare_pipeline_rate`` (completed cases/s, saturated), ``bare_pipeline_us_per_case``,
+    ``bare_pipeline_rate`` (completed cases/s, saturated, over ``pipeline_seconds``, default
+    ``seconds``), ``bare_pipeline_rate_median_s`` (the median of its per-second rates),
+    ``bare_pipeline_us_per_case``,
     ``bare_pipeline_p50_ms``/``p99_ms`` (time to offer at ``bare_pipeline_open_rate``);
     ``bare_rss_kib_per_connection``; context (``cpus``, ``pinned``, ``loop``,
     ``redis_version``, ...), ``warnings`` (why some figures may be floors) and ``elapsed_s``.
@@ -93,7 +99,9 @@ async def measure_bare(
     try:
         pin(0, cores.client)
         async with _redis(redis_url) as handle:
-            result = await _measure_all(handle, seconds, idle_conns, cores)
+            result = await _measure_all(
+                handle, seconds, idle_conns, cores, pipeline_seconds or seconds
+            )
     finally:
         set_affinity(0, affinity)
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
@@ -122,7 +130,7 @@ async def _bounded(coro: Coroutine[Any, Any, _T], seconds: float, what: str) -> 
 
 
 async def _measure_all(
-    handle: RedisHandle, seconds: float, idle_conns: int, cores: Cores
+    handle: RedisHandle, seconds: float, idle_conns: int, cores: Cores, pipeline_seconds: float
 ) -> dict[str, Any]:
     limit = seconds + 40  # warm-up, server start-up, drain
     out: dict[str, Any] = await _environment(handle, seconds, cores)
@@ -136,7 +144,9 @@ async def _measure_all(
         pin(handle.pid, cores.redis)  # now the server is the limit: Redis joins the client
     out |= await _bounded(_measure_relays(seconds, cores), len(WS_IMPLS) * limit, "relay")
     out |= await _bounded(
-        _measure_pipeline(handle.url, out["best_ws_impl"], seconds, cores), 2 * limit, "pipeline"
+        _measure_pipeline(handle.url, out["best_ws_impl"], seconds, pipeline_seconds, cores),
+        2 * (limit + pipeline_seconds),
+        "pipeline",
     )
     idle_limit = max(30.0, idle_conns / 200) + limit
     out |= await _bounded(
@@ -185,15 +195,17 @@ async def _measure_relays(seconds: float, cores: Cores) -> dict[str, Any]:
     }
 
 
-async def _measure_pipeline(url: str, impl: str, seconds: float, cores: Cores) -> dict[str, Any]:
+async def _measure_pipeline(
+    url: str, impl: str, seconds: float, saturated_s: float, cores: Cores
+) -> dict[str, Any]:
     prefix = f"bare:{uuid.uuid4().hex[:12]}:"
     redis = aioredis.Redis.from_url(url)
     try:
         async with run_server(
             "pipeline", impl, cpu=cores.server, redis_url=url, prefix=prefix
         ) as server:
-            log.info("bare pipeline, saturated: %.0f s", seconds)
-            sat = await measure_pipeline_saturated(server, redis, f"{prefix}done", seconds)
+            log.info("bare pipeline, saturated: %.0f s", saturated_s)
+            sat = await measure_pipeline_saturated(server, redis, f"{prefix}done", saturated_s)
             log.info("bare pipeline: %.0f cases/s; now %.0f/s open loop for %.0f s",
                      sat["rate"], OPEN_LOOP_RATE, seconds)  # fmt: skip
             fixed = await measure_pipeline_open(
@@ -205,6 +217,9 @@ async def _measure_pipeline(url: str, impl: str, seconds: float, cores: Cores) -
         await redis.aclose()
     return {
         "bare_pipeline_rate": sat["rate"],
+        "bare_pipeline_rate_median_s": sat["rate_median_s"],
+        "bare_pipeline_rates_per_s": sat["rates_per_s"],
+        "bare_pipeline_seconds": saturated_s,
         "bare_pipeline_offers_per_s": sat["offers_per_s"],
         "bare_pipeline_us_per_case": sat["us_per_case"],
         "bare_pipeline_server_cpu": sat["server_cpu"],

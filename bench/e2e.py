@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import signal
+import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -144,13 +145,17 @@ class Run:
             profile = asyncio.create_task(
                 record_profile(self.server.pid, seconds, self.out_dir / f"profile-{name}.txt")
             )
+        sampler = asyncio.create_task(self._per_second(stats))
         await body
         end = self.probe.sample()
+        per_second = await stop_sampler(sampler)
         cmds1 = await redis_commands(self.redis_url)
         drained = await self.load.drain(DRAIN_S)
         self.offered_now = 0.0
         out = self._figures(stats, Probe.shares(start, end), end.wall - start.wall)
         out["drained"] = drained
+        out["completed_per_s_seconds"] = per_second
+        out["completed_per_s_median"] = statistics.median(per_second) if per_second else None
         per_case = max((stats.offers + stats.completed) / 2, 1)
         cmds = cmds1 - cmds0
         usec = {k: v for k, v in cmds.items() if k.endswith(":usec")}
@@ -166,6 +171,21 @@ class Run:
         if profile is not None and (path := await profile) is not None:
             out["profile"] = profile_top(path)
         return out
+
+    @staticmethod
+    async def _per_second(stats: PhaseStats) -> list[float]:
+        """Completed cases per whole second of the phase, until cancelled."""
+        rates: list[float] = []
+        loop = asyncio.get_running_loop()
+        t0, n0 = loop.time(), stats.completed
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                t1, n1 = loop.time(), stats.completed
+                rates.append((n1 - n0) / (t1 - t0))
+                t0, n0 = t1, n1
+        except asyncio.CancelledError:
+            return rates
 
     def _figures(self, s: PhaseStats, shares: dict[str, float], elapsed: float) -> dict[str, Any]:
         return {
@@ -186,6 +206,11 @@ class Run:
         out = await self.phase(name, seconds, self.load.open_loop(rate, seconds))
         out["offered_rate"] = rate
         return out
+
+
+async def stop_sampler(task: asyncio.Task[list[float]]) -> list[float]:
+    task.cancel()
+    return await task
 
 
 def _affinities(probe: Probe) -> dict[str, list[int] | None]:
@@ -217,7 +242,7 @@ async def _phases(run: Run) -> dict[str, Any]:
     phases: dict[str, Any] = {}
     await run.open_loop("warmup", args.rate, min(1.0, args.seconds))
     phases["main"] = await run.open_loop("main", args.rate, args.seconds)
-    short = max(1.0, args.seconds / 2)
+    short = args.sat_seconds
     depth = max(2 * args.freed_agents, 20)
     phases["freed"] = await run.phase(
         "freed", short, load.count(short), load.closed_loop(depth, backlog=True)
@@ -386,7 +411,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         from bench.bare import measure_bare
 
         print(f"e2e: bare limits, {args.bare_seconds:g} s per measurement", file=sys.stderr)
-        e2e["bare"] = await measure_bare(args.bare_seconds, idle_conns=args.idle_conns or 2000)
+        e2e["bare"] = await measure_bare(
+            args.bare_seconds, idle_conns=args.idle_conns or 2000, pipeline_seconds=args.sat_seconds
+        )
     return report.summarize(e2e, args)
 
 
@@ -412,7 +439,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench e2e", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     a = p.add_argument
-    a("--seconds", type=float, default=10.0, help="open-loop phase (others: half) (default 10)")
+    a("--seconds", type=float, default=10.0, help="open-loop phase (default 10)")
     a("--rate", type=float, default=1000.0, help="open-loop events/s (default 1000)")
     a("--agents", type=int, default=1000, help="routing agents connected (default 1000)")
     a("--bridges", type=int, default=4, help="bridge connections (default 4)")
@@ -428,6 +455,12 @@ def parser() -> argparse.ArgumentParser:
     a("--step-seconds", type=float, help="per step (default: half of --seconds, at least 2)")
     a("--p99-bound-ms", type=float, default=10.0, help="the knee's p99 bound (default 10)")
     a("--bare-seconds", type=float, help="per bare measurement (default --seconds/4, 0.5-5)")
+    a(
+        "--sat-seconds",
+        type=float,
+        help="the freed and saturated phases, and the bare pipeline's saturated run (default "
+        "--seconds, at least 2)",
+    )
     a("--no-bare", action="store_true", help="skip the bare limits (no ratios)")
     a("--url", help="attach to a server started with python -m bench.server_proc")
     a("--secret", default=SECRET, help="its SWITCHBOARD_SECRET (to mint console tokens)")
@@ -448,6 +481,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.freed_agents = min(50, args.agents)
     if args.step_seconds is None:
         args.step_seconds = max(2.0, args.seconds / 2)
+    if args.sat_seconds is None:
+        args.sat_seconds = max(2.0, args.seconds)
     if args.bare_seconds is None:
         args.bare_seconds = min(5.0, max(0.5, args.seconds / 4))
     args._out_dir = args.results / time.strftime("%Y%m%d-%H%M%S")

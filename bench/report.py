@@ -94,7 +94,12 @@ def summarize(e2e: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The result of a run: headline figures, ratios to the bare limits, floors, details."""
     main, freed, sat = (e2e["phases"][k] for k in ("main", "freed", "saturated"))
     bare = e2e.get("bare") or {}
+    # Sustained: completed cases over the whole saturated window, which includes what Redis's
+    # AOF rewrites cost when one lands in it (a forked child on Redis's core: our cost, not
+    # noise). The median of the window's per-second rates is shown beside it, as is the bare
+    # pipeline's, measured over as many seconds.
     sustained = sat["completed_per_s"]
+    bare_rate = bare.get("bare_pipeline_rate")
     idle = e2e.get("rss_kib_per_idle_console")
     bare_rss = bare.get("bare_rss_kib_per_connection")
     result: dict[str, Any] = {
@@ -112,6 +117,8 @@ def summarize(e2e: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "freed_p99_ms": freed["freed_p99_ms"],
         "freed_rate": freed["offers_per_s"],
         "sustained_rate": sustained,
+        "sustained_rate_median_s": sat.get("completed_per_s_median"),
+        "sustained_rates_per_s": sat.get("completed_per_s_seconds"),
         "sustained_us_per_case": sat["us_per_case"],
         "sustained_p99_ms": sat["ingest_offer_p99_ms"],
         "main_server_cpu": main["server_cpu"],
@@ -130,8 +137,13 @@ def summarize(e2e: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "hello_kib": e2e.get("hello_kib"),
         "server_startup_s": e2e.get("server_startup_s"),
         "rss_kib_per_idle_console": idle,
-        "bare_pipeline_rate": bare.get("bare_pipeline_rate"),
-        "ratio_to_bare_pipeline": _ratio(sustained, bare.get("bare_pipeline_rate")),
+        "bare_pipeline_rate": bare_rate,
+        "ratio_to_bare_pipeline": _ratio(sustained, bare_rate),
+        "bare_pipeline_rate_median_s": bare.get("bare_pipeline_rate_median_s"),
+        "bare_pipeline_rates_per_s": bare.get("bare_pipeline_rates_per_s"),
+        "ratio_to_bare_pipeline_median_s": _ratio(
+            sat.get("completed_per_s_median"), bare.get("bare_pipeline_rate_median_s")
+        ),
         "bare_pipeline_us_per_case": bare.get("bare_pipeline_us_per_case"),
         "ratio_cpu_per_case_to_bare": _ratio(sat["us_per_case"],
                                              bare.get("bare_pipeline_us_per_case")),
@@ -147,10 +159,14 @@ def summarize(e2e: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
     at_floor_load = args.rate == 1000 and e2e["agents"] >= 1000
     cpu_ratio = result["ratio_cpu_per_case_to_bare"]
+    notes = []
+    if result["ratio_to_bare_pipeline_median_s"] is not None:
+        notes.append(f"median seconds: {result['ratio_to_bare_pipeline_median_s']:.2f}")
+    if cpu_ratio:
+        notes.append(f"by server CPU per case: {1 / cpu_ratio:.2f}")
     result["floors"] = [
         _floor("sustained cases/s ≥ 0.5 x bare pipeline", result["ratio_to_bare_pipeline"],
-               0.5, at_least=True, note="" if cpu_ratio is None else
-               f"by server CPU per case (noise-proof): {1 / cpu_ratio:.2f}"),
+               0.5, at_least=True, note="; ".join(notes)),
         _floor("p99 ingest → offer ≤ 10 ms at 1,000/s, 1,000 agents", result["p99_ms"], 10.0,
                applies=at_floor_load,
                note="" if at_floor_load else f"ran at {args.rate:g}/s, {e2e['agents']} agents"),
@@ -183,6 +199,8 @@ HEADLINE = (
     # key, label, bare key, ratio key
     ("sustained_rate", "sustained routed cases/s (saturated)", "bare_pipeline_rate",
      "ratio_to_bare_pipeline"),
+    ("sustained_rate_median_s", "— its median second", "bare_pipeline_rate_median_s",
+     "ratio_to_bare_pipeline_median_s"),
     ("sustained_us_per_case", "server CPU µs per case (saturated)", "bare_pipeline_us_per_case",
      "ratio_cpu_per_case_to_bare"),
     ("p50_ms", "ingest → offer p50, ms", None, None),
@@ -370,7 +388,8 @@ def write(r: dict[str, Any], out: Path, *, publish: Path | None = None) -> None:
 # -- medians of several runs -------------------------------------------------------------------
 
 MEDIAN_KEYS = (
-    "sustained_rate", "bare_pipeline_rate", "ratio_to_bare_pipeline", "sustained_us_per_case",
+    "sustained_rate", "bare_pipeline_rate", "ratio_to_bare_pipeline", "sustained_rate_median_s",
+    "bare_pipeline_rate_median_s", "ratio_to_bare_pipeline_median_s", "sustained_us_per_case",
     "bare_pipeline_us_per_case", "ratio_cpu_per_case_to_bare", "achieved_rate", "p50_ms",
     "p99_ms", "p999_ms", "bare_pipeline_p99_ms", "freed_p50_ms", "freed_p99_ms",
     "accept_ack_p99_ms", "knee_rate", "rss_kib_per_idle_console", "bare_rss_kib_per_connection",
