@@ -73,6 +73,7 @@ async def measure_bare(
     redis_url: str | None = None,
     idle_conns: int = 2000,
     pipeline_seconds: float | None = None,
+    pin: bool = True,
 ) -> dict[str, Any]:
     """Measure the bare limits of our stack; return the figures.
 
@@ -89,12 +90,13 @@ async def measure_bare(
     ``redis_version``, ...), ``warnings`` (why some figures may be floors) and ``elapsed_s``.
 
     Starts what it needs and stops it again, also on error or cancellation. Temporarily pins
-    the calling process to one CPU (restored on return) and raises its RLIMIT_NOFILE soft
-    limit to the hard limit (left raised). Raises ``RuntimeError`` if a server cannot start
-    and ``TimeoutError`` if a measurement overruns its bound.
+    the calling process to one CPU (restored on return; ``pin=False``: every process is left
+    to the scheduler) and raises its RLIMIT_NOFILE soft limit to the hard limit (left raised).
+    Raises ``RuntimeError`` if a server cannot start and ``TimeoutError`` if a measurement
+    overruns its bound.
     """
     started = time.perf_counter()
-    cores, affinity = Cores.plan(), os.sched_getaffinity(0)
+    cores, affinity = Cores.plan(pin), os.sched_getaffinity(0)
     raise_nofile_limit()
     try:
         pin(0, cores.client)

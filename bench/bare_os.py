@@ -30,9 +30,9 @@ class Cores:
     redis: int | None
 
     @classmethod
-    def plan(cls) -> Cores:
+    def plan(cls, pin: bool = True) -> Cores:
         cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) < 2:
+        if len(cpus) < 2 or not pin:
             return cls(len(cpus), None, None, None)
         return cls(len(cpus), cpus[0], cpus[1], cpus[2] if len(cpus) > 2 else cpus[1])
 

@@ -7,11 +7,12 @@ and runs these phases, printing progress every second:
 1. **open loop** (after a 1 s warm-up) at ``--rate`` events/s for ``--seconds``: ingest →
    offer and accept → ack latency, achieved rate; agents accept after ``--think-ms`` and
    complete after ``--handle-ms`` (each times 0.5-1.5 at random).
-2. **freed**: ``--freed-agents`` backlog agents (voice capacity 1) in front of a standing queue
-   of calls; agent freed → next offer (``case.complete`` written → next offer received).
-3. **saturated**: a closed loop of ``--window`` (256) events in flight, agents accepting and
-   completing at once: sustained routed cases/s (offered, accepted and completed) and server CPU
-   per case.
+2. **freed** (``--sat-seconds``, default ``--seconds``): ``--freed-agents`` backlog agents
+   (voice capacity 1) in front of a standing queue of calls; agent freed → next offer
+   (``case.complete`` written → next offer received).
+3. **saturated** (``--sat-seconds``): a closed loop of ``--window`` (256) events in flight,
+   agents accepting and completing at once: sustained routed cases/s (offered, accepted and
+   completed) over the whole window, its per-second rates, and server CPU per case.
 4. **step** (``--step``): open loop at rising rates; the knee is the highest rate whose
    p99 ingest → offer stays under ``--p99-bound-ms`` (and that is achieved, nothing lost).
 Before these: **idle consoles** on a server of their own (a workspace of ``--idle-conns``
@@ -20,8 +21,10 @@ per queue primes the routing server (a queue's first case defines its agent pool
 scan of every agent, kept out of the measured phases).
 
 Then the bare limits of the same stack (:func:`bench.bare.measure_bare`) unless ``--no-bare``,
-and the report: JSON, markdown and plots in ``bench/results/<timestamp>/``; ``--json`` prints
-the result as one JSON object, last. Exit status 1 if any case was lost or duplicated.
+and the report (:mod:`bench.report`): JSON, markdown and plots in
+``bench/results/<timestamp>/``; ``--json`` prints the result as one JSON object, last. Exit
+status 1 if any case was lost or duplicated. The load is :mod:`bench.e2e_load`; how a phase is
+counted and the progress line, :mod:`bench.e2e_run`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import logging
 import math
 import os
 import signal
-import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -46,171 +48,16 @@ import psutil
 import uvloop
 
 from bench import report
-from bench.bare_os import percentile, raise_nofile_limit, set_affinity
-from bench.e2e_load import Load, PhaseStats, open_idle
-from bench.e2e_probe import Probe, profile_top, record_profile, redis_commands
+from bench.bare_os import raise_nofile_limit, set_affinity
+from bench.e2e_load import Load, open_idle
+from bench.e2e_probe import Probe
+from bench.e2e_run import DRAIN_S, Run
 from bench.server_proc import BRIDGE_KEY, SECRET, Cores, Server, attach, bench_server
 
 __all__ = ["main", "run"]
 
 log = logging.getLogger("bench.e2e")
 STEP_RATES = (100, 250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000)
-DRAIN_S = 20.0
-
-
-def _ms(values_ns: list[int], q: float) -> float | None:
-    v = percentile(sorted(values_ns), q)
-    return None if v is None else v / 1e6
-
-
-def _lat(prefix: str, values_ns: list[int]) -> dict[str, Any]:
-    return {
-        f"{prefix}_p50_ms": _ms(values_ns, 50),
-        f"{prefix}_p99_ms": _ms(values_ns, 99),
-        f"{prefix}_p999_ms": _ms(values_ns, 99.9),
-        f"{prefix}_max_ms": max(values_ns) / 1e6 if values_ns else None,
-        f"{prefix}_samples": len(values_ns),
-    }
-
-
-class Run:
-    """One e2e run against one server: the load, the probe and the per-second timeline."""
-
-    def __init__(self, server: Server, load: Load, args: argparse.Namespace) -> None:
-        self.server, self.load, self.args = server, load, args
-        self.probe = Probe(server.pid, server.redis_pid)
-        self.redis_url = getattr(args, "_redis_url", None)
-        self.timeline: list[dict[str, Any]] = []
-        self.offered_now = 0.0
-        self.started = time.perf_counter()
-        self.out_dir: Path = args._out_dir
-
-    @contextlib.asynccontextmanager
-    async def monitor(self) -> AsyncIterator[None]:
-        task = asyncio.create_task(self._progress())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _progress(self) -> None:
-        prev = self.probe.sample()
-        while True:
-            await asyncio.sleep(1.0)
-            now = self.probe.sample()
-            shares = Probe.shares(prev, now)
-            load = self.load
-            lat, offers, done = load.second_lat_ns, load.second_offers, load.second_completed
-            load.second_lat_ns, load.second_offers, load.second_completed = [], 0, 0
-            elapsed = now.wall - prev.wall
-            point = {
-                "t": round(now.wall - self.started, 2), "phase": load.phase.name,
-                "offered_rate": self.offered_now, "offers_per_s": offers / elapsed,
-                "completed_per_s": done / elapsed, "p50_ms": _ms(lat, 50), "p99_ms": _ms(lat, 99),
-                "server_rss_kib": now.server_rss_kib, **{k: v for k, v in shares.items()
-                                                          if not k.endswith("_s")},
-            }  # fmt: skip
-            self.timeline.append(point)
-            flight = load.in_flight()
-            p50, p99 = _ms(lat, 50), _ms(lat, 99)
-            print(
-                f"e2e {load.phase.name:<9} {point['t']:6.1f}s  offered {self.offered_now:6.0f}/s"
-                f"  offers {point['offers_per_s']:6.0f}/s  p50 {_f(p50)} p99 {_f(p99)} ms"
-                f"  server {shares['server_cpu']:4.0%} {now.server_rss_kib / 1024:5.0f} MiB"
-                f"  redis {shares['redis_cpu']:4.0%}  load generator {shares['client_cpu']:4.0%}"
-                f"  other {shares['other_cpu']:4.0%}"
-                f" (on server core {_pct(shares['server_core_other_cpu'])})"
-                f"  agents {load.connected_agents()}  in flight {flight['open']}"
-                f"  unacked {flight['unacked']}",
-                file=sys.stderr,
-                flush=True,
-            )
-            prev = now
-
-    async def phase(
-        self, name: str, seconds: float, body: Any, before: Any = None
-    ) -> dict[str, Any]:
-        """Run ``before`` (a coroutine, not counted), then ``body`` (counted) as phase
-        ``name``; drain; return its figures."""
-        self.load.start_phase(name)
-        if before is not None:
-            await before
-        stats = self.load.phase
-        cmds0 = await redis_commands(self.redis_url)
-        start = self.probe.sample()
-        profile = None
-        if self.args.profile and self.server.pid and name in self.args.profile.split(","):
-            profile = asyncio.create_task(
-                record_profile(self.server.pid, seconds, self.out_dir / f"profile-{name}.txt")
-            )
-        sampler = asyncio.create_task(self._per_second(stats))
-        await body
-        end = self.probe.sample()
-        per_second = await stop_sampler(sampler)
-        cmds1 = await redis_commands(self.redis_url)
-        drained = await self.load.drain(DRAIN_S)
-        self.offered_now = 0.0
-        out = self._figures(stats, Probe.shares(start, end), end.wall - start.wall)
-        out["drained"] = drained
-        out["completed_per_s_seconds"] = per_second
-        out["completed_per_s_median"] = statistics.median(per_second) if per_second else None
-        per_case = max((stats.offers + stats.completed) / 2, 1)
-        cmds = cmds1 - cmds0
-        usec = {k: v for k, v in cmds.items() if k.endswith(":usec")}
-        calls = {k: v for k, v in cmds.items() if not k.endswith(":usec")}
-        out["redis_commands_per_case"] = round(sum(calls.values()) / per_case, 2)
-        out["evalsha_per_case"] = round(calls.get("evalsha", 0) / per_case, 2)
-        out["redis_us_per_case"] = round(usec.get("evalsha:usec", 0) / per_case, 1)
-        out["redis_us_per_evalsha"] = round(
-            usec.get("evalsha:usec", 0) / max(calls.get("evalsha", 0), 1), 1
-        )
-        top = sorted(calls.items(), key=lambda kv: -kv[1])[:6]
-        out["redis_top_commands_per_case"] = {k: round(v / per_case, 2) for k, v in top}
-        if profile is not None and (path := await profile) is not None:
-            out["profile"] = profile_top(path)
-        return out
-
-    @staticmethod
-    async def _per_second(stats: PhaseStats) -> list[float]:
-        """Completed cases per whole second of the phase, until cancelled."""
-        rates: list[float] = []
-        loop = asyncio.get_running_loop()
-        t0, n0 = loop.time(), stats.completed
-        try:
-            while True:
-                await asyncio.sleep(1.0)
-                t1, n1 = loop.time(), stats.completed
-                rates.append((n1 - n0) / (t1 - t0))
-                t0, n0 = t1, n1
-        except asyncio.CancelledError:
-            return rates
-
-    def _figures(self, s: PhaseStats, shares: dict[str, float], elapsed: float) -> dict[str, Any]:
-        return {
-            "phase": s.name, "seconds": round(elapsed, 2), "sent": s.sent,
-            "offers": s.offers, "completed": s.completed,
-            "offers_per_s": s.offers / elapsed, "completed_per_s": s.completed / elapsed,
-            **_lat("ingest_offer", s.ingest_offer_ns), **_lat("freed", s.freed_ns),
-            **_lat("accept_ack", s.accept_ack_ns),
-            "send_lag_p99_ms": percentile(sorted(s.send_lag_ms), 99),
-            # Cases routed in the window: offers and completions lag each other by the
-            # handle time, so the mean of the two.
-            "us_per_case": shares["server_cpu_s"] / max((s.offers + s.completed) / 2, 1) * 1e6,
-            **{k: v for k, v in shares.items() if not k.endswith("_s")},
-        }  # fmt: skip
-
-    async def open_loop(self, name: str, rate: float, seconds: float) -> dict[str, Any]:
-        self.offered_now = rate
-        out = await self.phase(name, seconds, self.load.open_loop(rate, seconds))
-        out["offered_rate"] = rate
-        return out
-
-
-async def stop_sampler(task: asyncio.Task[list[float]]) -> list[float]:
-    task.cancel()
-    return await task
 
 
 def _affinities(probe: Probe) -> dict[str, list[int] | None]:
@@ -227,14 +74,6 @@ def _affinities(probe: Probe) -> dict[str, list[int] | None]:
         "redis": of(probe.redis),
         "load_generator": sorted(os.sched_getaffinity(0)),
     }
-
-
-def _pct(v: float | None) -> str:
-    return "  - " if v is None else f"{v:4.0%}"
-
-
-def _f(v: float | None) -> str:
-    return "  -  " if v is None else f"{v:5.1f}"
 
 
 async def _phases(run: Run) -> dict[str, Any]:
@@ -377,7 +216,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     """
     raise_nofile_limit()
     affinity = os.sched_getaffinity(0)
-    cores = Cores.plan()
+    cores = Cores(None, None) if args.no_pin else Cores.plan()
     try:
         if cores.client is not None:
             set_affinity(0, {cores.client})
@@ -412,7 +251,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         print(f"e2e: bare limits, {args.bare_seconds:g} s per measurement", file=sys.stderr)
         e2e["bare"] = await measure_bare(
-            args.bare_seconds, idle_conns=args.idle_conns or 2000, pipeline_seconds=args.sat_seconds
+            args.bare_seconds,
+            idle_conns=args.idle_conns or 2000,
+            pipeline_seconds=args.sat_seconds,
+            pin=not args.no_pin,
         )
     return report.summarize(e2e, args)
 
@@ -462,6 +304,11 @@ def parser() -> argparse.ArgumentParser:
         "--seconds, at least 2)",
     )
     a("--no-bare", action="store_true", help="skip the bare limits (no ratios)")
+    a(
+        "--no-pin",
+        action="store_true",
+        help="leave every process to the scheduler (the bare limits too) instead of pinning",
+    )
     a("--url", help="attach to a server started with python -m bench.server_proc")
     a("--secret", default=SECRET, help="its SWITCHBOARD_SECRET (to mint console tokens)")
     a("--bridge-key", default=BRIDGE_KEY, help="its bridge key")

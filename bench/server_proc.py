@@ -74,7 +74,7 @@ class Cores:
 
     def describe(self) -> str:
         if self.server is None:
-            return "not pinned (one core)"
+            return "not pinned"
         return f"server on core {self.server}; Redis and load generator on core {self.client}"
 
 
