@@ -73,7 +73,7 @@ async def measure_bare(
     redis_url: str | None = None,
     idle_conns: int = 2000,
     pipeline_seconds: float | None = None,
-    pin: bool = True,
+    pinned: bool = True,
 ) -> dict[str, Any]:
     """Measure the bare limits of our stack; return the figures.
 
@@ -90,13 +90,13 @@ async def measure_bare(
     ``redis_version``, ...), ``warnings`` (why some figures may be floors) and ``elapsed_s``.
 
     Starts what it needs and stops it again, also on error or cancellation. Temporarily pins
-    the calling process to one CPU (restored on return; ``pin=False``: every process is left
+    the calling process to one CPU (restored on return; ``pinned=False``: every process is left
     to the scheduler) and raises its RLIMIT_NOFILE soft limit to the hard limit (left raised).
     Raises ``RuntimeError`` if a server cannot start and ``TimeoutError`` if a measurement
     overruns its bound.
     """
     started = time.perf_counter()
-    cores, affinity = Cores.plan(pin), os.sched_getaffinity(0)
+    cores, affinity = Cores.plan(pinned), os.sched_getaffinity(0)
     raise_nofile_limit()
     try:
         pin(0, cores.client)
@@ -259,7 +259,8 @@ def _warnings(out: dict[str, Any]) -> list[str]:
     """Things that make a figure a floor rather than a limit, worth reading before ratios."""
     found = []
     if not out["pinned"]:
-        found.append("fewer than 2 CPUs: nothing pinned; server and load generator competed")
+        found.append("nothing pinned (fewer than 2 CPUs, or asked): server and load generator "
+                     "competed")  # fmt: skip
     shares = {f"relay {impl}": fig for impl, fig in out["bare_relay_by_impl"].items()}
     shares["bare pipeline"] = {
         "client_cpu": out["bare_pipeline_client_cpu"],

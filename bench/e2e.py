@@ -254,7 +254,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             args.bare_seconds,
             idle_conns=args.idle_conns or 2000,
             pipeline_seconds=args.sat_seconds,
-            pin=not args.no_pin,
+            pinned=not args.no_pin,
         )
     return report.summarize(e2e, args)
 
