@@ -4,12 +4,21 @@ A new visitor connects with ``?workspace=<id>`` and receives ``welcome`` with an
 visitor token to keep (the widget stores it, so a reload or a dropped connection resumes the
 same conversation); a returning one connects with ``?token=<visitor token>``. A visitor sees
 only their own conversation: its messages, the agents' replies, never notes or agent ids.
+
+``identify`` with an email, phone or external id is a *claim*: shown to agents as unverified,
+never linked to a customer, so typing someone else's address shows nobody their history and
+pre-claims nothing. A site whose visitor is signed in vouches for them with ``identity_hash``,
+the hex HMAC-SHA256 under ``SWITCHBOARD_CHAT_IDENTITY_SECRET`` of what it sends (see
+:func:`identity_hash`): those identities link like any channel's.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -18,13 +27,25 @@ from router import keys, snapshot
 from router.admission import accept_socket, admit, reject_connection
 from router.auth import Principal, Tokens
 from router.context import Ctx
-from router.errors import BadRequest, NotFound, SwitchboardError
+from router.errors import BadRequest, Forbidden, NotFound, SwitchboardError
 from router.hub import Conn
 from router.ingest import parse_event
 from router.metrics import METRICS
 from router.session import serve_frames
 
-__all__ = ["chat_endpoint"]
+__all__ = ["chat_endpoint", "identity_hash"]
+
+# identify's fields that name the visitor, in the order identity_hash signs them
+_SIGNED = (("external_id", "external"), ("email", "email"), ("phone", "phone"))
+
+
+def identity_hash(secret: str, given: Mapping[str, str]) -> str:
+    """What a site puts in ``identify``'s ``identity_hash`` for a signed-in visitor: the hex
+    HMAC-SHA256 under ``secret`` of ``"<field>:<value>"`` lines, joined by newlines, for
+    ``external_id``, ``email`` and ``phone`` in that order, each exactly as sent, absent ones
+    left out."""
+    text = "\n".join(f"{f}:{given[f]}" for f, _ in _SIGNED if given.get(f))
+    return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
 class ChatSession:
@@ -33,6 +54,8 @@ class ChatSession:
         self.ws, self.visitor = who.workspace, who.subject
         self.case = ""
         self.identities: dict[str, str] = {"visitor": self.visitor}
+        self.claims: dict[str, str] = {}  # kind -> value, stated and not verified
+        self.secret = ctx.settings.chat_identity_secret
         self.name = ""
 
     async def watch(self, case: str) -> None:
@@ -50,16 +73,7 @@ class ChatSession:
                 raise BadRequest("text: 1-8000 characters", code="frame.invalid")
             return await self._send("message", text, f.get("id"))
         if t == "identify":
-            ids = {k: f[k] for k in ("email", "phone") if isinstance(f.get(k), str) and f[k]}
-            probe = parse_event(
-                {"id": "probe", "channel": "chat", "identities": ids or {"visitor": self.visitor}}
-            )  # validates, raises BadRequest
-            for ident in probe.identities:
-                kind, value = ident.split(":", 1)
-                self.identities[kind] = value
-            if isinstance(f.get("name"), str):
-                self.name = f["name"][:200]
-            return {"identities": sorted(self.identities)}
+            return self._identify(f)
         if t == "end":
             if not self.case:
                 return None
@@ -67,6 +81,40 @@ class ChatSession:
         if t == "ping":
             return {"ts": time.time()}
         raise BadRequest(f"unknown frame type {t[:40]!r}", code="frame.unknown_type")
+
+    def _identify(self, f: Mapping[str, Any]) -> dict[str, Any]:
+        given = {k: f[k] for k, _ in _SIGNED if isinstance(f.get(k), str) and f[k]}
+        ids = {kind: given[k] for k, kind in _SIGNED if k in given}
+        probe = parse_event(
+            {"id": "probe", "channel": "chat", "identities": ids or {"visitor": self.visitor}}
+        )  # validates, raises BadRequest
+        signature = f.get("identity_hash")
+        verified = signature is not None
+        if verified:
+            if not self.secret:
+                raise Forbidden(
+                    "this server verifies no chat identities", code="identity.unverified"
+                )
+            if not isinstance(signature, str):
+                raise BadRequest("identity_hash: a hex string", code="frame.invalid")
+            if not given:
+                raise BadRequest(
+                    "identity_hash: signs external_id, email or phone; none given",
+                    code="frame.invalid",
+                )
+            expected = identity_hash(self.secret, given).encode()
+            if not hmac.compare_digest(signature.lower().encode(), expected):
+                raise Forbidden("identity_hash does not match", code="identity.unverified")
+        for ident in probe.identities if ids else ():
+            kind, value = ident.split(":", 1)
+            if verified:
+                self.identities[kind] = value
+                self.claims.pop(kind, None)
+            elif self.identities.get(kind) != value:
+                self.claims[kind] = value
+        if isinstance(f.get("name"), str):
+            self.name = f["name"][:200]
+        return {"identities": sorted(self.identities), "claims": sorted(self.claims)}
 
     async def _send(self, kind: str, text: str, client_id: Any) -> dict[str, Any]:
         cid = (
@@ -79,6 +127,7 @@ class ChatSession:
             "channel": "chat",
             "kind": kind,
             "identities": dict(self.identities),
+            "claims": dict(self.claims),
             "thread": self.visitor,
             "text": text,
             "name": self.name,

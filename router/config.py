@@ -20,6 +20,8 @@ from router.errors import ConfigError
 
 __all__ = ["BridgeKey", "Settings", "load_workspace_file"]
 
+_SECRETS = ("secret", "smarthost_password", "twilio_auth_token", "chat_identity_secret")
+
 
 @dataclass(frozen=True, slots=True)
 class BridgeKey:
@@ -67,6 +69,8 @@ class Settings:
     smarthost_user: str = ""
     smarthost_password: str = field(default="", repr=False)
     twilio_auth_token: str = field(default="", repr=False)
+    # the key a site signs its logged-in visitors' chat identities with (router/chat_ws.py)
+    chat_identity_secret: str = field(default="", repr=False)
     twilio_account_sid: str = ""
     twilio_api_base: str = "https://api.twilio.com"
     public_url: str = ""  # how Twilio reaches us; signatures are computed on it
@@ -124,7 +128,7 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("secret", "smarthost_password", "twilio_auth_token") and v:
+            if f.name in _SECRETS and v:
                 v = "***"
             elif f.name == "bridge_keys":
                 v = [

@@ -36,6 +36,9 @@ class Event:
     channel: str
     kind: str
     identities: tuple[str, ...]  # "kind:value", normalized
+    # identities the sender states but nobody vouched for (a chat visitor's unverified
+    # details): shown to agents as such, never linked to a customer
+    claims: tuple[str, ...] = ()
     name: str = ""
     thread: str = ""
     case: str = ""
@@ -83,6 +86,18 @@ def _identity(kind: str, value: Any) -> str:
     return f"{kind}:{v}"
 
 
+def _identities(ids: Mapping[Any, Any]) -> tuple[str, ...]:
+    """Normalized "kind:value"s, strongest first: the first one already known names the
+    customer."""
+    order = {"external": 0, "email": 1, "phone": 2, "visitor": 3}
+    return tuple(
+        sorted(
+            (_identity(str(k), v) for k, v in ids.items()),
+            key=lambda i: order.get(i.split(":", 1)[0], 9),
+        )
+    )
+
+
 def parse_event(d: Any) -> Event:
     """Validate and normalize one event; raise BadRequest/TooLarge naming the field."""
     if not isinstance(d, Mapping):
@@ -99,14 +114,11 @@ def parse_event(d: Any) -> Event:
     ids = d.get("identities") or {}
     if not isinstance(ids, Mapping) or not ids:
         raise BadRequest("identities: a non-empty map", code="event.invalid")
-    # strongest first: the first identity already known names the customer
-    order = {"external": 0, "email": 1, "phone": 2, "visitor": 3}
-    identities = tuple(
-        sorted(
-            (_identity(str(k), v) for k, v in ids.items()),
-            key=lambda i: order.get(i.split(":", 1)[0], 9),
-        )
-    )
+    identities = _identities(ids)
+    claimed = d.get("claims") or {}
+    if not isinstance(claimed, Mapping):
+        raise BadRequest("claims: expected a map", code="event.invalid")
+    claims = tuple(c for c in _identities(claimed) if c not in identities)
     attrs = d.get("attributes") or {}
     if not isinstance(attrs, Mapping):
         raise BadRequest("attributes: expected a map", code="event.invalid")
@@ -137,6 +149,7 @@ def parse_event(d: Any) -> Event:
         channel=channel,
         kind=kind,
         identities=identities,
+        claims=claims,
         name=_str(d, "name", 200),
         thread=_str(d, "thread", 200),
         case=_str(d, "case", 64),

@@ -196,7 +196,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "CaseDetail": _obj(
         {
             "case": _ref("Case"),
-            "customer": _obj({"id": STR, "name": STR, "identities": _list(STR)}),
+            "customer": _obj(
+                {"id": STR, "name": STR, "identities": _list(STR), "claims": _list(STR)}
+            ),
             "timeline": _list(ANY_OBJ),
             "timeline_start": INT,
             "timeline_total": INT,
@@ -250,6 +252,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "id": STR,
             "name": STR,
             "identities": _list(STR),
+            "claims": {
+                **_list(STR),
+                "description": "identities a chat visitor stated but nobody verified",
+            },
             "created": INT,
             "cases": _list(_ref("Case")),
             "cases_total": INT,

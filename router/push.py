@@ -57,11 +57,17 @@ def case_view(fields: Mapping[str, str]) -> dict[str, Any]:
 
 
 def customer_view(profile: Mapping[str, str]) -> dict[str, Any]:
+    """A customer as agents see it: ``identities`` vouched for (a channel's address, a signed
+    chat identity) and ``claims``, what a chat visitor typed in and nobody verified."""
     identities = sorted(k[2:] for k in profile if k.startswith("i:"))
+    claims = sorted(
+        k[6:] for k in profile if k.startswith("claim:") and f"i:{k[6:]}" not in profile
+    )
     return {
         "id": profile.get("id", ""),
         "name": profile.get("name", ""),
         "identities": identities,
+        "claims": claims,
     }
 
 

@@ -155,7 +155,8 @@ class Switch:
             ev.id,
             ev.channel,
             ev.kind,
-            fastjson.dumps_str(list(ev.identities)),
+            # claims travel with a "?" in front: recorded, never looked up or linked
+            fastjson.dumps_str([*ev.identities, *("?" + c for c in ev.claims)]),
             ev.name,
             ev.thread_key,
             ev.case,

@@ -20,9 +20,10 @@ import httpx
 
 from tests.util import free_port
 
-__all__ = ["BRIDGE_KEY", "ServerProcess", "write_config"]
+__all__ = ["BRIDGE_KEY", "CHAT_IDENTITY_SECRET", "ServerProcess", "write_config"]
 
 BRIDGE_KEY = "test-bridge-key"
+CHAT_IDENTITY_SECRET = "test-chat-identity-secret"  # what a site signs its visitors with
 
 
 def write_config(
@@ -86,6 +87,7 @@ class ServerProcess:
             "TEST_CHAT_BRIDGE_KEY": "chat-only-key",
             "SWITCHBOARD_ALLOWED_ORIGINS": f"http://127.0.0.1:{self.port}",
             "SWITCHBOARD_SECRET": "test-secret",
+            "SWITCHBOARD_CHAT_IDENTITY_SECRET": CHAT_IDENTITY_SECRET,
             "SWITCHBOARD_DRAIN_DELAY_S": "0.2",
             "SWITCHBOARD_LOG_JSON": "0",
             **(env or {}),

@@ -255,6 +255,15 @@ async def test_bad_widget_frames(stack: Stack) -> None:
     await widget.fails("message", "frame.invalid", text=["hi"])
     await widget.fails("message", "frame.invalid", text="x" * 8001)
     await widget.fails("identify", "event.invalid", email="not-an-email")
+    await widget.fails(
+        "identify", "identity.unverified", email="a@b.example", identity_hash="0" * 64
+    )
+    await widget.fails("identify", "frame.invalid", email="a@b.example", identity_hash=7)
+    await widget.fails(
+        "identify", "identity.unverified", email="a@b.example", identity_hash="é" * 9
+    )
+    await widget.fails("identify", "frame.invalid", name="Only A Name", identity_hash="0" * 64)
+    assert (await widget.ok("identify", name="N"))["claims"] == []  # the refused ones left none
     assert (await widget.ok("end")).keys() == {"type", "ref"}  # nothing to end yet
     assert not await stack.redis.hget(keys.threads("acme"), "chat:" + welcome["visitor"])
 

@@ -22,6 +22,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import msgpack
 import pytest
@@ -37,7 +38,8 @@ from playwright.async_api import (
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from tests.server import BRIDGE_KEY, ServerProcess, write_config
+from router.chat_ws import identity_hash
+from tests.server import BRIDGE_KEY, CHAT_IDENTITY_SECRET, ServerProcess, write_config
 
 pytestmark = pytest.mark.browser
 
@@ -212,8 +214,22 @@ def panel(page: Page) -> Any:
     return page.locator("[data-testid=case-panel]:not([hidden])")
 
 
-async def customer_chat(web: Web, *, name: str = "", email: str = "", phone: str = "") -> Page:
-    """A customer on the chat widget demo page, optionally leaving their details."""
+async def customer_chat(
+    web: Web, *, name: str = "", email: str = "", phone: str = "", signed: bool = False
+) -> Page:
+    """A customer on the chat widget demo page, optionally leaving their details — or, with
+    ``signed``, signed in on the site, which renders them with its identity hash (the demo page
+    takes them from its URL)."""
+    if signed:
+        given = {k: v for k, v in (("email", email), ("phone", phone)) if v}
+        query = urlencode(
+            {"workspace": "acme", **given, "name": name,
+             "identity_hash": identity_hash(CHAT_IDENTITY_SECRET, given)}
+        )  # fmt: skip
+        page = await web.page(f"/chat?{query}")
+        await expect(page.get_by_test_id("chat-status")).to_have_text("Connected")
+        await expect(page.get_by_test_id("chat-details")).to_be_hidden()
+        return page
     page = await web.page("/chat?workspace=acme")
     await expect(page.get_by_test_id("chat-status")).to_have_text("Connected")
     if name or email or phone:
@@ -348,7 +364,10 @@ async def test_offers_reach_the_right_agent_with_history_and_replies_flow_back(
 ) -> None:
     sam = await web.agent("sam")  # support: chat + email
     bea = await web.agent("bea")  # billing: email (1) + voice (1)
-    dana = await customer_chat(web, name="Dana Fox", email="dana@example.com", phone="+15550100777")
+    # signed in on the shop's site: her email and phone link the chat to her emails and calls
+    dana = await customer_chat(
+        web, name="Dana Fox", email="dana@example.com", phone="+15550100777", signed=True
+    )
 
     # a chat, no topic: the default route (Support) -> Sam
     await say(dana, "Hi, my parcel never arrived (order 4411).")
@@ -586,10 +605,12 @@ async def test_dropped_connection_reconnects_and_restores_from_hello(
     await sam.route_web_socket(re.compile(r"/ws/agent"), agent_socket)
     await sign_in(sam, "sam")
     await set_status(sam, "available")
-    ada = await customer_chat(web, name="Ada Byron")
+    ada = await customer_chat(web, name="Ada Byron", email="ada@example.com")  # not signed in
     await say(ada, "Is my order shipped?")
     await sam.get_by_test_id("offer-accept").click()
     await expect(sam.get_by_test_id("case-tab")).to_have_count(1)
+    claims = panel(sam).get_by_test_id("case-claims")  # what she typed, marked as such
+    await expect(claims).to_have_text("Says: ada@example.com · not verified")
     await panel(sam).get_by_test_id("reply-input").fill("Yes, it left this morning.")
     await panel(sam).get_by_test_id("reply-send").click()
     await expect(ada.get_by_test_id("chat-waiting")).to_be_hidden()

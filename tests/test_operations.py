@@ -64,6 +64,7 @@ def _check_config(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
             "TEST_BRIDGE_KEY": "k1",
             "TEST_CHAT_BRIDGE_KEY": "k2",
             "SWITCHBOARD_SECRET": "s3cret",
+            "SWITCHBOARD_CHAT_IDENTITY_SECRET": "site-s3cret",
             **env,
         },
     )
@@ -78,6 +79,8 @@ def test_check_config_masks_secrets_and_names_bad_columns(tmp_path: Path) -> Non
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["settings"]["secret"] == "***"
+    assert doc["settings"]["chat_identity_secret"] == "***"
+    assert "s3cret" not in out.stdout
     assert doc["workspace"]["agents"][0]["password"] == "***"
     assert all(b["key"] == "***" for b in doc["bridges"])
     for secret in ("hunter2", "s3cret", "k1", "k2"):

@@ -15,6 +15,8 @@ import pytest
 import pytest_asyncio
 
 from router import keys
+from router.chat_ws import identity_hash
+from tests.server import CHAT_IDENTITY_SECRET
 from tests.ws_client import (
     CHAT_ONLY_KEY,
     JSON,
@@ -33,6 +35,7 @@ TEAMS = {
     **dict.fromkeys(["kinds", "offer", "accept", "reply", "xferb", "wrap"], 1),
     **dict.fromkeys(["follow", "hist", "move", "movex", "voice", "pipe", "dup", "codec"], 1),
     "reopen": 1,
+    "claims": 1,  # its agent never connects: cases wait
     "hello": 2,
     "rescind": 1,
     "leave": 1,
@@ -394,6 +397,7 @@ async def test_offer_carries_case_profile_cross_channel_timeline_and_why(
         "id": by_chat["customer"],
         "name": "Zoe Q",
         "identities": [f"email:{email}"],
+        "claims": [],
     }
     assert [(e["ch"], e["text"]) for e in offer["timeline"]] == [
         ("email", "my invoice is wrong"),
@@ -632,8 +636,9 @@ async def test_chat_widget_conversation(stack: Stack) -> None:
     widget, welcome = await stack.chat()
     assert welcome["workspace"] == "acme" and welcome["case"] == "" and welcome["messages"] == []
     assert welcome["visitor"].startswith("v") and welcome["token"]
-    ident = await widget.ok("identify", email=f"{uid('w')}@example.com", name="Wanda")
-    assert ident["identities"] == ["email", "visitor"]
+    wanda = f"{uid('w')}@example.com"
+    ident = await widget.ok("identify", email=wanda, name="Wanda")
+    assert (ident["identities"], ident["claims"]) == (["visitor"], ["email"])  # typed, unsigned
     first = await widget.ok("message", text="hello", id="m-1")
     assert first["case"] and first["duplicate"] is False
     again = await widget.ok("message", text="hello", id="m-1")
@@ -642,6 +647,8 @@ async def test_chat_widget_conversation(stack: Stack) -> None:
     console, _ = await stack.agent("support1", status="available")
     offer = await console.offer_for(first["case"])
     assert offer["customer"]["name"] == "Wanda"
+    assert offer["customer"]["identities"] == [f"visitor:{welcome['visitor']}"]
+    assert offer["customer"]["claims"] == [f"email:{wanda}"]
     await console.ok("offer.accept", offer=offer["offer"])
     sent = await console.ok("case.reply", case=first["case"], text="Hi Wanda, <i>how</i>?")
     await console.ok("case.note", case=first["case"], text="internal only")
@@ -672,3 +679,49 @@ async def test_chat_widget_conversation(stack: Stack) -> None:
     assert (await console.expect("case.updated", case=first["case"]))["event"] == (
         "conversation.ended"
     )
+
+
+async def test_a_chat_identity_is_a_claim_until_the_site_signs_it(
+    stack: Stack, bridge: WsClient
+) -> None:
+    known = f"{uid('k')}@example.com"
+    first = await bridge.ok("event", **event("claims", email=known))  # an existing customer
+    owner = (await stack.case(first["case"]))["cust"]
+
+    async def chat(**identify: Any) -> tuple[str, dict[str, Any]]:
+        widget, _ = await stack.chat()
+        ack = await widget.ok("identify", **identify)
+        sent = await widget.ok("message", text="what did I order?")
+        return (await stack.case(sent["case"]))["cust"], ack
+
+    async def profile(cust: str) -> set[str]:
+        return {k.decode() for k in await stack.redis.hkeys(keys.customer("acme", cust))}
+
+    # typed in the widget: recorded as a claim on the visitor's own record, linked to nothing
+    cust, ack = await chat(email=known, name="Not Really")
+    assert (ack["identities"], ack["claims"]) == (["visitor"], ["email"])
+    assert cust != owner
+    assert f"claim:email:{known}" in await profile(cust)
+    assert f"i:email:{known}" not in await profile(cust)
+    assert await stack.redis.hget(keys.identities("acme"), f"email:{known}") == owner.encode()
+    assert "Not Really" not in str(await stack.redis.hgetall(keys.customer("acme", owner)))
+
+    # a hash the site did not make: refused, and the visitor stays anonymous
+    widget, _ = await stack.chat()
+    await widget.fails("identify", "identity.unverified", email=known, identity_hash="ab" * 32)
+    sent = await widget.ok("message", text="hello?")
+    anonymous = (await stack.case(sent["case"]))["cust"]
+    assert anonymous != owner
+    assert not {k for k in await profile(anonymous) if k.startswith("claim:")}
+
+    # signed by the site (the visitor is signed in there): the chat joins the known customer
+    signed = identity_hash(CHAT_IDENTITY_SECRET, {"email": known})
+    cust, ack = await chat(email=known, identity_hash=signed)
+    assert (ack["identities"], ack["claims"]) == (["email", "visitor"], [])
+    assert cust == owner
+
+    # a bridge may state claims too (a caller's "I'm calling for ..."): recorded, not linked
+    said = await bridge.ok("event", **event("claims", claims={"phone": "+1 555 010 0999"}))
+    assert "claim:phone:+15550100999" in await profile((await stack.case(said["case"]))["cust"])
+    assert not await stack.redis.hget(keys.identities("acme"), "phone:+15550100999")
+    await bridge.fails("event", "event.invalid", **event("claims", claims={"phone": "nope"}))

@@ -2,7 +2,10 @@
 //
 // Embed: <script type="module" src="https://<switchboard>/static/chat.js"></script> and an
 // element <div data-switchboard-chat data-workspace="acme"></div> (the workspace may also come
-// from ?workspace= in the page's URL). The widget connects to /ws/chat on the server it was
+// from ?workspace= in the page's URL). For a signed-in visitor, the site's server also renders
+// data-external-id / data-email / data-phone / data-name and data-identity-hash, made with its
+// SWITCHBOARD_CHAT_IDENTITY_SECRET (docs/protocol.md); the demo page takes them from its URL.
+// Without them, what the visitor types under "Your details" reaches agents as not verified. The widget connects to /ws/chat on the server it was
 // loaded from, keeps its visitor token and unsent messages in localStorage — so a reload or a
 // dropped connection resumes the same conversation — and re-sends unconfirmed messages with
 // the same id after a reconnect (the server de-duplicates them).
@@ -31,9 +34,10 @@ function ensureStylesheet() {
 }
 
 export class ChatWidget {
-  constructor(el, workspace, { title = "Chat with us" } = {}) {
+  constructor(el, workspace, { title = "Chat with us", identity = null } = {}) {
     this.el = el;
     this.workspace = workspace;
+    this.identity = identity; // signed by the site: {external_id?, email?, phone?, name?, identity_hash}
     this.key = `switchboard.chat.${workspace}`;
     this.n = ++widgets;
     this.ws = null;
@@ -84,7 +88,7 @@ export class ChatWidget {
     this.details = h("details", { class: "sbchat-details", testid: "chat-details" },
       this.summary,
       h("form", { class: "sbchat-form", onsubmit: (ev) => { ev.preventDefault(); this.identify(); } },
-        h("p", { class: "sbchat-hint" }, "So we can find your earlier emails and calls."),
+        h("p", { class: "sbchat-hint" }, "So our team knows who they are talking to."),
         h("label", { for: id("name") }, "Name"), this.nameInput,
         h("label", { for: id("email") }, "Email"), this.emailInput,
         h("label", { for: id("phone") }, "Phone"), this.phoneInput,
@@ -96,6 +100,7 @@ export class ChatWidget {
     });
     this.endButton = h("button", { type: "button", class: "sbchat-link", testid: "chat-end",
       onclick: () => this.end() }, "End chat");
+    this.details.hidden = Boolean(this.identity); // the site told us who they are
     replace(this.el, h("section", { class: "sbchat", "aria-labelledby": id("title"), testid: "chat-widget" },
       h("header", { class: "sbchat-head" }, h("h2", { id: id("title") }, title), this.status),
       this.log, this.waiting, this.error, this.details,
@@ -198,7 +203,13 @@ export class ChatWidget {
     this.save({ outbox });
     this.render();
     const d = this.load().details;
-    if (d.name || d.email || d.phone) this.request("identify", d).catch(() => {});
+    if (this.identity) {
+      this.request("identify", this.identity).catch((e) => {
+        if (e.code === "identity.unverified") this.showError("We could not confirm your sign-in; chatting as a guest.");
+      });
+    } else if (d.name || d.email || d.phone) {
+      this.request("identify", d).catch(() => {});
+    }
     for (const m of outbox) this.transmit(m);
   }
 
@@ -272,12 +283,25 @@ export class ChatWidget {
   }
 }
 
+// A signed-in visitor's identity, as the site rendered it: only with its identity_hash.
+function signedIdentity(el, params) {
+  const pick = (data, param) => el.dataset[data] || params.get(param) || "";
+  const identity_hash = pick("identityHash", "identity_hash");
+  if (!identity_hash) return null;
+  const out = { identity_hash };
+  for (const [data, field] of [["externalId", "external_id"], ["email", "email"], ["phone", "phone"], ["name", "name"]]) {
+    const v = pick(data, field);
+    if (v) out[field] = v;
+  }
+  return out;
+}
+
 export function mountAll(root = document) {
   ensureStylesheet();
   const params = new URLSearchParams(location.search);
   return [...root.querySelectorAll("[data-switchboard-chat]")].map((el) =>
     new ChatWidget(el, el.dataset.workspace || params.get("workspace") || "demo",
-      { title: el.dataset.title || "Chat with us" }));
+      { title: el.dataset.title || "Chat with us", identity: signedIdentity(el, params) }));
 }
 
 mountAll();

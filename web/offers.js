@@ -19,6 +19,8 @@ function customerLabel(customer) {
   const ids = customer.identities || [];
   const known = ids.find((i) => !i.startsWith("visitor:"));
   if (known) return known.replace(/^[a-z]+:/, "");
+  const claim = (customer.claims || [])[0];
+  if (claim) return `${claim.replace(/^[a-z]+:/, "")} (not verified)`;
   return ids.length ? "a web chat visitor" : "Unknown customer";
 }
 

@@ -18,6 +18,8 @@ for i = 1, #prof, 2 do
     redis.call('HSET', k_ids(), ident, into)
     redis.call('HSET', k_customer(into), f, '1')
     idents[#idents + 1] = ident
+  elseif string.sub(f, 1, 6) == 'claim:' then
+    redis.call('HSET', k_customer(into), f, '1')
   end
 end
 local name = hget(k_customer(from), 'name')

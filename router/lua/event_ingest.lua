@@ -4,7 +4,8 @@
 -- case); append it to the customer's timeline; and for a new case enter workflow step 1, which
 -- offers it to the best available agent if there is one.
 -- KEYS[1] workspace prefix
--- ARGV    1 now  2 event id  3 channel  4 kind  5 identities JSON ["email:a@b", ...]  6 name
+-- ARGV    1 now  2 event id  3 channel  4 kind  5 identities JSON ["email:a@b", ...], claims
+--         with "?" in front ("?email:a@b": recorded on the customer, never linked)  6 name
 --         7 thread key ('' = none)  8 verified case id ('' = none)  9 timeline entry JSON
 --         10 id for a new case  11 id for a new customer  12 plan JSON  13 case fields JSON
 --         14 reopen window ms  15 reopen plan JSON  16 call sequence number ('' = none)
@@ -37,8 +38,13 @@ if c == nil and ends then
   return result(r)
 end
 
--- identity: the first known identity names the customer; unknown ones are linked to it
-local idents = cjson.decode(ARGV[5])
+-- identity: the first known identity names the customer; unknown ones are linked to it.
+-- A claim ("?kind:value": stated, not vouched for) is only recorded on the customer.
+local idents, claims = {}, {}
+for _, ident in ipairs(cjson.decode(ARGV[5])) do
+  if string.sub(ident, 1, 1) == '?' then claims[#claims + 1] = string.sub(ident, 2)
+  else idents[#idents + 1] = ident end
+end
 local owners = #idents > 0 and redis.call('HMGET', k_ids(), unpack(idents)) or {}
 local u = nil
 for i = 1, #idents do
@@ -67,6 +73,10 @@ for i, ident in ipairs(idents) do
     log('identity.conflict', {'customer', u, 'other', other, 'identity', ident})
     conflicts[#conflicts + 1] = other
   end
+end
+for _, claim in ipairs(claims) do
+  marks[#marks + 1] = 'claim:' .. claim
+  marks[#marks + 1] = '1'
 end
 if #linked > 0 then redis.call('HSET', k_ids(), unpack(linked)) end
 if #marks > 0 then redis.call('HSET', k_customer(u), unpack(marks)) end
