@@ -69,11 +69,11 @@ class Settings:
     smarthost_user: str = ""
     smarthost_password: str = field(default="", repr=False)
     twilio_auth_token: str = field(default="", repr=False)
-    # the key a site signs its logged-in visitors' chat identities with (router/chat_ws.py)
-    chat_identity_secret: str = field(default="", repr=False)
     twilio_account_sid: str = ""
     twilio_api_base: str = "https://api.twilio.com"
     public_url: str = ""  # how Twilio reaches us; signatures are computed on it
+    # the key a site signs its logged-in visitors' chat identities with (router/chat_ws.py)
+    chat_identity_secret: str = field(default="", repr=False)
     log_level: str = "info"
     log_json: bool = True
     demo: bool = False
