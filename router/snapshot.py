@@ -135,11 +135,15 @@ async def chat_history(redis: aioredis.Redis, ws: str, case: str) -> list[dict[s
 
 
 async def agent_directory(redis: aioredis.Redis, ws: str) -> list[dict[str, str]]:
-    """Every agent's id and name (for transfers), asked for on demand: a workspace can have
-    thousands, too many to send with every hello."""
+    """Every agent's id, name and status (for transfers: the console's picker shows who is
+    available), asked for on demand: a workspace can have thousands, too many for every
+    hello."""
     ids = sorted(_dec(a) for a in await redis.smembers(keys.agents(ws)))
     pipe = redis.pipeline(transaction=False)
     for aid in ids:
-        pipe.hget(keys.agent(ws, aid), "name")
-    names = await pipe.execute()
-    return [{"id": aid, "name": _dec(n) or aid} for aid, n in zip(ids, names, strict=True)]
+        pipe.hmget(keys.agent(ws, aid), "name", "st")
+    rows = await pipe.execute()
+    return [
+        {"id": aid, "name": _dec(name) or aid, "status": _dec(st) or "offline"}
+        for aid, (name, st) in zip(ids, rows, strict=True)
+    ]

@@ -474,6 +474,36 @@ async def test_offers_reach_the_right_agent_with_history_and_replies_flow_back(
     await expect(sam.get_by_test_id("no-cases")).to_be_visible()
 
 
+async def test_transfer_to_a_colleague_picked_from_the_directory(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await web.agent("sam")
+    bea = await web.agent("bea")
+    async with bridge(server) as b:
+        await send_email(
+            b, sender="kim@example.com", name="Kim Lee", subject="Charged for a return",
+            text="I sent the parcel back but was charged again.",
+        )  # fmt: skip
+    await sam.get_by_test_id("offer-accept").click()  # support: Sam's
+    await panel(sam).locator("label.seg", has_text="To an agent").click()
+    # the picker lists colleagues (not Sam himself), the available ones first
+    options = panel(sam).locator("[data-testid=transfer-agents] option")
+    await expect(options).to_have_count(2)
+    await expect(options.first).to_have_attribute("value", "bea")
+    await expect(options.first).to_have_attribute("label", "Bea Billing · available")
+    await expect(options.nth(1)).to_have_attribute("label", "Sue Supervisor · offline")
+    await panel(sam).get_by_test_id("transfer-agent").fill("bea")
+    await panel(sam).get_by_test_id("transfer-note").fill("A billing question after all.")
+    await panel(sam).get_by_test_id("transfer-submit").click()
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+    offer = bea.get_by_test_id("offer")
+    await expect(offer.get_by_test_id("offer-subject")).to_have_text("Charged for a return")
+    await offer.get_by_test_id("offer-accept").click()
+    await expect(panel(bea).get_by_test_id("timeline")).to_contain_text(
+        "billing question after all"
+    )
+
+
 # -- B: the supervisor view -----------------------------------------------------------------------
 
 

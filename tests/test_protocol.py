@@ -126,7 +126,7 @@ async def test_login_then_ws_token_then_hello(stack: Stack) -> None:
     assert "resolved" in hello["dispositions"]
     assert hello["cases"] == [] and hello["offers"] == []
     directory = await console.ok("agents.list")  # the directory for transfers, on demand
-    assert {"id": "hello2", "name": "Hello 2"} in directory["agents"]
+    assert {"id": "hello1", "name": "Hello 1", "status": "offline"} in directory["agents"]
 
 
 async def test_hello_after_reconnect_is_the_snapshot(stack: Stack, bridge: WsClient) -> None:

@@ -13,7 +13,7 @@ const STATUS_LABEL = { assigned: "In progress", wrapping: "Wrapping up", complet
 let seq = 0;
 
 /**
- * app: {conn, timeline(customerId), queues, dispositions, canned, drafts (Map), toast(text, opts),
+ * app: {conn, me, timeline(customerId), queues, dispositions, canned, drafts (Map), toast(text, opts),
  *       announce(text), removeCase(caseId), select(caseId)}
  */
 export class CaseView {
@@ -253,14 +253,32 @@ export class CaseView {
     let to = "queue";
     const queue = h("select", { id: `tq-${u}`, testid: "transfer-queue" },
       this.app.queues.map((q) => h("option", { value: q.id, selected: q.id === this.case.queue }, q.name)));
+    // the colleagues, from agents.list when "To an agent" is first chosen: typing filters them
+    const directory = h("datalist", { id: `td-${u}`, testid: "transfer-agents" });
     const agent = h("input", { id: `ta-${u}`, testid: "transfer-agent", autocomplete: "off", spellcheck: "false",
-      placeholder: "agent id, e.g. bob" });
+      list: `td-${u}`, placeholder: "name or id, e.g. bob" });
+    const loadDirectory = async () => {
+      if (directory.childElementCount) return;
+      try {
+        const { agents } = await this.app.conn.request("agents.list");
+        const rank = (a) => (a.status === "available" ? 0 : a.status === "offline" ? 2 : 1);
+        replace(directory, agents.filter((a) => a.id !== this.app.me.id)
+          .sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name))
+          .map((a) => h("option", { value: a.id, label: `${a.name} · ${a.status}` })));
+      } catch {
+        /* the id can still be typed */
+      }
+    };
     const note = h("textarea", { id: `tn-${u}`, rows: "2", testid: "transfer-note" });
     const queueRow = h("div", { class: "field" }, h("label", { for: `tq-${u}` }, "Queue"), queue);
-    const agentRow = h("div", { class: "field", hidden: true }, h("label", { for: `ta-${u}` }, "Agent id"), agent);
+    const agentRow = h("div", { class: "field", hidden: true }, h("label", { for: `ta-${u}` }, "Agent"), agent,
+      directory);
     const pick = (value, text) => h("label", { class: "seg" },
       h("input", { type: "radio", name: `tt-${u}`, value, checked: value === "queue", testid: `transfer-to-${value}`,
-        onchange: () => { to = value; queueRow.hidden = value !== "queue"; agentRow.hidden = value !== "agent"; } }),
+        onchange: () => {
+          to = value; queueRow.hidden = value !== "queue"; agentRow.hidden = value !== "agent";
+          if (value === "agent") loadDirectory();
+        } }),
       text);
     const submit = h("button", { type: "submit", class: "secondary", testid: "transfer-submit" }, "Transfer");
     return h("form", { class: "action-card", onsubmit: async (ev) => {
