@@ -164,9 +164,11 @@ async def chat_endpoint(websocket: WebSocket) -> None:
     try:
         case = await ctx.redis.hget(keys.threads(who.workspace), f"chat:{who.subject}")
         messages: list[dict[str, Any]] = []
+        agent = None
         if case:
             await session.watch(case.decode())
             messages = await snapshot.chat_history(ctx.redis, who.workspace, session.case)
+            agent = await snapshot.chat_agent(ctx.redis, who.workspace, session.case)
         await conn.send(
             {
                 "type": "welcome",
@@ -175,6 +177,7 @@ async def chat_endpoint(websocket: WebSocket) -> None:
                 "workspace": who.workspace,
                 "case": session.case,
                 "messages": messages,
+                "agent": agent,
             }
         )
         await serve_frames(

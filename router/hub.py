@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router import fastjson, keys, wire
-from router.push import chat_frame
+from router.push import chat_agent_frame, chat_frame
 from router.store import stop_task
 
 __all__ = ["RAW_SEND", "Conn", "Hub"]
@@ -148,6 +148,14 @@ class Hub:
             del self.chats[(ws, case)]
             await self._unsubscribe(keys.push_case(ws, case))
 
+    async def _agent_name(self, ws: str, agent: str) -> str:
+        """An agent's display name for a customer's widget ("Agent" if it cannot be read)."""
+        try:
+            name = await self.redis.hget(keys.agent(ws, agent), "name") if agent else None
+        except RedisError:
+            name = None
+        return name.decode() if isinstance(name, bytes) else "Agent"
+
     def connected_agents(self) -> int:
         return sum(len(c) for c in self.agents.values())
 
@@ -231,4 +239,8 @@ class Hub:
         elif kind == "c":
             conns = self.chats.get((ws, ident))
             if conns and isinstance(body, dict):
-                await self.broadcast(conns, chat_frame(body))
+                if "event" in body:  # the agent joined, handed the chat on, or closed it
+                    name = await self._agent_name(ws, str(body.get("agent", "")))
+                    await self.broadcast(conns, chat_agent_frame(body, name))
+                else:
+                    await self.broadcast(conns, chat_frame(body))

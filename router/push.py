@@ -11,7 +11,7 @@ from typing import Any
 
 from router import fastjson
 
-__all__ = ["case_view", "chat_frame", "customer_view", "offer_frame", "pairs"]
+__all__ = ["case_view", "chat_agent_frame", "chat_frame", "customer_view", "offer_frame", "pairs"]
 
 _INT_FIELDS = ("pri", "created", "updated", "assigned", "closed", "age", "step")
 
@@ -107,6 +107,18 @@ def offer_frame(payload: Mapping[str, Any]) -> dict[str, Any]:
         frame["timeline"] = tl if isinstance(tl, list) else []
         frame["timeline_total"] = cust.get("total", 0)
     return frame
+
+
+def chat_agent_frame(event: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """What a customer's widget sees when the agent joins, hands the chat on or closes it
+    (``chat_event`` in _lib.lua): the agent's display name, never their id."""
+    return {
+        "type": "agent",
+        "case": event.get("case", ""),
+        "event": event.get("event", ""),
+        "name": name,
+        "ts": event.get("ts", 0),
+    }
 
 
 def chat_frame(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -134,6 +134,18 @@ async def chat_history(redis: aioredis.Redis, ws: str, case: str) -> list[dict[s
     return out
 
 
+async def chat_agent(redis: aioredis.Redis, ws: str, case: str) -> dict[str, str] | None:
+    """Where a chat case's agent stands, for a widget that (re)connects — what the last
+    ``agent`` frame said: ``joined`` while assigned, ``closed`` once wrapped up or completed,
+    ``None`` while the case waits for one."""
+    st, agent = await redis.hmget(keys.case(ws, case), "st", "last_agent")
+    event = {b"assigned": "joined", b"wrapping": "closed", b"completed": "closed"}.get(st or b"")
+    if event is None or not agent:
+        return None
+    name = await redis.hget(keys.agent(ws, _dec(agent)), "name")
+    return {"event": event, "name": _dec(name) or "Agent"}
+
+
 async def agent_directory(redis: aioredis.Redis, ws: str) -> list[dict[str, str]]:
     """Every agent's id, name and status (for transfers: the console's picker shows who is
     available), asked for on demand: a workspace can have thousands, too many for every

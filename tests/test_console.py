@@ -383,6 +383,8 @@ async def test_offers_reach_the_right_agent_with_history_and_replies_flow_back(
 
     await sam.keyboard.press("Alt+A")  # accept from the keyboard
     await expect(sam.get_by_test_id("case-tab")).to_have_count(1)
+    await expect(dana.get_by_test_id("chat-system")).to_have_text("Sam Support joined the chat")
+    await expect(dana.get_by_test_id("chat-waiting")).to_be_hidden()
     await expect(sam.get_by_test_id("offer")).to_have_count(0)
     await expect(panel(sam).get_by_test_id("timeline")).to_contain_text("parcel never arrived")
     await panel(sam).get_by_test_id("canned-select").select_option("hello")
@@ -466,8 +468,11 @@ async def test_offers_reach_the_right_agent_with_history_and_replies_flow_back(
         await bea.keyboard.press("Alt+R")
         await expect(bea.get_by_test_id("offer")).to_have_count(0)
 
-    # Sam finishes the chat too
+    # Sam finishes the chat too: Dana is told
     await panel(sam).get_by_test_id("wrapup").click()
+    await expect(dana.get_by_test_id("chat-system").last).to_have_text(
+        "Sam Support closed the conversation. Write again any time."
+    )
     await panel(sam).get_by_test_id("disposition-select").select_option("resolved")
     await panel(sam).get_by_test_id("complete").click()
     await expect(sam.get_by_test_id("case-tab")).to_have_count(0)

@@ -650,6 +650,13 @@ async def test_chat_widget_conversation(stack: Stack) -> None:
     assert offer["customer"]["identities"] == [f"visitor:{welcome['visitor']}"]
     assert offer["customer"]["claims"] == [f"email:{wanda}"]
     await console.ok("offer.accept", offer=offer["offer"])
+    joined = await widget.expect("agent")  # named, never by id
+    assert (joined["event"], joined["name"], joined["case"]) == (
+        "joined",
+        "Support 1",
+        first["case"],
+    )
+    assert "support1" not in str(joined)
     sent = await console.ok("case.reply", case=first["case"], text="Hi Wanda, <i>how</i>?")
     await console.ok("case.note", case=first["case"], text="internal only")
     shown = await widget.expect("message", dir="out")
@@ -675,10 +682,18 @@ async def test_chat_widget_conversation(stack: Stack) -> None:
         ("in", "my order"),
     ]
     assert all("agent" not in m for m in resumed["messages"])
+    assert resumed["agent"] == {"event": "joined", "name": "Support 1"}
     assert (await back.ok("end"))["case"] == first["case"]
     assert (await console.expect("case.updated", case=first["case"]))["event"] == (
         "conversation.ended"
     )
+    await console.ok("case.wrapup", case=first["case"])  # the agent closes it: both widgets hear
+    for w in (widget, back):
+        closed = await w.expect("agent", event="closed")
+        assert (closed["name"], closed["case"]) == ("Support 1", first["case"])
+    await console.ok("case.complete", case=first["case"], disposition="resolved")
+    _, later = await stack.chat(token=welcome["token"])
+    assert later["agent"] == {"event": "closed", "name": "Support 1"}
 
 
 async def test_a_chat_identity_is_a_claim_until_the_site_signs_it(

@@ -47,6 +47,7 @@ export class ChatWidget {
     this.visitor = "";
     this.messages = [];
     this.ended = false;
+    this.agent = null; // the agent's last move: {event: joined|transferred|closed, name}
     this.build(title);
     this.connect();
   }
@@ -112,14 +113,18 @@ export class ChatWidget {
   }
 
   render() {
-    const items = this.messages.filter((m) => m.text).map((m) => this.bubble(m.dir, m.from, m.text, m.ts, false));
+    const items = this.messages.filter((m) => m.text).map((m) => (m.dir === "system"
+      ? h("li", { class: "sbchat-system", testid: "chat-system" }, m.text)
+      : this.bubble(m.dir, m.from, m.text, m.ts, false)));
     for (const m of this.load().outbox) items.push(this.bubble("in", "", m.text, m.ts, true));
     if (this.ended) items.push(h("li", { class: "sbchat-system" }, "You ended the chat. Write again any time."));
     replace(this.log, items);
     this.log.scrollTop = this.log.scrollHeight;
     const hasIn = this.messages.some((m) => m.dir === "in" && m.text) || this.load().outbox.length > 0;
     const hasOut = this.messages.some((m) => m.dir === "out");
-    this.waiting.hidden = this.ended || !hasIn || hasOut;
+    const moved = this.agent ? this.agent.event : "";
+    const waiting = moved === "transferred" || (!moved && !hasOut);
+    this.waiting.hidden = this.ended || !hasIn || !waiting;
   }
 
   bubble(dir, from, text, ts, pending) {
@@ -157,6 +162,8 @@ export class ChatWidget {
         this.welcome(f);
       } else if (f.type === "message") {
         this.receive(f);
+      } else if (f.type === "agent") {
+        this.agentMoved(f);
       } else if (f.type === "error") {
         if (!this.visitor || ws.readyState !== WebSocket.OPEN) refusal = f;
         else this.showError(f.message);
@@ -198,6 +205,7 @@ export class ChatWidget {
     this.status.textContent = "Connected";
     this.el.classList.remove("sbchat-offline");
     this.messages = (f.messages || []).filter((m) => m.dir === "in" || m.dir === "out");
+    this.agent = f.agent || null;
     const known = new Set(this.messages.map((m) => m.id));
     const outbox = this.load().outbox.filter((m) => !known.has(`${this.visitor}:${m.id}`));
     this.save({ outbox });
@@ -211,6 +219,16 @@ export class ChatWidget {
       this.request("identify", d).catch(() => {});
     }
     for (const m of outbox) this.transmit(m);
+  }
+
+  agentMoved(f) {
+    const name = f.name || "An agent";
+    const text = { joined: `${name} joined the chat`, transferred: `${name} handed your chat to a colleague`,
+      closed: `${name} closed the conversation. Write again any time.` }[f.event];
+    if (!text) return;
+    this.agent = { event: f.event, name };
+    this.messages.push({ id: `agent-${f.event}-${f.ts}`, dir: "system", text, ts: f.ts });
+    this.render();
   }
 
   receive(f) {
@@ -228,6 +246,7 @@ export class ChatWidget {
     if (text.length > 8000) { this.showError("That message is too long (8000 characters at most)."); return; }
     this.showError("");
     this.ended = false;
+    if (this.agent && this.agent.event === "closed") this.agent = null; // writing again reopens it
     const m = { id: randomId(), text, ts: Date.now() / 1000 };
     this.save({ outbox: [...this.load().outbox, m] });
     this.input.value = "";
@@ -279,6 +298,7 @@ export class ChatWidget {
     }
     this.ended = true;
     this.messages = [];
+    this.agent = null;
     this.render();
   }
 }

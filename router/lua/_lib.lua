@@ -71,6 +71,16 @@ local function log(typ, fields)
   redis.call('XADD', k_log(), '*', 't', typ, 'ts', NOW_S, unpack(fields))
 end
 
+-- Tell a chat case's widget what its agent did: 'joined' (accepted), 'transferred' (handed it
+-- on), 'closed' (ended the conversation). The node holding the widget names the agent (the
+-- visitor never sees agent ids); other channels have no one watching.
+local function chat_event(c, ch, event, a)
+  if ch == 'chat' then
+    redis.call('PUBLISH', k_push_case(c),
+      cjson.encode({event = event, case = c, agent = a, ts = NOW / 1000}))
+  end
+end
+
 local function next_id(tag)
   return tag .. num_s(redis.call('INCR', k_seq()))
 end

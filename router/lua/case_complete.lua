@@ -13,6 +13,7 @@ if cs[1] ~= 'assigned' and cs[1] ~= 'wrapping' then
 end
 redis.call('HSET', ck, 'st', 'completed', 'disposition', ARGV[4], 'closed', NOW_S, 'updated', NOW_S)
 redis.call('SREM', k_agent_cases(a), c)
+if cs[1] == 'assigned' then chat_event(c, cs[3], 'closed', a) end  -- wrap-up told it already
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
 local _, known = move_load(a, cs[3], -1)
 log('case.completed', {'case', c, 'agent', a, 'disposition', ARGV[4]})

@@ -18,6 +18,7 @@ if a ~= '' then
   end
   redis.call('SREM', k_agent_cases(a), c)
   release(a, cs[3])
+  chat_event(c, cs[3], 'transferred', a)
   redis.call('HSET', ck, 'agent', '', 'x', '|' .. a .. '|')
 else
   if cs[1] ~= 'queued' and cs[1] ~= 'offered' then

@@ -28,6 +28,7 @@ local missed = hget(k_agent(a), 'missed')
 if missed and missed ~= '0' then redis.call('HSET', k_agent(a), 'missed', 0) end
 log('offer.accepted', {'case', c, 'agent', a, 'offer', o, 'queue', cq[1], 'ch', of[4],
   'waited', num_s(NOW - (tonumber(cq[2]) or NOW))})
+chat_event(c, of[4], 'joined', a)
 if of[4] == 'voice' then
   -- the bridge that holds the call connects it to the agent (durable, via the outbox)
   redis.call('XADD', k_outbox(), 'MAXLEN', '~', 100000, '*', 'kind', 'call.connect', 'ch', 'voice',
