@@ -696,6 +696,20 @@ async def test_chat_widget_conversation(stack: Stack) -> None:
     assert later["agent"] == {"event": "closed", "name": "Support 1"}
 
 
+async def test_a_chat_transfer_tells_the_visitor(stack: Stack) -> None:
+    console, _ = await stack.agent("support1", status="available")
+    widget, welcome = await stack.chat()
+    sent = await widget.ok("message", text="can someone in billing help?")
+    offer = await console.offer_for(sent["case"])
+    await console.ok("offer.accept", offer=offer["offer"])
+    assert (await widget.expect("agent"))["event"] == "joined"
+    await console.ok("case.transfer", case=sent["case"], queue="claims", note="billing, please")
+    moved = await widget.expect("agent")
+    assert (moved["event"], moved["name"]) == ("transferred", "Support 1")
+    _, back = await stack.chat(token=welcome["token"])
+    assert back["agent"] is None  # waiting for the next agent
+
+
 async def test_a_chat_identity_is_a_claim_until_the_site_signs_it(
     stack: Stack, bridge: WsClient
 ) -> None:
