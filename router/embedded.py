@@ -242,6 +242,12 @@ class EmbeddedRedis:
             "--appendonly", "yes" if self._appendonly else "no",
             "--appendfsync", "everysec",
             "--save", "",  # the AOF is the durability; no RDB snapshots
+            # An AOF rewrite writes the data set as RDB; LZF-compressing it took a third of the
+            # rewrite child's CPU (0.40 -> 0.27 s for 20,000 routed cases), and the base, 50 %
+            # larger uncompressed, lets the AOF grow 50 % longer before the next rewrite: about
+            # half the rewrite CPU per case, on a box where the child shares Redis's core. Disk
+            # is what we spend: the AOF's base and its tail each half as large again.
+            "--rdbcompression", "no",
             "--maxmemory-policy", "noeviction",  # routing state must never be evicted
             # A case hash holds its plan and attributes as JSON (100 B - 1 KB); past the default
             # 64 B Redis turns the whole hash into a hash table: 40 % more memory per case in the
