@@ -675,6 +675,7 @@ async def test_dropped_connection_reconnects_and_restores_from_hello(
     await ada.reload()
     await expect(ada.get_by_test_id("chat-status")).to_have_text("Connected")
     await expect(ada.get_by_test_id("chat-message")).to_have_count(3)
+    await expect(ada.get_by_test_id("chat-system")).to_have_text("Sam Support joined the chat")
     await expect(ada.get_by_test_id("chat-waiting")).to_be_hidden()
 
 

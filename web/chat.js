@@ -33,6 +33,14 @@ function ensureStylesheet() {
   document.head.append(link);
 }
 
+// The line the conversation shows for what the agent did (an `agent` frame, or welcome's).
+function agentLine(f) {
+  const name = (f && f.name) || "An agent";
+  const text = f && { joined: `${name} joined the chat`, transferred: `${name} handed your chat to a colleague`,
+    closed: `${name} closed the conversation. Write again any time.` }[f.event];
+  return text ? { id: `agent-${f.event}-${f.ts}`, dir: "system", text, ts: f.ts } : null;
+}
+
 export class ChatWidget {
   constructor(el, workspace, { title = "Chat with us", identity = null } = {}) {
     this.el = el;
@@ -206,6 +214,8 @@ export class ChatWidget {
     this.el.classList.remove("sbchat-offline");
     this.messages = (f.messages || []).filter((m) => m.dir === "in" || m.dir === "out");
     this.agent = f.agent || null;
+    const now = agentLine({ ...this.agent, ts: Date.now() / 1000 }); // where things stand
+    if (now) this.messages.push(now);
     const known = new Set(this.messages.map((m) => m.id));
     const outbox = this.load().outbox.filter((m) => !known.has(`${this.visitor}:${m.id}`));
     this.save({ outbox });
@@ -222,12 +232,10 @@ export class ChatWidget {
   }
 
   agentMoved(f) {
-    const name = f.name || "An agent";
-    const text = { joined: `${name} joined the chat`, transferred: `${name} handed your chat to a colleague`,
-      closed: `${name} closed the conversation. Write again any time.` }[f.event];
-    if (!text) return;
-    this.agent = { event: f.event, name };
-    this.messages.push({ id: `agent-${f.event}-${f.ts}`, dir: "system", text, ts: f.ts });
+    const line = agentLine(f);
+    if (!line) return;
+    this.agent = { event: f.event, name: f.name };
+    this.messages.push(line);
     this.render();
   }
 
