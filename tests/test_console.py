@@ -648,6 +648,9 @@ async def test_dropped_connection_reconnects_and_restores_from_hello(
     await expect(claims).to_have_text("Says: ada@example.com · not verified")
     await panel(sam).get_by_test_id("reply-input").fill("Yes, it left this morning.")
     await panel(sam).get_by_test_id("reply-send").click()
+    await expect(
+        ada.get_by_test_id("chat-message").filter(has_text="left this morning")
+    ).to_be_visible()
     await expect(ada.get_by_test_id("chat-waiting")).to_be_hidden()
 
     cut.set()
