@@ -5,10 +5,11 @@
 // from ?workspace= in the page's URL). For a signed-in visitor, the site's server also renders
 // data-external-id / data-email / data-phone / data-name and data-identity-hash, made with its
 // SWITCHBOARD_CHAT_IDENTITY_SECRET (docs/protocol.md); the demo page takes them from its URL.
-// Without them, what the visitor types under "Your details" reaches agents as not verified. The widget connects to /ws/chat on the server it was
-// loaded from, keeps its visitor token and unsent messages in localStorage — so a reload or a
-// dropped connection resumes the same conversation — and re-sends unconfirmed messages with
-// the same id after a reconnect (the server de-duplicates them).
+// Without them, what the visitor types under "Your details" reaches agents as not verified.
+// The widget connects to /ws/chat on the server it was loaded from, keeps its visitor token
+// and unsent messages in localStorage — so a reload or a dropped connection resumes the same
+// conversation — and re-sends unconfirmed messages with the same id after a reconnect (the
+// server de-duplicates them).
 //
 // Everything shown is rendered as text (dom.h); nothing the other side sends becomes markup.
 
@@ -131,7 +132,7 @@ export class ChatWidget {
     const hasIn = this.messages.some((m) => m.dir === "in" && m.text) || this.load().outbox.length > 0;
     const hasOut = this.messages.some((m) => m.dir === "out");
     const moved = this.agent ? this.agent.event : "";
-    const waiting = moved === "transferred" || (!moved && !hasOut);
+    const waiting = moved === "transferred" || moved === "waiting" || (!moved && !hasOut);
     this.waiting.hidden = this.ended || !hasIn || !waiting;
   }
 
@@ -254,7 +255,7 @@ export class ChatWidget {
     if (text.length > 8000) { this.showError("That message is too long (8000 characters at most)."); return; }
     this.showError("");
     this.ended = false;
-    if (this.agent && this.agent.event === "closed") this.agent = null; // writing again reopens it
+    if (this.agent && this.agent.event === "closed") this.agent = { event: "waiting" }; // reopens it
     const m = { id: randomId(), text, ts: Date.now() / 1000 };
     this.save({ outbox: [...this.load().outbox, m] });
     this.input.value = "";
