@@ -155,7 +155,7 @@ async def _edit_declaration(
 async def list_queues(request: Request) -> dict[str, Any]:
     who = await _caller(request)
     ctx = _ctx(request)
-    cfg = await ctx.switch.config(who.workspace)
+    cfg = await ctx.switch.config(who.workspace, fresh=True)
     return {"queues": await queries.queues(ctx.redis, cfg, who.workspace)}
 
 
@@ -188,7 +188,7 @@ async def put_queue(request: Request) -> Response:
         queues.append({**d, "id": qid})
 
     await _edit_declaration(request, who.workspace, change)
-    cfg = await ctx.switch.config(who.workspace)
+    cfg = await ctx.switch.config(who.workspace, fresh=True)
     view = next(q for q in await queries.queues(ctx.redis, cfg, who.workspace) if q["id"] == qid)
     return JSONResponse(view, status_code=201 if created else 200)
 
@@ -197,7 +197,7 @@ async def delete_queue(request: Request) -> Response:
     who = await _caller(request, "admin")
     ctx = _ctx(request)
     qid = _path_id(request, "queue")
-    cfg = await ctx.switch.config(who.workspace)
+    cfg = await ctx.switch.config(who.workspace, fresh=True)
     if cfg.queue(qid) is None:
         raise NotFound("queue not found", code="queue.unknown")
     if qid in queries.workflow_queues(cfg.workflow_json):
@@ -228,7 +228,7 @@ def _invalid(message: str, path: str, column: int | None) -> JSONResponse:
 
 async def get_workflow(request: Request) -> dict[str, Any]:
     who = await _caller(request, "supervisor")
-    cfg = await _ctx(request).switch.config(who.workspace)
+    cfg = await _ctx(request).switch.config(who.workspace, fresh=True)
     return dict(cfg.workflow_json)
 
 
@@ -237,7 +237,7 @@ async def put_workflow(request: Request) -> Response:
     who = await _caller(request, "admin")
     ctx = _ctx(request)
     wf = await _body(request)
-    cfg = await ctx.switch.config(who.workspace)
+    cfg = await ctx.switch.config(who.workspace, fresh=True)
     try:
         load_workflow(wf, [q.id for q in cfg.queues])
     except WorkflowError as e:

@@ -119,7 +119,7 @@ async def list_cases(request: Request) -> dict[str, Any]:
         raise BadRequest("queue: not a queue id", code="query.invalid")
     limit = _int_param(request, "limit", 50, 1, 200)
     assert limit is not None
-    cfg = await ctx.switch.config(who.workspace)
+    cfg = await ctx.switch.config(who.workspace, fresh=True)
     page = await queries.list_cases(
         ctx.redis,
         cfg,

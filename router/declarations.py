@@ -92,11 +92,19 @@ class Declarations:
     async def changed(self) -> AsyncIterator[str]:
         """Drop cached configs whose declaration another node changed, yielding each workspace
         as it is dropped (before the next one is checked)."""
-        for ws, (ver, _) in list(self._configs.items()):
-            now = await self.redis.hget(keys.settings(ws), "declver")
-            if now != ver:
-                self._configs.pop(ws, None)
+        for ws in list(self._configs):
+            if await self.drop_if_changed(ws):
                 yield ws
+
+    async def drop_if_changed(self, ws: str) -> bool:
+        """Drop ws's cached config if another node changed its declaration since; True if so."""
+        cached = self._configs.get(ws)
+        if cached is None:
+            return False
+        if await self.redis.hget(keys.settings(ws), "declver") == cached[0]:
+            return False
+        self._configs.pop(ws, None)
+        return True
 
     async def workspaces(self) -> list[str]:
         return sorted(m.decode() for m in await self.redis.smembers(keys.WORKSPACES))

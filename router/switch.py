@@ -110,7 +110,12 @@ class Switch:
         for a read-change-write edit: ``apply_workspace(changed, read_version=version)``."""
         return await self.declarations.read(ws)
 
-    async def config(self, ws: str) -> WorkspaceConfig:
+    async def config(self, ws: str, *, fresh: bool = False) -> WorkspaceConfig:
+        """The workspace's config, as cached (the timer loop drops what another node changed,
+        within a second); ``fresh``: check with Redis first, so that an admin reading after a
+        write made through another node reads that write."""
+        if fresh and await self.declarations.drop_if_changed(ws):
+            self.pools.forget(ws)
         return await self.declarations.config(ws)
 
     async def refresh_configs(self) -> None:

@@ -52,6 +52,8 @@ TEAMS = {
     "orphan": 1,
     "kill": 0,
 }
+#: edits the workspace through one node and reads it through the other
+ADMIN = {"id": "root", "name": "Root", "password": "pw", "role": "admin", "capacity": {}}
 #: takes every case the crash test makes
 KILLER = {
     "id": "kill1",
@@ -66,7 +68,7 @@ KILLER = {
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     st = await Stack.start(
         tmp_path_factory.mktemp("nodes"),
-        team_workspace(TEAMS, extra_agents=[KILLER]),
+        team_workspace(TEAMS, extra_agents=[KILLER, ADMIN]),
         nodes=[LONG_GRACE, SHORT_GRACE],
     )
     try:
@@ -82,6 +84,24 @@ async def bridge(stack: Stack) -> WsClient:
 
 
 # -- one system ------------------------------------------------------------------------------------
+
+
+async def test_an_admin_reads_through_one_node_what_it_wrote_through_the_other(
+    stack: Stack,
+) -> None:
+    http, a, b = stack.http, stack.nodes[A].url, stack.nodes[B].url
+    login = await http.post(
+        f"{a}/api/login", json={"workspace": "acme", "agent": "root", "password": "pw"}
+    )
+    auth = {"Authorization": f"Bearer {login.json()['token']}"}
+    for _ in range(5):  # each node caches the workspace; the timer loop alone refreshes in ~1 s
+        queue = uid("q")
+        assert (await http.put(f"{a}/api/queues/{queue}", headers=auth, json={})).status_code == 201
+        listed = (await http.get(f"{b}/api/queues", headers=auth)).json()["queues"]
+        assert queue in {q["id"] for q in listed}
+        assert (await http.delete(f"{b}/api/queues/{queue}", headers=auth)).status_code == 204
+        listed = (await http.get(f"{a}/api/queues", headers=auth)).json()["queues"]
+        assert queue not in {q["id"] for q in listed}
 
 
 async def test_cases_replies_and_deliveries_cross_nodes(stack: Stack, bridge: WsClient) -> None:
