@@ -48,7 +48,7 @@ class Pools:
         result (offers and pushes) for the caller to dispatch."""
         data = agent_data(a)
         for _ in range(_RETRIES):
-            ver = await self._ver(ws)
+            ver = await self._ver(ws, "pver")  # a pool defined meanwhile: compute again
             memberships = await self._memberships(ws, cfg, data)
             res: dict[str, Any] = await self.store.run(
                 "agent_update",
@@ -86,8 +86,9 @@ class Pools:
             d.get("role", "agent"),
         )
 
-    async def _ver(self, ws: str) -> str:
-        v = await self.redis.hget(keys.settings(ws), "ver")
+    async def _ver(self, ws: str, which: str) -> str:
+        """The pools' ("pver") or the agents' ("aver") version: each writer checks the other's."""
+        v = await self.redis.hget(keys.settings(ws), which)
         return v.decode() if v else "0"
 
     async def _pool_specs(self, ws: str) -> list[PoolSpec]:
@@ -160,7 +161,7 @@ class Pools:
         if queue is None:
             raise BadRequest(f"queue {spec.queue!r} not configured", code="queue.unknown")
         for _ in range(_RETRIES):
-            ver = await self._ver(ws)
+            ver = await self._ver(ws, "aver")  # an agent updated meanwhile: compute again
             members = pool_members(spec, queue.target, await self._agent_datas(ws))
             res = await self.store.run(
                 "pool_define",

@@ -396,3 +396,43 @@ async def test_first_cases_of_a_new_pool_define_it_once(switch: Switch) -> None:
     defined = [e[b"pool"] for _, e in entries[before:] if e[b"t"] == b"pool.defined"]
     assert len(defined) == len(set(defined)) == 2  # the step's narrowed pool and its queue
     assert switch.store.calls - calls == 64 + 2  # one script per case, one per pool
+
+
+async def test_a_membership_computed_before_a_change_it_depends_on_is_refused(
+    switch: Switch,
+) -> None:
+    """Memberships are computed in Python and written by a script that checks a version: an
+    agent update computed before a pool was defined must recompute (it would drop the agent
+    from that pool), and a pool computed before an agent changed must recompute (it would miss
+    the change) — but two agents' updates never make each other retry, so a workspace edit
+    that recomputes every agent on two nodes at once does not keep retrying."""
+    from tests.switchboard_fixtures import DECL, agent
+
+    await switch.apply_workspace(
+        {**DECL, "agents": [agent("ann", ["support"]), agent("bob", ["support"])]}
+    )
+    store, cfg_key = switch.store, "sb:{acme}:cfg"
+
+    async def version(which: str) -> str:
+        return (await switch.redis.hget(cfg_key, which) or b"0").decode()
+
+    async def update(aid: str, pver: str) -> dict[str, Any]:
+        res: dict[str, Any] = await store.run(
+            "agent_update", "acme", aid, aid.title(), "chat", '{"chat": 2}',
+            '{"skills": ["support"]}', "[]", pver,
+        )  # fmt: skip
+        return res
+
+    async def define(pool: str, aver: str) -> dict[str, Any]:
+        res: dict[str, Any] = await store.run(
+            "pool_define", "acme", pool, "support", "language == 'fr'", aver, "[]", "[]", ""
+        )
+        return res
+
+    pver, aver = await version("pver"), await version("aver")
+    assert (await update("ann", pver))["ok"]
+    assert (await update("bob", pver))["ok"]  # computed before ann's update: still fine
+    assert (await define("support^fr", aver)) == {"ok": False, "retry": True}  # ann changed
+    assert (await define("support^fr", await version("aver")))["ok"]
+    assert (await update("ann", pver)) == {"ok": False, "retry": True}  # a pool came meanwhile
+    assert (await update("ann", await version("pver")))["ok"]

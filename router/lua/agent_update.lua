@@ -2,15 +2,17 @@
 -- the pools (queue x filter) the agent belongs to, computed by Python from the attributes.
 -- KEYS[1] workspace prefix
 -- ARGV    now, agent id, name, channels "chat,email,voice", capacities JSON {ch: n},
---         attributes JSON, memberships JSON [[pool id, order value], ...], config version read
---         when the memberships were computed ('' = don't check)
--- Returns {ok, created, offers} or {ok=false, retry=true} when pools or agents changed meanwhile
--- (the caller recomputes memberships and calls again).
+--         attributes JSON, memberships JSON [[pool id, order value], ...], the pools' version
+--         ('pver') read when the memberships were computed ('' = don't check)
+-- Returns {ok, created, offers} or {ok=false, retry=true} when a pool was defined meanwhile
+-- (the caller recomputes memberships and calls again). Bumps the agents' version ('aver'),
+-- which pool_define.lua checks: a pool defined from agents read before this update retries.
+-- Agent updates do not conflict with each other: each agent's memberships are its own.
 local a = ARGV[2]
-if ARGV[8] ~= '' and (hget(k_cfg(), 'ver') or '0') ~= ARGV[8] then
+if ARGV[8] ~= '' and (hget(k_cfg(), 'pver') or '0') ~= ARGV[8] then
   return result({ok = false, retry = true})
 end
-redis.call('HINCRBY', k_cfg(), 'ver', 1)
+redis.call('HINCRBY', k_cfg(), 'aver', 1)
 local ak = k_agent(a)
 local created = redis.call('EXISTS', ak) == 0
 remove_agent_everywhere(a)
