@@ -47,8 +47,10 @@ class _CallgrindRedis(EmbeddedRedis):
     """The embedded Redis, its configuration unchanged, started under callgrind with counting
     off; ``count(True/False)`` turns counting on and off, ``dump()`` writes the counts."""
 
-    def __init__(self, data_dir: Path, out: Path, redis_args: list[str]) -> None:
-        super().__init__(data_dir, restart=False, start_timeout=120, extra_args=redis_args)
+    def __init__(self, data_dir: Path, out: Path, redis_args: list[str], allocator: str) -> None:
+        super().__init__(
+            data_dir, restart=False, start_timeout=120, extra_args=redis_args, allocator=allocator
+        )
         self.out = out
 
     async def _spawn(self) -> None:
@@ -81,12 +83,12 @@ def _largest(out: Path) -> tuple[int, Path]:
 
 
 async def measure_cost(
-    cases: int, agents: int, keep: Path | None, redis_args: list[str]
+    cases: int, agents: int, keep: Path | None, redis_args: list[str], allocator: str = "mimalloc"
 ) -> dict[str, Any]:
     """Route ``cases`` cases with counting on; return instructions per case and friends."""
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
         out = Path(tmp) / "callgrind.out"
-        server = _CallgrindRedis(Path(tmp) / "redis", out, redis_args)
+        server = _CallgrindRedis(Path(tmp) / "redis", out, redis_args, allocator)
         await server.start()
         try:
             store = Store(connect(server.url))
@@ -108,11 +110,12 @@ async def measure_cost(
             server.control("--dump")
             done = bench.tally.ingested - start
             stats = await bench.store.redis.info("commandstats")
-            commands = sum(
-                v["calls"]
+            by_command = {
+                k.removeprefix("cmdstat_"): v["calls"]
                 for k, v in stats.items()
                 if k not in ("cmdstat_evalsha", "cmdstat_config", "cmdstat_info")
-            )
+            }
+            commands = sum(by_command.values())
             transitions, batches = store.calls - calls0, store.batches - batches0
             await bench.agents.stop()
             await store.close()
@@ -127,8 +130,13 @@ async def measure_cost(
         "instructions_per_case": round(total / max(1, done)),
         "redis_commands_per_case": round(commands / max(1, done), 1),
         "transitions_per_evalsha": round(transitions / max(1, batches), 1),
+        "commands_per_case": {
+            k: round(v / max(1, done), 2)
+            for k, v in sorted(by_command.items(), key=lambda kv: -kv[1])
+        },
         "agents": agents,
         "redis_args": redis_args,
+        "malloc": server.malloc,
         "callgrind_file": str(keep) if keep else None,
     }
 
@@ -142,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-arg", action="append", default=[], metavar="ARG",
                    help="an extra redis-server argument, e.g. --redis-arg=--hash-max-ziplist-value "
                    "--redis-arg=64")  # fmt: skip
+    p.add_argument("--allocator", choices=("mimalloc", "builtin"), default="mimalloc",
+                   help="Redis's allocator, as SWITCHBOARD_REDIS_ALLOCATOR (mimalloc)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -149,12 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     keep = Path(args.keep) if args.keep else None
-    result = uvloop.run(measure_cost(args.cases, args.agents, keep, args.redis_arg))
+    result = uvloop.run(measure_cost(args.cases, args.agents, keep, args.redis_arg, args.allocator))
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['instructions_per_case']:,} Redis instructions per routed case "
               f"({result['cases']} cases, {result['redis_commands_per_case']} commands each, "
-              f"{result['transitions_per_evalsha']} transitions per EVALSHA); "
+              f"{result['transitions_per_evalsha']} transitions per EVALSHA, malloc "
+              f"{result['malloc']}); "
               f"callgrind_annotate {result['callgrind_file']}")  # fmt: skip
     return 0

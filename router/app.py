@@ -106,9 +106,16 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     embedded = None
     url = settings.redis_url
     if not url:
-        embedded = EmbeddedRedis(Path(settings.data_dir) / "redis")
+        embedded = EmbeddedRedis(
+            Path(settings.data_dir) / "redis", allocator=settings.redis_allocator
+        )
         url = await embedded.start()
-        log.info("embedded redis-server at %s (data in %s)", url, settings.data_dir)
+        log.info(
+            "embedded redis-server at %s (data in %s, malloc %s)",
+            url,
+            settings.data_dir,
+            embedded.malloc,
+        )
     client = connect(url, max_connections=32)
     store = Store(client)
     await store.load()
