@@ -214,6 +214,9 @@ class Store:
         self._scheduled = False
         self._slots = asyncio.Semaphore(max_inflight)
         self._tasks: set[asyncio.Task[None]] = set()
+        # the loop the store runs on, kept: asyncio.get_running_loop() costs a getpid syscall
+        # on Python 3.11, and run() would call it twice per transition
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0
         self.batches = 0
         # False: every call is its own EVALSHA and round trip, as for a lone caller; the
@@ -231,22 +234,25 @@ class Store:
         if name not in SCRIPT_NAMES:
             raise ValueError(f"no transition script {name!r}")
         argv = [now_ms() if now is None else now, *args]
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         if not self.batching:
             await self._send([(keys.prefix(ws), name, argv, fut)], limit=False)
             return fastjson.loads(await fut)
         self._pending.append((keys.prefix(ws), name, argv, fut))
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush, loop)
         raw = await fut
         return fastjson.loads(raw)
 
-    def _flush(self) -> None:
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
         batch, self._pending = self._pending, []
         if batch:
-            task = asyncio.get_running_loop().create_task(self._send(batch))
+            task = loop.create_task(self._send(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
