@@ -102,6 +102,8 @@ class EmailConfig:
     smarthost_timeout_s: float = 30.0
     from_addresses: Mapping[str, str] = field(default_factory=dict)  # workspace -> From
     plus_address_replies: bool = True  # Reply-To: support+{token}@...
+    # the MTAs whose Authentication-Results headers say who sent a mail (adapters/email_auth.py)
+    authserv_ids: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if len(self.reply_secret) < 16:
@@ -340,6 +342,7 @@ class EmailAdapter:
                 secret=self._config.reply_secret,
                 domain=self._config.domain,
                 now=now,
+                authserv_ids=self._config.authserv_ids,
             )
             if event is None:
                 return "550 5.1.7 No usable sender address"

@@ -30,6 +30,8 @@ from typing import Any, TypedDict
 
 import nh3
 
+from adapters.email_auth import sender_verdict
+
 __all__ = [
     "Attachment",
     "Limits",
@@ -89,6 +91,8 @@ class ParsedMail:
     date: float | None
     language: str | None
     auto_submitted: bool
+    # Authentication-Results values, topmost first (adapters/email_auth.py judges them)
+    auth_results: tuple[str, ...] = ()
 
 
 # --- reply tokens -------------------------------------------------------------------------------
@@ -209,10 +213,21 @@ def _unsurrogate(value: str) -> str:
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+_MAX_AUTH_RESULTS = 8
 _WANTED = {
     *("from", "to", "cc", "subject", "message-id", "in-reply-to", "references", "date"),
     *("content-language", "auto-submitted", "precedence"),
 }
+
+
+def _auth_results(msg: Message) -> tuple[str, ...]:
+    """The first few ``Authentication-Results`` values, topmost first, unfolded."""
+    found: list[str] = []
+    for key, value in msg.raw_items():
+        if key.lower() == "authentication-results" and len(found) < _MAX_AUTH_RESULTS:
+            text = _unsurrogate(str(value))[:_MAX_HEADER]
+            found.append(re.sub(r"\s+", " ", text).strip())
+    return tuple(found)
 
 
 def _raw_headers(msg: Message) -> dict[str, str]:
@@ -518,6 +533,7 @@ def parse_message(raw: bytes, limits: Limits) -> ParsedMail:
         date=_date(headers.get("date")),
         language=_language(headers.get("content-language")),
         auto_submitted=_is_auto(headers),
+        auth_results=_auth_results(msg),
     )
 
 
@@ -538,8 +554,14 @@ def normalize(
     secret: bytes,
     domain: str,
     now: float,
+    authserv_ids: frozenset[str] = frozenset(),
 ) -> dict[str, Any] | None:
-    """The normalized ``email``/``message`` event for one workspace, or None without a sender."""
+    """The normalized ``email``/``message`` event for one workspace, or None without a sender.
+
+    The sender's address is the customer's identity unless the trusted MTA's
+    Authentication-Results say the domain disowns the mail (``fail``, adapters/email_auth.py):
+    then it is only a claim, linked to no customer. ``attributes.sender_auth`` keeps the verdict.
+    """
     sender = mail.sender
     if sender is None and envelope_sender:
         found = _addresses(envelope_sender)
@@ -554,12 +576,14 @@ def normalize(
     else:
         event_id = "sha256:" + hashlib.sha256(mid.encode()).hexdigest()
     case = find_case(mail, rcpt_tos=rcpt_tos, secret=secret, workspace=workspace, domain=domain)
+    verdict = sender_verdict(mail.auth_results, sender, authserv_ids)
+    who = "claims" if verdict == "fail" else "identities"
     sane = mail.date is not None and now - _SANE_PAST_S <= mail.date <= now + _SANE_FUTURE_S
     return {
         "id": event_id,
         "channel": "email",
         "kind": "message",
-        "identities": {"email": sender},
+        who: {"email": sender},
         "name": mail.name,
         "thread": case,
         "case": case,
@@ -575,6 +599,7 @@ def normalize(
             "truncated": mail.truncated,
             "attachments_omitted": mail.attachments_omitted,
             "auto_submitted": mail.auto_submitted or not envelope_sender,
+            "sender_auth": verdict,
         },
         "ts": mail.date if sane and mail.date is not None else now,
     }

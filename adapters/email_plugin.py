@@ -70,6 +70,7 @@ class EmailPlugin:
             smarthost_username=s.smarthost_user or None,
             smarthost_password=s.smarthost_password or None,
             from_addresses={ws: addr for addr, (ws, _) in reversed(self.mailboxes.items())},
+            authserv_ids=frozenset(a.strip() for a in s.smtp_authserv_ids.split(",") if a.strip()),
         )
 
     async def start(self, ctx: Ctx) -> None:
@@ -113,6 +114,9 @@ class EmailPlugin:
         cust = entry.get("customer", "")
         prof = await r.hgetall(keys.customer(ws, cust))
         emails = sorted(k.decode()[8:] for k in prof if k.startswith(b"i:email:"))
+        # a sender whose domain disowned the mail is only a claim: the reply still goes to the
+        # address the mail came from, as any mail client's would
+        emails = emails or sorted(k.decode()[12:] for k in prof if k.startswith(b"claim:email:"))
         if not emails:
             return None
         case = entry.get("case", "")

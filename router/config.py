@@ -65,6 +65,9 @@ class Settings:
     smtp_port: int = 0  # inbound SMTP adapter; 0 = off
     smtp_host: str = "127.0.0.1"
     smtp_domain: str = "switchboard.local"
+    # the authserv-ids of the MTAs in front whose Authentication-Results headers are trusted
+    # (comma-separated); empty: a mail's From is taken as it is (adapters/email_auth.py)
+    smtp_authserv_ids: str = ""
     # inbound addresses: "support@acme.test=acme,billing@acme.test=acme/billing"
     mailboxes: str = ""
     smarthost: str = ""  # host:port for outbound replies; empty = log only

@@ -112,12 +112,13 @@ def parse_event(d: Any) -> Event:
     if kind not in KINDS:
         raise BadRequest(f"kind: one of {sorted(KINDS)}", code="event.invalid")
     ids = d.get("identities") or {}
-    if not isinstance(ids, Mapping) or not ids:
-        raise BadRequest("identities: a non-empty map", code="event.invalid")
-    identities = _identities(ids)
     claimed = d.get("claims") or {}
     if not isinstance(claimed, Mapping):
         raise BadRequest("claims: expected a map", code="event.invalid")
+    # a sender nobody vouches for (an email its domain disowns) may come with claims alone
+    if not isinstance(ids, Mapping) or not (ids or claimed):
+        raise BadRequest("identities: a non-empty map", code="event.invalid")
+    identities = _identities(ids)
     claims = tuple(c for c in _identities(claimed) if c not in identities)
     attrs = d.get("attributes") or {}
     if not isinstance(attrs, Mapping):

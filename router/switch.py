@@ -54,6 +54,8 @@ def _as_list(v: Any) -> list[Any]:
 
 
 _seq = itertools.count()
+
+
 class _Entropy:
     """Random bits for ids from the OS's CSPRNG, 3 KiB at a time: ``secrets.token_hex`` is a
     getrandom syscall per id (four per routed case, 2 % of a router's CPU). A forked child

@@ -171,6 +171,7 @@ async def test_plain_text_mail_becomes_one_normalized_event(
             "truncated": False,
             "attachments_omitted": 0,
             "auto_submitted": False,
+            "sender_auth": "unchecked",  # no MTA's Authentication-Results trusted
         },
         "ts": pytest.approx(sent_at.timestamp(), abs=1),
     }

@@ -76,7 +76,7 @@ export class CaseView {
         h("h2", { testid: "case-customer" }, name),
         h("p", { class: "case-ids" }, identities(this.customer.identities)),
         (this.customer.claims || []).length ? h("p", { class: "case-claims", testid: "case-claims",
-          title: "Typed in by the customer in the chat; not verified, not linked to any customer record" },
+          title: "Stated, not verified (typed into the chat, or an email its domain disowns); linked to no customer record" },
         "Says: ", identities(this.customer.claims), " · not verified") : null),
       h("dl", { class: "case-facts" },
         fact("Channel", CHANNEL_LABEL[c.channel] || c.channel),

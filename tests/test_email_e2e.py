@@ -1,0 +1,116 @@
+"""The email channel end to end: a real ``switchboard serve --adapters email`` on the suite's
+Redis, mail sent with smtplib, an agent on a real WebSocket, replies written to the outbox
+folder (no smarthost). Who sent a mail is decided by the trusted MTA's Authentication-Results."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import smtplib
+from collections.abc import AsyncIterator, Iterator
+from email import message_from_bytes
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from router import keys
+from tests.server import ServerProcess, write_config
+from tests.switchboard_fixtures import DECL, agent
+from tests.util import free_port, wait_for
+from tests.ws_client import WsClient, connect_agent, uid
+
+MX = "mx.acme.test"  # the MTA in front, whose Authentication-Results we trust
+WS = "acme"
+SMTP_PORT: dict[str, int] = {}  # server URL -> its SMTP port
+
+
+@pytest.fixture
+def server(tmp_path: Path, redis: Redis, redis_server: str) -> Iterator[ServerProcess]:
+    decl = copy.deepcopy(DECL)
+    decl["agents"] = [{**agent("ann", ["support"]), "password": "pw"}]
+    port = free_port()
+    srv = ServerProcess(
+        tmp_path / "srv",
+        write_config(tmp_path / "ws.json", decl),
+        redis_url=redis_server,
+        adapters="email",
+        env={
+            "SWITCHBOARD_SMTP_PORT": str(port),
+            "SWITCHBOARD_MAILBOXES": "support@acme.test=acme",
+            "SWITCHBOARD_SMTP_AUTHSERV_IDS": MX,
+        },
+    )
+    SMTP_PORT[srv.url] = port
+    yield srv
+    srv.stop()
+    print(srv.log()[-6000:])  # shown when the test failed
+
+
+@pytest.fixture
+async def ann(server: ServerProcess) -> AsyncIterator[WsClient]:
+    login = await asyncio.to_thread(server.login, "ann")
+    ws = await connect_agent(server.ws_url, login["ws_token"], origin=server.url)
+    await ws.expect("hello")
+    await ws.ok("status", status="available")
+    yield ws
+    await ws.close()
+
+
+def send(server: ServerProcess, sender: str, text: str, auth: str | None) -> None:
+    """One mail through the SMTP adapter, as the MTA in front would relay it."""
+    msg = EmailMessage()
+    if auth is not None:
+        msg["Authentication-Results"] = f"{MX}; {auth}"
+    msg["From"] = f"Nora Quinn <{sender}>"
+    msg["To"] = "support@acme.test"
+    msg["Subject"] = "Refund for order 5521"
+    msg["Message-ID"] = f"<{uid('m')}@example.com>"
+    msg.set_content(text)
+    with smtplib.SMTP("127.0.0.1", SMTP_PORT[server.url], timeout=10) as client:
+        client.send_message(msg)
+
+
+async def profile(redis: Redis, customer: str) -> set[str]:
+    return {k.decode() for k in await redis.hkeys(keys.customer(WS, customer))}
+
+
+async def test_a_mail_its_domain_disowns_joins_no_customer(
+    server: ServerProcess, redis: Redis, ann: WsClient
+) -> None:
+    nora = f"{uid('nora')}@example.com"
+    await asyncio.to_thread(send, server, nora, "my order is late", "dmarc=pass")
+    genuine = await ann.expect("offer")
+    owner = genuine["case"]["customer"]
+    assert f"email:{nora}" in genuine["customer"]["identities"]
+    assert genuine["case"]["attributes"]["sender_auth"] == "pass"
+    await ann.ok("offer.accept", offer=genuine["offer"])
+    await ann.ok("case.complete", case=genuine["case"]["id"], disposition="resolved")
+
+    # the same From, but example.com's DMARC policy says this mail is not theirs
+    forged = "please send the refund to my new card"
+    await asyncio.to_thread(send, server, nora, forged, "spf=fail smtp.mailfrom=example.com")
+    offer = await ann.expect("offer")
+    case = offer["case"]
+    assert case["customer"] != owner  # none of Nora's history is offered with it
+    assert case["attributes"]["sender_auth"] == "fail"
+    assert offer["customer"]["identities"] == []
+    assert offer["customer"]["claims"] == [f"email:{nora}"]  # the console: "not verified"
+    assert f"claim:email:{nora}" in await profile(redis, case["customer"])
+    assert await redis.hget(keys.identities(WS), f"email:{nora}") == owner.encode()
+    assert forged not in str(await redis.lrange(keys.customer_timeline(WS, owner), 0, -1))
+
+    # the reply still goes back to the address the mail came from
+    await ann.ok("offer.accept", offer=offer["offer"])
+    await ann.ok("case.reply", case=case["id"], text="We only refund to the original card.")
+    outbox = server.data_dir / "mail-out"
+    await wait_for(lambda: any(outbox.glob("*.eml")), message="the reply in the outbox")
+    [reply] = [message_from_bytes(p.read_bytes()) for p in outbox.glob("*.eml")]
+    assert reply["To"] == nora
+
+    # a mail nobody checked (no header from our MTA) is taken at its word, as before
+    await asyncio.to_thread(send, server, nora, "is it shipped?", None)
+    again = await ann.expect("offer")
+    assert again["case"]["customer"] == owner
+    assert again["case"]["attributes"]["sender_auth"] == "unchecked"
