@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -128,6 +129,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         bridge_keys=(DEMO_BRIDGE,),
         smtp_port=args.smtp_port if args.smtp_port is not None else 2525,
         mailboxes="support@demo.test=demo,billing@demo.test=demo/billing",
+        # the demo's stand-in for the MTA in front (docs/adapters-email.md "Who sent it")
+        smtp_authserv_ids=os.environ.get("SWITCHBOARD_SMTP_AUTHSERV_IDS", "mx.demo.test"),
     )
     if args.data_dir is None and not args.redis_url:
         settings = dataclasses.replace(settings, data_dir="var/demo")
