@@ -28,7 +28,6 @@ import redis.asyncio as aioredis
 from redis.utils import HIREDIS_AVAILABLE
 
 from bench.bare_os import busy_seconds, die_with_parent
-from router.redis_proc import mimalloc_env, redis_build
 
 TRIVIAL_SCRIPT = "return 1"
 CALLERS = 64
@@ -58,8 +57,7 @@ def redis_executable() -> str:
 
 @contextlib.asynccontextmanager
 async def private_redis(start_timeout: float = 10.0) -> AsyncIterator[RedisHandle]:
-    """Run a throwaway redis-server on a unix socket in a temp dir, without persistence, on the
-    allocator the router's embedded Redis uses (mimalloc for a libc-malloc build).
+    """Run a throwaway redis-server on a unix socket in a temp dir, without persistence.
 
     Raises ``RuntimeError`` if it does not answer PING within ``start_timeout`` seconds.
     The server is terminated (killed after 5 s) and the directory removed on exit; it also
@@ -69,12 +67,9 @@ async def private_redis(start_timeout: float = 10.0) -> AsyncIterator[RedisHandl
         sock, log = Path(tmp, "redis.sock"), Path(tmp, "redis.log")
         argv = ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
         argv += ["--save", "", "--appendonly", "no", "--dir", tmp, "--logfile", str(log)]
-        exe = redis_executable()
-        env = mimalloc_env(redis_build(exe)[1])
         proc = await asyncio.create_subprocess_exec(
-            exe,
+            redis_executable(),
             *argv,
-            env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             preexec_fn=die_with_parent,

@@ -47,10 +47,8 @@ class _CallgrindRedis(EmbeddedRedis):
     """The embedded Redis, its configuration unchanged, started under callgrind with counting
     off; ``count(True/False)`` turns counting on and off, ``dump()`` writes the counts."""
 
-    def __init__(self, data_dir: Path, out: Path, redis_args: list[str], allocator: str) -> None:
-        super().__init__(
-            data_dir, restart=False, start_timeout=120, extra_args=redis_args, allocator=allocator
-        )
+    def __init__(self, data_dir: Path, out: Path, redis_args: list[str]) -> None:
+        super().__init__(data_dir, restart=False, start_timeout=120, extra_args=redis_args)
         self.out = out
 
     async def _spawn(self) -> None:
@@ -83,12 +81,12 @@ def _largest(out: Path) -> tuple[int, Path]:
 
 
 async def measure_cost(
-    cases: int, agents: int, keep: Path | None, redis_args: list[str], allocator: str = "mimalloc"
+    cases: int, agents: int, keep: Path | None, redis_args: list[str]
 ) -> dict[str, Any]:
     """Route ``cases`` cases with counting on; return instructions per case and friends."""
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
         out = Path(tmp) / "callgrind.out"
-        server = _CallgrindRedis(Path(tmp) / "redis", out, redis_args, allocator)
+        server = _CallgrindRedis(Path(tmp) / "redis", out, redis_args)
         await server.start()
         try:
             store = Store(connect(server.url))
@@ -136,7 +134,6 @@ async def measure_cost(
         },
         "agents": agents,
         "redis_args": redis_args,
-        "malloc": server.malloc,
         "callgrind_file": str(keep) if keep else None,
     }
 
@@ -150,8 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-arg", action="append", default=[], metavar="ARG",
                    help="an extra redis-server argument, e.g. --redis-arg=--hash-max-ziplist-value "
                    "--redis-arg=64")  # fmt: skip
-    p.add_argument("--allocator", choices=("mimalloc", "builtin"), default="mimalloc",
-                   help="Redis's allocator, as SWITCHBOARD_REDIS_ALLOCATOR (mimalloc)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -159,13 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     keep = Path(args.keep) if args.keep else None
-    result = uvloop.run(measure_cost(args.cases, args.agents, keep, args.redis_arg, args.allocator))
+    result = uvloop.run(measure_cost(args.cases, args.agents, keep, args.redis_arg))
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['instructions_per_case']:,} Redis instructions per routed case "
               f"({result['cases']} cases, {result['redis_commands_per_case']} commands each, "
-              f"{result['transitions_per_evalsha']} transitions per EVALSHA, malloc "
-              f"{result['malloc']}); "
+              f"{result['transitions_per_evalsha']} transitions per EVALSHA); "
               f"callgrind_annotate {result['callgrind_file']}")  # fmt: skip
     return 0

@@ -106,16 +106,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     embedded = None
     url = settings.redis_url
     if not url:
-        embedded = EmbeddedRedis(
-            Path(settings.data_dir) / "redis", allocator=settings.redis_allocator
-        )
+        embedded = EmbeddedRedis(Path(settings.data_dir) / "redis")
         url = await embedded.start()
-        log.info(
-            "embedded redis-server at %s (data in %s, malloc %s)",
-            url,
-            settings.data_dir,
-            embedded.malloc,
-        )
+        log.info("embedded redis-server at %s (data in %s)", url, settings.data_dir)
     client = connect(url, max_connections=32)
     store = Store(client)
     await store.load()

@@ -45,8 +45,6 @@ class Settings:
     port: int = 8000
     redis_url: str = ""  # empty: start and supervise an embedded redis-server
     data_dir: str = "var"  # embedded Redis data (AOF) and the generated secret
-    # the embedded Redis's allocator: mimalloc (for a libc-malloc build) or builtin
-    redis_allocator: str = "mimalloc"
     config: str = ""  # a workspace declaration file (YAML or JSON)
     secret: str = field(default="", repr=False)  # token signing; generated into data_dir if empty
     # browser origins for consoles and the widget; empty: this server's own address

