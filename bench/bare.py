@@ -41,7 +41,7 @@ import redis.asyncio as aioredis
 import uvicorn.config
 import uvloop
 
-from bench.bare_os import Cores, pin, raise_nofile_limit, set_affinity
+from bench.bare_os import Cores, pin, quiet_gc, raise_nofile_limit, set_affinity
 from bench.bare_redis import RedisHandle, measure_evalsha, private_redis
 from bench.bare_server import run_server
 from bench.bare_ws import (
@@ -295,7 +295,10 @@ async def _run_cli(args: argparse.Namespace) -> dict[str, Any]:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await measure_bare(args.seconds, redis_url=args.redis_url, idle_conns=args.idle_conns)
+    with quiet_gc():
+        return await measure_bare(
+            args.seconds, redis_url=args.redis_url, idle_conns=args.idle_conns
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Process plumbing for the bare-limits bench: CPU pinning, CPU time, RSS, fd limits.
+"""Process plumbing for the bare-limits bench: CPU pinning, CPU time, RSS, fd limits, the
+load generator's own garbage collector.
 
 Linux only (reads /proc). Every helper degrades to a no-op or ``None`` where the platform
 or the machine (one core) cannot do what is asked, so a measurement still runs, unpinned.
@@ -6,10 +7,13 @@ or the machine (one core) cannot do what is asked, so a measurement still runs, 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
 import os
 import resource
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -35,6 +39,23 @@ class Cores:
         if len(cpus) < 2 or not pin:
             return cls(len(cpus), None, None, None)
         return cls(len(cpus), cpus[0], cpus[1], cpus[2] if len(cpus) > 2 else cpus[1])
+
+
+@contextlib.contextmanager
+def quiet_gc() -> Iterator[None]:
+    """No collector pauses in the load generator while it measures: its own pauses would read
+    as the server's latency (a full collection of a heap holding a thousand connections took
+    57 - 78 ms, and one still came with the server's start-up settings). Reference counting
+    frees what the phases drop; the few cycles they make wait for the collection at the end."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+        gc.collect()
 
 
 def pin(pid: int, cpu: int | None) -> None:

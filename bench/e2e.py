@@ -48,7 +48,7 @@ import psutil
 import uvloop
 
 from bench import report
-from bench.bare_os import raise_nofile_limit, set_affinity
+from bench.bare_os import quiet_gc, raise_nofile_limit, set_affinity
 from bench.e2e_load import Load, open_idle
 from bench.e2e_probe import Probe
 from bench.e2e_run import DRAIN_S, Run
@@ -190,8 +190,9 @@ async def _drive(server: Server, args: argparse.Namespace) -> dict[str, Any]:
         agents = load.connected_agents()
         out["affinity"] = _affinities(run.probe)
         await load.prime(DRAIN_S)
-        async with run.monitor():
-            out |= await _phases(run)
+        with quiet_gc():
+            async with run.monitor():
+                out |= await _phases(run)
         drained = await load.drain(DRAIN_S)
         out |= {
             "agents": agents, "agents_connect_s": round(connect_s, 2),
@@ -250,12 +251,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         from bench.bare import measure_bare
 
         print(f"e2e: bare limits, {args.bare_seconds:g} s per measurement", file=sys.stderr)
-        e2e["bare"] = await measure_bare(
-            args.bare_seconds,
-            idle_conns=args.idle_conns or 2000,
-            pipeline_seconds=args.sat_seconds,
-            pinned=not args.no_pin,
-        )
+        with quiet_gc():
+            e2e["bare"] = await measure_bare(
+                args.bare_seconds,
+                idle_conns=args.idle_conns or 2000,
+                pipeline_seconds=args.sat_seconds,
+                pinned=not args.no_pin,
+            )
     return report.summarize(e2e, args)
 
 
