@@ -31,6 +31,9 @@ __all__ = ["VERDICTS", "sender_verdict"]
 VERDICTS = ("pass", "fail", "none", "unchecked")
 
 _AUTHSERV = re.compile(r"\s*(?:\([^)]*\)\s*)*([^\s;()]+)")
+# An MTA's header is a few hundred characters; a longer one is parsed no further (authres is a
+# recursive descent parser: deep comment nesting raises RecursionError, and 8 KB takes ~20 ms).
+_MAX_LENGTH = 2048
 
 
 def _domain(value: str) -> str:
@@ -48,9 +51,11 @@ def sender_verdict(headers: Sequence[str], sender: str, trusted: Iterable[str]) 
         m = _AUTHSERV.match(value)
         if m is None or m.group(1).lower() not in trusted_ids:
             continue
+        if len(value) > _MAX_LENGTH:
+            return "none"
         try:
             parsed = authres.AuthenticationResultsHeader.parse_value(value)
-        except (authres.AuthResError, ValueError, IndexError):
+        except (authres.AuthResError, ValueError, IndexError, RecursionError):
             return "none"  # our MTA's header, unreadable: vouches for nothing
         return _judge(parsed.results, _domain(sender))
     return "unchecked"

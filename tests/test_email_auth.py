@@ -49,3 +49,17 @@ def test_unchecked_without_a_trusted_authserv_id() -> None:
     assert sender_verdict([passing], NORA, ["mx.other.test"]) == "unchecked"  # not ours
     assert sender_verdict([], NORA, [MX]) == "unchecked"  # our MTA added none
     assert sender_verdict(["(comment) " + passing], NORA, [MX]) == "pass"
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        f"{MX}; dkim=pass " + "(" * 1000 + ")" * 1000,  # deep enough to exhaust the recursion
+        f"{MX}; " + "; ".join(f"dkim=pass header.d=d{i}.test" for i in range(400)),
+        f"{MX}; dmarc=pass header.from=example.com " + "x" * 4000,
+        f'{MX}; dkim=pass header.d="' + '\\"' * 900 + '"',
+    ],
+    ids=["nested-comments", "many-results", "oversized", "escapes"],
+)
+def test_hostile_headers_vouch_for_nothing(hostile: str) -> None:
+    assert sender_verdict([hostile], NORA, [MX]) == "none"
