@@ -17,8 +17,8 @@ from router import keys, queries, snapshot
 from router.admin_http import _body, _caller, _ctx, _int_param, _only, _opt_str, _path_id
 from router.auth import Principal
 from router.errors import BadRequest, NotFound
+from router.ids import new_id
 from router.ingest import parse_event
-from router.switch import new_id
 
 __all__ = [
     "create_case",

@@ -8,8 +8,6 @@ push to the ``notify`` callback — whichever node or process calls it. Errors a
 
 from __future__ import annotations
 
-import itertools
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Mapping, Sequence
@@ -19,6 +17,7 @@ from typing import Any, Protocol
 from router import fastjson, keys
 from router.declarations import Declarations
 from router.errors import BadRequest, Conflict, NotFound, from_script
+from router.ids import new_id
 from router.ingest import Event, parse_event, timeline_entry
 from router.pools import Pools
 from router.push import offer_frame
@@ -26,7 +25,7 @@ from router.store import Store, now_ms
 from router.triage import PoolSpec, triage
 from router.workspace import AgentConfig, WorkspaceConfig, parse_agent
 
-__all__ = ["IngestResult", "Notify", "Switch", "new_id"]
+__all__ = ["IngestResult", "Notify", "Switch"]
 
 
 class Notify(Protocol):
@@ -51,41 +50,6 @@ async def _drop(
 def _as_list(v: Any) -> list[Any]:
     # Redis's cjson encodes an empty Lua table as {}.
     return v if isinstance(v, list) else []
-
-
-_seq = itertools.count()
-
-
-class _Entropy:
-    """Random bits for ids from the OS's CSPRNG, 3 KiB at a time: ``secrets.token_hex`` is a
-    getrandom syscall per id (four per routed case, 2 % of a router's CPU). A forked child
-    starts afresh, so no two processes share bits."""
-
-    __slots__ = ("at", "pool")
-
-    def __init__(self) -> None:
-        self.pool, self.at = b"", 0
-
-    def reset(self) -> None:
-        self.pool, self.at = b"", 0
-
-    def hex6(self) -> str:
-        i = self.at
-        if i + 6 > len(self.pool):
-            self.pool, i = os.urandom(3072), 0
-        self.at = i + 6
-        return self.pool[i : i + 6].hex()
-
-
-_entropy = _Entropy()
-os.register_at_fork(after_in_child=_entropy.reset)
-
-
-def new_id(tag: str) -> str:
-    """Time-ordered, unguessable id: tag + ms timestamp + a per-process counter + 48 random
-    bits. Ids made by one process sort in creation order even within a millisecond, which is
-    what keeps FIFO exact for cases of equal priority and age."""
-    return f"{tag}{int(time.time() * 1000):x}{next(_seq) & 0xFFFF:04x}{_entropy.hex6()}"
 
 
 @dataclass(frozen=True, slots=True)
