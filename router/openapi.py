@@ -254,7 +254,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "identities": _list(STR),
             "claims": {
                 **_list(STR),
-                "description": "identities a chat visitor stated but nobody verified",
+                "description": (
+                    "identities stated but nobody verified: typed into the chat, or an email's"
+                    " From when its domain disowns the mail"
+                ),
             },
             "created": INT,
             "cases": _list(_ref("Case")),
