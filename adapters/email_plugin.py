@@ -117,8 +117,6 @@ class EmailPlugin:
         # a sender whose domain disowned the mail is only a claim: the reply still goes to the
         # address the mail came from, as any mail client's would
         emails = emails or sorted(k.decode()[12:] for k in prof if k.startswith(b"claim:email:"))
-        if not emails:
-            return None
         case = entry.get("case", "")
         parent = None
         refs: list[str] = []
@@ -129,6 +127,12 @@ class EmailPlugin:
                 if isinstance(mid, str) and "@" in mid:
                     parent = mid if mid.startswith("<") else f"<{mid}>"
                     refs.append(parent)
+                # a customer with several addresses is answered at the one she wrote from
+                addr = e.get("addr")
+                if isinstance(addr, str) and "@" in addr:
+                    emails = [addr]
+        if not emails:
+            return None
         text = (entry.get("entry") or {}).get("text", "")
         agent = (entry.get("entry") or {}).get("from", "")
         return {

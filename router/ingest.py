@@ -177,6 +177,10 @@ def timeline_entry(ev: Event) -> dict[str, Any]:
         entry["subject"] = ev.subject
     if ev.name:
         entry["from"] = ev.name
+    if ev.channel == "email":  # the address it came from, where a reply to it goes
+        addr = next((i[6:] for i in (*ev.identities, *ev.claims) if i.startswith("email:")), "")
+        if addr:
+            entry["addr"] = addr
     if ev.attachments:
         entry["attachments"] = list(ev.attachments)
     return entry

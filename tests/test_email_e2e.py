@@ -9,17 +9,18 @@ import copy
 import smtplib
 from collections.abc import AsyncIterator, Iterator
 from email import message_from_bytes
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from router import keys
-from tests.server import ServerProcess, write_config
+from tests.server import BRIDGE_KEY, ServerProcess, write_config
 from tests.switchboard_fixtures import DECL, agent
 from tests.util import free_port, wait_for
-from tests.ws_client import WsClient, connect_agent, uid
+from tests.ws_client import WsClient, connect_agent, connect_bridge, uid
 
 MX = "mx.acme.test"  # the MTA in front, whose Authentication-Results we trust
 WS = "acme"
@@ -72,6 +73,20 @@ def send(server: ServerProcess, sender: str, text: str, auth: str | None) -> Non
         client.send_message(msg)
 
 
+async def email_offer(ann: WsClient) -> dict[str, Any]:
+    """The next offer of an email case (chat offers in between are passed over)."""
+    while (offer := await ann.expect("offer"))["case"]["channel"] != "email":
+        pass
+    return offer
+
+
+async def replies(server: ServerProcess, n: int) -> list[Message]:
+    """The first ``n`` replies written to the outbox folder, oldest first."""
+    outbox = server.data_dir / "mail-out"
+    await wait_for(lambda: len(list(outbox.glob("*.eml"))) >= n, message="replies in the outbox")
+    return [message_from_bytes(p.read_bytes()) for p in sorted(outbox.glob("*.eml"))]
+
+
 async def profile(redis: Redis, customer: str) -> set[str]:
     return {k.decode() for k in await redis.hkeys(keys.customer(WS, customer))}
 
@@ -104,9 +119,7 @@ async def test_a_mail_its_domain_disowns_joins_no_customer(
     # the reply still goes back to the address the mail came from
     await ann.ok("offer.accept", offer=offer["offer"])
     await ann.ok("case.reply", case=case["id"], text="We only refund to the original card.")
-    outbox = server.data_dir / "mail-out"
-    await wait_for(lambda: any(outbox.glob("*.eml")), message="the reply in the outbox")
-    [reply] = [message_from_bytes(p.read_bytes()) for p in outbox.glob("*.eml")]
+    [reply] = await replies(server, 1)
     assert reply["To"] == nora
 
     # a mail nobody checked (no header from our MTA) is taken at its word, as before
@@ -114,3 +127,24 @@ async def test_a_mail_its_domain_disowns_joins_no_customer(
     again = await ann.expect("offer")
     assert again["case"]["customer"] == owner
     assert again["case"]["attributes"]["sender_auth"] == "unchecked"
+
+
+async def test_a_reply_goes_to_the_address_the_customer_wrote_from(
+    server: ServerProcess, ann: WsClient
+) -> None:
+    # one customer with two addresses, linked by her CRM id; she writes from the one that sorts last
+    crm, home, work = uid("crm"), f"a-{uid('n')}@example.com", f"z-{uid('n')}@example.com"
+    bridge = await connect_bridge(server.ws_url, BRIDGE_KEY)
+    try:
+        for addr in (home, work):
+            ids = {"email": addr, "external": crm}
+            await bridge.ok("event", id=uid("e"), channel="chat", identities=ids, thread=uid("t"))
+    finally:
+        await bridge.close()
+    await asyncio.to_thread(send, server, work, "the invoice went to my work address", "dmarc=pass")
+    offer = await email_offer(ann)
+    assert {f"email:{home}", f"email:{work}"} <= set(offer["customer"]["identities"])
+    await ann.ok("offer.accept", offer=offer["offer"])
+    await ann.ok("case.reply", case=offer["case"]["id"], text="Resent it there.")
+    [reply] = await replies(server, 1)
+    assert reply["To"] == work
