@@ -42,11 +42,13 @@ from adapters.email_parse import (
     MessageTooComplex,
     ParsedMail,
     clean_line,
-    make_message_id,
     normalize,
     normalize_message_id,
     parse_address,
     parse_message,
+)
+from adapters.email_tokens import (
+    make_message_id,
     reply_token,
     strip_tokens,
     verify_message_id,

@@ -6,19 +6,17 @@ between steps) and raises ``MessageTooComplex`` instead of grinding on a MIME bo
 oddity of real mail — unknown charsets, broken encoded words, missing headers — degrades to
 replacement characters or ``None`` rather than an exception.
 
-Reply tokens make threading unguessable: a token or Message-ID only threads a mail onto a case
-when its HMAC, keyed by the workspace's reply secret and bound to the workspace, verifies.
+Which case a mail answers is for :mod:`adapters.email_tokens` to say; who sent it, for
+:mod:`adapters.email_auth`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import html
 import re
-import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from email.header import decode_header, make_header
@@ -31,6 +29,7 @@ from typing import Any, TypedDict
 import nh3
 
 from adapters.email_auth import sender_verdict
+from adapters.email_tokens import find_case
 
 __all__ = [
     "Attachment",
@@ -38,18 +37,12 @@ __all__ = [
     "MessageTooComplex",
     "ParsedMail",
     "clean_line",
-    "find_case",
     "html_to_text",
-    "make_message_id",
     "normalize",
     "normalize_message_id",
     "parse_address",
     "parse_message",
-    "reply_token",
-    "strip_tokens",
     "trim_quoted",
-    "verify_message_id",
-    "verify_token",
 ]
 
 
@@ -95,79 +88,6 @@ class ParsedMail:
     auth_results: tuple[str, ...] = ()
 
 
-# --- reply tokens -------------------------------------------------------------------------------
-
-_CASE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_TOKEN = re.compile(r"([A-Za-z0-9_-]{1,64})\.([0-9a-fA-F]{16})")
-_MSGID_TOKEN = re.compile(r"<([A-Za-z0-9_-]{1,64})\.([0-9a-f]{16})\.([0-9a-fA-F]{16})@([^<>@\s]+)>")
-_SUBJECT_TOKEN = re.compile(r"\[#([A-Za-z0-9_-]{1,64}\.[0-9a-fA-F]{16})\]")
-_PLUS_TOKEN = re.compile(r"[^@+]*\+([A-Za-z0-9_-]{1,64}\.[0-9a-fA-F]{16})@.*")
-
-
-def _mac(secret: bytes, workspace: str, case_id: str, nonce: str) -> str:
-    msg = f"{workspace}:{case_id}:{nonce}".encode()
-    return hmac.new(secret, msg, hashlib.sha256).hexdigest()[:16]
-
-
-def _check_case_id(case_id: str) -> None:
-    if not _CASE_ID.fullmatch(case_id):
-        raise ValueError(f"case id must match [A-Za-z0-9_-]{{1,64}}: {case_id!r}")
-
-
-def reply_token(secret: bytes, workspace: str, case_id: str) -> str:
-    """``{case_id}.{mac16}``, for subjects (``[#token]``) and plus-addresses.
-    ValueError on a case id outside ``[A-Za-z0-9_-]{1,64}``."""
-    _check_case_id(case_id)
-    return f"{case_id}.{_mac(secret, workspace, case_id, '')}"
-
-
-def verify_token(secret: bytes, workspace: str, token: str) -> str | None:
-    """The case id if ``token`` was issued for this workspace with this secret, else None."""
-    m = _TOKEN.fullmatch(token)
-    if m is None:
-        return None
-    case_id, mac = m.group(1), m.group(2).lower()
-    return case_id if hmac.compare_digest(mac, _mac(secret, workspace, case_id, "")) else None
-
-
-def make_message_id(
-    secret: bytes, workspace: str, case_id: str, domain: str, *, nonce: str | None = None
-) -> str:
-    """``<{case_id}.{nonce}.{mac16}@{domain}>``: unique per call (random nonce), checked by
-    ``verify_message_id``."""
-    _check_case_id(case_id)
-    nonce = nonce or secrets.token_hex(8)
-    if not re.fullmatch(r"[0-9a-f]{16}", nonce):
-        raise ValueError("nonce must be 16 lower-case hex digits")
-    return f"<{case_id}.{nonce}.{_mac(secret, workspace, case_id, nonce)}@{domain}>"
-
-
-def verify_message_id(secret: bytes, workspace: str, domain: str, message_id: str) -> str | None:
-    """The case id if we generated ``message_id`` for this workspace and domain, else None."""
-    m = _MSGID_TOKEN.fullmatch(message_id.strip())
-    if m is None or m.group(4).lower() != domain.lower():
-        return None
-    case_id, nonce, mac = m.group(1), m.group(2), m.group(3).lower()
-    return case_id if hmac.compare_digest(mac, _mac(secret, workspace, case_id, nonce)) else None
-
-
-def find_case(
-    mail: ParsedMail, *, rcpt_tos: Iterable[str], secret: bytes, workspace: str, domain: str
-) -> str | None:
-    """The case named by the first token whose MAC verifies; forged or stale tokens are skipped."""
-    for mid in mail.reply_ids:
-        if case := verify_message_id(secret, workspace, domain, mid):
-            return case
-    for addr in (*rcpt_tos, *mail.recipients):
-        m = _PLUS_TOKEN.fullmatch(addr)
-        if m and (case := verify_token(secret, workspace, m.group(1))):
-            return case
-    for token in _SUBJECT_TOKEN.findall(mail.subject):
-        if case := verify_token(secret, workspace, token):
-            return case
-    return None
-
-
 # --- headers ------------------------------------------------------------------------------------
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -201,11 +121,6 @@ def parse_address(value: str) -> str | None:
     """The lower-cased addr-spec if ``value`` is exactly one plain address, else None."""
     addr = value.strip().lower()
     return addr if len(addr) <= 254 and _ADDR.fullmatch(addr) else None
-
-
-def strip_tokens(subject: str) -> str:
-    """``subject`` without our ``[#case.mac]`` tokens, so replies don't accumulate them."""
-    return " ".join(_SUBJECT_TOKEN.sub(" ", subject).split())
 
 
 def _unsurrogate(value: str) -> str:
@@ -575,7 +490,14 @@ def normalize(
         event_id = mid
     else:
         event_id = "sha256:" + hashlib.sha256(mid.encode()).hexdigest()
-    case = find_case(mail, rcpt_tos=rcpt_tos, secret=secret, workspace=workspace, domain=domain)
+    case = find_case(
+        mail.reply_ids,
+        (*rcpt_tos, *mail.recipients),
+        mail.subject,
+        secret=secret,
+        workspace=workspace,
+        domain=domain,
+    )
     verdict = sender_verdict(mail.auth_results, sender, authserv_ids)
     who = "claims" if verdict == "fail" else "identities"
     sane = mail.date is not None and now - _SANE_PAST_S <= mail.date <= now + _SANE_FUTURE_S

@@ -17,7 +17,9 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 import adapters.email as email_adapter
+import adapters.email_auth as email_auth
 import adapters.email_parse as email_parse
+import adapters.email_tokens as email_tokens
 from adapters.email import (
     EmailAdapter,
     EmailConfig,
@@ -472,7 +474,7 @@ def test_parse_limits_are_configurable() -> None:
 
 
 def test_public_api_is_exactly_all() -> None:
-    for module in (email_adapter, email_parse):
+    for module in (email_adapter, email_parse, email_tokens, email_auth):
         exported = set(module.__all__)
         assert exported <= set(vars(module))
         defined = {
