@@ -26,9 +26,7 @@ from collections.abc import Iterable, Sequence
 
 import authres
 
-__all__ = ["VERDICTS", "sender_verdict"]
-
-VERDICTS = ("pass", "fail", "none", "unchecked")
+__all__ = ["sender_verdict"]
 
 _AUTHSERV = re.compile(r"\s*(?:\([^)]*\)\s*)*([^\s;()]+)")
 # An MTA's header is a few hundred characters; a longer one is parsed no further (authres is a

@@ -24,7 +24,7 @@ class _Entropy:
     __slots__ = ("at", "pool")
 
     def __init__(self) -> None:
-        self.pool, self.at = b"", 0
+        self.reset()
 
     def reset(self) -> None:
         self.pool, self.at = b"", 0
