@@ -199,9 +199,8 @@ class AgentSession:
         r = self.ctx.redis
         cases = {c.decode() for c in await r.smembers(keys.agent_cases(self.ws, self.agent))}
         for o in await r.smembers(keys.agent_offers(self.ws, self.agent)):
-            c = await r.hget(keys.offer(self.ws, o.decode()), "case")
-            if c:
-                cases.add(c.decode())
+            if c := keys.offer_case(o.decode()):
+                cases.add(c)
         out = set()
         for c in cases:
             u = await r.hget(keys.case(self.ws, c), "cust")

@@ -27,7 +27,7 @@ __all__ = [
     "identities",
     "log",
     "node_agents",
-    "offer",
+    "offer_case",
     "outbox",
     "pool",
     "pool_agents",
@@ -40,7 +40,6 @@ __all__ = [
     "queue",
     "queue_waiting",
     "queues",
-    "sequence",
     "settings",
     "spent_token",
     "threads",
@@ -71,11 +70,6 @@ def prefix(ws: str) -> str:
 
 def settings(ws: str) -> str:
     return f"sb:{{{ws}}}:cfg"
-
-
-def sequence(ws: str) -> str:
-    """Counter behind offer ids (``o<n>``; Lua's next_id)."""
-    return f"sb:{{{ws}}}:seq"
 
 
 def agents(ws: str) -> str:
@@ -145,8 +139,12 @@ def case(ws: str, cid: str) -> str:
     return f"sb:{{{ws}}}:c:{cid}"
 
 
-def offer(ws: str, oid: str) -> str:
-    return f"sb:{{{ws}}}:o:{oid}"
+def offer_case(oid: str) -> str:
+    """The case an offer id names: an offer lives in its case's hash (fields ``offer``,
+    ``oagent``, ``ost``, ``odl``), and its id is ``<case>.<n>``, the case's n-th offer
+    (Lua's offer_case). ``""`` for an id of another shape."""
+    case, dot, n = oid.rpartition(".")
+    return case if dot and case and n.isdigit() else ""
 
 
 def customer(ws: str, cust: str) -> str:

@@ -104,12 +104,8 @@ async def agent(redis: aioredis.Redis, ws: str, aid: str) -> dict[str, Any] | No
 async def held_cases(redis: aioredis.Redis, ws: str, aid: str) -> set[str]:
     """Cases the agent holds (assigned, wrapping) or has a pending offer for."""
     cases = {_s(c) for c in await redis.smembers(keys.agent_cases(ws, aid))}
-    offers = [_s(o) for o in await redis.smembers(keys.agent_offers(ws, aid))]
-    if offers:
-        pipe = redis.pipeline(transaction=False)
-        for o in offers:
-            pipe.hget(keys.offer(ws, o), "case")
-        cases.update(_s(c) for c in await pipe.execute() if c)
+    offers = await redis.smembers(keys.agent_offers(ws, aid))
+    cases.update(c for o in offers if (c := keys.offer_case(_s(o))))
     return cases
 
 
@@ -299,10 +295,7 @@ async def _held(
             pipe.smembers(keys.agent_cases(ws, aid))
     members = [_s(m) for group in await pipe.execute() for m in group]
     if status == "offered":
-        pipe = redis.pipeline(transaction=False)
-        for o in members:
-            pipe.hget(keys.offer(ws, o), "case")
-        members = [_s(c) for c in await pipe.execute() if c]
+        members = [c for o in members if (c := keys.offer_case(o))]
     cases = sorted(set(members))
     keyed = []
     for f in await _hashes(redis, ws, cases):

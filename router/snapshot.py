@@ -88,16 +88,17 @@ async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str
     open_cases = [d for d in [await case_detail(redis, ws, c) for c in cases] if d]
     pending = []
     for o in offers:
-        of = pairs(await redis.hgetall(keys.offer(ws, o)))
-        if of.get("st") != "pending":
+        case = keys.offer_case(o)
+        of = await redis.hmget(keys.case(ws, case), "offer", "ost", "odl") if case else []
+        if not of or _dec(of[0] or b"") != o or of[1] != b"pending":
             continue
-        detail = await case_detail(redis, ws, of.get("case", ""))
+        detail = await case_detail(redis, ws, case)
         if detail:
             pending.append(
                 {
                     "type": "offer",
                     "offer": o,
-                    "deadline": int(of.get("deadline") or 0),
+                    "deadline": int(of[2] or 0),
                     **detail,
                     "why": {
                         "queue": detail["case"]["queue"],

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from router import keys
 from tests.server import BRIDGE_KEY
-from tests.util import wait_for
+from tests.util import offer_state, wait_for
 from tests.ws_client import (
     CHAT_ONLY_KEY,
     JSON,
@@ -278,7 +278,7 @@ async def test_another_agents_offer_and_case(stack: Stack, bridge: WsClient) -> 
     other, _ = await stack.agent("mine2", status="available")
     await other.fails("offer.accept", "offer.unknown", offer=offer["offer"])
     await other.fails("offer.reject", "offer.unknown", offer=offer["offer"])
-    assert await stack.redis.hget(keys.offer("acme", offer["offer"]), "st") == b"pending"
+    assert await offer_state(stack.redis, "acme", offer["offer"]) == "pending"
     await owner.ok("offer.accept", offer=offer["offer"])
 
     case, cust = ack["case"], ack["customer"]
@@ -348,7 +348,7 @@ async def test_nothing_crosses_workspaces(stack: Stack, bridge: WsClient) -> Non
     owner, _ = await stack.agent("scope1", status="available")
     ack = await bridge.ok("event", **event("scope"))
     offer = await owner.offer_for(ack["case"])
-    assert not await stack.redis.exists(keys.offer("brisk", offer["offer"]))
+    assert not await stack.redis.exists(keys.case("brisk", keys.offer_case(offer["offer"])))
     bea, _ = await stack.agent("bea", workspace="brisk")
     await bea.fails("offer.accept", "offer.unknown", offer=offer["offer"])
     await bea.fails("case.reply", "case.unknown", case=ack["case"], text="hi")

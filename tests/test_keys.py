@@ -20,7 +20,6 @@ P = "support^3f2a#chat.at<2"  # a pool id with live-load conditions
 # Lua builder -> (its arguments, the key router/keys.py builds for them)
 TWINS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "k_cfg": ((), lambda: keys.settings(WS)),
-    "k_seq": ((), lambda: keys.sequence(WS)),
     "k_agents": ((), lambda: keys.agents(WS)),
     "k_agent": ((A,), lambda: keys.agent(WS, A)),
     "k_agent_pools": ((A,), lambda: keys.agent_pools(WS, A)),
@@ -37,7 +36,6 @@ TWINS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "k_pool_av": ((P, CH), lambda: keys.pool_available(WS, P, CH)),
     "k_pool_wait": ((P, CH), lambda: keys.pool_waiting(WS, P, CH)),
     "k_case": ((C,), lambda: keys.case(WS, C)),
-    "k_offer": ((OF,), lambda: keys.offer(WS, OF)),
     "k_customer": ((U,), lambda: keys.customer(WS, U)),
     "k_customer_cases": ((U,), lambda: keys.customer_cases(WS, U)),
     "k_timeline": ((U,), lambda: keys.customer_timeline(WS, U)),

@@ -24,7 +24,7 @@ from router import keys
 from router.app import create_app, drain
 from router.config import BridgeKey, Settings
 from tests.server import BRIDGE_KEY
-from tests.util import free_port, wait_for
+from tests.util import free_port, offer_state, wait_for
 from tests.ws_client import (
     CHAT_ONLY_KEY,
     JSON,
@@ -171,7 +171,7 @@ async def test_after_the_grace_pending_offers_are_rescinded_and_requeued(
 
     requeued = await staying.offer_for(ack["case"])
     assert requeued["offer"] != offer["offer"]
-    assert await stack.redis.hget(keys.offer("acme", offer["offer"]), "st") == b"rescinded"
+    assert await offer_state(stack.redis, "acme", offer["offer"]) == "rescinded"
     _, hello = await stack.agent("lapse1", node=A)
     assert hello["agent"]["status"] == "offline" and hello["offers"] == []
 
@@ -186,8 +186,8 @@ async def test_after_the_grace_the_case_goes_to_a_teammate_who_came_later(
     await leaving.close()
 
     async def rescinded() -> bool:
-        st = await stack.redis.hget(keys.offer("acme", offer["offer"]), "st")
-        return bool(st != b"pending")
+        st = await offer_state(stack.redis, "acme", offer["offer"])
+        return bool(st != "pending")
 
     await wait_for(rescinded, 10)
     case = await stack.case(ack["case"])
@@ -389,7 +389,7 @@ async def test_kill_9_of_the_consoles_node_still_ends_its_grace(
     await asyncio.to_thread(node.proc.wait, 15)
 
     async def rescinded() -> bool:
-        st = await stack.redis.hget(keys.offer("acme", offer["offer"]), "st")
-        return bool(st == b"rescinded")
+        st = await offer_state(stack.redis, "acme", offer["offer"])
+        return bool(st == "rescinded")
 
     await wait_for(rescinded, 15, interval=0.05)

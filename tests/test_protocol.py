@@ -17,6 +17,7 @@ import pytest_asyncio
 from router import keys
 from router.chat_ws import identity_hash
 from tests.server import CHAT_IDENTITY_SECRET
+from tests.util import offer_state
 from tests.ws_client import (
     CHAT_ONLY_KEY,
     JSON,
@@ -587,7 +588,7 @@ async def test_going_offline_rescinds_pending_offers_with_a_push(
         else:
             await by.ok("agent.status", agent=f"{team}1", status="offline")
         await console.ok("ping")  # pushes for this console were written before this answer
-        assert await stack.redis.hget(keys.offer("acme", offer["offer"]), "st") == b"rescinded"
+        assert await offer_state(stack.redis, "acme", offer["offer"]) == "rescinded"
         assert [f["offer"] for f in console.pending("offer.rescinded")] == [offer["offer"]]
 
 

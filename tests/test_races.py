@@ -219,9 +219,15 @@ async def read_all(r: Redis) -> dict[str, Any]:
                 out[tail[len(tag) + 1 :]] = v
         return out
 
+    cases = kind("c")
     return {
-        "cases": kind("c"),
-        "offers": kind("o"),
+        "cases": cases,
+        # an offer lives in its case's hash: each case's last offer, "ost" its state
+        "offers": {
+            f["offer"]: {"st": f.get("ost"), "case": c, "agent": f.get("oagent"), "ch": f.get("ch")}
+            for c, f in cases.items()
+            if f.get("offer")
+        },
         "agents": kind("a"),
         "waits": {k: v for k, v in rest.items() if k in zsets},
         "sets": {k: v for k, v in rest.items() if k in sets},
@@ -309,11 +315,16 @@ async def test_concurrent_answers_keep_one_owner(switches: Switches, redis: Redi
         if verb == "accept" and who != switches.offers[thing][0]:
             assert res == "notfound", f"{who} answered someone else's offer {thing}: {res}"
     logged = Counter((e["t"], e["offer"]) for e in log if e["t"].startswith("offer."))
+    # every offer's end as the log tells it; a case's last offer as its hash does too
+    ends = {e["offer"]: e["t"].removeprefix("offer.") for e in log if e["t"].startswith("offer.")}
+    ends = {o: "pending" if t == "created" else t for o, t in ends.items()}
     for o, f in state["offers"].items():
+        assert f["st"] == ends.get(o), f"offer {o}: the case says {f['st']}, the log {ends.get(o)}"
+    for o, st in ends.items():
         acc, rej = told[("accept", o)]["ok"], told[("reject", o)]["ok"]
         assert acc + rej <= 1, f"offer {o} answered {acc} + {rej} times successfully"
-        assert (f["st"] == "accepted") == (acc == 1) == (logged["offer.accepted", o] == 1)
-        assert (f["st"] == "rejected") == (rej == 1) == (logged["offer.rejected", o] == 1)
+        assert (st == "accepted") == (acc == 1) == (logged["offer.accepted", o] == 1)
+        assert (st == "rejected") == (rej == 1) == (logged["offer.rejected", o] == 1)
     for (verb, c), res in told.items():
         if verb == "complete":
             assert res["ok"] == (state["cases"][c]["st"] == "completed"), f"{c}: {res}"

@@ -7,7 +7,11 @@ import inspect
 import socket
 from collections.abc import Awaitable, Callable
 
-__all__ = ["free_port", "wait_for"]
+from redis.asyncio import Redis
+
+from router import keys
+
+__all__ = ["free_port", "offer_state", "wait_for"]
 
 
 async def wait_for(
@@ -40,3 +44,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def offer_state(redis: Redis, ws: str, offer: str) -> str:
+    """What became of an offer: its case's last offer is in the case hash (``ost``); an earlier
+    one's end is in the event log (``offer.<state>``). ``""`` for an offer never made."""
+    row = await redis.hmget(keys.case(ws, keys.offer_case(offer)), "offer", "ost")
+    if row[0] is not None and row[0].decode() == offer:
+        return (row[1] or b"").decode()
+    for _, entry in await redis.xrevrange(keys.log(ws), count=100_000):
+        if entry.get(b"offer", b"").decode() == offer and entry[b"t"].startswith(b"offer."):
+            return entry[b"t"].decode().removeprefix("offer.").replace("created", "pending")
+    return ""

@@ -29,7 +29,6 @@ local function num_s(n)
 end
 
 local function k_cfg() return P .. 'cfg' end
-local function k_seq() return P .. 'seq' end
 local function k_agents() return P .. 'agents' end
 local function k_agent(a) return P .. 'a:' .. a end
 local function k_agent_pools(a) return P .. 'a:' .. a .. ':pools' end
@@ -46,7 +45,6 @@ local function k_pool_agents(p) return P .. 'p:' .. p .. ':agents' end
 local function k_pool_av(p, ch) return P .. 'p:' .. p .. ':av:' .. ch end
 local function k_pool_wait(p, ch) return P .. 'p:' .. p .. ':w:' .. ch end
 local function k_case(c) return P .. 'c:' .. c end
-local function k_offer(o) return P .. 'o:' .. o end
 local function k_customer(u) return P .. 'cu:' .. u end
 local function k_customer_cases(u) return P .. 'cu:' .. u .. ':cases' end
 local function k_timeline(u) return P .. 'cu:' .. u .. ':tl' end
@@ -81,14 +79,30 @@ local function chat_event(c, ch, event, a)
   end
 end
 
-local function next_id(tag)
-  return tag .. num_s(redis.call('INCR', k_seq()))
-end
-
 local function hget(key, field)
   local v = redis.call('HGET', key, field)
   if v == false then return nil end
   return v
+end
+
+-- An offer lives in its case's hash: the case's last offer in "offer", "oagent", "ost" (its
+-- state) and "odl" (its deadline), the earlier ones' ends in "oh" ("<n> <agent> <state>|" each,
+-- appended by make_offer). Its id is the case id and the case's offer count, "<case>.<n>", so
+-- an answer finds the case without a lookup. nil for an id of another shape.
+local function offer_case(o)
+  return string.match(o, '^(.+)%.%d+$')
+end
+
+-- How an earlier offer o of the case (not its last) ended, if it was agent a's; else nil.
+local function earlier_offer(c, o, a)
+  local n = string.match(o, '%.(%d+)$')
+  for m, who, st in string.gmatch(hget(k_case(c), 'oh') or '', '(%d+) (%S+) (%a+)|') do
+    if m == n then
+      if who == a then return st end
+      return nil
+    end
+  end
+  return nil
 end
 
 -- A case this transition creates is held here, not written, while the ingest path fills it in
@@ -339,10 +353,13 @@ local function customer_payload(u, limit)
 end
 
 -- The case fields an offer carries (router/push.py case_view); the plan and other routing
--- state stay in Redis. make_offer reads them and the offer timeout ('otm', last) at once.
+-- state stay in Redis. make_offer reads them, the offer timeout ('otm') and the case's last
+-- offer (numbered from it, then its end kept in the history) at once.
 local OFFER_FIELDS = {'id', 'ch', 'st', 'pri', 'q', 'cust', 'subject', 'created', 'agent',
-  'flt', 'step', 'attrs', 'pool', 'callback', 'disposition', 'reopened', 'transferred', 'otm'}
+  'flt', 'step', 'attrs', 'pool', 'callback', 'disposition', 'reopened', 'transferred', 'otm',
+  'offer', 'oagent', 'ost', 'oh'}
 local OF_CH, OF_ST, OF_Q, OF_CUST, OF_POOL, OF_OTM = 2, 3, 5, 6, 13, 18
+local OF_OFFER, OF_OAGENT, OF_OST, OF_OH = 19, 20, 21, 22
 
 -- Offer case c to agent a: reserve capacity, arm the deadline, log it. Returns the payload the
 -- pushing node needs (offer, case, customer profile and recent timeline), and whether the higher
@@ -353,12 +370,18 @@ local function make_offer(c, a, waiting)
   local ch, pool, q, cust = v[OF_CH], v[OF_POOL], v[OF_Q], v[OF_CUST]
   local otm = tonumber(v[OF_OTM]) or 30000
   v[OF_ST] = 'offered'
-  local o = next_id('o')
-  local deadline = NOW + otm
+  -- the case's offers are numbered: its last one's number, plus one (never reused); the last
+  -- one's end goes to the history
+  local o, deadline = c .. '.1', NOW + otm
   local deadline_s = num_s(deadline)
-  redis.call('HSET', k_offer(o), 'id', o, 'case', c, 'agent', a, 'st', 'pending',
-    'created', NOW_S, 'deadline', deadline_s, 'ch', ch)
-  case_set(c, 'st', 'offered', 'offer', o, 'oagent', a, 'updated', NOW_S)
+  local last = v[OF_OFFER] and string.match(v[OF_OFFER], '%.(%d+)$')
+  if last then
+    o = c .. '.' .. num_s(tonumber(last) + 1)
+    case_set(c, 'oh', (v[OF_OH] or '') .. last .. ' ' .. (v[OF_OAGENT] or '-') .. ' '
+      .. (v[OF_OST] or 'ended') .. '|')
+  end
+  case_set(c, 'st', 'offered', 'offer', o, 'oagent', a, 'ost', 'pending', 'odl', deadline_s,
+    'updated', NOW_S)
   if waiting then
     redis.call('ZREM', k_pool_wait(pool, ch), c)
     redis.call('ZREM', k_queue_wait(q), c)
@@ -633,11 +656,12 @@ local function enter_step(c, i, offers, by_timeout, known)
 end
 
 -- Return an offered case to the line after a reject/timeout/rescind, with its original age;
--- if its step timed out meanwhile, it moves on to the next step instead.
-local function requeue(c, offers)
+-- if its step timed out meanwhile, it moves on to the next step instead. set: more fields to
+-- write with the status (field, value, ...).
+local function requeue(c, offers, set)
   local ck = k_case(c)
   local cs = redis.call('HMGET', ck, 'esc', 'step')
-  redis.call('HSET', ck, 'st', 'queued', 'offer', '', 'oagent', '', 'updated', NOW_S)
+  redis.call('HSET', ck, 'st', 'queued', 'updated', NOW_S, unpack(set or {}))
   if cs[1] == '1' then
     return enter_step(c, (tonumber(cs[2]) or 1) + 1, offers, true)
   end
@@ -655,30 +679,35 @@ end
 
 -- End a pending offer (rejected / timeout / rescinded): the agent gets its capacity back, the
 -- case goes back with its original age (or, with keep_out, is left queued but outside any
--- waiting set, for a caller that re-routes it). Returns false if the offer was not pending.
+-- waiting set, for a caller that re-routes it). Returns the agent it was offered to, or false
+-- if the offer was not pending (or is not the case's last offer).
 local function end_offer(o, status, offers, keep_out)
-  local ok = k_offer(o)
-  local of = redis.call('HMGET', ok, 'st', 'case', 'agent', 'ch')
-  if of[1] ~= 'pending' then return false end
-  local c, a, ch = of[2], of[3], of[4]
-  redis.call('HSET', ok, 'st', status, 'ended', NOW_S)
+  local c = offer_case(o)
+  if c == nil then return false end
+  local ck = k_case(c)
+  local cs = redis.call('HMGET', ck, 'offer', 'ost', 'oagent', 'ch', 'x', 'st')
+  if cs[1] ~= o or cs[2] ~= 'pending' then return false end
+  local a, ch = cs[3], cs[4]
   redis.call('ZREM', k_timers(), 'o|' .. o)
   redis.call('SREM', k_agent_offers(a), o)
   -- back in (or, if no longer routable, out of) the available sets before the case looks for
   -- an agent again
   move_load(a, ch, -1)
-  local ck = k_case(c)
-  local xs = hget(ck, 'x') or '|'
-  if status ~= 'rescinded' then redis.call('HSET', ck, 'x', xs .. a .. '|') end
   log('offer.' .. status, {'case', c, 'agent', a, 'offer', o})
-  if OPEN[hget(ck, 'st') or ''] and hget(ck, 'offer') == o then
-    if keep_out then
-      redis.call('HSET', ck, 'st', 'queued', 'offer', '', 'oagent', '', 'updated', NOW_S)
-    else
-      requeue(c, offers)
-    end
+  -- an agent who refused or missed the case is not asked again
+  local set = {'ost', status}
+  if status ~= 'rescinded' then
+    set[3] = 'x'
+    set[4] = (cs[5] or '|') .. a .. '|'
   end
-  return true
+  if not OPEN[cs[6] or ''] then
+    redis.call('HSET', ck, unpack(set))
+  elseif keep_out then
+    redis.call('HSET', ck, 'st', 'queued', 'updated', NOW_S, unpack(set))
+  else
+    requeue(c, offers, set)
+  end
+  return a
 end
 
 local function result(t)

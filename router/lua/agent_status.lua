@@ -17,9 +17,8 @@ local offers = {}
 local rescinded = {}
 if ARGV[3] == 'offline' then
   for _, o in ipairs(redis.call('SMEMBERS', k_agent_offers(a))) do
-    local c = hget(k_offer(o), 'case')
     if end_offer(o, 'rescinded', offers) then
-      rescinded[#rescinded + 1] = {offer = o, case = c, agent = a}
+      rescinded[#rescinded + 1] = {offer = o, case = offer_case(o), agent = a}
     end
   end
 end

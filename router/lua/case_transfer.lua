@@ -25,8 +25,8 @@ else
     return result({ok = false, error = 'case.' .. cs[1]})
   end
   if cs[1] == 'offered' then
-    local oa = hget(k_offer(cs[5]), 'agent')
-    if end_offer(cs[5], 'rescinded', offers, true) then
+    local oa = end_offer(cs[5], 'rescinded', offers, true)
+    if oa then
       rescinded[#rescinded + 1] = {offer = cs[5], case = c, agent = oa}
       refresh_agent(oa)
       pull(oa, offers)
@@ -38,7 +38,7 @@ if ARGV[6] ~= '' then ensure_agent_pool(ARGV[6]) end
 local plan = cjson.decode(ARGV[4])
 if ARGV[6] ~= '' then plan[1].pool = 'a~' .. ARGV[6] end
 redis.call('HSET', ck, 'plan', cjson.encode(plan), 'plan_start', NOW_S, 'st', 'queued',
-  'offer', '', 'oagent', '', 'transferred', NOW_S)
+  'transferred', NOW_S)
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
 log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6]})
 redis.call('HSET', ck, 'x', a ~= '' and ('|' .. a .. '|') or '|')

@@ -131,8 +131,8 @@ elseif c and OPEN[st] then
     if (st == 'queued' or st == 'offered') and not callback then
       if st == 'offered' then
         local o = hget(k_case(c), 'offer')
-        local oa = hget(k_offer(o), 'agent')
-        if end_offer(o, 'rescinded', offers, true) then
+        local oa = end_offer(o, 'rescinded', offers, true)
+        if oa then
           push[#push + 1] = {agent = oa, frame = {type = 'offer.rescinded', offer = o, case = c,
             reason = 'abandoned'}}
           pull(oa, offers)

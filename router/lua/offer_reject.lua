@@ -6,10 +6,15 @@
 -- ARGV    now, agent id, offer id, status after reject ('' = unchanged), routable after
 -- Returns {ok, case, duplicate, offers} or {ok=false, error=...}.
 local a, o = ARGV[2], ARGV[3]
-local of = redis.call('HMGET', k_offer(o), 'st', 'case', 'agent', 'ch')
-if not of[1] or of[3] ~= a then return result({ok = false, error = 'offer.unknown'}) end
-if of[1] == 'rejected' then return result({ok = true, case = of[2], duplicate = true}) end
-if of[1] ~= 'pending' then return result({ok = false, error = 'offer.' .. of[1]}) end
+local c = offer_case(o)
+if c == nil then return result({ok = false, error = 'offer.unknown'}) end
+local of = redis.call('HMGET', k_case(c), 'offer', 'ost', 'oagent', 'ch')
+local st = of[2]
+if of[1] ~= o then st = earlier_offer(c, o, a)
+elseif of[3] ~= a then st = nil end
+if st == nil then return result({ok = false, error = 'offer.unknown'}) end
+if st == 'rejected' then return result({ok = true, case = c, duplicate = true}) end
+if st ~= 'pending' or of[1] ~= o then return result({ok = false, error = 'offer.' .. st}) end
 local offers = {}
 end_offer(o, 'rejected', offers)
 if ARGV[4] ~= '' then
@@ -19,5 +24,5 @@ if ARGV[4] ~= '' then
 else
   pull(a, offers, of[4])
 end
-return result({ok = true, case = of[2], duplicate = false, offers = offers,
+return result({ok = true, case = c, duplicate = false, offers = offers,
   status = hget(k_agent(a), 'st')})

@@ -24,11 +24,10 @@ for _, m in ipairs(due) do
   local kind = parts[1]
   if kind == 'o' then
     local o = parts[2]
-    local of = redis.call('HMGET', k_offer(o), 'agent', 'case')
-    local a = of[1]
-    if a and end_offer(o, 'timeout', offers) then
-      push[#push + 1] = {agent = a, frame = {type = 'offer.rescinded', offer = o, case = of[2],
-        reason = 'timeout'}}
+    local a = end_offer(o, 'timeout', offers)
+    if a then
+      push[#push + 1] = {agent = a, frame = {type = 'offer.rescinded', offer = o,
+        case = offer_case(o), reason = 'timeout'}}
       local missed = redis.call('HINCRBY', k_agent(a), 'missed', 1)
       if max_missed > 0 and missed >= max_missed and hget(k_agent(a), 'r') == '1' then
         redis.call('HSET', k_agent(a), 'st', ARGV[4], 'r', '0')
