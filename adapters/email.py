@@ -17,6 +17,7 @@ characters removed, and hands the message to the configured smarthost.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import ssl
@@ -62,6 +63,7 @@ __all__ = [
     "IngestRefused",
     "build_reply",
     "make_message_id",
+    "parse_peers",
     "reply_token",
     "send",
     "verify_message_id",
@@ -106,6 +108,9 @@ class EmailConfig:
     plus_address_replies: bool = True  # Reply-To: support+{token}@...
     # the MTAs whose Authentication-Results headers say who sent a mail (adapters/email_auth.py)
     authserv_ids: frozenset[str] = frozenset()
+    # who may deliver: a MAIL FROM from any other address is refused (554 5.7.1); empty = anyone
+    # who can reach the port. The trusted headers are only as good as this path.
+    peers: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.reply_secret) < 16:
@@ -154,6 +159,18 @@ class _Handler:
 
     def __init__(self, adapter: EmailAdapter) -> None:
         self._adapter = adapter
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if not self._adapter.peer_allowed(session.peer):
+            log.warning(
+                "SMTP: MAIL FROM refused to %r, not in SWITCHBOARD_SMTP_PEERS", session.peer
+            )
+            return "554 5.7.1 Not accepting mail from this address"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -220,6 +237,25 @@ class EmailAdapter:
             self._executor = None
             raise
         log.info("email adapter listening on %s:%d", cfg.hostname, self.port)
+        if cfg.authserv_ids and not cfg.peers and not _loopback(cfg.hostname):
+            log.warning(
+                "email adapter: Authentication-Results from %s are trusted, and SMTP on %s takes "
+                "mail from anyone who can reach it; set SWITCHBOARD_SMTP_PEERS to your MTA",
+                ",".join(sorted(cfg.authserv_ids)),
+                cfg.hostname,
+            )
+
+    def peer_allowed(self, peer: Any) -> bool:
+        """Whether the connection from ``peer`` (a socket address) may deliver mail."""
+        if not self._config.peers:
+            return True
+        try:
+            address = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else peer)
+        except (ValueError, TypeError, IndexError):
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in net for net in self._config.peers)
 
     async def stop(self) -> None:
         """Stop accepting, let mails already in DATA finish (up to ``drain_timeout_s``), then
@@ -390,6 +426,25 @@ class EmailAdapter:
 
 _REPLY_PREFIX = re.compile(r"^(?:\s*(?:re|aw|sv|antw)\s*(?:\[\d+\])?\s*:)+\s*", re.I)
 _BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def parse_peers(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``"10.0.0.5, 192.168.1.0/24, ::1"`` as networks; ValueError for anything else."""
+    out = []
+    for item in value.split(","):
+        if item.strip():
+            try:
+                out.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError as e:
+                raise ValueError(f"SMTP peer {item.strip()!r}: not an address or network") from e
+    return tuple(out)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _address(value: str, display_name: str | None = None) -> Address:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.routing import BaseRoute
 
-from adapters.email import EmailAdapter, EmailConfig, build_reply
+from adapters.email import EmailAdapter, EmailConfig, build_reply, parse_peers
 from router import keys
 from router.config import Settings
 from router.outbox import OutboxReader
@@ -48,6 +48,7 @@ class EmailPlugin:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.mailboxes = parse_mailboxes(settings.mailboxes)
+        self.peers = parse_peers(settings.smtp_peers)
         self.adapter: EmailAdapter | None = None
         self.readers: list[OutboxReader] = []
         self.ctx: Ctx | None = None
@@ -71,6 +72,7 @@ class EmailPlugin:
             smarthost_password=s.smarthost_password or None,
             from_addresses={ws: addr for addr, (ws, _) in reversed(self.mailboxes.items())},
             authserv_ids=frozenset(a.strip() for a in s.smtp_authserv_ids.split(",") if a.strip()),
+            peers=self.peers,
         )
 
     async def start(self, ctx: Ctx) -> None:

@@ -134,7 +134,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     if args.data_dir is None and not args.redis_url:
         settings = dataclasses.replace(settings, data_dir="var/demo")
-    plugins = load_plugins(["email"], settings) if settings.smtp_port else []
+    try:
+        plugins = load_plugins(["email"], settings) if settings.smtp_port else []
+    except (ConfigError, ValueError) as e:
+        print(json.dumps({"error": str(e)}), file=sys.stderr)
+        return 2
     print(
         f"Switchboard demo: console http://{settings.host}:{settings.port}/ "
         "(agents ann, bob, cat; supervisor sue; password: demo)",

@@ -66,6 +66,9 @@ class Settings:
     # the authserv-ids of the MTAs in front whose Authentication-Results headers are trusted
     # (comma-separated); empty: a mail's From is taken as it is (adapters/email_auth.py)
     smtp_authserv_ids: str = ""
+    # who may deliver over SMTP: addresses or networks, comma-separated ("10.0.0.5,10.1.0.0/16");
+    # empty: anyone who can reach smtp_host:smtp_port
+    smtp_peers: str = ""
     # inbound addresses: "support@acme.test=acme,billing@acme.test=acme/billing"
     mailboxes: str = ""
     smarthost: str = ""  # host:port for outbound replies; empty = log only

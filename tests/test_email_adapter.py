@@ -4,6 +4,7 @@ real aiosmtpd sink for replies. The ingest recorder is the adapter's boundary, n
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import smtplib
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -400,6 +401,57 @@ async def test_permanent_refusal_answers_554_so_the_sender_stops_retrying(
     assert code == 554 and b"not an email address" in reply
     ingest.fail = None
     await assert_still_serving(adapter, ingest)
+
+
+def _mail_from(port: int, sender: str) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
+        client.ehlo()
+        return client.mail(sender)
+
+
+async def test_only_listed_peers_may_deliver(ingest: Recorder) -> None:
+    """With SWITCHBOARD_SMTP_PEERS set, a sender from elsewhere is refused at MAIL FROM (and
+    nothing is ingested); the listed MTA's mail goes through."""
+    elsewhere = config(peers=email_adapter.parse_peers("10.0.0.0/8, 2001:db8::/32"))
+    async with EmailAdapter(elsewhere, ingest) as guarded:
+        code, reply = await asyncio.to_thread(_mail_from, guarded.port, "alice@example.com")
+        assert (code, reply) == (554, b"5.7.1 Not accepting mail from this address")
+    assert ingest.calls == []
+    async with EmailAdapter(config(peers=email_adapter.parse_peers("127.0.0.1")), ingest) as mta:
+        assert (await submit(mta, mail()))[0] == 250
+    assert len(ingest.calls) == 1
+
+
+async def test_trusting_headers_on_an_open_port_warns(
+    ingest: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    wide = config(hostname="0.0.0.0", authserv_ids=frozenset({"mx.acme.test"}))
+    with caplog.at_level("WARNING", logger="switchboard.adapters.email"):
+        async with EmailAdapter(wide, ingest):
+            pass
+        assert "set SWITCHBOARD_SMTP_PEERS" in caplog.text
+        caplog.clear()
+        async with EmailAdapter(config(authserv_ids=frozenset({"mx.acme.test"})), ingest):
+            pass  # loopback: only this host can reach it
+        guarded = dataclasses.replace(wide, peers=email_adapter.parse_peers("127.0.0.1"))
+        async with EmailAdapter(guarded, ingest):
+            pass
+        assert "SWITCHBOARD_SMTP_PEERS" not in caplog.text
+
+
+def test_peers_parse_and_match() -> None:
+    peers = email_adapter.parse_peers(" 192.0.2.7 , 10.1.0.0/16,::1")
+    assert [str(p) for p in peers] == ["192.0.2.7/32", "10.1.0.0/16", "::1/128"]
+    adapter = EmailAdapter(config(peers=peers), Recorder())
+    assert adapter.peer_allowed(("10.1.200.3", 40000))
+    assert adapter.peer_allowed(("::ffff:192.0.2.7", 40000, 0, 0))  # IPv4 on a dual-stack socket
+    assert adapter.peer_allowed(("::1", 40000, 0, 0))
+    assert not adapter.peer_allowed(("10.2.0.1", 40000))
+    assert not adapter.peer_allowed(None) and not adapter.peer_allowed(("not an ip", 1))
+    assert EmailAdapter(config(), Recorder()).peer_allowed(("203.0.113.9", 25))  # no list: anyone
+    for bad in ("10.0.0.0/33", "mx.example.com", "10.0.0.1;rm"):
+        with pytest.raises(ValueError, match="SMTP peer"):
+            email_adapter.parse_peers(bad)
 
 
 async def test_stop_is_idempotent_and_frees_the_port(ingest: Recorder) -> None:
