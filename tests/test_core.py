@@ -306,3 +306,36 @@ async def test_visitor_who_identifies_joins_the_known_customer(switch: Switch, i
         "hi, anonymous so far",
         "I'm Dana",
     ]
+
+
+async def test_an_offer_pending_from_before_the_upgrade_still_ends(switch: Switch, inbox: Inbox):
+    """Offers used to be hashes of their own (o:<id>, ids "o<n>"); one pending when the router
+    is upgraded times out like any other: the case goes back and the agent's capacity returns."""
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e-old"))
+    new_id = inbox.last_offer("ann")["offer"]
+    # the same offer as the old layout kept it
+    p, deadline = "sb:{acme}:", now_ms() + 30_000
+    pipe = switch.redis.pipeline(transaction=False)
+    pipe.hset(f"{p}o:o17", mapping={"id": "o17", "case": r.case, "agent": "ann",
+                                    "st": "pending", "deadline": deadline, "ch": "chat"})  # fmt: skip
+    pipe.hset(f"{p}c:{r.case}", mapping={"offer": "o17"})
+    pipe.hdel(f"{p}c:{r.case}", "ost", "odl")
+    pipe.srem(f"{p}a:ann:offers", new_id)
+    pipe.sadd(f"{p}a:ann:offers", "o17")
+    pipe.zrem(f"{p}timers", f"o|{new_id}")
+    pipe.zadd(f"{p}timers", {"o|o17": deadline})
+    await pipe.execute()
+
+    with pytest.raises(NotFound):  # not answerable any more: it can only end
+        await switch.accept("acme", "ann", "o17")
+    await switch.set_status("acme", "bob", "available")
+    await switch.run_timers("acme", now=deadline + 1)
+    again = inbox.last_offer("bob")
+    assert again["case"]["id"] == r.case and again["offer"] == f"{r.case}.1"
+    assert await switch.redis.exists(f"{p}o:o17") == 0
+    assert await switch.redis.smembers(f"{p}a:ann:offers") == set()
+    assert await switch.redis.hget(f"{p}a:ann", "load:chat") == b"0"
+    await switch.accept("acme", "bob", again["offer"])
+    assert await case_field(switch, r.case, "st") == "assigned"

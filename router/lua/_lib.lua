@@ -683,7 +683,16 @@ end
 -- if the offer was not pending (or is not the case's last offer).
 local function end_offer(o, status, offers, keep_out)
   local c = offer_case(o)
-  if c == nil then return false end
+  if c == nil then
+    -- an offer made before offers lived in their case ("o<n>", its own o:<id> hash, removed
+    -- here): still pending after an upgrade, it ends like any other (its timer, going offline)
+    local lk = P .. 'o:' .. o
+    local lo = redis.call('HMGET', lk, 'case', 'st')
+    if lo[2] ~= 'pending' then return false end
+    c = lo[1]
+    redis.call('DEL', lk)
+    redis.call('HSET', k_case(c), 'offer', o, 'ost', 'pending')
+  end
   local ck = k_case(c)
   local cs = redis.call('HMGET', ck, 'offer', 'ost', 'oagent', 'ch', 'x', 'st')
   if cs[1] ~= o or cs[2] ~= 'pending' then return false end
