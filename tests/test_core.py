@@ -318,8 +318,8 @@ async def test_an_offer_pending_from_before_the_upgrade_still_ends(switch: Switc
     # the same offer as the old layout kept it
     p, deadline = "sb:{acme}:", now_ms() + 30_000
     pipe = switch.redis.pipeline(transaction=False)
-    pipe.hset(f"{p}o:o17", mapping={"id": "o17", "case": r.case, "agent": "ann",
-                                    "st": "pending", "deadline": deadline, "ch": "chat"})  # fmt: skip
+    old = {"id": "o17", "case": r.case, "agent": "ann", "st": "pending", "deadline": deadline}
+    pipe.hset(f"{p}o:o17", mapping={**old, "ch": "chat"})
     pipe.hset(f"{p}c:{r.case}", mapping={"offer": "o17"})
     pipe.hdel(f"{p}c:{r.case}", "ost", "odl")
     pipe.srem(f"{p}a:ann:offers", new_id)
