@@ -93,13 +93,20 @@ local function offer_case(o)
   return string.match(o, '^(.+)%.%d+$')
 end
 
--- How an earlier offer o of the case (not its last) ended, if it was agent a's; else nil.
-local function earlier_offer(c, o, a)
+-- What agent a is told of offer o of case c, given the case's last offer, its state and its
+-- agent: the offer's state ('pending' only for the live one), or nil if it is not a's (or no
+-- such offer was made). An earlier offer's end is looked up in the history.
+local function offer_state_for(c, o, a, last, ost, oagent)
+  if last == o then
+    if oagent == a then return ost end
+    return nil
+  end
   local n = string.match(o, '%.(%d+)$')
   for m, who, st in string.gmatch(hget(k_case(c), 'oh') or '', '(%d+) (%S+) (%a+)|') do
     if m == n then
-      if who == a then return st end
-      return nil
+      if who ~= a then return nil end
+      if st == 'pending' then return 'ended' end
+      return st
     end
   end
   return nil

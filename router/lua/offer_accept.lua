@@ -9,12 +9,10 @@ if c == nil then return result({ok = false, error = 'offer.unknown'}) end
 local ck = k_case(c)
 local cq = redis.call('HMGET', ck, 'offer', 'ost', 'oagent', 'ch', 'q', 'created', 'thread', 'cust',
   'step', 'first_assigned')
-local st = cq[2]
-if cq[1] ~= o then st = earlier_offer(c, o, a)
-elseif cq[3] ~= a then st = nil end
+local st = offer_state_for(c, o, a, cq[1], cq[2], cq[3])
 if st == nil then return result({ok = false, error = 'offer.unknown'}) end
 if st == 'accepted' then return result({ok = true, case = c, duplicate = true}) end
-if st ~= 'pending' or cq[1] ~= o then return result({ok = false, error = 'offer.' .. st}) end
+if st ~= 'pending' then return result({ok = false, error = 'offer.' .. st}) end
 local ch = cq[4]
 -- the offer's deadline and the workflow step's timeout
 redis.call('ZREM', k_timers(), 'o|' .. o, 'e|' .. c .. '|' .. (cq[9] or '1'))

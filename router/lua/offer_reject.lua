@@ -9,12 +9,10 @@ local a, o = ARGV[2], ARGV[3]
 local c = offer_case(o)
 if c == nil then return result({ok = false, error = 'offer.unknown'}) end
 local of = redis.call('HMGET', k_case(c), 'offer', 'ost', 'oagent', 'ch')
-local st = of[2]
-if of[1] ~= o then st = earlier_offer(c, o, a)
-elseif of[3] ~= a then st = nil end
+local st = offer_state_for(c, o, a, of[1], of[2], of[3])
 if st == nil then return result({ok = false, error = 'offer.unknown'}) end
 if st == 'rejected' then return result({ok = true, case = c, duplicate = true}) end
-if st ~= 'pending' or of[1] ~= o then return result({ok = false, error = 'offer.' .. st}) end
+if st ~= 'pending' then return result({ok = false, error = 'offer.' .. st}) end
 local offers = {}
 end_offer(o, 'rejected', offers)
 if ARGV[4] ~= '' then
