@@ -339,3 +339,24 @@ async def test_an_offer_pending_from_before_the_upgrade_still_ends(switch: Switc
     assert await switch.redis.hget(f"{p}a:ann", "load:chat") == b"0"
     await switch.accept("acme", "bob", again["offer"])
     assert await case_field(switch, r.case, "st") == "assigned"
+
+
+async def test_an_offers_history_keeps_its_latest_kilobyte(switch: Switch, inbox: Inbox):
+    """A case offered again and again keeps how its recent offers ended (a stale answer is
+    told that), not an ever longer list: the oldest are forgotten (offer.unknown)."""
+    await setup(switch, agent("ann", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e-again"))
+    for _ in range(80):  # going offline rescinds the offer; coming back is offered it again
+        await switch.set_status("acme", "ann", "offline")
+        await switch.set_status("acme", "ann", "available")
+    last = inbox.last_offer("ann")["offer"]
+    assert last == f"{r.case}.81"
+    history = await case_field(switch, r.case, "oh")
+    assert history is not None and 900 < len(history) <= 1000
+    with pytest.raises(Conflict, match="rescinded"):
+        await switch.accept("acme", "ann", f"{r.case}.80")
+    with pytest.raises(NotFound):
+        await switch.accept("acme", "ann", f"{r.case}.1")
+    await switch.accept("acme", "ann", last)
+    assert await case_field(switch, r.case, "st") == "assigned"

@@ -38,6 +38,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+import router.store
 from router.errors import Conflict, NotFound
 from router.store import Store, connect, now_ms
 from router.switch import Switch
@@ -780,6 +781,12 @@ class RoutingMachine(RuleBasedStateMachine):
         self.events: list[tuple[dict[str, Any], str]] = []  # (event, its case), for duplicates
         self.acked: set[str] = set()
         self.run(self._start())
+        # The transitions' clock: 1 ms per transition from now, never the wall clock, so that a
+        # replayed example routes the same way however slowly the machine runs it (a deadline
+        # within a second of a timer tick used to fall on either side of it under load).
+        self.now = now_ms()
+        self._wall_clock = router.store.now_ms
+        router.store.now_ms = self._tick_ms
 
     def run(self, aw: Awaitable[T]) -> T:
         return self.loop.run_until_complete(aw)
@@ -794,7 +801,12 @@ class RoutingMachine(RuleBasedStateMachine):
         self.last_log = "0-0"
         await self.read_log()
 
+    def _tick_ms(self) -> int:
+        self.now += 1
+        return self.now
+
     def teardown(self) -> None:
+        router.store.now_ms = self._wall_clock
         self.run(self.store.close())
         self.loop.close()
 
@@ -886,7 +898,7 @@ class RoutingMachine(RuleBasedStateMachine):
         self.settle(Ctx("reject"))
 
     def tick(self, advance_ms: int) -> None:
-        self.clock = max(self.clock, now_ms() + advance_ms)
+        self.clock = max(self.clock, self.now + advance_ms)
         self.run(self.switch.run_timers(WS, now=self.clock))
         self.settle(Ctx("timers"), now=self.clock)
 

@@ -79,6 +79,15 @@ local function chat_event(c, ch, event, a)
   end
 end
 
+-- An agent's pending offers, oldest case first (an offer id starts with its case id, which
+-- starts with its creation time): SMEMBERS gives them in hash order, which would rescind them,
+-- and so hand their cases to the next agents, in an order that depends on the ids.
+local function offers_of(a)
+  local ids = redis.call('SMEMBERS', k_agent_offers(a))
+  table.sort(ids)
+  return ids
+end
+
 local function hget(key, field)
   local v = redis.call('HGET', key, field)
   if v == false then return nil end
@@ -378,14 +387,17 @@ local function make_offer(c, a, waiting)
   local otm = tonumber(v[OF_OTM]) or 30000
   v[OF_ST] = 'offered'
   -- the case's offers are numbered: its last one's number, plus one (never reused); the last
-  -- one's end goes to the history
+  -- one's end goes to the history, which keeps its latest kilobyte or so (an answer to an
+  -- offer older than that is told offer.unknown)
   local o, deadline = c .. '.1', NOW + otm
   local deadline_s = num_s(deadline)
   local last = v[OF_OFFER] and string.match(v[OF_OFFER], '%.(%d+)$')
   if last then
     o = c .. '.' .. num_s(tonumber(last) + 1)
-    case_set(c, 'oh', (v[OF_OH] or '') .. last .. ' ' .. (v[OF_OAGENT] or '-') .. ' '
-      .. (v[OF_OST] or 'ended') .. '|')
+    local oh = (v[OF_OH] or '') .. last .. ' ' .. (v[OF_OAGENT] or '-') .. ' '
+      .. (v[OF_OST] or 'ended') .. '|'
+    if #oh > 1000 then oh = string.sub(oh, string.find(oh, '|', #oh - 1000, true) + 1) end
+    case_set(c, 'oh', oh)
   end
   case_set(c, 'st', 'offered', 'offer', o, 'oagent', a, 'ost', 'pending', 'odl', deadline_s,
     'updated', NOW_S)

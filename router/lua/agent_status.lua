@@ -16,7 +16,7 @@ end
 local offers = {}
 local rescinded = {}
 if ARGV[3] == 'offline' then
-  for _, o in ipairs(redis.call('SMEMBERS', k_agent_offers(a))) do
+  for _, o in ipairs(offers_of(a)) do
     if end_offer(o, 'rescinded', offers) then
       rescinded[#rescinded + 1] = {offer = o, case = offer_case(o), agent = a}
     end

@@ -58,7 +58,7 @@ for _, m in ipairs(due) do
     local a, token = parts[2], parts[3]
     if hget(k_agent(a), 'grace') == token then
       redis.call('HSET', k_agent(a), 'st', 'offline', 'r', '0', 'grace', '')
-      for _, o in ipairs(redis.call('SMEMBERS', k_agent_offers(a))) do
+      for _, o in ipairs(offers_of(a)) do
         end_offer(o, 'rescinded', offers)
       end
       refresh_agent(a)
