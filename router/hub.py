@@ -148,13 +148,19 @@ class Hub:
             del self.chats[(ws, case)]
             await self._unsubscribe(keys.push_case(ws, case))
 
-    async def _agent_name(self, ws: str, agent: str) -> str:
-        """An agent's display name for a customer's widget ("Agent" if it cannot be read)."""
-        try:
-            name = await self.redis.hget(keys.agent(ws, agent), "name") if agent else None
-        except RedisError:
-            name = None
-        return name.decode() if isinstance(name, bytes) else "Agent"
+    async def _agent_name(self, ws: str, body: dict[str, Any]) -> str:
+        """An agent's display name for a customer's widget: the one the event carries
+        (chat_event in _lib.lua), "Agent" for an agent without one. An event published by a node
+        still on the previous release carries none: read it then."""
+        name = body.get("name")
+        if name is None:
+            agent = str(body.get("agent", ""))
+            try:
+                raw = await self.redis.hget(keys.agent(ws, agent), "name") if agent else None
+            except RedisError:
+                raw = None
+            name = raw.decode() if isinstance(raw, bytes) else ""
+        return name if isinstance(name, str) and name else "Agent"
 
     def connected_agents(self) -> int:
         return sum(len(c) for c in self.agents.values())
@@ -240,7 +246,7 @@ class Hub:
             conns = self.chats.get((ws, ident))
             if conns and isinstance(body, dict):
                 if "event" in body:  # the agent joined, handed the chat on, or closed it
-                    name = await self._agent_name(ws, str(body.get("agent", "")))
+                    name = await self._agent_name(ws, body)
                     await self.broadcast(conns, chat_agent_frame(body, name))
                 else:
                     await self.broadcast(conns, chat_frame(body))

@@ -7,6 +7,8 @@ server never route to each other's agents; ids are fresh per test.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -709,6 +711,27 @@ async def test_a_chat_transfer_tells_the_visitor(stack: Stack) -> None:
     assert (moved["event"], moved["name"]) == ("transferred", "Support 1")
     _, back = await stack.chat(token=welcome["token"])
     assert back["agent"] is None  # waiting for the next agent
+
+
+async def test_the_widget_names_the_agent_even_from_an_older_node(stack: Stack) -> None:
+    """The agent's name travels in the chat event; one published by a node still on the previous
+    release carries none, and the widget's node reads it. No name at all shows as "Agent"."""
+    widget, _ = await stack.chat()
+    sent = await widget.ok("message", text="anyone there?")
+    channel = keys.push_case("acme", sent["case"])
+    deadline = time.monotonic() + 10
+    while dict(await stack.redis.pubsub_numsub(channel)).get(channel.encode(), 0) == 0:
+        assert time.monotonic() < deadline, "the widget's node never subscribed"
+        await asyncio.sleep(0.02)
+    old = {"event": "joined", "case": sent["case"], "agent": "support1", "ts": 1.0}
+    await stack.redis.publish(channel, json.dumps(old))
+    joined = await widget.expect("agent")
+    assert (joined["event"], joined["name"]) == ("joined", "Support 1")
+    unnamed = old | {"event": "closed", "name": "", "ts": 2.0}
+    await stack.redis.publish(channel, json.dumps(unnamed))
+    closed = await widget.expect("agent")
+    assert (closed["event"], closed["name"]) == ("closed", "Agent")
+    assert "support1" not in str(joined) + str(closed)
 
 
 async def test_a_chat_identity_is_a_claim_until_the_site_signs_it(

@@ -70,12 +70,14 @@ local function log(typ, fields)
 end
 
 -- Tell a chat case's widget what its agent did: 'joined' (accepted), 'transferred' (handed it
--- on), 'closed' (ended the conversation). The node holding the widget names the agent (the
--- visitor never sees agent ids); other channels have no one watching.
+-- on), 'closed' (ended the conversation), with the agent's display name ('' without one): the
+-- node holding the widget shows the name and drops the id (the visitor never sees agent ids),
+-- and need not ask Redis for it while it reads pub/sub. Other channels have no one watching.
 local function chat_event(c, ch, event, a)
   if ch == 'chat' then
+    local name = a and redis.call('HGET', k_agent(a), 'name') or ''
     redis.call('PUBLISH', k_push_case(c),
-      cjson.encode({event = event, case = c, agent = a, ts = NOW / 1000}))
+      cjson.encode({event = event, case = c, agent = a, name = name, ts = NOW / 1000}))
   end
 end
 
