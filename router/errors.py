@@ -110,6 +110,8 @@ CLOSE_CODES = {
 
 def from_script(code: str) -> SwitchboardError:
     """Map an error code returned by a Lua transition script to a typed error."""
+    if code == "reply.channel":
+        return BadRequest("a call takes notes, not replies", code=code)
     if code.endswith(".unknown"):
         return NotFound(f"{code.split('.')[0]} not found", code=code)
     state = code.split(".", 1)[-1]

@@ -202,6 +202,7 @@ class Switch:
             offer,
             after.name if after else "",
             ("1" if after.routable else "0") if after else "",
+            int(cfg.reoffer_refused_after_s * 1000),
         )
 
     async def wrapup(self, ws: str, agent: str, case: str) -> dict[str, Any]:
@@ -245,10 +246,11 @@ class Switch:
         ``agent`` '' means a supervisor moving a waiting case (the caller checked the role).
         """
         cfg = await self.config(ws)
-        plan = await self._transfer_plan(ws, cfg, case, queue, to_agent)
+        plan = await self._transfer_plan(ws, cfg, agent, case, queue, to_agent)
         entry = fastjson.dumps_str(
             {
                 "id": new_id("n"),
+                "case": case,
                 "ch": "note",
                 "dir": "note",
                 "kind": "transfer",
@@ -259,20 +261,35 @@ class Switch:
             }
         )
         plan_json = fastjson.dumps_str(plan)
-        return await self._act("case_transfer", ws, agent, case, plan_json, entry, to_agent)
+        return await self._act(
+            "case_transfer",
+            ws,
+            agent,
+            case,
+            plan_json,
+            entry,
+            to_agent,
+            int(cfg.reoffer_refused_after_s * 1000),
+        )
 
     async def _transfer_plan(
-        self, ws: str, cfg: WorkspaceConfig, case: str, queue: str, to_agent: str
+        self, ws: str, cfg: WorkspaceConfig, agent: str, case: str, queue: str, to_agent: str
     ) -> list[dict[str, Any]]:
         if bool(queue) == bool(to_agent):
             raise BadRequest("transfer to exactly one of queue or agent", code="transfer.invalid")
-        row = await self.redis.hmget(keys.case(ws, case), ["q", "pri"])
+        row = await self.redis.hmget(keys.case(ws, case), ["q", "pri", "ch"])
         if row[0] is None:
             raise NotFound("case not found", code="case.unknown")
         pri = int(row[1] or 0)
         if to_agent:
+            if to_agent == agent:
+                raise BadRequest("a transfer to yourself", code="transfer.invalid")
             if not await self.redis.exists(keys.agent(ws, to_agent)):
                 raise NotFound("agent not found", code="agent.unknown")
+            ch = (row[2] or b"").decode()
+            cap = await self.redis.hget(keys.agent(ws, to_agent), f"cap:{ch}")
+            if int(cap or 0) <= 0:
+                raise BadRequest(f"{to_agent} takes no {ch} cases", code="transfer.invalid")
             back = row[0].decode()
             await self.pools.ensure(ws, cfg, [PoolSpec(back, back, "true")])
             tmo = int(cfg.transfer_agent_timeout_s * 1000)
@@ -380,6 +397,7 @@ class Switch:
             limit,
             cfg.max_missed_offers,
             away.name if away else "away",
+            int(cfg.reoffer_refused_after_s * 1000),
             now=now,
         )
         await self._dispatch(ws, res)

@@ -91,6 +91,10 @@ class WorkspaceConfig:
     reopen_agent_timeout_s: float = 120
     transfer_agent_timeout_s: float = 60
     max_missed_offers: int = 3
+    # an agent who refused a case (rejected it, let its offer time out, transferred it away) is
+    # not offered it again for this long; then they may be, if no one else has taken it
+    # (0: never again)
+    reoffer_refused_after_s: float = 60
     reject_status: str | None = None
     timezone: str = "UTC"
     dispositions: tuple[str, ...] = ("resolved", "follow-up", "no-answer", "spam")
@@ -207,6 +211,9 @@ def parse_workspace(d: Mapping[str, Any]) -> WorkspaceConfig:
         )
     routing = d.get("routing") or {}
     reject_status = routing.get("reject_status")
+    reoffer = _number(routing.get("reoffer_refused_after_s", 60), "routing.reoffer_refused_after_s")
+    if reoffer < 0:
+        raise ConfigError("routing.reoffer_refused_after_s: expected 0 or more seconds")
     if reject_status is not None and reject_status not in {s.name for s in statuses}:
         raise ConfigError("routing.reject_status: not a configured status")
     return WorkspaceConfig(
@@ -221,6 +228,7 @@ def parse_workspace(d: Mapping[str, Any]) -> WorkspaceConfig:
         reopen_agent_timeout_s=_number(routing.get("reopen_agent_timeout_s", 120), "routing"),
         transfer_agent_timeout_s=_number(routing.get("transfer_agent_timeout_s", 60), "routing"),
         max_missed_offers=int(routing.get("max_missed_offers", 3)),
+        reoffer_refused_after_s=reoffer,
         reject_status=reject_status,
         timezone=str(d.get("timezone", "UTC")),
         dispositions=tuple(d.get("dispositions", ("resolved", "follow-up", "no-answer", "spam"))),

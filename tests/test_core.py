@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -89,6 +90,96 @@ async def test_reject_goes_to_next_agent_not_back(switch: Switch, inbox: Inbox):
     await switch.reject("acme", other, inbox.last_offer(other)["offer"])
     assert len(inbox.offers(first)) == 1
     assert await case_field(switch, r.case, "st") == "queued"
+
+
+async def test_a_refusal_lapses_when_no_one_else_takes_the_case(switch: Switch, inbox: Inbox):
+    """The only eligible agent rejects a case, then lets it time out, then transfers it away:
+    each time it waits, and after routing.reoffer_refused_after_s (60 s) it comes back to them
+    rather than waiting for good."""
+    await setup(switch, agent("ann", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1"))
+    await switch.reject("acme", "ann", inbox.last_offer("ann")["offer"])
+    t0 = now_ms()
+    await switch.run_timers("acme", now=t0 + 59_000)
+    assert len(inbox.offers("ann")) == 1 and await case_field(switch, r.case, "st") == "queued"
+    await switch.run_timers("acme", now=t0 + 61_000)
+    second = inbox.last_offer("ann")
+    assert len(inbox.offers("ann")) == 2 and second["case"]["id"] == r.case
+    # missed: refused as well, and back after the same while
+    await switch.run_timers("acme", now=second["deadline"] + 1)
+    assert await case_field(switch, r.case, "st") == "queued"
+    await switch.run_timers("acme", now=second["deadline"] + 61_001)
+    third = inbox.last_offer("ann")
+    assert len(inbox.offers("ann")) == 3 and third["case"]["id"] == r.case
+    await switch.accept("acme", "ann", third["offer"])
+    await switch.transfer("acme", "ann", r.case, queue="support")
+    assert await case_field(switch, r.case, "st") == "queued"
+    await switch.run_timers("acme", now=now_ms() + 61_000)
+    assert inbox.last_offer("ann")["case"]["id"] == r.case and len(inbox.offers("ann")) == 4
+
+
+async def test_a_refusal_can_be_kept_for_good(switch: Switch, inbox: Inbox):
+    """routing.reoffer_refused_after_s 0: the case waits for someone else, however long."""
+    await switch.apply_workspace(
+        {**DECL, "agents": [agent("ann", ["support"])], "routing": {"reoffer_refused_after_s": 0}}
+    )
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1"))
+    await switch.reject("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.run_timers("acme", now=now_ms() + 3_600_000)
+    assert len(inbox.offers("ann")) == 1 and await case_field(switch, r.case, "st") == "queued"
+
+
+async def test_a_refusal_lapsing_on_a_case_taken_meanwhile_changes_nothing(
+    switch: Switch, inbox: Inbox
+):
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
+    await switch.set_status("acme", "bob", "available")
+    r = await switch.ingest("acme", chat("e1"))
+    await switch.reject("acme", "bob", inbox.last_offer("bob")["offer"])
+    await switch.set_status("acme", "ann", "available")
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.complete("acme", "ann", r.case, "resolved")
+    await switch.run_timers("acme", now=now_ms() + 61_000)
+    assert len(inbox.offers("bob")) == 1
+    assert await case_field(switch, r.case, "st") == "completed"
+    assert await case_field(switch, r.case, "x") == "|bob|"
+
+
+async def test_transfers_nobody_can_take_and_replies_on_calls_are_refused(
+    switch: Switch, inbox: Inbox
+):
+    """A transfer to yourself, or to someone who takes no cases on the channel, and a reply on
+    a call: typed errors, and the case stays as it was."""
+    boss = {**agent("sue", ["support"]), "capacity": {}}
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["support"], chat=0), boss)
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    for to, why in [("ann", "yourself"), ("bob", "takes no chat"), ("sue", "takes no chat")]:
+        with pytest.raises(BadRequest, match=why) as e:
+            await switch.transfer("acme", "ann", r.case, to_agent=to)
+        assert e.value.code == "transfer.invalid"
+    assert await case_field(switch, r.case, "st") == "assigned"
+    assert await case_field(switch, r.case, "agent") == "ann"
+    assert await case_field(switch, r.case, "x") == "|"
+    call = await switch.ingest(
+        "acme",
+        {"id": "v1", "channel": "voice", "kind": "call.offered", "thread": "CA1",
+         "identities": {"phone": "+1 555 123 0000"}},
+    )  # fmt: skip
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    tl = await switch.redis.llen(f"sb:{{acme}}:cu:{call.customer}:tl")
+    with pytest.raises(BadRequest) as e:
+        await switch.reply("acme", "ann", call.case, "hello?")
+    assert e.value.code == "reply.channel"
+    assert await switch.redis.llen(f"sb:{{acme}}:cu:{call.customer}:tl") == tl
+    await switch.reply("acme", "ann", call.case, "asked for a callback", note=True)
+    # a transfer's note belongs to its case in the customer's timeline
+    await switch.transfer("acme", "ann", r.case, queue="support", note="over to the team")
+    last = json.loads((await switch.redis.lrange(f"sb:{{acme}}:cu:{r.customer}:tl", -1, -1))[0])
+    assert (last["kind"], last["text"], last["case"]) == ("transfer", "over to the team", r.case)
 
 
 async def test_accept_is_idempotent_and_guarded(switch: Switch, inbox: Inbox):

@@ -90,7 +90,9 @@ def workspace_decl() -> dict[str, Any]:
         agent(a.id, sorted(a.skills), languages=sorted(a.languages), **a.cap)
         for a in AGENTS.values()
     ]
-    return {**DECL, "agents": agents}
+    # the model keeps a refusal for good; refusals that lapse are tested in test_core
+    routing = {**DECL.get("routing", {}), "reoffer_refused_after_s": 0}
+    return {**DECL, "agents": agents, "routing": routing}
 
 
 # -- the model: routing rules of DECL ------------------------------------------------------------

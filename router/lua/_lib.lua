@@ -698,11 +698,24 @@ local function release(a, ch)
   redis.call('HSET', k_agent(a), 'idle:' .. ch, NOW_S)
 end
 
+-- Agent a refused case c (rejected it, let its offer time out, or transferred it away): it is
+-- not offered to them again for after_ms (routing.reoffer_refused_after_s; 0 or nil: never),
+-- then it may be, if no one else has taken it meanwhile (timers_run, 'r|<case>|<agent>'): a
+-- case whose only eligible agent refused it would otherwise wait for good. xs: the case's
+-- refusals ('|a|b|'); returns them with a.
+local function refuse(xs, c, a, after_ms)
+  if after_ms and after_ms > 0 then
+    redis.call('ZADD', k_timers(), num_s(NOW + after_ms), 'r|' .. c .. '|' .. a)
+  end
+  return (xs or '|') .. a .. '|'
+end
+
 -- End a pending offer (rejected / timeout / rescinded): the agent gets its capacity back, the
 -- case goes back with its original age (or, with keep_out, is left queued but outside any
 -- waiting set, for a caller that re-routes it). Returns the agent it was offered to, or false
--- if the offer was not pending (or is not the case's last offer).
-local function end_offer(o, status, offers, keep_out)
+-- if the offer was not pending (or is not the case's last offer). after_ms: how long an agent
+-- who rejected or missed it stays refused (refuse).
+local function end_offer(o, status, offers, keep_out, after_ms)
   local c = offer_case(o)
   if c == nil then
     -- an offer made before offers lived in their case ("o<n>", its own o:<id> hash, removed
@@ -724,11 +737,11 @@ local function end_offer(o, status, offers, keep_out)
   -- an agent again
   move_load(a, ch, -1)
   log('offer.' .. status, {'case', c, 'agent', a, 'offer', o})
-  -- an agent who refused or missed the case is not asked again
+  -- an agent who refused or missed the case is not asked again for a while
   local set = {'ost', status}
   if status ~= 'rescinded' then
     set[3] = 'x'
-    set[4] = (cs[5] or '|') .. a .. '|'
+    set[4] = refuse(cs[5], c, a, after_ms)
   end
   if not OPEN[cs[6] or ''] then
     redis.call('HSET', ck, unpack(set))

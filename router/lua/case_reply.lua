@@ -4,13 +4,17 @@
 -- the case's chat widget connections. A note is only appended to the timeline.
 -- KEYS[1] workspace prefix
 -- ARGV    now, agent id, case id, timeline entry JSON, 'reply'|'note'
--- Returns {ok, entry, channel, customer} or {ok=false, error=case.unknown|case.<state>}.
+-- Returns {ok, entry, channel, customer} or {ok=false, error=case.unknown|case.<state>|
+-- reply.channel (a reply on a call)}.
 local a, c = ARGV[2], ARGV[3]
 local ck = k_case(c)
 local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'thread', 'subject')
 if not cs[1] or cs[2] ~= a then return result({ok = false, error = 'case.unknown'}) end
 if cs[1] ~= 'assigned' and cs[1] ~= 'wrapping' then
   return result({ok = false, error = 'case.' .. cs[1]})
+end
+if ARGV[5] == 'reply' and cs[3] == 'voice' then  -- a call takes notes; its words go by phone
+  return result({ok = false, error = 'reply.channel'})
 end
 local entry = cjson.decode(ARGV[4])
 entry.case = c

@@ -4,7 +4,8 @@
 -- (agent id '' — the caller has checked the role). A pending offer on the case is rescinded.
 -- KEYS[1] workspace prefix
 -- ARGV    now, agent id or '', case id, plan JSON [{pool|agent, queue, pri, due}, ...],
---         timeline entry JSON (the transfer note) or '', target agent id or ''
+--         timeline entry JSON (the transfer note) or '', target agent id or '', ms before
+--         the case may be offered to the transferring agent again (0 = never; refuse in _lib)
 -- Returns {ok, offers, rescinded} or {ok=false, error=...}.
 local a, c = ARGV[2], ARGV[3]
 local ck = k_case(c)
@@ -41,7 +42,7 @@ redis.call('HSET', ck, 'plan', cjson.encode(plan), 'plan_start', NOW_S, 'st', 'q
   'transferred', NOW_S)
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
 log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6]})
-redis.call('HSET', ck, 'x', a ~= '' and ('|' .. a .. '|') or '|')
+redis.call('HSET', ck, 'x', a ~= '' and refuse('|', c, a, tonumber(ARGV[7])) or '|')
 enter_step(c, 1, offers)
 if a ~= '' then
   refresh_agent(a, cs[3])

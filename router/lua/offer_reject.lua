@@ -1,9 +1,10 @@
 -- offer_reject.lua — an agent declines a pending offer. The case goes back with its original age
--- and is offered to the next eligible agent (never straight back to this one); the agent may be
+-- and is offered to the next eligible agent (not back to this one for a while); the agent may be
 -- moved to a configured status; then the agent pulls its next case if still routable.
 -- Idempotent: rejecting an offer you already rejected answers ok with no second effect.
 -- KEYS[1] workspace prefix
--- ARGV    now, agent id, offer id, status after reject ('' = unchanged), routable after
+-- ARGV    now, agent id, offer id, status after reject ('' = unchanged), routable after,
+--         ms before the case may be offered to this agent again (0 = never; refuse in _lib)
 -- Returns {ok, case, duplicate, offers} or {ok=false, error=...}.
 local a, o = ARGV[2], ARGV[3]
 local c = offer_case(o)
@@ -14,7 +15,7 @@ if st == nil then return result({ok = false, error = 'offer.unknown'}) end
 if st == 'rejected' then return result({ok = true, case = c, duplicate = true}) end
 if st ~= 'pending' then return result({ok = false, error = 'offer.' .. st}) end
 local offers = {}
-end_offer(o, 'rejected', offers)
+end_offer(o, 'rejected', offers, nil, tonumber(ARGV[6]))
 if ARGV[4] ~= '' then
   redis.call('HSET', k_agent(a), 'st', ARGV[4], 'r', ARGV[5])
   refresh_agent(a)

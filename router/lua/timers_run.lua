@@ -7,8 +7,11 @@
 --   e|<case>|<step>    workflow step timeout: the case moves on to the next step (same age)
 --   f|<case>|<agent>|<n>  follow-up reminder for an agent
 --   g|<agent>|<token>  reconnect grace over: the agent goes offline, pending offers rescinded
+--   r|<case>|<agent>   a refusal has lapsed: the agent may be offered the case again; if it is
+--                      still waiting, they pull (no free agent but those who refused it could
+--                      have left it waiting)
 -- KEYS[1] workspace prefix
--- ARGV    now, max timers to fire, max missed offers in a row, away status
+-- ARGV    now, max timers to fire, max missed offers in a row, away status, ms a refusal lasts
 -- Returns {fired, offers, push=[{agent, frame}]}.
 -- The event log is trimmed here, on every node's timer tick, rather than by each XADD: six
 -- entries per case carried three more arguments each, and Redis formats every argument of a
@@ -24,7 +27,7 @@ for _, m in ipairs(due) do
   local kind = parts[1]
   if kind == 'o' then
     local o = parts[2]
-    local a = end_offer(o, 'timeout', offers)
+    local a = end_offer(o, 'timeout', offers, nil, tonumber(ARGV[5]))
     if a then
       push[#push + 1] = {agent = a, frame = {type = 'offer.rescinded', offer = o,
         case = offer_case(o), reason = 'timeout'}}
@@ -63,6 +66,15 @@ for _, m in ipairs(due) do
       end
       refresh_agent(a)
       log('agent.status', {'agent', a, 'status', 'offline', 'reason', 'disconnected'})
+    end
+  elseif kind == 'r' then
+    local c, a = parts[2], parts[3]
+    local ck = k_case(c)
+    local cs = redis.call('HMGET', ck, 'x', 'st')
+    local i = cs[1] and string.find(cs[1], '|' .. a .. '|', 1, true)
+    if i and (cs[2] == 'queued' or cs[2] == 'offered') then
+      redis.call('HSET', ck, 'x', string.sub(cs[1], 1, i) .. string.sub(cs[1], i + #a + 2))
+      if cs[2] == 'queued' then pull(a, offers) end
     end
   end
 end
