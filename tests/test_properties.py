@@ -39,7 +39,7 @@ from hypothesis.stateful import (
 )
 
 import router.store
-from router.errors import Conflict, NotFound
+from router.errors import BadRequest, Conflict, NotFound
 from router.store import Store, connect, now_ms
 from router.switch import Switch
 from tests.switchboard_fixtures import DECL, agent
@@ -928,7 +928,18 @@ class RoutingMachine(RuleBasedStateMachine):
                 Step(back, c.pri, lifo=back in LIFO_QUEUES),
             ]
 
-        self.run(self.switch.transfer(WS, c.agent, cid, queue=queue, to_agent=to_agent))
+        call = self.switch.transfer(WS, c.agent, cid, queue=queue, to_agent=to_agent)
+        if to_agent and (to_agent == c.agent or AGENTS[to_agent].cap.get(c.ch, 0) <= 0):
+            # to yourself, or to someone who takes no cases on its channel: refused, no change
+            try:
+                self.run(call)
+            except BadRequest as e:
+                must(e.code == "transfer.invalid", f"transfer {cid} to {to_agent}: {e.code}")
+            else:
+                must(False, f"transfer of {cid} from {c.agent} to {to_agent} was accepted")
+            self.settle(Ctx("refused"))
+            return
+        self.run(call)
         self.settle(Ctx("transfer", plan=plan))
 
     def move(self, cid: str, queue: str) -> None:
