@@ -41,7 +41,8 @@ DEMO_WORKSPACE: dict[str, Any] = {
                 },
                 {
                     "filter_friendly_name": "Billing",
-                    "expression": "topic == 'billing'",
+                    # a chat's topic, or mail to billing@ (its mailbox's queue hint)
+                    "expression": "topic == 'billing' OR queue_hint == 'billing'",
                     "targets": [{"queue": "billing", "timeout": 120}, {"queue": "support"}],
                 },
                 {

@@ -107,3 +107,15 @@ def test_cached_plans_equal_fresh_ones(changes: list[tuple[str, Any]]) -> None:
         got = triage(cfg, channel, attrs)
         fresh = _plan(cfg, channel, {"channel": channel, **attrs}, None)
         assert (got.filter_name, got.plan, got.pools, got.plan_json, got.reopen_json) == fresh
+
+
+def test_the_demo_routes_mail_to_billing_by_its_mailbox() -> None:
+    """Mail to billing@demo.test carries the mailbox's queue hint; the demo's workflow takes it
+    to Billing (then Support), like a chat whose topic is billing."""
+    from router.demo import DEMO_WORKSPACE
+
+    cfg = parse_workspace(DEMO_WORKSPACE)
+    hinted = triage(cfg, "email", {"queue_hint": "billing", "language": "en"})
+    plain = triage(cfg, "email", {"queue_hint": None, "language": "en"})
+    assert [p.queue for p in hinted.pools][:1] == ["billing"]
+    assert [p.queue for p in plain.pools] == ["support"]
