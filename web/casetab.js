@@ -75,9 +75,9 @@ export class CaseView {
       h("div", { class: "case-who" },
         h("h2", { testid: "case-customer" }, name),
         h("p", { class: "case-ids" }, identities(this.customer.identities)),
-        (this.customer.claims || []).length ? h("p", { class: "case-claims", testid: "case-claims",
-          title: "Stated, not verified (typed into the chat, or an email its domain disowns); linked to no customer record" },
-        "Says: ", identities(this.customer.claims), " · not verified") : null),
+        notVerified(this.customer) ? h("p", { class: "case-claims", testid: "case-claims", title: UNVERIFIED_TITLE },
+          "Says: ", (this.customer.claims || []).length ? identities(this.customer.claims) : name,
+          " · not verified") : null),
       h("dl", { class: "case-facts" },
         fact("Channel", CHANNEL_LABEL[c.channel] || c.channel),
         c.subject ? fact("Subject", c.subject) : null,
@@ -262,7 +262,7 @@ export class CaseView {
       try {
         const { agents } = await this.app.conn.request("agents.list");
         const rank = (a) => (a.status === "available" ? 0 : a.status === "offline" ? 2 : 1);
-        replace(directory, agents.filter((a) => a.id !== this.app.me.id)
+        replace(directory, agents.filter((a) => canTake(a, this.app.me, this.case.channel))
           .sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name))
           .map((a) => h("option", { value: a.id, label: `${a.name} · ${a.status}` })));
       } catch {
@@ -281,10 +281,24 @@ export class CaseView {
         } }),
       text);
     const submit = h("button", { type: "submit", class: "secondary", testid: "transfer-submit" }, "Transfer");
+    // why a transfer did not happen, next to the form (and as a toast): the case stays yours
+    const error = h("p", { class: "form-error action-error", role: "alert", testid: "transfer-error", hidden: true });
+    const fail = (text) => {
+      error.textContent = text;
+      error.hidden = false;
+      this.app.toast(text, { kind: "error" });
+    };
+    agent.addEventListener("input", () => { error.hidden = true; });
     return h("form", { class: "action-card", onsubmit: async (ev) => {
       ev.preventDefault();
+      error.hidden = true;
       const target = to === "queue" ? { queue: queue.value } : { agent: agent.value.trim() };
       if (to === "agent" && !target.agent) { agent.focus(); return; }
+      if (target.agent && target.agent.toLowerCase() === String(this.app.me.id || "").toLowerCase()) {
+        fail("Not transferred: this case is already yours. Choose a colleague.");
+        agent.focus();
+        return;
+      }
       submit.disabled = true;
       try {
         await this.app.conn.request("case.transfer", { case: this.case.id, ...target, note: note.value });
@@ -292,7 +306,8 @@ export class CaseView {
         this.app.toast(`Transferred to ${where}.`);
         this.app.removeCase(this.case.id);
       } catch (e) {
-        this.app.toast(e.message, { kind: "error" });
+        const where = target.queue ? this.app.queueName(target.queue) : target.agent;
+        fail(`Not transferred to ${where}: ${e.message || e.code}. The case is still yours.`);
         submit.disabled = false;
       }
     } },
@@ -301,6 +316,7 @@ export class CaseView {
       pick("queue", "To a queue"), pick("agent", "To an agent")),
     queueRow, agentRow,
     h("label", { for: `tn-${u}` }, "Note for the next agent"), note,
+    error,
     submit);
   }
 
@@ -331,6 +347,17 @@ export class CaseView {
   }
 }
 
+/** Whether a colleague from agents.list can be offered this case: never yourself; and when the
+ *  directory tells their role or capacity, not a supervisor or admin without capacity for the
+ *  case's channel, nor anyone with none for it (the server refuses those: transfer.invalid). */
+function canTake(a, me, channel) {
+  if (!a || !a.id) return false;
+  if (me && String(a.id).toLowerCase() === String(me.id || "").toLowerCase()) return false;
+  if (a.capacity && typeof a.capacity === "object") return Number(a.capacity[channel] || 0) > 0;
+  if (a.role && a.role !== "agent") return false;
+  return true;
+}
+
 /** "dana@example.com · +15550100777 · web chat" — an anonymous chat visitor id tells an agent
  *  nothing, so it is named, not shown. */
 function identities(list, none = "no known contact details") {
@@ -349,4 +376,18 @@ function identities(list, none = "no known contact details") {
 
 function fact(term, value, testid) {
   return h("div", { class: "fact" }, h("dt", null, term), h("dd", testid ? { testid } : null, value));
+}
+
+export const UNVERIFIED_TITLE =
+  "Stated, not verified (typed into the chat, or an email its domain disowns); linked to no customer record";
+
+/** Whether who the customer is rests only on what they said: claims (an email its domain
+ *  disowns, details a chat visitor typed in), or a name typed by a chat visitor nobody vouches
+ *  for (an anonymous visitor id is all that is known of them). The header then shows
+ *  "Says: … · not verified"; the offer card marks the customer the same way. */
+export function notVerified(customer) {
+  if (!customer) return false;
+  if ((customer.claims || []).length) return true;
+  const ids = customer.identities || [];
+  return Boolean(customer.name) && ids.length > 0 && ids.every((i) => String(i).startsWith("visitor:"));
 }

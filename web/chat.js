@@ -42,6 +42,27 @@ function agentLine(f) {
   return text ? { id: `agent-${f.event}-${f.ts}`, dir: "system", text, ts: f.ts } : null;
 }
 
+// Put welcome's "where things stand" line where it happened. Its own time when the server sends
+// one; otherwise a "joined" line goes before that agent's first reply (they joined, then wrote)
+// and anything else (closed, handed on) after everything: it is the latest move.
+function placeAgentLine(messages, agent) {
+  if (!agent) return;
+  const ts = typeof agent.ts === "number" ? agent.ts : null;
+  let at = messages.length;
+  if (ts !== null) {
+    const later = messages.findIndex((m) => typeof m.ts === "number" && m.ts > ts);
+    if (later >= 0) at = later;
+  } else if (agent.event === "joined") {
+    const name = agent.name || "Agent";
+    let first = messages.findIndex((m) => m.dir === "out" && (m.from || "Agent") === name);
+    if (first < 0) first = messages.findIndex((m) => m.dir === "out");
+    if (first >= 0) at = first;
+  }
+  const before = messages[at - 1] || messages[at];
+  const line = agentLine({ ...agent, ts: ts ?? (before && typeof before.ts === "number" ? before.ts : Date.now() / 1000) });
+  if (line) messages.splice(at, 0, line);
+}
+
 export class ChatWidget {
   constructor(el, workspace, { title = "Chat with us", identity = null } = {}) {
     this.el = el;
@@ -128,12 +149,19 @@ export class ChatWidget {
     for (const m of this.load().outbox) items.push(this.bubble("in", "", m.text, m.ts, true));
     if (this.ended) items.push(h("li", { class: "sbchat-system" }, "You ended the chat. Write again any time."));
     replace(this.log, items);
-    this.log.scrollTop = this.log.scrollHeight;
     const hasIn = this.messages.some((m) => m.dir === "in" && m.text) || this.load().outbox.length > 0;
     const hasOut = this.messages.some((m) => m.dir === "out");
     const moved = this.agent ? this.agent.event : "";
     const waiting = moved === "transferred" || moved === "waiting" || (!moved && !hasOut);
     this.waiting.hidden = this.ended || !hasIn || !waiting;
+    // the queue notice above may just have appeared and shrunk the log: scroll after it did, so
+    // the newest line stays in view
+    this.scrollToEnd();
+  }
+
+  scrollToEnd() {
+    this.log.scrollTop = this.log.scrollHeight;
+    requestAnimationFrame(() => { this.log.scrollTop = this.log.scrollHeight; }); // after late layout
   }
 
   bubble(dir, from, text, ts, pending) {
@@ -215,8 +243,7 @@ export class ChatWidget {
     this.el.classList.remove("sbchat-offline");
     this.messages = (f.messages || []).filter((m) => m.dir === "in" || m.dir === "out");
     this.agent = f.agent || null;
-    const now = agentLine({ ...this.agent, ts: Date.now() / 1000 }); // where things stand
-    if (now) this.messages.push(now);
+    placeAgentLine(this.messages, this.agent); // where things stand, in its place in the story
     const known = new Set(this.messages.map((m) => m.id));
     const outbox = this.load().outbox.filter((m) => !known.has(`${this.visitor}:${m.id}`));
     this.save({ outbox });

@@ -4,6 +4,7 @@
 // with pings, so every console shows the same time left.
 
 import { CHANNEL_LABEL, h } from "./dom.js";
+import { notVerified, UNVERIFIED_TITLE } from "./casetab.js";
 import { caseSummary } from "./timeline.js";
 
 function whyText(why, queueName) {
@@ -13,15 +14,20 @@ function whyText(why, queueName) {
   return `${queueName(why.queue)} via ${filter}${step}: ${why.reason || "best available agent"}.`;
 }
 
+// Who the offer is from, and whether that is only what they say (the case tab's rule and
+// wording: see notVerified in casetab.js): a forged email and the real customer must not look alike.
 function customerLabel(customer) {
-  if (!customer) return "Unknown customer";
-  if (customer.name) return customer.name;
+  if (!customer) return ["Unknown customer"];
+  const unverified = notVerified(customer)
+    ? h("span", { class: "offer-unverified", testid: "offer-unverified", title: UNVERIFIED_TITLE }, " · not verified")
+    : null;
+  if (customer.name) return [customer.name, unverified];
   const ids = customer.identities || [];
   const known = ids.find((i) => !i.startsWith("visitor:"));
-  if (known) return known.replace(/^[a-z]+:/, "");
+  if (known) return [known.replace(/^[a-z]+:/, ""), unverified];
   const claim = (customer.claims || [])[0];
-  if (claim) return `${claim.replace(/^[a-z]+:/, "")} (not verified)`;
-  return ids.length ? "a web chat visitor" : "Unknown customer";
+  if (claim) return [claim.replace(/^[a-z]+:/, ""), unverified];
+  return [ids.length ? "a web chat visitor" : "Unknown customer"];
 }
 
 /**
@@ -58,7 +64,7 @@ export class OfferCard {
       h("span", { class: "offer-timer" }, h("span", { class: "visually-hidden" }, "Time left: "), this.seconds)),
     this.bar,
     h("p", { class: "offer-customer", id: titleId, testid: "offer-customer" },
-      `${CHANNEL_LABEL[channel] || channel} from `, customerLabel(offer.customer)),
+      `${CHANNEL_LABEL[channel] || channel} from `, ...customerLabel(offer.customer)),
     h("p", { class: "offer-subject", testid: "offer-subject" }, caseSummary(c, timeline)),
     h("p", { class: "offer-why", testid: "offer-why" },
       h("span", { class: "offer-why-label" }, "Why you: "), whyText(offer.why, actions.queueName)),

@@ -85,13 +85,13 @@ function body(entry) {
   return parts;
 }
 
-function entryNode(entry, currentCase, caseChannel) {
+function entryNode(entry, currentCase, caseChannel, group) {
   // agents' replies carry no channel of their own: they went out on their case's channel
   const channel = entry.ch && entry.ch !== "note" ? entry.ch : caseChannel;
   const ch = entry.dir === "note" ? "note" : channel;
   const dirLabel = entry.dir === "in" ? "from customer" : entry.dir === "out" ? "to customer" : "internal";
   return h("li", {
-    class: `tl-entry tl-${entry.dir} ${entry.case === currentCase ? "tl-this" : "tl-other"}`,
+    class: `tl-entry tl-${entry.dir} ${group === currentCase ? "tl-this" : "tl-other"}`,
     testid: "timeline-entry",
     data: { channel: ch || "", dir: entry.dir || "", entry: entry.id || "" },
   },
@@ -103,10 +103,28 @@ function entryNode(entry, currentCase, caseChannel) {
   body(entry));
 }
 
-function divider(caseId, currentCase, channel) {
-  const label = caseId === currentCase ? "This case" : "Earlier case";
-  return h("li", { class: "tl-divider", "aria-hidden": "true" },
-    h("span", null, label, ` · ${CHANNEL_LABEL[channel] || channel || ""} · ${shortId(caseId)}`));
+/** Each case's first moment in the loaded history: which cases came before the open one. */
+function caseStarts(entries) {
+  const starts = new Map();
+  for (const e of entries) {
+    if (!e.case || typeof e.ts !== "number") continue;
+    if (!starts.has(e.case) || e.ts < starts.get(e.case)) starts.set(e.case, e.ts);
+  }
+  return starts;
+}
+
+function caseLabel(caseId, currentCase, starts) {
+  if (caseId === currentCase) return "This case";
+  const mine = starts.get(currentCase);
+  const theirs = starts.get(caseId);
+  if (mine === undefined || theirs === undefined) return "Other case";
+  return theirs <= mine ? "Earlier case" : "Later case";
+}
+
+function divider(caseId, currentCase, channel, starts) {
+  const label = [caseLabel(caseId, currentCase, starts), CHANNEL_LABEL[channel] || channel, shortId(caseId)]
+    .filter(Boolean).join(" · ");
+  return h("li", { class: "tl-divider", testid: "timeline-divider", "aria-hidden": "true" }, h("span", null, label));
 }
 
 /**
@@ -128,11 +146,17 @@ export function renderTimeline(ol, timeline, currentCase) {
     && shown.every((id, i) => entries[i].id === id);
   const from = appendOnly ? shown.length : 0;
   const nodes = [];
-  let lastCase = from > 0 ? entries[from - 1].case : null;
+  const starts = caseStarts(entries);
+  // an entry that names no case (older transfer notes) opens no divider: it stays with the
+  // case shown above it
+  let lastCase = null;
+  for (let i = from - 1; i >= 0 && !lastCase; i -= 1) lastCase = entries[i].case || null;
   for (const e of entries.slice(from)) {
-    if (e.case !== lastCase) nodes.push(divider(e.case, currentCase, channels.get(e.case)));
-    lastCase = e.case;
-    nodes.push(entryNode(e, currentCase, channels.get(e.case)));
+    if (e.case && e.case !== lastCase) {
+      nodes.push(divider(e.case, currentCase, channels.get(e.case), starts));
+      lastCase = e.case;
+    }
+    nodes.push(entryNode(e, currentCase, channels.get(e.case || lastCase), lastCase));
   }
   if (appendOnly) {
     ol.append(...nodes);
