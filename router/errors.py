@@ -86,6 +86,10 @@ class RateLimited(SwitchboardError):
     code = "rate_limited"
     http_status = 429
 
+    def __init__(self, message: str = "", *, code: str | None = None, retry_after: int = 0):
+        super().__init__(message, code=code)
+        self.retry_after = retry_after  # seconds; REST sends it as Retry-After when set
+
 
 class StoreUnavailable(SwitchboardError):
     """Redis is unreachable or failed; nothing was acknowledged."""

@@ -27,7 +27,12 @@ def endpoint(fn: Callable[[Request], Awaitable[Any]]) -> Endpoint:
         try:
             result = await fn(request)
         except SwitchboardError as e:
-            return JSONResponse({"code": e.code, "message": e.message}, status_code=e.http_status)
+            wait = getattr(e, "retry_after", 0)
+            return JSONResponse(
+                {"code": e.code, "message": e.message},
+                status_code=e.http_status,
+                headers={"Retry-After": str(wait)} if wait else None,
+            )
         if isinstance(result, Response):
             return result
         return JSONResponse(result)

@@ -196,3 +196,13 @@ def push_case(ws: str, cid: str) -> str:
 def spent_token(ws: str, digest: str) -> str:
     """Marks a one-connect WebSocket token as used (expires with the token)."""
     return f"sb:{{{ws}}}:spent:{digest}"
+
+
+def login_failures(ws: str, aid: str) -> str:
+    """Recent failed sign-ins for one agent: a hash (n, until ms), gone 15 min after the last."""
+    return f"sb:{{{ws}}}:lf:{aid}"
+
+
+def login_failures_from(ip: str) -> str:
+    """Recent failed sign-ins from one client address, across workspaces (as above)."""
+    return f"sb:lf-ip:{ip}"

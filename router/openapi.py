@@ -456,6 +456,7 @@ _ERRORS = {
     404: "not found (or not visible to the caller)",
     409: "not possible in the current state",
     413: "request body larger than 256 KiB",
+    429: "too many failed sign-ins: wait Retry-After seconds (login.throttled)",
 }
 
 
@@ -492,7 +493,7 @@ def _operation(op: Op) -> dict[str, Any]:
     if op.role != "public":
         errors |= {401, 403}
     elif op.path == "/login":
-        errors.add(401)
+        errors |= {401, 429}
     for code in sorted(errors):
         responses[str(code)] = _error(_ERRORS[code])
     out: dict[str, Any] = {

@@ -92,6 +92,33 @@ async def offered(
 # -- endpoints and sign-in ------------------------------------------------------------------------
 
 
+async def test_password_guessing_is_slowed_down_not_locked_out(stack: Stack) -> None:
+    """Five wrong passwords for one agent: then each attempt must wait (429 login.throttled,
+    Retry-After), even with the right password; once the wait is over the right one works and
+    clears the count. Another agent is not held up."""
+    http, url = stack.http, stack.nodes[0].url
+
+    async def login(agent: str, password: str) -> Any:
+        body = {"workspace": "acme", "agent": agent, "password": password}
+        return await http.post(f"{url}/api/login", json=body)
+
+    try:
+        for _ in range(5):
+            assert (await login("hello2", "guess")).status_code == 401
+        held = await login("hello2", "pw")
+        assert held.status_code == 429 and held.json()["code"] == "login.throttled"
+        assert 1 <= int(held.headers["retry-after"]) <= 60
+        assert (await login("hello1", "pw")).status_code == 200
+        deadline = time.monotonic() + 10
+        while (r := await login("hello2", "pw")).status_code == 429:
+            assert time.monotonic() < deadline, "still throttled after its Retry-After"
+            await asyncio.sleep(0.2)
+        assert r.status_code == 200
+        assert not await stack.redis.exists(keys.login_failures("acme", "hello2"))
+    finally:
+        await stack.redis.delete(keys.login_failures_from("127.0.0.1"))
+
+
 async def test_login_then_ws_token_then_hello(stack: Stack) -> None:
     http, url = stack.http, stack.nodes[0].url
     r = await http.post(
