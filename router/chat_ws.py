@@ -83,6 +83,9 @@ class ChatSession:
         raise BadRequest(f"unknown frame type {t[:40]!r}", code="frame.unknown_type")
 
     def _identify(self, f: Mapping[str, Any]) -> dict[str, Any]:
+        name = f.get("name")  # checked first: a refused frame changes nothing
+        if name is not None and (not isinstance(name, str) or len(name) > 200):
+            raise BadRequest("name: at most 200 characters", code="frame.invalid")
         given = {k: f[k] for k, _ in _SIGNED if isinstance(f.get(k), str) and f[k]}
         ids = {kind: given[k] for k, kind in _SIGNED if k in given}
         probe = parse_event(
@@ -112,16 +115,17 @@ class ChatSession:
                 self.claims.pop(kind, None)
             elif self.identities.get(kind) != value:
                 self.claims[kind] = value
-        if isinstance(f.get("name"), str):
-            self.name = f["name"][:200]
+        if name is not None:
+            self.name = name
         return {"identities": sorted(self.identities), "claims": sorted(self.claims)}
 
     async def _send(self, kind: str, text: str, client_id: Any) -> dict[str, Any]:
-        cid = (
-            client_id
-            if isinstance(client_id, str) and 0 < len(client_id) <= 64
-            else secrets.token_hex(8)
-        )
+        if client_id is None:
+            cid = secrets.token_hex(8)
+        elif isinstance(client_id, str) and 0 < len(client_id) <= 64:
+            cid = client_id
+        else:
+            raise BadRequest("id: 1-64 characters", code="frame.invalid")
         event = {
             "id": f"{self.visitor}:{cid}",
             "channel": "chat",

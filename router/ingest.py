@@ -28,6 +28,11 @@ MAX_ATTRIBUTES_JSON = 16 * 1024
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 _TOKEN = re.compile(r"^[\x21-\x7e]{1,200}$")
+# What an attachment's name loses: C0/C1 controls, zero-width characters, and the bidi
+# embeddings, overrides and isolates that let "invoice\u202egnp.exe" show as "invoiceexe.png"
+_NAME_JUNK = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_TS_EARLIEST = 946_684_800  # 2000-01-01: older than that is a unit mistake, not history
+_TS_AHEAD_S = 86_400  # a bridge's clock may run ahead; a day ahead is a mistake
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,18 @@ def _identities(ids: Mapping[Any, Any]) -> tuple[str, ...]:
     )
 
 
+def _attachment(a: Any, i: int) -> dict[str, Any]:
+    """One attachment's name, type and size (never its bytes), checked."""
+    if not isinstance(a, Mapping):
+        raise BadRequest(f"attachments[{i}]: expected a map", code="event.invalid")
+    name, ctype, size = a.get("name", ""), a.get("type", ""), a.get("size", 0)
+    if not isinstance(name, str) or not isinstance(ctype, str):
+        raise BadRequest(f"attachments[{i}]: name and type are strings", code="event.invalid")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 2**53:
+        raise BadRequest(f"attachments[{i}].size: bytes, 0 or more", code="event.invalid")
+    return {"name": _NAME_JUNK.sub("", name).strip()[:200], "type": ctype[:100], "size": size}
+
+
 def parse_event(d: Any) -> Event:
     """Validate and normalize one event; raise BadRequest/TooLarge naming the field."""
     if not isinstance(d, Mapping):
@@ -128,20 +145,17 @@ def parse_event(d: Any) -> Event:
     atts = d.get("attachments") or []
     if not isinstance(atts, list) or len(atts) > 50:
         raise BadRequest("attachments: a list of at most 50", code="event.invalid")
-    attachments = tuple(
-        {
-            "name": str(a.get("name", ""))[:200],
-            "type": str(a.get("type", ""))[:100],
-            "size": int(a.get("size", 0)),
-        }
-        for a in atts
-        if isinstance(a, Mapping)
-    )
+    attachments = tuple(_attachment(a, i) for i, a in enumerate(atts))
     ts = d.get("ts")
     if ts is not None and (
-        isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)
+        isinstance(ts, bool)
+        or not isinstance(ts, int | float)
+        or not math.isfinite(ts)
+        or not _TS_EARLIEST <= ts <= time.time() + _TS_AHEAD_S
     ):
-        raise BadRequest("ts: seconds since the epoch", code="event.invalid")
+        raise BadRequest(
+            "ts: seconds since the epoch, from 2000 to a day ahead", code="event.invalid"
+        )
     seq = d.get("seq")
     if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
         raise BadRequest("seq: an integer", code="event.invalid")

@@ -227,6 +227,13 @@ def _bad_events() -> list[tuple[dict[str, Any], str]]:
         ({**ok, "ts": "yesterday"}, "event.invalid"),
         ({**ok, "ts": float("nan")}, "event.invalid"),
         ({**ok, "ts": float("inf")}, "event.invalid"),
+        ({**ok, "ts": -1e12}, "event.invalid"),  # before 2000: a unit mistake
+        ({**ok, "ts": 1e11}, "event.invalid"),  # milliseconds, or centuries ahead
+        ({**ok, "attachments": [{"name": "a.pdf", "size": -1}]}, "event.invalid"),
+        ({**ok, "attachments": [{"name": "a.pdf", "size": "12 KB"}]}, "event.invalid"),
+        ({**ok, "attachments": [{"name": "a.pdf", "size": 1e30}]}, "event.invalid"),
+        ({**ok, "attachments": [{"name": ["a.pdf"]}]}, "event.invalid"),
+        ({**ok, "attachments": ["a.pdf"]}, "event.invalid"),
         ({**ok, "attributes": [1, 2]}, "event.invalid"),
         ({**ok, "id": "has space"}, "event.invalid"),
         ({**ok, "id": 17}, "event.invalid"),
@@ -263,6 +270,9 @@ async def test_bad_widget_frames(stack: Stack) -> None:
         "identify", "identity.unverified", email="a@b.example", identity_hash="é" * 9
     )
     await widget.fails("identify", "frame.invalid", name="Only A Name", identity_hash="0" * 64)
+    await widget.fails("identify", "frame.invalid", email="a@b.example", name="N" * 201)
+    await widget.fails("message", "frame.invalid", text="hi", id="x" * 65)
+    await widget.fails("message", "frame.invalid", text="hi", id=17)
     assert (await widget.ok("identify", name="N"))["claims"] == []  # the refused ones left none
     assert (await widget.ok("end")).keys() == {"type", "ref"}  # nothing to end yet
     assert not await stack.redis.hget(keys.threads("acme"), "chat:" + welcome["visitor"])
@@ -515,3 +525,15 @@ def test_default_origins_are_the_servers_own_address() -> None:
     assert Settings(port=8020).origins() == ("http://127.0.0.1:8020", "http://localhost:8020")
     assert Settings(host="cc.example", port=443).origins() == ("http://cc.example:443",)
     assert Settings(allowed_origins=("https://app.example",)).origins() == ("https://app.example",)
+
+
+async def test_an_attachment_name_cannot_hide_its_extension(stack: Stack, bridge: WsClient) -> None:
+    """Bidi overrides, zero-width and control characters are taken out of attachment names:
+    "invoice\u202egnp.exe" would otherwise show to an agent as "invoiceexe.png"."""
+    ev = event("frames", text="see attached")
+    ev["attachments"] = [{"name": "invoice\u202egnp.exe", "type": "application/pdf", "size": 10},
+                         {"name": "\u2067a\u200b.txt\x07", "size": 0}]  # fmt: skip
+    ack = await bridge.ok("event", **ev)
+    raw = await stack.redis.lrange(keys.customer_timeline("acme", ack["customer"]), -1, -1)
+    names = [a["name"] for a in json.loads(raw[0])["attachments"]]
+    assert names == ["invoicegnp.exe", "a.txt"]
