@@ -108,7 +108,8 @@ export class ChatWidget {
       "the conversation is kept.");
     this.error = h("p", { class: "sbchat-error", role: "alert", testid: "chat-error", hidden: true });
     const d = this.load().details;
-    this.nameInput = h("input", { id: id("name"), autocomplete: "name", testid: "chat-name", value: d.name || "" });
+    this.nameInput = h("input", { id: id("name"), autocomplete: "name", testid: "chat-name", maxlength: "200",
+      value: d.name || "" });
     this.emailInput = h("input", { id: id("email"), type: "email", autocomplete: "email", testid: "chat-email",
       value: d.email || "" });
     this.phoneInput = h("input", { id: id("phone"), type: "tel", autocomplete: "tel", testid: "chat-phone",
