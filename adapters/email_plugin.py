@@ -79,14 +79,20 @@ class EmailPlugin:
         self.ctx = ctx
 
         async def ingest(ws: str, event: dict[str, Any]) -> dict[str, Any]:
-            res = await ctx.switch.ingest(ws, event)
+            res = await ctx.switch.ingest(ws, event, source="email")
             return {"case": res.case, "customer": res.customer, "duplicate": res.duplicate}
 
         self.adapter = EmailAdapter(self._config(ctx.settings.secret), ingest)
         await self.adapter.start()
         for ws in sorted({ws for ws, _ in self.mailboxes.values()}):
             reader = OutboxReader(
-                ctx.redis_url, ws, "email", ctx.node, frozenset({"email"}), self._deliverer(ws)
+                ctx.redis_url,
+                ws,
+                "email",
+                ctx.node,
+                frozenset({"email"}),
+                self._deliverer(ws),
+                source="email",
             )
             reader.start()
             self.readers.append(reader)

@@ -236,7 +236,7 @@ class TwilioPlugin:
         return Response(twiml, media_type="text/xml")
 
     async def _ingest(self, ws: str, event: Mapping[str, Any]) -> dict[str, Any]:
-        res = await self.ctx.switch.ingest(ws, event)
+        res = await self.ctx.switch.ingest(ws, event, source="twilio")
         METRICS.events.labels(res.action).inc()
         if res.action == "created":
             METRICS.cases_created.labels("voice").inc()

@@ -95,7 +95,9 @@ class CallBridge:
             # One consumer name for every node, not one per node: entries a node left
             # unacknowledged (stopped, or killed mid-retry) are read again by whichever node
             # starts next, instead of waiting forever in a dead consumer's pending list.
-            reader = OutboxReader(ctx.redis_url, ws, GROUP, GROUP, frozenset({"voice"}), deliver)
+            reader = OutboxReader(
+                ctx.redis_url, ws, GROUP, GROUP, frozenset({"voice"}), deliver, source="twilio"
+            )
             reader.start()
             self._readers[ws] = reader
 

@@ -48,6 +48,7 @@ class BridgeSession:
             f"bridge:{bridge.id}",
             bridge.channels,
             self.deliver,
+            source=f"bridge:{bridge.id}",
         )
 
     async def handle(self, f: dict[str, Any]) -> dict[str, Any] | None:
@@ -80,7 +81,7 @@ class BridgeSession:
             raise BadRequest("ts: seconds since the epoch", code="event.invalid")
         t0 = time.perf_counter()
         body = {k: v for k, v in f.items() if k not in ("type", "ref", "workspace")}
-        res = await self.ctx.switch.ingest(self.ws, body)
+        res = await self.ctx.switch.ingest(self.ws, body, source=f"bridge:{self.bridge.id}")
         elapsed = time.perf_counter() - t0
         METRICS.offer_decision.observe(elapsed)
         METRICS.events.labels(res.action).inc()

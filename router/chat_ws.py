@@ -136,7 +136,7 @@ class ChatSession:
             "text": text,
             "name": self.name,
         }
-        res = await self.ctx.switch.ingest(self.ws, event)
+        res = await self.ctx.switch.ingest(self.ws, event, source="widget")
         await self.watch(res.case)
         return {"case": res.case, "duplicate": res.duplicate}
 

@@ -4,7 +4,11 @@
 atomic call as the transition, so a reply can't be lost between Redis and an adapter. Each
 consumer — a bridge (by its id) or an adapter such as email — reads the stream through its own
 consumer group, so every consumer sees every entry once; entries it has not acknowledged are
-re-read from its pending list after a reconnect or restart.
+re-read from its pending list after a reconnect or restart. An entry names the case's source
+(``src``: the bridge, the chat widget or the adapter it came in through), and only that consumer
+delivers it: a reply to a web chat never reaches a chat bridge, and one bridge's conversations
+never reach another. Entries without one (cases opened through the REST API, or before
+sources were recorded) go to every consumer that takes their channel.
 """
 
 from __future__ import annotations
@@ -45,11 +49,13 @@ class OutboxReader:
         channels: frozenset[str],
         deliver: Delivery,
         *,
+        source: str = "",
         start_at_end: bool = True,
     ) -> None:
         self.redis = open_client(url)
         self.ws, self.group, self.consumer = ws, group, consumer
         self.channels = channels
+        self.source = source  # this consumer's name as Switch.ingest records it on a case
         self.deliver = deliver
         self.start_at_end = start_at_end
         self._task: asyncio.Task[None] | None = None
@@ -98,7 +104,10 @@ class OutboxReader:
                     for eid_raw, fields in entries:
                         eid = eid_raw.decode()
                         entry = _decode(fields)
-                        if entry.get("ch") not in self.channels:
+                        if entry.get("ch") not in self.channels or entry.get("src", "") not in (
+                            "",
+                            self.source,
+                        ):
                             await self.ack(eid)
                         elif await self.deliver(eid, entry):
                             await self.ack(eid)

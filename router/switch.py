@@ -134,11 +134,16 @@ class Switch:
 
     # -- ingest --------------------------------------------------------------------------------
 
-    async def ingest(self, ws: str, event: Mapping[str, Any] | Event) -> IngestResult:
+    async def ingest(
+        self, ws: str, event: Mapping[str, Any] | Event, *, source: str = ""
+    ) -> IngestResult:
         """Dedupe, identify, thread, triage and queue one event; offer it if an agent is free.
 
-        Returns only once the event is in Redis. Raises BadRequest/TooLarge for a bad event,
-        NotFound for an unknown workspace, StoreUnavailable if Redis failed (not acknowledged).
+        ``source`` names where a new case came from ("bridge:<id>", "widget", "email",
+        "twilio"): its replies go out through that consumer of the outbox only ('' = any that
+        takes the channel). Returns only once the event is in Redis. Raises BadRequest/TooLarge
+        for a bad event, NotFound for an unknown workspace, StoreUnavailable if Redis failed
+        (not acknowledged).
         """
         ev = event if isinstance(event, Event) else parse_event(event)
         cfg = await self.config(ws)
@@ -159,7 +164,7 @@ class Switch:
             new_id("c"),
             new_id("u"),
             tri.plan_json,
-            fastjson.dumps_str(tri.fields),
+            fastjson.dumps_str({**tri.fields, "src": source} if source else tri.fields),
             int(cfg.reopen_window_s * 1000),
             tri.reopen_json,
             "" if ev.seq is None else ev.seq,

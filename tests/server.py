@@ -44,6 +44,12 @@ def write_config(
                 "channels": ["chat"],
                 "key_env": "TEST_CHAT_BRIDGE_KEY",
             },
+            {  # a second chat bridge, for one test alone: no connection of it is left over
+                "id": "other-chat",
+                "workspace": workspace["id"],
+                "channels": ["chat"],
+                "key_env": "TEST_OTHER_CHAT_BRIDGE_KEY",
+            },
         ],
     }
     path.write_text(json.dumps(doc))
@@ -85,6 +91,7 @@ class ServerProcess:
             **os.environ,
             "TEST_BRIDGE_KEY": BRIDGE_KEY,
             "TEST_CHAT_BRIDGE_KEY": "chat-only-key",
+            "TEST_OTHER_CHAT_BRIDGE_KEY": "other-chat-key",
             "SWITCHBOARD_ALLOWED_ORIGINS": f"http://127.0.0.1:{self.port}",
             "SWITCHBOARD_SECRET": "test-secret",
             "SWITCHBOARD_CHAT_IDENTITY_SECRET": CHAT_IDENTITY_SECRET,

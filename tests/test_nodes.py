@@ -200,7 +200,7 @@ async def test_bridge_deliveries_are_resent_to_its_next_connection_on_any_node(
     relay = await stack.bridge(node=A, key=CHAT_ONLY_KEY)
     consoles = [(await stack.agent("relay1", node=n))[0] for n in (A, B)]
     await consoles[0].ok("status", status="available")
-    ack = await bridge.ok("event", **event("relay"))
+    ack = await relay.ok("event", **event("relay"))  # its replies go out through this bridge
     await consoles[0].ok("offer.accept", offer=(await consoles[0].offer_for(ack["case"]))["offer"])
     # more replies than one page of the pending list (100), from both nodes
     sent = []

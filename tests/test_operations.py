@@ -63,6 +63,7 @@ def _check_config(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
             "PATH": "/usr/bin:/bin",
             "TEST_BRIDGE_KEY": "k1",
             "TEST_CHAT_BRIDGE_KEY": "k2",
+            "TEST_OTHER_CHAT_BRIDGE_KEY": "k4",
             "SWITCHBOARD_SECRET": "s3cret",
             "SWITCHBOARD_CHAT_IDENTITY_SECRET": "site-s3cret",
             **env,
@@ -83,7 +84,7 @@ def test_check_config_masks_secrets_and_names_bad_columns(tmp_path: Path) -> Non
     assert "s3cret" not in out.stdout
     assert doc["workspace"]["agents"][0]["password"] == "***"
     assert all(b["key"] == "***" for b in doc["bridges"])
-    for secret in ("hunter2", "s3cret", "k1", "k2"):
+    for secret in ("hunter2", "s3cret", "k1", "k2", "k4"):
         assert secret not in out.stdout
 
     wf = json.loads(json.dumps(DECL["workflow"]))

@@ -24,6 +24,7 @@ from tests.ws_client import (
     CHAT_ONLY_KEY,
     JSON,
     MSGPACK,
+    OTHER_CHAT_KEY,
     Stack,
     WsClient,
     connect_agent,
@@ -503,6 +504,34 @@ async def test_reply_is_delivered_through_the_bridge(stack: Stack, bridge: WsCli
     await bridge.ok("delivered", id=nxt["id"])
     page = (await console.ok("history.fetch", customer=ack["customer"]))["history"]
     assert [e["dir"] for e in page["timeline"]] == ["in", "out", "note", "out"]
+
+
+async def test_replies_go_out_only_the_way_the_case_came_in(stack: Stack, bridge: WsClient) -> None:
+    """A bridge is handed the replies of its own conversations only: not another bridge's, and
+    not those of a web chat (the widget has them already)."""
+    other = await stack.bridge(key=OTHER_CHAT_KEY)
+    console, offer, mine = await offered(stack, bridge, "reply1", "reply")
+    await console.ok("offer.accept", offer=offer["offer"])
+    await console.ok("case.reply", case=mine["case"], text="to the first bridge")
+    assert (await bridge.expect("deliver", case=mine["case"]))["text"] == "to the first bridge"
+    await console.ok("case.complete", case=mine["case"], disposition="resolved")
+
+    support, _ = await stack.agent("support1", status="available")
+    widget, _ = await stack.chat()
+    web = await widget.ok("message", text="from the web")
+    await support.ok("offer.accept", offer=(await support.offer_for(web["case"]))["offer"])
+    await support.ok("case.reply", case=web["case"], text="to the widget")
+    assert (await widget.expect("message", dir="out"))["text"] == "to the widget"
+    await support.ok("case.complete", case=web["case"], disposition="resolved")
+    await support.ok("status", status="away")  # the widget tests below make support1 available
+
+    theirs = await other.ok("event", **event("reply"))
+    await console.ok("offer.accept", offer=(await console.offer_for(theirs["case"]))["offer"])
+    await console.ok("case.reply", case=theirs["case"], text="to the second bridge")
+    first = await other.expect("deliver")  # its first: nothing of the others' came before it
+    assert (first["case"], first["text"]) == (theirs["case"], "to the second bridge")
+    await other.ok("delivered", id=first["id"])
+    await console.ok("case.complete", case=theirs["case"], disposition="resolved")
 
 
 async def test_transfer_to_a_queue_then_to_an_agent(stack: Stack, bridge: WsClient) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "CHAT_ONLY_KEY",
     "JSON",
     "MSGPACK",
+    "OTHER_CHAT_KEY",
     "Frame",
     "Stack",
     "WsClient",
@@ -54,7 +55,9 @@ MSGPACK = "switchboard.v1.msgpack"
 JSON = "switchboard.v1.json"
 DEADLINE = 10.0
 CHAT_ONLY_KEY = "chat-only-key"
-BRIDGE_IDS = {BRIDGE_KEY: "test-bridge", CHAT_ONLY_KEY: "chat-only"}  # see tests/server.py
+OTHER_CHAT_KEY = "other-chat-key"
+#: see tests/server.py
+BRIDGE_IDS = {BRIDGE_KEY: "test-bridge", CHAT_ONLY_KEY: "chat-only", OTHER_CHAT_KEY: "other-chat"}
 
 Frame = dict[str, Any]
 Match = Callable[[Frame], bool]

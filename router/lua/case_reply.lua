@@ -8,7 +8,7 @@
 -- reply.channel (a reply on a call)}.
 local a, c = ARGV[2], ARGV[3]
 local ck = k_case(c)
-local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'thread', 'subject')
+local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'thread', 'subject', 'src')
 if not cs[1] or cs[2] ~= a then return result({ok = false, error = 'case.unknown'}) end
 if cs[1] ~= 'assigned' and cs[1] ~= 'wrapping' then
   return result({ok = false, error = 'case.' .. cs[1]})
@@ -26,7 +26,8 @@ if ARGV[5] == 'reply' then
   redis.call('HSETNX', ck, 'first_reply', NOW_S)
   redis.call('XADD', k_outbox(), 'MAXLEN', '~', 100000, '*', 'kind', 'deliver', 'ch', cs[3],
     'case', c,
-    'customer', cs[4], 'thread', cs[5] or '', 'subject', cs[6] or '', 'entry', raw)
+    'customer', cs[4], 'thread', cs[5] or '', 'subject', cs[6] or '', 'entry', raw,
+    'src', cs[7] or '')  -- only the consumer that brought the case in delivers it ('' = any)
   redis.call('PUBLISH', k_push_case(c), raw)
 end
 log('case.' .. ARGV[5], {'case', c, 'agent', a})
