@@ -234,18 +234,18 @@ class AgentConsole {
     this.timelineChanged(cust);
     if (view && f.entry.dir === "in" && this.active !== f.case) {
       // the open case's timeline is a live region that reads new entries out by itself
-      const name = view.customer.name || "the customer";
+      const name = customerName(view.customer);
       this.announce(`New ${CHANNEL_LABEL[f.entry.ch] || ""} message from ${name} in another tab.`);
       view.tab.classList.add("unread");
     }
     if (view && f.type === "case.updated" && f.event === "call.ended") {
-      this.toast(`Call with ${view.customer.name || "the customer"} ended.`);
+      this.toast(`Call with ${customerName(view.customer)} ended.`);
     }
   }
 
   reminder(f) {
     const view = this.views.get(f.case);
-    const who = view ? (view.customer.name || "the customer") : "a case you handled";
+    const who = view ? customerName(view.customer) : "a case you handled";
     const actions = view ? [["Open case", () => this.select(f.case, true)]] : [];
     this.toast(f.note || `Follow up on ${who}.`, {
       kind: "reminder", title: `Follow-up reminder · ${who}`, testid: "reminder", actions,
@@ -434,3 +434,11 @@ async function start(root) {
 }
 
 start(document.getElementById("app"));
+
+/** How a notice names a customer: their name, else their address or number, else "the
+ *  customer" (an anonymous chat visitor's id tells an agent nothing). */
+function customerName(customer) {
+  if (customer && customer.name) return customer.name;
+  const known = ((customer && customer.identities) || []).find((i) => !i.startsWith("visitor:"));
+  return known ? known.replace(/^[a-z]+:/, "") : "the customer";
+}
