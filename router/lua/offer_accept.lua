@@ -8,7 +8,7 @@ local c = offer_case(o)
 if c == nil then return result({ok = false, error = 'offer.unknown'}) end
 local ck = k_case(c)
 local cq = redis.call('HMGET', ck, 'offer', 'ost', 'oagent', 'ch', 'q', 'created', 'thread', 'cust',
-  'step', 'first_assigned', 'src')
+  'step', 'first_assigned')
 local st = offer_state_for(c, o, a, cq[1], cq[2], cq[3])
 if st == nil then return result({ok = false, error = 'offer.unknown'}) end
 if st == 'accepted' then return result({ok = true, case = c, duplicate = true}) end
@@ -33,6 +33,7 @@ chat_event(c, ch, 'joined', a)
 if ch == 'voice' then
   -- the bridge that holds the call connects it to the agent (durable, via the outbox)
   redis.call('XADD', k_outbox(), 'MAXLEN', '~', 100000, '*', 'kind', 'call.connect', 'ch', 'voice',
-    'case', c, 'customer', cq[8] or '', 'thread', cq[7] or '', 'agent', a, 'src', cq[11] or '')
+    'case', c, 'customer', cq[8] or '', 'thread', cq[7] or '', 'agent', a,
+    'src', hget(ck, 'src') or '')  -- read here: only calls need it
 end
 return result({ok = true, case = c, duplicate = false})
