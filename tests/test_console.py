@@ -68,6 +68,8 @@ WORKSPACE: dict[str, Any] = {
     "queues": [
         {"id": "support", "name": "Support", "target": "skills HAS 'support'", "sl_target_s": 60},
         {"id": "billing", "name": "Billing", "target": "skills HAS 'billing'", "sl_target_s": 120},
+        # nobody takes it, and its target is a second: its cases are over target at once
+        {"id": "urgent", "name": "Urgent", "target": "skills HAS 'urgent'", "sl_target_s": 1},
     ],
     "workflow": {
         "task_routing": {
@@ -76,7 +78,12 @@ WORKSPACE: dict[str, Any] = {
                     "filter_friendly_name": "Billing",
                     "expression": "topic == 'billing'",
                     "targets": [{"queue": "billing"}],
-                }
+                },
+                {
+                    "filter_friendly_name": "Urgent",
+                    "expression": "topic == 'urgent'",
+                    "targets": [{"queue": "urgent"}],
+                },
             ],
             "default_filter": {"queue": "support"},
         }
@@ -580,6 +587,16 @@ async def test_supervisor_sees_queues_move_and_moves_cases_and_agents(
     await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
     await expect(billing.get_by_test_id("queue-waiting")).to_have_text("3")
     await expect(sam_row.get_by_test_id("agent-load-email")).to_have_text("Email 0/2")
+
+    # a case waiting past its queue's service-level target is flagged; the others are not
+    async with bridge(server) as b:
+        late = await send_email(
+            b, sender="ned@example.com", name="Ned", subject="Anyone?", text="Hello?",
+            topic="urgent",
+        )  # fmt: skip
+    flagged = sue.locator(f"[data-testid=waiting-case][data-case={late['case']}]")
+    await expect(flagged.get_by_test_id("waiting-case-over-target")).to_have_text("over target")
+    await expect(sue.get_by_test_id("waiting-case-over-target")).to_have_count(1)
 
 
 # -- C: hostile customer text is only ever text ---------------------------------------------------

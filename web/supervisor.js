@@ -26,6 +26,7 @@ class SupervisorView {
     this.conn = new Connection(session);
     this.statuses = [];
     this.queues = [];
+    this.slTargets = new Map(); // queue id -> service-level target, s (from the stats frames)
     this.queueRows = new Map();
     this.agentRows = new Map();
     this.groups = new Map();
@@ -215,7 +216,15 @@ class SupervisorView {
       const at = this.waitingBody.children[i];
       if (at !== row.tr) this.waitingBody.insertBefore(row.tr, at || null);
       row.queue.textContent = this.queueName(c.queue);
-      row.waited.textContent = duration((now - (c.created || now)) / 1000);
+      // a case waiting longer than its queue's service-level target is flagged: it already
+      // counts against the service level, and one nobody takes is what a supervisor must see
+      const waited = (now - (c.created || now)) / 1000;
+      const target = this.slTargets.get(c.queue);
+      const over = typeof target === "number" && waited > target;
+      row.tr.classList.toggle("over-target", over);
+      replace(row.waited, duration(waited),
+        over ? h("span", { class: "over-target-badge", testid: "waiting-case-over-target",
+          title: `Waiting longer than the queue's ${Math.round(target)} s target` }, "over target") : null);
     });
     for (const [id, row] of this.waitingRows) {
       if (!seen.has(id)) { row.tr.remove(); this.waitingRows.delete(id); }
@@ -271,6 +280,7 @@ class SupervisorView {
         this.queueBody.append(row.tr);
       }
       row.name.textContent = q.name;
+      if (typeof q.sl_target_s === "number") this.slTargets.set(q.id, q.sl_target_s);
       row.waiting.textContent = String(q.waiting);
       row.tr.classList.toggle("busy", q.waiting > 0);
       row.longest.textContent = q.waiting ? duration(q.longest_wait_s) : "—";
