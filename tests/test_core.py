@@ -182,6 +182,21 @@ async def test_transfers_nobody_can_take_and_replies_on_calls_are_refused(
     assert (last["kind"], last["text"], last["case"]) == ("transfer", "over to the team", r.case)
 
 
+async def test_wrap_up_ends_the_conversation_notes_go_on(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.reply("acme", "ann", r.case, "anything else?")
+    await switch.wrapup("acme", "ann", r.case)
+    outbox = await switch.redis.xlen("sb:{acme}:out")
+    with pytest.raises(Conflict) as e:
+        await switch.reply("acme", "ann", r.case, "one more thing")
+    assert e.value.code == "case.wrapping"
+    assert await switch.redis.xlen("sb:{acme}:out") == outbox
+    await switch.reply("acme", "ann", r.case, "customer happy", note=True)
+
+
 async def test_accept_is_idempotent_and_guarded(switch: Switch, inbox: Inbox):
     await setup(switch, agent("ann", ["support"]), agent("bob", ["sales"]))
     await switch.set_status("acme", "ann", "available")

@@ -116,7 +116,9 @@ export class CaseView {
   // -- composer --------------------------------------------------------------------------------
 
   composer() {
-    const canReply = this.case.channel === "chat" || this.case.channel === "email";
+    // calls take notes only; so does a case in wrap-up (the conversation has ended)
+    const canReply = (this.case.channel === "chat" || this.case.channel === "email")
+      && this.case.status !== "wrapping";
     const id = `reply-${this.uid}`;
     const drafts = this.app.drafts;
     const replyHint = `Write a ${this.case.channel === "email" ? "reply email" : "chat reply"}…`;

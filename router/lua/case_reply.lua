@@ -1,5 +1,6 @@
 -- case_reply.lua — an agent (or a note-taker) adds an outbound message or an internal note to a
--- case they hold. A reply goes to the customer through the case's channel: appended to the
+-- case they hold (a reply only while it is assigned, a note until it is completed). A reply goes
+-- to the customer through the case's channel: appended to the
 -- timeline, queued on the workspace outbox stream for the channel's adapter, and published to
 -- the case's chat widget connections. A note is only appended to the timeline.
 -- KEYS[1] workspace prefix
@@ -10,7 +11,9 @@ local a, c = ARGV[2], ARGV[3]
 local ck = k_case(c)
 local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'thread', 'subject', 'src')
 if not cs[1] or cs[2] ~= a then return result({ok = false, error = 'case.unknown'}) end
-if cs[1] ~= 'assigned' and cs[1] ~= 'wrapping' then
+-- a note may be added during wrap-up; a reply may not: wrapping up ended the conversation (the
+-- chat widget was told the agent closed it)
+if cs[1] ~= 'assigned' and (cs[1] ~= 'wrapping' or ARGV[5] == 'reply') then
   return result({ok = false, error = 'case.' .. cs[1]})
 end
 if ARGV[5] == 'reply' and cs[3] == 'voice' then  -- a call takes notes; its words go by phone
