@@ -288,8 +288,8 @@ class EmailAdapter:
 
     async def deliver(self, workspace: str, delivery: Mapping[str, Any]) -> str:
         """Send an agent's reply: ``{"case", "to": {"email"}, "subject", "text", "agent":
-        {"name"}, "in_reply_to", "references"}``. Returns the new Message-ID (record it if you
-        like; threading does not need it). ValueError/LookupError/KeyError on a bad delivery;
+        {"name"}, "in_reply_to", "references", "answers"}``. Returns the new Message-ID (record
+        it if you like; threading does not need it). ValueError/LookupError/KeyError on a bad delivery;
         aiosmtplib.SMTPException or OSError when the smarthost refuses or is unreachable —
         nothing is retried or queued here."""
         agent = delivery.get("agent") or {}
@@ -307,6 +307,7 @@ class EmailAdapter:
             secret=self._config.reply_secret,
             domain=self._config.domain,
             plus_address=self._config.plus_address_replies,
+            answers=bool(delivery.get("answers")),
         )
         await send(message, self._config)
         return str(message["Message-ID"])
@@ -471,10 +472,12 @@ def build_reply(
     domain: str,
     from_name: str | None = None,
     plus_address: bool = True,
+    answers: bool = False,
 ) -> EmailMessage:
     """An agent's reply, every header built here from cleaned inputs: control characters in any
     input are removed, so no input can add a header. ``Re:`` is added once when the mail answers
-    something (``in_reply_to`` or ``references``) and the subject carries ``[#{reply_token}]``.
+    something (``in_reply_to``, ``references``, or ``answers``: the customer wrote on this case,
+    in a mail without a Message-ID) and the subject carries ``[#{reply_token}]``.
     ValueError on an invalid address or case id."""
     sender, recipient = _address(from_addr, from_name), _address(to_addr)
     token = reply_token(secret, workspace, case_id)
@@ -490,7 +493,7 @@ def build_reply(
     if plus_address:
         local, _, host = sender.addr_spec.rpartition("@")
         message["Reply-To"] = Address(addr_spec=f"{local.split('+', 1)[0]}+{token}@{host}")
-    message["Subject"] = f"{'Re: ' if refs else ''}{base} [#{token}]"
+    message["Subject"] = f"{'Re: ' if refs or answers else ''}{base} [#{token}]"
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = make_message_id(secret, workspace, case_id, clean_line(domain))
     if parent:

@@ -128,9 +128,11 @@ class EmailPlugin:
         case = entry.get("case", "")
         parent = None
         refs: list[str] = []
+        answers = False  # the customer wrote on this case: the reply's subject says "Re:"
         for raw in await r.lrange(keys.customer_timeline(ws, cust), -200, -1):
             e = json.loads(raw)
             if e.get("case") == case and e.get("ch") == "email" and e.get("dir") == "in":
+                answers = True
                 mid = e.get("id")
                 if isinstance(mid, str) and "@" in mid:
                     parent = mid if mid.startswith("<") else f"<{mid}>"
@@ -151,6 +153,7 @@ class EmailPlugin:
             "agent": {"name": agent},
             "in_reply_to": parent,
             "references": refs[-10:],
+            "answers": answers,
         }
 
     def _drop(self, ws: str, eid: str, delivery: dict[str, Any]) -> None:
@@ -168,6 +171,7 @@ class EmailPlugin:
             secret=cfg.reply_secret,
             domain=cfg.domain,
             plus_address=cfg.plus_address_replies,
+            answers=delivery.get("answers", False),
         )
         self.drop_dir.mkdir(parents=True, exist_ok=True)
         path = self.drop_dir / f"{eid}.eml"

@@ -612,6 +612,14 @@ async def test_a_second_reply_does_not_double_prefix_or_token(sink: Sink) -> Non
     )  # fmt: skip
     assert again["Subject"] == first["Subject"]
     assert str(again["Subject"]).count("Re:") == 1
+    # a reply to a mail that came without a Message-ID still answers it; a first mail does not
+    bare = dict(
+        from_addr="support@acme.test", to_addr="alice@example.com", subject="Order 7", text="c",
+        case_id="c42", workspace="acme", in_reply_to=None, references=[], secret=SECRET,
+        domain=DOMAIN,
+    )  # fmt: skip
+    assert str(build_reply(**bare, answers=True)["Subject"]).startswith("Re: Order 7 [#")
+    assert str(build_reply(**bare)["Subject"]).startswith("Order 7 [#")
 
 
 async def test_header_injection_is_neutralised(sink: Sink) -> None:
