@@ -289,9 +289,9 @@ class EmailAdapter:
     async def deliver(self, workspace: str, delivery: Mapping[str, Any]) -> str:
         """Send an agent's reply: ``{"case", "to": {"email"}, "subject", "text", "agent":
         {"name"}, "in_reply_to", "references", "answers"}``. Returns the new Message-ID (record
-        it if you like; threading does not need it). ValueError/LookupError/KeyError on a bad delivery;
-        aiosmtplib.SMTPException or OSError when the smarthost refuses or is unreachable —
-        nothing is retried or queued here."""
+        it if you like; threading does not need it). ValueError/LookupError/KeyError on a bad
+        delivery; aiosmtplib.SMTPException or OSError when the smarthost refuses or is
+        unreachable — nothing is retried or queued here."""
         agent = delivery.get("agent") or {}
         parent = delivery.get("in_reply_to")
         message = build_reply(
