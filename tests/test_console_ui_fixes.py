@@ -143,6 +143,10 @@ async def test_offer_card_flags_a_forged_sender_and_a_chat_visitors_typed_name(
     await expect(offer.get_by_test_id("offer-customer")).to_have_text(
         "Email from Alice Moreno · not verified"
     )
+    # a screen reader hears it too
+    await expect(sam.get_by_test_id("announcer-urgent")).to_contain_text(
+        "offer from Alice Moreno, not verified"
+    )
     await offer.get_by_test_id("offer-accept").click()
     await expect(panel(sam).get_by_test_id("case-claims")).to_have_text(
         "Says: alice@example.com · not verified"

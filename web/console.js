@@ -9,7 +9,7 @@ import { signIn } from "./login.js";
 import { announcer, connectionUi, toaster } from "./ui.js";
 import { Timeline, caseSummary } from "./timeline.js";
 import { OfferCard } from "./offers.js";
-import { CaseView } from "./casetab.js";
+import { CaseView, notVerified } from "./casetab.js";
 
 const RESCIND_REASON = {
   timeout: "The offer timed out and went back to the queue.",
@@ -268,7 +268,9 @@ class AgentConsole {
     this.offerList.append(card.el);
     this.renderOffersMeta();
     if (fresh) {
-      const who = (o.customer && o.customer.name) || "a customer";
+      // as the card says it: a customer who is only who they say is announced as not verified
+      const who = o.customer ? customerName(o.customer) + (notVerified(o.customer) ? ", not verified" : "")
+        : "a customer";
       this.urgent.announce(`New ${CHANNEL_LABEL[o.case.channel] || ""} offer from ${who}: `
         + `${caseSummary(o.case, tl)}. Alt A to accept, Alt R to reject.`);
     }
@@ -312,7 +314,7 @@ class AgentConsole {
       const view = this.addCase(detail);
       this.select(detail.case.id);
       view.focusComposer();
-      this.announce(`Accepted. Case with ${view.customer.name || "the customer"} is open.`);
+      this.announce(`Accepted. Case with ${customerName(view.customer)} is open.`);
     } catch (e) {
       card.busy(false);
       if (String(e.code || "").startsWith("offer.")) this.removeOffer(offerId);
