@@ -599,6 +599,47 @@ async def test_supervisor_sees_queues_move_and_moves_cases_and_agents(
     await expect(sue.get_by_test_id("waiting-case-over-target")).to_have_count(1)
 
 
+async def test_supervisor_sees_who_handles_what(web: Web, server: ServerProcess) -> None:
+    bea = await web.agent("bea")  # billing: email (1) + voice (1)
+    sue = await web.page("/supervisor")
+    await sign_in(sue, "sue")
+    await expect(sue.get_by_test_id("progress-empty")).to_have_text(
+        "Nobody is handling a case right now."
+    )
+
+    async with bridge(server) as b:
+        mail = await send_email(
+            b,
+            sender="kim@example.com",
+            name="Kim Lee",
+            subject="Charged twice",
+            text="I see two charges.",
+            topic="billing",
+        )
+    row = sue.locator(f"[data-testid=progress-case][data-case={mail['case']}]")
+    await expect(row.get_by_test_id("progress-case-state")).to_have_text("Offered")
+    await expect(row.get_by_test_id("progress-case-agent")).to_have_text("Bea Billing")
+    await bea.get_by_test_id("offer-accept").click()
+    await expect(bea.get_by_test_id("case-tab")).to_have_count(1)
+
+    # Bea has it: the supervisor sees who handles what, and for how long
+    await expect(row.get_by_test_id("progress-case-state")).to_have_text("In progress")
+    await expect(row).to_contain_text("Charged twice")
+    await expect(row.get_by_test_id("progress-case-agent")).to_have_text("Bea Billing")
+    await expect(row.get_by_test_id("progress-case-age")).to_have_text(re.compile(r"^\d+ s$"))
+    await expect(sue.get_by_test_id("progress-case")).to_have_count(1)
+    await expect(sue.get_by_test_id("progress-empty")).to_be_hidden()
+    await expect(sue.get_by_test_id("waiting-case")).to_have_count(0)
+
+    await panel(bea).get_by_test_id("wrapup").click()
+    await expect(row.get_by_test_id("progress-case-state")).to_have_text("Wrapping up")
+    await panel(bea).get_by_test_id("disposition-select").select_option("resolved")
+    await panel(bea).get_by_test_id("complete").click()
+    await expect(bea.get_by_test_id("case-tab")).to_have_count(0)
+    await expect(row).to_have_count(0)
+    await expect(sue.get_by_test_id("progress-empty")).to_be_visible()
+
+
 # -- C: hostile customer text is only ever text ---------------------------------------------------
 
 

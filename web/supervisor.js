@@ -1,8 +1,8 @@
 // supervisor.js — live queue and agent statistics, refreshed over the WebSocket every second;
 // move a waiting case to another queue; change an agent's status.
 //
-// Rows are updated in place (keyed by queue / agent id) so a supervisor's focus on a status
-// menu survives each refresh.
+// Rows are updated in place (keyed by queue / agent / case id) so a supervisor's focus on a
+// status menu survives each refresh.
 
 import { CHANNEL_LABEL, duration, h, replace, shortId } from "./dom.js";
 import { Connection, clearSession, loadSession } from "./session.js";
@@ -10,6 +10,9 @@ import { signIn } from "./login.js";
 import { announcer, connectionUi, toaster } from "./ui.js";
 
 const POLL_MS = 1000;
+// open cases someone is handling, in the order a case moves through them
+const HANDLED = [["offered", "Offered"], ["assigned", "In progress"], ["wrapping", "Wrapping up"]];
+const HANDLED_LIMIT = 50; // per state: each refresh reads at most this many of each
 
 function label(status) {
   return status ? status.charAt(0).toUpperCase() + status.slice(1) : "";
@@ -29,6 +32,7 @@ class SupervisorView {
     this.slTargets = new Map(); // queue id -> service-level target, s (from the stats frames)
     this.queueRows = new Map();
     this.agentRows = new Map();
+    this.agentNames = new Map(); // agent id -> display name (from the stats frames)
     this.groups = new Map();
     this.inflight = false;
     this.forbidden = false;
@@ -70,6 +74,21 @@ class SupervisorView {
           h("th", { scope: "col", class: "num" }, "Waiting"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
         this.waitingBody),
       this.waitingEmpty);
+    this.progressRows = new Map();
+    this.progressSupported = true;
+    this.progressBody = h("tbody", { testid: "progress-rows" });
+    this.progressEmpty = h("p", { class: "empty", testid: "progress-empty" }, "Nobody is handling a case right now.");
+    this.progressMore = h("p", { class: "hint progress-more", testid: "progress-more", hidden: true },
+      `Showing the oldest ${HANDLED_LIMIT} cases in each state.`);
+    this.progressPanel = h("section", { class: "panel", "aria-labelledby": "progress-title" },
+      h("div", { class: "panel-head" }, h("h2", { id: "progress-title" }, "In progress")),
+      h("table", { class: "data progress", testid: "progress-table" },
+        h("caption", { class: "visually-hidden" }, "Cases being offered, handled or wrapped up, with their agent, oldest first"),
+        h("thead", null, h("tr", null,
+          h("th", { scope: "col" }, "Case"), h("th", { scope: "col" }, "Agent"),
+          h("th", { scope: "col" }, "State"), h("th", { scope: "col", class: "num" }, "Open for"))),
+        this.progressBody),
+      this.progressEmpty, this.progressMore);
     this.main = h("main", { id: "main", class: "sup-main", tabindex: "-1" },
       this.summary,
       h("section", { class: "panel", "aria-labelledby": "queues-title" },
@@ -84,6 +103,7 @@ class SupervisorView {
           this.queueBody),
         this.formula),
       this.waitingPanel,
+      this.progressPanel,
       h("div", { class: "sup-grid" },
         h("section", { class: "panel", "aria-labelledby": "agents-title" },
           h("div", { class: "panel-head" }, h("h2", { id: "agents-title" }, "Agents")), this.agentTable),
@@ -158,8 +178,10 @@ class SupervisorView {
     if (!this.conn.open || this.inflight || this.forbidden) return;
     this.inflight = true;
     try {
-      const [ack] = await Promise.all([this.conn.request("stats.fetch"), this.fetchWaiting()]);
-      this.render(ack.stats);
+      const [ack, , handled] = await Promise.all([
+        this.conn.request("stats.fetch"), this.fetchWaiting(), this.fetchProgress()]);
+      this.render(ack.stats); // first: it names the agents the in-progress rows show
+      if (handled) this.renderProgress(handled);
     } catch (e) {
       if (e.code === "forbidden") this.showForbidden();
     } finally {
@@ -232,6 +254,76 @@ class SupervisorView {
     this.waitingEmpty.hidden = cases.length > 0;
   }
 
+  // Cases being handled come from the same API, one bounded page per open state (offered,
+  // assigned, wrapping). Answers null when there is nothing new to show (offline, an error:
+  // the rows stay as they were); on a server without the API the panel is hidden.
+  async fetchProgress() {
+    if (!this.progressSupported) return null;
+    let responses;
+    try {
+      responses = await Promise.all(HANDLED.map(([status]) =>
+        fetch(`/api/cases?status=${status}&limit=${HANDLED_LIMIT}`, {
+          headers: { Authorization: `Bearer ${this.session.token}` },
+        })));
+    } catch {
+      return null; // offline: the banner says so
+    }
+    if (responses.some((r) => r.status === 404 || r.status === 405)) {
+      this.progressSupported = false;
+      this.progressPanel.hidden = true;
+      return null;
+    }
+    if (responses.some((r) => !r.ok)) return null;
+    const pages = await Promise.all(responses.map((r) => r.json()));
+    const byId = new Map();
+    let more = false;
+    for (const page of pages) {
+      more = more || Boolean(page.next_cursor);
+      // a case that changed state between two of the requests is listed once
+      for (const c of Array.isArray(page.cases) ? page.cases : []) byId.set(c.id, c);
+    }
+    const cases = [...byId.values()].sort((a, b) => (a.created || 0) - (b.created || 0)
+      || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    return { cases, more };
+  }
+
+  renderProgress({ cases, more }) {
+    const seen = new Set();
+    const now = this.conn.now();
+    const states = new Map(HANDLED);
+    cases.forEach((c, i) => {
+      seen.add(c.id);
+      let row = this.progressRows.get(c.id);
+      if (!row) {
+        row = { agent: h("td", { testid: "progress-case-agent" }), state: h("td", { testid: "progress-case-state" }),
+          age: h("td", { class: "num", testid: "progress-case-age" }), status: null };
+        row.tr = h("tr", { testid: "progress-case", data: { case: c.id } },
+          h("th", { scope: "row" }, h("div", { class: "waiting-case" },
+            h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
+            h("span", { class: "waiting-subject" }, c.subject || (c.channel === "voice" ? "Incoming call" : "No subject")),
+            h("span", { class: "waiting-id" }, shortId(c.id)))),
+          row.agent, row.state, row.age);
+        this.progressRows.set(c.id, row);
+      }
+      // oldest first; a row moves only when it is out of place
+      const at = this.progressBody.children[i];
+      if (at !== row.tr) this.progressBody.insertBefore(row.tr, at || null);
+      const agent = c.agent || c.offered_to || "";
+      const name = this.agentNames.get(agent) || agent || "—";
+      if (row.agent.textContent !== name) row.agent.textContent = name;
+      if (row.status !== c.status) {
+        row.status = c.status;
+        replace(row.state, h("span", { class: `case-state state-${c.status}` }, states.get(c.status) || label(c.status)));
+      }
+      row.age.textContent = duration((now - (c.created || now)) / 1000);
+    });
+    for (const [id, row] of this.progressRows) {
+      if (!seen.has(id)) { row.tr.remove(); this.progressRows.delete(id); }
+    }
+    this.progressEmpty.hidden = cases.length > 0;
+    this.progressMore.hidden = !more;
+  }
+
   showForbidden() {
     this.forbidden = true;
     replace(this.main, h("section", { class: "panel forbidden", testid: "forbidden" },
@@ -244,6 +336,7 @@ class SupervisorView {
     const t = new Date((stats.ts || Date.now() / 1000) * 1000);
     this.stamp.textContent = `Updated ${t.toLocaleTimeString()}`;
     this.formula.textContent = `Service level = ${stats.sl_formula}. Each queue's target is shown under its figure.`;
+    for (const a of stats.agents || []) if (a.name) this.agentNames.set(a.id, a.name);
     this.renderSummary(stats);
     this.renderQueues(stats.queues || []);
     this.renderAgents((stats.agents || []).filter((a) => a.role === "agent" || Object.keys(a.capacity || {}).length));
