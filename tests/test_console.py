@@ -475,11 +475,14 @@ async def test_offers_reach_the_right_agent_with_history_and_replies_flow_back(
         await bea.keyboard.press("Alt+R")
         await expect(bea.get_by_test_id("offer")).to_have_count(0)
 
-    # Sam finishes the chat too: Dana is told
+    # Sam finishes the chat too: Dana is told, and Sam's reply box takes notes only
     await panel(sam).get_by_test_id("wrapup").click()
     await expect(dana.get_by_test_id("chat-system").last).to_have_text(
         "Sam Support closed the conversation. Write again any time."
     )
+    await expect(panel(sam).get_by_test_id("notes-only")).to_have_text("Notes only in wrap-up")
+    await expect(panel(sam).get_by_test_id("compose-mode-reply")).to_have_count(0)
+    await expect(panel(sam).get_by_test_id("reply-send")).to_have_text("Add note")
     await panel(sam).get_by_test_id("disposition-select").select_option("resolved")
     await panel(sam).get_by_test_id("complete").click()
     await expect(sam.get_by_test_id("case-tab")).to_have_count(0)

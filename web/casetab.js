@@ -41,7 +41,7 @@ export class CaseView {
     this.head,
     h("div", { class: "case-body" },
       h("section", { class: "conversation", "aria-label": "Conversation" },
-        h("div", { class: "tl-top" }, this.more), this.scroller, this.composer()),
+        h("div", { class: "tl-top" }, this.more), this.scroller, this.composerForm = this.composer()),
       this.actions));
     this.render();
   }
@@ -156,7 +156,9 @@ export class CaseView {
       onsubmit: (ev) => { ev.preventDefault(); this.send(); } },
     h("div", { class: "composer-tools" },
       canReply ? h("fieldset", { class: "segmented" }, h("legend", { class: "visually-hidden" }, "Send as"),
-        modeRadio("reply", "Reply"), modeRadio("note", "Internal note")) : h("span", { class: "muted" }, "Notes only on calls"),
+        modeRadio("reply", "Reply"), modeRadio("note", "Internal note"))
+        : h("span", { class: "muted", testid: "notes-only" },
+          this.case.channel === "voice" ? "Notes only on calls" : "Notes only in wrap-up"),
       cannedSelect),
     label, this.input,
     h("div", { class: "composer-foot" },
@@ -242,6 +244,10 @@ export class CaseView {
     try {
       await this.app.conn.request("case.wrapup", { case: this.case.id });
       this.case = { ...this.case, status: "wrapping" };
+      // the conversation has ended: the composer takes notes only (the draft is kept)
+      const notes = this.composer();
+      this.composerForm.replaceWith(notes);
+      this.composerForm = notes;
       this.render();
       this.disposition.focus();
     } catch (e) {
