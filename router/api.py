@@ -63,7 +63,7 @@ async def login(request: Request) -> dict[str, Any]:
 # a minute), until 15 minutes pass without a failure. A wait, never a lockout: whoever knows
 # the password gets in once it is over, so a stranger's guesses cannot lock an agent out for
 # long. Redis holds the counts, so every node applies them.
-ACCOUNT_FREE, ADDRESS_FREE = 5, 20
+ACCOUNT_FREE, ADDRESS_FREE = 5, 100  # an office behind one address shares its allowance
 MAX_WAIT_S, FORGET_S = 60, 900
 
 

@@ -30,7 +30,7 @@ _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 _TOKEN = re.compile(r"^[\x21-\x7e]{1,200}$")
 # What an attachment's name loses: C0/C1 controls, zero-width characters, and the bidi
 # embeddings, overrides and isolates that let "invoice\u202egnp.exe" show as "invoiceexe.png"
-_NAME_JUNK = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_NAME_JUNK = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 _TS_EARLIEST = 946_684_800  # 2000-01-01: older than that is a unit mistake, not history
 _TS_AHEAD_S = 86_400  # a bridge's clock may run ahead; a day ahead is a mistake
 
@@ -111,8 +111,16 @@ def _attachment(a: Any, i: int) -> dict[str, Any]:
     if not isinstance(name, str) or not isinstance(ctype, str):
         raise BadRequest(f"attachments[{i}]: name and type are strings", code="event.invalid")
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 2**53:
-        raise BadRequest(f"attachments[{i}].size: bytes, 0 or more", code="event.invalid")
-    return {"name": _NAME_JUNK.sub("", name).strip()[:200], "type": ctype[:100], "size": size}
+        raise BadRequest(
+            f"attachments[{i}].size: a whole number of bytes from 0 to 2^53", code="event.invalid"
+        )
+    # runs of spaces (line separators too) become one, and a name cut to length keeps its
+    # extension: "invoice.pdf" + 200 spaces + ".exe" must not show as "invoice.pdf"
+    name = " ".join(_NAME_JUNK.sub("", name).split()) or "attachment"
+    if len(name) > 200:
+        stem, dot, ext = name.rpartition(".")
+        name = name[:200] if not dot or len(ext) > 20 else f"{stem[: 199 - len(ext)]}.{ext}"
+    return {"name": name, "type": ctype[:100], "size": size}
 
 
 def parse_event(d: Any) -> Event:

@@ -532,8 +532,10 @@ async def test_an_attachment_name_cannot_hide_its_extension(stack: Stack, bridge
     "invoice\u202egnp.exe" would otherwise show to an agent as "invoiceexe.png"."""
     ev = event("frames", text="see attached")
     ev["attachments"] = [{"name": "invoice\u202egnp.exe", "type": "application/pdf", "size": 10},
-                         {"name": "\u2067a\u200b.txt\x07", "size": 0}]  # fmt: skip
+                         {"name": "\u2067a\u200b.txt\x07", "size": 0},
+                         {"name": "invoice.pdf" + " " * 195 + "\u2028.exe"},
+                         {"name": "x" * 300 + ".exe"}]  # fmt: skip
     ack = await bridge.ok("event", **ev)
     raw = await stack.redis.lrange(keys.customer_timeline("acme", ack["customer"]), -1, -1)
     names = [a["name"] for a in json.loads(raw[0])["attachments"]]
-    assert names == ["invoicegnp.exe", "a.txt"]
+    assert names == ["invoicegnp.exe", "a.txt", "invoice.pdf .exe", "x" * 196 + ".exe"]

@@ -195,6 +195,12 @@ async def test_wrap_up_ends_the_conversation_notes_go_on(switch: Switch, inbox: 
     assert e.value.code == "case.wrapping"
     assert await switch.redis.xlen("sb:{acme}:out") == outbox
     await switch.reply("acme", "ann", r.case, "customer happy", note=True)
+    # the customer writes again before the case is completed: it resumes with ann
+    again = await switch.ingest("acme", chat("e2", thread="e1", text="wait, one more thing"))
+    assert (again.case, again.action) == (r.case, "appended")
+    assert await case_field(switch, r.case, "st") == "assigned"
+    assert inbox.frames["ann"][-1]["status"] == "assigned"
+    await switch.reply("acme", "ann", r.case, "go ahead")
 
 
 async def test_accept_is_idempotent_and_guarded(switch: Switch, inbox: Inbox):

@@ -472,6 +472,13 @@ class Model:
         must(c.status == "assigned" and c.agent == ev["agent"], f"{ev} vs {c}")
         c.status = "wrapping"
 
+    def on_case_resumed(self, ev: dict[str, str], ts: int, ctx: Ctx, prev: Any) -> None:
+        # the customer wrote again during wrap-up: the case is the same agent's again
+        c = self._case(ev)
+        must(ctx.kind == "ingest", f"resumed by {ctx}: {ev}")
+        must(c.status == "wrapping" and c.agent == ev["agent"], f"{ev} vs {c}")
+        c.status = "assigned"
+
     def on_case_completed(self, ev: dict[str, str], ts: int, ctx: Ctx, prev: Any) -> None:
         # case_complete.lua logs this last, after the pull it triggers: applied up front
         c = self._case(ev)

@@ -239,16 +239,21 @@ export class CaseView {
     done);
   }
 
+  /** The case's status changed (wrap-up; the customer writing again resumes it): the header,
+   *  the actions and the reply box follow — in wrap-up it takes notes only (the draft is kept). */
+  setStatus(status) {
+    this.case = { ...this.case, status };
+    const composer = this.composer();
+    this.composerForm.replaceWith(composer);
+    this.composerForm = composer;
+    this.render();
+  }
+
   async wrapup(button) {
     button.disabled = true;
     try {
       await this.app.conn.request("case.wrapup", { case: this.case.id });
-      this.case = { ...this.case, status: "wrapping" };
-      // the conversation has ended: the composer takes notes only (the draft is kept)
-      const notes = this.composer();
-      this.composerForm.replaceWith(notes);
-      this.composerForm = notes;
-      this.render();
+      this.setStatus("wrapping");
       this.disposition.focus();
     } catch (e) {
       this.app.toast(e.message, { kind: "error" });

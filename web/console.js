@@ -227,6 +227,11 @@ class AgentConsole {
 
   caseEntry(f) {
     const view = this.views.get(f.case);
+    // the customer wrote during wrap-up: the conversation resumes, the reply box with it
+    if (view && f.status && f.status !== view.case.status) {
+      view.setStatus(f.status);
+      this.announce(`${customerName(view.customer)} wrote again: the case is open for replies.`);
+    }
     const card = [...this.offerCards.values()].find((c) => c.offer.case.id === f.case);
     const cust = view ? (view.customer.id || view.case.customer) : card?.offer.case.customer;
     if (!cust || !f.entry) return;

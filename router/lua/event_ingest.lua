@@ -148,6 +148,15 @@ elseif c and OPEN[st] then
     append(c)
     redis.call('HSET', k_case(c), 'callback', '1', 'updated', NOW_S)
     notify(c, {type = 'case.updated', case = c, event = kind, entry = entry()})
+  elseif st == 'wrapping' then
+    -- the customer wrote again during wrap-up, which ended the conversation: it resumes with
+    -- the same agent (back to assigned: they may reply), and a chat's widget hears them rejoin
+    append(c)
+    local a = hget(k_case(c), 'agent')
+    redis.call('HSET', k_case(c), 'st', 'assigned', 'updated', NOW_S)
+    log('case.resumed', {'case', c, 'agent', a or ''})
+    chat_event(c, ch, 'joined', a)
+    notify(c, {type = 'case.message', case = c, entry = entry(), status = 'assigned'})
   else
     append(c)
     redis.call('HSET', k_case(c), 'updated', NOW_S)
