@@ -180,5 +180,7 @@ async def move_case(request: Request) -> dict[str, Any]:
     note = d.get("note", "")
     if not isinstance(note, str) or len(note) > 2000:
         raise BadRequest("note: a string of at most 2000 characters", code="body.invalid")
-    await ctx.switch.transfer(who.workspace, "", case, queue=queue, note=note)
+    name = await ctx.redis.hget(keys.agent(who.workspace, who.subject), "name")
+    by_name = (name or b"").decode() or who.subject
+    await ctx.switch.transfer(who.workspace, "", case, queue=queue, note=note, by_name=by_name)
     return queries.case_summary(await queries.case_fields(ctx.redis, who.workspace, case))

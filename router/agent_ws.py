@@ -112,6 +112,7 @@ class AgentSession:
             queue=_str(f, "queue", 64, False),
             to_agent=_str(f, "agent", 64, False),
             note=_str(f, "note", 2000, False),
+            by_name=await self._name(),
         )
 
     async def wrapup(self, f: dict[str, Any]) -> None:
@@ -177,6 +178,7 @@ class AgentSession:
             _str(f, "case", 64),
             queue=_str(f, "queue", 64),
             note=_str(f, "note", 2000, False),
+            by_name=await self._name(),
         )
 
     async def agent_status(self, f: dict[str, Any]) -> dict[str, Any]:

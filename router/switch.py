@@ -245,13 +245,15 @@ class Switch:
         queue: str = "",
         to_agent: str = "",
         note: str = "",
+        by_name: str = "",
     ) -> dict[str, Any]:
         """Transfer an assigned case to a queue or a named agent (then back to the queue).
 
         ``agent`` '' means a supervisor moving a waiting case (the caller checked the role).
+        ``by_name``: who did it, as the history shows them (the agent's or supervisor's name).
         """
         cfg = await self.config(ws)
-        plan = await self._transfer_plan(ws, cfg, agent, case, queue, to_agent)
+        plan, to_name = await self._transfer_plan(ws, cfg, agent, case, queue, to_agent)
         entry = fastjson.dumps_str(
             {
                 "id": new_id("n"),
@@ -262,7 +264,9 @@ class Switch:
                 "ts": time.time(),
                 "text": note,
                 "agent": agent,
+                "from": by_name or agent,
                 "to": to_agent or queue,
+                "to_name": to_name,
             }
         )
         plan_json = fastjson.dumps_str(plan)
@@ -279,20 +283,28 @@ class Switch:
 
     async def _transfer_plan(
         self, ws: str, cfg: WorkspaceConfig, agent: str, case: str, queue: str, to_agent: str
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The plan a transfer gives the case, and the name of where it goes (the history's)."""
         if bool(queue) == bool(to_agent):
             raise BadRequest("transfer to exactly one of queue or agent", code="transfer.invalid")
-        row = await self.redis.hmget(keys.case(ws, case), ["q", "pri", "ch"])
+        row = await self.redis.hmget(keys.case(ws, case), ["q", "pri", "ch", "st", "agent"])
         if row[0] is None:
             raise NotFound("case not found", code="case.unknown")
+        if agent and row[3] == b"wrapping" and row[4] == agent.encode():
+            # the conversation has ended (case_transfer.lua says the same; this comes first)
+            raise Conflict("the conversation has ended: complete the case", code="case.wrapping")
         pri = int(row[1] or 0)
         if to_agent:
             if to_agent == agent:
                 raise BadRequest("a transfer to yourself", code="transfer.invalid")
-            if not await self.redis.exists(keys.agent(ws, to_agent)):
-                raise NotFound("agent not found", code="agent.unknown")
             ch = (row[2] or b"").decode()
-            cap = await self.redis.hget(keys.agent(ws, to_agent), f"cap:{ch}")
+            cap, name = await self.redis.hmget(keys.agent(ws, to_agent), [f"cap:{ch}", "name"])
+            if (
+                cap is None
+                and name is None
+                and not await self.redis.exists(keys.agent(ws, to_agent))
+            ):
+                raise NotFound("agent not found", code="agent.unknown")
             if int(cap or 0) <= 0:
                 raise BadRequest(f"{to_agent} takes no {ch} cases", code="transfer.invalid")
             back = row[0].decode()
@@ -303,7 +315,7 @@ class Switch:
             return [
                 {"queue": back, "pri": pri, "lifo": "0", "due": tmo, "agent": to_agent},
                 {"queue": back, "pri": pri, "lifo": lifo, "pool": back},
-            ]
+            ], (name or b"").decode() or to_agent
         q = cfg.queue(queue)
         if q is None:
             raise NotFound(f"queue {queue!r} not found", code="queue.unknown")
@@ -311,7 +323,7 @@ class Switch:
         await self.pools.ensure(ws, cfg, [spec])
         return [
             {"queue": q.id, "pri": pri, "lifo": "1" if q.order == "lifo" else "0", "pool": q.id}
-        ]
+        ], q.name or q.id
 
     async def followup(
         self, ws: str, agent: str, case: str, due_ms: int, note: str = ""

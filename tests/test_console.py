@@ -522,9 +522,10 @@ async def test_transfer_to_a_colleague_picked_from_the_directory(
     offer = bea.get_by_test_id("offer")
     await expect(offer.get_by_test_id("offer-subject")).to_have_text("Charged for a return")
     await offer.get_by_test_id("offer-accept").click()
-    await expect(panel(bea).get_by_test_id("timeline")).to_contain_text(
-        "billing question after all"
-    )
+    note = panel(bea).get_by_test_id("timeline-entry").filter(has_text="billing question after all")
+    # who passed it on, and to whom, by name
+    await expect(note.locator(".tl-who")).to_have_text("Sam Support")
+    await expect(note).to_contain_text("Transferred to Bea Billing")
 
 
 # -- B: the supervisor view -----------------------------------------------------------------------

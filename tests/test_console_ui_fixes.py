@@ -263,3 +263,42 @@ async def test_chat_widget_keeps_the_story_in_order_and_the_newest_line_in_view(
         "the chat log scrolled to its newest line",
     )
     await expect(handed).to_be_in_viewport()
+
+
+# -- 6: wrap-up ends the conversation ------------------------------------------------------------
+
+
+async def test_wrapping_up_with_an_unsent_reply_asks_first_and_ends_transfers(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await open_email_case(web, server)
+    case = panel(sam)
+    await case.get_by_test_id("reply-input").fill("It ships tomorrow, Kim.")
+    await case.get_by_test_id("wrapup").click()
+    ask = case.get_by_test_id("wrapup-unsent")
+    await expect(ask).to_be_visible()
+    await expect(case.get_by_test_id("compose-mode-reply")).to_have_count(1)  # not wrapped yet
+    await case.get_by_test_id("wrapup-cancel").click()
+    await expect(ask).to_have_count(0)
+    await expect(case.get_by_test_id("reply-input")).to_have_value("It ships tomorrow, Kim.")
+
+    await case.get_by_test_id("wrapup").click()
+    await case.get_by_test_id("wrapup-send-first").click()
+    # sent as the reply, then wrapped up: notes only, and nothing to transfer any more
+    await expect(case.get_by_test_id("notes-only")).to_have_text("Notes only in wrap-up")
+    sent = case.locator("[data-testid=timeline-entry][data-dir=out]")
+    await expect(sent).to_contain_text("It ships tomorrow, Kim.")
+    await expect(case.get_by_test_id("reply-input")).to_have_value("")
+    await expect(case.get_by_test_id("transfer-submit")).to_have_count(0)
+    await expect(case.get_by_test_id("disposition-select")).to_be_visible()
+
+
+async def test_wrapping_up_without_sending_drops_the_draft(web: Web, server: ServerProcess) -> None:
+    sam = await open_email_case(web, server)
+    case = panel(sam)
+    await case.get_by_test_id("reply-input").fill("Never mind this.")
+    await case.get_by_test_id("wrapup").click()
+    await case.get_by_test_id("wrapup-discard").click()
+    await expect(case.get_by_test_id("notes-only")).to_be_visible()
+    await expect(case.get_by_test_id("reply-input")).to_have_value("")
+    await expect(case.locator("[data-testid=timeline-entry][data-dir=out]")).to_have_count(0)

@@ -195,6 +195,16 @@ async def test_wrap_up_ends_the_conversation_notes_go_on(switch: Switch, inbox: 
     assert e.value.code == "case.wrapping"
     assert await switch.redis.xlen("sb:{acme}:out") == outbox
     await switch.reply("acme", "ann", r.case, "customer happy", note=True)
+    # nor can it be transferred: the case stays ann's, in wrap-up (direct to Lua, too)
+    tl = await switch.redis.llen(f"sb:{{acme}}:cu:{r.customer}:tl")
+    with pytest.raises(Conflict) as e:
+        await switch.transfer("acme", "ann", r.case, queue="support", note="over to you")
+    assert e.value.code == "case.wrapping"
+    res = await switch.store.run("case_transfer", "acme", "ann", r.case, "[]", "", "", 0)
+    assert res == {"ok": False, "error": "case.wrapping"}
+    assert await case_field(switch, r.case, "st") == "wrapping"
+    assert await case_field(switch, r.case, "agent") == "ann"
+    assert await switch.redis.llen(f"sb:{{acme}}:cu:{r.customer}:tl") == tl
     # the customer writes again before the case is completed: it resumes with ann
     again = await switch.ingest("acme", chat("e2", thread="e1", text="wait, one more thing"))
     assert (again.case, again.action) == (r.case, "appended")
@@ -318,12 +328,28 @@ async def test_transfer_to_agent_and_queue(switch: Switch, inbox: Inbox):
     await switch.set_status("acme", "bob", "available")
     r = await switch.ingest("acme", chat("e1"))
     await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
-    await switch.transfer("acme", "ann", r.case, to_agent="bob", note="billing question")
+    await switch.transfer(
+        "acme", "ann", r.case, to_agent="bob", note="billing question", by_name="Ann A."
+    )
     o = inbox.last_offer("bob")
     assert o["case"]["id"] == r.case
-    assert o["timeline"][-1]["kind"] == "transfer"
+    # the history names who passed it on and to whom, as people, not ids
+    note = o["timeline"][-1]
+    assert note["kind"] == "transfer"
+    assert (note["agent"], note["from"], note["to"], note["to_name"]) == (
+        "ann",
+        "Ann A.",
+        "bob",
+        "Bob",
+    )
     await switch.accept("acme", "bob", o["offer"])
     await switch.transfer("acme", "bob", r.case, queue="support")
+    last = json.loads((await switch.redis.lrange(f"sb:{{acme}}:cu:{r.customer}:tl", -1, -1))[0])
+    assert (last["from"], last["to"], last["to_name"]) == (
+        "bob",
+        "support",
+        "support",
+    )  # a queue without a name
     assert inbox.last_offer("ann")["case"]["id"] == r.case
     with pytest.raises(BadRequest):
         await switch.transfer("acme", "ann", r.case, queue="support", to_agent="bob")

@@ -348,7 +348,7 @@ class Model:
         assert ctx.plan is not None
         a = ev.get("agent", "")
         if a:
-            must(c.status in ("assigned", "wrapping") and c.agent == a, f"{c} moved by {a}")
+            must(c.status == "assigned" and c.agent == a, f"{c} moved by {a}")
             self.agents[a].load[c.ch] -= 1
         else:
             must(c.status in ("queued", "limbo"), f"supervisor moved a {c.status} case: {ev}")
@@ -936,6 +936,16 @@ class RoutingMachine(RuleBasedStateMachine):
             ]
 
         call = self.switch.transfer(WS, c.agent, cid, queue=queue, to_agent=to_agent)
+        if c.status == "wrapping":
+            # the conversation has ended: refused, no change
+            try:
+                self.run(call)
+            except Conflict as e:
+                must(e.code == "case.wrapping", f"transfer of wrapping {cid}: {e.code}")
+            else:
+                must(False, f"transfer of {cid} in wrap-up was accepted")
+            self.settle(Ctx("refused"))
+            return
         if to_agent and (to_agent == c.agent or AGENTS[to_agent].cap.get(c.ch, 0) <= 0):
             # to yourself, or to someone who takes no cases on its channel: refused, no change
             try:

@@ -201,9 +201,10 @@ export class CaseView {
   // -- actions ---------------------------------------------------------------------------------
 
   renderActions() {
+    // in wrap-up the conversation has ended: no transfer (the server refuses it: case.wrapping)
     replace(this.actions,
       this.wrapSection(),
-      this.transferSection(),
+      this.case.status === "wrapping" ? null : this.transferSection(),
       this.followupSection());
   }
 
@@ -250,6 +251,12 @@ export class CaseView {
   }
 
   async wrapup(button) {
+    // wrap-up ends the conversation: a reply typed and not sent would stay behind in a box that
+    // now takes notes only, so ask first (send it, or drop it)
+    if (this.mode === "reply" && this.input.value.trim()) {
+      this.confirmUnsent(button);
+      return;
+    }
     button.disabled = true;
     try {
       await this.app.conn.request("case.wrapup", { case: this.case.id });
@@ -259,6 +266,29 @@ export class CaseView {
       this.app.toast(e.message, { kind: "error" });
       button.disabled = false;
     }
+  }
+
+  confirmUnsent(button) {
+    const card = button.closest(".action-card");
+    if (card.querySelector("[data-testid=wrapup-unsent]")) return;
+    const box = h("div", { class: "unsent", role: "alertdialog", testid: "wrapup-unsent",
+      "aria-label": "Your reply has not been sent" },
+    h("p", null, "Your reply to the customer has not been sent. Wrap-up ends the conversation."),
+    h("button", { class: "primary", testid: "wrapup-send-first", onclick: async () => {
+      box.remove();
+      await this.send();
+      if (!this.input.value.trim()) await this.wrapup(button);  // sent: the box is empty
+    } }, "Send it, then wrap up"),
+    h("button", { class: "secondary", testid: "wrapup-discard", onclick: () => {
+      box.remove();
+      this.input.value = "";
+      this.app.drafts.delete(this.case.id);
+      this.wrapup(button);
+    } }, "Wrap up without sending"),
+    h("button", { class: "link-button", testid: "wrapup-cancel", onclick: () => { box.remove(); this.input.focus(); } },
+      "Cancel"));
+    card.append(box);
+    box.querySelector("button").focus();
   }
 
   transferSection() {

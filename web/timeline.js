@@ -72,7 +72,7 @@ function body(entry) {
   if (entry.kind === "wrapup") {
     parts.push(h("p", { class: "tl-event" }, "Wrapped up", entry.disposition ? ` · ${entry.disposition}` : ""));
   } else if (entry.kind === "transfer") {
-    parts.push(h("p", { class: "tl-event" }, "Transferred", entry.to ? ` to ${entry.to}` : ""));
+    parts.push(h("p", { class: "tl-event" }, "Transferred", entry.to ? ` to ${entry.to_name || entry.to}` : ""));
   }
   if (entry.text && !(label && entry.text === label)) {
     parts.push(h("p", { class: "tl-text", testid: "timeline-text" }, entry.text));

@@ -1,6 +1,7 @@
 -- case_transfer.lua — move a case to a new plan (a queue, or a named agent then a fallback
 -- queue) keeping its age and timeline. Used by an agent transferring an assigned case (their
--- capacity is freed, they pull their next case) and by a supervisor moving a waiting case
+-- capacity is freed, they pull their next case; not one in wrap-up, whose conversation has
+-- ended: case.wrapping) and by a supervisor moving a waiting case
 -- (agent id '' — the caller has checked the role). A pending offer on the case is rescinded.
 -- KEYS[1] workspace prefix
 -- ARGV    now, agent id or '', case id, plan JSON [{pool|agent, queue, pri, due}, ...],
@@ -17,6 +18,7 @@ if a ~= '' then
   if cs[2] ~= a or (cs[1] ~= 'assigned' and cs[1] ~= 'wrapping') then
     return result({ok = false, error = 'case.unknown'})
   end
+  if cs[1] == 'wrapping' then return result({ok = false, error = 'case.wrapping'}) end
   redis.call('SREM', k_agent_cases(a), c)
   release(a, cs[3])
   chat_event(c, cs[3], 'transferred', a)
