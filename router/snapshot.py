@@ -135,16 +135,45 @@ async def chat_history(redis: aioredis.Redis, ws: str, case: str) -> list[dict[s
     return out
 
 
-async def chat_agent(redis: aioredis.Redis, ws: str, case: str) -> dict[str, str] | None:
+async def chat_agent(redis: aioredis.Redis, ws: str, case: str) -> dict[str, Any] | None:
     """Where a chat case's agent stands, for a widget that (re)connects — what the last
-    ``agent`` frame said: ``joined`` while assigned, ``closed`` once wrapped up or completed,
-    ``None`` while the case waits for one."""
-    st, agent = await redis.hmget(keys.case(ws, case), "st", "last_agent")
-    event = {b"assigned": "joined", b"wrapping": "closed", b"completed": "closed"}.get(st or b"")
-    if event is None or not agent:
+    ``agent`` frame said, with its time (``ts``, s) so the widget puts it in its place in the
+    story: ``joined`` while assigned, ``closed`` once wrapped up or completed, ``transferred``
+    while the case waits after its agent handed it on, ``waiting`` (no name) while it waits
+    for someone otherwise; ``None`` for no case."""
+    st, agent, assigned, wrapping, closed, moved = await redis.hmget(
+        keys.case(ws, case),
+        "st",
+        "last_agent",
+        "assigned",
+        "wrapping_since",
+        "closed",
+        "transferred",
+    )
+    if st in (b"queued", b"offered"):
+        # handed on and not yet taken: the latest move is the transfer (not a reopened case's)
+        if agent and moved and int(moved) > max(int(closed or 0), int(assigned or 0)):
+            return await _agent_move(redis, ws, "transferred", agent, moved)
+        return {"event": "waiting"}
+    event, at = {
+        b"assigned": ("joined", assigned),
+        b"wrapping": ("closed", wrapping),
+        # completed after a wrap-up: the conversation closed when the wrap-up began
+        b"completed": ("closed", wrapping if int(wrapping or 0) >= int(assigned or 1) else closed),
+    }.get(st or b"", ("", None))
+    if not event or not agent:
         return None
+    return await _agent_move(redis, ws, event, agent, at)
+
+
+async def _agent_move(
+    redis: aioredis.Redis, ws: str, event: str, agent: bytes, at_ms: bytes | None
+) -> dict[str, Any]:
     name = await redis.hget(keys.agent(ws, _dec(agent)), "name")
-    return {"event": event, "name": _dec(name) or "Agent"}
+    move: dict[str, Any] = {"event": event, "name": _dec(name) or "Agent"}
+    if at_ms:
+        move["ts"] = int(at_ms) / 1000
+    return move
 
 
 async def agent_directory(redis: aioredis.Redis, ws: str) -> list[dict[str, str]]:

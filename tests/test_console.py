@@ -101,7 +101,7 @@ WORKSPACE: dict[str, Any] = {
             "name": "Bea Billing",
             "password": "pw-bea",
             "attributes": {"skills": ["billing"]},
-            "capacity": {"email": 1, "voice": 1},
+            "capacity": {"chat": 1, "email": 1, "voice": 1},
         },
         {
             "id": "sue",
@@ -370,7 +370,7 @@ async def test_offers_reach_the_right_agent_with_history_and_replies_flow_back(
     web: Web, server: ServerProcess
 ) -> None:
     sam = await web.agent("sam")  # support: chat + email
-    bea = await web.agent("bea")  # billing: email (1) + voice (1)
+    bea = await web.agent("bea")  # billing: chat (1), email (1), voice (1)
     # signed in on the shop's site: her email and phone link the chat to her emails and calls
     dana = await customer_chat(
         web, name="Dana Fox", email="dana@example.com", phone="+15550100777", signed=True
@@ -612,7 +612,7 @@ async def test_supervisor_sees_queues_move_and_moves_cases_and_agents(
 
 
 async def test_supervisor_sees_who_handles_what(web: Web, server: ServerProcess) -> None:
-    bea = await web.agent("bea")  # billing: email (1) + voice (1)
+    bea = await web.agent("bea")  # billing: chat (1), email (1), voice (1)
     sue = await web.page("/supervisor")
     await sign_in(sue, "sue")
     await expect(sue.get_by_test_id("progress-empty")).to_have_text(

@@ -302,3 +302,57 @@ async def test_wrapping_up_without_sending_drops_the_draft(web: Web, server: Ser
     await expect(case.get_by_test_id("notes-only")).to_be_visible()
     await expect(case.get_by_test_id("reply-input")).to_have_value("")
     await expect(case.locator("[data-testid=timeline-entry][data-dir=out]")).to_have_count(0)
+
+
+async def test_a_reloaded_chat_widget_shows_where_a_handed_on_chat_stands(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await web.agent("sam")
+    ada = await customer_chat(web)
+    await say(ada, "Hello?")
+    await sam.get_by_test_id("offer-accept").click()
+    await panel(sam).get_by_test_id("reply-input").fill("Hi, Sam here.")
+    await panel(sam).get_by_test_id("reply-send").click()
+    await expect(ada.get_by_test_id("chat-message").filter(has_text="Sam here")).to_be_visible()
+    await panel(sam).get_by_test_id("transfer-queue").select_option("billing")
+    await panel(sam).get_by_test_id("transfer-submit").click()
+    await expect(ada.get_by_test_id("chat-waiting")).to_be_visible()
+
+    # reloaded while nobody has it yet: still waiting, and told why
+    await ada.reload()
+    await expect(ada.get_by_test_id("chat-status")).to_have_text("Connected")
+    lines = ada.locator("[data-testid=chat-messages] > li")
+    await expect(lines).to_have_text(
+        [
+            re.compile("Hello\\?"),
+            re.compile("Sam here"),
+            "Sam Support handed your chat to a colleague",
+        ]
+    )
+    await expect(ada.get_by_test_id("chat-waiting")).to_be_visible()
+
+    bea = await web.agent("bea")
+    await bea.get_by_test_id("offer-accept").click()
+    await panel(bea).get_by_test_id("reply-input").fill("Bea from billing, hello.")
+    await panel(bea).get_by_test_id("reply-send").click()
+    await expect(ada.get_by_test_id("chat-message").filter(has_text="Bea from")).to_be_visible()
+    await ada.reload()
+    await expect(ada.get_by_test_id("chat-status")).to_have_text("Connected")
+    story = [re.compile("Hello\\?"), re.compile("Sam here"), "Bea Billing joined the chat"]
+    await expect(lines).to_have_text([*story, re.compile("Bea from billing")])
+    await expect(ada.get_by_test_id("chat-waiting")).to_be_hidden()
+
+    # she wraps up; Ada writes again, which resumes it: her message, then Bea is back
+    await panel(bea).get_by_test_id("wrapup").click()
+    closed = "Bea Billing closed the conversation. Write again any time."
+    await expect(ada.get_by_test_id("chat-system").last).to_have_text(closed)
+    await say(ada, "Sorry, one more thing.")
+    await expect(lines).to_have_text(
+        [
+            *story,
+            re.compile("Bea from billing"),
+            closed,
+            re.compile("one more thing"),
+            "Bea Billing joined the chat",
+        ]
+    )

@@ -40,6 +40,7 @@ TEAMS = {
     **dict.fromkeys(["follow", "hist", "move", "movex", "voice", "pipe", "dup", "codec"], 1),
     "reopen": 1,
     "claims": 1,  # its agent never connects: cases wait
+    "handon": 1,
     "hello": 2,
     "rescind": 1,
     "leave": 1,
@@ -741,7 +742,7 @@ async def test_chat_widget_conversation(stack: Stack) -> None:
         ("in", "my order"),
     ]
     assert all("agent" not in m for m in resumed["messages"])
-    assert resumed["agent"] == {"event": "joined", "name": "Support 1"}
+    assert resumed["agent"] == {"event": "joined", "name": "Support 1", "ts": joined["ts"]}
     assert (await back.ok("end"))["case"] == first["case"]
     assert (await console.expect("case.updated", case=first["case"]))["event"] == (
         "conversation.ended"
@@ -752,7 +753,7 @@ async def test_chat_widget_conversation(stack: Stack) -> None:
         assert (closed["name"], closed["case"]) == ("Support 1", first["case"])
     await console.ok("case.complete", case=first["case"], disposition="resolved")
     _, later = await stack.chat(token=welcome["token"])
-    assert later["agent"] == {"event": "closed", "name": "Support 1"}
+    assert later["agent"] == {"event": "closed", "name": "Support 1", "ts": closed["ts"]}
 
 
 async def test_a_chat_transfer_tells_the_visitor(stack: Stack) -> None:
@@ -762,11 +763,26 @@ async def test_a_chat_transfer_tells_the_visitor(stack: Stack) -> None:
     offer = await console.offer_for(sent["case"])
     await console.ok("offer.accept", offer=offer["offer"])
     assert (await widget.expect("agent"))["event"] == "joined"
-    await console.ok("case.transfer", case=sent["case"], queue="claims", note="billing, please")
+    await console.ok("case.transfer", case=sent["case"], queue="handon", note="billing, please")
     moved = await widget.expect("agent")
     assert (moved["event"], moved["name"]) == ("transferred", "Support 1")
+    # a widget that reconnects now hears the same, with its time (it waits for the next agent)
     _, back = await stack.chat(token=welcome["token"])
-    assert back["agent"] is None  # waiting for the next agent
+    assert (back["agent"]["event"], back["agent"]["name"]) == ("transferred", "Support 1")
+    assert back["agent"]["ts"] == pytest.approx(moved["ts"], abs=1)
+    other, _ = await stack.agent("handon1", status="available")
+    await other.ok("offer.accept", offer=(await other.offer_for(sent["case"]))["offer"])
+    assert (await widget.expect("agent"))["event"] == "joined"
+    _, again = await stack.chat(token=welcome["token"])
+    assert (again["agent"]["event"], again["agent"]["name"]) == ("joined", "Handon 1")
+    assert again["agent"]["ts"] > back["agent"]["ts"]  # after the transfer, not at the first join
+
+
+async def test_a_waiting_chat_says_so_to_a_widget_that_reconnects(stack: Stack) -> None:
+    widget, welcome = await stack.chat()
+    await widget.ok("message", text="is anyone there?")
+    _, back = await stack.chat(token=welcome["token"])
+    assert back["agent"] == {"event": "waiting"}
 
 
 async def test_the_widget_names_the_agent_even_from_an_older_node(stack: Stack) -> None:

@@ -270,7 +270,12 @@ export class ChatWidget {
 
   receive(f) {
     if (this.messages.some((m) => m.id === f.id)) return;
-    this.messages.push(f);
+    // in time order: the visitor's own message can come back after the line its arrival
+    // caused ("… joined" when it resumed a conversation), and goes before it
+    const ts = typeof f.ts === "number" ? f.ts : Infinity;
+    const at = this.messages.findIndex((m) => typeof m.ts === "number"
+      && (m.ts > ts || (m.ts === ts && m.dir === "system")));
+    if (at < 0) this.messages.push(f); else this.messages.splice(at, 0, f);
     if (f.dir === "out") this.ended = false;
     this.render();
   }
@@ -292,10 +297,16 @@ export class ChatWidget {
   }
 
   async transmit(m) {
+    const before = this.messages.length;
     try {
       await this.request("message", { text: m.text, id: m.id });
       this.save({ outbox: this.load().outbox.filter((x) => x.id !== m.id) });
-      this.messages.push({ id: `${this.visitor}:${m.id}`, dir: "in", text: m.text, ts: m.ts, from: "" });
+      const sent = { id: `${this.visitor}:${m.id}`, dir: "in", text: m.text, ts: m.ts, from: "" };
+      // a line about the agent that came while it was on its way ("… joined": it resumed the
+      // conversation) is what it caused: the message goes before it
+      const caused = this.messages.findIndex((x, i) => i >= before && x.dir === "system");
+      if (this.messages.some((x) => x.id === sent.id)) { /* the echo came first */ }
+      else if (caused < 0) this.messages.push(sent); else this.messages.splice(caused, 0, sent);
       this.render();
     } catch (e) {
       if (e.code !== "disconnected") {
