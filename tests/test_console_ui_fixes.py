@@ -78,6 +78,10 @@ async def test_conversation_keeps_most_of_the_height_at_laptop_widths(
     scroller = "[data-testid=case-panel]:not([hidden]) .tl-scroll"
     predicate, arg = height_at_least(scroller, 0.4 * height)
     await until(sam, predicate, arg, f"the conversation is 40 % of {width}x{height}")
+    # the page itself does not scroll (into an empty band below the app): only the case does
+    assert await sam.evaluate(
+        "() => document.documentElement.scrollHeight <= window.innerHeight"
+    ), f"the page scrolls at {width}x{height}"
     # the actions are still there, below the conversation, a scroll away
     wrapup = panel(sam).get_by_test_id("wrapup")
     await wrapup.scroll_into_view_if_needed()
