@@ -15,16 +15,12 @@ from starlette.requests import Request
 from router import keys
 from router.auth import Principal
 from router.context import Ctx
-from router.errors import BadRequest, Forbidden, NotFound, Unauthorized
-from router.http import body, principal
+from router.errors import BadRequest, NotFound
+from router.http import body, signed_in
 
 
 async def _body(request: Request) -> dict[str, Any]:
     return await body(request)
-
-
-def _principal(request: Request, role: str, workspace: str | None) -> Principal:
-    return principal(request, role, workspace)
 
 
 def _ctx(request: Request) -> Ctx:
@@ -34,14 +30,7 @@ def _ctx(request: Request) -> Ctx:
 
 async def _caller(request: Request, role: str = "agent") -> Principal:
     """The signed-in caller with their current role; 401 / 403 as for every route."""
-    who = _principal(request, "agent", request.query_params.get("workspace") or None)
-    stored = await _ctx(request).redis.hget(keys.agent(who.workspace, who.subject), "role")
-    if stored is None:
-        raise Unauthorized("this agent no longer exists; sign in again")
-    current = Principal(who.kind, who.workspace, who.subject, stored.decode())
-    if not current.can(role):
-        raise Forbidden(f"{role}s only")
-    return current
+    return await signed_in(request, role, request.query_params.get("workspace") or None)
 
 
 def _only(d: dict[str, Any], allowed: frozenset[str]) -> None:

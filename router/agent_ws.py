@@ -25,6 +25,7 @@ from router.errors import (
     SwitchboardError,
     Unauthorized,
 )
+from router.http import current
 from router.hub import Conn
 from router.metrics import METRICS
 from router.session import serve_frames
@@ -244,8 +245,7 @@ async def agent_endpoint(websocket: WebSocket) -> None:
             raise Unauthorized(
                 "this connect token was already used; get a fresh one", code="auth.reused"
             )
-        if not await ctx.redis.exists(keys.agent(who.workspace, who.subject)):
-            raise NotFound("agent not found", code="agent.unknown")
+        who = await current(ctx, who)  # their role now; not if it or their password changed
     except SwitchboardError as e:
         await reject_connection(websocket, codec, e.code, e.message)
         return

@@ -19,7 +19,7 @@ from router.admin_api import admin_routes
 from router.auth import Principal, verify_password
 from router.context import Ctx
 from router.errors import BadRequest, RateLimited, Unauthorized
-from router.http import body, endpoint, principal
+from router.http import body, endpoint, signed_in
 
 __all__ = ["api_routes"]
 
@@ -40,16 +40,17 @@ async def login(request: Request) -> dict[str, Any]:
     if ip:
         guards.append((keys.login_failures_from(ip), ADDRESS_FREE))
     await _not_throttled(ctx, guards)
-    row = await ctx.redis.hmget(keys.agent(ws, agent), ["pw", "role", "name"])
+    row = await ctx.redis.hmget(keys.agent(ws, agent), ["pw", "role", "name", "sv"])
     if not row[0] or not verify_password(password, row[0].decode()):
         await _failed(ctx, guards)
         raise Unauthorized("wrong agent or password")
     await ctx.redis.delete(guards[0][0])
     role = row[1].decode() if row[1] else "agent"
-    who = Principal("session", ws, agent, role)
+    version = int(row[3] or 0)
+    who = Principal("session", ws, agent, role, version)
     return {
         "token": ctx.tokens.issue(who),
-        "ws_token": ctx.tokens.issue(Principal("ws", ws, agent, role)),
+        "ws_token": ctx.tokens.issue(Principal("ws", ws, agent, role, version)),
         "workspace": ws,
         "agent": agent,
         "role": role,
@@ -98,16 +99,18 @@ async def _failed(ctx: Ctx, guards: list[tuple[str, int]]) -> None:
 async def ws_token(request: Request) -> dict[str, Any]:
     """A fresh one-connect WebSocket token for the signed-in agent."""
     ctx: Ctx = request.app.state.ctx
-    who = principal(request)
+    who = await signed_in(request)
     return {
-        "token": ctx.tokens.issue(Principal("ws", who.workspace, who.subject, who.role)),
+        "token": ctx.tokens.issue(
+            Principal("ws", who.workspace, who.subject, who.role, who.version)
+        ),
         "expires_in": ctx.tokens.ttl("ws"),
     }
 
 
 @endpoint
 async def me(request: Request) -> dict[str, Any]:
-    who = principal(request)
+    who = await signed_in(request)
     return {"workspace": who.workspace, "agent": who.subject, "role": who.role}
 
 

@@ -58,6 +58,9 @@ class Principal:
     workspace: str
     subject: str  # agent id or visitor id
     role: str = "agent"  # agent | supervisor | admin | visitor
+    # the agent's session version ("sv" in its hash) when the token was issued: a change of
+    # role or password bumps it, which ends every session signed in before (auth.revoked)
+    version: int = 0
 
     def can(self, role: str) -> bool:
         order = {"visitor": 0, "agent": 1, "supervisor": 2, "admin": 3}
@@ -72,7 +75,14 @@ class Tokens:
     def issue(self, p: Principal) -> str:
         # the nonce makes every token distinct, so a ws token can be spent exactly once
         return self._s.dumps(
-            {"k": p.kind, "w": p.workspace, "s": p.subject, "r": p.role, "n": secrets.token_hex(8)}
+            {
+                "k": p.kind,
+                "w": p.workspace,
+                "s": p.subject,
+                "r": p.role,
+                "v": p.version,
+                "n": secrets.token_hex(8),
+            }
         )
 
     def verify(self, token: str, kind: str) -> Principal:
@@ -85,7 +95,8 @@ class Tokens:
             raise Unauthorized("invalid token") from None
         if not isinstance(d, dict) or d.get("k") != kind:
             raise Unauthorized("wrong kind of token")
-        return Principal(kind, str(d["w"]), str(d["s"]), str(d["r"]))
+        v = d.get("v", 0)  # tokens from before versions: 0, as an agent never changed
+        return Principal(kind, str(d["w"]), str(d["s"]), str(d["r"]), v if type(v) is int else -1)
 
     def ttl(self, kind: str) -> int:
         return self._ttl[kind]

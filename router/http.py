@@ -9,11 +9,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from router import keys
 from router.auth import Principal
 from router.context import Ctx
 from router.errors import BadRequest, Forbidden, SwitchboardError, TooLarge, Unauthorized
 
-__all__ = ["MAX_BODY", "body", "endpoint", "principal"]
+__all__ = ["MAX_BODY", "body", "current", "endpoint", "principal", "signed_in"]
 
 MAX_BODY = 256 * 1024
 
@@ -64,6 +65,29 @@ def principal(request: Request, role: str = "agent", workspace: str | None = Non
     who = ctx.tokens.verify(auth[7:].strip(), "session")
     if workspace is not None and who.workspace != workspace:
         raise Forbidden("not your workspace")
+    if not who.can(role):
+        raise Forbidden(f"{role}s only")
+    return who
+
+
+async def current(ctx: Ctx, who: Principal) -> Principal:
+    """The agent behind a valid token as they are now: their stored role, and only if the
+    token was issued since their role or password last changed (their session version)."""
+    role, sv = await ctx.redis.hmget(keys.agent(who.workspace, who.subject), ["role", "sv"])
+    if role is None:
+        raise Unauthorized("this agent no longer exists; sign in again", code="agent.unknown")
+    if int(sv or 0) != who.version:
+        raise Unauthorized(
+            "your account changed (role or password): sign in again", code="auth.revoked"
+        )
+    return Principal(who.kind, who.workspace, who.subject, role.decode(), who.version)
+
+
+async def signed_in(
+    request: Request, role: str = "agent", workspace: str | None = None
+) -> Principal:
+    """``principal``, checked against the agent as stored now (``current``)."""
+    who = await current(request.app.state.ctx, principal(request, "agent", workspace))
     if not who.can(role):
         raise Forbidden(f"{role}s only")
     return who

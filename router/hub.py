@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router import fastjson, keys, wire
+from router.errors import CLOSE_CODES
 from router.push import chat_agent_frame, chat_frame
 from router.store import stop_task
 
@@ -75,6 +76,17 @@ class Conn:
             self.held.append(data)
             return
         await self._write(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the socket (its session's loop then ends as for any disconnect)."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            if self._raw is not None:
+                await self._raw({"type": "websocket.close", "code": code, "reason": reason})
+            else:
+                await self.ws.close(code, reason)  # type: ignore[attr-defined]
 
     async def _write(self, data: bytes | str) -> None:
         if self.closed:
@@ -210,6 +222,11 @@ class Hub:
             if data is None:
                 data = encoded[c.codec] = wire.encode(frame, c.codec)
             await c.send_encoded(data)
+        if frame.get("type") == "session.revoked":
+            # the agent's role or password changed: their sessions end here and now, whatever
+            # the console does with the frame (it signs out)
+            for c in list(conns):
+                await c.close(CLOSE_CODES["policy"], "signed out")
 
     async def _reader(self) -> None:
         while True:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from router import fastjson, keys
-from router.auth import hash_password
+from router.auth import hash_password, verify_password
 from router.errors import BadRequest, StoreUnavailable
 from router.store import Store
 from router.triage import PoolSpec, agent_data, pool_members
@@ -65,10 +65,20 @@ class Pools:
                 break
         else:
             raise StoreUnavailable("agent update kept conflicting; try again")
+        ak = keys.agent(ws, a.id)
+        role, pw = await self.redis.hmget(ak, ["role", "pw"])
         extra = {"role": a.role}
-        if a.password is not None:
-            extra["pw"] = hash_password(a.password)
-        await self.redis.hset(keys.agent(ws, a.id), mapping=extra)
+        new_pw = a.password is not None and not (
+            pw is not None and verify_password(a.password, pw.decode())
+        )
+        if new_pw:
+            extra["pw"] = hash_password(str(a.password))
+        await self.redis.hset(ak, mapping=extra)
+        # a new role or password ends the sessions signed in before it (auth.revoked): a
+        # demoted supervisor's open console must not keep a supervisor's powers
+        if (role is not None and role.decode() != a.role) or (new_pw and pw is not None):
+            await self.redis.hincrby(ak, "sv", 1)
+            res = {**res, "revoked": True}
         return res
 
     async def stored_agent(self, ws: str, aid: str) -> AgentConfig | None:

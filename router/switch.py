@@ -61,6 +61,9 @@ class IngestResult:
     offered: bool = False  # this very call offered the case to an agent
 
 
+REVOKED = "Your account changed (role or password): sign in again."
+
+
 class Switch:
     """The routing core for any number of workspaces on one Redis."""
 
@@ -125,7 +128,10 @@ class Switch:
         """Create or update an agent; recompute the pools they belong to."""
         cfg = await self.config(ws)
         a = agent if isinstance(agent, AgentConfig) else parse_agent(agent)
-        await self._dispatch(ws, await self.pools.update_agent(ws, cfg, a))
+        res = await self.pools.update_agent(ws, cfg, a)
+        await self._dispatch(ws, res)
+        if res.get("revoked"):  # their consoles, on every node, are told and closed
+            await self.notify(ws, a.id, {"type": "session.revoked", "message": REVOKED})
 
     async def _update_memberships(self, ws: str, aid: str) -> None:
         a = await self.pools.stored_agent(ws, aid)

@@ -28,6 +28,7 @@ from router.store import Store, connect
 from router.switch import Switch
 from tests.server import ServerProcess, write_config
 from tests.switchboard_fixtures import DECL, agent
+from tests.ws_client import connect_agent
 
 PW = "pw"
 
@@ -229,10 +230,13 @@ async def test_admin_creates_updates_and_demotes_an_agent(env: Env) -> None:
         r = await adm.put("/api/agents/cy", json={"role": "agent"})
         assert r.status_code == 200
         assert r.json()["name"] == "Cy" and r.json()["attributes"] == {"skills": ["billing"]}
-        env.server.login("cy", "s3cret")
-        # the demotion applies to the token already issued
+        # the demotion ends the sessions signed in before it; a new one is an agent's
         r = await adm.get("/api/workflow", headers=hdr)
-        assert r.status_code == 403
+        assert r.status_code == 401 and r.json()["code"] == "auth.revoked"
+        again = env.server.login("cy", "s3cret")
+        assert again["role"] == "agent"
+        hdr = {"Authorization": f"Bearer {again['token']}"}
+        assert (await adm.get("/api/workflow", headers=hdr)).status_code == 403
         r = await adm.put("/api/agents/cy", json={"capacity": {"fax": 1}})
         assert r.status_code == 400 and "agent.capacity.fax" in r.json()["message"]
         r = await adm.put("/api/agents/cy", json={"shoe_size": 44})
@@ -241,6 +245,56 @@ async def test_admin_creates_updates_and_demotes_an_agent(env: Env) -> None:
         assert r.status_code == 400
         r = await adm.put("/api/agents/bad:id", json={})
         assert r.status_code == 400 and r.json()["code"] == "config.invalid"
+
+
+async def test_a_changed_role_or_password_ends_open_sessions(env: Env) -> None:
+    """A supervisor demoted while their console is open loses it at once (not at its next
+    sign-in): the server tells it and closes it, and its tokens stop working. A new password
+    does the same; the same password given again (a config file re-applied) does not."""
+    async with env.client("ada") as adm:
+        r = await adm.put(
+            "/api/agents/vi", json={"name": "Vi", "role": "supervisor", "password": "one"}
+        )
+        assert r.status_code == 201, r.text
+        vi = env.server.login("vi", "one")
+        console = await connect_agent(env.server.ws_url, vi["ws_token"])
+        await console.expect("hello")
+        assert "stats" in await console.ok("stats.fetch")
+
+        r = await adm.put("/api/agents/vi", json={"password": "one"})  # unchanged
+        assert r.status_code == 200
+        assert "stats" in await console.ok("stats.fetch")  # still signed in
+        spare = env.server.login("vi", "one")["ws_token"]  # a connect token, not yet used
+
+        r = await adm.put("/api/agents/vi", json={"role": "agent"})
+        assert r.status_code == 200
+        told = await console.expect("session.revoked")
+        assert "sign in again" in told["message"]
+        assert await console.closed() == 1008
+        async with httpx.AsyncClient(base_url=env.server.url, timeout=10) as c:
+            hdr = {"Authorization": f"Bearer {vi['token']}"}
+            for r in (
+                await c.get("/api/me", headers=hdr),
+                await c.post("/api/ws-token", headers=hdr),
+            ):
+                assert r.status_code == 401 and r.json()["code"] == "auth.revoked"
+        # a connect token issued before the change is refused too
+        stale = await connect_agent(env.server.ws_url, spare)
+        assert (await stale.expect("error"))["code"] == "auth.revoked"
+
+        fresh = env.server.login("vi", "one")
+        assert fresh["role"] == "agent"
+        console = await connect_agent(env.server.ws_url, fresh["ws_token"])
+        await console.expect("hello")
+        await console.fails("stats.fetch", "forbidden")
+        r = await adm.put("/api/agents/vi", json={"password": "two"})
+        assert r.status_code == 200
+        await console.expect("session.revoked")
+        assert await console.closed() == 1008
+        later = env.server.login("vi", "two")
+        console = await connect_agent(env.server.ws_url, later["ws_token"])
+        await console.expect("hello")
+        await console.close()
 
 
 async def test_agent_edits_survive_a_queue_change(env: Env) -> None:

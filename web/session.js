@@ -185,6 +185,12 @@ export class Connection extends EventTarget {
         else p.reject({ code: frame.code, message: frame.message });
         return;
       }
+      if (frame.type === "session.revoked") { // role or password changed: sign in again
+        this.stopped = true;
+        this._setState("stopped");
+        this.dispatchEvent(new CustomEvent("expired", { detail: { message: frame.message } }));
+        return;
+      }
       if (frame.type === "error" && this.state === "connecting") {
         refusal = frame; // the server says why before closing a refused connection
         return;
@@ -206,7 +212,7 @@ export class Connection extends EventTarget {
       }
       this.pending.clear();
       if (this.stopped) return;
-      if (refusal && refusal.code === "agent.unknown") {
+      if (refusal && (refusal.code === "agent.unknown" || refusal.code === "auth.revoked")) {
         this.stopped = true;
         this._setState("stopped");
         this.dispatchEvent(new CustomEvent("expired", { detail: { message: refusal.message } }));
