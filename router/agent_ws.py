@@ -157,6 +157,15 @@ class AgentSession:
     async def agents(self, f: dict[str, Any]) -> dict[str, Any]:
         return {"agents": await snapshot.agent_directory(self.ctx.redis, self.ws)}
 
+    async def dismiss_reminder(self, f: dict[str, Any]) -> None:
+        """The agent has seen a reminder: it is not shown again (on this or any console)."""
+        rid = _str(f, "id", 200)
+        if await self.ctx.redis.hdel(keys.agent_reminders(self.ws, self.agent), rid):
+            # the agent's other consoles take it down too
+            await self.ctx.hub.notify(
+                self.ws, self.agent, {"type": "reminder.dismissed", "id": rid}
+            )
+
     async def ping(self, f: dict[str, Any]) -> dict[str, Any]:
         return {"ts": time.time()}
 
@@ -223,6 +232,7 @@ _HANDLERS = {
     "case.complete": AgentSession.complete,
     "case.followup": AgentSession.followup,
     "history.fetch": AgentSession.history,
+    "reminder.dismiss": AgentSession.dismiss_reminder,
     "ping": AgentSession.ping,
     "agents.list": AgentSession.agents,
     "stats.fetch": AgentSession.stats,

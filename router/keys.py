@@ -103,6 +103,11 @@ def agent_offers(ws: str, aid: str) -> str:
     return f"sb:{{{ws}}}:a:{aid}:offers"
 
 
+def agent_reminders(ws: str, aid: str) -> str:
+    """Follow-up reminders that fell due and the agent has not dismissed: id -> frame JSON."""
+    return f"sb:{{{ws}}}:a:{aid}:rem"
+
+
 def queues(ws: str) -> str:
     return f"sb:{{{ws}}}:queues"
 

@@ -118,7 +118,14 @@ async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str
         "canned": dict(cfg.canned),
         "cases": open_cases,
         "offers": pending,
+        "reminders": await reminders(redis, ws, agent),
     }
+
+
+async def reminders(redis: aioredis.Redis, ws: str, agent: str) -> list[dict[str, Any]]:
+    """The agent's follow-up reminders that fell due and are not dismissed, oldest first."""
+    out = [json.loads(v) for v in await redis.hvals(keys.agent_reminders(ws, agent))]
+    return sorted(out, key=lambda r: (r.get("due", 0), r.get("id", "")))
 
 
 async def chat_history(redis: aioredis.Redis, ws: str, case: str) -> list[dict[str, Any]]:

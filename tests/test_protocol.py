@@ -589,16 +589,59 @@ async def test_wrapup_then_complete_frees_capacity(stack: Stack, bridge: WsClien
 
 
 async def test_followup_sends_a_reminder(stack: Stack, bridge: WsClient) -> None:
-    console, offer, ack = await offered(stack, bridge, "follow1", "follow")
+    email = f"{uid('f')}@example.com"
+    console, offer, ack = await offered(
+        stack, bridge, "follow1", "follow", email=email, subject="Parcel late"
+    )
     await console.ok("offer.accept", offer=offer["offer"])
     due = int(time.time() * 1000) + 50
     got = await console.ok("case.followup", case=ack["case"], due=due, note="call back")
     assert got["due"] == due
     reminder = await console.expect("reminder", case=ack["case"])
-    assert reminder == {"type": "reminder", "case": ack["case"], "note": "call back"}
+    # it names its case: who, what about, on which channel, in which state
+    assert reminder["note"] == "call back" and reminder["id"] == f"{ack['case']}|1"
+    assert (reminder["customer"], reminder["subject"], reminder["channel"]) == (
+        email,
+        "Parcel late",
+        "chat",
+    )
+    assert reminder["status"] == "assigned" and reminder["due"] == pytest.approx(due / 1000, abs=5)
     got = await console.ok("case.followup", case=ack["case"], in_s=0.05, note="again")
     assert abs(got["due"] - time.time() * 1000) < 60_000
     assert (await console.expect("reminder", case=ack["case"]))["note"] == "again"
+    for rid in (f"{ack['case']}|1", f"{ack['case']}|2"):
+        await console.ok("reminder.dismiss", id=rid)
+
+
+async def test_a_reminder_due_while_away_waits_for_the_agent(
+    stack: Stack, bridge: WsClient
+) -> None:
+    """A follow-up that falls due while the agent is signed out is not lost: the next hello
+    carries it until they dismiss it, and a dismissal on one console takes it off the others."""
+    console, offer, ack = await offered(stack, bridge, "follow1", "follow", name="Rita Reyes")
+    await console.ok("offer.accept", offer=offer["offer"])
+    await console.ok("case.wrapup", case=ack["case"])
+    await console.ok("case.complete", case=ack["case"], disposition="resolved")
+    await console.ok("case.followup", case=ack["case"], in_s=0.05, note="did it arrive?")
+    await console.close()
+    kept = keys.agent_reminders("acme", "follow1")
+    deadline = time.monotonic() + 10
+    while not await stack.redis.hlen(kept):
+        assert time.monotonic() < deadline, "the reminder never fell due"
+        await asyncio.sleep(0.05)
+
+    first, hello = await stack.agent("follow1")
+    [r] = [r for r in hello["reminders"] if r["case"] == ack["case"]]
+    assert (r["note"], r["customer"], r["status"]) == ("did it arrive?", "Rita Reyes", "completed")
+    second, hello2 = await stack.agent("follow1")
+    assert r in hello2["reminders"]
+    await first.ok("reminder.dismiss", id=r["id"])
+    assert (await second.expect("reminder.dismissed"))["id"] == r["id"]
+    _, again = await stack.agent("follow1")
+    assert r["id"] not in [x["id"] for x in again["reminders"]]
+    # someone else's or an unknown reminder: nothing to dismiss, nothing changes
+    await first.ok("reminder.dismiss", id="nope|1")
+    await first.fails("reminder.dismiss", "frame.invalid", id=7)
 
 
 async def test_history_fetch_pages_back(stack: Stack, bridge: WsClient) -> None:

@@ -17,6 +17,10 @@ const RESCIND_REASON = {
   rescinded: "The offer was withdrawn.",
 };
 
+// a reminded case's state, for one no longer on the agent's screen
+const STATE_LABEL = { queued: "waiting", offered: "waiting", assigned: "open", wrapping: "in wrap-up",
+  completed: "closed", abandoned: "abandoned", timeout: "closed" };
+
 class AgentConsole {
   constructor(root, session) {
     this.root = root;
@@ -29,6 +33,7 @@ class AgentConsole {
     this.canned = {};
     this.timelines = new Map();
     this.views = new Map();
+    this.reminders = new Map(); // reminder id -> its toast, until dismissed
     this.offerCards = new Map();
     this.drafts = new Map();
     this.active = null;
@@ -146,6 +151,7 @@ class AgentConsole {
       case "case.message":
       case "case.updated": return this.caseEntry(f);
       case "reminder": return this.reminder(f);
+      case "reminder.dismissed": return this.reminderDismissed(f);
       case "status": {
         this.me.status = f.status;
         if (f.status === "offline") this.dropOffers();
@@ -178,6 +184,7 @@ class AgentConsole {
     this.active = null;
     for (const d of f.cases || []) this.addCase(d);
     for (const o of f.offers || []) this.addOffer(o, false);
+    for (const r of f.reminders || []) this.reminder(r);
     const first = this.views.keys().next().value;
     if (keep && this.views.has(keep)) this.select(keep);
     else if (first) this.select(first);
@@ -248,14 +255,32 @@ class AgentConsole {
     }
   }
 
+  /** A follow-up reminder, live or kept for us while we were away (hello's reminders): it
+   *  stays until dismissed, here or on another console, and then the server forgets it. */
   reminder(f) {
+    if (f.id && this.reminders.has(f.id)) return; // a reconnect's hello repeats it
     const view = this.views.get(f.case);
-    const who = view ? customerName(view.customer) : "a case you handled";
+    const who = view ? customerName(view.customer) : f.customer || "a case you handled";
     const actions = view ? [["Open case", () => this.select(f.case, true)]] : [];
-    this.toast(f.note || `Follow up on ${who}.`, {
+    const what = [CHANNEL_LABEL[f.channel], f.subject,
+      !view && f.status ? STATE_LABEL[f.status] || f.status : ""].filter(Boolean).join(" · ");
+    const due = typeof f.due === "number" && Date.now() / 1000 - f.due > 90
+      ? ` (due ${new Date(f.due * 1000).toLocaleString()})` : "";
+    const toast = this.toast(`${f.note || `Follow up on ${who}.`}${what ? ` — ${what}` : ""}${due}`, {
       kind: "reminder", title: `Follow-up reminder · ${who}`, testid: "reminder", actions,
+      onDismiss: () => {
+        this.reminders.delete(f.id);
+        if (f.id) this.conn.request("reminder.dismiss", { id: f.id }).catch(() => {});
+      },
     });
+    if (f.id) this.reminders.set(f.id, toast);
     this.urgent.announce(`Follow-up reminder: ${f.note || who}`);
+  }
+
+  reminderDismissed(f) {
+    const toast = this.reminders.get(f.id);
+    if (toast) toast.remove();
+    this.reminders.delete(f.id);
   }
 
   // -- offers ----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ export function announcer(politeness = "polite") {
 /** Toasts: short messages top-right. kind: info | error | reminder (stays until dismissed). */
 export function toaster() {
   const el = h("div", { class: "toasts", "aria-live": "polite", testid: "toasts" });
-  function show(text, { kind = "info", title, testid, actions = [], timeoutMs } = {}) {
+  function show(text, { kind = "info", title, testid, actions = [], timeoutMs, onDismiss } = {}) {
     const close = h("button", { class: "icon-button", "aria-label": "Dismiss", testid: "toast-dismiss" }, "×");
     const toast = h("div", { class: `toast toast-${kind}`, role: kind === "error" ? "alert" : "status",
       testid: testid || `toast-${kind}` },
@@ -28,9 +28,10 @@ export function toaster() {
       title ? h("p", { class: "toast-title" }, title) : null,
       h("p", { class: "toast-text" }, text),
       actions.length ? h("div", { class: "toast-actions" }, actions.map(([label, fn]) =>
-        h("button", { class: "link-button", onclick: () => { fn(); toast.remove(); } }, label))) : null),
+        h("button", { class: "link-button", onclick: () => { fn(); toast.remove(); if (onDismiss) onDismiss(); } },
+          label))) : null),
     close);
-    close.addEventListener("click", () => toast.remove());
+    close.addEventListener("click", () => { toast.remove(); if (onDismiss) onDismiss(); });
     el.append(toast);
     const ms = timeoutMs ?? (kind === "reminder" ? 0 : kind === "error" ? 8000 : 4000);
     if (ms) setTimeout(() => toast.remove(), ms);

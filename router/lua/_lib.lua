@@ -36,6 +36,7 @@ local function k_agent_conns(a) return P .. 'a:' .. a .. ':conns' end
 local function k_node_agents(n) return P .. 'node:' .. n .. ':agents' end
 local function k_agent_cases(a) return P .. 'a:' .. a .. ':cases' end
 local function k_agent_offers(a) return P .. 'a:' .. a .. ':offers' end
+local function k_agent_reminders(a) return P .. 'a:' .. a .. ':rem' end
 local function k_queues() return P .. 'queues' end
 local function k_queue(q) return P .. 'q:' .. q end
 local function k_queue_wait(q) return P .. 'q:' .. q .. ':wait' end

@@ -5,7 +5,8 @@
 --   o|<offer>          offer deadline: the offer times out, the case goes back with its age;
 --                      an agent who misses max_missed offers in a row is set to away_status
 --   e|<case>|<step>    workflow step timeout: the case moves on to the next step (same age)
---   f|<case>|<agent>|<n>  follow-up reminder for an agent
+--   f|<case>|<agent>|<n>  follow-up reminder for an agent: pushed, and kept until they dismiss
+--                      it (reminder.dismiss), so one due while they are away waits for them
 --   g|<agent>|<token>  reconnect grace over: the agent goes offline, pending offers rescinded
 --   r|<case>|<agent>   a refusal has lapsed: the agent may be offered the case again; if it is
 --                      still waiting, they pull (no free agent but those who refused it could
@@ -21,6 +22,36 @@ local limit = tonumber(ARGV[2])
 local max_missed = tonumber(ARGV[3])
 local due = redis.call('ZRANGEBYSCORE', k_timers(), '-inf', NOW, 'LIMIT', 0, limit)
 local offers, push = {}, {}
+
+-- A customer as an agent knows them: their name, else an email or phone they wrote from.
+local function customer_label(u)
+  local prof = redis.call('HGETALL', k_customer(u))
+  local addr = ''
+  for i = 1, #prof, 2 do
+    local f = prof[i]
+    if f == 'name' and prof[i + 1] ~= '' then return prof[i + 1] end
+    if addr == '' and (string.sub(f, 1, 8) == 'i:email:' or string.sub(f, 1, 8) == 'i:phone:') then
+      addr = string.sub(f, 9)
+    end
+  end
+  return addr
+end
+
+-- Keep a fired reminder until the agent dismisses it (at most the latest 100 of them).
+local function keep_reminder(a, frame)
+  local rk = k_agent_reminders(a)
+  if redis.call('HLEN', rk) >= 100 then
+    local oldest, at = nil, math.huge
+    local all = redis.call('HGETALL', rk)
+    for i = 1, #all, 2 do
+      local due = tonumber(string.match(all[i + 1], '"due":([%d%.e+]+)')) or 0
+      if due < at then oldest, at = all[i], due end
+    end
+    if oldest then redis.call('HDEL', rk, oldest) end
+  end
+  redis.call('HSET', rk, frame.id, cjson.encode(frame))
+end
+
 for _, m in ipairs(due) do
   redis.call('ZREM', k_timers(), m)
   local parts = split(m, '|')
@@ -54,8 +85,14 @@ for _, m in ipairs(due) do
     end
   elseif kind == 'f' then
     local c, a = parts[2], parts[3]
-    local note = hget(k_case(c), 'followup:' .. parts[4]) or ''
-    push[#push + 1] = {agent = a, frame = {type = 'reminder', case = c, note = note}}
+    local cs = redis.call('HMGET', k_case(c), 'followup:' .. parts[4], 'cust', 'subject', 'ch',
+      'st')
+    -- what identifies the case to the agent, even once it is closed and off their screen
+    local frame = {type = 'reminder', id = c .. '|' .. parts[4], case = c, note = cs[1] or '',
+      customer = cs[2] and customer_label(cs[2]) or '', subject = cs[3] or '',
+      channel = cs[4] or '', status = cs[5] or '', due = NOW / 1000}
+    keep_reminder(a, frame)
+    push[#push + 1] = {agent = a, frame = frame}
     log('case.reminder', {'case', c, 'agent', a})
   elseif kind == 'g' then
     local a, token = parts[2], parts[3]
