@@ -3,15 +3,19 @@ and answer/abandon counts from the workspace's event log (never by scanning case
 
 Service level, per queue, over the last 60 minutes:
 
-    SL = cases answered within the queue's target  ÷  (cases answered + cases abandoned)
+    SL = answered within the queue's target  ÷  (answered + abandoned + escalated)
 
-"answered" is an offer accepted (``offer.accepted``, with the case's wait so far); "abandoned"
-is a case that ended before any agent took it (``case.abandoned``).
+"answered" is an offer accepted (``offer.accepted``, with the case's wait since it last began
+waiting: created, reopened or transferred); "abandoned" is a case that ended before any agent
+took it (``case.abandoned``); "escalated" is a case that waited out the queue's workflow step
+and moved on unanswered (``case.escalated``): a breach of the queue it left, not only of the one
+that finally answers it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -29,7 +33,8 @@ from router.workspace import WorkspaceConfig
 __all__ = ["SL_FORMULA", "Stats"]
 
 log = logging.getLogger("switchboard.stats")
-SL_FORMULA = "answered within target ÷ (answered + abandoned), last 60 min"
+SL_FORMULA = "answered within target ÷ (answered + abandoned + escalated), last 60 min"
+CATCH_UP_S = 2.0  # a first snapshot waits this long at most for the last hour's counts
 WINDOW_S = 3600
 
 
@@ -39,14 +44,16 @@ class _Tail:
     def __init__(self, redis: aioredis.Redis, ws: str, cfg: WorkspaceConfig) -> None:
         self.redis, self.ws = redis, ws
         self.targets = {q.id: q.sl_target_s * 1000 for q in cfg.queues}
-        # (queue, minute) -> [answered within target, answered, abandoned]
-        self.buckets: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+        # (queue, minute) -> [answered within target, answered, abandoned, escalated]
+        self.buckets: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        # set once the last hour is read: until then the counts are not yet true
+        self.caught_up = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"stats-{ws}")
 
     def _count(self, fields: dict[str, str]) -> None:
         t = fields.get("t")
         q = fields.get("queue", "")
-        if not q or t not in ("offer.accepted", "case.abandoned"):
+        if not q or t not in ("offer.accepted", "case.abandoned", "case.escalated"):
             return
         minute = int(float(fields.get("ts", "0")) // 60_000)
         b = self.buckets[(q, minute)]
@@ -54,8 +61,10 @@ class _Tail:
             b[1] += 1
             if float(fields.get("waited", "0")) <= self.targets.get(q, 60_000):
                 b[0] += 1
-        else:
+        elif t == "case.abandoned":
             b[2] += 1
+        else:
+            b[3] += 1
 
     async def _run(self) -> None:
         cursor = f"{int((time.time() - WINDOW_S) * 1000)}-0"
@@ -63,10 +72,14 @@ class _Tail:
         while True:
             try:
                 got = await self.redis.xread({stream: cursor}, count=1000, block=1000)
+                read = 0
                 for _, entries in got or []:
                     for eid, fields in entries:
                         cursor = eid.decode()
                         self._count(pairs(fields))
+                        read += 1
+                if read < 1000:
+                    self.caught_up.set()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as e:
@@ -75,16 +88,18 @@ class _Tail:
 
     def service_level(self, queue: str) -> dict[str, Any]:
         since = int(time.time() // 60) - WINDOW_S // 60
-        within = answered = abandoned = 0
-        for (q, minute), (w, a, ab) in list(self.buckets.items()):
+        within = answered = abandoned = escalated = 0
+        for (q, minute), (w, a, ab, esc) in list(self.buckets.items()):
             if minute < since:
                 del self.buckets[(q, minute)]
             elif q == queue:
-                within, answered, abandoned = within + w, answered + a, abandoned + ab
-        total = answered + abandoned
+                within, answered = within + w, answered + a
+                abandoned, escalated = abandoned + ab, escalated + esc
+        total = answered + abandoned + escalated
         return {
             "answered": answered,
             "abandoned": abandoned,
+            "escalated": escalated,
             "within_target": within,
             "service_level": round(within / total, 4) if total else None,
         }
@@ -107,6 +122,9 @@ class Stats:
         tail = self._tails.get(ws)
         if tail is None:
             tail = self._tails[ws] = _Tail(self.redis, ws, cfg)
+        if not tail.caught_up.is_set():  # the first look after a start: not a row of zeros
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tail.caught_up.wait(), CATCH_UP_S)
         now_rel = time.time() * 1000 - 1704067200000  # case ages count from 2024-01-01
         pipe = redis.pipeline(transaction=False)
         for q in cfg.queues:

@@ -304,15 +304,18 @@ class Switch:
             if to_agent == agent:
                 raise BadRequest("a transfer to yourself", code="transfer.invalid")
             ch = (row[2] or b"").decode()
-            cap, name = await self.redis.hmget(keys.agent(ws, to_agent), [f"cap:{ch}", "name"])
-            if (
-                cap is None
-                and name is None
-                and not await self.redis.exists(keys.agent(ws, to_agent))
-            ):
+            cap, name, st = await self.redis.hmget(
+                keys.agent(ws, to_agent), [f"cap:{ch}", "name", "st"]
+            )
+            if st is None:
                 raise NotFound("agent not found", code="agent.unknown")
             if int(cap or 0) <= 0:
                 raise BadRequest(f"{to_agent} takes no {ch} cases", code="transfer.invalid")
+            if st == b"offline":  # the case would only wait out the step for nobody
+                raise BadRequest(
+                    f"{to_agent} is signed out: choose a queue or a colleague who is in",
+                    code="transfer.invalid",
+                )
             back = row[0].decode()
             await self.pools.ensure(ws, cfg, [PoolSpec(back, back, "true")])
             tmo = int(cfg.transfer_agent_timeout_s * 1000)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from router.errors import BadRequest, Conflict, NotFound
+from router.stats import Stats
 from router.store import now_ms
 from router.switch import Switch
 from tests.switchboard_fixtures import DECL, Inbox, agent, chat
@@ -150,14 +151,21 @@ async def test_a_refusal_lapsing_on_a_case_taken_meanwhile_changes_nothing(
 async def test_transfers_nobody_can_take_and_replies_on_calls_are_refused(
     switch: Switch, inbox: Inbox
 ):
-    """A transfer to yourself, or to someone who takes no cases on the channel, and a reply on
-    a call: typed errors, and the case stays as it was."""
+    """A transfer to yourself, to someone who takes no cases on the channel or to someone
+    signed out, and a reply on a call: typed errors, and the case stays as it was."""
     boss = {**agent("sue", ["support"]), "capacity": {}}
-    await setup(switch, agent("ann", ["support"]), agent("bob", ["support"], chat=0), boss)
+    cy = agent("cy", ["support"])  # takes chats, but is signed out
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["support"], chat=0), boss, cy)
     await switch.set_status("acme", "ann", "available")
     r = await switch.ingest("acme", chat("e1"))
     await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
-    for to, why in [("ann", "yourself"), ("bob", "takes no chat"), ("sue", "takes no chat")]:
+    refusals = [
+        ("ann", "yourself"),
+        ("bob", "takes no chat"),
+        ("sue", "takes no chat"),
+        ("cy", "signed out"),
+    ]
+    for to, why in refusals:
         with pytest.raises(BadRequest, match=why) as e:
             await switch.transfer("acme", "ann", r.case, to_agent=to)
         assert e.value.code == "transfer.invalid"
@@ -308,6 +316,20 @@ async def test_reopen_prefers_last_agent(switch: Switch, inbox: Inbox):
     await switch.set_status("acme", "ann", "available")
     assert inbox.last_offer("ann")["case"]["id"] == r.case
     assert inbox.last_offer("ann")["why"]["reason"].startswith("preferred agent")
+
+
+async def test_reopen_does_not_wait_for_a_last_agent_who_signed_out(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1", thread="conv2"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.complete("acme", "ann", r.case)
+    await switch.set_status("acme", "ann", "offline")
+    await switch.set_status("acme", "bob", "available")
+    r2 = await switch.ingest("acme", chat("e2", thread="conv2", text="one more thing"))
+    assert r2.action == "reopened" and r2.case == r.case
+    assert inbox.last_offer("bob")["case"]["id"] == r.case  # at once, not after 120 s
+    assert await case_field(switch, r.case, "step") == "2"
 
 
 async def test_escalation_keeps_age_and_relaxes_skills(switch: Switch, inbox: Inbox):
@@ -498,3 +520,39 @@ async def test_an_offers_history_keeps_its_latest_kilobyte(switch: Switch, inbox
         await switch.accept("acme", "ann", f"{r.case}.1")
     await switch.accept("acme", "ann", last)
     assert await case_field(switch, r.case, "st") == "assigned"
+
+
+async def test_service_level_counts_escalations_and_waits_since_the_case_began_waiting(
+    switch: Switch, inbox: Inbox, redis_server: str
+):
+    """A supervisor's first look after a start shows the last hour, not zeros; a case that
+    waited out a queue's step counts against that queue; a transferred case's wait runs from
+    its transfer, not from its creation (it was being handled meanwhile)."""
+    await setup(switch, agent("ann", ["support"], languages=["en"]), agent("bob", ["sales"]))
+    spanish = await switch.ingest("acme", chat("es1", attributes={"language": "es"}))  # 30 s step
+    await switch.run_timers("acme", now=now_ms() + 31_000)  # nobody speaks Spanish: moves on
+    assert await case_field(switch, spanish.case, "step") == "2"
+    await switch.set_status("acme", "ann", "available")
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])  # answered, late
+
+    r = await switch.ingest("acme", chat("e1", email="old@example.com"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    # as if it had come in an hour ago and ann had worked on it since
+    await switch.redis.hset(f"sb:{{acme}}:c:{r.case}", "created", now_ms() - 3_600_000)
+    await switch.set_status("acme", "bob", "available")
+    await switch.transfer("acme", "ann", r.case, queue="sales")
+    await switch.accept("acme", "bob", inbox.last_offer("bob")["offer"])
+
+    cfg = await switch.config("acme")
+    stats = Stats(redis_server)
+    try:
+        first = await stats.snapshot(switch.redis, cfg, "acme")  # the very first look
+    finally:
+        await stats.close()
+    by_id = {q["id"]: q for q in first["queues"]}
+    support, sales = by_id["support"], by_id["sales"]
+    assert (support["escalated"], support["answered"], support["abandoned"]) == (1, 2, 0)
+    # both answers came at once (only the timers' clock jumped): the escalation is the miss
+    assert support["service_level"] == pytest.approx(2 / 3, abs=1e-3)
+    assert (sales["answered"], sales["within_target"]) == (1, 1)  # waited since the transfer
+    assert "escalated" in first["sl_formula"]

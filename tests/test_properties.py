@@ -323,6 +323,11 @@ class Model:
         return self.cases[ev["case"]]
 
     def _enter(self, c: Case, step: int) -> None:
+        # a step for one agent who is signed out is skipped (enter_step in _lib.lua)
+        while step <= len(c.plan) and (a := c.plan[step - 1].agent) is not None:
+            if self.agents[a].status != "offline":
+                break
+            step += 1
         self.expect[c.id] = Expect("enter", step)
 
     def on_case_created(self, ev: dict[str, str], ts: int, ctx: Ctx, prev: Any) -> None:
@@ -946,8 +951,13 @@ class RoutingMachine(RuleBasedStateMachine):
                 must(False, f"transfer of {cid} in wrap-up was accepted")
             self.settle(Ctx("refused"))
             return
-        if to_agent and (to_agent == c.agent or AGENTS[to_agent].cap.get(c.ch, 0) <= 0):
-            # to yourself, or to someone who takes no cases on its channel: refused, no change
+        if to_agent and (
+            to_agent == c.agent
+            or AGENTS[to_agent].cap.get(c.ch, 0) <= 0
+            or self.model.agents[to_agent].status == "offline"
+        ):
+            # to yourself, to someone who takes no cases on its channel or who is signed out:
+            # refused, no change
             try:
                 self.run(call)
             except BadRequest as e:
@@ -1193,7 +1203,8 @@ def test_transfer_to_agent_falls_back_in_the_queue_order(machine_url: str) -> No
         cid = m.ingest("chat", {"topic": "billing"}, 1)  # billing is LIFO
         m.accept(m.model.pending()[0].id)
         m.set_status("dee", "away")
-        m.transfer(cid, to_agent="ann")  # ann is offline: the case waits for her 60 s
+        m.set_status("ann", "away")
+        m.transfer(cid, to_agent="ann")  # ann is away: the case waits for her 60 s
         m.tick(61_000)  # then back to billing, where it must wait in LIFO order ...
         newer = m.ingest("chat", {"topic": "billing"}, 2)  # ... behind this newer one
         m.set_status("cid", "available")

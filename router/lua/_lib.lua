@@ -634,6 +634,12 @@ end
 -- ("due") counts from when the plan started, as TaskRouter counts it on the task's age. The
 -- fallback step (the default filter, "fb") is reached only by skipping, never by a timeout.
 -- known: these fields when the caller has just written them (a new case).
+-- Agent a exists and is not offline (a connected console, or its reconnect grace).
+local function signed_in(a)
+  local st = redis.call('HGET', k_agent(a), 'st')
+  return st ~= false and st ~= 'offline'
+end
+
 local function enter_step(c, i, offers, by_timeout, known)
   local ck = k_case(c)
   local cs = known
@@ -644,12 +650,14 @@ local function enter_step(c, i, offers, by_timeout, known)
   if by_timeout and plan[i] ~= nil and plan[i].fb then i = #plan + 1 end
   while plan[i] ~= nil do
     local s = plan[i]
-    if s.agent ~= nil and s.pool == nil and redis.call('EXISTS', k_agent(s.agent)) == 1 then
+    -- a step for one agent (a transfer to them, a reopened case's last agent) is skipped when
+    -- they are signed out: the case would only wait out the step for nobody
+    if s.agent ~= nil and s.pool == nil and signed_in(s.agent) then
       s.pool = ensure_agent_pool(s.agent)
     end
     if s.known ~= nil and s.pool == nil then
       local a = case_get(c, {s.known})[1] or nil
-      if a ~= nil and redis.call('EXISTS', k_agent(a)) == 1 then
+      if a ~= nil and signed_in(a) then
         s.pool = ensure_agent_pool(a)
       end
     end

@@ -37,9 +37,7 @@ else
   end
   dequeue(c)
 end
-if ARGV[6] ~= '' then ensure_agent_pool(ARGV[6]) end
-local plan = cjson.decode(ARGV[4])
-if ARGV[6] ~= '' then plan[1].pool = 'a~' .. ARGV[6] end
+local plan = cjson.decode(ARGV[4])  -- to an agent: its first step names them (enter_step)
 redis.call('HSET', ck, 'plan', cjson.encode(plan), 'plan_start', NOW_S, 'st', 'queued',
   'transferred', NOW_S)
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end

@@ -7,8 +7,9 @@ local a, o = ARGV[2], ARGV[3]
 local c = offer_case(o)
 if c == nil then return result({ok = false, error = 'offer.unknown'}) end
 local ck = k_case(c)
-local cq = redis.call('HMGET', ck, 'offer', 'ost', 'oagent', 'ch', 'q', 'created', 'thread', 'cust',
-  'step', 'first_assigned')
+-- 'plan_start': when the case last began waiting (created, reopened, transferred): its wait
+local cq = redis.call('HMGET', ck, 'offer', 'ost', 'oagent', 'ch', 'q', 'plan_start', 'thread',
+  'cust', 'step', 'first_assigned')
 local st = offer_state_for(c, o, a, cq[1], cq[2], cq[3])
 if st == nil then return result({ok = false, error = 'offer.unknown'}) end
 if st == 'accepted' then return result({ok = true, case = c, duplicate = true}) end

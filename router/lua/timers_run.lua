@@ -74,10 +74,11 @@ for _, m in ipairs(due) do
     end
   elseif kind == 'e' then
     local c, step = parts[2], parts[3]
-    local cs = redis.call('HMGET', k_case(c), 'st', 'step')
+    local cs = redis.call('HMGET', k_case(c), 'st', 'step', 'q')
     if cs[2] == step then
       if cs[1] == 'queued' then
-        log('case.escalated', {'case', c, 'from_step', step})
+        -- the queue it leaves unanswered (its service level counts it: router/stats.py)
+        log('case.escalated', {'case', c, 'from_step', step, 'queue', cs[3] or ''})
         enter_step(c, tonumber(step) + 1, offers, true)
       elseif cs[1] == 'offered' then
         redis.call('HSET', k_case(c), 'esc', '1')
