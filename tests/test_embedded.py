@@ -15,7 +15,13 @@ import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from router import embedded
-from router.embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server, redis_version
+from router.embedded import (
+    EmbeddedRedis,
+    EmbeddedRedisError,
+    _redis_env,
+    find_redis_server,
+    redis_version,
+)
 from tests.util import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +101,29 @@ async def test_missing_binary_is_a_clear_error(
         find_redis_server()
     with pytest.raises(EmbeddedRedisError, match="no redis-server found"):
         await EmbeddedRedis(tmp_path / "data").start()
+
+
+async def test_redis_gets_a_deeper_malloc_cache_unless_the_operator_set_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def tunables(pid: int | None) -> str:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return next((e.decode() for e in env if e.startswith(b"GLIBC_TUNABLES=")), "")
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    server = EmbeddedRedis(tmp_path / "a")
+    async with running(server):
+        assert tunables(server.pid) == "GLIBC_TUNABLES=glibc.malloc.tcache_count=4096"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=16")
+    server = EmbeddedRedis(tmp_path / "b")
+    async with running(server):
+        assert tunables(server.pid) == "GLIBC_TUNABLES=glibc.malloc.tcache_count=16"
+    # other tunables of the operator's are kept (glibc shows only the first in /proc)
+    merged = _redis_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "HOME": "/h"})
+    assert merged == {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=4096",
+        "HOME": "/h",
+    }
 
 
 async def test_starts_on_a_unix_socket_with_aof_and_answers_ping(tmp_path: Path) -> None:
