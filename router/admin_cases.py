@@ -168,7 +168,8 @@ async def create_case(request: Request) -> Response:
 
 
 async def move_case(request: Request) -> dict[str, Any]:
-    """Supervisor move: a waiting (queued or offered) case goes to another queue."""
+    """Supervisor move: a case goes to another queue — a waiting one (queued or offered), or
+    one taken back from its agent (assigned or wrapping: signed out, gone home)."""
     who = await _caller(request, "supervisor")
     ctx = _ctx(request)
     case = _path_id(request, "case")

@@ -31,6 +31,11 @@ _TOKEN = re.compile(r"^[\x21-\x7e]{1,200}$")
 # What an attachment's name loses: C0/C1 controls, zero-width characters, and the bidi
 # embeddings, overrides and isolates that let "invoice\u202egnp.exe" show as "invoiceexe.png"
 _NAME_JUNK = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+# What a one-line text agents read (a subject, a sender's name) loses: controls, the same bidi
+# embeddings, overrides and isolates ("bidi \u202egnp.exe" must not show as "bidi exe.png") and
+# invisible zero-width spaces. Joiners (U+200C/D: Persian, emoji sequences) and marks (U+200E/F,
+# U+061C) stay: they belong to those scripts and only place a neutral, never reverse a run.
+_LINE_JUNK = re.compile("[\x00-\x1f\x7f-\x9f\u200b\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 _TS_EARLIEST = 946_684_800  # 2000-01-01: older than that is a unit mistake, not history
 _TS_AHEAD_S = 86_400  # a bridge's clock may run ahead; a day ahead is a mistake
 
@@ -123,6 +128,12 @@ def _attachment(a: Any, i: int) -> dict[str, Any]:
     return {"name": name, "type": ctype[:100], "size": size}
 
 
+def _line(text: str) -> str:
+    """``text`` as one clean line: whitespace runs (line breaks too) become one space, and
+    ``_LINE_JUNK`` goes."""
+    return " ".join(_LINE_JUNK.sub("", " ".join(text.split())).split())
+
+
 def parse_event(d: Any) -> Event:
     """Validate and normalize one event; raise BadRequest/TooLarge naming the field."""
     if not isinstance(d, Mapping):
@@ -173,10 +184,10 @@ def parse_event(d: Any) -> Event:
         kind=kind,
         identities=identities,
         claims=claims,
-        name=_str(d, "name", 200),
+        name=_line(_str(d, "name", 200)),
         thread=_str(d, "thread", 200),
         case=_str(d, "case", 64),
-        subject=_str(d, "subject", 998),
+        subject=_line(_str(d, "subject", 998)),
         text=_str(d, "text", MAX_TEXT),
         attachments=attachments,
         attributes=dict(attrs),
@@ -205,4 +216,11 @@ def timeline_entry(ev: Event) -> dict[str, Any]:
             entry["addr"] = addr
     if ev.attachments:
         entry["attachments"] = list(ev.attachments)
+    # the adapter cut the text (adapters/email_parse.py: mail over 60,000 characters): the agent
+    # must know they are not reading all of it, and how long it was
+    if ev.attributes.get("truncated") is True:
+        entry["truncated"] = True
+        full = ev.attributes.get("untrimmed_length")
+        if isinstance(full, int) and not isinstance(full, bool) and full > len(ev.text):
+            entry["full_length"] = full
     return entry

@@ -429,7 +429,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op(
         "PATCH",
         "/cases/{id}",
-        "Move a waiting case to another queue",
+        "Move a case to another queue (a waiting one, or one taken back from its agent)",
         "supervisor",
         "Case",
         request="CaseMove",

@@ -255,7 +255,8 @@ class Switch:
     ) -> dict[str, Any]:
         """Transfer an assigned case to a queue or a named agent (then back to the queue).
 
-        ``agent`` '' means a supervisor moving a waiting case (the caller checked the role).
+        ``agent`` '' means a supervisor (the caller checked the role) moving a waiting case, or
+        taking an assigned or wrapping one back from its agent, whose consoles are told.
         ``by_name``: who did it, as the history shows them (the agent's or supervisor's name).
         """
         cfg = await self.config(ws)

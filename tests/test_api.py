@@ -567,14 +567,14 @@ async def test_case_lifecycle_listed_by_status(env: Env) -> None:
         other = (await sup.get(f"/api/cases/{made[1]}")).json()["case"]["customer"]
         assert (await al.get(f"/api/customers/{other}")).status_code == 404
         assert (await al.get(f"/api/customers/{other}/timeline")).status_code == 404
-        # the assigned case cannot be moved by a supervisor
-        r = await sup.patch(f"/api/cases/{made[0]}", json={"queue": "support"})
-        assert r.status_code == 409
         await env.switch.wrapup("acme", "lu", made[0])
         r = await sup.get("/api/cases", params={"status": "wrapping"})
         assert [c["id"] for c in r.json()["cases"]] == [made[0]]
         await env.switch.complete("acme", "lu", made[0], "resolved")
         assert (await al.get(f"/api/cases/{made[0]}")).status_code == 404
+        # a closed case is not moved
+        r = await sup.patch(f"/api/cases/{made[0]}", json={"queue": "support"})
+        assert r.status_code == 409 and r.json()["code"] == "case.completed"
         done = (await sup.get("/api/cases", params={"status": "completed"})).json()
         assert done["cases"][0]["id"] == made[0]
         assert done["cases"][0]["disposition"] == "resolved"

@@ -207,6 +207,7 @@ async def test_transfer_refusals_are_shown_next_to_the_form(
     web: Web, server: ServerProcess
 ) -> None:
     sam = await open_email_case(web, server)
+    await web.agent("bea")  # signed in: the picker offers her (not the signed-out)
     await panel(sam).locator("label.seg", has_text="To an agent").click()
     options = panel(sam).locator("[data-testid=transfer-agents] option")
     await expect(options.first).to_be_attached()

@@ -556,3 +556,34 @@ async def test_service_level_counts_escalations_and_waits_since_the_case_began_w
     assert support["service_level"] == pytest.approx(2 / 3, abs=1e-3)
     assert (sales["answered"], sales["within_target"]) == (1, 1)  # waited since the transfer
     assert "escalated" in first["sl_formula"]
+
+
+async def test_a_supervisor_takes_back_a_case_from_an_agent_who_signed_out(
+    switch: Switch, inbox: Inbox
+):
+    """Ann signed out holding a case: a supervisor moves it to a queue, where Bob gets it; Ann's
+    slot is freed and her consoles are told. A wrap-up is taken back the same way."""
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["sales"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.set_status("acme", "ann", "offline")
+    await switch.set_status("acme", "bob", "available")
+    await switch.transfer("acme", "", r.case, queue="sales", note="ann went home")
+    assert inbox.frames["ann"][-1] == {"type": "case.removed", "case": r.case, "reason": "moved"}
+    assert inbox.last_offer("bob")["case"]["id"] == r.case
+    assert await switch.redis.smembers("sb:{acme}:a:ann:cases") == set()
+    assert await switch.redis.hget("sb:{acme}:a:ann", "load:chat") == b"0"
+    await switch.accept("acme", "bob", inbox.last_offer("bob")["offer"])
+    await switch.wrapup("acme", "bob", r.case)
+    await switch.transfer("acme", "", r.case, queue="support")
+    assert inbox.frames["bob"][-1]["type"] == "case.removed"
+    assert await case_field(switch, r.case, "st") == "queued"
+    assert await switch.redis.hget("sb:{acme}:a:bob", "load:chat") == b"0"
+    # a closed case is not moved
+    await switch.set_status("acme", "ann", "available")
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.complete("acme", "ann", r.case)
+    with pytest.raises(Conflict) as e:
+        await switch.transfer("acme", "", r.case, queue="sales")
+    assert e.value.code == "case.completed"

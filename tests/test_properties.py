@@ -352,14 +352,20 @@ class Model:
         must(ctx.kind in ("transfer", "move") and ctx.plan is not None, f"by {ctx}: {ev}")
         assert ctx.plan is not None
         a = ev.get("agent", "")
+        taken = ev.get("from_agent", "")  # a supervisor took it back from its agent
         if a:
             must(c.status == "assigned" and c.agent == a, f"{c} moved by {a}")
             self.agents[a].load[c.ch] -= 1
+        elif taken:
+            must(ctx.kind == "move", f"taken from {taken} by {ctx}: {ev}")
+            ok = c.status in ("assigned", "wrapping") and c.agent == taken
+            must(ok, f"supervisor took {c} from {taken}")
+            self.agents[taken].load[c.ch] -= 1
         else:
             must(c.status in ("queued", "limbo"), f"supervisor moved a {c.status} case: {ev}")
         c.plan = ctx.plan(c)
         c.plan_start, c.agent, c.status = ts, "", "new"
-        c.x = {a} if a else set()
+        c.x = {a or taken} if a or taken else set()
         c.timer = None  # the old plan's step timer means nothing for the new plan
         self._enter(c, 1)
 
@@ -970,7 +976,8 @@ class RoutingMachine(RuleBasedStateMachine):
         self.settle(Ctx("transfer", plan=plan))
 
     def move(self, cid: str, queue: str) -> None:
-        """A supervisor moves a waiting (queued or offered) case to another queue."""
+        """A supervisor moves a case to another queue: a waiting one (queued or offered), or
+        one they take back from its agent (assigned or wrapping)."""
         self.run(self.switch.transfer(WS, "", cid, queue=queue))
         plan = lambda c: [Step(queue, c.pri, lifo=queue in LIFO_QUEUES)]  # noqa: E731
         self.settle(Ctx("move", plan=plan, keep_out=True))
@@ -1086,10 +1093,11 @@ class RoutingMachine(RuleBasedStateMachine):
     def transfer_to_agent(self, data: st.DataObject, to: str) -> None:
         self.transfer(data.draw(st.sampled_from(self.model.held("assigned", "wrapping"))), "", to)
 
-    @precondition(lambda self: self.model.held("queued", "offered"))
+    @precondition(lambda self: self.model.held("queued", "offered", "assigned", "wrapping"))
     @rule(data=st.data(), queue=st.sampled_from(sorted(QUEUE_SKILL)))
     def supervisor_moves(self, data: st.DataObject, queue: str) -> None:
-        self.move(data.draw(st.sampled_from(self.model.held("queued", "offered"))), queue)
+        held = self.model.held("queued", "offered", "assigned", "wrapping")
+        self.move(data.draw(st.sampled_from(held)), queue)
 
     @precondition(lambda self: self.events)
     @rule(data=st.data())

@@ -158,7 +158,8 @@ async def test_login_then_ws_token_then_hello(stack: Stack) -> None:
     assert "resolved" in hello["dispositions"]
     assert hello["cases"] == [] and hello["offers"] == []
     directory = await console.ok("agents.list")  # the directory for transfers, on demand
-    assert {"id": "hello1", "name": "Hello 1", "status": "offline"} in directory["agents"]
+    me = {"id": "hello1", "name": "Hello 1", "status": "offline"}
+    assert {**me, "capacity": {"chat": 2, "email": 3, "voice": 1}} in directory["agents"]
 
 
 async def test_hello_after_reconnect_is_the_snapshot(stack: Stack, bridge: WsClient) -> None:

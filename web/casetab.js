@@ -2,7 +2,7 @@
 // (transfer, follow-up, wrap-up → complete).
 
 import { CHANNEL_LABEL, clock, h, replace, shortId } from "./dom.js";
-import { renderTimeline } from "./timeline.js";
+import { bdi, renderTimeline, shown } from "./timeline.js";
 
 const FOLLOWUP_CHOICES = [
   [60, "In 1 minute"], [15 * 60, "In 15 minutes"], [3600, "In 1 hour"], [4 * 3600, "In 4 hours"],
@@ -33,17 +33,49 @@ export class CaseView {
       onclick: () => this.loadOlder() }, "Load earlier history");
     this.scroller = h("div", { class: "tl-scroll", tabindex: "0", "aria-label": "Customer history" }, this.list);
     this.head = h("header", { class: "case-head" });
-    this.actions = h("aside", { class: "case-actions", "aria-label": "Case actions" });
+    this.actions = h("aside", { id: `actions-${this.uid}`, class: "case-actions", "aria-label": "Case actions",
+      tabindex: "-1" });
+    // at ≤ 1100 px the actions follow the conversation, below the fold: the header says they are
+    // there and takes you to them (CSS hides it where they stand beside the conversation)
+    this.jumpLabel = h("span", null, "Actions");
+    this.jumpArrow = h("span", { "aria-hidden": "true" }, " ↓");
+    this.jump = h("button", { type: "button", class: "secondary small actions-jump", testid: "case-actions-jump",
+      "aria-controls": `actions-${this.uid}`, title: "Wrap up, transfer, follow-up",
+      onclick: () => this.jumpToActions() }, this.jumpLabel, this.jumpArrow);
     this.el = h("section", {
       role: "tabpanel", id: `panel-${this.uid}`, "aria-labelledby": `tab-${this.uid}`, class: "case-panel",
       testid: "case-panel", data: { case: this.case.id }, hidden: true,
     },
     this.head,
-    h("div", { class: "case-body" },
+    this.body = h("div", { class: "case-body" },
       h("section", { class: "conversation", "aria-label": "Conversation" },
         h("div", { class: "tl-top" }, this.more), this.scroller, this.composerForm = this.composer()),
       this.actions));
+    this.actionsInView = false;
+    if (typeof IntersectionObserver === "function") {
+      new IntersectionObserver(([e]) => this.showJump(e.isIntersecting), { root: this.body, threshold: 0.25 })
+        .observe(this.actions);
+    }
     this.render();
+  }
+
+  /** The cue reads "Actions ↓" while they are out of sight, "Conversation ↑" once they show. */
+  showJump(inView) {
+    this.actionsInView = inView;
+    this.jumpLabel.textContent = inView ? "Conversation" : "Actions";
+    this.jumpArrow.textContent = inView ? " ↑" : " ↓";
+    this.jump.title = inView ? "Back to the conversation" : "Wrap up, transfer, follow-up";
+  }
+
+  jumpToActions() {
+    const behavior = matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth";
+    if (this.actionsInView) {
+      this.body.scrollTo({ top: 0, behavior });
+      this.input.focus({ preventScroll: true });
+    } else {
+      this.actions.scrollIntoView({ block: "start", behavior });
+      this.actions.focus({ preventScroll: true });
+    }
   }
 
   get timeline() {
@@ -66,21 +98,21 @@ export class CaseView {
 
   render() {
     const c = this.case;
-    const name = this.customer.name || identities(this.customer.identities, "Customer");
+    const name = shown(this.customer.name) || identities(this.customer.identities, "Customer");
     replace(this.tab,
       h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
-      h("span", { class: "case-tab-name" }, name),
+      bdi(name, { class: "case-tab-name" }),
       c.status === "wrapping" ? h("span", { class: "case-tab-state" }, "wrap-up") : null);
     replace(this.head,
       h("div", { class: "case-who" },
-        h("h2", { testid: "case-customer" }, name),
+        h("div", { class: "case-who-line" }, h("h2", { testid: "case-customer", dir: "auto" }, name), this.jump),
         h("p", { class: "case-ids" }, identities(this.customer.identities)),
         notVerified(this.customer) ? h("p", { class: "case-claims", testid: "case-claims", title: UNVERIFIED_TITLE },
-          "Says: ", (this.customer.claims || []).length ? identities(this.customer.claims) : name,
+          "Says: ", bdi((this.customer.claims || []).length ? identities(this.customer.claims) : name),
           " · not verified") : null),
       h("dl", { class: "case-facts" },
         fact("Channel", CHANNEL_LABEL[c.channel] || c.channel),
-        c.subject ? fact("Subject", c.subject) : null,
+        c.subject ? fact("Subject", bdi(c.subject)) : null,
         fact("Queue", this.app.queueName(c.queue)),
         fact("Status", STATUS_LABEL[c.status] || c.status, "case-status"),
         fact("Case", shortId(c.id))));
@@ -296,15 +328,15 @@ export class CaseView {
     let to = "queue";
     const queue = h("select", { id: `tq-${u}`, testid: "transfer-queue" },
       this.app.queues.map((q) => h("option", { value: q.id, selected: q.id === this.case.queue }, q.name)));
-    // the colleagues, from agents.list when "To an agent" is first chosen: typing filters them
+    // the colleagues, from agents.list each time "To an agent" is chosen (who is signed in
+    // changes): typing filters them
     const directory = h("datalist", { id: `td-${u}`, testid: "transfer-agents" });
     const agent = h("input", { id: `ta-${u}`, testid: "transfer-agent", autocomplete: "off", spellcheck: "false",
       list: `td-${u}`, placeholder: "name or id, e.g. bob" });
     const loadDirectory = async () => {
-      if (directory.childElementCount) return;
       try {
         const { agents } = await this.app.conn.request("agents.list");
-        const rank = (a) => (a.status === "available" ? 0 : a.status === "offline" ? 2 : 1);
+        const rank = (a) => (a.status === "available" ? 0 : 1);
         replace(directory, agents.filter((a) => canTake(a, this.app.me, this.case.channel))
           .sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name))
           .map((a) => h("option", { value: a.id, label: `${a.name} · ${a.status}` })));
@@ -392,9 +424,10 @@ export class CaseView {
 
 /** Whether a colleague from agents.list can be offered this case: never yourself; and when the
  *  directory tells their role or capacity, not a supervisor or admin without capacity for the
- *  case's channel, nor anyone with none for it (the server refuses those: transfer.invalid). */
+ *  case's channel, nor anyone with none for it, nor anyone signed out (the server refuses
+ *  those: transfer.invalid). */
 function canTake(a, me, channel) {
-  if (!a || !a.id) return false;
+  if (!a || !a.id || a.status === "offline") return false;
   if (me && String(a.id).toLowerCase() === String(me.id || "").toLowerCase()) return false;
   if (a.capacity && typeof a.capacity === "object") return Number(a.capacity[channel] || 0) > 0;
   if (a.role && a.role !== "agent") return false;

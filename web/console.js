@@ -152,6 +152,15 @@ class AgentConsole {
       case "case.updated": return this.caseEntry(f);
       case "reminder": return this.reminder(f);
       case "reminder.dismissed": return this.reminderDismissed(f);
+      case "case.removed": { // a supervisor took it back and moved it to a queue
+        const view = this.views.get(f.case);
+        if (!view) return undefined;
+        const who = customerName(view.customer);
+        this.removeCase(f.case);
+        this.toast(`A supervisor moved your case with ${who} to a queue.`, { testid: "case-removed" });
+        this.announce(`A supervisor moved your case with ${who} to a queue.`);
+        return undefined;
+      }
       case "status": {
         this.me.status = f.status;
         if (f.status === "offline") this.dropOffers();

@@ -5,7 +5,7 @@
 
 import { CHANNEL_LABEL, h } from "./dom.js";
 import { notVerified, UNVERIFIED_TITLE } from "./casetab.js";
-import { caseSummary } from "./timeline.js";
+import { bdi, caseSummary } from "./timeline.js";
 
 function whyText(why, queueName) {
   if (!why) return "";
@@ -21,12 +21,14 @@ function customerLabel(customer) {
   const unverified = notVerified(customer)
     ? h("span", { class: "offer-unverified", testid: "offer-unverified", title: UNVERIFIED_TITLE }, " · not verified")
     : null;
-  if (customer.name) return [customer.name, unverified];
+  // the name sits inside "Chat from …": isolated, so a right-to-left name or a control in it
+  // cannot reorder the sentence
+  if (customer.name) return [bdi(customer.name), unverified];
   const ids = customer.identities || [];
   const known = ids.find((i) => !i.startsWith("visitor:"));
   if (known) return [known.replace(/^[a-z]+:/, ""), unverified];
   const claim = (customer.claims || [])[0];
-  if (claim) return [claim.replace(/^[a-z]+:/, ""), unverified];
+  if (claim) return [bdi(claim.replace(/^[a-z]+:/, "")), unverified];
   return [ids.length ? "a web chat visitor" : "Unknown customer"];
 }
 
@@ -65,7 +67,7 @@ export class OfferCard {
     this.bar,
     h("p", { class: "offer-customer", id: titleId, testid: "offer-customer" },
       `${CHANNEL_LABEL[channel] || channel} from `, ...customerLabel(offer.customer)),
-    h("p", { class: "offer-subject", testid: "offer-subject" }, caseSummary(c, timeline)),
+    h("p", { class: "offer-subject", testid: "offer-subject", dir: "auto" }, caseSummary(c, timeline)),
     h("p", { class: "offer-why", testid: "offer-why" },
       h("span", { class: "offer-why-label" }, "Why you: "), whyText(offer.why, actions.queueName)),
     historyCount ? h("p", { class: "offer-history" },

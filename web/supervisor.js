@@ -5,6 +5,7 @@
 // status menu survives each refresh.
 
 import { CHANNEL_LABEL, duration, h, replace, shortId } from "./dom.js";
+import { bdi } from "./timeline.js";
 import { Connection, clearSession, loadSession } from "./session.js";
 import { signIn } from "./login.js";
 import { announcer, connectionUi, toaster } from "./ui.js";
@@ -13,6 +14,12 @@ const POLL_MS = 1000;
 // open cases someone is handling, in the order a case moves through them
 const HANDLED = [["offered", "Offered"], ["assigned", "In progress"], ["wrapping", "Wrapping up"]];
 const HANDLED_LIMIT = 50; // per state: each refresh reads at most this many of each
+
+/** A case's subject (isolated: customer text, it may carry bidi controls), or what stands in. */
+function subjectCell(c) {
+  return c.subject ? bdi(c.subject, { class: "waiting-subject" })
+    : h("span", { class: "waiting-subject" }, c.channel === "voice" ? "Incoming call" : "No subject");
+}
 
 function label(status) {
   return status ? status.charAt(0).toUpperCase() + status.slice(1) : "";
@@ -33,6 +40,7 @@ class SupervisorView {
     this.queueRows = new Map();
     this.agentRows = new Map();
     this.agentNames = new Map(); // agent id -> display name (from the stats frames)
+    this.agentStatus = new Map(); // agent id -> status (from the stats frames)
     this.groups = new Map();
     this.inflight = false;
     this.forbidden = false;
@@ -86,7 +94,8 @@ class SupervisorView {
         h("caption", { class: "visually-hidden" }, "Cases being offered, handled or wrapped up, with their agent, oldest first"),
         h("thead", null, h("tr", null,
           h("th", { scope: "col" }, "Case"), h("th", { scope: "col" }, "Agent"),
-          h("th", { scope: "col" }, "State"), h("th", { scope: "col", class: "num" }, "Open for"))),
+          h("th", { scope: "col" }, "State"), h("th", { scope: "col", class: "num" }, "Open for"),
+          h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
         this.progressBody),
       this.progressEmpty, this.progressMore);
     this.main = h("main", { id: "main", class: "sup-main", tabindex: "-1" },
@@ -99,7 +108,9 @@ class SupervisorView {
             h("th", { scope: "col" }, "Queue"), h("th", { scope: "col", class: "num" }, "Waiting"),
             h("th", { scope: "col", class: "num" }, "Longest wait"),
             h("th", { scope: "col", class: "num" }, "Service level"),
-            h("th", { scope: "col", class: "num" }, "Answered"), h("th", { scope: "col", class: "num" }, "Abandoned"))),
+            h("th", { scope: "col", class: "num" }, "Answered"), h("th", { scope: "col", class: "num" }, "Abandoned"),
+            h("th", { scope: "col", class: "num", title: "waited out the queue's workflow step and moved on unanswered" },
+              "Escalated"))),
           this.queueBody),
         this.formula),
       this.waitingPanel,
@@ -139,8 +150,9 @@ class SupervisorView {
         submit.disabled = false;
       }
     } },
-    h("h2", { id: "move-title" }, "Move a waiting case"),
-    h("p", { class: "hint" }, "A case that is waiting (or being offered) moves to another queue and keeps its age."),
+    h("h2", { id: "move-title" }, "Move a case"),
+    h("p", { class: "hint" }, "A waiting case (or one being offered) moves to another queue and keeps its age. "
+      + "A case someone is handling is taken back from them — say they signed out — and waits in the new queue."),
     h("label", { for: "move-case" }, "Case id"), caseId,
     h("label", { for: "move-queue" }, "To queue"), this.moveQueue,
     h("label", { for: "move-note" }, "Note"), note,
@@ -227,7 +239,7 @@ class SupervisorView {
         row.tr = h("tr", { testid: "waiting-case", data: { case: c.id } },
           h("th", { scope: "row" }, h("div", { class: "waiting-case" },
             h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
-            h("span", { class: "waiting-subject" }, c.subject || (c.channel === "voice" ? "Incoming call" : "No subject")),
+            subjectCell(c),
             h("span", { class: "waiting-id" }, shortId(c.id)),
             c.priority ? h("span", { class: "offer-priority" }, `P${c.priority}`) : null)),
           row.queue, row.waited, h("td", null, pick));
@@ -296,13 +308,19 @@ class SupervisorView {
       let row = this.progressRows.get(c.id);
       if (!row) {
         row = { agent: h("td", { testid: "progress-case-agent" }), state: h("td", { testid: "progress-case-state" }),
-          age: h("td", { class: "num", testid: "progress-case-age" }), status: null };
+          age: h("td", { class: "num", testid: "progress-case-age" }), status: null, who: null };
+        // a case whose agent signed out (or went home) can be taken back and moved to a queue
+        const pick = h("button", { class: "secondary small", testid: "progress-case-move",
+          "aria-label": `Move case ${c.id} to a queue`, onclick: () => {
+            this.moveCase.value = c.id;
+            this.moveQueue.focus();
+          } }, "Move…");
         row.tr = h("tr", { testid: "progress-case", data: { case: c.id } },
           h("th", { scope: "row" }, h("div", { class: "waiting-case" },
             h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
-            h("span", { class: "waiting-subject" }, c.subject || (c.channel === "voice" ? "Incoming call" : "No subject")),
+            subjectCell(c),
             h("span", { class: "waiting-id" }, shortId(c.id)))),
-          row.agent, row.state, row.age);
+          row.agent, row.state, row.age, h("td", null, pick));
         this.progressRows.set(c.id, row);
       }
       // oldest first; a row moves only when it is out of place
@@ -310,7 +328,14 @@ class SupervisorView {
       if (at !== row.tr) this.progressBody.insertBefore(row.tr, at || null);
       const agent = c.agent || c.offered_to || "";
       const name = this.agentNames.get(agent) || agent || "—";
-      if (row.agent.textContent !== name) row.agent.textContent = name;
+      const away = agent && this.agentStatus.get(agent) === "offline";
+      const who = `${name}${away ? " · signed out" : ""}`;
+      if (row.who !== who) {
+        row.who = who;
+        replace(row.agent, name, away
+          ? h("span", { class: "signed-out", testid: "progress-case-signed-out" }, " · signed out") : null);
+        row.tr.classList.toggle("stranded", Boolean(away));
+      }
       if (row.status !== c.status) {
         row.status = c.status;
         replace(row.state, h("span", { class: `case-state state-${c.status}` }, states.get(c.status) || label(c.status)));
@@ -336,7 +361,10 @@ class SupervisorView {
     const t = new Date((stats.ts || Date.now() / 1000) * 1000);
     this.stamp.textContent = `Updated ${t.toLocaleTimeString()}`;
     this.formula.textContent = `Service level = ${stats.sl_formula}. Each queue's target is shown under its figure.`;
-    for (const a of stats.agents || []) if (a.name) this.agentNames.set(a.id, a.name);
+    for (const a of stats.agents || []) {
+      if (a.name) this.agentNames.set(a.id, a.name);
+      this.agentStatus.set(a.id, a.status);
+    }
     this.renderSummary(stats);
     this.renderQueues(stats.queues || []);
     this.renderAgents((stats.agents || []).filter((a) => a.role === "agent" || Object.keys(a.capacity || {}).length));
@@ -365,10 +393,10 @@ class SupervisorView {
       if (!row) {
         const cell = (testid, cls = "num") => h("td", { class: cls, testid });
         row = { tr: null, waiting: cell("queue-waiting"), longest: cell("queue-longest"), sl: cell("queue-sl"),
-          answered: cell("queue-answered"), abandoned: cell("queue-abandoned"),
+          answered: cell("queue-answered"), abandoned: cell("queue-abandoned"), escalated: cell("queue-escalated"),
           name: h("th", { scope: "row", testid: "queue-name" }) };
         row.tr = h("tr", { testid: "queue-row", data: { queue: q.id } },
-          row.name, row.waiting, row.longest, row.sl, row.answered, row.abandoned);
+          row.name, row.waiting, row.longest, row.sl, row.answered, row.abandoned, row.escalated);
         this.queueRows.set(q.id, row);
         this.queueBody.append(row.tr);
       }
@@ -383,6 +411,7 @@ class SupervisorView {
         h("span", { class: "sl-target" }, `target ${Math.round(q.sl_target_s)} s`));
       row.answered.textContent = String(q.answered);
       row.abandoned.textContent = String(q.abandoned);
+      row.escalated.textContent = String(q.escalated ?? 0);
     }
     for (const [id, row] of this.queueRows) {
       if (!seen.has(id)) { row.tr.remove(); this.queueRows.delete(id); }

@@ -1,7 +1,9 @@
 // timeline.js — a customer's history across channels, newest at the bottom.
 //
 // Entries come straight from customers and bridges: every piece of their text is rendered with
-// text nodes (dom.h), never parsed as HTML, and nothing in an entry ever becomes a link.
+// text nodes (dom.h), never parsed as HTML, and nothing in an entry ever becomes a link. Each
+// piece is also its own bidi island (dir="auto", CSS unicode-bidi isolate/plaintext): a
+// right-to-left name or a stray control in one cannot reorder the text around it.
 
 import { CHANNEL_LABEL, clock, h, shortId } from "./dom.js";
 
@@ -58,15 +60,42 @@ export class Timeline {
   }
 }
 
+// LRO/RLO (U+202D, U+202E) force a direction on all that follows, letter by letter:
+// "invoice\u202efdp.exe" reads "invoiceexe.pdf". Nothing a customer writes needs them, so what
+// the console shows drops them; marks (U+200E/F), embeddings and isolates stay — editors for
+// right-to-left scripts insert them, and they reorder whole runs only inside their own isolated
+// element.
+const OVERRIDES = /[\u202d\u202e]/g;
+
+/** Customer or bridge text as shown: without direction overrides. */
+export function shown(text) {
+  return String(text ?? "").replace(OVERRIDES, "");
+}
+
+/** A customer's one-line text (a name, a subject) inside other text: an isolated run. */
+export function bdi(text, props) {
+  return h("bdi", { dir: "auto", ...props }, shown(text));
+}
+
 function who(entry) {
   if (entry.dir === "in") return entry.from || "Customer";
   if (entry.dir === "out") return entry.from || entry.agent || "Agent";
   return entry.from || entry.agent || "Note";
 }
 
+/** "the full text was 250,000 characters long" — the mail the adapter cut. */
+function truncatedNote(entry) {
+  const full = Number(entry.full_length);
+  const size = Number.isFinite(full) && full > 0 ? `${full.toLocaleString("en-US")} characters long`
+    : "longer than could be kept";
+  return h("p", { class: "tl-truncated", testid: "timeline-truncated" },
+    h("span", { class: "tl-truncated-label" }, "Message truncated"),
+    ` — the full text was ${size}; only the beginning is shown here.`);
+}
+
 function body(entry) {
   const parts = [];
-  if (entry.subject) parts.push(h("p", { class: "tl-subject" }, entry.subject));
+  if (entry.subject) parts.push(h("p", { class: "tl-subject", dir: "auto" }, shown(entry.subject)));
   const label = KIND_LABEL[entry.kind];
   if (label) parts.push(h("p", { class: "tl-event" }, label));
   if (entry.kind === "wrapup") {
@@ -75,11 +104,12 @@ function body(entry) {
     parts.push(h("p", { class: "tl-event" }, "Transferred", entry.to ? ` to ${entry.to_name || entry.to}` : ""));
   }
   if (entry.text && !(label && entry.text === label)) {
-    parts.push(h("p", { class: "tl-text", testid: "timeline-text" }, entry.text));
+    parts.push(h("p", { class: "tl-text", testid: "timeline-text", dir: "auto" }, shown(entry.text)));
   }
+  if (entry.truncated) parts.push(truncatedNote(entry));
   if (Array.isArray(entry.attachments) && entry.attachments.length) {
     parts.push(h("ul", { class: "tl-attachments", "aria-label": "Attachments" },
-      entry.attachments.map((a) => h("li", null, String(a.name || "attachment"),
+      entry.attachments.map((a) => h("li", null, bdi(a.name || "attachment"),
         a.size ? ` (${Math.ceil(a.size / 1024)} KB)` : ""))));
   }
   return parts;
@@ -97,7 +127,7 @@ function entryNode(entry, currentCase, caseChannel, group) {
   },
   h("div", { class: "tl-meta" },
     h("span", { class: `badge ch-${ch}` }, CHANNEL_LABEL[ch] || ch || "?"),
-    h("span", { class: "tl-who" }, who(entry)),
+    h("bdi", { class: "tl-who", dir: "auto" }, shown(who(entry))),
     h("span", { class: "visually-hidden" }, `, ${dirLabel}, `),
     h("time", { class: "tl-time", datetime: new Date(entry.ts * 1000).toISOString() }, clock(entry.ts))),
   body(entry));
@@ -175,8 +205,11 @@ export function renderTimeline(ol, timeline, currentCase) {
 
 /** The text that best describes a case for an offer card: its subject, else first message. */
 export function caseSummary(caseView, timeline) {
-  if (caseView.subject) return caseView.subject;
+  if (caseView.subject) return shown(caseView.subject);
   const first = timeline.entries.find((e) => e.case === caseView.id && e.dir === "in" && e.text);
-  if (first) return first.text.length > 240 ? `${first.text.slice(0, 240)}…` : first.text;
+  if (first) {
+    const text = shown(first.text);
+    return text.length > 240 ? `${text.slice(0, 240)}…` : text;
+  }
   return caseView.channel === "voice" ? "Incoming call" : "(no message)";
 }

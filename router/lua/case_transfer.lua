@@ -3,30 +3,38 @@
 -- capacity is freed, they pull their next case; not one in wrap-up, whose conversation has
 -- ended: case.wrapping) and by a supervisor moving a waiting case
 -- (agent id '' — the caller has checked the role). A pending offer on the case is rescinded.
+-- A supervisor may also take an assigned or wrapping case back from its agent (signed out,
+-- gone home): the agent's capacity is freed and their consoles are told (case.removed).
 -- KEYS[1] workspace prefix
 -- ARGV    now, agent id or '', case id, plan JSON [{pool|agent, queue, pri, due}, ...],
 --         timeline entry JSON (the transfer note) or '', target agent id or '', ms before
 --         the case may be offered to the transferring agent again (0 = never; refuse in _lib)
--- Returns {ok, offers, rescinded} or {ok=false, error=...}.
+-- Returns {ok, offers, rescinded, push} or {ok=false, error=...}.
 local a, c = ARGV[2], ARGV[3]
 local ck = k_case(c)
 local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'offer')
 if not cs[1] then return result({ok = false, error = 'case.unknown'}) end
 local offers = {}
 local rescinded = {}
+local push = {}
+local out = a  -- the agent the case leaves, who is not offered it again for a while
 if a ~= '' then
   if cs[2] ~= a or (cs[1] ~= 'assigned' and cs[1] ~= 'wrapping') then
     return result({ok = false, error = 'case.unknown'})
   end
   if cs[1] == 'wrapping' then return result({ok = false, error = 'case.wrapping'}) end
-  redis.call('SREM', k_agent_cases(a), c)
-  release(a, cs[3])
-  chat_event(c, cs[3], 'transferred', a)
-  redis.call('HSET', ck, 'agent', '', 'x', '|' .. a .. '|')
+elseif cs[1] == 'assigned' or cs[1] == 'wrapping' then
+  out = cs[2]
+  push[1] = {agent = out, frame = {type = 'case.removed', case = c, reason = 'moved'}}
+elseif cs[1] ~= 'queued' and cs[1] ~= 'offered' then
+  return result({ok = false, error = 'case.' .. cs[1]})
+end
+if out ~= '' then
+  redis.call('SREM', k_agent_cases(out), c)
+  release(out, cs[3])
+  chat_event(c, cs[3], 'transferred', out)
+  redis.call('HSET', ck, 'agent', '')
 else
-  if cs[1] ~= 'queued' and cs[1] ~= 'offered' then
-    return result({ok = false, error = 'case.' .. cs[1]})
-  end
   if cs[1] == 'offered' then
     local oa = end_offer(cs[5], 'rescinded', offers, true)
     if oa then
@@ -37,15 +45,18 @@ else
   end
   dequeue(c)
 end
-local plan = cjson.decode(ARGV[4])  -- to an agent: its first step names them (enter_step)
-redis.call('HSET', ck, 'plan', cjson.encode(plan), 'plan_start', NOW_S, 'st', 'queued',
-  'transferred', NOW_S)
+-- to an agent: its first step names them (enter_step)
+redis.call('HSET', ck, 'plan', ARGV[4], 'plan_start', NOW_S, 'st', 'queued', 'transferred', NOW_S)
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
-log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6]})
-redis.call('HSET', ck, 'x', a ~= '' and refuse('|', c, a, tonumber(ARGV[7])) or '|')
-enter_step(c, 1, offers)
-if a ~= '' then
-  refresh_agent(a, cs[3])
-  pull(a, offers, cs[3])
+if a == '' and out ~= '' then
+  log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6], 'from_agent', out})
+else
+  log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6]})
 end
-return result({ok = true, offers = offers, rescinded = rescinded})
+redis.call('HSET', ck, 'x', out ~= '' and refuse('|', c, out, tonumber(ARGV[7])) or '|')
+enter_step(c, 1, offers)
+if out ~= '' then
+  refresh_agent(out, cs[3])
+  pull(out, offers, cs[3])
+end
+return result({ok = true, offers = offers, rescinded = rescinded, push = push})

@@ -1,0 +1,262 @@
+"""Exploratory QA, round 9: a truncated email says so, the case actions can be found at laptop
+widths, the transfer picker suggests only who can take the case, and customer text cannot
+reorder the console with bidi controls.
+
+Browser tests use tests/test_console.py's harness (a real ``switchboard serve`` and headless
+Chromium) and wait only on conditions in the page, with a deadline; the ingest, adapter and
+directory tests are plain unit tests, the directory's on a real Redis.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from email.message import EmailMessage
+
+import pytest
+from playwright.async_api import Page, expect
+from redis.asyncio import Redis
+
+from adapters.email_parse import Limits, normalize, parse_message
+from router import keys
+from router.ingest import parse_event, timeline_entry
+from router.snapshot import agent_directory
+from tests import test_console
+from tests.server import ServerProcess
+from tests.test_console import Web, bridge, panel, send_email, shoot
+from tests.test_console_ui_fixes import height_at_least, open_email_case, until
+
+# test_console's fixtures, for the tests here: a browser per module, a server and people per test
+chromium = test_console.chromium
+browser = test_console.browser
+server = test_console.server
+web = test_console.web
+
+browser_test = pytest.mark.browser
+RLO = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: "bidi \u202egnp.exe" shows as "bidi exe.png"
+
+
+# -- 1: a truncated email says so ----------------------------------------------------------------
+
+
+def test_a_cut_mail_marks_its_timeline_entry() -> None:
+    """From SMTP to the timeline entry: the adapter cuts a long body and says so; the entry
+    carries the mark and the full length."""
+    message = EmailMessage()
+    message["From"] = "Kim Lee <kim@example.com>"
+    message["To"] = "support@acme.test"
+    message["Subject"] = "Logs attached inline"
+    message["Message-ID"] = "<long-1@example.com>"
+    message.set_content("line of a very long log\n" * 4_000)  # 96,000 characters
+    mail = parse_message(message.as_bytes(), Limits())
+    event = normalize(
+        mail, workspace="acme", mailbox="support@acme.test", queue_hint=None,
+        rcpt_tos=("support@acme.test",), envelope_sender="kim@example.com",
+        secret=b"s" * 32, domain="acme.test", now=time.time(),
+    )  # fmt: skip
+    assert event is not None
+    entry = timeline_entry(parse_event(event))
+    assert entry["truncated"] is True
+    assert entry["full_length"] >= 96_000 > len(entry["text"])
+
+    whole = timeline_entry(parse_event({**event, "attributes": {"truncated": False}}))
+    assert "truncated" not in whole and "full_length" not in whole
+
+
+@browser_test
+async def test_a_truncated_email_says_so_on_its_timeline_entry(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await web.agent("sam")
+    async with bridge(server) as b:
+        await b.event(
+            id=f"mail-{secrets.token_hex(6)}", channel="email",
+            identities={"email": "kim@example.com"}, name="Kim Lee", subject="Server logs",
+            text="log line\n" * 6_000,
+            attributes={"truncated": True, "untrimmed_length": 250_000},
+        )  # fmt: skip
+    await sam.get_by_test_id("offer-accept").click()
+    await panel(sam).get_by_test_id("reply-input").fill("Thanks, reading them now.")
+    await panel(sam).get_by_test_id("reply-send").click()
+    entries = panel(sam).get_by_test_id("timeline-entry")
+    await expect(entries).to_have_count(2)
+    marker = entries.first.get_by_test_id("timeline-truncated")
+    await expect(marker).to_be_visible()
+    await expect(marker).to_have_text(
+        "Message truncated — the full text was 250,000 characters long;"
+        " only the beginning is shown here."
+    )
+    await expect(entries.last.get_by_test_id("timeline-truncated")).to_have_count(0)
+
+
+# -- 2: the case actions at laptop widths --------------------------------------------------------
+
+
+@browser_test
+async def test_the_case_header_points_to_the_actions_below_the_conversation(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await open_email_case(web, server)
+    cue = panel(sam).get_by_test_id("case-actions-jump")
+    wrapup = panel(sam).get_by_test_id("wrapup")
+    await expect(cue).to_be_hidden()  # wide: the actions stand beside the conversation
+    await expect(wrapup).to_be_in_viewport()
+
+    await sam.set_viewport_size({"width": 1024, "height": 768})
+    await expect(cue).to_be_visible()
+    await expect(cue).to_have_text("Actions ↓")
+    await expect(cue).to_be_in_viewport()
+    await expect(wrapup).not_to_be_in_viewport()
+    predicate, arg = height_at_least("[data-testid=case-panel]:not([hidden]) .tl-scroll", 0.4 * 768)
+    await until(sam, predicate, arg, "the conversation keeps 40 % of the height with the cue")
+    assert await sam.evaluate("() => document.documentElement.scrollHeight <= window.innerHeight")
+    await shoot(sam, "qa9-actions-cue-1024.png")
+
+    await cue.click()
+    await expect(wrapup).to_be_in_viewport()
+    await expect(panel(sam).locator(".case-actions")).to_be_focused()
+    await expect(cue).to_have_text("Conversation ↑")  # and back
+    await cue.click()
+    await expect(panel(sam).get_by_test_id("reply-input")).to_be_in_viewport()
+    await expect(panel(sam).get_by_test_id("reply-input")).to_be_focused()
+    await expect(cue).to_have_text("Actions ↓")
+    assert await sam.evaluate("() => document.documentElement.scrollHeight <= window.innerHeight")
+
+
+# -- 3: the transfer picker suggests only who can take the case ----------------------------------
+
+
+async def test_the_directory_tells_each_agents_capacity_per_channel(redis: Redis) -> None:
+    ws = "acme"
+    await redis.sadd(keys.agents(ws), "sam", "sue")
+    await redis.hset(
+        keys.agent(ws, "sam"),
+        mapping={"name": "Sam", "st": "available", "chs": "chat,email", "cap:chat": 2,
+                 "cap:email": 1},
+    )  # fmt: skip
+    await redis.hset(keys.agent(ws, "sue"), mapping={"name": "Sue", "role": "supervisor"})
+    assert await agent_directory(redis, ws) == [
+        {"id": "sam", "name": "Sam", "status": "available",
+         "capacity": {"chat": 2, "email": 1, "voice": 0}},
+        {"id": "sue", "name": "Sue", "status": "offline",
+         "capacity": {"chat": 0, "email": 0, "voice": 0}},
+    ]  # fmt: skip
+
+
+@browser_test
+async def test_the_transfer_picker_leaves_out_who_takes_no_case_of_its_channel(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await open_email_case(web, server)  # Sue supervises: no capacity on any channel
+    await panel(sam).locator("label.seg", has_text="To an agent").click()
+    options = panel(sam).locator("[data-testid=transfer-agents] option")
+    await expect(options).to_have_count(0)  # and Bea is signed out (transfer.invalid)
+    await web.agent("bea")
+    await panel(sam).locator("label.seg", has_text="To a queue").click()
+    await panel(sam).locator("label.seg", has_text="To an agent").click()  # asks again
+    await expect(options).to_have_count(1)
+    await expect(options.first).to_have_attribute("value", "bea")
+
+
+# -- 4: bidi controls in customer text -----------------------------------------------------------
+
+
+def test_subjects_and_names_lose_bidi_controls_and_bodies_keep_them() -> None:
+    ev = parse_event(
+        {
+            "id": "e1", "channel": "email", "identities": {"email": "kim@example.com"},
+            "name": f"Kim{RLO} \u2066Lee\u2069\u200b",
+            "subject": f"bidi {RLO}gnp.exe \u202a\u202b\u202c\u202d \u2067x\u2068\ufeff\n\tend",
+            "text": f"keep {RLO}this\u200f",
+        }
+    )  # fmt: skip
+    assert ev.subject == "bidi gnp.exe x end"
+    assert ev.name == "Kim Lee"
+    assert ev.text == f"keep {RLO}this\u200f"  # what the customer wrote, as written
+    # joiners and marks are part of writing Persian, Hebrew and emoji: they stay
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # ZWNJ inside the word
+    kept = parse_event(
+        {"id": "e2", "channel": "chat", "identities": {"visitor": "v1"},
+         "subject": f"{persian} \u200f\U0001f469\u200d\U0001f4bb"}
+    )  # fmt: skip
+    assert kept.subject == f"{persian} \u200f\U0001f469\u200d\U0001f4bb"
+
+
+async def bidi_of(page: Page, selector: str) -> list[str]:
+    return list(
+        await page.eval_on_selector_all(
+            selector, "els => els.map(e => getComputedStyle(e).unicodeBidi)"
+        )
+    )
+
+
+@browser_test
+async def test_customer_text_is_isolated_and_shows_no_direction_override(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await web.agent("sam")
+    async with bridge(server) as b:
+        await send_email(
+            b, sender="kim@example.com", name=f"Kim {RLO}eeL", subject=f"bidi {RLO}gnp.exe",
+            text=f"Please open invoice{RLO}fdp.exe today",
+        )  # fmt: skip
+        offer = sam.get_by_test_id("offer")
+        await expect(offer.get_by_test_id("offer-subject")).to_have_text("bidi gnp.exe")
+        assert await bidi_of(sam, "[data-testid=offer-customer] bdi") == ["isolate"]
+        await offer.get_by_test_id("offer-accept").click()
+    case = panel(sam)
+    await expect(case.locator(".fact dd bdi")).to_have_text("bidi gnp.exe")
+    await expect(case.get_by_test_id("case-customer")).to_have_text("Kim eeL")
+    text = case.get_by_test_id("timeline-text")
+    await expect(text).to_have_text("Please open invoicefdp.exe today")  # the override is gone
+    for selector, want in (
+        (".tl-who", "isolate"),
+        (".tl-subject", "isolate"),
+        ("[data-testid=timeline-text]", "plaintext"),
+        ("[data-testid=case-customer]", "isolate"),
+        (".fact dd bdi", "isolate"),
+    ):
+        assert await bidi_of(sam, f"[data-testid=case-panel]:not([hidden]) {selector}") == [want]
+    assert await bidi_of(sam, "[data-testid=case-tab] .case-tab-name") == ["isolate"]
+
+    # the supervisor's waiting cases: the subject is isolated from the id beside it
+    async with bridge(server) as b:
+        await send_email(
+            b, sender="lee@example.com", name="Lee", subject="\u05e9\u05dc\u05d5\u05dd 42",
+            text="Urgent!", topic="urgent",
+        )  # fmt: skip
+    sue = await web.page("/supervisor")
+    await test_console.sign_in(sue, "sue")
+    row = sue.get_by_test_id("waiting-case").filter(has_text=re.compile("\u05e9\u05dc\u05d5\u05dd"))
+    await expect(row).to_have_count(1)
+    assert await bidi_of(sue, "[data-testid=waiting-case] .waiting-subject") == ["isolate"]
+
+
+# -- the supervisor takes back a case from an agent who signed out --------------------------------
+
+
+@browser_test
+async def test_a_supervisor_sees_a_signed_out_agents_case_and_takes_it_back(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await open_email_case(web, server, subject="Refund please")
+    sue = await web.page("/supervisor")
+    await test_console.sign_in(sue, "sue")
+    row = sue.get_by_test_id("progress-case").filter(has_text="Refund please")
+    await expect(row.get_by_test_id("progress-case-agent")).to_have_text("Sam Support")
+    # Sam's status goes offline with the case still his (a supervisor could set it too)
+    await sam.get_by_test_id("status-select").select_option("offline")
+    await expect(row.get_by_test_id("progress-case-signed-out")).to_be_visible()
+    await expect(row.get_by_test_id("progress-case-agent")).to_have_text("Sam Support · signed out")
+
+    await row.get_by_test_id("progress-case-move").click()
+    await sue.get_by_test_id("move-case-queue").select_option("billing")
+    await sue.get_by_test_id("move-case-submit").click()
+    await expect(sue.get_by_test_id("move-confirmation")).to_be_visible()
+    waiting = sue.get_by_test_id("waiting-case").filter(has_text="Refund please")
+    await expect(waiting.get_by_test_id("waiting-case-queue")).to_have_text("Billing")
+    await expect(row).to_have_count(0)
+    # Sam's console lets go of it, and says why
+    await expect(sam.get_by_test_id("case-removed")).to_contain_text("moved your case")
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
