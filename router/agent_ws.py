@@ -260,7 +260,12 @@ async def agent_endpoint(websocket: WebSocket) -> None:
         await reject_connection(websocket, codec, e.code, e.message)
         return
     await accept_socket(websocket, codec)
-    conn = Conn(websocket, codec, f"{who.workspace}/{who.subject}")
+    # ?client=supervisor: the supervisor's page, which handles no cases and never takes over
+    takes_over = websocket.query_params.get("client", "console") == "console"
+    # consoles in the order they connected, whatever their node: the newest one stays
+    seq = await ctx.redis.hincrby(keys.agent(who.workspace, who.subject), "cseq", 1)
+    label = f"{who.workspace}/{who.subject}"
+    conn = Conn(websocket, codec, label, takes_over=takes_over, seq=seq)
     session = AgentSession(ctx, who, conn)
     METRICS.connections.labels("agent").inc()
     conn.hold()  # pushes that race the snapshot are sent after it, never before
@@ -269,6 +274,10 @@ async def agent_endpoint(websocket: WebSocket) -> None:
         await ctx.switch.presence(who.workspace, who.subject, "connect", ctx.node, s.grace_s)
         cfg = await ctx.switch.config(who.workspace)
         await conn.release(await snapshot.hello(ctx.redis, cfg, who.workspace, who.subject))
+        if takes_over:  # the agent's consoles elsewhere (this node or another) close
+            await ctx.hub.notify(
+                who.workspace, who.subject, {"type": "session.replaced", "seq": conn.seq}
+            )
         await serve_frames(
             websocket,
             conn,

@@ -109,6 +109,7 @@ CLOSE_CODES = {
     "policy": 1008,  # auth failure, foreign Origin, repeated abuse
     "too_large": 1009,  # frame over the endpoint's limit
     "restart": 1012,  # graceful drain: reconnect elsewhere
+    "replaced": 4000,  # the agent opened a console elsewhere: don't reconnect on your own
 }
 
 

@@ -45,10 +45,17 @@ RAW_SEND = "switchboard.raw_send"
 class Conn:
     """One open WebSocket and the codec it speaks."""
 
-    __slots__ = ("_raw", "closed", "codec", "held", "label", "ws")
+    __slots__ = ("_raw", "closed", "codec", "held", "label", "seq", "takes_over", "ws")
 
-    def __init__(self, ws: Socket, codec: wire.Codec, label: str = "") -> None:
+    def __init__(
+        self, ws: Socket, codec: wire.Codec, label: str = "", *, takes_over: bool = False,
+        seq: int = 0,
+    ) -> None:  # fmt: skip
         self.ws = ws
+        # an agent console (not a supervisor's page): one per agent; a newer one (higher seq,
+        # counted in Redis per agent) takes over
+        self.takes_over = takes_over
+        self.seq = seq
         # the server's send (RAW_SEND), when the socket is an accepted ASGI WebSocket
         self._raw: Callable[[dict[str, Any]], Any] | None = getattr(ws, "scope", {}).get(RAW_SEND)
         self.codec = codec
@@ -216,6 +223,16 @@ class Hub:
             log.warning("publish to %s failed: %s", agent, e)
 
     async def broadcast(self, conns: set[Conn], frame: dict[str, Any]) -> None:
+        if frame.get("type") == "session.replaced":
+            # the agent opened a console elsewhere: every other console of theirs closes (the
+            # supervisor's page stays), so no two screens act on the same cases
+            newer = frame.get("seq")
+            newer = newer if isinstance(newer, int) else 0
+            conns = {c for c in conns if c.takes_over and c.seq < newer}
+            for c in conns:
+                await c.send(frame)
+                await c.close(CLOSE_CODES["replaced"], "opened elsewhere")
+            return
         encoded: dict[str, bytes | str] = {}
         for c in list(conns):
             data = encoded.get(c.codec)

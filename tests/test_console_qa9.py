@@ -260,3 +260,37 @@ async def test_a_supervisor_sees_a_signed_out_agents_case_and_takes_it_back(
     # Sam's console lets go of it, and says why
     await expect(sam.get_by_test_id("case-removed")).to_contain_text("moved your case")
     await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+
+
+# -- one console per agent -----------------------------------------------------------------------
+
+
+@browser_test
+async def test_a_second_console_takes_over_and_the_first_can_take_it_back(
+    web: Web, server: ServerProcess
+) -> None:
+    first = await open_email_case(web, server, subject="Two windows")
+    second = await web.agent("sam", status=None)
+    await expect(second.get_by_test_id("case-tab")).to_have_count(1)  # the case is here now
+    replaced = first.get_by_test_id("replaced")
+    await expect(replaced).to_be_visible()
+    await expect(replaced).to_contain_text("open in another window")
+    await expect(first.get_by_test_id("connection-banner")).to_be_hidden()  # not "reconnecting"
+
+    await first.get_by_test_id("use-here").click()
+    await expect(replaced).to_have_count(0)
+    await expect(first.get_by_test_id("connection-state")).to_have_text("Live")
+    await expect(second.get_by_test_id("replaced")).to_be_visible()
+    await panel(first).get_by_test_id("reply-input").fill("Answered from the first window.")
+    await panel(first).get_by_test_id("reply-send").click()
+    sent = panel(first).locator("[data-testid=timeline-entry][data-dir=out]")
+    await expect(sent).to_contain_text("Answered from the first window.")
+
+    # a supervisor's page and their own console live side by side
+    sue = await web.page("/supervisor")
+    await test_console.sign_in(sue, "sue")
+    await web.agent("sue", status=None)
+    stamp = sue.get_by_test_id("stats-updated")
+    seen = await stamp.text_content()
+    await expect(stamp).not_to_have_text(seen or "")  # still refreshing: not closed
+    await expect(sue.get_by_test_id("connection-state")).to_have_text("Live")

@@ -129,15 +129,22 @@ async def test_cases_replies_and_deliveries_cross_nodes(stack: Stack, bridge: Ws
     assert (await widget.expect("message", dir="out"))["text"] == "hello from A"
 
 
-async def test_every_console_of_an_agent_gets_pushes_whatever_its_node(
+async def test_an_agents_pushes_reach_their_console_and_page_whatever_the_node(
     stack: Stack, bridge: WsClient
 ) -> None:
+    """One console per agent: one opened on node B closes the one on node A (4000, told why),
+    and pushes made on node A reach it there; a supervisor's page (client=supervisor) of the
+    same agent is neither closed nor closes anyone, and gets the pushes too."""
     on_a, _ = await stack.agent("dual1", node=A, status="available")
+    page, _ = await stack.agent("dual1", node=A, client="supervisor")
     on_b, _ = await stack.agent("dual1", node=B)
+    assert (await on_a.expect("session.replaced"))["type"] == "session.replaced"
+    assert await on_a.closed() == 4000
     ack = await bridge.ok("event", **event("dual"))  # ingested, and offered, on node A
-    offers = [await c.offer_for(ack["case"]) for c in (on_a, on_b)]
+    offers = [await c.offer_for(ack["case"]) for c in (on_b, page)]
     assert offers[0] == offers[1]
-    await on_b.ok("offer.accept", offer=offers[1]["offer"])
+    await on_b.ok("offer.accept", offer=offers[0]["offer"])
+    await page.ok("ping")  # still open
 
 
 async def test_reconnect_to_another_node_within_the_grace_keeps_everything(
@@ -198,7 +205,10 @@ async def test_bridge_deliveries_are_resent_to_its_next_connection_on_any_node(
     stack: Stack, bridge: WsClient
 ) -> None:
     relay = await stack.bridge(node=A, key=CHAT_ONLY_KEY)
-    consoles = [(await stack.agent("relay1", node=n))[0] for n in (A, B)]
+    consoles = [
+        (await stack.agent("relay1", node=A))[0],
+        (await stack.agent("relay1", node=B, client="supervisor"))[0],  # a second connection
+    ]
     await consoles[0].ok("status", status="available")
     ack = await relay.ok("event", **event("relay"))  # its replies go out through this bridge
     await consoles[0].ok("offer.accept", offer=(await consoles[0].offer_for(ack["case"]))["offer"])

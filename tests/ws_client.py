@@ -264,10 +264,12 @@ async def open_ws(
 
 
 async def connect_agent(
-    base: str, token: str, codec: str = JSON, *, origin: str | None = None
+    base: str, token: str, codec: str = JSON, *, origin: str | None = None, client: str = ""
 ) -> WsClient:
-    """An agent console on ``base`` (``ws://host:port``) with a WebSocket token."""
-    return await open_ws(f"{base}/ws/agent?{urlencode({'token': token})}", codec, origin=origin)
+    """An agent console on ``base`` (``ws://host:port``) with a WebSocket token; ``client``
+    "supervisor" connects as the supervisor's page (it takes over from no console)."""
+    q = {"token": token, **({"client": client} if client else {})}
+    return await open_ws(f"{base}/ws/agent?{urlencode(q)}", codec, origin=origin)
 
 
 async def connect_bridge(base: str, key: str, codec: str = MSGPACK) -> WsClient:
@@ -454,14 +456,18 @@ class Stack:
         codec: str = JSON,
         workspace: str = "acme",
         status: str | None = None,
+        client: str = "",
     ) -> tuple[WsClient, Frame]:
-        """A signed-in console and its ``hello``; with ``status``, set it first."""
+        """A signed-in console and its ``hello``; with ``status``, set it first. A second
+        console of one agent closes the first (session.replaced), unless ``client`` is
+        "supervisor" (the supervisor's page)."""
         token = await self.ws_token(agent, node=node, workspace=workspace)
-        client = self.track(await connect_agent(self.nodes[node].ws_url, token, codec))
-        hello = await client.expect("hello")
+        conn = await connect_agent(self.nodes[node].ws_url, token, codec, client=client)
+        client_ = self.track(conn)
+        hello = await client_.expect("hello")
         if status is not None:
-            await client.ok("status", status=status)
-        return client, hello
+            await client_.ok("status", status=status)
+        return client_, hello
 
     async def bridge(
         self, *, node: int = 0, key: str = BRIDGE_KEY, codec: str = MSGPACK

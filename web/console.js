@@ -43,6 +43,7 @@ class AgentConsole {
     this.buildShell();
     this.conn.addEventListener("frame", (ev) => this.onFrame(ev.detail));
     this.conn.addEventListener("expired", (ev) => this.expired(ev.detail.message));
+    this.conn.addEventListener("replaced", () => this.replaced());
     setInterval(() => this.offerCards.forEach((c) => c.tick()), 250);
     document.addEventListener("keydown", (ev) => this.shortcut(ev));
     this.conn.start();
@@ -82,6 +83,27 @@ class AgentConsole {
         h("main", { id: "main", class: "work", tabindex: "-1" }, this.tabs, this.panels, this.noCases)),
       this.toasts.el, this.polite.el, this.urgent.el);
     this.renderOffersMeta();
+  }
+
+  /** The agent opened the console in another window or tab, which took over: this one stops
+   *  (no two screens act on the same offers and cases) until they choose to use it here. */
+  replaced() {
+    if (this.replacedEl) return;
+    this.dropOffers();
+    const use = h("button", { class: "primary", testid: "use-here", onclick: () => {
+      this.replacedEl.remove();
+      this.replacedEl = null;
+      this.conn.start(); // this one takes over again; the other window stops
+    } }, "Use here");
+    this.replacedEl = h("div", { class: "replaced", role: "alertdialog", "aria-modal": "true",
+      "aria-labelledby": "replaced-title", testid: "replaced" },
+    h("div", { class: "replaced-box" },
+      h("h2", { id: "replaced-title" }, "Switchboard is open in another window"),
+      h("p", null, "Only one console per agent takes offers and cases, so this one has stopped. "
+        + "Your cases are safe and waiting there."),
+      use));
+    this.root.append(this.replacedEl);
+    use.focus();
   }
 
   expired(message) {

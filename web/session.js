@@ -85,10 +85,13 @@ const PING_TIMEOUT_MS = 10000;
  * {code, message}; requests in flight when the socket drops reject with code "disconnected".
  */
 export class Connection extends EventTarget {
-  constructor(session, path = "/ws/agent") {
+  /** client "supervisor": the supervisor's page, which never takes over from (or is closed
+   *  by) the agent's console; one console per agent otherwise (session.replaced). */
+  constructor(session, path = "/ws/agent", client = "") {
     super();
     this.session = session;
     this.path = path;
+    this.client = client;
     this.ws = null;
     this.ref = 0;
     this.pending = new Map();
@@ -160,7 +163,8 @@ export class Connection extends EventTarget {
     }
     if (this.stopped) return;
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const url = `${scheme}://${location.host}${this.path}?token=${encodeURIComponent(token)}`;
+    const url = `${scheme}://${location.host}${this.path}?token=${encodeURIComponent(token)}`
+      + (this.client ? `&client=${encodeURIComponent(this.client)}` : "");
     let ws;
     try {
       ws = new WebSocket(url, [PROTOCOL]);
@@ -183,6 +187,12 @@ export class Connection extends EventTarget {
         this.pending.delete(frame.ref);
         if (frame.type === "ack") p.resolve(frame);
         else p.reject({ code: frame.code, message: frame.message });
+        return;
+      }
+      if (frame.type === "session.replaced") { // the agent opened a console elsewhere
+        this.stopped = true;
+        this._setState("stopped");
+        this.dispatchEvent(new CustomEvent("replaced"));
         return;
       }
       if (frame.type === "session.revoked") { // role or password changed: sign in again
@@ -212,6 +222,12 @@ export class Connection extends EventTarget {
       }
       this.pending.clear();
       if (this.stopped) return;
+      if (ev.code === 4000) { // opened elsewhere (its frame may not have reached us first)
+        this.stopped = true;
+        this._setState("stopped");
+        this.dispatchEvent(new CustomEvent("replaced"));
+        return;
+      }
       if (refusal && (refusal.code === "agent.unknown" || refusal.code === "auth.revoked")) {
         this.stopped = true;
         this._setState("stopped");

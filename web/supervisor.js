@@ -33,7 +33,7 @@ class SupervisorView {
   constructor(root, session) {
     this.root = root;
     this.session = session;
-    this.conn = new Connection(session);
+    this.conn = new Connection(session, "/ws/agent", "supervisor");
     this.statuses = [];
     this.queues = [];
     this.slTargets = new Map(); // queue id -> service-level target, s (from the stats frames)
