@@ -126,6 +126,7 @@ class AgentSession:
             _str(f, "case", 64),
             _str(f, "disposition", 64, False),
             _str(f, "note", 4000, False),
+            agent_name=await self._name(),
         )
 
     async def followup(self, f: dict[str, Any]) -> dict[str, Any]:

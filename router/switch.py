@@ -220,7 +220,14 @@ class Switch:
         return await self._act("case_wrapup", ws, agent, case)
 
     async def complete(
-        self, ws: str, agent: str, case: str, disposition: str = "", note: str = ""
+        self,
+        ws: str,
+        agent: str,
+        case: str,
+        disposition: str = "",
+        note: str = "",
+        *,
+        agent_name: str = "",
     ) -> dict[str, Any]:
         cfg = await self.config(ws)
         if disposition and disposition not in cfg.dispositions:
@@ -237,6 +244,7 @@ class Switch:
                     "text": note,
                     "disposition": disposition,
                     "agent": agent,
+                    "from": agent_name or agent,
                     "case": case,
                 }
             )

@@ -161,6 +161,12 @@ def parse_agent(d: Mapping[str, Any], path: str = "agent") -> AgentConfig:
     attrs = d.get("attributes", {})
     if not isinstance(attrs, Mapping):
         raise ConfigError(f"{path}.attributes: expected a map")
+    # the lists queue targets test with HAS / IN: a lone string would make the agent silently
+    # unroutable ('support' HAS 'support' is false, as in TaskRouter)
+    for key in ("skills", "languages"):
+        v = attrs.get(key)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            raise ConfigError(f'{path}.attributes.{key}: a list of strings, e.g. ["support"]')
     cap_in = d.get("capacity", {"chat": 3, "email": 5, "voice": 1})
     if not isinstance(cap_in, Mapping):
         raise ConfigError(f"{path}.capacity: expected a map of channel to count")

@@ -239,6 +239,9 @@ async def test_admin_creates_updates_and_demotes_an_agent(env: Env) -> None:
         assert (await adm.get("/api/workflow", headers=hdr)).status_code == 403
         r = await adm.put("/api/agents/cy", json={"capacity": {"fax": 1}})
         assert r.status_code == 400 and "agent.capacity.fax" in r.json()["message"]
+        r = await adm.put("/api/agents/cy", json={"attributes": {"skills": "billing"}})
+        assert r.status_code == 400 and "agent.attributes.skills" in r.json()["message"]
+        assert (await adm.get("/api/agents/cy")).json()["attributes"] == {"skills": ["billing"]}
         r = await adm.put("/api/agents/cy", json={"shoe_size": 44})
         assert r.status_code == 400 and "shoe_size" in r.json()["message"]
         r = await adm.put("/api/agents/cy", json={"id": "other"})

@@ -37,8 +37,10 @@ async def test_available_agent_gets_offer_and_full_lifecycle(switch: Switch, inb
     await switch.accept("acme", "ann", offer["offer"])
     assert await case_field(switch, r.case, "st") == "assigned"
     await switch.wrapup("acme", "ann", r.case)
-    await switch.complete("acme", "ann", r.case, "resolved", "sorted")
+    await switch.complete("acme", "ann", r.case, "resolved", "sorted", agent_name="Ann A.")
     assert await case_field(switch, r.case, "st") == "completed"
+    last = json.loads((await switch.redis.lrange(f"sb:{{acme}}:cu:{r.customer}:tl", -1, -1))[0])
+    assert (last["kind"], last["text"], last["from"]) == ("wrapup", "sorted", "Ann A.")
 
 
 async def test_attributes_beyond_fast_json_reach_the_offer_intact(switch: Switch, inbox: Inbox):
