@@ -144,6 +144,10 @@ class AgentSession:
 
     async def history(self, f: dict[str, Any]) -> dict[str, Any]:
         customer = _str(f, "customer", 64)
+        # a customer merged into another since the console learnt the id: follow it
+        into = await self.ctx.redis.hget(keys.customer(self.ws, customer), "merged_into")
+        if into:
+            customer = into.decode()
         if not self.who.can("supervisor") and customer not in await self._my_customers():
             raise NotFound("customer not found", code="customer.unknown")
         before = f.get("before")

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from router import fastjson, keys
+from router import fastjson, keys, snapshot
 from router.declarations import Declarations
 from router.errors import BadRequest, Conflict, NotFound, from_script
 from router.ids import new_id
@@ -389,8 +389,17 @@ class Switch:
                 pass  # merged meanwhile by another node
 
     async def merge_customers(self, ws: str, into: str, from_: str) -> dict[str, Any]:
-        """Merge customer ``from_`` into ``into`` (admin): identities, cases, timeline."""
-        return await self._act("customer_merge", ws, into, from_)
+        """Merge customer ``from_`` into ``into`` (admin): identities, cases, timeline. An agent
+        with one of the moved cases open gets it again (``case.refresh``), now with the merged
+        customer and history."""
+        res = await self._act("customer_merge", ws, into, from_)
+        for case in _as_list(res.get("cases")):
+            st, agent = await self.redis.hmget(keys.case(ws, case), ["st", "agent"])
+            if st in (b"assigned", b"wrapping") and agent:
+                detail = await snapshot.case_detail(self.redis, ws, case)
+                if detail:
+                    await self.notify(ws, agent.decode(), {"type": "case.refresh", **detail})
+        return res
 
     async def presence(
         self, ws: str, agent: str, action: str, node: str, grace_s: float = 30

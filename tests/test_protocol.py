@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,6 +42,7 @@ TEAMS = {
     "reopen": 1,
     "claims": 1,  # its agent never connects: cases wait
     "handon": 1,
+    "merge": 1,
     "hello": 2,
     "rescind": 1,
     "leave": 1,
@@ -52,6 +54,14 @@ BOSS = {
     "name": "Boss",
     "password": "pw",
     "role": "supervisor",
+    "attributes": {"skills": []},
+    "capacity": {"chat": 0},
+}
+ADMIN = {
+    "id": "admin",
+    "name": "Admin",
+    "password": "pw",
+    "role": "admin",
     "attributes": {"skills": []},
     "capacity": {"chat": 0},
 }
@@ -67,7 +77,7 @@ BRISK = {
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    decl = team_workspace(TEAMS, extra_agents=[BOSS])
+    decl = team_workspace(TEAMS, extra_agents=[BOSS, ADMIN])
     st = await Stack.start(tmp_path_factory.mktemp("protocol"), decl)
     await st.apply_workspace(BRISK)
     try:
@@ -643,6 +653,34 @@ async def test_a_reminder_due_while_away_waits_for_the_agent(
     await first.fails("reminder.dismiss", "frame.invalid", id=7)
     _, again = await stack.agent("follow1")
     assert r["id"] not in [x["id"] for x in again["reminders"]]
+
+
+async def test_a_merge_reaches_the_console_that_has_the_case_open(
+    stack: Stack, bridge: WsClient
+) -> None:
+    """An admin merges the customer of an open case into another: the agent gets the case
+    again with the merged customer and history (case.refresh), and a history.fetch with the
+    old id, which the console may still hold, follows the merge."""
+    mail, phone = f"{uid('m')}@example.com", f"+1555{secrets.randbelow(10**7):07d}"
+    console, offer, ack = await offered(stack, bridge, "merge1", "merge", email=mail, text="hi")
+    await console.ok("offer.accept", offer=offer["offer"])
+    other = await bridge.ok("event", **event("claims", channel="voice", kind="call.offered",
+                                              identities={"phone": phone}, text=""))  # fmt: skip
+    admin = (await stack.login("admin"))["token"]
+    r = await stack.http.post(
+        f"{stack.nodes[0].url}/api/customers/merge",
+        json={"into": other["customer"], "from": ack["customer"]},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert r.status_code == 200, r.text
+    fresh = await console.wait(
+        lambda f: f["type"] == "case.refresh" and f["case"]["id"] == ack["case"],
+        what="case.refresh",
+    )
+    assert fresh["customer"]["id"] == other["customer"]
+    assert {f"email:{mail}", f"phone:{phone}"} <= set(fresh["customer"]["identities"])
+    old = (await console.ok("history.fetch", customer=ack["customer"]))["history"]
+    assert old["customer"] == other["customer"] and old["total"] == fresh["timeline_total"]
 
 
 async def test_history_fetch_pages_back(stack: Stack, bridge: WsClient) -> None:

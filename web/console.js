@@ -174,6 +174,11 @@ class AgentConsole {
       case "case.updated": return this.caseEntry(f);
       case "reminder": return this.reminder(f);
       case "reminder.dismissed": return this.reminderDismissed(f);
+      case "case.refresh": { // the customer was merged with another: the case anew
+        const view = this.addCase(f);
+        view.renderTimeline(true);
+        return undefined;
+      }
       case "case.removed": { // a supervisor took it back and moved it to a queue
         const view = this.views.get(f.case);
         if (!view) return undefined;

@@ -2,7 +2,7 @@
 -- timeline (interleaved by time) move over; `from` is left as a tombstone pointing at `into`.
 -- KEYS[1] workspace prefix
 -- ARGV    now, into customer id, from customer id
--- Returns {ok, moved_cases, identities} or {ok=false, error=customer.unknown|customer.same}.
+-- Returns {ok, moved_cases, cases, identities} or {ok=false, error=customer.unknown|customer.same}.
 local into, from = ARGV[2], ARGV[3]
 if into == from then return result({ok = false, error = 'customer.same'}) end
 if redis.call('EXISTS', k_customer(into)) == 0 or redis.call('EXISTS', k_customer(from)) == 0
@@ -48,4 +48,4 @@ end
 redis.call('DEL', k_customer(from), k_customer_cases(from), k_timeline(from))
 redis.call('HSET', k_customer(from), 'id', from, 'merged_into', into, 'merged', NOW_S)
 log('customer.merged', {'customer', into, 'from', from})
-return result({ok = true, moved_cases = #cases, identities = idents})
+return result({ok = true, moved_cases = #cases, cases = cases, identities = idents})
