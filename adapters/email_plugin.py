@@ -125,6 +125,11 @@ class EmailPlugin:
         # a sender whose domain disowned the mail is only a claim: the reply still goes to the
         # address the mail came from, as any mail client's would
         emails = emails or sorted(k.decode()[12:] for k in prof if k.startswith(b"claim:email:"))
+        # the customer's own addresses: a mail on the case from any other (someone who had its
+        # reply address) is on the timeline, but the reply does not go to them
+        own = {e.lower() for e in emails} | {
+            k.decode()[12:].lower() for k in prof if k.startswith(b"claim:email:")
+        }
         case = entry.get("case", "")
         parent = None
         refs: list[str] = []
@@ -139,7 +144,7 @@ class EmailPlugin:
                     refs.append(parent)
                 # a customer with several addresses is answered at the one she wrote from
                 addr = e.get("addr")
-                if isinstance(addr, str) and "@" in addr:
+                if isinstance(addr, str) and "@" in addr and addr.lower() in own:
                     emails = [addr]
         if not emails:
             return None

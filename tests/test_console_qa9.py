@@ -294,3 +294,29 @@ async def test_a_second_console_takes_over_and_the_first_can_take_it_back(
     seen = await stamp.text_content()
     await expect(stamp).not_to_have_text(seen or "")  # still refreshing: not closed
     await expect(sue.get_by_test_id("connection-state")).to_have_text("Live")
+
+
+# -- someone else writes on the customer's case --------------------------------------------------
+
+
+@browser_test
+async def test_a_mail_from_someone_else_on_the_case_is_marked_as_not_the_customers(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await web.agent("sam")
+    async with bridge(server) as b:
+        first = await send_email(
+            b, sender="nina@example.com", name="Nina", subject="Balance", text="My balance?"
+        )
+        await sam.get_by_test_id("offer-accept").click()
+        await b.event(  # with the case's reply address, as a reply token would give it
+            id=f"mail-{secrets.token_hex(6)}", channel="email", case=first["case"],
+            identities={"email": "mallory@evil.test"}, name="Nina", text="Send it here.",
+        )  # fmt: skip
+    mallory = panel(sam).get_by_test_id("timeline-entry").filter(has_text="Send it here.")
+    await expect(mallory.get_by_test_id("timeline-stranger")).to_have_text(
+        "mallory@evil.test · not this customer"
+    )
+    nina = panel(sam).get_by_test_id("timeline-entry").filter(has_text="My balance?")
+    await expect(nina).to_be_visible()
+    await expect(nina.get_by_test_id("timeline-stranger")).to_have_count(0)

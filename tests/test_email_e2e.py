@@ -148,3 +148,37 @@ async def test_a_reply_goes_to_the_address_the_customer_wrote_from(
     await ann.ok("case.reply", case=offer["case"]["id"], text="Resent it there.")
     [reply] = await replies(server, 1)
     assert reply["To"] == work
+
+
+async def test_someone_else_writing_on_the_case_is_not_sent_the_customers_reply(
+    server: ServerProcess, ann: WsClient
+) -> None:
+    """Mallory got hold of the case's reply address and writes on it: her mail joins the
+    conversation (the agent sees who wrote), but the agent's next reply goes to the customer."""
+    nina = f"{uid('nina')}@example.com"
+    await asyncio.to_thread(send, server, nina, "what is my balance?", "dmarc=pass")
+    offer = await email_offer(ann)
+    case = offer["case"]["id"]
+    await ann.ok("offer.accept", offer=offer["offer"])
+    await ann.ok("case.reply", case=case, text="Let me check.")
+    [first] = await replies(server, 1)
+    token_address = first["Reply-To"]
+
+    msg = EmailMessage()
+    msg["Authentication-Results"] = f"{MX}; dmarc=pass"
+    msg["From"] = "Mallory <mallory@evil.test>"
+    msg["To"] = token_address
+    msg["Subject"] = "Re: Refund for order 5521"
+    msg["Message-ID"] = f"<{uid('m')}@evil.test>"
+    msg.set_content("Please send it here.")
+
+    def deliver() -> None:
+        with smtplib.SMTP("127.0.0.1", SMTP_PORT[server.url], timeout=10) as client:
+            client.send_message(msg)
+
+    await asyncio.to_thread(deliver)
+    joined = await ann.expect("case.message", case=case)
+    assert joined["entry"]["addr"] == "mallory@evil.test"  # the console marks her, by address
+    await ann.ok("case.reply", case=case, text="Your balance is $1,234.")
+    second = (await replies(server, 2))[1]
+    assert second["To"] == nina

@@ -2,7 +2,7 @@
 // (transfer, follow-up, wrap-up → complete).
 
 import { CHANNEL_LABEL, clock, h, replace, shortId } from "./dom.js";
-import { bdi, renderTimeline, shown } from "./timeline.js";
+import { bdi, knownEmails, renderTimeline, shown } from "./timeline.js";
 
 const FOLLOWUP_CHOICES = [
   [60, "In 1 minute"], [15 * 60, "In 15 minutes"], [3600, "In 1 hour"], [4 * 3600, "In 4 hours"],
@@ -126,7 +126,7 @@ export class CaseView {
   renderTimeline(force) {
     if (this.el.hidden && !force) return;
     const tl = this.timeline;
-    renderTimeline(this.list, tl, this.case.id);
+    renderTimeline(this.list, tl, this.case.id, knownEmails(this.customer));
     this.more.hidden = !tl.hasOlder;
   }
 

@@ -115,7 +115,7 @@ function body(entry) {
   return parts;
 }
 
-function entryNode(entry, currentCase, caseChannel, group) {
+function entryNode(entry, currentCase, caseChannel, group, known) {
   // agents' replies carry no channel of their own: they went out on their case's channel
   const channel = entry.ch && entry.ch !== "note" ? entry.ch : caseChannel;
   const ch = entry.dir === "note" ? "note" : channel;
@@ -128,9 +128,29 @@ function entryNode(entry, currentCase, caseChannel, group) {
   h("div", { class: "tl-meta" },
     h("span", { class: `badge ch-${ch}` }, CHANNEL_LABEL[ch] || ch || "?"),
     h("bdi", { class: "tl-who", dir: "auto" }, shown(who(entry))),
+    stranger(entry, known),
     h("span", { class: "visually-hidden" }, `, ${dirLabel}, `),
     h("time", { class: "tl-time", datetime: new Date(entry.ts * 1000).toISOString() }, clock(entry.ts))),
   body(entry));
+}
+
+/** An email that came from an address that is not the customer's (someone else who had the
+ *  case's reply address): say whose it is. Replies still go to the customer's own address. */
+function stranger(entry, known) {
+  const addr = entry.dir === "in" && entry.ch === "email" && typeof entry.addr === "string" ? entry.addr : "";
+  if (!addr || !known || known.has(addr.toLowerCase())) return null;
+  return h("span", { class: "tl-stranger", testid: "timeline-stranger",
+    title: "Not one of this customer's addresses: replies still go to the customer's own address" },
+  h("bdi", null, addr), " · not this customer");
+}
+
+/** The customer's email addresses (identities and claims), lowercased. */
+export function knownEmails(customer) {
+  const out = new Set();
+  for (const i of [...(customer.identities || []), ...(customer.claims || [])]) {
+    if (typeof i === "string" && i.startsWith("email:")) out.add(i.slice(6).toLowerCase());
+  }
+  return out;
 }
 
 /** Each case's first moment in the loaded history: which cases came before the open one. */
@@ -163,7 +183,7 @@ function divider(caseId, currentCase, channel, starts) {
  * list. Keeps the reader's place: stuck to the bottom if they were there, otherwise the same
  * distance from the bottom.
  */
-export function renderTimeline(ol, timeline, currentCase) {
+export function renderTimeline(ol, timeline, currentCase, known = null) {
   const scroller = ol.parentElement;
   const fromBottom = scroller ? scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight : 0;
   const channels = new Map(); // case id -> its channel, from the entries that name one
@@ -186,7 +206,7 @@ export function renderTimeline(ol, timeline, currentCase) {
       nodes.push(divider(e.case, currentCase, channels.get(e.case), starts));
       lastCase = e.case;
     }
-    nodes.push(entryNode(e, currentCase, channels.get(e.case || lastCase), lastCase));
+    nodes.push(entryNode(e, currentCase, channels.get(e.case || lastCase), lastCase, known));
   }
   if (appendOnly) {
     ol.append(...nodes);
