@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -115,12 +116,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
-    from pathlib import Path
 
-    from router.demo import DEMO_BRIDGE, DEMO_WORKSPACE
+    from router.demo import DEMO_WORKSPACE
 
-    path = Path(tempfile.mkdtemp(prefix="switchboard-demo-")) / "demo.json"
-    path.write_text(json.dumps({"workspace": DEMO_WORKSPACE}))
+    with tempfile.TemporaryDirectory(prefix="switchboard-demo-") as tmp:  # gone when it stops
+        path = Path(tmp) / "demo.json"
+        path.write_text(json.dumps({"workspace": DEMO_WORKSPACE}))
+        return _demo(args, path)
+
+
+def _demo(args: argparse.Namespace, path: Path) -> int:
+    from router.demo import DEMO_BRIDGE
+
     settings = _settings(
         args,
         config=str(path),
@@ -129,6 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         bridge_keys=(DEMO_BRIDGE,),
         smtp_port=args.smtp_port if args.smtp_port is not None else 2525,
         mailboxes="support@demo.test=demo,billing@demo.test=demo/billing",
+        smtp_domain="demo.test",  # the replies' Message-IDs name the mailboxes' domain
         # the demo's stand-in for the MTA in front (docs/adapters-email.md "Who sent it")
         smtp_authserv_ids=os.environ.get("SWITCHBOARD_SMTP_AUTHSERV_IDS", "mx.demo.test"),
     )
