@@ -173,6 +173,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "priority": INT,
             "queue": STR,
             "customer": STR,
+            "customer_name": STR,
             "subject": STR,
             "created": INT,
             "updated": INT,

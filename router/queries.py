@@ -235,12 +235,24 @@ async def list_cases(
         raise BadRequest(f"status: one of {', '.join(STATUSES)}", code="status.invalid")
     qids = [queue] if queue else [q.id for q in cfg.queues]
     if status == "queued":
-        return await _queued(redis, ws, qids, limit, _keyset(cursor))
-    if status in OPEN:
-        return await _held(redis, ws, status, queue, limit, _keyset(cursor))
-    if cursor is not None and not _STREAM_ID.match(cursor):
+        page = await _queued(redis, ws, qids, limit, _keyset(cursor))
+    elif status in OPEN:
+        page = await _held(redis, ws, status, queue, limit, _keyset(cursor))
+    elif cursor is not None and not _STREAM_ID.match(cursor):
         raise _bad_cursor()
-    return await _closed(redis, ws, status, queue, limit, cursor)
+    else:
+        page = await _closed(redis, ws, status, queue, limit, cursor)
+    await _name_customers(redis, ws, page.cases)
+    return page
+
+
+async def _name_customers(redis: aioredis.Redis, ws: str, cases: list[dict[str, Any]]) -> None:
+    """Each listed case's ``customer_name`` (a supervisor's rows say who, not an id)."""
+    pipe = redis.pipeline(transaction=False)
+    for c in cases:
+        pipe.hget(keys.customer(ws, str(c.get("customer") or "")), "name")
+    for c, name in zip(cases, await pipe.execute(), strict=True):
+        c["customer_name"] = _s(name) if name else ""
 
 
 async def _hashes(redis: aioredis.Redis, ws: str, ids: list[str]) -> list[dict[str, str]]:

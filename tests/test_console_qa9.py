@@ -245,6 +245,7 @@ async def test_a_supervisor_sees_a_signed_out_agents_case_and_takes_it_back(
     await test_console.sign_in(sue, "sue")
     row = sue.get_by_test_id("progress-case").filter(has_text="Refund please")
     await expect(row.get_by_test_id("progress-case-agent")).to_have_text("Sam Support")
+    await expect(row.get_by_test_id("case-customer-name")).to_have_text("Kim Lee")  # who
     # Sam's status goes offline with the case still his (a supervisor could set it too)
     await sam.get_by_test_id("status-select").select_option("offline")
     await expect(row.get_by_test_id("progress-case-signed-out")).to_be_visible()
@@ -256,6 +257,7 @@ async def test_a_supervisor_sees_a_signed_out_agents_case_and_takes_it_back(
     await expect(sue.get_by_test_id("move-confirmation")).to_be_visible()
     waiting = sue.get_by_test_id("waiting-case").filter(has_text="Refund please")
     await expect(waiting.get_by_test_id("waiting-case-queue")).to_have_text("Billing")
+    await expect(waiting.get_by_test_id("case-customer-name")).to_have_text("Kim Lee")
     await expect(row).to_have_count(0)
     # Sam's console lets go of it, and says why
     await expect(sam.get_by_test_id("case-removed")).to_contain_text("moved your case")

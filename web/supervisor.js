@@ -17,8 +17,11 @@ const HANDLED_LIMIT = 50; // per state: each refresh reads at most this many of 
 
 /** A case's subject (isolated: customer text, it may carry bidi controls), or what stands in. */
 function subjectCell(c) {
-  return c.subject ? bdi(c.subject, { class: "waiting-subject" })
+  const subject = c.subject ? bdi(c.subject, { class: "waiting-subject" })
     : h("span", { class: "waiting-subject" }, c.channel === "voice" ? "Incoming call" : "No subject");
+  // who it is, before what about (listings name the customer: customer_name)
+  return c.customer_name ? [bdi(c.customer_name, { class: "waiting-customer", testid: "case-customer-name" }), subject]
+    : subject;
 }
 
 function label(status) {
