@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import signal
 import time
 from email.message import EmailMessage
 
@@ -322,3 +323,24 @@ async def test_a_mail_from_someone_else_on_the_case_is_marked_as_not_the_custome
     nina = panel(sam).get_by_test_id("timeline-entry").filter(has_text="My balance?")
     await expect(nina).to_be_visible()
     await expect(nina.get_by_test_id("timeline-stranger")).to_have_count(0)
+
+
+@browser_test
+async def test_a_stalled_connection_shows_the_banner_and_reconnects_not_a_takeover(
+    web: Web, server: ServerProcess
+) -> None:
+    """The server stops answering (a laptop asleep, a frozen process): the console gives up on
+    the connection after its ping goes unanswered, says so, and reconnects by itself once the
+    server is back — it does not claim another window took over."""
+    sam = await open_email_case(web, server, subject="Still there?")
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        banner = sam.get_by_test_id("connection-banner")
+        await expect(banner).to_be_visible(timeout=45_000)  # a ping every 20 s, 10 s to answer
+        await expect(sam.get_by_test_id("connection-state")).not_to_have_text("Live")
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    await expect(banner).to_be_hidden(timeout=30_000)
+    await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
+    await expect(sam.get_by_test_id("replaced")).to_have_count(0)
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(1)

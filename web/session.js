@@ -213,30 +213,34 @@ export class Connection extends EventTarget {
       }
       this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
     };
-    ws.onclose = (ev) => {
-      if (this.ws !== ws) return;
-      this.ws = null;
-      clearInterval(this.pinger);
-      for (const p of this.pending.values()) {
-        p.reject({ code: "disconnected", message: "The connection dropped; nothing was confirmed." });
-      }
-      this.pending.clear();
-      if (this.stopped) return;
-      if (ev.code === 4000) { // opened elsewhere (its frame may not have reached us first)
-        this.stopped = true;
-        this._setState("stopped");
-        this.dispatchEvent(new CustomEvent("replaced"));
-        return;
-      }
-      if (refusal && (refusal.code === "agent.unknown" || refusal.code === "auth.revoked")) {
-        this.stopped = true;
-        this._setState("stopped");
-        this.dispatchEvent(new CustomEvent("expired", { detail: { message: refusal.message } }));
-        return;
-      }
-      const why = refusal ? refusal.message : ev.code === 1012 ? "server restarting" : "connection lost";
-      this._retry(why);
-    };
+    ws.onclose = (ev) => this._lost(ws, ev.code, refusal);
+  }
+
+  /** The socket is gone (closed by either side, or given up on): say why, reconnect or stop.
+   *  4000 is the server's "the agent opened a console elsewhere". */
+  _lost(ws, code, refusal) {
+    if (this.ws !== ws) return;
+    this.ws = null;
+    clearInterval(this.pinger);
+    for (const p of this.pending.values()) {
+      p.reject({ code: "disconnected", message: "The connection dropped; nothing was confirmed." });
+    }
+    this.pending.clear();
+    if (this.stopped) return;
+    if (code === 4000) { // opened elsewhere (its frame may not have reached us first)
+      this.stopped = true;
+      this._setState("stopped");
+      this.dispatchEvent(new CustomEvent("replaced"));
+      return;
+    }
+    if (refusal && (refusal.code === "agent.unknown" || refusal.code === "auth.revoked")) {
+      this.stopped = true;
+      this._setState("stopped");
+      this.dispatchEvent(new CustomEvent("expired", { detail: { message: refusal.message } }));
+      return;
+    }
+    const why = refusal ? refusal.message : code === 1012 ? "server restarting" : "connection lost";
+    this._retry(why);
   }
 
   _retry(reason) {
@@ -252,8 +256,14 @@ export class Connection extends EventTarget {
     const ping = async () => {
       const ws = this.ws;
       const sent = Date.now();
+      // no answer: the connection is as good as dead. Give up on it now (its close handshake
+      // could take as long again) and show it: the banner, then a reconnect.
       const timeout = setTimeout(() => {
-        if (this.ws === ws && ws) ws.close(4000, "ping timeout");
+        if (this.ws !== ws || !ws) return;
+        ws.onclose = null;
+        ws.onmessage = null;
+        try { ws.close(4001, "ping timeout"); } catch { /* already closing */ }
+        this._lost(ws, 4001, null);
       }, PING_TIMEOUT_MS);
       try {
         const ack = await this.request("ping");
