@@ -132,6 +132,8 @@ class AgentSession:
     async def followup(self, f: dict[str, Any]) -> dict[str, Any]:
         due, in_s = f.get("due"), f.get("in_s")
         if due is None and _finite(in_s):
+            if in_s <= 0:
+                raise BadRequest("in_s: seconds from now, more than 0", code="followup.invalid")
             due = int((time.time() + float(in_s)) * 1000)
         if not _finite(due):
             raise BadRequest(

@@ -77,9 +77,7 @@ async def current(ctx: Ctx, who: Principal) -> Principal:
     if role is None:
         raise Unauthorized("this agent no longer exists; sign in again", code="agent.unknown")
     if int(sv or 0) != who.version:
-        raise Unauthorized(
-            "your account changed (role or password): sign in again", code="auth.revoked"
-        )
+        raise Unauthorized("your role or password changed since you signed in", code="auth.revoked")
     return Principal(who.kind, who.workspace, who.subject, role.decode(), who.version)
 
 

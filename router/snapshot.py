@@ -125,7 +125,15 @@ async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str
 async def reminders(redis: aioredis.Redis, ws: str, agent: str) -> list[dict[str, Any]]:
     """The agent's follow-up reminders that fell due and are not dismissed, oldest first."""
     out = [json.loads(v) for v in await redis.hvals(keys.agent_reminders(ws, agent))]
-    return sorted(out, key=lambda r: (r.get("due", 0), r.get("id", "")))
+    out.sort(key=lambda r: (r.get("due", 0), r.get("id", "")))
+    # each case's state now, not when its reminder fell due
+    pipe = redis.pipeline(transaction=False)
+    for r in out:
+        pipe.hget(keys.case(ws, str(r.get("case", ""))), "st")
+    for r, st in zip(out, await pipe.execute(), strict=True):
+        if st:
+            r["status"] = _dec(st)
+    return out
 
 
 async def chat_history(redis: aioredis.Redis, ws: str, case: str) -> list[dict[str, Any]]:
@@ -148,7 +156,7 @@ async def chat_agent(redis: aioredis.Redis, ws: str, case: str) -> dict[str, Any
     story: ``joined`` while assigned, ``closed`` once wrapped up or completed, ``transferred``
     while the case waits after its agent handed it on, ``waiting`` (no name) while it waits
     for someone otherwise; ``None`` for no case."""
-    st, agent, assigned, wrapping, closed, moved = await redis.hmget(
+    st, agent, assigned, wrapping, closed, moved, resumed = await redis.hmget(
         keys.case(ws, case),
         "st",
         "last_agent",
@@ -156,7 +164,10 @@ async def chat_agent(redis: aioredis.Redis, ws: str, case: str) -> dict[str, Any
         "wrapping_since",
         "closed",
         "transferred",
+        "resumed",
     )
+    if int(resumed or 0) > int(assigned or 0):  # the visitor wrote during wrap-up: rejoined
+        assigned = resumed
     if st in (b"queued", b"offered"):
         # handed on and not yet taken: the latest move is the transfer (not a reopened case's)
         if agent and moved and int(moved) > max(int(closed or 0), int(assigned or 0)):

@@ -61,7 +61,7 @@ class IngestResult:
     offered: bool = False  # this very call offered the case to an agent
 
 
-REVOKED = "Your account changed (role or password): sign in again."
+REVOKED = "your role or password changed since you signed in"
 
 
 class Switch:
@@ -322,7 +322,7 @@ class Switch:
                 raise BadRequest(f"{to_agent} takes no {ch} cases", code="transfer.invalid")
             if st == b"offline":  # the case would only wait out the step for nobody
                 raise BadRequest(
-                    f"{to_agent} is signed out: choose a queue or a colleague who is in",
+                    f"{to_agent} is offline: choose a queue or a colleague who is in",
                     code="transfer.invalid",
                 )
             back = row[0].decode()
@@ -390,10 +390,13 @@ class Switch:
 
     async def merge_customers(self, ws: str, into: str, from_: str) -> dict[str, Any]:
         """Merge customer ``from_`` into ``into`` (admin): identities, cases, timeline. An agent
-        with one of the moved cases open gets it again (``case.refresh``), now with the merged
+        with a case of either open gets it again (``case.refresh``), now with the merged
         customer and history."""
         res = await self._act("customer_merge", ws, into, from_)
-        for case in _as_list(res.get("cases")):
+        # the merged customer's latest cases: those moved over and its own
+        recent = await self.redis.lrange(keys.customer_cases(ws, into), -200, -1)
+        for raw in dict.fromkeys(recent):
+            case = raw.decode()
             st, agent = await self.redis.hmget(keys.case(ws, case), ["st", "agent"])
             if st in (b"assigned", b"wrapping") and agent:
                 detail = await snapshot.case_detail(self.redis, ws, case)

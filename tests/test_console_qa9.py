@@ -250,7 +250,7 @@ async def test_a_supervisor_sees_a_signed_out_agents_case_and_takes_it_back(
     # Sam's status goes offline with the case still his (a supervisor could set it too)
     await sam.get_by_test_id("status-select").select_option("offline")
     await expect(row.get_by_test_id("progress-case-signed-out")).to_be_visible()
-    await expect(row.get_by_test_id("progress-case-agent")).to_have_text("Sam Support · signed out")
+    await expect(row.get_by_test_id("progress-case-agent")).to_have_text("Sam Support · offline")
 
     await row.get_by_test_id("progress-case-move").click()
     await sue.get_by_test_id("move-case-queue").select_option("billing")

@@ -361,3 +361,8 @@ async def test_a_reloaded_chat_widget_shows_where_a_handed_on_chat_stands(
             "Bea Billing joined the chat",
         ]
     )
+    # and so after a reload: she rejoined when Ada wrote, not when she first joined
+    await ada.reload()
+    await expect(ada.get_by_test_id("chat-status")).to_have_text("Connected")
+    await expect(lines.last).to_have_text("Bea Billing joined the chat")
+    await expect(lines.nth(-2)).to_have_text(re.compile("one more thing"))

@@ -165,7 +165,7 @@ async def test_transfers_nobody_can_take_and_replies_on_calls_are_refused(
         ("ann", "yourself"),
         ("bob", "takes no chat"),
         ("sue", "takes no chat"),
-        ("cy", "signed out"),
+        ("cy", "is offline"),
     ]
     for to, why in refusals:
         with pytest.raises(BadRequest, match=why) as e:
@@ -544,6 +544,11 @@ async def test_service_level_counts_escalations_and_waits_since_the_case_began_w
     await switch.set_status("acme", "bob", "available")
     await switch.transfer("acme", "ann", r.case, queue="sales")
     await switch.accept("acme", "bob", inbox.last_offer("bob")["offer"])
+    # a transfer to a named agent who never takes it falls back within its queue: no escalation
+    await switch.set_status("acme", "ann", "away")
+    await switch.transfer("acme", "bob", r.case, to_agent="ann")
+    await switch.run_timers("acme", now=now_ms() + 61_000)
+    assert await case_field(switch, r.case, "step") == "2"
 
     cfg = await switch.config("acme")
     stats = Stats(redis_server)

@@ -617,9 +617,16 @@ async def test_followup_sends_a_reminder(stack: Stack, bridge: WsClient) -> None
         "chat",
     )
     assert reminder["status"] == "assigned" and reminder["due"] == pytest.approx(due / 1000, abs=5)
+    for bad in (0, -5):
+        await console.fails("case.followup", "followup.invalid", case=ack["case"], in_s=bad)
     got = await console.ok("case.followup", case=ack["case"], in_s=0.05, note="again")
     assert abs(got["due"] - time.time() * 1000) < 60_000
     assert (await console.expect("reminder", case=ack["case"]))["note"] == "again"
+    # shown again after a reconnect, with the case's state now, not when it fell due
+    await console.ok("case.complete", case=ack["case"], disposition="resolved")
+    console, hello = await stack.agent("follow1")
+    kept = {r["id"]: r for r in hello["reminders"]}
+    assert kept[f"{ack['case']}|1"]["status"] == "completed"
     for rid in (f"{ack['case']}|1", f"{ack['case']}|2"):
         await console.ok("reminder.dismiss", id=rid)
 
@@ -681,6 +688,27 @@ async def test_a_merge_reaches_the_console_that_has_the_case_open(
     assert {f"email:{mail}", f"phone:{phone}"} <= set(fresh["customer"]["identities"])
     old = (await console.ok("history.fetch", customer=ack["customer"]))["history"]
     assert old["customer"] == other["customer"] and old["total"] == fresh["timeline_total"]
+
+    # the other way round: a third customer merged into the one whose case is open
+    third = await bridge.ok("event", **event("claims", email=f"{uid('t')}@example.com"))
+    r = await stack.http.post(
+        f"{stack.nodes[0].url}/api/customers/merge",
+        json={"into": other["customer"], "from": third["customer"]},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert r.status_code == 200, r.text
+    again = await console.wait(
+        lambda f: f["type"] == "case.refresh" and f["timeline_total"] > fresh["timeline_total"],
+        what="a second case.refresh",
+    )
+    assert again["case"]["id"] == ack["case"]
+    # nor may anyone merge into a customer merged away (the two would point at each other)
+    r = await stack.http.post(
+        f"{stack.nodes[0].url}/api/customers/merge",
+        json={"into": ack["customer"], "from": other["customer"]},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert r.status_code == 404 and r.json()["code"] == "customer.unknown"
 
 
 async def test_history_fetch_pages_back(stack: Stack, bridge: WsClient) -> None:

@@ -50,7 +50,10 @@ function placeAgentLine(messages, agent) {
   const ts = typeof agent.ts === "number" ? agent.ts : null;
   let at = messages.length;
   if (ts !== null) {
-    const later = messages.findIndex((m) => typeof m.ts === "number" && m.ts > ts);
+    // in whole milliseconds, the router's resolution for these lines: a message stamped in the
+    // same millisecond came first (it is what made the agent rejoin)
+    const ms = Math.floor(ts * 1000);
+    const later = messages.findIndex((m) => typeof m.ts === "number" && Math.floor(m.ts * 1000) > ms);
     if (later >= 0) at = later;
   } else if (agent.event === "joined") {
     const name = agent.name || "Agent";

@@ -332,11 +332,11 @@ class SupervisorView {
       const agent = c.agent || c.offered_to || "";
       const name = this.agentNames.get(agent) || agent || "—";
       const away = agent && this.agentStatus.get(agent) === "offline";
-      const who = `${name}${away ? " · signed out" : ""}`;
+      const who = `${name}${away ? " · offline" : ""}`;
       if (row.who !== who) {
         row.who = who;
         replace(row.agent, name, away
-          ? h("span", { class: "signed-out", testid: "progress-case-signed-out" }, " · signed out") : null);
+          ? h("span", { class: "signed-out", testid: "progress-case-signed-out" }, " · offline") : null);
         row.tr.classList.toggle("stranded", Boolean(away));
       }
       if (row.status !== c.status) {

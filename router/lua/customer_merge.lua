@@ -5,8 +5,10 @@
 -- Returns {ok, moved_cases, cases, identities} or {ok=false, error=customer.unknown|customer.same}.
 local into, from = ARGV[2], ARGV[3]
 if into == from then return result({ok = false, error = 'customer.same'}) end
+-- neither may be a tombstone already: a merge into one would leave two records pointing at
+-- each other, and the customer reachable through neither
 if redis.call('EXISTS', k_customer(into)) == 0 or redis.call('EXISTS', k_customer(from)) == 0
-  or hget(k_customer(from), 'merged_into') then
+  or hget(k_customer(from), 'merged_into') or hget(k_customer(into), 'merged_into') then
   return result({ok = false, error = 'customer.unknown'})
 end
 local prof = redis.call('HGETALL', k_customer(from))

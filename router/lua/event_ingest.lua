@@ -153,7 +153,7 @@ elseif c and OPEN[st] then
     -- the same agent (back to assigned: they may reply), and a chat's widget hears them rejoin
     append(c)
     local a = hget(k_case(c), 'agent')
-    redis.call('HSET', k_case(c), 'st', 'assigned', 'updated', NOW_S)
+    redis.call('HSET', k_case(c), 'st', 'assigned', 'updated', NOW_S, 'resumed', NOW_S)
     log('case.resumed', {'case', c, 'agent', a or ''})
     chat_event(c, ch, 'joined', a)
     notify(c, {type = 'case.message', case = c, entry = entry(), status = 'assigned'})

@@ -74,11 +74,14 @@ for _, m in ipairs(due) do
     end
   elseif kind == 'e' then
     local c, step = parts[2], parts[3]
-    local cs = redis.call('HMGET', k_case(c), 'st', 'step', 'q')
+    local cs = redis.call('HMGET', k_case(c), 'st', 'step', 'q', 'pool')
     if cs[2] == step then
       if cs[1] == 'queued' then
-        -- the queue it leaves unanswered (its service level counts it: router/stats.py)
-        log('case.escalated', {'case', c, 'from_step', step, 'queue', cs[3] or ''})
+        -- the queue it leaves unanswered (its service level counts it: router/stats.py); not
+        -- a step for one agent (a transfer to them, a reopen), which waits in its queue
+        local left = cs[3] or ''
+        if string.sub(cs[4] or '', 1, 2) == 'a~' then left = '' end
+        log('case.escalated', {'case', c, 'from_step', step, 'queue', left})
         enter_step(c, tonumber(step) + 1, offers, true)
       elseif cs[1] == 'offered' then
         redis.call('HSET', k_case(c), 'esc', '1')
