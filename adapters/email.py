@@ -288,14 +288,15 @@ class EmailAdapter:
 
     async def deliver(self, workspace: str, delivery: Mapping[str, Any]) -> str:
         """Send an agent's reply: ``{"case", "to": {"email"}, "subject", "text", "agent":
-        {"name"}, "in_reply_to", "references", "answers"}``. Returns the new Message-ID (record
-        it if you like; threading does not need it). ValueError/LookupError/KeyError on a bad
-        delivery; aiosmtplib.SMTPException or OSError when the smarthost refuses or is
-        unreachable — nothing is retried or queued here."""
+        {"name"}, "in_reply_to", "references", "answers", "mailbox"}`` (``mailbox``: the one the
+        case came in on, which the reply comes from; else the workspace's first). Returns the
+        new Message-ID (record it if you like; threading does not need it).
+        ValueError/LookupError/KeyError on a bad delivery; aiosmtplib.SMTPException or OSError
+        when the smarthost refuses or is unreachable — nothing is retried or queued here."""
         agent = delivery.get("agent") or {}
         parent = delivery.get("in_reply_to")
         message = build_reply(
-            from_addr=self._from_address(workspace),
+            from_addr=self._from_address(workspace, str(delivery.get("mailbox") or "")),
             from_name=str(agent.get("name") or "") or None,
             to_addr=str(delivery["to"]["email"]),
             subject=str(delivery.get("subject") or ""),
@@ -312,7 +313,11 @@ class EmailAdapter:
         await send(message, self._config)
         return str(message["Message-ID"])
 
-    def _from_address(self, workspace: str) -> str:
+    def _from_address(self, workspace: str, mailbox: str = "") -> str:
+        # a mail to billing@ is answered from billing@ (and its replies come back there)
+        target = self._mailboxes.get(mailbox.lower())
+        if target is not None and target[0] == workspace:
+            return mailbox
         if workspace in self._config.from_addresses:
             return self._config.from_addresses[workspace]
         for address, (ws, _) in self._config.mailboxes.items():

@@ -150,6 +150,13 @@ class EmailPlugin:
             return None
         text = (entry.get("entry") or {}).get("text", "")
         agent = (entry.get("entry") or {}).get("from", "")
+        mailbox = ""  # the mailbox the case came in on: the reply comes from it
+        try:
+            attrs = json.loads(await r.hget(keys.case(ws, case), "attrs") or b"{}")
+            if isinstance(attrs, dict) and isinstance(attrs.get("to"), str):
+                mailbox = attrs["to"]
+        except ValueError:
+            pass
         return {
             "case": case,
             "to": {"email": emails[0]},
@@ -159,12 +166,16 @@ class EmailPlugin:
             "in_reply_to": parent,
             "references": refs[-10:],
             "answers": answers,
+            "mailbox": mailbox,
         }
 
     def _drop(self, ws: str, eid: str, delivery: dict[str, Any]) -> None:
         cfg = self._config(self.ctx.settings.secret if self.ctx else "x" * 16)
+        mailbox = str(delivery.get("mailbox") or "")
+        own = {a.lower(): w for a, (w, _) in self.mailboxes.items()}
+        sender = mailbox if own.get(mailbox.lower()) == ws else ""  # as EmailAdapter.deliver
         msg = build_reply(
-            from_addr=cfg.from_addresses.get(ws, "support@localhost"),
+            from_addr=sender or cfg.from_addresses.get(ws, "support@localhost"),
             from_name=delivery["agent"]["name"] or None,
             to_addr=delivery["to"]["email"],
             subject=delivery["subject"],

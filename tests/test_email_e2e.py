@@ -39,7 +39,7 @@ def server(tmp_path: Path, redis: Redis, redis_server: str) -> Iterator[ServerPr
         adapters="email",
         env={
             "SWITCHBOARD_SMTP_PORT": str(port),
-            "SWITCHBOARD_MAILBOXES": "support@acme.test=acme",
+            "SWITCHBOARD_MAILBOXES": "support@acme.test=acme,help@acme.test=acme",
             "SWITCHBOARD_SMTP_AUTHSERV_IDS": MX,
         },
     )
@@ -182,3 +182,27 @@ async def test_someone_else_writing_on_the_case_is_not_sent_the_customers_reply(
     await ann.ok("case.reply", case=case, text="Your balance is $1,234.")
     second = (await replies(server, 2))[1]
     assert second["To"] == nina
+
+
+async def test_a_mail_to_a_second_mailbox_is_answered_from_it(
+    server: ServerProcess, ann: WsClient
+) -> None:
+    msg = EmailMessage()
+    msg["Authentication-Results"] = f"{MX}; dmarc=pass"
+    msg["From"] = f"Oli <{uid('oli')}@example.com>"
+    msg["To"] = "help@acme.test"
+    msg["Subject"] = "Help"
+    msg["Message-ID"] = f"<{uid('m')}@example.com>"
+    msg.set_content("Hello?")
+
+    def deliver() -> None:
+        with smtplib.SMTP("127.0.0.1", SMTP_PORT[server.url], timeout=10) as client:
+            client.send_message(msg)
+
+    await asyncio.to_thread(deliver)
+    offer = await email_offer(ann)
+    await ann.ok("offer.accept", offer=offer["offer"])
+    await ann.ok("case.reply", case=offer["case"]["id"], text="Hi Oli.")
+    [reply] = await replies(server, 1)
+    assert "help@acme.test" in reply["From"]  # not support@, the workspace's first
+    assert reply["Reply-To"].startswith("help+")
