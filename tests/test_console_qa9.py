@@ -25,7 +25,7 @@ from router.ingest import parse_event, timeline_entry
 from router.snapshot import agent_directory
 from tests import test_console
 from tests.server import ServerProcess
-from tests.test_console import Web, bridge, panel, send_email, shoot
+from tests.test_console import Web, bridge, panel, send_email
 from tests.test_console_ui_fixes import height_at_least, open_email_case, until
 
 # test_console's fixtures, for the tests here: a browser per module, a server and people per test
@@ -112,7 +112,6 @@ async def test_the_case_header_points_to_the_actions_below_the_conversation(
     predicate, arg = height_at_least("[data-testid=case-panel]:not([hidden]) .tl-scroll", 0.4 * 768)
     await until(sam, predicate, arg, "the conversation keeps 40 % of the height with the cue")
     assert await sam.evaluate("() => document.documentElement.scrollHeight <= window.innerHeight")
-    await shoot(sam, "qa9-actions-cue-1024.png")
 
     await cue.click()
     await expect(wrapup).to_be_in_viewport()
