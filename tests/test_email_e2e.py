@@ -59,15 +59,19 @@ async def ann(server: ServerProcess) -> AsyncIterator[WsClient]:
     await ws.close()
 
 
-def send(server: ServerProcess, sender: str, text: str, auth: str | None) -> None:
+def send(
+    server: ServerProcess, sender: str, text: str, auth: str | None, *,
+    name: str = "Nora Quinn", to: str = "support@acme.test",
+    subject: str = "Refund for order 5521",
+) -> None:  # fmt: skip
     """One mail through the SMTP adapter, as the MTA in front would relay it."""
     msg = EmailMessage()
     if auth is not None:
         msg["Authentication-Results"] = f"{MX}; {auth}"
-    msg["From"] = f"Nora Quinn <{sender}>"
-    msg["To"] = "support@acme.test"
-    msg["Subject"] = "Refund for order 5521"
-    msg["Message-ID"] = f"<{uid('m')}@example.com>"
+    msg["From"] = f"{name} <{sender}>"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{uid('m')}@{sender.rpartition('@')[2]}>"
     msg.set_content(text)
     with smtplib.SMTP("127.0.0.1", SMTP_PORT[server.url], timeout=10) as client:
         client.send_message(msg)
@@ -164,19 +168,10 @@ async def test_someone_else_writing_on_the_case_is_not_sent_the_customers_reply(
     [first] = await replies(server, 1)
     token_address = first["Reply-To"]
 
-    msg = EmailMessage()
-    msg["Authentication-Results"] = f"{MX}; dmarc=pass"
-    msg["From"] = "Mallory <mallory@evil.test>"
-    msg["To"] = token_address
-    msg["Subject"] = "Re: Refund for order 5521"
-    msg["Message-ID"] = f"<{uid('m')}@evil.test>"
-    msg.set_content("Please send it here.")
-
-    def deliver() -> None:
-        with smtplib.SMTP("127.0.0.1", SMTP_PORT[server.url], timeout=10) as client:
-            client.send_message(msg)
-
-    await asyncio.to_thread(deliver)
+    await asyncio.to_thread(
+        send, server, "mallory@evil.test", "Please send it here.", "dmarc=pass",
+        name="Mallory", to=token_address, subject="Re: Refund for order 5521",
+    )  # fmt: skip
     joined = await ann.expect("case.message", case=case)
     assert joined["entry"]["addr"] == "mallory@evil.test"  # the console marks her, by address
     await ann.ok("case.reply", case=case, text="Your balance is $1,234.")
@@ -187,19 +182,10 @@ async def test_someone_else_writing_on_the_case_is_not_sent_the_customers_reply(
 async def test_a_mail_to_a_second_mailbox_is_answered_from_it(
     server: ServerProcess, ann: WsClient
 ) -> None:
-    msg = EmailMessage()
-    msg["Authentication-Results"] = f"{MX}; dmarc=pass"
-    msg["From"] = f"Oli <{uid('oli')}@example.com>"
-    msg["To"] = "help@acme.test"
-    msg["Subject"] = "Help"
-    msg["Message-ID"] = f"<{uid('m')}@example.com>"
-    msg.set_content("Hello?")
-
-    def deliver() -> None:
-        with smtplib.SMTP("127.0.0.1", SMTP_PORT[server.url], timeout=10) as client:
-            client.send_message(msg)
-
-    await asyncio.to_thread(deliver)
+    oli = f"{uid('oli')}@example.com"
+    await asyncio.to_thread(
+        send, server, oli, "Hello?", "dmarc=pass", name="Oli", to="help@acme.test", subject="Help"
+    )
     offer = await email_offer(ann)
     await ann.ok("offer.accept", offer=offer["offer"])
     await ann.ok("case.reply", case=offer["case"]["id"], text="Hi Oli.")

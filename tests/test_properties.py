@@ -947,29 +947,23 @@ class RoutingMachine(RuleBasedStateMachine):
             ]
 
         call = self.switch.transfer(WS, c.agent, cid, queue=queue, to_agent=to_agent)
+        refusal = None
         if c.status == "wrapping":
-            # the conversation has ended: refused, no change
-            try:
-                self.run(call)
-            except Conflict as e:
-                must(e.code == "case.wrapping", f"transfer of wrapping {cid}: {e.code}")
-            else:
-                must(False, f"transfer of {cid} in wrap-up was accepted")
-            self.settle(Ctx("refused"))
-            return
-        if to_agent and (
+            refusal = "case.wrapping"  # the conversation has ended
+        elif to_agent and (
             to_agent == c.agent
             or AGENTS[to_agent].cap.get(c.ch, 0) <= 0
             or self.model.agents[to_agent].status == "offline"
         ):
-            # to yourself, to someone who takes no cases on its channel or who is signed out:
-            # refused, no change
+            # to yourself, to someone who takes no cases on its channel or who is signed out
+            refusal = "transfer.invalid"
+        if refusal:  # refused, no change
             try:
                 self.run(call)
-            except BadRequest as e:
-                must(e.code == "transfer.invalid", f"transfer {cid} to {to_agent}: {e.code}")
+            except (BadRequest, Conflict) as e:
+                must(e.code == refusal, f"transfer of {cid} to {to_agent or queue}: {e.code}")
             else:
-                must(False, f"transfer of {cid} from {c.agent} to {to_agent} was accepted")
+                must(False, f"transfer of {cid} from {c.agent} to {to_agent or queue} was accepted")
             self.settle(Ctx("refused"))
             return
         self.run(call)
