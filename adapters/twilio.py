@@ -60,7 +60,6 @@ from router.errors import (
     SwitchboardError,
     TooLarge,
 )
-from router.metrics import METRICS
 
 __all__ = ["GROUP", "TwilioConfig", "TwilioPlugin", "plugin"]
 
@@ -236,10 +235,7 @@ class TwilioPlugin:
         return Response(twiml, media_type="text/xml")
 
     async def _ingest(self, ws: str, event: Mapping[str, Any]) -> dict[str, Any]:
-        res = await self.ctx.switch.ingest(ws, event, source="twilio")
-        METRICS.events.labels(res.action).inc()
-        if res.action == "created":
-            METRICS.cases_created.labels("voice").inc()
+        res = await self.ctx.switch.ingest(ws, event, source="twilio")  # counted there
         return {"case": res.case, "action": res.action, "duplicate": res.duplicate}
 
     async def _incoming(self, request: Request, params: Params, ws: str) -> Response:

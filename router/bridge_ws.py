@@ -83,10 +83,7 @@ class BridgeSession:
         body = {k: v for k, v in f.items() if k not in ("type", "ref", "workspace")}
         res = await self.ctx.switch.ingest(self.ws, body, source=f"bridge:{self.bridge.id}")
         elapsed = time.perf_counter() - t0
-        METRICS.offer_decision.observe(elapsed)
-        METRICS.events.labels(res.action).inc()
-        if res.action == "created":
-            METRICS.cases_created.labels(channel).inc()
+        METRICS.offer_decision.observe(elapsed)  # events and cases are counted in Switch.ingest
         if res.offered:
             METRICS.ingest_to_offer.observe(elapsed)
         return {

@@ -19,6 +19,7 @@ from router.declarations import Declarations
 from router.errors import BadRequest, Conflict, NotFound, from_script
 from router.ids import new_id
 from router.ingest import Event, parse_event, timeline_entry
+from router.metrics import METRICS
 from router.pools import Pools
 from router.push import offer_frame
 from router.store import Store, now_ms
@@ -177,6 +178,10 @@ class Switch:
             DEDUPE_TTL_S,
         )
         await self._dispatch(ws, res)
+        # counted here, where every source's events pass (bridges, widget, email, REST, Twilio)
+        METRICS.events.labels(res.get("action", "")).inc()
+        if res.get("action") == "created":
+            METRICS.cases_created.labels(ev.channel).inc()
         for other in _as_list(res.get("conflicts")):
             await self._absorb_anonymous(ws, res["customer"], other)
         offered = any(o.get("case") == res["case"] for o in _as_list(res.get("offers")))
@@ -454,11 +459,14 @@ class Switch:
 
     async def _dispatch(self, ws: str, res: Mapping[str, Any]) -> None:
         for p in _as_list(res.get("push")):
+            if p["frame"].get("type") == "offer.rescinded":  # an offer timed out
+                METRICS.offer_outcomes.labels(p["frame"].get("reason") or "rescinded").inc()
             await self.notify(ws, p["agent"], p["frame"])
         for o in _as_list(res.get("offers")):
             nodes = _as_list(o["nodes"]) if "nodes" in o else None
             await self.notify(ws, o["agent"], offer_frame(o), nodes=nodes)
         for r in _as_list(res.get("rescinded")):
+            METRICS.offer_outcomes.labels("rescinded").inc()
             if r.get("agent"):
                 await self.notify(
                     ws,

@@ -14,7 +14,7 @@ import pytest
 from tests.server import BRIDGE_KEY, ServerProcess, write_config
 from tests.switchboard_fixtures import DECL, agent
 from tests.util import wait_for
-from tests.ws_client import connect_bridge
+from tests.ws_client import connect_bridge, connect_chat
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +38,25 @@ async def test_health_and_metrics_follow_real_traffic(server: ServerProcess) -> 
             assert ack["action"] == "created"
         finally:
             await bridge.close()
+        # a chat from the web widget counts too (cases are counted wherever they come from)
+        widget = await connect_chat(server.ws_url, workspace="acme")
+        try:
+            await widget.expect("welcome")
+            assert (await widget.ok("message", text="hello from the site"))["case"]
+        finally:
+            await widget.close()
 
         async def scraped() -> str | None:
             text = (await http.get("/metrics")).text
-            return text if 'switchboard_cases_created_total{channel="chat"} 1.0' in text else None
+            return text if 'switchboard_cases_created_total{channel="chat"} 2.0' in text else None
 
         text = str(await wait_for(scraped))
         for name in (
             "switchboard_connections",
             "switchboard_frames_total",
             "switchboard_offer_decision_seconds_bucket",
-            'switchboard_queue_depth{queue="support",workspace="acme"} 1.0',
+            'switchboard_events_total{action="created"} 2.0',
+            'switchboard_queue_depth{queue="support",workspace="acme"} 2.0',  # nobody took them
         ):
             assert name in text, name
 
