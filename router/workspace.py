@@ -7,6 +7,7 @@ raises :class:`ConfigError` naming the offending path. The declaration is applie
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,9 +137,12 @@ def _id(value: Any, path: str) -> str:
 
 def _number(value: Any, path: str) -> float:
     try:
-        return float(value)
+        v = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{path}: expected a number") from None
+    if isinstance(value, bool) or not math.isfinite(v):  # "inf" and "nan" parse as floats
+        raise ConfigError(f"{path}: expected a number")
+    return v
 
 
 def parse_queue(d: Mapping[str, Any], path: str = "queue") -> QueueConfig:
@@ -153,6 +157,8 @@ def parse_queue(d: Mapping[str, Any], path: str = "queue") -> QueueConfig:
     if order not in ("fifo", "lifo"):
         raise ConfigError(f"{path}.order: fifo or lifo")
     sl = _number(d.get("sl_target_s", 60), f"{path}.sl_target_s")
+    if not 0 < sl <= 86_400:  # NaN fails this too: it would be stored, then break every reader
+        raise ConfigError(f"{path}.sl_target_s: seconds, more than 0 and at most a day")
     return QueueConfig(qid, str(d.get("name", qid)), target, order, sl)
 
 

@@ -354,6 +354,10 @@ async def test_queues_create_update_delete(env: Env) -> None:
             "sl_target_s": 60.0,
             "waiting": 0,
         }
+        for bad in ("inf", "nan", -5, 0, True):  # refused, and nothing is stored
+            r = await adm.put("/api/queues/vip", json={"sl_target_s": bad})
+            assert r.status_code == 400 and "sl_target_s" in r.json()["message"], (bad, r.text)
+        assert (await adm.get("/api/queues")).status_code == 200
         r = await adm.put("/api/queues/vip", json={"sl_target_s": 20})
         assert r.status_code == 200 and r.json()["name"] == "VIP"
         assert r.json()["sl_target_s"] == 20
