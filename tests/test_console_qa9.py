@@ -343,3 +343,31 @@ async def test_a_stalled_connection_shows_the_banner_and_reconnects_not_a_takeov
     await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
     await expect(sam.get_by_test_id("replaced")).to_have_count(0)
     await expect(sam.get_by_test_id("case-tab")).to_have_count(1)
+
+
+@browser_test
+async def test_focus_stays_in_the_console_when_a_case_or_the_last_offer_goes(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await open_email_case(web, server, subject="Focus")
+    await panel(sam).get_by_test_id("wrapup").click()
+    await panel(sam).get_by_test_id("disposition-select").select_option("resolved")
+    await panel(sam).get_by_test_id("complete").focus()
+    await sam.keyboard.press("Enter")
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+    # on the offers (the list, or an offer that came meanwhile), not the page's body
+    await until(
+        sam,
+        "() => !!document.activeElement"
+        " && !!document.activeElement.closest('[data-testid=offer-list]')",
+        None,
+        "focus on the offers after Complete case",
+    )
+
+    async with bridge(server) as b:
+        await send_email(b, sender="lee@example.com", name="Lee", subject="Next", text="Hi")
+    offer = sam.get_by_test_id("offer")
+    await offer.focus()
+    await sam.keyboard.press("r")
+    await expect(offer).to_have_count(0)
+    await expect(sam.get_by_test_id("offer-list")).to_be_focused()

@@ -56,7 +56,9 @@ class AgentConsole {
     this.statusSelect = h("select", { id: "status-select", testid: "status-select",
       onchange: (ev) => this.setStatus(ev.target.value) });
     this.loadEl = h("div", { class: "load", testid: "agent-load", "aria-label": "Your load per channel" });
-    this.offerList = h("ul", { class: "offer-list", testid: "offer-list", "aria-label": "Pending offers" });
+    // focusable from script only: where focus goes when the last offer is answered
+    this.offerList = h("ul", { class: "offer-list", testid: "offer-list", "aria-label": "Pending offers",
+      tabindex: "-1" });
     this.offerEmpty = h("p", { class: "empty", testid: "offers-empty" });
     this.offerCount = h("span", { class: "count", testid: "offer-count" }, "0");
     this.tabs = h("div", { role: "tablist", class: "case-tabs", "aria-label": "Open cases", testid: "case-tabs",
@@ -248,13 +250,18 @@ class AgentConsole {
     if (!view) return;
     const ids = [...this.views.keys()];
     const next = ids[ids.indexOf(caseId) + 1] || ids[ids.indexOf(caseId) - 1];
+    // focus inside the case that goes (Complete case, whose button is disabled while it waits,
+    // which already dropped focus to the page) would be lost: keep it near
+    const focus = document.activeElement;
+    const hadFocus = view.el.contains(focus) || view.tab === focus || focus === document.body;
     view.tab.remove();
     view.el.remove();
     this.views.delete(caseId);
     this.drafts.delete(caseId);
     if (this.active === caseId) {
       this.active = null;
-      if (next) this.select(next);
+      if (next) this.select(next, hadFocus);
+      else if (hadFocus) this.offerList.focus();
     }
     this.renderCasesMeta();
   }
