@@ -371,3 +371,24 @@ async def test_focus_stays_in_the_console_when_a_case_or_the_last_offer_goes(
     await sam.keyboard.press("r")
     await expect(offer).to_have_count(0)
     await expect(sam.get_by_test_id("offer-list")).to_be_focused()
+
+
+@browser_test
+async def test_stepping_through_the_status_menu_with_arrows_sets_only_where_it_stops(
+    web: Web, server: ServerProcess
+) -> None:
+    """Arrow keys step a closed menu through every option: only the one the agent stops on is
+    sent (Enter, Tab away, or a second's pause), not each one passed (Offline rescinds offers)."""
+    sam = await web.agent("sam", status="available")
+    async with bridge(server) as b:
+        await send_email(b, sender="ivy@example.com", name="Ivy", subject="Hold on", text="Hi")
+    await expect(sam.get_by_test_id("offer")).to_have_count(1)
+    menu = sam.get_by_test_id("status-select")
+    options = await menu.locator("option").evaluate_all("os => os.map(o => o.value)")
+    assert options.index("offline") == options.index("available") + 2  # away, then offline
+    await menu.focus()
+    for _ in range(3):  # available -> away -> offline -> lunch, passing offline
+        await sam.keyboard.press("ArrowDown")
+    await sam.keyboard.press("Enter")
+    await expect(menu).to_have_class("status-lunch")
+    await expect(sam.get_by_test_id("offer")).to_have_count(1)  # offline was only passed

@@ -53,8 +53,31 @@ class AgentConsole {
 
   buildShell() {
     const { banner, indicator } = connectionUi(this.conn, () => this.polite.announce("Reconnected."));
+    // A closed menu stepped through with the arrow keys changes (and fires "change") at every
+    // step: from Offline, ArrowUp twice went through Away to Available, and Lunch by way of
+    // Offline rescinded every offer. Arrow steps wait for Enter, Tab (blur) or a second's pause;
+    // a choice made with the mouse, or from the open list, applies at once.
+    let stepped = false;
+    let settle = null;
+    const apply = () => {
+      clearTimeout(settle);
+      stepped = false;
+      if (this.statusSelect.value !== this.me.status) this.setStatus(this.statusSelect.value);
+    };
     this.statusSelect = h("select", { id: "status-select", testid: "status-select",
-      onchange: (ev) => this.setStatus(ev.target.value) });
+      onkeydown: (ev) => {
+        if (["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Home", "End", "PageUp", "PageDown"].includes(ev.key)) {
+          stepped = true;
+        } else if (ev.key === "Enter" && stepped) {
+          apply();
+        }
+      },
+      onchange: () => {
+        if (!stepped) { apply(); return; }
+        clearTimeout(settle);
+        settle = setTimeout(apply, 1000);
+      },
+      onblur: () => { if (stepped) apply(); } });
     this.loadEl = h("div", { class: "load", testid: "agent-load", "aria-label": "Your load per channel" });
     // focusable from script only: where focus goes when the last offer is answered
     this.offerList = h("ul", { class: "offer-list", testid: "offer-list", "aria-label": "Pending offers",
