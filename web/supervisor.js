@@ -24,6 +24,15 @@ function subjectCell(c) {
     : subject;
 }
 
+/** A listed case's first cell: channel, customer and subject, short id, and any ``extra``. */
+function caseCell(c, ...extra) {
+  return h("th", { scope: "row" }, h("div", { class: "waiting-case" },
+    h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
+    subjectCell(c),
+    h("span", { class: "waiting-id" }, shortId(c.id)),
+    ...extra));
+}
+
 function label(status) {
   return status ? status.charAt(0).toUpperCase() + status.slice(1) : "";
 }
@@ -234,17 +243,9 @@ class SupervisorView {
       let row = this.waitingRows.get(c.id);
       if (!row) {
         row = { waited: h("td", { class: "num", testid: "waiting-case-age" }), queue: h("td", { testid: "waiting-case-queue" }) };
-        const pick = h("button", { class: "secondary small", testid: "waiting-case-move",
-          "aria-label": `Move case ${c.id}`, onclick: () => {
-            this.moveCase.value = c.id;
-            this.moveQueue.focus();
-          } }, "Move…");
+        const pick = this.moveButton(c, "waiting-case-move", `Move case ${c.id}`);
         row.tr = h("tr", { testid: "waiting-case", data: { case: c.id } },
-          h("th", { scope: "row" }, h("div", { class: "waiting-case" },
-            h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
-            subjectCell(c),
-            h("span", { class: "waiting-id" }, shortId(c.id)),
-            c.priority ? h("span", { class: "offer-priority" }, `P${c.priority}`) : null)),
+          caseCell(c, c.priority ? h("span", { class: "offer-priority" }, `P${c.priority}`) : null),
           row.queue, row.waited, h("td", null, pick));
         this.waitingRows.set(c.id, row);
       }
@@ -313,16 +314,9 @@ class SupervisorView {
         row = { agent: h("td", { testid: "progress-case-agent" }), state: h("td", { testid: "progress-case-state" }),
           age: h("td", { class: "num", testid: "progress-case-age" }), status: null, who: null };
         // a case whose agent signed out (or went home) can be taken back and moved to a queue
-        const pick = h("button", { class: "secondary small", testid: "progress-case-move",
-          "aria-label": `Move case ${c.id} to a queue`, onclick: () => {
-            this.moveCase.value = c.id;
-            this.moveQueue.focus();
-          } }, "Move…");
+        const pick = this.moveButton(c, "progress-case-move", `Move case ${c.id} to a queue`);
         row.tr = h("tr", { testid: "progress-case", data: { case: c.id } },
-          h("th", { scope: "row" }, h("div", { class: "waiting-case" },
-            h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
-            subjectCell(c),
-            h("span", { class: "waiting-id" }, shortId(c.id)))),
+          caseCell(c),
           row.agent, row.state, row.age, h("td", null, pick));
         this.progressRows.set(c.id, row);
       }
@@ -350,6 +344,14 @@ class SupervisorView {
     }
     this.progressEmpty.hidden = cases.length > 0;
     this.progressMore.hidden = !more;
+  }
+
+  /** "Move…" on a listed case: fills in the move form with it and goes to its queue menu. */
+  moveButton(c, testid, ariaLabel) {
+    return h("button", { class: "secondary small", testid, "aria-label": ariaLabel, onclick: () => {
+      this.moveCase.value = c.id;
+      this.moveQueue.focus();
+    } }, "Move…");
   }
 
   showForbidden() {
