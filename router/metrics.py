@@ -120,7 +120,8 @@ class Metrics:
         )
         self.ingest_to_offer = HotHistogram(
             "switchboard_ingest_to_offer_seconds",
-            "From a bridge event's arrival to its offer frame being written to the console.",
+            "From a bridge event's frame, decoded, to its offer frame handed to the agent's "
+            "console (or published to the node holding it); bridge events only.",
             buckets=_LATENCY,
             registry=r,
         )
