@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from router import keys
 from router.push import pairs
+from router.queries import held_counts
 from router.snapshot import agent_view
 from router.store import open_client, stop_task
 from router.workspace import WorkspaceConfig
@@ -41,9 +42,11 @@ WINDOW_S = 3600
 class _Tail:
     """Follows one workspace's log stream and keeps per-minute counts per queue."""
 
-    def __init__(self, redis: aioredis.Redis, ws: str, cfg: WorkspaceConfig) -> None:
+    def __init__(self, redis: aioredis.Redis, ws: str, targets: dict[str, float]) -> None:
         self.redis, self.ws = redis, ws
-        self.targets = {q.id: q.sl_target_s * 1000 for q in cfg.queues}
+        # each queue's target (ms) as the counts were made: Stats starts a new tail, which
+        # counts the last hour again, when a queue is added or its target changes
+        self.targets = targets
         # (queue, minute) -> [answered within target, answered, abandoned, escalated]
         self.buckets: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         # set once the last hour is read: until then the counts are not yet true
@@ -119,9 +122,13 @@ class Stats:
         self, redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str
     ) -> dict[str, Any]:
         """Queues (waiting, longest wait, service level) and agents (status, load)."""
+        targets = {q.id: q.sl_target_s * 1000 for q in cfg.queues}
         tail = self._tails.get(ws)
-        if tail is None:
-            tail = self._tails[ws] = _Tail(self.redis, ws, cfg)
+        if tail is None or tail.targets != targets:
+            old, tail = tail, _Tail(self.redis, ws, targets)
+            self._tails[ws] = tail  # before any await: a concurrent snapshot uses this one
+            if old is not None:
+                await stop_task(old.task)
         if not tail.caught_up.is_set():  # the first look after a start: not a row of zeros
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(tail.caught_up.wait(), CATCH_UP_S)
@@ -152,4 +159,13 @@ class Stats:
         agents = [agent_view(pairs(row)) for row in await pipe.execute()]
         for a in agents:
             a.pop("attributes", None)
-        return {"queues": queues, "agents": agents, "sl_formula": SL_FORMULA, "ts": time.time()}
+        # every open case by status: a listing is cut at a page, these say how many there are
+        cases = {"queued": sum(q["waiting"] for q in queues)}
+        cases.update(await held_counts(redis, ws, ids))
+        return {
+            "queues": queues,
+            "agents": agents,
+            "cases": cases,
+            "sl_formula": SL_FORMULA,
+            "ts": time.time(),
+        }

@@ -2,7 +2,10 @@
 // move a waiting case to another queue; change an agent's status.
 //
 // Rows are updated in place (keyed by queue / agent / case id) so a supervisor's focus on a
-// status menu survives each refresh.
+// status menu survives each refresh. The queues themselves come with every refresh too (each
+// stats frame names them, as the workspace is declared now), so a queue an admin adds, renames
+// or removes reaches an open page within a refresh or two: its table, the queue names of the
+// listed cases and the move form's menu.
 
 import { CHANNEL_LABEL, duration, h, replace, shortId } from "./dom.js";
 import { bdi } from "./timeline.js";
@@ -14,6 +17,9 @@ const POLL_MS = 1000;
 // open cases someone is handling, in the order a case moves through them
 const HANDLED = [["offered", "Offered"], ["assigned", "In progress"], ["wrapping", "Wrapping up"]];
 const HANDLED_LIMIT = 50; // per state: each refresh reads at most this many of each
+const WAITING_LIMIT = 50;
+// how the "and N more" note names each state
+const MORE_LABEL = { offered: "offered", assigned: "in progress", wrapping: "wrapping up" };
 
 /** A case's subject (isolated: customer text, it may carry bidi controls), or what stands in. */
 function subjectCell(c) {
@@ -35,6 +41,13 @@ function caseCell(c, ...extra) {
 
 function label(status) {
   return status ? status.charAt(0).toUpperCase() + status.slice(1) : "";
+}
+
+/** How many cases of a listing's status it left out: ``total`` (counted by the server) less
+ * those ``shown``; null when only the listing's cursor says some were (no count to go by). */
+function moreThan(total, shown, cut) {
+  if (typeof total === "number") return Math.max(0, total - shown);
+  return cut ? null : 0;
 }
 
 function percent(v) {
@@ -80,11 +93,12 @@ class SupervisorView {
       h("thead", null, h("tr", null,
         h("th", { scope: "col" }, "Agent"), h("th", { scope: "col" }, "Load per channel"),
         h("th", { scope: "col" }, "Status"))));
-    this.moveQueue = h("select", { id: "move-queue", testid: "move-case-queue" });
+    this.moveQueue = h("select", { id: "move-queue", testid: "move-case-queue", required: true });
     this.waitingRows = new Map();
     this.waitingSupported = true;
     this.waitingBody = h("tbody", { testid: "waiting-rows" });
     this.waitingEmpty = h("p", { class: "empty", testid: "waiting-empty" }, "No case is waiting.");
+    this.waitingMore = h("p", { class: "hint list-more", testid: "waiting-more", hidden: true });
     this.waitingPanel = h("section", { class: "panel", "aria-labelledby": "waiting-title" },
       h("div", { class: "panel-head" }, h("h2", { id: "waiting-title" }, "Waiting cases")),
       h("table", { class: "data waiting", testid: "waiting-table" },
@@ -93,15 +107,15 @@ class SupervisorView {
           h("th", { scope: "col" }, "Case"), h("th", { scope: "col" }, "Queue"),
           h("th", { scope: "col", class: "num" }, "Waiting"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
         this.waitingBody),
-      this.waitingEmpty);
+      this.waitingEmpty, this.waitingMore);
     this.progressRows = new Map();
     this.progressSupported = true;
     this.progressBody = h("tbody", { testid: "progress-rows" });
     this.progressEmpty = h("p", { class: "empty", testid: "progress-empty" }, "Nobody is handling a case right now.");
-    this.progressMore = h("p", { class: "hint progress-more", testid: "progress-more", hidden: true },
-      `Showing the oldest ${HANDLED_LIMIT} cases in each state.`);
+    this.progressMore = h("p", { class: "hint list-more", testid: "progress-more", hidden: true });
+    this.progressCounts = h("span", { class: "stamp", testid: "progress-counts" });
     this.progressPanel = h("section", { class: "panel", "aria-labelledby": "progress-title" },
-      h("div", { class: "panel-head" }, h("h2", { id: "progress-title" }, "In progress")),
+      h("div", { class: "panel-head" }, h("h2", { id: "progress-title" }, "In progress"), this.progressCounts),
       h("table", { class: "data progress", testid: "progress-table" },
         h("caption", { class: "visually-hidden" }, "Cases being offered, handled or wrapped up, with their agent, oldest first"),
         h("thead", null, h("tr", null,
@@ -176,6 +190,36 @@ class SupervisorView {
     return q ? q.name : id;
   }
 
+  /** The workspace's queues as the server names them now (hello, then every stats frame): the
+   * move form's menu follows them in place, keeping the queue chosen in it. A chosen queue that
+   * was removed is not swapped for another one: the menu asks for a choice again. */
+  setQueues(queues) {
+    const list = (queues || []).map((q) => ({ id: q.id, name: q.name || q.id }));
+    const menu = this.moveQueue;
+    const same = list.length === this.queues.length
+      && list.every((q, i) => q.id === this.queues[i].id && q.name === this.queues[i].name);
+    if (same && menu.options.length) return;
+    const chosen = menu.value;
+    const lost = menu.options.length > 0 && chosen !== "" && !list.some((q) => q.id === chosen)
+      ? this.queueName(chosen) : null;
+    this.queues = list;
+    const old = new Map([...menu.options].map((o) => [o.value, o]));
+    const options = list.map((q) => {
+      const o = old.get(q.id) || h("option", { value: q.id });
+      if (o.textContent !== q.name) o.textContent = q.name;
+      return o;
+    });
+    const ask = lost !== null || (chosen === "" && menu.options.length > 0);
+    if (ask) options.unshift(old.get("") || h("option", { value: "", disabled: true }, "Choose a queue"));
+    replace(menu, options);
+    menu.value = ask ? "" : chosen;
+    if (menu.selectedIndex < 0 && options.length) menu.selectedIndex = 0;
+    if (lost !== null) {
+      this.toasts.show(`The queue ${lost} was removed: choose another queue to move to.`,
+        { testid: "move-queue-removed" });
+    }
+  }
+
   async signOut() {
     this.conn.stop();
     clearSession();
@@ -185,8 +229,7 @@ class SupervisorView {
   onFrame(f) {
     if (f.type === "hello") {
       this.statuses = f.statuses || [];
-      this.queues = f.queues || [];
-      replace(this.moveQueue, this.queues.map((q) => h("option", { value: q.id }, q.name)));
+      this.setQueues(f.queues);
       this.refresh();
     } else if (f.type === "error") {
       this.toasts.show(f.message || f.code, { kind: "error" });
@@ -202,10 +245,13 @@ class SupervisorView {
     if (!this.conn.open || this.inflight || this.forbidden) return;
     this.inflight = true;
     try {
-      const [ack, , handled] = await Promise.all([
+      const [ack, waiting, handled] = await Promise.all([
         this.conn.request("stats.fetch"), this.fetchWaiting(), this.fetchProgress()]);
-      this.render(ack.stats); // first: it names the agents the in-progress rows show
-      if (handled) this.renderProgress(handled);
+      // first: it names the queues and agents the listed cases show, and counts every case
+      this.render(ack.stats);
+      const counts = ack.stats.cases || null;
+      if (waiting) this.renderWaiting(waiting, counts);
+      if (handled) this.renderProgress(handled, counts);
     } catch (e) {
       if (e.code === "forbidden") this.showForbidden();
     } finally {
@@ -213,29 +259,30 @@ class SupervisorView {
     }
   }
 
-  // Waiting cases come from the admin REST API (GET /api/cases?status=queued); on a server
-  // without it the panel is hidden and a case id can still be typed into the move form.
+  // Waiting cases come from the admin REST API (GET /api/cases?status=queued), the oldest
+  // WAITING_LIMIT; on a server without it the panel is hidden and a case id can still be typed
+  // into the move form. Answers null when there is nothing new to show.
   async fetchWaiting() {
-    if (!this.waitingSupported) return;
+    if (!this.waitingSupported) return null;
     let res;
     try {
-      res = await fetch(`/api/cases?status=queued&limit=50`, {
+      res = await fetch(`/api/cases?status=queued&limit=${WAITING_LIMIT}`, {
         headers: { Authorization: `Bearer ${this.session.token}` },
       });
     } catch {
-      return; // offline: the banner says so
+      return null; // offline: the banner says so
     }
     if (res.status === 404 || res.status === 405) {
       this.waitingSupported = false;
       this.waitingPanel.hidden = true;
-      return;
+      return null;
     }
-    if (!res.ok) return;
+    if (!res.ok) return null;
     const data = await res.json();
-    this.renderWaiting(Array.isArray(data.cases) ? data.cases : []);
+    return { cases: Array.isArray(data.cases) ? data.cases : [], cut: Boolean(data.next_cursor) };
   }
 
-  renderWaiting(cases) {
+  renderWaiting({ cases, cut }, counts) {
     const seen = new Set();
     const now = this.conn.now();
     cases.forEach((c, i) => {
@@ -268,6 +315,10 @@ class SupervisorView {
       if (!seen.has(id)) { row.tr.remove(); this.waitingRows.delete(id); }
     }
     this.waitingEmpty.hidden = cases.length > 0;
+    const more = moreThan(counts && counts.queued, cases.length, cut);
+    this.waitingMore.hidden = more === 0;
+    this.waitingMore.textContent = more === 0 ? ""
+      : `…and ${more === null ? "more" : `${more} more`} waiting (only the oldest ${WAITING_LIMIT} are listed).`;
   }
 
   // Cases being handled come from the same API, one bounded page per open state (offered,
@@ -292,18 +343,19 @@ class SupervisorView {
     if (responses.some((r) => !r.ok)) return null;
     const pages = await Promise.all(responses.map((r) => r.json()));
     const byId = new Map();
-    let more = false;
-    for (const page of pages) {
-      more = more || Boolean(page.next_cursor);
+    const listed = new Map(); // state -> [cases on its page, whether the page was cut]
+    pages.forEach((page, i) => {
+      const rows = Array.isArray(page.cases) ? page.cases : [];
+      listed.set(HANDLED[i][0], [rows.length, Boolean(page.next_cursor)]);
       // a case that changed state between two of the requests is listed once
-      for (const c of Array.isArray(page.cases) ? page.cases : []) byId.set(c.id, c);
-    }
+      for (const c of rows) byId.set(c.id, c);
+    });
     const cases = [...byId.values()].sort((a, b) => (a.created || 0) - (b.created || 0)
       || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-    return { cases, more };
+    return { cases, listed };
   }
 
-  renderProgress({ cases, more }) {
+  renderProgress({ cases, listed }, counts) {
     const seen = new Set();
     const now = this.conn.now();
     const states = new Map(HANDLED);
@@ -343,7 +395,20 @@ class SupervisorView {
       if (!seen.has(id)) { row.tr.remove(); this.progressRows.delete(id); }
     }
     this.progressEmpty.hidden = cases.length > 0;
-    this.progressMore.hidden = !more;
+    // how many there are in each state (the stats frame counts them all), and how many of them
+    // the bounded pages left out: a supervisor must not take the rows for the whole story
+    const counted = counts && HANDLED.every(([state]) => typeof counts[state] === "number");
+    this.progressCounts.textContent = counted
+      ? HANDLED.map(([state]) => `${counts[state]} ${MORE_LABEL[state]}`).join(" · ") : "";
+    const left = [];
+    for (const [state] of HANDLED) {
+      const [shown, cut] = listed.get(state) || [0, false];
+      const more = moreThan(counts && counts[state], shown, cut);
+      if (more !== 0) left.push(`${more === null ? "more" : `${more} more`} ${MORE_LABEL[state]}`);
+    }
+    this.progressMore.hidden = left.length === 0;
+    this.progressMore.textContent = left.length === 0 ? ""
+      : `…and ${left.join(", ")} (only the oldest ${HANDLED_LIMIT} of each state are listed).`;
   }
 
   /** "Move…" on a listed case: fills in the move form with it and goes to its queue menu. */
@@ -363,6 +428,7 @@ class SupervisorView {
   }
 
   render(stats) {
+    this.setQueues(stats.queues);
     const t = new Date((stats.ts || Date.now() / 1000) * 1000);
     this.stamp.textContent = `Updated ${t.toLocaleTimeString()}`;
     this.formula.textContent = `Service level = ${stats.sl_formula}. Each queue's target is shown under its figure.`;
@@ -392,7 +458,8 @@ class SupervisorView {
 
   renderQueues(queues) {
     const seen = new Set();
-    for (const q of queues) {
+    this.slTargets.clear();
+    queues.forEach((q, i) => {
       seen.add(q.id);
       let row = this.queueRows.get(q.id);
       if (!row) {
@@ -403,8 +470,10 @@ class SupervisorView {
         row.tr = h("tr", { testid: "queue-row", data: { queue: q.id } },
           row.name, row.waiting, row.longest, row.sl, row.answered, row.abandoned, row.escalated);
         this.queueRows.set(q.id, row);
-        this.queueBody.append(row.tr);
       }
+      // in the workspace's order; a row moves only when it is out of place
+      const at = this.queueBody.children[i];
+      if (at !== row.tr) this.queueBody.insertBefore(row.tr, at || null);
       row.name.textContent = q.name;
       if (typeof q.sl_target_s === "number") this.slTargets.set(q.id, q.sl_target_s);
       row.waiting.textContent = String(q.waiting);
@@ -417,7 +486,7 @@ class SupervisorView {
       row.answered.textContent = String(q.answered);
       row.abandoned.textContent = String(q.abandoned);
       row.escalated.textContent = String(q.escalated ?? 0);
-    }
+    });
     for (const [id, row] of this.queueRows) {
       if (!seen.has(id)) { row.tr.remove(); this.queueRows.delete(id); }
     }

@@ -1,0 +1,345 @@
+"""Exploratory QA, round 10: the supervisor view stays true without a reload.
+
+* A queue an admin adds, renames or removes (REST API, through another router node) reaches a
+  supervisor's open page: its queue table, the queue names of the listed cases and the move
+  form's menu; a removed queue chosen in that menu is not swapped for another one.
+* "In progress" and "Waiting cases" list a bounded page; the page counts every case per state
+  and says how many the list leaves out ("…and 3 more in progress").
+* A queue's service level is counted against the target it has now: a queue added after the
+  statistics started, or a target changed, is not held to a stale (or default) one.
+
+Browser tests start real ``switchboard serve`` nodes on one Redis (tests/ws_client.py's
+``Stack``) and drive headless Chromium with tests/test_console.py's harness; they wait only on
+conditions in the page, with deadlines. The statistics tests run the routing core on the test
+Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Page, expect
+
+from router import keys, queries
+from router.stats import Stats
+from router.store import now_ms
+from router.switch import Switch
+from tests import test_console
+from tests.switchboard_fixtures import DECL, Inbox, agent, chat
+from tests.test_console import Web
+from tests.util import wait_for
+from tests.ws_client import Stack, WsClient, uid
+
+# test_console's browser, one per module
+chromium = test_console.chromium
+browser = test_console.browser
+
+browser_test = pytest.mark.browser
+
+WORKSPACE: dict[str, Any] = {
+    "id": "acme",
+    "queues": [
+        {"id": "support", "name": "Support", "target": "skills HAS 'support'"},
+        {"id": "billing", "name": "Billing", "target": "skills HAS 'billing'"},
+    ],
+    "workflow": {
+        "task_routing": {
+            "filters": [
+                {
+                    "filter_friendly_name": "Billing",
+                    "expression": "topic == 'billing'",
+                    "targets": [{"queue": "billing"}],
+                }
+            ],
+            "default_filter": {"queue": "support"},
+        }
+    },
+    "agents": [
+        {
+            "id": "sam",
+            "name": "Sam Support",
+            "password": "pw",
+            "attributes": {"skills": ["support"]},
+            "capacity": {"chat": 60, "email": 1, "voice": 1},
+        },
+        {"id": "sue", "name": "Sue", "password": "pw", "role": "supervisor", "capacity": {}},
+        {"id": "ada", "name": "Ada", "password": "pw", "role": "admin", "capacity": {}},
+    ],
+}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def two_nodes(tmp_path: Path) -> AsyncIterator[Stack]:
+    st = await Stack.start(tmp_path, WORKSPACE, nodes=[{}, {}])
+    try:
+        yield st
+    finally:
+        await st.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def one_node(tmp_path: Path) -> AsyncIterator[Stack]:
+    st = await Stack.start(tmp_path, WORKSPACE)
+    try:
+        yield st
+    finally:
+        await st.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pages(browser: Any) -> AsyncIterator[list[Web]]:
+    """Browser contexts per node, checked for page errors and CSP violations at the end."""
+    webs: list[Web] = []
+    try:
+        yield webs
+    finally:
+        for w in webs:
+            await w.close()
+    for w in webs:
+        assert not w.problems, w.problems
+
+
+async def supervisor_page(stack: Stack, node: int, browser: Any, webs: list[Web]) -> Page:
+    """Sue's supervisor view, signed in on ``node``."""
+    web = Web(browser, stack.nodes[node])
+    webs.append(web)
+    page = await web.page("/supervisor")
+    await page.get_by_test_id("login-workspace").fill("acme")
+    await page.get_by_test_id("login-agent").fill("sue")
+    await page.get_by_test_id("login-password").fill("pw")
+    await page.get_by_test_id("login-submit").click()
+    await expect(page.get_by_test_id("connection-state")).to_have_text("Live")
+    return page
+
+
+async def admin(stack: Stack, method: str, path: str, body: Any = None, node: int = 0) -> Any:
+    """An admin's REST call through ``node``."""
+    token = (await stack.login("ada", node=node))["token"]
+    r = await stack.http.request(
+        method,
+        f"{stack.nodes[node].url}/api{path}",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert r.status_code < 300, r.text
+    return r.json() if r.content else None
+
+
+async def customer_event(bridge: WsClient, topic: str) -> str:
+    """A chat from a new customer about ``topic``; its case id."""
+    ack = await bridge.ok(
+        "event",
+        id=uid("e"),
+        channel="chat",
+        identities={"email": f"{uid('c')}@example.com"},
+        name="Kim Lee",
+        text="hello",
+        attributes={"topic": topic},
+    )
+    case: str = ack["case"]
+    return case
+
+
+# -- 1: queue changes reach an open page, through any node ----------------------------------------
+
+
+@browser_test
+async def test_an_open_supervisor_page_follows_queues_an_admin_adds_renames_and_removes(
+    two_nodes: Stack, browser: Any, pages: list[Web]
+) -> None:
+    stack = two_nodes
+    bridge = await stack.bridge(node=0)
+    case = await customer_event(bridge, "billing")  # nobody takes billing: it waits
+    sue = await supervisor_page(stack, 1, browser, pages)  # Sue's page is on node B
+    waiting = sue.locator(f"[data-testid=waiting-case][data-case={case}]")
+    await expect(waiting.get_by_test_id("waiting-case-queue")).to_have_text("Billing")
+    menu = sue.get_by_test_id("move-case-queue")
+    await expect(menu.locator("option")).to_have_text(["Support", "Billing"])
+
+    # the admin adds a queue and renames one, through node A
+    await admin(stack, "PUT", "/queues/vip", {"name": "VIP", "target": "skills HAS 'support'"})
+    await admin(stack, "PUT", "/queues/billing", {"name": "Billing & Refunds"})
+    vip_row = sue.locator("[data-testid=queue-row][data-queue=vip]")
+    await expect(vip_row.get_by_test_id("queue-name")).to_have_text("VIP")
+    await expect(sue.get_by_test_id("queue-name")).to_have_text(
+        ["Support", "Billing & Refunds", "VIP"]
+    )
+    await expect(waiting.get_by_test_id("waiting-case-queue")).to_have_text("Billing & Refunds")
+    await expect(menu.locator("option")).to_have_text(["Support", "Billing & Refunds", "VIP"])
+
+    # the new queue can be chosen at once: the case moves there
+    await waiting.get_by_test_id("waiting-case-move").click()
+    await menu.select_option("vip")
+    await sue.get_by_test_id("move-case-submit").click()
+    await expect(sue.get_by_test_id("move-confirmation")).to_contain_text("Case moved to VIP.")
+    await expect(waiting.get_by_test_id("waiting-case-queue")).to_have_text("VIP")
+    assert (await stack.case(case))["q"] == "vip"
+
+    # a queue chosen in the menu and then removed is not swapped for another one
+    await admin(stack, "PUT", "/queues/spare", {"name": "Spare", "target": "skills HAS 'x'"})
+    await expect(menu.locator("option[value=spare]")).to_have_text("Spare")
+    await menu.select_option("spare")
+    await admin(stack, "DELETE", "/queues/spare")
+    await expect(sue.locator("[data-testid=queue-row][data-queue=spare]")).to_have_count(0)
+    await expect(menu.locator("option[value=spare]")).to_have_count(0)
+    await expect(sue.get_by_test_id("move-queue-removed")).to_contain_text("Spare was removed")
+    await expect(menu).to_have_value("")
+    assert await menu.evaluate("m => !m.validity.valid")  # the form asks for a choice
+
+
+# -- 2: a cut list says how many it left out ---------------------------------------------------
+
+
+@browser_test
+async def test_in_progress_and_waiting_say_how_many_cases_they_leave_out(
+    one_node: Stack, browser: Any, pages: list[Web]
+) -> None:
+    stack = one_node
+    bridge = await stack.bridge()
+    handled = [await customer_event(bridge, "support") for _ in range(53)]
+    for _ in range(52):
+        await customer_event(bridge, "billing")  # nobody takes billing
+    sam, _ = await stack.agent("sam", status="available")
+    accepted = 0
+    while accepted < len(handled):
+        offer = await sam.expect("offer")
+        await sam.ok("offer.accept", offer=offer["offer"])
+        accepted += 1
+    await sam.ok("case.wrapup", case=handled[-1])  # a state of its own, listed in full
+
+    sue = await supervisor_page(stack, 0, browser, pages)
+    await expect(sue.get_by_test_id("progress-counts")).to_have_text(
+        "0 offered · 52 in progress · 1 wrapping up"
+    )
+    await expect(sue.get_by_test_id("progress-case")).to_have_count(51)
+    more = sue.get_by_test_id("progress-more")
+    await expect(more).to_be_visible()
+    await expect(more).to_have_text(
+        "…and 2 more in progress (only the oldest 50 of each state are listed)."
+    )
+    await expect(sue.get_by_test_id("waiting-case")).to_have_count(50)
+    await expect(sue.get_by_test_id("waiting-more")).to_have_text(
+        "…and 2 more waiting (only the oldest 50 are listed)."
+    )
+
+    # the counts follow: Sam completes two cases, and what is left out shrinks
+    await sam.ok("case.complete", case=handled[0])
+    await sam.ok("case.complete", case=handled[-1])
+    await expect(sue.get_by_test_id("progress-counts")).to_have_text(
+        "0 offered · 51 in progress · 0 wrapping up"
+    )
+    await expect(more).to_have_text(
+        "…and 1 more in progress (only the oldest 50 of each state are listed)."
+    )
+    await expect(sue.get_by_test_id("progress-case")).to_have_count(50)
+
+
+# -- 3: the statistics behind the page ---------------------------------------------------------
+
+
+async def _sl(stats: Stats, switch: Switch, queue: str, answered: int) -> dict[str, Any]:
+    """``queue``'s row of a snapshot, once the statistics have read ``answered`` answers."""
+
+    async def look() -> dict[str, Any] | None:
+        snap = await stats.snapshot(switch.redis, await switch.config("acme"), "acme")
+        row: dict[str, Any] = next(q for q in snap["queues"] if q["id"] == queue)
+        return row if row["answered"] == answered else None
+
+    got = await wait_for(look, message=f"{queue}: {answered} answered not counted")
+    assert isinstance(got, dict)
+    return got
+
+
+async def _answer_after(switch: Switch, inbox: Inbox, case: str, waited_s: int) -> None:
+    """Ann answers ``case`` as if it had waited ``waited_s`` seconds (since it began waiting)."""
+    await switch.redis.hset(keys.case("acme", case), "plan_start", now_ms() - waited_s * 1000)
+    await switch.set_status("acme", "ann", "available")
+    offer = inbox.last_offer("ann")
+    assert offer["case"]["id"] == case
+    await switch.accept("acme", "ann", offer["offer"])
+    await switch.set_status("acme", "ann", "away")
+
+
+async def test_service_level_holds_new_and_changed_queues_to_their_own_target(
+    switch: Switch, inbox: Inbox, redis_server: str
+) -> None:
+    decl = {**DECL, "agents": [agent("ann", ["support"], chat=10)]}
+    await switch.apply_workspace(decl)
+    stats = Stats(redis_server)
+    try:
+        await stats.snapshot(switch.redis, await switch.config("acme"), "acme")  # a page opens
+        # an admin adds a queue with a 20 s target, and the workflow routes to it
+        vip = {"id": "vip", "target": "skills HAS 'support'", "sl_target_s": 20}
+        routing = {
+            **DECL["workflow"]["task_routing"],
+            "filters": [
+                {
+                    "filter_friendly_name": "vip",
+                    "expression": "topic == 'vip'",
+                    "targets": [{"queue": "vip"}],
+                },
+                *DECL["workflow"]["task_routing"]["filters"],
+            ],
+        }
+        await switch.apply_workspace(
+            {**decl, "queues": [*decl["queues"], vip], "workflow": {"task_routing": routing}}
+        )
+        r = await switch.ingest("acme", chat("v1", attributes={"topic": "vip"}))
+        await _answer_after(switch, inbox, r.case, 30)  # 30 s: over its 20 s target
+        row = await _sl(stats, switch, "vip", 1)
+        assert (row["within_target"], row["service_level"]) == (0, 0.0)
+
+        # support's target (60 s by default) is cut to 10 s: a 30 s answer is now a miss
+        r = await switch.ingest("acme", chat("s1", email="bo@example.com"))
+        await _answer_after(switch, inbox, r.case, 30)
+        assert (await _sl(stats, switch, "support", 1))["service_level"] == 1.0
+        queues = [{**q, "sl_target_s": 10} if q["id"] == "support" else q for q in decl["queues"]]
+        await switch.apply_workspace({**decl, "queues": [*queues, vip]})
+        row = await _sl(stats, switch, "support", 1)
+        assert (row["within_target"], row["service_level"]) == (0, 0.0)
+    finally:
+        await stats.close()
+
+
+async def test_the_statistics_count_every_open_case_by_status(
+    switch: Switch, inbox: Inbox, redis_server: str
+) -> None:
+    """The counts are what the listings hold, page after page."""
+    await switch.apply_workspace(
+        {**DECL, "agents": [agent("ann", ["support"], chat=10), agent("bob", ["sales"], chat=10)]}
+    )
+    cases = [
+        (await switch.ingest("acme", chat(f"e{i}", email=f"p{i}@example.com"))).case
+        for i in range(7)
+    ]
+    await switch.ingest("acme", chat("q1", email="q@example.com", attributes={"topic": "billing"}))
+    await switch.set_status("acme", "ann", "available")
+    for case in cases[:5]:  # ann takes five, and has two offers pending
+        offer = next(o for o in inbox.offers("ann") if o["case"]["id"] == case)
+        await switch.accept("acme", "ann", offer["offer"])
+    for case in cases[:2]:
+        await switch.wrapup("acme", "ann", case)
+    await switch.complete("acme", "ann", cases[0])
+
+    stats = Stats(redis_server)
+    try:
+        snap = await stats.snapshot(switch.redis, await switch.config("acme"), "acme")
+    finally:
+        await stats.close()
+    assert snap["cases"] == {"queued": 1, "offered": 2, "assigned": 3, "wrapping": 1}
+    cfg = await switch.config("acme")
+    for status, n in snap["cases"].items():
+        listed: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = await queries.list_cases(
+                switch.redis, cfg, "acme", status, limit=1, cursor=cursor
+            )
+            listed += page.cases
+            if (cursor := page.next_cursor) is None:
+                break
+        assert len(listed) == n, status
