@@ -325,14 +325,22 @@ async def test_event_kinds_and_case_pushes(stack: Stack, bridge: WsClient) -> No
     assert msg["entry"]["text"] == "more" and msg["entry"]["dir"] == "in"
     assert msg["entry"]["ch"] == "chat"
 
+    before = json.loads((await stack.case(created["case"]))["attrs"])
     cb = await bridge.ok(
         "event",
-        **event("kinds", email=email, thread=thread, kind="callback.requested", text="call me"),
-    )
+        **event(
+            "kinds", email=email, thread=thread, kind="callback.requested", text="call me",
+            attributes={"team": "kinds", "callback_number": "+14155550123"},
+        ),
+    )  # fmt: skip
     assert cb["action"] == "appended"
     upd = await console.expect("case.updated", event="callback.requested")
     assert upd["case"] == created["case"] and upd["entry"]["text"] == "call me"
-    assert (await stack.case(created["case"]))["callback"] == "1"
+    assert upd["callback_number"] == "+14155550123"
+    after = await stack.case(created["case"])
+    assert after["callback"] == "1"
+    # the number the caller left joins the case's attributes; the others are kept as they were
+    assert json.loads(after["attrs"]) == {**before, "callback_number": "+14155550123"}
 
     end = await bridge.ok(
         "event", **event("kinds", email=email, thread=thread, kind="conversation.ended", text="")

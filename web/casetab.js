@@ -33,6 +33,8 @@ export class CaseView {
       onclick: () => this.loadOlder() }, "Load earlier history");
     this.scroller = h("div", { class: "tl-scroll", tabindex: "0", "aria-label": "Customer history" }, this.list);
     this.head = h("header", { class: "case-head" });
+    // its own slot, so a callback requested while the case is open shows without redrawing the header
+    this.callbackSlot = h("div", { class: "case-callback-slot" });
     this.actions = h("aside", { id: `actions-${this.uid}`, class: "case-actions", "aria-label": "Case actions",
       tabindex: "-1" });
     // at ≤ 1100 px the actions follow the conversation, below the fold: the header says they are
@@ -99,14 +101,13 @@ export class CaseView {
   render() {
     const c = this.case;
     const name = shown(this.customer.name) || identities(this.customer.identities, "Customer");
-    replace(this.tab,
-      h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
-      bdi(name, { class: "case-tab-name" }),
-      c.status === "wrapping" ? h("span", { class: "case-tab-state" }, "wrap-up") : null);
+    this.renderTab(name);
+    this.renderCallback();
     replace(this.head,
       h("div", { class: "case-who" },
         h("div", { class: "case-who-line" }, h("h2", { testid: "case-customer", dir: "auto" }, name), this.jump),
         h("p", { class: "case-ids" }, identities(this.customer.identities)),
+        this.callbackSlot,
         notVerified(this.customer) ? h("p", { class: "case-claims", testid: "case-claims", title: UNVERIFIED_TITLE },
           "Says: ", bdi((this.customer.claims || []).length ? identities(this.customer.claims) : name),
           " · not verified") : null),
@@ -121,6 +122,31 @@ export class CaseView {
       this.renderActions();
     }
     this.renderTimeline();
+  }
+
+  renderTab(name = shown(this.customer.name) || identities(this.customer.identities, "Customer")) {
+    const c = this.case;
+    replace(this.tab,
+      h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
+      bdi(name, { class: "case-tab-name" }),
+      wantsCallback(c) ? h("span", { class: "case-tab-state case-tab-callback", testid: "case-tab-callback",
+        title: "Callback requested" }, "callback") : null,
+      c.status === "wrapping" ? h("span", { class: "case-tab-state" }, "wrap-up") : null);
+  }
+
+  renderCallback() {
+    replace(this.callbackSlot, callbackNote(this.case, this.customer, "case-callback"));
+  }
+
+  /** The caller asked to be called back while the case is open (case.updated
+   *  callback.requested, with the number the caller left if any): the header and the tab say
+   *  so at once. */
+  markCallback(number) {
+    if (wantsCallback(this.case)) return false;
+    this.case = withCallback(this.case, number);
+    this.renderTab();
+    this.renderCallback();
+    return true;
   }
 
   renderTimeline(force) {
@@ -452,6 +478,39 @@ function identities(list, none = "no known contact details") {
 
 function fact(term, value, testid) {
   return h("div", { class: "fact" }, h("dt", null, term), h("dd", testid ? { testid } : null, value));
+}
+
+/** Whether the customer asked to be called back (`callback.requested`: the case's `callback`). */
+export function wantsCallback(caseView) {
+  return Boolean(caseView && caseView.callback && caseView.callback !== "0");
+}
+
+/** The case marked as wanting a callback, with the number the caller left (the live frame's
+ *  `callback_number`) among its attributes, as the server now has it. */
+export function withCallback(caseView, number) {
+  const attributes = caseView.attributes || {};
+  return { ...caseView, callback: "1",
+    attributes: number ? { ...attributes, callback_number: number } : attributes };
+}
+
+/** The number to call back: the one the caller left (the case's `callback_number` attribute,
+ *  as the Twilio bridge dials it), else the customer's phone; "" when neither is known. */
+export function callbackNumber(caseView, customer) {
+  const left = (caseView && caseView.attributes) || {};
+  if (typeof left.callback_number === "string" && left.callback_number) return left.callback_number;
+  const phone = ((customer && customer.identities) || []).find((i) => String(i).startsWith("phone:"));
+  return phone ? phone.slice(6) : "";
+}
+
+/** "Callback requested · call back on +14155550123" — on the offer card and in the case header,
+ *  so the request is seen at a glance, not only in the timeline; null for any other case. */
+export function callbackNote(caseView, customer, testid) {
+  if (!wantsCallback(caseView)) return null;
+  const number = callbackNumber(caseView, customer);
+  return h("p", { class: "callback-note", testid },
+    h("span", { class: "badge callback-badge" }, h("span", { "aria-hidden": "true" }, "☎ "), "Callback requested"),
+    number ? [" · call back on ", bdi(number, { class: "callback-number", testid: `${testid}-number` })]
+      : " · no number on file");
 }
 
 export const UNVERIFIED_TITLE =

@@ -9,7 +9,7 @@ import { signIn } from "./login.js";
 import { announcer, connectionUi, toaster } from "./ui.js";
 import { Timeline, caseSummary } from "./timeline.js";
 import { OfferCard } from "./offers.js";
-import { CaseView, notVerified } from "./casetab.js";
+import { CaseView, callbackNumber, notVerified, wantsCallback } from "./casetab.js";
 
 const RESCIND_REASON = {
   timeout: "The offer timed out and went back to the queue.",
@@ -39,7 +39,12 @@ class AgentConsole {
     this.active = null;
     this.polite = announcer("polite");
     this.urgent = announcer("assertive");
-    this.toasts = toaster();
+    // Toasts and follow-up reminders stand in the offers column, below the offers and never
+    // over them: a reminder that stays until dismissed covered the lower offers' Accept buttons.
+    const fallbackFocus = () => this.offerCards.values().next().value?.el || this.offerList;
+    this.toasts = toaster({ className: "toasts side-toasts", fallbackFocus });
+    // announced by the urgent announcer (reminder()), so the tray itself is not a live region
+    this.reminderTray = toaster({ className: "reminder-list", testid: "reminders", live: null, fallbackFocus });
     this.buildShell();
     this.conn.addEventListener("frame", (ev) => this.onFrame(ev.detail));
     this.conn.addEventListener("expired", (ev) => this.expired(ev.detail.message));
@@ -84,6 +89,10 @@ class AgentConsole {
       tabindex: "-1" });
     this.offerEmpty = h("p", { class: "empty", testid: "offers-empty" });
     this.offerCount = h("span", { class: "count", testid: "offer-count" }, "0");
+    this.reminderCount = h("span", { class: "count", testid: "reminder-count" }, "0");
+    this.reminderBox = h("section", { class: "reminders", "aria-labelledby": "reminders-title", hidden: true },
+      h("h2", { id: "reminders-title", class: "side-title" }, "Reminders ", this.reminderCount),
+      this.reminderTray.el);
     this.tabs = h("div", { role: "tablist", class: "case-tabs", "aria-label": "Open cases", testid: "case-tabs",
       onkeydown: (ev) => this.tabKeys(ev) });
     this.panels = h("div", { class: "case-panels" });
@@ -101,12 +110,15 @@ class AgentConsole {
         h("button", { class: "ghost", testid: "sign-out", onclick: () => this.signOut() }, "Sign out")),
       banner,
       h("div", { class: "layout" },
+        // the offers scroll on their own; the toasts and the reminders follow them, below
         h("aside", { class: "sidebar", "aria-labelledby": "offers-title" },
-          h("h2", { id: "offers-title", class: "side-title" }, "Offers ", this.offerCount),
-          h("p", { class: "hint keys" }, h("kbd", null, "Alt A"), " accept · ", h("kbd", null, "Alt R"), " reject"),
-          this.offerEmpty, this.offerList),
+          h("div", { class: "side-offers" },
+            h("h2", { id: "offers-title", class: "side-title" }, "Offers ", this.offerCount),
+            h("p", { class: "hint keys" }, h("kbd", null, "Alt A"), " accept · ", h("kbd", null, "Alt R"), " reject"),
+            this.offerEmpty, this.offerList),
+          this.toasts.el, this.reminderBox),
         h("main", { id: "main", class: "work", tabindex: "-1" }, this.tabs, this.panels, this.noCases)),
-      this.toasts.el, this.polite.el, this.urgent.el);
+      this.polite.el, this.urgent.el);
     this.renderOffersMeta();
   }
 
@@ -306,6 +318,7 @@ class AgentConsole {
       this.announce(`${customerName(view.customer)} wrote again: the case is open for replies.`);
     }
     const card = [...this.offerCards.values()].find((c) => c.offer.case.id === f.case);
+    if (f.type === "case.updated" && f.event === "callback.requested") this.callbackRequested(view, card, f.callback_number);
     const cust = view ? (view.customer.id || view.case.customer) : card?.offer.case.customer;
     if (!cust || !f.entry) return;
     if (!this.timeline(cust).add(f.entry)) return;
@@ -321,6 +334,18 @@ class AgentConsole {
     }
   }
 
+  /** The caller asked to be called back: the open case's header (or the pending offer's card)
+   *  says so at once, with the number to call — not only the timeline. */
+  callbackRequested(view, card, number) {
+    const marked = view ? view.markCallback(number) : false;
+    const offered = card ? card.markCallback(number) : false;
+    if (!marked && !offered) return;
+    const c = view ? view.case : card.offer.case;
+    const customer = view ? view.customer : card.offer.customer;
+    const to = callbackNumber(c, customer);
+    this.urgent.announce(`${customerName(customer)} asked to be called back${to ? ` on ${to}` : ""}.`);
+  }
+
   /** A follow-up reminder, live or kept for us while we were away (hello's reminders): it
    *  stays until dismissed, here or on another console, and then the server forgets it. */
   reminder(f) {
@@ -332,14 +357,16 @@ class AgentConsole {
       !view && f.status ? STATE_LABEL[f.status] || f.status : ""].filter(Boolean).join(" · ");
     const due = typeof f.due === "number" && Date.now() / 1000 - f.due > 90
       ? ` (due ${new Date(f.due * 1000).toLocaleString()})` : "";
-    const toast = this.toast(`${f.note || `Follow up on ${who}.`}${what ? ` — ${what}` : ""}${due}`, {
+    const toast = this.reminderTray.show(`${f.note || `Follow up on ${who}.`}${what ? ` — ${what}` : ""}${due}`, {
       kind: "reminder", title: `Follow-up reminder · ${who}`, testid: "reminder", actions,
       onDismiss: () => {
         this.reminders.delete(f.id);
+        this.renderReminderCount();
         if (f.id) this.conn.request("reminder.dismiss", { id: f.id }).catch(() => {});
       },
     });
     if (f.id) this.reminders.set(f.id, toast);
+    this.renderReminderCount();
     this.urgent.announce(`Follow-up reminder: ${f.note || who}`);
   }
 
@@ -347,6 +374,13 @@ class AgentConsole {
     const toast = this.reminders.get(f.id);
     if (toast) toast.remove();
     this.reminders.delete(f.id);
+    this.renderReminderCount();
+  }
+
+  renderReminderCount() {
+    const n = this.reminderTray.el.childElementCount;
+    this.reminderCount.textContent = String(n);
+    this.reminderBox.hidden = n === 0;
   }
 
   // -- offers ----------------------------------------------------------------------------------
@@ -367,7 +401,8 @@ class AgentConsole {
       // as the card says it: a customer who is only who they say is announced as not verified
       const who = o.customer ? customerName(o.customer) + (notVerified(o.customer) ? ", not verified" : "")
         : "a customer";
-      this.urgent.announce(`New ${CHANNEL_LABEL[o.case.channel] || ""} offer from ${who}: `
+      const callback = wantsCallback(o.case) ? " (callback requested)" : "";
+      this.urgent.announce(`New ${CHANNEL_LABEL[o.case.channel] || ""} offer from ${who}${callback}: `
         + `${caseSummary(o.case, tl)}. Alt A to accept, Alt R to reject.`);
     }
   }

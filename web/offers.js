@@ -3,8 +3,8 @@
 // The countdown runs against the server's deadline, corrected by the clock offset measured
 // with pings, so every console shows the same time left.
 
-import { CHANNEL_LABEL, h } from "./dom.js";
-import { notVerified, UNVERIFIED_TITLE } from "./casetab.js";
+import { CHANNEL_LABEL, h, replace } from "./dom.js";
+import { callbackNote, notVerified, UNVERIFIED_TITLE, wantsCallback, withCallback } from "./casetab.js";
 import { bdi, caseSummary } from "./timeline.js";
 
 function whyText(why, queueName) {
@@ -67,6 +67,7 @@ export class OfferCard {
     this.bar,
     h("p", { class: "offer-customer", id: titleId, testid: "offer-customer" },
       `${CHANNEL_LABEL[channel] || channel} from `, ...customerLabel(offer.customer)),
+    this.callbackSlot = h("div", { class: "offer-callback-slot" }, callbackNote(c, offer.customer, "offer-callback")),
     h("p", { class: "offer-subject", testid: "offer-subject", dir: "auto" }, caseSummary(c, timeline)),
     h("p", { class: "offer-why", testid: "offer-why" },
       h("span", { class: "offer-why-label" }, "Why you: "), whyText(offer.why, actions.queueName)),
@@ -79,6 +80,15 @@ export class OfferCard {
       if (ev.key === "r" || ev.key === "R") { ev.preventDefault(); actions.reject(offer.offer); }
     });
     this.tick();
+  }
+
+  /** The caller asked to be called back while the offer is pending (case.updated
+   *  callback.requested): the card says so; the case opened from it carries the mark. */
+  markCallback(number) {
+    if (wantsCallback(this.offer.case)) return false;
+    this.offer.case = withCallback(this.offer.case, number);
+    replace(this.callbackSlot, callbackNote(this.offer.case, this.offer.customer, "offer-callback"));
+    return true;
   }
 
   tick() {

@@ -17,9 +17,16 @@ export function announcer(politeness = "polite") {
   };
 }
 
-/** Toasts: short messages top-right. kind: info | error | reminder (stays until dismissed). */
-export function toaster() {
-  const el = h("div", { class: "toasts", "aria-live": "polite", testid: "toasts" });
+/**
+ * Toasts: short messages stacked in `el`, wherever the page puts it (the supervisor view: fixed
+ * bottom-left; the agent console: in its offers column, below the offers, so a toast never
+ * covers an offer). kind: info | error | reminder (stays until dismissed).
+ * Options: `testid`, `className`, `live` (the container's aria-live, or null when the page
+ * announces the toasts itself), and `fallbackFocus()`: where focus goes when the last toast is
+ * dismissed from the keyboard (otherwise it moves to the neighbouring toast's dismiss button).
+ */
+export function toaster({ testid = "toasts", className = "toasts", live = "polite", fallbackFocus } = {}) {
+  const el = h("div", { class: className, "aria-live": live, testid });
   function show(text, { kind = "info", title, testid, actions = [], timeoutMs, onDismiss } = {}) {
     const close = h("button", { class: "icon-button", "aria-label": "Dismiss", testid: "toast-dismiss" }, "×");
     const toast = h("div", { class: `toast toast-${kind}`, role: kind === "error" ? "alert" : "status",
@@ -31,7 +38,17 @@ export function toaster() {
         h("button", { class: "link-button", onclick: () => { fn(); toast.remove(); if (onDismiss) onDismiss(); } },
           label))) : null),
     close);
-    close.addEventListener("click", () => { toast.remove(); if (onDismiss) onDismiss(); });
+    close.addEventListener("click", () => {
+      // focus on the button that goes would fall to the page: keep it among the toasts
+      const hadFocus = toast.contains(document.activeElement);
+      const next = toast.nextElementSibling || toast.previousElementSibling;
+      toast.remove();
+      if (hadFocus) {
+        const to = next ? next.querySelector("[data-testid=toast-dismiss]") : fallbackFocus && fallbackFocus();
+        if (to) to.focus();
+      }
+      if (onDismiss) onDismiss();
+    });
     el.append(toast);
     const ms = timeoutMs ?? (kind === "reminder" ? 0 : kind === "error" ? 8000 : 4000);
     if (ms) setTimeout(() => toast.remove(), ms);

@@ -146,8 +146,25 @@ elseif c and OPEN[st] then
     end
   elseif kind == 'callback.requested' then
     append(c)
-    redis.call('HSET', k_case(c), 'callback', '1', 'updated', NOW_S)
-    notify(c, {type = 'case.updated', case = c, event = kind, entry = entry()})
+    local set = {'callback', '1', 'updated', NOW_S}
+    -- the number the caller left joins the case's attributes, where the voice bridge and the
+    -- console look for it; spliced into the JSON text, as decoding and encoding it again would
+    -- turn an empty list among the attributes into an object
+    local left = cjson.decode(cjson.decode(ARGV[13]).attrs or '{}').callback_number
+    if type(left) == 'string' and left ~= '' then
+      local attrs = hget(k_case(c), 'attrs') or '{}'
+      if string.sub(attrs, 1, 1) == '{' and not string.find(attrs, '"callback_number"', 1, true) then
+        local rest = string.sub(attrs, 2)
+        if rest ~= '}' then rest = ',' .. rest end
+        set[#set + 1] = 'attrs'
+        set[#set + 1] = '{"callback_number":' .. cjson.encode(left) .. rest
+      end
+    else
+      left = nil
+    end
+    redis.call('HSET', k_case(c), unpack(set))
+    notify(c, {type = 'case.updated', case = c, event = kind, entry = entry(),
+      callback_number = left})
   elseif st == 'wrapping' then
     -- the customer wrote again during wrap-up, which ended the conversation: it resumes with
     -- the same agent (back to assigned: they may reply), and a chat's widget hears them rejoin
