@@ -9,18 +9,26 @@ only their own conversation: its messages, the agents' replies, never notes or a
 never linked to a customer, so typing someone else's address shows nobody their history and
 pre-claims nothing. A site whose visitor is signed in vouches for them with ``identity_hash``,
 the hex HMAC-SHA256 under ``SWITCHBOARD_CHAT_IDENTITY_SECRET`` of what it sends (see
-:func:`identity_hash`): those identities link like any channel's.
+:func:`identity_hash`): those identities link like any channel's. Details given while a
+conversation is open reach its customer at once, and the agent who has it open sees them
+(``case.refresh``).
+
+``end`` names the case it ends (a widget that was offline when the visitor pressed *End chat*
+delivers it later): an end for any other conversation than the visitor's current one ends
+nothing, and a resent one (same ``id``) is recorded once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
 from router import keys, snapshot
@@ -35,8 +43,13 @@ from router.session import serve_frames
 
 __all__ = ["chat_endpoint", "identity_hash"]
 
+log = logging.getLogger("switchboard.chat")
+
 # identify's fields that name the visitor, in the order identity_hash signs them
 _SIGNED = (("external_id", "external"), ("email", "email"), ("phone", "phone"))
+# a case's states while its conversation is open; an agent has it on screen in the last two
+_OPEN = (b"queued", b"offered", b"assigned", b"wrapping")
+_HELD = (b"assigned", b"wrapping")
 
 
 def identity_hash(secret: str, given: Mapping[str, str]) -> str:
@@ -73,11 +86,19 @@ class ChatSession:
                 raise BadRequest("text: 1-8000 characters", code="frame.invalid")
             return await self._send("message", text, f.get("id"))
         if t == "identify":
-            return self._identify(f)
+            ack = self._identify(f)
+            await self._share_details()
+            return ack
         if t == "end":
-            if not self.case:
+            meant = f.get("case")
+            if meant is not None and not isinstance(meant, str):
+                raise BadRequest("case: the id of the case to end", code="frame.invalid")
+            # nothing open, or an end meant for an earlier conversation (a widget that was
+            # offline when the visitor pressed End chat): it must not end this one
+            if not self.case or (meant and meant != self.case):
                 return None
-            return await self._send("conversation.ended", "", f.get("id"))
+            # pinned to this connection's case: another tab may have opened a newer one since
+            return await self._send("conversation.ended", "", f.get("id"), case=self.case)
         if t == "ping":
             return {"ts": time.time()}
         raise BadRequest(f"unknown frame type {t[:40]!r}", code="frame.unknown_type")
@@ -89,7 +110,12 @@ class ChatSession:
         given = {k: f[k] for k, _ in _SIGNED if isinstance(f.get(k), str) and f[k]}
         ids = {kind: given[k] for k, kind in _SIGNED if k in given}
         probe = parse_event(
-            {"id": "probe", "channel": "chat", "identities": ids or {"visitor": self.visitor}}
+            {
+                "id": "probe",
+                "channel": "chat",
+                "identities": ids or {"visitor": self.visitor},
+                "name": name or "",
+            }
         )  # validates, raises BadRequest
         signature = f.get("identity_hash")
         verified = signature is not None
@@ -116,10 +142,44 @@ class ChatSession:
             elif self.identities.get(kind) != value:
                 self.claims[kind] = value
         if name is not None:
-            self.name = name
+            self.name = probe.name  # as ingest cleans it: one line, no bidi controls
         return {"identities": sorted(self.identities), "claims": sorted(self.claims)}
 
-    async def _send(self, kind: str, text: str, client_id: Any) -> dict[str, Any]:
+    async def _share_details(self) -> None:
+        """Record what the visitor says they are on the customer of their open case now, as
+        their next message would (each claim; the name, unless the customer has one), and
+        show it to the agent who has the case open (``case.refresh``, the case anew) —
+        their console showed it only after a reload before. Identities the site signed are
+        linked by the next message, as before. If Redis fails, that next message still
+        records everything: the identify stands."""
+        if not self.case or not (self.name or self.claims):
+            return
+        r = self.ctx.redis
+        try:
+            st, cust, agent = await r.hmget(keys.case(self.ws, self.case), ["st", "cust", "agent"])
+            if st not in _OPEN or not cust:
+                return
+            profile = keys.customer(self.ws, cust.decode())
+            added = 0
+            if self.name:
+                added += await r.hsetnx(profile, "name", self.name)
+            if self.claims:
+                said = {f"claim:{kind}:{value}": "1" for kind, value in self.claims.items()}
+                added += await r.hset(profile, mapping=said)
+            if not added or st not in _HELD or not agent:
+                return  # nothing new (a reconnect repeats its identify), or nobody to tell
+            detail = await snapshot.case_detail(r, self.ws, self.case)
+        except RedisError as e:
+            log.warning("chat details of %s not shared with the case: %s", self.visitor, e)
+            return
+        if detail:
+            await self.ctx.switch.notify(
+                self.ws, agent.decode(), {"type": "case.refresh", **detail}
+            )
+
+    async def _send(
+        self, kind: str, text: str, client_id: Any, *, case: str = ""
+    ) -> dict[str, Any]:
         if client_id is None:
             cid = secrets.token_hex(8)
         elif isinstance(client_id, str) and 0 < len(client_id) <= 64:
@@ -136,6 +196,8 @@ class ChatSession:
             "text": text,
             "name": self.name,
         }
+        if case:  # this case, not whichever the thread names now
+            event["case"] = case
         res = await self.ctx.switch.ingest(self.ws, event, source="widget")
         await self.watch(res.case)
         return {"case": res.case, "duplicate": res.duplicate}

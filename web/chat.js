@@ -9,7 +9,10 @@
 // The widget connects to /ws/chat on the server it was loaded from, keeps its visitor token
 // and unsent messages in localStorage — so a reload or a dropped connection resumes the same
 // conversation — and re-sends unconfirmed messages with the same id after a reconnect (the
-// server de-duplicates them).
+// server de-duplicates them). "End chat" waits in the same outbox, in its place after what was
+// typed before it: pressed while offline, it is delivered once the widget is connected again
+// (after a reload too), named after the conversation it ends, and dropped if that conversation
+// went on without it (a newer case, or more from the visitor in another tab).
 //
 // Everything shown is rendered as text (dom.h); nothing the other side sends becomes markup.
 
@@ -80,12 +83,21 @@ export class ChatWidget {
     this.visitor = "";
     this.messages = [];
     this.ended = false;
+    this.flushing = false;
+    // the conversation's case: "" none yet, null not known (never connected on this page)
+    const { case: known } = this.load();
+    this.case = typeof known === "string" ? known : null;
     this.agent = null; // the agent's last move: {event: joined|transferred|closed, name}
     this.build(title);
     this.connect();
   }
 
-  // -- storage: {token, details: {name, email, phone}, outbox: [{id, text, ts}]} -------------
+  // -- storage --------------------------------------------------------------------------------
+  // {token, case, details: {name, email, phone},
+  //  outbox: [{id, text, ts} | {id, end: true, case, after, ts}] (in order: an end after what
+  //   was typed before it; `case` the one it ends, null: the one the messages before it go to;
+  //   `after` the visitor's last message it followed),
+  //  ended: {case, id} (the visitor ended that case with that end: what came before is over)}
 
   load() {
     try {
@@ -147,17 +159,31 @@ export class ChatWidget {
   }
 
   render() {
-    const items = this.messages.filter((m) => m.text).map((m) => (m.dir === "system"
-      ? h("li", { class: "sbchat-system", testid: "chat-system" }, m.text)
-      : this.bubble(m.dir, m.from, m.text, m.ts, false)));
-    for (const m of this.load().outbox) items.push(this.bubble("in", "", m.text, m.ts, true));
-    if (this.ended) items.push(h("li", { class: "sbchat-system" }, "You ended the chat. Write again any time."));
+    const { outbox } = this.load();
+    // what follows an end (the agent closing up, a last reply) comes after it
+    const items = this.ended
+      ? [h("li", { class: "sbchat-system", testid: "chat-ended" }, "You ended the chat. Write again any time.")] : [];
+    for (const m of this.messages) {
+      if (!m.text) continue;
+      items.push(m.dir === "system" ? h("li", { class: "sbchat-system", testid: "chat-system" }, m.text)
+        : this.bubble(m.dir, m.from, m.text, m.ts, false));
+    }
+    for (const m of outbox) {
+      items.push(m.end ? h("li", { class: "sbchat-system sbchat-ending", testid: "chat-ending" }, this.open
+        ? "Ending the chat…"
+        : "Ending the chat as soon as you're back online — or, if you close this page, "
+          + "the next time you open it.")
+        : this.bubble("in", "", m.text, m.ts, true));
+    }
     replace(this.log, items);
-    const hasIn = this.messages.some((m) => m.dir === "in" && m.text) || this.load().outbox.length > 0;
+    const ending = outbox.length > 0 && outbox[outbox.length - 1].end === true;
+    this.endButton.disabled = ending;
+    this.endButton.textContent = ending ? "Ending chat…" : "End chat";
+    const hasIn = this.messages.some((m) => m.dir === "in" && m.text) || outbox.some((m) => !m.end);
     const hasOut = this.messages.some((m) => m.dir === "out");
     const moved = this.agent ? this.agent.event : "";
     const waiting = moved === "transferred" || moved === "waiting" || (!moved && !hasOut);
-    this.waiting.hidden = this.ended || !hasIn || !waiting;
+    this.waiting.hidden = this.ended || ending || !hasIn || !waiting;
     // the queue notice above may just have appeared and shrunk the log: scroll after it did, so
     // the newest line stays in view
     this.scrollToEnd();
@@ -216,6 +242,7 @@ export class ChatWidget {
       this.open = false;
       for (const p of this.pending.values()) p.reject({ code: "disconnected" });
       this.pending.clear();
+      this.render(); // an end on its way now waits for the connection: say so
       if (refusal && String(refusal.code).startsWith("auth.")) {
         this.save({ token: "" }); // our visitor token expired: start as a new visitor
       } else if (refusal && refusal.code === "workspace.unknown") {
@@ -242,15 +269,37 @@ export class ChatWidget {
     this.open = true;
     this.attempt = 0;
     this.visitor = f.visitor;
-    this.save({ token: f.token });
+    this.case = f.case || "";
     this.status.textContent = "Connected";
     this.el.classList.remove("sbchat-offline");
-    this.messages = (f.messages || []).filter((m) => m.dir === "in" || m.dir === "out");
-    this.agent = f.agent || null;
-    placeAgentLine(this.messages, this.agent); // where things stand, in its place in the story
-    const known = new Set(this.messages.map((m) => m.id));
-    const outbox = this.load().outbox.filter((m) => !known.has(`${this.visitor}:${m.id}`));
-    this.save({ outbox });
+    let messages = (f.messages || []).filter((m) => m.dir === "in" || m.dir === "out");
+    const agent = f.agent || null;
+    const sid = (m) => `${this.visitor}:${m.id}`;
+    const known = new Set(messages.map((m) => m.id));
+    const stored = this.load();
+    let ended = stored.ended && stored.ended.case === this.case ? stored.ended : null;
+    const outbox = [];
+    stored.outbox.forEach((m, i) => {
+      if (known.has(sid(m))) { // it arrived; its ack did not
+        if (m.end) ended = { case: this.case, id: m.id };
+      } else if (!m.end || this.endStillMeant(m, messages, stored.outbox.slice(0, i))) {
+        outbox.push(m);
+      }
+    });
+    // the visitor ended this case: what came before the end is over, as it was when they did
+    const at = ended ? messages.findIndex((m) => m.id === sid(ended)) : -1;
+    let agentLine = Boolean(agent);
+    if (at >= 0) {
+      const endTs = messages[at].ts;
+      messages = messages.slice(at + 1);
+      agentLine = Boolean(agent) && typeof agent.ts === "number" && agent.ts > endTs; // after the end
+    }
+    this.save({ token: f.token, case: this.case, outbox, ended: at >= 0 ? ended : null });
+    this.ended = at >= 0 && !messages.some((m) => m.dir === "in" && m.text);
+    this.messages = messages;
+    this.agent = agent;
+    // where things stand, in its place in the story
+    if (agentLine) placeAgentLine(this.messages, this.agent);
     this.render();
     const d = this.load().details;
     if (this.identity) {
@@ -260,7 +309,34 @@ export class ChatWidget {
     } else if (d.name || d.email || d.phone) {
       this.request("identify", d).catch(() => {});
     }
-    for (const m of outbox) this.transmit(m);
+    this.flush();
+  }
+
+  // Whether an end that waited for the connection is still for the conversation at hand: not
+  // if the case it was pressed in is over and another began, nor if the visitor wrote more in
+  // that case since (over another connection: it went on without this one). `before`: the
+  // outbox items ahead of it, sent first.
+  endStillMeant(end, messages, before) {
+    if (end.case && end.case !== this.case) return false;
+    const at = end.after ? messages.findIndex((m) => m.id === end.after) : -1;
+    if (at < 0) return true; // nothing to go by: the conversation it was pressed in
+    const ours = new Set(before.map((m) => `${this.visitor}:${m.id}`));
+    return !messages.slice(at + 1).some((m) => m.dir === "in" && m.text && !ours.has(m.id));
+  }
+
+  // Send the outbox, one item at a time and in order (an end goes after the messages typed
+  // before it, and before those typed after it); what the connection loses waits for the next.
+  async flush() {
+    if (this.flushing) return;
+    this.flushing = true;
+    try {
+      while (this.open) {
+        const [m] = this.load().outbox;
+        if (!m || !(await (m.end ? this.deliverEnd(m) : this.transmit(m)))) break;
+      }
+    } finally {
+      this.flushing = false;
+    }
   }
 
   agentMoved(f) {
@@ -279,7 +355,6 @@ export class ChatWidget {
     const at = this.messages.findIndex((m) => typeof m.ts === "number"
       && (m.ts > ts || (m.ts === ts && m.dir === "system")));
     if (at < 0) this.messages.push(f); else this.messages.splice(at, 0, f);
-    if (f.dir === "out") this.ended = false;
     this.render();
   }
 
@@ -296,14 +371,21 @@ export class ChatWidget {
     this.save({ outbox: [...this.load().outbox, m] });
     this.input.value = "";
     this.render();
-    if (this.open) this.transmit(m);
+    this.flush();
   }
 
+  unqueue(m) {
+    this.save({ outbox: this.load().outbox.filter((x) => x.id !== m.id) });
+  }
+
+  // One message from the outbox; false if the connection went (it stays for the next one).
   async transmit(m) {
     const before = this.messages.length;
     try {
-      await this.request("message", { text: m.text, id: m.id });
-      this.save({ outbox: this.load().outbox.filter((x) => x.id !== m.id) });
+      const ack = await this.request("message", { text: m.text, id: m.id });
+      if (ack.case) this.case = ack.case;
+      this.save({ outbox: this.load().outbox.filter((x) => x.id !== m.id), case: this.case });
+      this.ended = false; // written after an end: the conversation goes on
       const sent = { id: `${this.visitor}:${m.id}`, dir: "in", text: m.text, ts: m.ts, from: "" };
       // a line about the agent that came while it was on its way ("… joined": it resumed the
       // conversation) is what it caused: the message goes before it
@@ -311,12 +393,13 @@ export class ChatWidget {
       if (this.messages.some((x) => x.id === sent.id)) { /* the echo came first */ }
       else if (caused < 0) this.messages.push(sent); else this.messages.splice(caused, 0, sent);
       this.render();
+      return true;
     } catch (e) {
-      if (e.code !== "disconnected") {
-        this.save({ outbox: this.load().outbox.filter((x) => x.id !== m.id) });
-        this.render();
-        this.showError(`Not sent: ${e.message}`);
-      } // disconnected: it stays in the outbox and is re-sent after the reconnect
+      if (e.code === "disconnected") return false; // it stays in the outbox: re-sent after the reconnect
+      this.unqueue(m);
+      this.render();
+      this.showError(`Not sent: ${e.message}`);
+      return true;
     }
   }
 
@@ -341,15 +424,57 @@ export class ChatWidget {
     }
   }
 
-  async end() {
-    try {
-      await this.request("end");
-    } catch {
-      /* nothing open to end */
+  // End chat: queued like a message, so that pressed while offline it still reaches the agent
+  // — once, and only for this conversation (see the outbox above).
+  end() {
+    const { outbox } = this.load();
+    if (outbox.length && outbox[outbox.length - 1].end) return; // already on its way
+    this.showError("");
+    const unsent = outbox.length > 0;
+    if (!unsent && this.case === "") { // nothing was said: nothing to end
+      this.closeConversation();
+      return;
     }
+    const last = [...this.messages].reverse().find((m) => m.dir === "in" && m.text);
+    this.save({ outbox: [...outbox, { id: randomId(), end: true, ts: Date.now() / 1000,
+      // with messages still to go, it ends the conversation they go to, whichever that is
+      case: unsent ? null : this.case, after: !unsent && last ? last.id : "" }] });
+    this.render();
+    this.flush();
+  }
+
+  // The end at the head of the outbox; false if it must wait (the connection went).
+  async deliverEnd(m) {
+    const meant = m.case || this.case;
+    if (!meant) { // nothing was ever sent (what came before it failed): nothing to end
+      this.unqueue(m);
+      this.closeConversation();
+      return true;
+    }
+    try {
+      const ack = await this.request("end", { id: m.id, case: meant });
+      this.save({ outbox: this.load().outbox.filter((x) => x.id !== m.id),
+        ended: ack.case ? { case: ack.case, id: m.id } : null });
+      this.closeConversation();
+      return true;
+    } catch (e) {
+      if (e.code === "disconnected") return false; // delivered after the reconnect
+      if (e.code === "rate_limited" || e.code === "unavailable") {
+        setTimeout(() => this.flush(), 2000); // the server could not take it now: again shortly
+        return false;
+      }
+      this.unqueue(m);
+      this.render();
+      this.showError(`Could not end the chat: ${e.message}`);
+      return true;
+    }
+  }
+
+  // The visitor ended it: the conversation so far is over. Where the agent stands stays known
+  // (still on the case until they close it: written to again, it is theirs, not the queue's).
+  closeConversation() {
     this.ended = true;
     this.messages = [];
-    this.agent = null;
     this.render();
   }
 }
