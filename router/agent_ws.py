@@ -169,6 +169,12 @@ class AgentSession:
     async def agents(self, f: dict[str, Any]) -> dict[str, Any]:
         return {"agents": await snapshot.agent_directory(self.ctx.redis, self.ws)}
 
+    async def queues(self, f: dict[str, Any]) -> dict[str, Any]:
+        """The workspace's queues as declared now (hello's, which an admin may have changed
+        since): the transfer form asks each time it is shown."""
+        cfg = await self.sw.config(self.ws)
+        return {"queues": [{"id": q.id, "name": q.name} for q in cfg.queues]}
+
     async def dismiss_reminder(self, f: dict[str, Any]) -> None:
         """The agent has seen a reminder: it is not shown again (on this or any console)."""
         rid = _str(f, "id", 200)
@@ -252,6 +258,7 @@ _HANDLERS = {
     "reminder.dismiss": AgentSession.dismiss_reminder,
     "ping": AgentSession.ping,
     "agents.list": AgentSession.agents,
+    "queues.list": AgentSession.queues,
     "stats.fetch": AgentSession.stats,
     "case.move": AgentSession.move,
     "agent.status": AgentSession.agent_status,

@@ -8,13 +8,18 @@ awaited with a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
-from playwright.async_api import Page, expect
+import pytest_asyncio
+from playwright.async_api import Browser, Page, expect
 
 from tests import test_console
-from tests.server import ServerProcess
+from tests.server import ServerProcess, write_config
 from tests.test_console import Bridge, Web, bridge, panel, send_email
 from tests.test_console_ui_fixes import open_email_case, until
 
@@ -206,3 +211,61 @@ async def test_a_callback_requested_while_offered_or_open_shows_at_once(
     await expect(case.get_by_test_id("reply-input")).to_have_value("Half-typed note")
     await bea.reload()  # the server kept it on the case, not only in the frame
     await expect(panel(bea).get_by_test_id("case-callback-number")).to_have_text("+15550100999")
+
+
+# -- 3: the transfer menu's queues are today's ---------------------------------------------------
+
+
+@pytest.fixture
+def admin_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """test_console's workspace with an admin, Ada, who changes the queues over REST."""
+    ada = {"id": "ada", "name": "Ada Admin", "password": "pw-ada", "role": "admin",
+           "attributes": {"skills": []}, "capacity": {}}  # fmt: skip
+    workspace = {**test_console.WORKSPACE, "agents": [*test_console.WORKSPACE["agents"], ada]}
+    s = ServerProcess(tmp_path / "data", write_config(tmp_path / "acme.json", workspace))
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def admin_web(browser: Browser, admin_server: ServerProcess) -> AsyncIterator[Web]:
+    w = Web(browser, admin_server)
+    try:
+        yield w
+    finally:
+        await w.close()
+    assert not w.problems, w.problems
+
+
+async def test_the_transfer_menu_has_the_queues_an_admin_added_since_sign_in(
+    admin_web: Web, admin_server: ServerProcess
+) -> None:
+    sam = await open_email_case(admin_web, admin_server)
+    menu = panel(sam).get_by_test_id("transfer-queue")
+    await expect(menu.locator("option")).to_have_text(["Support", "Billing", "Urgent"])
+    async with httpx.AsyncClient(base_url=admin_server.url) as http:
+        r = await http.post(
+            "/api/login", json={"workspace": "acme", "agent": "ada", "password": "pw-ada"}
+        )
+        auth = {"Authorization": f"Bearer {r.json()['token']}"}
+        for queue, body in (
+            ("vip", {"name": "VIP", "target": "skills HAS 'support'"}),
+            ("billing", {"name": "Billing & Refunds"}),
+        ):
+            r = await http.put(f"/api/queues/{queue}", json=body, headers=auth)
+            assert r.status_code < 300, r.text
+
+    # each use of the menu asks for the queues again (the router may take a second to see
+    # the change): use it until it lists them, with a deadline
+    want = ["Support", "Billing & Refunds", "Urgent", "VIP"]
+    async with asyncio.timeout(test_console.DEADLINE):
+        while await menu.locator("option").all_text_contents() != want:
+            await menu.blur()
+            await menu.focus()
+            await asyncio.sleep(0.1)  # a poll's pace; the condition is what is waited on
+    await menu.select_option("vip")
+    await panel(sam).get_by_test_id("transfer-submit").click()
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+    await expect(sam.get_by_test_id("toast-info").last).to_contain_text("Transferred to VIP.")

@@ -352,8 +352,19 @@ export class CaseView {
   transferSection() {
     const u = this.uid;
     let to = "queue";
-    const queue = h("select", { id: `tq-${u}`, testid: "transfer-queue" },
-      this.app.queues.map((q) => h("option", { value: q.id, selected: q.id === this.case.queue }, q.name)));
+    const queue = h("select", { id: `tq-${u}`, testid: "transfer-queue" });
+    let listed = "";
+    const fillQueues = () => {
+      const key = JSON.stringify(this.app.queues);
+      if (key === listed) return; // unchanged: an open menu is left alone
+      listed = key;
+      const keep = queue.value || this.case.queue;
+      replace(queue, this.app.queues.map((q) => h("option", { value: q.id, selected: q.id === keep }, q.name)));
+    };
+    fillQueues();
+    // the queues as declared now, each time the menu is used: an admin may have added or
+    // renamed one since the console signed in
+    queue.addEventListener("focus", async () => { await this.app.refreshQueues(); fillQueues(); });
     // the colleagues, from agents.list each time "To an agent" is chosen (who is signed in
     // changes): typing filters them
     const directory = h("datalist", { id: `td-${u}`, testid: "transfer-agents" });

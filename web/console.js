@@ -168,6 +168,18 @@ class AgentConsole {
     this.polite.announce(text);
   }
 
+  /** The workspace's queues as declared now (queues.list): an admin may have added, renamed
+   *  or removed one since hello. Keeps hello's if the request fails. */
+  async refreshQueues() {
+    try {
+      const { queues } = await this.conn.request("queues.list");
+      if (Array.isArray(queues)) this.queues = queues;
+    } catch {
+      /* keep the queues we have */
+    }
+    return this.queues;
+  }
+
   queueName(id) {
     const q = this.queues.find((x) => x.id === id);
     return q ? q.name : id || "—";
