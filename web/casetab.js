@@ -358,8 +358,14 @@ export class CaseView {
       const key = JSON.stringify(this.app.queues);
       if (key === listed) return; // unchanged: an open menu is left alone
       listed = key;
-      const keep = queue.value || this.case.queue;
-      replace(queue, this.app.queues.map((q) => h("option", { value: q.id, selected: q.id === keep }, q.name)));
+      const keep = queue.options.length ? queue.value : this.case.queue; // "": asking for a choice
+      const options = this.app.queues.map((q) => h("option", { value: q.id, selected: q.id === keep }, q.name));
+      // the queue chosen (or the case's own) was removed: ask again rather than fall silently to
+      // another queue, which one more click would transfer the case to (as the supervisor's menu)
+      if (!this.app.queues.some((q) => q.id === keep)) {
+        options.unshift(h("option", { value: "", disabled: true, selected: true }, "Choose a queue"));
+      }
+      replace(queue, options);
     };
     fillQueues();
     // the queues as declared now, each time the menu is used: an admin may have added or
@@ -406,6 +412,7 @@ export class CaseView {
       error.hidden = true;
       const target = to === "queue" ? { queue: queue.value } : { agent: agent.value.trim() };
       if (to === "agent" && !target.agent) { agent.focus(); return; }
+      if (to === "queue" && !target.queue) { fail("Not transferred: choose a queue."); queue.focus(); return; }
       if (target.agent && target.agent.toLowerCase() === String(this.app.me.id || "").toLowerCase()) {
         fail("Not transferred: this case is already yours. Choose a colleague.");
         agent.focus();
@@ -421,6 +428,8 @@ export class CaseView {
         const where = target.queue ? this.app.queueName(target.queue) : target.agent;
         fail(`Not transferred to ${where}: ${e.message || e.code}. The case is still yours.`);
         submit.disabled = false;
+        // say a queue removed since the menu was last used: it leaves the menu (which asks again)
+        if (target.queue) { await this.app.refreshQueues(); fillQueues(); }
       }
     } },
     h("h3", null, "Transfer"),
