@@ -334,6 +334,27 @@ async def test_reopen_does_not_wait_for_a_last_agent_who_signed_out(switch: Swit
     assert await case_field(switch, r.case, "step") == "2"
 
 
+async def test_a_reopened_case_no_longer_asks_for_the_callback_it_had(switch: Switch, inbox: Inbox):
+    await setup(switch, agent("ann", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1", thread="conv3"))
+    await switch.ingest("acme", chat("e2", thread="conv3", kind="callback.requested"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    assert await case_field(switch, r.case, "callback") == "1"
+    await switch.complete("acme", "ann", r.case)  # the call back was made
+    r2 = await switch.ingest("acme", chat("e3", thread="conv3", text="one more thing"))
+    assert r2.action == "reopened" and r2.case == r.case
+    offer = inbox.last_offer("ann")
+    assert offer["case"]["id"] == r.case and offer["case"].get("callback", "0") == "0"
+    assert await case_field(switch, r.case, "callback") == "0"
+    # a request that itself reopens the case marks it again
+    await switch.accept("acme", "ann", offer["offer"])
+    await switch.complete("acme", "ann", r.case)
+    r3 = await switch.ingest("acme", chat("e4", thread="conv3", kind="callback.requested"))
+    assert r3.action == "reopened"
+    assert await case_field(switch, r.case, "callback") == "1"
+
+
 async def test_escalation_keeps_age_and_relaxes_skills(switch: Switch, inbox: Inbox):
     await setup(switch, agent("ann", ["support"], languages=["en"]))
     await switch.set_status("acme", "ann", "available")

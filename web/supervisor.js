@@ -46,8 +46,10 @@ function label(status) {
 /** How many cases of a listing's status it left out: ``total`` (counted by the server) less
  * those ``shown``; null when only the listing's cursor says some were (no count to go by). */
 function moreThan(total, shown, cut) {
+  // a list that was not cut left nothing out, whatever a count read a moment apart says
+  if (!cut) return 0;
   if (typeof total === "number") return Math.max(0, total - shown);
-  return cut ? null : 0;
+  return null;
 }
 
 function percent(v) {

@@ -189,8 +189,10 @@ else
   if reopen then
     action = 'reopened'
     if ARGV[15] ~= '' then plan = ARGV[15] end
+    -- a callback the caller asked for last time was settled with the case (a new request in
+    -- this very event marks it again below)
     redis.call('HSET', k_case(c), 'st', 'queued', 'age', NOW - EPOCH_MS, 'reopened', NOW_S,
-      'x', '|', 'agent', '', 'plan', plan, 'plan_start', NOW_S, 'updated', NOW_S)
+      'x', '|', 'agent', '', 'plan', plan, 'plan_start', NOW_S, 'updated', NOW_S, 'callback', '0')
     log('case.reopened', {'case', c, 'customer', u})
   else
     action = 'created'
