@@ -13,6 +13,14 @@ the hex HMAC-SHA256 under ``SWITCHBOARD_CHAT_IDENTITY_SECRET`` of what it sends 
 conversation is open reach its customer at once, and the agent who has it open sees them
 (``case.refresh``).
 
+A visitor who closes the page without ending the chat is noticed: each case counts the widget
+connections open on it (the case's ``wv``), and when the last one has been gone for
+``SWITCHBOARD_VISITOR_GRACE_S`` (a reload comes back well within it) the agent holding the case is
+told (``case.updated`` ``visitor.left``, the time kept as the case's ``vleft``); a widget that opens
+the case again tells them the visitor is back (``visitor.back``). The node that saw the last
+connection close counts the grace: if it dies first, or a node dies with widgets open (their
+count then stays up), the agent is told nothing: a departure may go unsaid.
+
 ``end`` names the case it ends (a widget that was offline when the visitor pressed *End chat*
 delivers it later): an end for any other conversation than the visitor's current one ends
 nothing, and a resent one (same ``id``) is recorded once.
@@ -20,6 +28,7 @@ nothing, and a resent one (same ``id``) is recorded once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -50,6 +59,8 @@ _SIGNED = (("external_id", "external"), ("email", "email"), ("phone", "phone"))
 # a case's states while its conversation is open; an agent has it on screen in the last two
 _OPEN = (b"queued", b"offered", b"assigned", b"wrapping")
 _HELD = (b"assigned", b"wrapping")
+# the grace tasks running on this node (asyncio keeps only weak references to tasks)
+_GRACES: set[asyncio.Task[None]] = set()
 
 
 def identity_hash(secret: str, given: Mapping[str, str]) -> str:
@@ -70,13 +81,54 @@ class ChatSession:
         self.claims: dict[str, str] = {}  # kind -> value, stated and not verified
         self.secret = ctx.settings.chat_identity_secret
         self.name = ""
+        self.present = ""  # the case this connection is counted on (its ``wv``)
 
     async def watch(self, case: str) -> None:
         if case and case != self.case:
             if self.case:
                 await self.ctx.hub.unwatch_case(self.ws, self.case, self.conn)
+                await self.depart()
             self.case = case
             await self.ctx.hub.watch_case(self.ws, case, self.conn)
+            await self._arrive(case)
+
+    async def _arrive(self, case: str) -> None:
+        """Count this connection as the visitor's on ``case``; if their agent was told they
+        left, tell them they are back. A Redis failure leaves the connection uncounted: its
+        close then counts nothing either."""
+        k = keys.case(self.ws, case)
+        try:
+            async with self.ctx.redis.pipeline(transaction=False) as pipe:
+                pipe.hincrby(k, "wv", 1)
+                pipe.hdel(k, "vleft")
+                _, told = await pipe.execute()
+            self.present = case
+            if not told:
+                return
+            st, agent = await self.ctx.redis.hmget(k, ["st", "agent"])
+        except RedisError as e:
+            log.warning("chat visitor %s not counted on %s: %s", self.visitor, case, e)
+            return
+        if st in _HELD and agent:
+            frame = {"type": "case.updated", "case": case, "event": "visitor.back"}
+            await self.ctx.switch.notify(self.ws, agent.decode(), frame)
+
+    async def depart(self) -> None:
+        """This connection no longer counts on its case (it closed, or moved to a newer one).
+        If it was the visitor's last, see after the grace whether they came back."""
+        case, self.present = self.present, ""
+        if not case:
+            return
+        try:
+            left = await self.ctx.redis.hincrby(keys.case(self.ws, case), "wv", -1)
+        except RedisError as e:
+            log.warning("chat visitor %s not uncounted on %s: %s", self.visitor, case, e)
+            return
+        if left <= 0:
+            grace = self.ctx.settings.visitor_grace_s
+            task = asyncio.create_task(_tell_if_gone(self.ctx, self.ws, case, grace))
+            _GRACES.add(task)
+            task.add_done_callback(_GRACES.discard)
 
     async def handle(self, f: dict[str, Any]) -> dict[str, Any] | None:
         t = f["type"]
@@ -203,6 +255,32 @@ class ChatSession:
         return {"case": res.case, "duplicate": res.duplicate}
 
 
+async def _tell_if_gone(ctx: Ctx, ws: str, case: str, grace_s: float) -> None:
+    """After ``grace_s``, if no widget has the case open and an agent holds it, mark it
+    (``vleft``, once) and tell them the visitor left. A widget that comes back between the
+    look and the mark takes the mark off again, here or in ``_arrive`` (which then says
+    ``visitor.back``). Not atomic (no transaction, as in a cluster): a widget that comes back
+    in the instant between the last look and the push may have its ``visitor.back`` overtake
+    the ``visitor.left``; the case itself is right, so the console's next ``hello`` is."""
+    await asyncio.sleep(grace_s)
+    r, k = ctx.redis, keys.case(ws, case)
+    try:
+        wv, st, agent = await r.hmget(k, ["wv", "st", "agent"])
+        if int(wv or 0) > 0 or st not in _HELD or not agent:
+            return
+        now = int(time.time() * 1000)
+        if not await r.hsetnx(k, "vleft", now):
+            return  # told already
+        if int(await r.hget(k, "wv") or 0) > 0:
+            await r.hdel(k, "vleft")
+            return
+    except RedisError as e:
+        log.warning("chat visitor of %s: not told they left: %s", case, e)
+        return
+    frame = {"type": "case.updated", "case": case, "event": "visitor.left", "visitor_left": now}
+    await ctx.switch.notify(ws, agent.decode(), frame)
+
+
 async def chat_endpoint(websocket: WebSocket) -> None:
     ctx: Ctx = websocket.app.state.ctx
     s = ctx.settings
@@ -259,3 +337,4 @@ async def chat_endpoint(websocket: WebSocket) -> None:
         METRICS.connections.labels("chat").dec()
         if session.case:
             await ctx.hub.unwatch_case(who.workspace, session.case, conn)
+        await session.depart()

@@ -51,6 +51,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     token_ttl_s: int = 12 * 3600
     grace_s: float = 30.0  # an agent's reconnect grace before offers are rescinded
+    # a chat visitor with no widget open this long has left: their agent is told (chat_ws.py)
+    visitor_grace_s: float = 30.0
     node_dead_s: float = 15.0  # a node silent this long is dead: its consoles count as gone
     agent_max_frame: int = 64 * 1024
     bridge_max_frame: int = 1024 * 1024

@@ -53,6 +53,8 @@ def case_view(fields: Mapping[str, str]) -> dict[str, Any]:
     for k in ("callback", "disposition", "reopened", "transferred"):
         if fields.get(k):
             out[k] = fields[k]
+    if fields.get("vleft"):  # the chat visitor left the page then (ms; router/chat_ws.py)
+        out["visitor_left"] = int(fields["vleft"])
     return out
 
 

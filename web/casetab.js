@@ -35,6 +35,8 @@ export class CaseView {
     this.head = h("header", { class: "case-head" });
     // its own slot, so a callback requested while the case is open shows without redrawing the header
     this.callbackSlot = h("div", { class: "case-callback-slot" });
+    // the same for a chat visitor who closed the page (case.updated visitor.left / visitor.back)
+    this.presenceSlot = h("div", { class: "case-presence-slot" });
     this.actions = h("aside", { id: `actions-${this.uid}`, class: "case-actions", "aria-label": "Case actions",
       tabindex: "-1" });
     // at ≤ 1100 px the actions follow the conversation, below the fold: the header says they are
@@ -103,11 +105,13 @@ export class CaseView {
     const name = shown(this.customer.name) || identities(this.customer.identities, "Customer");
     this.renderTab(name);
     this.renderCallback();
+    this.renderPresence();
     replace(this.head,
       h("div", { class: "case-who" },
         h("div", { class: "case-who-line" }, h("h2", { testid: "case-customer", dir: "auto" }, name), this.jump),
         h("p", { class: "case-ids" }, identities(this.customer.identities)),
         this.callbackSlot,
+        this.presenceSlot,
         notVerified(this.customer) ? h("p", { class: "case-claims", testid: "case-claims", title: UNVERIFIED_TITLE },
           "Says: ", bdi((this.customer.claims || []).length ? identities(this.customer.claims) : name),
           " · not verified") : null),
@@ -146,6 +150,30 @@ export class CaseView {
     this.case = withCallback(this.case, number);
     this.renderTab();
     this.renderCallback();
+    return true;
+  }
+
+  renderPresence() {
+    const at = this.case.visitor_left;
+    replace(this.presenceSlot, at ? h("p", { class: "visitor-left", testid: "case-visitor-left",
+      title: "No chat window of theirs is open: they may not see your replies until they come back" },
+    h("span", { class: "badge visitor-left-badge" }, "Visitor left the page"), ` · ${clock(at / 1000)}`) : null);
+  }
+
+  /** The chat visitor closed the page (`at`, ms) or came back: the header says so. Returns
+   *  whether anything changed, so a repeated push is not announced twice. */
+  markVisitorLeft(at) {
+    if (this.case.visitor_left) return false;
+    this.case = { ...this.case, visitor_left: at };
+    this.renderPresence();
+    return true;
+  }
+
+  markVisitorBack() {
+    if (!this.case.visitor_left) return false;
+    this.case = { ...this.case };
+    delete this.case.visitor_left;
+    this.renderPresence();
     return true;
   }
 

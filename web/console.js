@@ -331,6 +331,13 @@ class AgentConsole {
     }
     const card = [...this.offerCards.values()].find((c) => c.offer.case.id === f.case);
     if (f.type === "case.updated" && f.event === "callback.requested") this.callbackRequested(view, card, f.callback_number);
+    if (view && f.type === "case.updated" && f.event === "visitor.left"
+      && view.markVisitorLeft(f.visitor_left || Date.now())) {
+      this.announce(`Visitor left the page (chat with ${customerName(view.customer)}).`);
+    }
+    if (view && f.type === "case.updated" && f.event === "visitor.back" && view.markVisitorBack()) {
+      this.announce(`Visitor is back on the page (chat with ${customerName(view.customer)}).`);
+    }
     const cust = view ? (view.customer.id || view.case.customer) : card?.offer.case.customer;
     if (!cust || !f.entry) return;
     if (!this.timeline(cust).add(f.entry)) return;
