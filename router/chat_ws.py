@@ -59,6 +59,7 @@ _SIGNED = (("external_id", "external"), ("email", "email"), ("phone", "phone"))
 # a case's states while its conversation is open; an agent has it on screen in the last two
 _OPEN = (b"queued", b"offered", b"assigned", b"wrapping")
 _HELD = (b"assigned", b"wrapping")
+_UNANSWERED = (b"queued", b"offered")
 # the grace tasks running on this node (asyncio keeps only weak references to tasks)
 _GRACES: set[asyncio.Task[None]] = set()
 
@@ -126,7 +127,12 @@ class ChatSession:
             return
         if left <= 0:
             grace = self.ctx.settings.visitor_grace_s
-            task = asyncio.create_task(_tell_if_gone(self.ctx, self.ws, case, grace))
+            # what their End chat would send, should the chat still be unanswered then
+            end = {"id": f"{self.visitor}:gone:{case}", "channel": "chat",
+                   "kind": "conversation.ended", "identities": dict(self.identities),
+                   "claims": dict(self.claims), "thread": self.visitor, "text": "",
+                   "name": self.name, "case": case}  # fmt: skip
+            task = asyncio.create_task(_tell_if_gone(self.ctx, self.ws, case, grace, end))
             _GRACES.add(task)
             task.add_done_callback(_GRACES.discard)
 
@@ -255,8 +261,11 @@ class ChatSession:
         return {"case": res.case, "duplicate": res.duplicate}
 
 
-async def _tell_if_gone(ctx: Ctx, ws: str, case: str, grace_s: float) -> None:
-    """After ``grace_s``, if no widget has the case open and an agent holds it, mark it
+async def _tell_if_gone(ctx: Ctx, ws: str, case: str, grace_s: float, end: dict[str, Any]) -> None:
+    """After ``grace_s``, if no widget has the case open: a chat no agent has answered yet
+    (queued, or offered) is abandoned, as a caller who hangs up while waiting is (``end``, the
+    End chat the visitor did not press: the queue's next case goes first, and an agent is
+    never handed a chat with nobody there); one an agent holds is marked
     (``vleft``, once) and tell them the visitor left. A widget that comes back between the
     look and the mark takes the mark off again, here or in ``_arrive`` (which then says
     ``visitor.back``). Not atomic (no transaction, as in a cluster): a widget that comes back
@@ -266,7 +275,12 @@ async def _tell_if_gone(ctx: Ctx, ws: str, case: str, grace_s: float) -> None:
     r, k = ctx.redis, keys.case(ws, case)
     try:
         wv, st, agent = await r.hmget(k, ["wv", "st", "agent"])
-        if int(wv or 0) > 0 or st not in _HELD or not agent:
+        if int(wv or 0) > 0:
+            return
+        if st in _UNANSWERED:
+            await ctx.switch.ingest(ws, end, source="widget")
+            return
+        if st not in _HELD or not agent:
             return
         now = int(time.time() * 1000)
         if not await r.hsetnx(k, "vleft", now):
@@ -274,7 +288,7 @@ async def _tell_if_gone(ctx: Ctx, ws: str, case: str, grace_s: float) -> None:
         if int(await r.hget(k, "wv") or 0) > 0:
             await r.hdel(k, "vleft")
             return
-    except RedisError as e:
+    except (RedisError, SwitchboardError) as e:
         log.warning("chat visitor of %s: not told they left: %s", case, e)
         return
     frame = {"type": "case.updated", "case": case, "event": "visitor.left", "visitor_left": now}

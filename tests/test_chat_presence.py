@@ -145,6 +145,42 @@ async def test_a_reload_within_the_grace_tells_the_agent_nothing(
         assert events(sam, case) == ["visitor.left"]
 
 
+async def test_an_unanswered_chat_whose_visitor_left_is_abandoned_not_offered(
+    server: ServerProcess, redis: Redis
+) -> None:
+    # nobody is available: the chat waits; a reload within the grace keeps it
+    visitor = await connect_chat(server.ws_url, workspace="acme")
+    token = (await visitor.expect("welcome"))["token"]
+    case = (await visitor.ok("message", text="Anyone there?"))["case"]
+    await visitor.close()
+
+    async def counted_out() -> bool:
+        return await widgets(redis, case) == 0
+
+    await wait_for(counted_out, message="the close is not counted")
+    reloaded = await connect_chat(server.ws_url, token=token)
+    assert (await reloaded.expect("welcome"))["case"] == case
+
+    async def status() -> bytes | None:
+        st: bytes | None = await redis.hget(keys.case("acme", case), "st")
+        return st
+
+    # then the visitor goes for good: the chat is abandoned, as a caller who hangs up is
+    await reloaded.close()
+    await wait_for(
+        lambda: _is(status(), b"abandoned"), timeout=10 + GRACE_S, message="not abandoned"
+    )
+    assert await redis.hget(keys.case("acme", case), "reason") == b"conversation.ended"
+    async with await sam_console(server) as sam:  # and no agent is handed it
+        await sam.ok("status", status="available")
+        await sam.ok("ping")
+        assert not [f for f in sam.seen if f["type"] == "offer"]
+
+
+async def _is(value: Any, want: object) -> bool:
+    return bool(await value == want)
+
+
 @pytest.mark.browser
 async def test_the_console_shows_the_visitor_left_across_a_reload_until_they_are_back(
     web: Web, server: ServerProcess
