@@ -128,10 +128,7 @@ class ChatSession:
         if left <= 0:
             grace = self.ctx.settings.visitor_grace_s
             # what their End chat would send, should the chat still be unanswered then
-            end = {"id": f"{self.visitor}:gone:{case}", "channel": "chat",
-                   "kind": "conversation.ended", "identities": dict(self.identities),
-                   "claims": dict(self.claims), "thread": self.visitor, "text": "",
-                   "name": self.name, "case": case}  # fmt: skip
+            end = self._event("conversation.ended", "", f"gone:{case}", case)
             task = asyncio.create_task(_tell_if_gone(self.ctx, self.ws, case, grace, end))
             _GRACES.add(task)
             task.add_done_callback(_GRACES.discard)
@@ -235,15 +232,8 @@ class ChatSession:
                 self.ws, agent.decode(), {"type": "case.refresh", **detail}
             )
 
-    async def _send(
-        self, kind: str, text: str, client_id: Any, *, case: str = ""
-    ) -> dict[str, Any]:
-        if client_id is None:
-            cid = secrets.token_hex(8)
-        elif isinstance(client_id, str) and 0 < len(client_id) <= 64:
-            cid = client_id
-        else:
-            raise BadRequest("id: 1-64 characters", code="frame.invalid")
+    def _event(self, kind: str, text: str, cid: str, case: str) -> dict[str, Any]:
+        """The visitor's event: what they say, as who they say they are, on their thread."""
         event = {
             "id": f"{self.visitor}:{cid}",
             "channel": "chat",
@@ -256,7 +246,20 @@ class ChatSession:
         }
         if case:  # this case, not whichever the thread names now
             event["case"] = case
-        res = await self.ctx.switch.ingest(self.ws, event, source="widget")
+        return event
+
+    async def _send(
+        self, kind: str, text: str, client_id: Any, *, case: str = ""
+    ) -> dict[str, Any]:
+        if client_id is None:
+            cid = secrets.token_hex(8)
+        elif isinstance(client_id, str) and 0 < len(client_id) <= 64:
+            cid = client_id
+        else:
+            raise BadRequest("id: 1-64 characters", code="frame.invalid")
+        res = await self.ctx.switch.ingest(
+            self.ws, self._event(kind, text, cid, case), source="widget"
+        )
         await self.watch(res.case)
         return {"case": res.case, "duplicate": res.duplicate}
 
