@@ -189,14 +189,22 @@ class Web:
             await ctx.close()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def web(browser: Browser, server: ServerProcess) -> AsyncIterator[Web]:
+@contextlib.asynccontextmanager
+async def browsing(browser: Browser, server: ServerProcess) -> AsyncIterator[Web]:
+    """A test's browser contexts on ``server``: closed at the end, and no page may have had an
+    error or a CSP violation."""
     w = Web(browser, server)
     try:
         yield w
     finally:
         await w.close()
     assert not w.problems, w.problems
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def web(browser: Browser, server: ServerProcess) -> AsyncIterator[Web]:
+    async with browsing(browser, server) as w:
+        yield w
 
 
 # -- people ---------------------------------------------------------------------------------------

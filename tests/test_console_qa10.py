@@ -231,12 +231,8 @@ def admin_server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def admin_web(browser: Browser, admin_server: ServerProcess) -> AsyncIterator[Web]:
-    w = Web(browser, admin_server)
-    try:
+    async with test_console.browsing(browser, admin_server) as w:
         yield w
-    finally:
-        await w.close()
-    assert not w.problems, w.problems
 
 
 async def test_the_transfer_menu_has_the_queues_an_admin_added_since_sign_in(
