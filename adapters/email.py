@@ -64,6 +64,7 @@ __all__ = [
     "build_reply",
     "make_message_id",
     "parse_peers",
+    "quote",
     "reply_token",
     "send",
     "verify_message_id",
@@ -288,8 +289,9 @@ class EmailAdapter:
 
     async def deliver(self, workspace: str, delivery: Mapping[str, Any]) -> str:
         """Send an agent's reply: ``{"case", "to": {"email"}, "subject", "text", "agent":
-        {"name"}, "in_reply_to", "references", "answers", "mailbox"}`` (``mailbox``: the one the
-        case came in on, which the reply comes from; else the workspace's first). Returns the
+        {"name"}, "in_reply_to", "references", "answers", "mailbox", "quote"}`` (``mailbox``: the
+        one the case came in on, which the reply comes from; else the workspace's first;
+        ``quote``: the customer's mail it answers, quoted below, see :func:`quote`). Returns the
         new Message-ID (record it if you like; threading does not need it).
         ValueError/LookupError/KeyError on a bad delivery; aiosmtplib.SMTPException or OSError
         when the smarthost refuses or is unreachable — nothing is retried or queued here."""
@@ -309,6 +311,7 @@ class EmailAdapter:
             domain=self._config.domain,
             plus_address=self._config.plus_address_replies,
             answers=bool(delivery.get("answers")),
+            quoted=str(delivery.get("quote") or ""),
         )
         await send(message, self._config)
         return str(message["Message-ID"])
@@ -432,6 +435,33 @@ class EmailAdapter:
 
 _REPLY_PREFIX = re.compile(r"^(?:\s*(?:re|aw|sv|antw)\s*(?:\[\d+\])?\s*:)+\s*", re.I)
 _BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_MAX_QUOTE_CHARS = 10_000
+_MAX_QUOTE_LINES = 200
+
+
+def quote(text: str, *, name: str = "", address: str = "", when: float | None = None) -> str:
+    """The customer's mail a reply answers, as mail clients quote it below a reply:
+    ``On Mon, 23 Nov 2026 at 06:35 UTC, Alice Smith <alice@example.com> wrote:`` and its lines
+    ``> ``-prefixed — at most 200 lines and 10,000 characters, then ``> […]``. ``""`` for no
+    text. (Our own inbound trimming knows this attribution: an answer quoting it is trimmed.)"""
+    body = _BODY_CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+    if not body:
+        return ""
+    lines = body[:_MAX_QUOTE_CHARS].split("\n")
+    cut = len(body) > _MAX_QUOTE_CHARS or len(lines) > _MAX_QUOTE_LINES
+    quoted = [f"> {line}".rstrip() for line in lines[:_MAX_QUOTE_LINES]]
+    if cut:
+        quoted.append("> […]")
+    who = clean_line(name, 200)
+    addr = clean_line(address, 254)
+    who = f"{who} <{addr}>" if who and addr else who or addr or "you"
+    date = ""
+    if when is not None:
+        try:
+            date = datetime.fromtimestamp(when, UTC).strftime("%a, %d %b %Y at %H:%M UTC") + ", "
+        except (OverflowError, OSError, ValueError):
+            date = ""
+    return f"On {date}{who} wrote:\n" + "\n".join(quoted)
 
 
 def parse_peers(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -478,11 +508,13 @@ def build_reply(
     from_name: str | None = None,
     plus_address: bool = True,
     answers: bool = False,
+    quoted: str = "",
 ) -> EmailMessage:
     """An agent's reply, every header built here from cleaned inputs: control characters in any
     input are removed, so no input can add a header. ``Re:`` is added once when the mail answers
     something (``in_reply_to``, ``references``, or ``answers``: the customer wrote on this case,
-    in a mail without a Message-ID) and the subject carries ``[#{reply_token}]``.
+    in a mail without a Message-ID) and the subject carries ``[#{reply_token}]``. ``quoted``
+    (:func:`quote`) follows the agent's text after a blank line.
     ValueError on an invalid address or case id."""
     sender, recipient = _address(from_addr, from_name), _address(to_addr)
     token = reply_token(secret, workspace, case_id)
@@ -506,6 +538,8 @@ def build_reply(
     if refs:
         message["References"] = " ".join(refs)
     body = _BODY_CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    if quoted.strip():
+        body = f"{body.rstrip()}\n\n{_BODY_CONTROL.sub('', quoted)}\n"
     message.set_content(body)
     return message
 

@@ -3,8 +3,9 @@
 Nothing here does I/O or touches routing state. ``parse_message`` is meant to run in a worker
 thread: it enforces its own limits (part count, nesting depth, a wall-clock budget checked
 between steps) and raises ``MessageTooComplex`` instead of grinding on a MIME bomb. Every other
-oddity of real mail — unknown charsets, broken encoded words, missing headers — degrades to
-replacement characters or ``None`` rather than an exception.
+oddity of real mail — unknown charsets, broken encoded words, missing headers — degrades to a
+best guess (UTF-8, else Windows-1252), replacement characters or ``None`` rather than an
+exception.
 
 Which case a mail answers is for :mod:`adapters.email_tokens` to say; who sent it, for
 :mod:`adapters.email_auth`.
@@ -12,6 +13,7 @@ Which case a mail answers is for :mod:`adapters.email_tokens` to say; who sent i
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import html
 import re
@@ -29,7 +31,7 @@ from typing import Any, TypedDict
 import nh3
 
 from adapters.email_auth import sender_verdict
-from adapters.email_tokens import find_case
+from adapters.email_tokens import find_case, strip_tokens
 
 __all__ = [
     "Attachment",
@@ -38,6 +40,7 @@ __all__ = [
     "ParsedMail",
     "clean_line",
     "html_to_text",
+    "is_forward",
     "normalize",
     "normalize_message_id",
     "parse_address",
@@ -75,7 +78,9 @@ class ParsedMail:
     name: str | None  # From display name
     recipients: tuple[str, ...]  # lower-cased To/Cc addresses
     subject: str
-    text: str  # plain text, quoted earlier text trimmed, capped at Limits.max_text_chars
+    # plain text, quoted earlier text trimmed (not in a forward), then the text of mails it
+    # forwards as attachments; capped at Limits.max_text_chars
+    text: str
     untrimmed_length: int
     truncated: bool
     attachments: tuple[Attachment, ...]  # the first Limits.max_attachments
@@ -86,6 +91,9 @@ class ParsedMail:
     auto_submitted: bool
     # Authentication-Results values, topmost first (adapters/email_auth.py judges them)
     auth_results: tuple[str, ...] = ()
+    # the Message-IDs of the mails it carries (a forwarded message/rfc822, a bounce's returned
+    # message or text/rfc822-headers): a bounce of our reply names the case in them
+    returned_ids: tuple[str, ...] = ()
 
 
 # --- headers ------------------------------------------------------------------------------------
@@ -124,8 +132,24 @@ def parse_address(value: str) -> str | None:
 
 
 def _unsurrogate(value: str) -> str:
-    # BytesParser keeps 8-bit header bytes as surrogate escapes; most such headers are UTF-8.
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    # BytesParser keeps 8-bit header bytes as surrogate escapes; most such headers are UTF-8,
+    # and those that are not are mostly Windows-1252 (an old mailer's "Caf\xe9")
+    return _guess(value.encode("utf-8", "surrogateescape"))
+
+
+def _as_cp1252(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    return exc.object[exc.start : exc.end].decode("cp1252", errors="replace"), exc.end
+
+
+codecs.register_error("switchboard.cp1252", _as_cp1252)
+
+
+def _guess(data: bytes) -> str:
+    """Text in no declared (or an unknown) charset: UTF-8 where it is that, and each byte that
+    is not as Windows-1252 (an old mailer's "caf\xe9"), as browsers read undeclared pages."""
+    return data.decode("utf-8", errors="switchboard.cp1252")
 
 
 _MAX_AUTH_RESULTS = 8
@@ -159,12 +183,18 @@ def _raw_headers(msg: Message) -> dict[str, str]:
 
 def _decode_bytes(data: bytes, charset: str | None) -> str:
     name = (charset or "").strip().strip('"').lower()[:40]
-    if name in ("", "us-ascii", "ascii"):
-        name = "utf-8"  # undeclared 8-bit text is almost always UTF-8, a superset of ASCII
     try:
-        return data.decode(name, errors="replace")
+        codec = codecs.lookup(name).name if name else ""
     except (LookupError, TypeError, ValueError):
-        return data.decode("utf-8", errors="replace")
+        codec = ""  # an unknown charset is no better than none
+    if codec in ("", "ascii"):
+        return _guess(data)  # undeclared 8-bit text: UTF-8 (a superset of ASCII), else 1252
+    if codec == "iso8859-1":
+        codec = "cp1252"  # what mail labelled Latin-1 really is (as for browsers: "\x80" is €)
+    try:
+        return data.decode(codec, errors="replace")
+    except (LookupError, TypeError, ValueError):  # not a text codec ("base64")
+        return _guess(data)
 
 
 def _decode_words(value: str) -> str:
@@ -215,6 +245,12 @@ _HTML_SPACE = re.compile(r"\s+")
 # [^<>] rather than [^>]: an unterminated "<a" must not make each match scan to the end.
 _HTML_BREAK = re.compile(r"<(?:br|hr)\b[^<>]*>|</(?:div|li|tr|h[1-6]|pre|table)\s*>", re.I)
 _HTML_PARAGRAPH = re.compile(r"</(?:p|blockquote)\s*>", re.I)
+_HTML_CELL = re.compile(r"</t[dh]\s*>", re.I)  # "<td>Total</td><td>40</td>": "Total 40"
+# nh3's output keeps only <a> with an http(s) href, attributes quoted and text escaped; anchors
+# cannot nest, so this reads it exactly
+_HTML_LINK = re.compile(r'<a(?: href="([^"<>]*)")?>([^<]*)</a>')
+_HTML_ANY_LINK = re.compile(r"</?a\b[^<>]*>")  # should nh3 ever write one otherwise
+_MAX_URL = 2000
 _HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]{0,20})\b[^<>]*>")
 _DROP_CONTENT = {"script", "style", "title", "template", "noscript", "head"}
 _RAW_TEXT = {"script", "style", "title"}  # cannot nest
@@ -245,11 +281,31 @@ def html_to_text(markup: str) -> str:
     text may contain ``<`` where the customer wrote one, and must be displayed as text."""
     markup = _HTML_SPACE.sub(" ", markup)  # source newlines are just spaces in HTML
     markup = _HTML_PARAGRAPH.sub("\\g<0>\n\n", _HTML_BREAK.sub("\\g<0>\n", markup))
+    markup = _HTML_CELL.sub("\\g<0> ", markup)
     if _html_depth(markup) > _MAX_HTML_DEPTH:
         # The HTML tree builder is quadratic in nesting depth: flatten such markup first.
         markup = _HTML_TAG.sub(_flatten, markup)
-    text = html.unescape(nh3.clean(markup, tags=set(), clean_content_tags=_DROP_CONTENT))
+    cleaned = nh3.clean(
+        markup,
+        tags={"a"},
+        # "*": no attributes on every tag (not even title, lang): an anchor is <a href="…">
+        attributes={"a": {"href"}, "*": set()},
+        url_schemes={"http", "https"},
+        link_rel=None,
+        clean_content_tags=_DROP_CONTENT,
+    )
+    text = html.unescape(_HTML_ANY_LINK.sub("", _HTML_LINK.sub(_link, cleaned)))
     return _tidy(text.replace("\xa0", " "))
+
+
+def _link(m: re.Match[str]) -> str:
+    """A link as text: ``track (https://…)``, so the agent sees where "click here" leads; an
+    address that is its own text once; other schemes (``javascript:``) only their text."""
+    href, label = m.group(1) or "", m.group(2)
+    url = html.unescape(href)
+    if not url or len(url) > _MAX_URL or url in html.unescape(label):
+        return label
+    return f"{label} ({href})" if label.strip() else f"({href})"
 
 
 def _tidy(text: str) -> str:
@@ -263,18 +319,42 @@ _ATTRIBUTION = re.compile(
     re.I,
 )
 _SEPARATOR = re.compile(r"\s*-{3,}\s*Original Message\s*-{3,}\s*", re.I)
+# what the forwarding client wrote above the message it forwards (Gmail, Thunderbird, Apple Mail,
+# and their German, French, Spanish and Dutch versions)
+_FORWARD_MARK = re.compile(
+    r"\s*(?:-{2,}\s*(?:Forwarded message|Weitergeleitete Nachricht|Message transf[ée]r[ée]"
+    r"|Mensaje reenviado|Doorgestuurd bericht)\s*-{2,}"
+    r"|(?:Begin forwarded message|Anfang der weitergeleiteten Nachricht)\s*:)\s*",
+    re.I,
+)
+# Fwd:, FW:, and WG:/TR:/RV:/ENC:/Doorst: (German, French, Spanish, Portuguese, Dutch), maybe
+# after the ticket systems' "[ext]" tags; not "Re: Fwd:", which answers a forward
+_FORWARD_SUBJECT = re.compile(r"(?:\[[^\]]{0,40}\]\s*)*(?:fwd?|wg|tr|rv|enc|doorst)\s*:", re.I)
+
+
+def is_forward(subject: str) -> bool:
+    """Whether ``subject`` says the mail forwards another (``Fwd: …``, ``FW: …``, ``WG: …``)."""
+    return _FORWARD_SUBJECT.match(subject.strip()) is not None
+
+
 _OUTLOOK_RULE = re.compile(r"\s*_{20,}\s*")
 
 
-def trim_quoted(text: str) -> str:
+def trim_quoted(text: str, *, forward: bool = False) -> str:
     """Drop quoted earlier text: ``>`` lines and everything from an attribution line
     (``On <date>, <name> wrote:``, ``-----Original Message-----``, an Outlook ``From:/Sent:``
-    block) onward. If nothing would remain, the text is returned unchanged."""
+    block) onward. If nothing would remain, the text is returned unchanged. A forward
+    (``forward``, or a ``---------- Forwarded message ----------`` line before any of those)
+    is kept whole: what it forwards is what the customer wants read."""
+    if forward:
+        return text.strip()
     lines = text.split("\n")
     cut = len(lines)
     for i, line in enumerate(lines):
         if len(line) > 1000:
             continue
+        if _FORWARD_MARK.fullmatch(line):
+            return text.strip()
         joined = f"{line} {lines[i + 1]}" if i + 1 < len(lines) else line
         nxt = [ln.strip().lower() for ln in lines[i + 1 : i + 4]]
         if (
@@ -297,6 +377,14 @@ def trim_quoted(text: str) -> str:
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
+def _subtype(part: Message) -> str:
+    """The part's text subtype; a ``multipart/*`` without a boundary (a broken mailer's) holds
+    plain text, as the stdlib parser leaves it."""
+    if part.get_content_maintype() == "multipart" and not part.is_multipart():
+        return "plain"
+    return part.get_content_subtype()
+
+
 def _part_text(part: Message) -> str:
     payload = part.get_payload(decode=True)
     data = payload if isinstance(payload, bytes) else b""
@@ -305,7 +393,7 @@ def _part_text(part: Message) -> str:
     except Exception:
         charset = None
     text = _decode_bytes(data, charset)
-    if part.get_content_subtype() == "html":
+    if _subtype(part) == "html":
         return html_to_text(text)
     return _TEXT_CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
@@ -359,45 +447,86 @@ class _Budget:
         return EmailMessage(policy=policy)
 
 
-def _leaves(msg: Message, budget: _Budget) -> list[Message]:
-    """Leaf parts in document order; a forwarded message/rfc822 counts as one leaf."""
-    leaves: list[Message] = []
-    stack: list[tuple[Message, int]] = [(msg, 0)]
+def _leaves(msg: Message, budget: _Budget) -> tuple[list[tuple[Message, int]], list[Message]]:
+    """Leaf parts in document order, each with the message it belongs to: 0 the mail itself,
+    n its n-th forwarded message/rfc822 — itself a leaf of its parent (an attachment), and
+    listed second, in order."""
+    leaves: list[tuple[Message, int]] = []
+    forwarded: list[Message] = []
+    stack: list[tuple[Message, int, int]] = [(msg, 0, 0)]
     while stack:
         budget.tick()
-        part, depth = stack.pop()
+        part, depth, owner = stack.pop()
         if depth > budget.limits.max_depth:
             raise MessageTooComplex(f"MIME nesting deeper than {budget.limits.max_depth}")
         payload: Any = part.get_payload()
         if isinstance(payload, list):
-            children = [(p, depth + 1) for p in payload if isinstance(p, Message)]
+            if part.get_content_type() == "message/rfc822":
+                leaves.append((part, owner))
+                forwarded.append(part)
+                owner = len(forwarded)
+            children = [(p, depth + 1, owner) for p in payload if isinstance(p, Message)]
             stack.extend(reversed(children))
-            if part.get_content_type() != "message/rfc822":
-                continue
-        leaves.append(part)
-    return leaves
+            continue
+        leaves.append((part, owner))
+    return leaves, forwarded
 
 
 def _is_attachment(part: Message) -> bool:
+    textual = part.get_content_maintype() == "text" or _subtype(part) == "plain"
     return (
-        part.get_content_maintype() != "text"
-        or part.get_content_disposition() == "attachment"
-        or _filename(part) is not None
+        not textual or part.get_content_disposition() == "attachment" or _filename(part) is not None
     )
+
+
+def _inner(part: Message) -> Message | None:
+    """The message a message/rfc822 part holds."""
+    payload: Any = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload else None
+    return inner if isinstance(inner, Message) else None
 
 
 def _attachment(part: Message) -> Attachment:
     ctype = part.get_content_type()
+    name = _filename(part)
     if ctype == "message/rfc822":
-        payload: Any = part.get_payload()
+        inner = _inner(part)
         try:
-            size = len(payload[0].as_bytes()) if payload else 0
+            size = len(inner.as_bytes()) if inner is not None else 0
         except Exception:
             size = 0
+        # a forwarded mail is named by its subject, as mail clients show it
+        subject = _raw_headers(inner).get("subject", "") if inner is not None else ""
+        subject = strip_tokens(clean_line(_decode_words(subject), 120))
+        name = name or (f"{subject}.eml" if subject else "forwarded message.eml")
     else:
         data = part.get_payload(decode=True)
         size = len(data) if isinstance(data, bytes) else 0
-    return {"name": _filename(part) or "attachment", "type": ctype, "size": size}
+    return {"name": name or "attachment", "type": ctype, "size": size}
+
+
+def _body(parts: Sequence[Message]) -> Message | None:
+    """The part to read: text/plain preferred, else text/html."""
+    plain = next((p for p in parts if _subtype(p) == "plain"), None)
+    if plain is not None:  # not "or": a part without headers is falsy (len() counts them)
+        return plain
+    return next((p for p in parts if _subtype(p) == "html"), None)
+
+
+_MAX_FORWARDS = 5
+_RETURNED_MSGID = re.compile(r"^message-id:\s*<([^<>\s\x00-\x1f\x7f]{1,250})>", re.I | re.M)
+_FORWARD_HEADERS = (("from", "From"), ("date", "Date"), ("subject", "Subject"), ("to", "To"))
+
+
+def _forward_block(part: Message, text: str) -> str:
+    """A forwarded message as a mail client quotes one inline: who, when, what, then its text."""
+    inner = _inner(part)
+    headers = _raw_headers(inner) if inner is not None else {}
+    lines = ["---------- Forwarded message ----------"]
+    for key, label in _FORWARD_HEADERS:
+        if value := strip_tokens(clean_line(_decode_words(headers.get(key, "")), 500)):
+            lines.append(f"{label}: {value}")
+    return "\n".join(lines) + ("\n\n" + text.strip() if text.strip() else "")
 
 
 def parse_message(raw: bytes, limits: Limits) -> ParsedMail:
@@ -412,22 +541,45 @@ def parse_message(raw: bytes, limits: Limits) -> ParsedMail:
         parser.feed(bytes(view[start : start + 65_536]))
     msg = parser.close()
 
-    inline: list[Message] = []
+    leaves, forwarded = _leaves(msg, budget)
+    inline: list[tuple[Message, int]] = []
     attachments: list[Attachment] = []
-    for part in _leaves(msg, budget):
+    for part, owner in leaves:
         budget.tick()  # each part's headers cost a little: keep the deadline close
         if _is_attachment(part):
             attachments.append(_attachment(part))
         else:
-            inline.append(part)
-    body = next((p for p in inline if p.get_content_subtype() == "plain"), None)
-    body = body or next((p for p in inline if p.get_content_subtype() == "html"), None)
+            inline.append((part, owner))
+    returned: list[str] = []
+    for part in forwarded[:_MAX_FORWARDS]:
+        inner = _inner(part)
+        if inner is not None and (
+            mid := normalize_message_id(_raw_headers(inner).get("message-id"))
+        ):
+            returned.append(mid)
+    for part, _ in inline:
+        if part.get_content_type() == "text/rfc822-headers":
+            budget.tick()
+            returned += [f"<{m}>" for m in _RETURNED_MSGID.findall(_part_text(part)[:_MAX_HEADER])]
+    cap = limits.max_text_chars * 4  # bounded work on giant bodies
+    headers = _raw_headers(msg)
+    subject = clean_line(_decode_words(headers.get("subject", "")))
+    body = _body([p for p, owner in inline if owner == 0])
     full = _part_text(body) if body is not None else ""
     budget.tick()
-    text = trim_quoted(full[: limits.max_text_chars * 4])  # bounded work on giant bodies
-
-    headers = _raw_headers(msg)
+    pieces = [trim_quoted(full[:cap], forward=is_forward(subject))]
+    # a mail forwarded as an attachment is read like one forwarded inline: its text follows
+    for n, part in enumerate(forwarded[:_MAX_FORWARDS], start=1):
+        budget.tick()
+        inner = _body([p for p, owner in inline if owner == n])
+        inner_text = _part_text(inner)[:cap] if inner is not None else ""
+        pieces.append(_forward_block(part, inner_text))
+        full += "\n\n" + inner_text
+    text = "\n\n".join(p for p in pieces if p)
     sender = _addresses(headers.get("from"))
+    name = (sender[0][0] or None) if sender else None
+    if name and sender and _other_address(name, sender[0][1]):
+        name = None  # "alice@example.com" <mallory@evil.example>: the address is who it is
     recipients = _addresses(headers.get("to")) + _addresses(headers.get("cc"))
     refs = _MSGID.findall(headers.get("references", ""))
     reply_ids = [f"<{m}>" for m in _MSGID.findall(headers.get("in-reply-to", ""))]
@@ -436,12 +588,12 @@ def parse_message(raw: bytes, limits: Limits) -> ParsedMail:
         digest=hashlib.sha256(raw).hexdigest(),
         message_id=normalize_message_id(headers.get("message-id")),
         sender=sender[0][1] if sender else None,
-        name=(sender[0][0] or None) if sender else None,
+        name=name,
         recipients=tuple(addr for _, addr in recipients[:_MAX_REPLY_IDS]),
-        subject=clean_line(_decode_words(headers.get("subject", ""))),
+        subject=subject,
         text=text[: limits.max_text_chars],
         untrimmed_length=len(full),
-        truncated=len(text) > limits.max_text_chars or len(full) > limits.max_text_chars * 4,
+        truncated=len(text) > limits.max_text_chars or len(full) > cap,
         attachments=tuple(attachments[: limits.max_attachments]),
         attachments_omitted=max(len(attachments) - limits.max_attachments, 0),
         reply_ids=tuple(dict.fromkeys(reply_ids[:_MAX_REPLY_IDS])),
@@ -449,7 +601,13 @@ def parse_message(raw: bytes, limits: Limits) -> ParsedMail:
         language=_language(headers.get("content-language")),
         auto_submitted=_is_auto(headers),
         auth_results=_auth_results(msg),
+        returned_ids=tuple(dict.fromkeys(returned[:_MAX_FORWARDS])),
     )
+
+
+def _other_address(name: str, address: str) -> bool:
+    """Whether a display name shows an email address other than the sender's own."""
+    return any(m.lower() != address for m in _ADDR.findall(name))
 
 
 # --- normalized event ---------------------------------------------------------------------------
@@ -478,7 +636,10 @@ def normalize(
     then it is only a claim, linked to no customer. ``attributes.sender_auth`` keeps the verdict.
     """
     sender = mail.sender
-    if sender is None and envelope_sender:
+    # MAIL FROM:<> (aiosmtpd hands on "<>"): a bounce or another automatic notice (RFC 5321
+    # 4.5.5), never a person writing
+    null_sender = not envelope_sender or envelope_sender.strip() in ("<>", "")
+    if sender is None and not null_sender and envelope_sender:
         found = _addresses(envelope_sender)
         sender = found[0][1] if found else None
     if sender is None:
@@ -490,8 +651,10 @@ def normalize(
         event_id = mid
     else:
         event_id = "sha256:" + hashlib.sha256(mid.encode()).hexdigest()
+    # a bounce of our reply carries it back: its Message-ID names the case, so the agent sees
+    # on the case that the reply did not arrive (only our own, signed Message-IDs thread)
     case = find_case(
-        mail.reply_ids,
+        (*mail.reply_ids, *(mail.returned_ids if null_sender or mail.auto_submitted else ())),
         (*rcpt_tos, *mail.recipients),
         mail.subject,
         secret=secret,
@@ -509,7 +672,8 @@ def normalize(
         "name": mail.name,
         "thread": case,
         "case": case,
-        "subject": mail.subject,
+        # our reply token, which threaded it, is noise to the agent reading it
+        "subject": strip_tokens(mail.subject),
         "text": mail.text,
         "attachments": [dict(a) for a in mail.attachments],
         "attributes": {
@@ -520,7 +684,7 @@ def normalize(
             "untrimmed_length": mail.untrimmed_length,
             "truncated": mail.truncated,
             "attachments_omitted": mail.attachments_omitted,
-            "auto_submitted": mail.auto_submitted or not envelope_sender,
+            "auto_submitted": mail.auto_submitted or null_sender,
             "sender_auth": verdict,
         },
         "ts": mail.date if sane and mail.date is not None else now,

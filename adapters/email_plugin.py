@@ -3,7 +3,11 @@
 Inbound: the SMTP server hands each accepted mail to ``switch.ingest`` and answers 250 only
 after the case is in Redis. Outbound: agents' email replies are read from the workspace outbox
 (consumer group ``email``, at least once) and sent to the smarthost — or, with no smarthost
-configured (the demo), written as ``.eml`` files under ``<data_dir>/mail-out/``.
+configured (the demo), written as ``.eml`` files under ``<data_dir>/mail-out/``. A reply the
+smarthost refuses for good (a 5xx for its recipient or its content), or one that cannot be
+built, is set aside under ``<data_dir>/mail-failed/`` and logged, so the replies behind it go
+out, and the case's history and its agents are told (``Switch.delivery_failed``); anything else
+(the smarthost unreachable, a 4xx) is retried.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiosmtplib
 from starlette.routing import BaseRoute
 
-from adapters.email import EmailAdapter, EmailConfig, build_reply, parse_peers
+from adapters.email import EmailAdapter, EmailConfig, build_reply, parse_peers, quote
 from router import keys
 from router.config import Settings
+from router.errors import NotFound
 from router.outbox import OutboxReader
 
 if TYPE_CHECKING:
@@ -53,6 +59,7 @@ class EmailPlugin:
         self.readers: list[OutboxReader] = []
         self.ctx: Ctx | None = None
         self.drop_dir = Path(settings.data_dir) / "mail-out"
+        self.failed_dir = Path(settings.data_dir) / "mail-failed"
 
     def routes(self) -> list[BaseRoute]:
         return []
@@ -101,20 +108,104 @@ class EmailPlugin:
         async def deliver(eid: str, entry: dict[str, Any]) -> bool:
             assert self.ctx is not None and self.adapter is not None
             delivery = await self._delivery(ws, entry)
+            reply = entry.get("entry") if isinstance(entry.get("entry"), dict) else {}
             if delivery is None:
                 log.warning(
                     "email reply %s for case %s: customer has no address; dropped",
                     eid,
                     entry.get("case"),
                 )
+                await self._tell(
+                    ws,
+                    eid,
+                    str(entry.get("case") or ""),
+                    "",
+                    "the customer has no email address",
+                    reply,
+                )
                 return True
-            if self.settings.smarthost:
-                await self.adapter.deliver(ws, delivery)
-            else:
-                self._drop(ws, eid, delivery)
+            try:
+                if self.settings.smarthost:
+                    await self.adapter.deliver(ws, delivery)
+                else:
+                    self._drop(ws, eid, delivery)
+            except (ValueError, LookupError) as e:  # no mail can be made of it
+                await self._failed(
+                    ws,
+                    eid,
+                    delivery,
+                    f"not sendable: {e}",
+                    told=f"no mail could be made of it ({e})",
+                    reply=reply,
+                )
+            except aiosmtplib.SMTPException as e:
+                answer = _refused_for_good(e)
+                if answer is None:
+                    raise  # the outbox retries it (the smarthost is down, busy, misconfigured)
+                await self._failed(
+                    ws,
+                    eid,
+                    delivery,
+                    f"refused by the smarthost: {answer}",
+                    told=answer,
+                    reply=reply,
+                )
             return True
 
         return deliver
+
+    async def _failed(
+        self,
+        ws: str,
+        eid: str,
+        delivery: dict[str, Any],
+        reason: str,
+        *,
+        told: str = "",
+        reply: dict[str, Any] | None = None,
+    ) -> None:
+        """A reply that will never go out: retrying it would hold up every reply behind it in
+        the outbox. Kept for the operator as ``mail-failed/<entry>.json``, logged, and the agents
+        told on the case (``told``: the reason as they read it; ``reply``: its timeline entry).
+        If the record cannot be written (the disk full, read-only), that is logged and the reply
+        is set aside all the same: retrying it would not write it either."""
+        path = self.failed_dir / f"{eid}.json"
+        record = {"workspace": ws, "entry": eid, "reason": reason, "delivery": delivery}
+        to = str((delivery.get("to") or {}).get("email") or "")
+        try:
+            self.failed_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=2, default=str))
+        except OSError as e:
+            log.error(
+                "email reply %s for case %s to %s not delivered (%s); could not be kept in %s: %s",
+                eid,
+                delivery.get("case"),
+                to,
+                reason,
+                path,
+                e,
+            )
+        else:
+            log.error(
+                "email reply %s for case %s to %s not delivered (%s); kept in %s",
+                eid,
+                delivery.get("case"),
+                to,
+                reason,
+                path,
+            )
+        await self._tell(ws, eid, str(delivery.get("case") or ""), to, told or reason, reply)
+
+    async def _tell(
+        self, ws: str, eid: str, case: str, to: str, reason: str, reply: dict[str, Any] | None
+    ) -> None:
+        """The case's history and its agents hear the reply was not delivered (once per outbox
+        entry). A Redis failure raises: the outbox tries the entry again, and tells them then."""
+        assert self.ctx is not None
+        try:
+            await self.ctx.switch.delivery_failed(ws, case, reason, to=to, reply=reply, key=eid)
+        except NotFound:
+            log.warning("email reply %s: case %s is gone; nobody to tell", eid, case)
 
     async def _delivery(self, ws: str, entry: dict[str, Any]) -> dict[str, Any] | None:
         assert self.ctx is not None
@@ -134,6 +225,7 @@ class EmailPlugin:
         parent = None
         refs: list[str] = []
         answers = False  # the customer wrote on this case: the reply's subject says "Re:"
+        latest: dict[str, Any] | None = None  # the customer's latest mail on the case
         for raw in await r.lrange(keys.customer_timeline(ws, cust), -200, -1):
             e = json.loads(raw)
             if e.get("case") == case and e.get("ch") == "email" and e.get("dir") == "in":
@@ -146,6 +238,18 @@ class EmailPlugin:
                 addr = e.get("addr")
                 if isinstance(addr, str) and "@" in addr and addr.lower() in own:
                     emails = [addr]
+                    # only the customer's own words: a stranger's mail on the case (someone
+                    # who had its reply address) is not quoted back to the customer
+                    latest = e
+        quoted = ""  # the customer's latest mail on the case, quoted below the reply
+        if latest is not None:
+            ts = latest.get("ts")
+            quoted = quote(
+                str(latest.get("text") or ""),
+                name=str(latest.get("from") or ""),
+                address=str(latest["addr"]),
+                when=float(ts) if isinstance(ts, int | float) else None,
+            )
         if not emails:
             return None
         text = (entry.get("entry") or {}).get("text", "")
@@ -167,6 +271,7 @@ class EmailPlugin:
             "references": refs[-10:],
             "answers": answers,
             "mailbox": mailbox,
+            "quote": quoted,
         }
 
     def _drop(self, ws: str, eid: str, delivery: dict[str, Any]) -> None:
@@ -188,6 +293,7 @@ class EmailPlugin:
             domain=cfg.domain,
             plus_address=cfg.plus_address_replies,
             answers=delivery.get("answers", False),
+            quoted=str(delivery.get("quote") or ""),
         )
         self.drop_dir.mkdir(parents=True, exist_ok=True)
         path = self.drop_dir / f"{eid}.eml"
@@ -199,6 +305,24 @@ class EmailPlugin:
             await r.stop()
         if self.adapter is not None:
             await self.adapter.stop()
+
+
+def _refused_for_good(exc: aiosmtplib.SMTPException) -> str | None:
+    """The smarthost's answer if it refused this reply for good — a 5xx for every recipient, or
+    for the message at DATA —, as it is logged and the agent reads it: "550 5.1.1 mailbox
+    unknown" (each recipient too, if it refused more than the one). None for anything retrying
+    may cure (a 4xx, a refused sender or sign-in — its configuration, not this reply —, a
+    dropped connection)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        refused = exc.recipients
+        if not refused or any(r.code < 500 for r in refused):
+            return None
+        if len(refused) == 1:
+            return f"{refused[0].code} {refused[0].message}"
+        return "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in refused)
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused | aiosmtplib.SMTPDataError):
+        return f"{exc.code} {exc.message}" if exc.code >= 500 else None
+    return None
 
 
 def plugin(settings: Settings) -> EmailPlugin | None:

@@ -7,8 +7,15 @@ Routes (all ``POST``, all checked against ``X-Twilio-Signature``; see docs/adapt
 - ``/voice/twilio/hold``     — the hold loop's next round (the TwiML redirects here).
 - ``/voice/twilio/gather``   — a keypress while on hold: 1 ingests ``callback.requested``,
   confirms and hangs up; anything else goes on holding.
+- ``/voice/twilio/dialed``   — the agent's leg of a bridged call ended (``<Dial action>``): a
+  call its agent transferred (waiting again, or being connected to someone else) goes back
+  on hold; any other ends.
 - ``/voice/twilio/status``   — status callbacks: a terminal status ingests ``call.ended`` with
   ``seq`` = SequenceNumber; other statuses change nothing.
+
+Each hold round looks at the call's case: a caller whose case was closed meanwhile (cancelled
+when the workflow ran out, completed by an agent the call never reached) hears that nobody can
+take the call, and the call ends, instead of holding for good.
 
 The workspace is the webhook URL's ``workspace`` query parameter (Twilio signs the whole URL,
 so it can be trusted), or the server's only workspace when it has one. A signature is checked
@@ -44,9 +51,11 @@ from adapters.twilio_voice import (
     callable_number,
     callback_event,
     callback_twiml,
+    hangup_twiml,
     hold_twiml,
     offered_event,
     status_event,
+    valid_call_sid,
 )
 from router import keys
 from router.config import Settings
@@ -152,6 +161,7 @@ class TwilioPlugin:
                 ("incoming", TwilioPlugin._incoming),
                 ("hold", TwilioPlugin._hold),
                 ("gather", TwilioPlugin._gather),
+                ("dialed", TwilioPlugin._dialed),
                 ("status", TwilioPlugin._status),
             )
         ]
@@ -159,7 +169,12 @@ class TwilioPlugin:
     async def start(self, ctx: Ctx) -> None:
         c = self.config
         self._rest = TwilioRest(c.api_base, c.account_sid, c.auth_token)
-        self._bridge = CallBridge(ctx, self._rest, workspace_poll_s=c.workspace_poll_s)
+        self._bridge = CallBridge(
+            ctx,
+            self._rest,
+            workspace_poll_s=c.workspace_poll_s,
+            dialed_url=lambda ws, agent: self._url("dialed", ws, agent=agent),
+        )
         await self._bridge.start()
         self._ctx = ctx
 
@@ -220,10 +235,12 @@ class TwilioPlugin:
             )
         return known[0]
 
-    def _url(self, name: str, ws: str) -> str:
-        return f"{self.config.public_url}{PATH}/{name}?{urlencode({'workspace': ws})}"
+    def _url(self, name: str, ws: str, **query: str) -> str:
+        return f"{self.config.public_url}{PATH}/{name}?{urlencode({'workspace': ws, **query})}"
 
-    def _hold_twiml(self, params: Params, ws: str, *, greeting: bool = False) -> Response:
+    def _hold_twiml(
+        self, params: Params, ws: str, *, greeting: bool = False, transfer: bool = False
+    ) -> Response:
         twiml = hold_twiml(
             gather_url=self._url("gather", ws),
             hold_url=self._url("hold", ws),
@@ -231,8 +248,24 @@ class TwilioPlugin:
             greeting=greeting,
             music_url=self.config.hold_music_url,
             pause_s=self.config.hold_pause_s,
+            transfer=transfer,
         )
         return Response(twiml, media_type="text/xml")
+
+    async def _case_of(self, ws: str, params: Params) -> tuple[str, str]:
+        """The status and agent of the case of the call a webhook is about (``("", "")``
+        when no case has the call)."""
+        sid = params.get("CallSid") or ""
+        if not valid_call_sid(sid):
+            raise BadRequest(
+                "CallSid: expected CA followed by 32 hex digits", code="twilio.invalid"
+            )
+        r = self.ctx.redis
+        case = await r.hget(keys.threads(ws), f"voice:{sid}")
+        if not case:
+            return "", ""
+        st, agent = await r.hmget(keys.case(ws, case.decode()), ["st", "agent"])
+        return (st or b"").decode(), (agent or b"").decode()
 
     async def _ingest(self, ws: str, event: Mapping[str, Any]) -> dict[str, Any]:
         res = await self.ctx.switch.ingest(ws, event, source="twilio")  # counted there
@@ -246,14 +279,42 @@ class TwilioPlugin:
         return self._hold_twiml(params, ws, greeting=True)
 
     async def _hold(self, request: Request, params: Params, ws: str) -> Response:
-        return self._hold_twiml(params, ws)
+        try:
+            st, _ = await self._case_of(ws, params)
+        except RedisError as e:
+            # before hold rounds looked at the case, a Redis failover could not drop a caller
+            # on hold; it still cannot: they hold on, and the next round looks again
+            log.warning("twilio hold round of %s: case not read: %s", params.get("CallSid"), e)
+            return self._hold_twiml(params, ws)
+        # waiting, or accepted and being connected (the call update is on its way)
+        if st in ("queued", "offered", "assigned"):
+            return self._hold_twiml(params, ws)
+        # closed while the caller held (cancelled, completed by an agent the call never
+        # reached, wrapped up): nobody will come
+        return Response(hangup_twiml(), media_type="text/xml")
 
     async def _gather(self, request: Request, params: Params, ws: str) -> Response:
         event = callback_event(params)
         if event is None:
-            return self._hold_twiml(params, ws)
+            return await self._hold(request, params, ws)
         await self._ingest(ws, event)
         return Response(callback_twiml(), media_type="text/xml")
+
+    async def _dialed(self, request: Request, params: Params, ws: str) -> Response:
+        """The agent's leg ended. A call its agent transferred (or a supervisor took back)
+        waits again — or is already being connected to the one who accepted it: back on
+        hold, which the next agent's call update ends. Otherwise the conversation is over."""
+        try:
+            st, agent = await self._case_of(ws, params)
+        except RedisError as e:  # on hold rather than cut off; the next round looks again
+            log.warning("twilio dial of %s ended: case not read: %s", params.get("CallSid"), e)
+            return self._hold_twiml(params, ws, transfer=True)
+        dialed = request.query_params.get("agent", "")
+        if st in ("queued", "offered") or (st == "assigned" and agent != dialed):
+            return self._hold_twiml(params, ws, transfer=True)
+        # the agent never answered their leg: say so rather than cut the caller off
+        unanswered = params.get("DialCallStatus") in ("no-answer", "busy", "failed", "canceled")
+        return Response(hangup_twiml() if unanswered else hangup_twiml(""), media_type="text/xml")
 
     async def _status(self, request: Request, params: Params, ws: str) -> Response:
         event = status_event(params)

@@ -5,7 +5,9 @@ When an agent accepts a voice offer, ``offer_accept.lua`` appends a ``call.conne
 :class:`CallBridge` reads every workspace outbox through its own consumer group (``twilio``)
 and, for each entry whose thread is a Twilio CallSid:
 
-- a live call: updates it with ``<Dial>`` to the agent's ``contact_uri`` attribute;
+- a live call: updates it with ``<Dial>`` to the agent's ``contact_uri`` attribute, whose
+  ``action`` (``/voice/twilio/dialed``) puts the caller back on hold when the agent hangs up
+  after transferring the call, and ends the call otherwise;
 - a callback case (the caller pressed 1 and hung up): starts a call to the agent, from the
   number the customer called, that announces the callback and dials the customer.
 
@@ -52,9 +54,18 @@ class CallBridge:
     include one another node is retrying at that moment (bridged twice: the agent's leg rings
     again). Losing no accepted call is worth that rare repeat."""
 
-    def __init__(self, ctx: Ctx, rest: TwilioRest, *, workspace_poll_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        ctx: Ctx,
+        rest: TwilioRest,
+        *,
+        workspace_poll_s: float = 5.0,
+        dialed_url: Callable[[str, str], str] | None = None,
+    ) -> None:
         self.ctx, self._rest = ctx, rest
         self._poll_s = workspace_poll_s
+        # (workspace, agent) -> the <Dial action> URL: what next when the agent's leg ends
+        self._dialed_url = dialed_url
         self._readers: dict[str, OutboxReader] = {}
         self._readers_lock = asyncio.Lock()
         self._inflight: set[tuple[str, str]] = set()
@@ -153,7 +164,9 @@ class CallBridge:
             keys.case(ws, entry.get("case", "")), ["callback", "attrs"]
         )
         if callback != b"1":
-            await self._rest.update_call(entry["thread"], dial_twiml(contact))
+            agent = entry.get("agent", "")
+            action = self._dialed_url(ws, agent) if self._dialed_url else ""
+            await self._rest.update_call(entry["thread"], dial_twiml(contact, action))
             return
         # A callback case: the caller hung up after pressing 1; call the agent, then them.
         attrs = _json_map(case_attrs)

@@ -24,6 +24,7 @@ from typing import Any
 from twilio.twiml.voice_response import VoiceResponse
 
 from router.errors import BadRequest
+from router.ingest import E164
 
 __all__ = [
     "CALLBACK_DIGIT",
@@ -34,6 +35,7 @@ __all__ = [
     "callback_twiml",
     "caller_identities",
     "dial_twiml",
+    "hangup_twiml",
     "hold_twiml",
     "offered_event",
     "outbound_callback_twiml",
@@ -47,7 +49,6 @@ CALLBACK_DIGIT = "1"
 TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 
 _CALL_SID = re.compile(r"^CA[0-9a-f]{32}$")
-_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _DIGITS = re.compile(r"^[0-9*#]{1,32}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _SEQ = re.compile(r"^[0-9]{1,9}$")
@@ -68,6 +69,8 @@ _CALL_ATTRIBUTES = {
 }
 
 HOLD_GREETING = "Thank you for calling. All of our agents are busy; please hold."
+TRANSFER_NOTICE = "Please hold while we transfer your call."
+NOBODY = "We are sorry, no one can take your call right now. Please call again later. Goodbye."
 CALLBACK_OFFER = "Press 1 at any time to be called back instead of waiting."
 CALLBACK_CONFIRMATION = (
     "Thank you. We have kept your place in line and will call you back at this number. Goodbye."
@@ -94,7 +97,7 @@ def _call_sid(params: Mapping[str, str]) -> str:
 
 def callable_number(caller: str) -> bool:
     """Whether ``caller`` (Twilio's ``From``) is a real phone number we could call back."""
-    return bool(_E164.match(caller)) and caller not in _PLACEHOLDERS
+    return bool(E164.match(caller)) and caller not in _PLACEHOLDERS
 
 
 def caller_identities(caller: str, call_sid: str) -> dict[str, str]:
@@ -171,6 +174,7 @@ def status_event(params: Mapping[str, str]) -> dict[str, Any] | None:
         "channel": "voice",
         "kind": "call.ended",
         "identities": caller_identities(_param(params, "From"), sid),
+        "name": _param(params, "CallerName"),  # who the history shows it from, as the call
         "thread": sid,
         "text": text,
         "attributes": attributes,
@@ -190,6 +194,7 @@ def callback_event(params: Mapping[str, str]) -> dict[str, Any] | None:
         "channel": "voice",
         "kind": "callback.requested",
         "identities": {"phone": caller},
+        "name": _param(params, "CallerName"),
         "thread": sid,
         "text": f"Caller asked to be called back at {caller}",
         "attributes": {"callback_number": caller},
@@ -207,13 +212,18 @@ def hold_twiml(
     greeting: bool,
     music_url: str = "",
     pause_s: int = 20,
+    transfer: bool = False,
 ) -> str:
-    """What a waiting caller hears: a greeting (first time), the callback offer when they can be
-    called back (inside a one-digit ``<Gather>`` posting to ``gather_url``), hold music or a
-    pause, then a ``<Redirect>`` to ``hold_url`` for another round. It ends only when the plugin
-    updates the live call (an agent accepted) or the caller presses the callback digit."""
+    """What a waiting caller hears: a greeting (first time; ``transfer``: the notice that they
+    are being transferred), the callback offer when they can be called back (inside a one-digit
+    ``<Gather>`` posting to ``gather_url``), hold music or a pause, then a ``<Redirect>`` to
+    ``hold_url`` for another round. It ends when the plugin updates the live call (an agent
+    accepted), the caller presses the callback digit, or a round finds that nobody will come
+    (the plugin answers :func:`hangup_twiml` instead)."""
     r = VoiceResponse()
     verbs = r.gather(num_digits=1, action=gather_url, method="POST", timeout=1) if callback else r
+    if transfer:
+        verbs.say(TRANSFER_NOTICE)
     if greeting:
         verbs.say(HOLD_GREETING)
     if callback:
@@ -223,6 +233,16 @@ def hold_twiml(
     else:
         verbs.pause(length=pause_s)
     r.redirect(hold_url, method="POST")
+    return str(r)
+
+
+def hangup_twiml(message: str = NOBODY) -> str:
+    """The end of a call nobody will answer any more (its case was closed while the caller
+    held, or the agent's leg ended and the conversation with it)."""
+    r = VoiceResponse()
+    if message:
+        r.say(message)
+    r.hangup()
     return str(r)
 
 
@@ -257,13 +277,19 @@ def parse_contact(value: Any) -> Contact:
         return Contact("client", v[7:])
     if v.startswith(("sip:", "sips:")) and re.match(r"^[\x21-\x7e]{5,255}$", v):
         return Contact("sip", v)
-    if _E164.match(v):
+    if E164.match(v):
         return Contact("number", v)
     raise ValueError(f"contact_uri {v[:80]!r}: expected client:<id>, sip:<uri> or +E.164")
 
 
-def _dial_to(r: VoiceResponse, contact: Contact, caller_id: str = "") -> None:
-    dial = r.dial(caller_id=caller_id) if caller_id else r.dial()
+def _dial_to(r: VoiceResponse, contact: Contact, caller_id: str = "", action: str = "") -> None:
+    opts: dict[str, Any] = {}
+    if caller_id:
+        opts["caller_id"] = caller_id
+    if action:
+        opts["action"] = action
+        opts["method"] = "POST"
+    dial = r.dial(**opts)
     if contact.kind == "client":
         dial.client(contact.address)
     elif contact.kind == "sip":
@@ -272,10 +298,12 @@ def _dial_to(r: VoiceResponse, contact: Contact, caller_id: str = "") -> None:
         dial.number(contact.address)
 
 
-def dial_twiml(contact: Contact) -> str:
-    """The TwiML that replaces the hold loop of a live call once an agent accepted it."""
+def dial_twiml(contact: Contact, action: str = "") -> str:
+    """The TwiML that replaces the hold loop of a live call once an agent accepted it.
+    ``action``: where Twilio asks what next when the agent's leg ends (``/voice/twilio/dialed``):
+    back on hold if the agent transferred the call meanwhile, else the end of the call."""
     r = VoiceResponse()
-    _dial_to(r, contact)
+    _dial_to(r, contact, action=action)
     return str(r)
 
 

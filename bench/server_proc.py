@@ -5,8 +5,9 @@
 ``python -m router.cli serve`` process on a free loopback port, declaring the bench workspace
 (:func:`workspace`) from a config file. With 2+ cores the server is pinned to the first core and
 Redis to the second, which the load generator shares (the caller pins itself; see
-:data:`Cores`). :func:`attach` instead describes a server someone else started with
-``python -m bench.server_proc`` (same workspace, same secret and bridge key).
+:data:`Cores`); Redis's AOF rewrite child may run on either (:meth:`Cores.fork_args`).
+:func:`attach` instead describes a server someone else started with ``python -m
+bench.server_proc`` (same workspace, same secret and bridge key).
 
 Agents of the bench workspace, all declared in the file (consoles need a declared agent):
 
@@ -75,7 +76,22 @@ class Cores:
     def describe(self) -> str:
         if self.server is None:
             return "not pinned"
-        return f"server on core {self.server}; Redis and load generator on core {self.client}"
+        return (
+            f"server on core {self.server}; Redis and load generator on core {self.client}; "
+            "Redis's AOF rewrite child on either"
+        )
+
+    def fork_args(self) -> list[str]:
+        """Redis options that leave its AOF rewrite child free to run on either core.
+
+        A forked child inherits Redis's pinning, which would put every rewrite on the one core
+        Redis and the load generator already fill, while the server's core has a fifth to
+        spare: on an unpinned machine the scheduler would place it wherever there is room, and
+        the bench pins only to make runs repeatable. Measured: bench/README.md "Session 11".
+        """
+        if self.server is None or self.client is None:
+            return []
+        return ["--aof_rewrite_cpulist", f"{self.server},{self.client}"]
 
 
 def workspace(agents: int, backlog_agents: int, idle_agents: int) -> dict[str, Any]:
@@ -276,7 +292,7 @@ async def bench_server(
         config = write_config(data_dir / "bench.json", agents, backlog_agents, idle_agents)
         embedded = None
         if redis_url is None:
-            embedded = EmbeddedRedis(data_dir / "redis")
+            embedded = EmbeddedRedis(data_dir / "redis", extra_args=cores.fork_args())
             redis_url = await embedded.start()
             if embedded.pid is not None:
                 pin(embedded.pid, cores.client)

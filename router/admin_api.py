@@ -114,7 +114,10 @@ async def put_agent_status(request: Request) -> dict[str, Any]:
         raise BadRequest("status: required", code="body.invalid")
     if not keys.valid_id(aid):
         raise NotFound("agent not found", code="agent.unknown")
-    res = await _ctx(request).switch.set_status(who.workspace, aid, status)
+    ctx = _ctx(request)
+    # set by someone else (a supervisor): as from the supervisor page (Switch.set_status)
+    by = who.subject if aid != who.subject else ""
+    res = await ctx.switch.set_status(who.workspace, aid, status, by=by)
     return {"agent": aid, "status": res["status"]}
 
 

@@ -212,11 +212,7 @@ class AgentSession:
     async def agent_status(self, f: dict[str, Any]) -> dict[str, Any]:
         self._supervisor()
         target = _str(f, "agent", 64)
-        res = await self.sw.set_status(self.ws, target, _str(f, "status", 64))
-        # the agent's consoles learn it as they learn a status set by the timers
-        await self.ctx.hub.notify(
-            self.ws, target, {"type": "status", "status": res["status"], "reason": "supervisor"}
-        )
+        res = await self.sw.set_status(self.ws, target, _str(f, "status", 64), by=self.agent)
         return {"status": res["status"]}
 
     # -- helpers -----------------------------------------------------------------------------

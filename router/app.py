@@ -127,7 +127,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         switch=switch,
         hub=hub,
         tokens=Tokens(settings.secret, {"session": settings.token_ttl_s}),
-        stats=Stats(url),
+        stats=Stats(url, settings.stats_share_s),
         node=node,
         bridge_keys=bridge_keys,
     )

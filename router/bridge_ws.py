@@ -10,6 +10,7 @@ answers ``delivered`` with their ``id``.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -24,6 +25,7 @@ from router.config import BridgeKey
 from router.context import Ctx
 from router.errors import BadRequest, Forbidden, SwitchboardError
 from router.hub import Conn
+from router.ingest import E164
 from router.metrics import METRICS
 from router.outbox import OutboxReader
 from router.push import pairs
@@ -94,12 +96,16 @@ class BridgeSession:
         }
 
     async def deliver(self, eid: str, entry: dict[str, Any]) -> bool:
-        cust = pairs(
-            await self.ctx.redis.hgetall(keys.customer(self.ws, entry.get("customer", "")))
-        )
-        identities = sorted(k[2:] for k in cust if k.startswith("i:"))
+        customer = keys.customer(self.ws, entry.get("customer", ""))
         if entry.get("kind") == "call.connect":
-            agent = pairs(await self.ctx.redis.hgetall(keys.agent(self.ws, entry["agent"])))
+            # one round trip (one workspace: one slot in a cluster) while the caller waits
+            async with self.ctx.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(customer)
+                pipe.hgetall(keys.agent(self.ws, entry["agent"]))
+                pipe.hmget(keys.case(self.ws, entry.get("case", "")), ["callback", "attrs"])
+                raw_customer, raw_agent, (callback, attrs) = await pipe.execute()
+            identities = _identities(pairs(raw_customer))
+            agent = pairs(raw_agent)
             frame = {
                 "type": "call.connect",
                 "id": eid,
@@ -109,7 +115,14 @@ class BridgeSession:
                 "agent_name": agent.get("name", ""),
                 "identities": identities,
             }
+            if callback == b"1":
+                # the caller hung up after asking to be called back (or their call was handed
+                # on after it ended): there is no live call to connect; dial the agent, then
+                # the customer back
+                frame["callback"] = True
+                frame.update(_callback_numbers(attrs, identities))
         else:
+            identities = _identities(pairs(await self.ctx.redis.hgetall(customer)))
             e = entry.get("entry") or {}
             frame = {
                 "type": "deliver",
@@ -160,3 +173,28 @@ async def bridge_endpoint(websocket: WebSocket) -> None:
         conn.closed = True
         METRICS.connections.labels("bridge").dec()
         await session.reader.stop()
+
+
+def _identities(customer: dict[str, str]) -> list[str]:
+    """A customer's linked identities ("phone:+1…", "email:…"), from their hash's ``i:`` fields."""
+    return sorted(k[2:] for k in customer if k.startswith("i:"))
+
+
+def _callback_numbers(attrs: bytes | None, identities: list[str]) -> dict[str, str]:
+    """Whom a callback dials and from which number: the number the caller left (else the
+    number they called from, else the customer's phone), and the number they had called."""
+    try:
+        a = json.loads(attrs or b"{}")
+    except ValueError:
+        a = {}
+    if not isinstance(a, dict):
+        a = {}
+    out: dict[str, str] = {}
+    phones = [i[6:] for i in identities if i.startswith("phone:")]
+    for v in (a.get("callback_number"), a.get("caller"), *phones):
+        if isinstance(v, str) and E164.match(v):
+            out["callback_number"] = v
+            break
+    if isinstance(a.get("to"), str) and a["to"]:
+        out["to"] = a["to"][:200]
+    return out

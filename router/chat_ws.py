@@ -10,8 +10,9 @@ never linked to a customer, so typing someone else's address shows nobody their 
 pre-claims nothing. A site whose visitor is signed in vouches for them with ``identity_hash``,
 the hex HMAC-SHA256 under ``SWITCHBOARD_CHAT_IDENTITY_SECRET`` of what it sends (see
 :func:`identity_hash`): those identities link like any channel's. Details given while a
-conversation is open reach its customer at once, and the agent who has it open sees them
-(``case.refresh``).
+conversation is open reach its customer at once, and the agent who has it on screen sees them:
+the one holding it gets the case anew (``case.refresh``), the one it is offered to the customer
+for the offer's card (``offer.updated``).
 
 A visitor who closes the page without ending the chat is noticed: each case counts the widget
 connections open on it (the case's ``wv``), and when the last one has been gone for
@@ -48,6 +49,7 @@ from router.errors import BadRequest, Forbidden, NotFound, SwitchboardError
 from router.hub import Conn
 from router.ingest import parse_event
 from router.metrics import METRICS
+from router.push import customer_view, pairs
 from router.session import serve_frames
 
 __all__ = ["chat_endpoint", "identity_hash"]
@@ -203,15 +205,19 @@ class ChatSession:
     async def _share_details(self) -> None:
         """Record what the visitor says they are on the customer of their open case now, as
         their next message would (each claim; the name, unless the customer has one), and
-        show it to the agent who has the case open (``case.refresh``, the case anew) —
-        their console showed it only after a reload before. Identities the site signed are
-        linked by the next message, as before. If Redis fails, that next message still
-        records everything: the identify stands."""
+        show it to the agent who has the case on screen: the one who holds it is sent the case
+        anew (``case.refresh``), the one it is offered to the customer as it is now, for the
+        offer's card (``offer.updated``) — their consoles showed it only after a reload before.
+        A queued case's later offer reads the customer as recorded here. The case's state is
+        read after the details are recorded: an offer made or accepted in between either read
+        them itself or is the one told. Identities the site signed are linked by the next
+        message, as before. If Redis fails, that next message still records everything: the
+        identify stands."""
         if not self.case or not (self.name or self.claims):
             return
-        r = self.ctx.redis
+        r, k = self.ctx.redis, keys.case(self.ws, self.case)
         try:
-            st, cust, agent = await r.hmget(keys.case(self.ws, self.case), ["st", "cust", "agent"])
+            st, cust = await r.hmget(k, ["st", "cust"])
             if st not in _OPEN or not cust:
                 return
             profile = keys.customer(self.ws, cust.decode())
@@ -221,16 +227,30 @@ class ChatSession:
             if self.claims:
                 said = {f"claim:{kind}:{value}": "1" for kind, value in self.claims.items()}
                 added += await r.hset(profile, mapping=said)
-            if not added or st not in _HELD or not agent:
-                return  # nothing new (a reconnect repeats its identify), or nobody to tell
-            detail = await snapshot.case_detail(r, self.ws, self.case)
+            if not added:
+                return  # nothing new (a reconnect repeats its identify)
+            st, agent, offer, oagent, ost = await r.hmget(
+                k, ["st", "agent", "offer", "oagent", "ost"]
+            )
+            if st in _HELD and agent:
+                to = agent.decode()
+                detail = await snapshot.case_detail(r, self.ws, self.case)
+                frame = {"type": "case.refresh", **detail} if detail else None
+            elif st == b"offered" and oagent and offer and ost == b"pending":
+                to = oagent.decode()
+                frame = {
+                    "type": "offer.updated",
+                    "offer": offer.decode(),
+                    "case": self.case,
+                    "customer": customer_view(pairs(await r.hgetall(profile))),
+                }
+            else:
+                return  # queued: nobody to tell; its offer will carry them
         except RedisError as e:
             log.warning("chat details of %s not shared with the case: %s", self.visitor, e)
             return
-        if detail:
-            await self.ctx.switch.notify(
-                self.ws, agent.decode(), {"type": "case.refresh", **detail}
-            )
+        if frame:
+            await self.ctx.switch.notify(self.ws, to, frame)
 
     def _event(self, kind: str, text: str, cid: str, case: str) -> dict[str, Any]:
         """The visitor's event: what they say, as who they say they are, on their thread."""
@@ -268,8 +288,9 @@ async def _tell_if_gone(ctx: Ctx, ws: str, case: str, grace_s: float, end: dict[
     """After ``grace_s``, if no widget has the case open: a chat no agent has answered yet
     (queued, or offered) is abandoned, as a caller who hangs up while waiting is (``end``, the
     End chat the visitor did not press: the queue's next case goes first, and an agent is
-    never handed a chat with nobody there); one an agent holds is marked
-    (``vleft``, once) and tell them the visitor left. A widget that comes back between the
+    never handed a chat with nobody there). On one an agent holds, the case is marked
+    (``vleft``, once) and the agent told the visitor left, unless the visitor ended the chat
+    before leaving (``ended``: the agent was told that then). A widget that comes back between the
     look and the mark takes the mark off again, here or in ``_arrive`` (which then says
     ``visitor.back``). Not atomic (no transaction, as in a cluster): a widget that comes back
     in the instant between the last look and the push may have its ``visitor.back`` overtake
@@ -277,14 +298,14 @@ async def _tell_if_gone(ctx: Ctx, ws: str, case: str, grace_s: float, end: dict[
     await asyncio.sleep(grace_s)
     r, k = ctx.redis, keys.case(ws, case)
     try:
-        wv, st, agent = await r.hmget(k, ["wv", "st", "agent"])
+        wv, st, agent, ended = await r.hmget(k, ["wv", "st", "agent", "ended"])
         if int(wv or 0) > 0:
             return
         if st in _UNANSWERED:
             await ctx.switch.ingest(ws, end, source="widget")
             return
-        if st not in _HELD or not agent:
-            return
+        if st not in _HELD or not agent or ended:
+            return  # (ended: the visitor pressed End chat, and the agent was told so then)
         now = int(time.time() * 1000)
         if not await r.hsetnx(k, "vleft", now):
             return  # told already

@@ -142,8 +142,15 @@ def _demo(args: argparse.Namespace, path: Path) -> int:
     )
     if args.data_dir is None and not args.redis_url:
         settings = dataclasses.replace(settings, data_dir="var/demo")
+    # the adapters the settings ask for, as `serve --adapters email,twilio` would load them:
+    # inbound mail unless --smtp-port 0, and Twilio's webhooks once its auth token is set
+    adapters = [
+        name
+        for name, wanted in (("email", settings.smtp_port), ("twilio", settings.twilio_auth_token))
+        if wanted
+    ]
     try:
-        plugins = load_plugins(["email"], settings) if settings.smtp_port else []
+        plugins = load_plugins(adapters, settings)
     except (ConfigError, ValueError) as e:
         print(json.dumps({"error": str(e)}), file=sys.stderr)
         return 2
@@ -152,6 +159,13 @@ def _demo(args: argparse.Namespace, path: Path) -> int:
         "(agents ann, bob, cat; supervisor sue; password: demo)",
         file=sys.stderr,
     )
+    if any(p.name == "twilio" for p in plugins):
+        base = f"{settings.public_url.rstrip('/')}/voice/twilio"
+        print(
+            f"Twilio: the number's webhooks are {base}/incoming (a call comes in) and "
+            f"{base}/status (call status changes); see docs/adapters-voice.md",
+            file=sys.stderr,
+        )
     _serve(settings, plugins, simulate=not args.quiet, every_s=max(0.1, args.every_s))
     return 0
 

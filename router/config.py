@@ -53,6 +53,8 @@ class Settings:
     grace_s: float = 30.0  # an agent's reconnect grace before offers are rescinded
     # a chat visitor with no widget open this long has left: their agent is told (chat_ws.py)
     visitor_grace_s: float = 30.0
+    # supervisor pages on one node asking within this long share one stats snapshot (stats.py)
+    stats_share_s: float = 0.5
     node_dead_s: float = 15.0  # a node silent this long is dead: its consoles count as gone
     agent_max_frame: int = 64 * 1024
     bridge_max_frame: int = 1024 * 1024

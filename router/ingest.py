@@ -25,7 +25,8 @@ KINDS = frozenset(
 IDENTITY_KINDS = frozenset({"email", "phone", "visitor", "external"})
 MAX_TEXT = 64 * 1024
 MAX_ATTRIBUTES_JSON = 16 * 1024
-_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+MAX_SEQ = 2**53 - 1  # an event's seq: exact as a double, the scripts' numbers
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")  # a phone number: + and 7 to 15 digits
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 _TOKEN = re.compile(r"^[\x21-\x7e]{1,200}$")
 # What an attachment's name loses: C0/C1 controls, zero-width characters, and the bidi
@@ -89,7 +90,7 @@ def _identity(kind: str, value: Any) -> str:
             raise BadRequest("identities.email: not an email address", code="event.invalid")
     elif kind == "phone":
         v = re.sub(r"[\s().-]", "", v)
-        if not _E164.match(v):
+        if not E164.match(v):
             raise BadRequest("identities.phone: not an E.164 number", code="event.invalid")
     elif not _TOKEN.match(v):
         raise BadRequest(f"identities.{kind}: printable ASCII, 1-200", code="event.invalid")
@@ -176,8 +177,13 @@ def parse_event(d: Any) -> Event:
             "ts: seconds since the epoch, from 2000 to a day ahead", code="event.invalid"
         )
     seq = d.get("seq")
-    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
-        raise BadRequest("seq: an integer", code="event.invalid")
+    if seq is not None and (
+        isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ
+    ):
+        # the scripts compare it as a double, and a case without one counts as -1: a negative
+        # seq would be dropped as stale, a huge one would make every later status of the call
+        # stale (its hang-up never applied)
+        raise BadRequest(f"seq: an integer from 0 to {MAX_SEQ}", code="event.invalid")
     return Event(
         id=eid,
         channel=channel,
@@ -196,6 +202,13 @@ def parse_event(d: Any) -> Event:
     )
 
 
+def entry_ts(ts: float | None = None) -> float:
+    """A timeline entry's time (s), now unless given: whole milliseconds, which the scripts'
+    JSON (cjson, 14 significant digits) carries exactly, so an entry pushed live from a script
+    says the same time as the stored one."""
+    return round(time.time() if ts is None else ts, 3)
+
+
 def timeline_entry(ev: Event) -> dict[str, Any]:
     """The customer-timeline record of an inbound event (the case id is set in Redis)."""
     entry: dict[str, Any] = {
@@ -203,7 +216,7 @@ def timeline_entry(ev: Event) -> dict[str, Any]:
         "ch": ev.channel,
         "dir": "in",
         "kind": ev.kind,
-        "ts": ev.ts,
+        "ts": entry_ts(ev.ts),
         "text": ev.text,
     }
     if ev.subject:

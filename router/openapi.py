@@ -187,6 +187,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "callback": STR,
             "reopened": STR,
             "transferred": STR,
+            "ended": INT,
+            "visitor_left": INT,
         },
         ("id", "channel", "status", "priority", "queue", "customer", "created"),
     ),

@@ -51,8 +51,16 @@ class OutboxReader:
         *,
         source: str = "",
         start_at_end: bool = True,
+        retry_s: float = 1.0,
+        max_retry_s: float = 30.0,
     ) -> None:
         self.redis = open_client(url)
+        # a delivery that keeps failing (the smarthost down) is retried after retry_s, then
+        # twice as long each time up to max_retry_s, and its traceback logged once a streak:
+        # it was every second, with a traceback each time, for as long as the outage lasted.
+        # Redis failing is retried every retry_s (a caller may be waiting for a call.connect)
+        self.retry_s, self.max_retry_s = retry_s, max_retry_s
+        self.failures = 0  # in a row; 0 once a pass reads or delivers without failing
         self.ws, self.group, self.consumer = ws, group, consumer
         self.channels = channels
         self.source = source  # this consumer's name as Switch.ingest records it on a case
@@ -98,6 +106,8 @@ class OutboxReader:
                         self.group, self.consumer, {stream: cursor}, count=100, block=2000
                     )
                     entries = got[0][1] if got else []
+                    if not entries:
+                        self._recovered()
                     if cursor != ">" and not entries:
                         cursor = ">"  # every pending entry handed out again; now new ones
                         continue
@@ -111,14 +121,32 @@ class OutboxReader:
                             await self.ack(eid)
                         elif await self.deliver(eid, entry):
                             await self.ack(eid)
+                        self._recovered()
                     if cursor != ">":
                         # the pending list is read in pages: continue after this one
                         cursor = entries[-1][0].decode()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as e:
+            except RedisError as e:  # Redis: back as soon as it is (a call may be waiting)
                 log.warning("outbox %s: %s; retrying", self.group, e)
-                await asyncio.sleep(1.0)
-            except Exception:
-                log.exception("outbox %s delivery failed; retrying", self.group)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(self.retry_s)
+            except Exception as e:
+                delay = self._failed()
+                if self.failures == 1:
+                    log.exception("outbox %s delivery failed; retrying", self.group)
+                else:
+                    log.warning(
+                        "outbox %s delivery failed again (%d in a row): %s; retrying in %.3g s",
+                        self.group, self.failures, e, delay,
+                    )  # fmt: skip
+                await asyncio.sleep(delay)
+
+    def _failed(self) -> float:
+        """Count a failure; the wait before the next try."""
+        self.failures += 1
+        return float(min(self.max_retry_s, self.retry_s * 2 ** (self.failures - 1)))
+
+    def _recovered(self) -> None:
+        if self.failures:
+            log.info("outbox %s delivering again after %d failures", self.group, self.failures)
+            self.failures = 0

@@ -55,6 +55,8 @@ def case_view(fields: Mapping[str, str]) -> dict[str, Any]:
             out[k] = fields[k]
     if fields.get("vleft"):  # the chat visitor left the page then (ms; router/chat_ws.py)
         out["visitor_left"] = int(fields["vleft"])
+    if fields.get("ended"):  # the customer hung up or ended the chat then (ms; event_ingest.lua)
+        out["ended"] = int(fields["ended"])
     return out
 
 

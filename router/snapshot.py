@@ -59,8 +59,48 @@ async def history(
         "customer": customer,
         "start": start,
         "total": total,
-        "timeline": [json.loads(r) for r in raw],
+        "timeline": await _named(redis, ws, [json.loads(r) for r in raw]),
     }
+
+
+async def _named(
+    redis: aioredis.Redis, ws: str, entries: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Entries written before the history named agents name them as later ones do: any entry
+    with an ``agent`` and no ``from`` (an agent's note, reply or wrap-up; who passed a case on)
+    gets the agent's name as ``from``, and a transfer without ``to_name`` the name of the agent
+    or queue it went to — all once stored as ids only. Their names as they are now, from
+    the agent's and queue's hashes; an id nothing names any more stays as it was. Entries that
+    name theirs (all written since) cost nothing."""
+    ids: set[str] = set()
+    targets: set[str] = set()
+    for e in entries:
+        if isinstance(e.get("agent"), str) and e["agent"] and not e.get("from"):
+            ids.add(e["agent"])
+        if e.get("kind") == "transfer" and isinstance(e.get("to"), str) and e["to"]:
+            if not e.get("to_name"):
+                targets.add(e["to"])
+    if not ids and not targets:
+        return entries
+    agents = sorted(ids | targets)
+    queues = sorted(targets)
+    pipe = redis.pipeline(transaction=False)
+    for a in agents:
+        pipe.hget(keys.agent(ws, a), "name")
+    for q in queues:
+        pipe.hget(keys.queue(ws, q), "name")
+    names = await pipe.execute()
+    agent_name = {a: _dec(n) for a, n in zip(agents, names[: len(agents)], strict=True) if n}
+    queue_name = {q: _dec(n) for q, n in zip(queues, names[len(agents) :], strict=True) if n}
+    for e in entries:
+        by = e.get("agent")
+        if isinstance(by, str) and by and not e.get("from"):
+            e["from"] = agent_name.get(by, by)
+        to = e.get("to")
+        if e.get("kind") == "transfer" and isinstance(to, str) and to and not e.get("to_name"):
+            # a transfer went to an agent or to a queue, and its entry did not say which
+            e["to_name"] = agent_name.get(to) or queue_name.get(to) or to
+    return entries
 
 
 async def case_detail(redis: aioredis.Redis, ws: str, case: str) -> dict[str, Any] | None:

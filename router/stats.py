@@ -108,20 +108,67 @@ class _Tail:
         }
 
 
+class _Shared:
+    """One workspace's latest snapshot on this node: what it was made for, its making (a task,
+    awaited by every page that asks meanwhile), and when it was made (None while it is)."""
+
+    __slots__ = ("at", "shape", "task")
+
+    def __init__(self, shape: tuple[Any, ...], task: asyncio.Task[dict[str, Any]]) -> None:
+        self.shape, self.task = shape, task
+        self.at: float | None = None
+        task.add_done_callback(self._made)
+
+    def _made(self, task: asyncio.Task[dict[str, Any]]) -> None:
+        self.at = time.monotonic()
+        if not task.cancelled():
+            task.exception()  # retrieved: the pages still waiting are given it
+
+    def fresh(self, share_s: float) -> bool:
+        """Still being made (however long a big workspace takes), or made within share_s."""
+        return self.at is None or time.monotonic() - self.at < share_s
+
+
 class Stats:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, share_s: float = 0.5) -> None:
         self.redis = open_client(url)
         self._tails: dict[str, _Tail] = {}
+        # Every open supervisor page asks for a snapshot each second, and a snapshot reads
+        # every agent of the workspace (their hashes, offer and case sets): twenty pages on a
+        # thousand agents were sixty thousand Redis reads a second beside the routing. The
+        # pages of one node asking within share_s of each other get the same one.
+        self.share_s = share_s
+        self._shared: dict[str, _Shared] = {}
 
     async def close(self) -> None:
         for t in self._tails.values():
             await stop_task(t.task)
+        for shared in self._shared.values():
+            await stop_task(shared.task)
         await self.redis.aclose()
 
     async def snapshot(
         self, redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str
     ) -> dict[str, Any]:
-        """Queues (waiting, longest wait, service level) and agents (status, load)."""
+        """Queues (waiting, longest wait, service level) and agents (status, load): made at
+        most once per ``share_s`` per workspace on this node (and again at once when the
+        workspace's queues change), every page asking meanwhile given the same."""
+        shape = tuple((q.id, q.name, q.sl_target_s) for q in cfg.queues)
+        shared = self._shared.get(ws)
+        if shared is None or not shared.fresh(self.share_s) or shared.shape != shape:
+            task = asyncio.create_task(self._snapshot(redis, cfg, ws), name=f"stats-of-{ws}")
+            shared = self._shared[ws] = _Shared(shape, task)
+        try:
+            # shielded: a page that goes away mid-way does not cancel the others' snapshot
+            return await asyncio.shield(shared.task)
+        except Exception:
+            if self._shared.get(ws) is shared:
+                del self._shared[ws]  # the next page to ask tries again
+            raise
+
+    async def _snapshot(
+        self, redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str
+    ) -> dict[str, Any]:
         targets = {q.id: q.sl_target_s * 1000 for q in cfg.queues}
         tail = self._tails.get(ws)
         if tail is None or tail.targets != targets:

@@ -46,6 +46,7 @@ SCRIPT_NAMES = (
     "agent_status",
     "agent_update",
     "case_complete",
+    "case_delivery_failed",
     "case_followup",
     "case_reply",
     "case_transfer",

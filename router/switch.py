@@ -9,7 +9,6 @@ push to the ``notify`` callback — whichever node or process calls it. Errors a
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,7 +17,7 @@ from router import fastjson, keys, snapshot
 from router.declarations import Declarations
 from router.errors import BadRequest, Conflict, NotFound, from_script
 from router.ids import new_id
-from router.ingest import Event, parse_event, timeline_entry
+from router.ingest import Event, entry_ts, parse_event, timeline_entry
 from router.metrics import METRICS
 from router.pools import Pools
 from router.push import offer_frame
@@ -198,12 +197,37 @@ class Switch:
         await self._dispatch(ws, res)
         return res
 
-    async def set_status(self, ws: str, agent: str, status: str) -> dict[str, Any]:
+    async def set_status(self, ws: str, agent: str, status: str, *, by: str = "") -> dict[str, Any]:
+        """Set an agent's status. ``by``: who sets it, when not the agent themselves (a
+        supervisor): a routable status is then refused (``agent.signed_out``) for an agent
+        with no console open (nor a reconnect grace), who would be offered cases nobody
+        answers, and the agent's consoles are told (``status``, reason ``supervisor``)."""
+        signed_in_only = bool(by) and by != agent
         cfg = await self.config(ws)
         st = cfg.status(status)
         if st is None:
             raise BadRequest(f"unknown status {status!r}", code="status.unknown")
-        return await self._act("agent_status", ws, agent, st.name, "1" if st.routable else "0")
+        try:
+            res = await self._act(
+                "agent_status",
+                ws,
+                agent,
+                st.name,
+                "1" if st.routable else "0",
+                "1" if signed_in_only else "0",
+            )
+        except Conflict as e:
+            if e.code != "agent.signed_out":
+                raise
+            raise Conflict(
+                f"{agent} is not signed in: {st.name} would offer them cases nobody answers",
+                code="agent.signed_out",
+            ) from None
+        if by:
+            # the agent's consoles learn it as they learn a status set by the timers
+            frame = {"type": "status", "status": res["status"], "reason": "supervisor"}
+            await self.notify(ws, agent, frame)
+        return res
 
     async def accept(self, ws: str, agent: str, offer: str) -> dict[str, Any]:
         return await self._act("offer_accept", ws, agent, offer)
@@ -245,7 +269,7 @@ class Switch:
                     "ch": "note",
                     "dir": "note",
                     "kind": "wrapup",
-                    "ts": time.time(),
+                    "ts": entry_ts(),
                     "text": note,
                     "disposition": disposition,
                     "agent": agent,
@@ -281,7 +305,7 @@ class Switch:
                 "ch": "note",
                 "dir": "note",
                 "kind": "transfer",
-                "ts": time.time(),
+                "ts": entry_ts(),
                 "text": note,
                 "agent": agent,
                 "from": by_name or agent,
@@ -372,7 +396,7 @@ class Switch:
             "id": new_id("m"),
             "dir": "note" if note else "out",
             "kind": "message",
-            "ts": time.time(),
+            "ts": entry_ts(),
             "text": text,
             "agent": agent,
             "from": agent_name or agent,
@@ -380,6 +404,92 @@ class Switch:
         return await self._act(
             "case_reply", ws, agent, case, fastjson.dumps_str(entry), "note" if note else "reply"
         )
+
+    async def delivery_failed(
+        self,
+        ws: str,
+        case: str,
+        reason: str,
+        *,
+        to: str = "",
+        reply: Mapping[str, Any] | None = None,
+        key: str = "",
+    ) -> dict[str, Any]:
+        """A reply the customer will never get: its adapter gave up on it (the mail server
+        refused the address for good, there is no address to send it to). The agents believe
+        the customer has their answer, so:
+
+        - the case's history says so: a system entry (``dir`` ``note``, ``kind``
+          ``delivery.failed``, ``text`` "Reply not delivered to <to>: <reason>"), which agents
+          see and the customer never does (the chat widget shows only ``in``/``out`` entries);
+        - the agent holding the case (or being offered it) gets it at once, as a
+          ``case.updated`` (``event`` ``delivery.failed``) with the ``entry``;
+        - the agent who wrote the reply, the one holding the case, and for a closed case the
+          one who last had it, are alerted: an ``error`` frame with ``code`` ``delivery.failed``
+          (no ``ref``: it answers no request), which the console shows as an alert even when
+          the case is no longer on their screen.
+
+        ``to``: where the reply was going; ``reply``: its timeline entry (who wrote it, its
+        text); ``key``: the delivery's own id (its outbox entry): an adapter that calls again
+        for it (a retry after a crash) records and tells nothing twice. Returns the entry, or
+        ``{}`` when ``key`` was recorded already. Raises NotFound for an unknown case.
+        """
+        reason = " ".join(str(reason).split())[:500] or "refused"
+        rep = reply or {}
+        author = rep.get("agent") if isinstance(rep.get("agent"), str) else ""
+        said = " ".join(str(rep.get("text") or "").split())
+        entry: dict[str, Any] = {
+            "id": new_id("n"),
+            "case": case,
+            "ch": "note",
+            "dir": "note",
+            "kind": "delivery.failed",
+            "ts": entry_ts(),
+            "text": f"Reply not delivered{f' to {to}' if to else ''}: {reason}",
+            "to": to,
+            "reason": reason,
+            "reply": str(rep.get("id") or ""),
+            "reply_text": said if len(said) <= 160 else said[:159] + "…",
+            "agent": author,
+            "from": "System",
+        }
+        res = await self._act(
+            "case_delivery_failed",
+            ws,
+            case,
+            fastjson.dumps_str(entry),
+            f"delivery.failed:{key}" if key else "",
+            DEDUPE_TTL_S,
+            author,
+        )
+        if res.get("duplicate"):
+            return {}
+        st, agent, oagent = str(res["st"]), str(res["agent"]), str(res["oagent"])
+        last_agent, subject = str(res["last_agent"]), str(res["subject"])
+        holder = agent if st in ("assigned", "wrapping") else ""
+        with_case = holder or (oagent if st == "offered" else "")
+        if with_case:
+            await self.notify(
+                ws,
+                with_case,
+                {"type": "case.updated", "case": case, "event": "delivery.failed", "entry": entry},
+            )
+        closed = st not in ("queued", "offered", "assigned", "wrapping")
+        about = f" on “{subject}”" if subject else ""
+        what = f"not delivered to {to or 'the customer'}: {reason.rstrip('.')}."
+        what += " The customer did not get it."
+        for a in dict.fromkeys([author, holder, last_agent if closed else ""]):
+            if a:
+                whose = "Your reply" if a == author else "A reply"
+                alert = {
+                    "type": "error",
+                    "ref": None,
+                    "code": "delivery.failed",
+                    "case": case,
+                    "message": f"{whose}{about} was {what}",
+                }
+                await self.notify(ws, a, alert)
+        return entry
 
     async def _absorb_anonymous(self, ws: str, into: str, other: str) -> None:
         """A chat visitor who gives an email or phone of a known customer: their anonymous

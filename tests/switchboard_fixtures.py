@@ -107,7 +107,9 @@ async def switch(redis: Redis, redis_server: str, inbox: Inbox) -> AsyncIterator
     await store.close()
 
 
-def chat(eid: str, email: str = "alice@example.com", text: str = "hello", **kw: Any) -> dict:
+def chat(
+    eid: str, email: str = "alice@example.com", text: str = "hello", **kw: Any
+) -> dict[str, Any]:
     ev = {
         "id": eid,
         "channel": "chat",

@@ -69,6 +69,7 @@ def events(client: WsClient, case: str) -> list[str]:
 
 def shown(hello: dict[str, Any], case: str) -> dict[str, Any]:
     """The case as a console's ``hello`` shows it."""
+    view: dict[str, Any]
     (view,) = [d["case"] for d in hello["cases"] if d["case"]["id"] == case]
     return view
 
@@ -104,6 +105,36 @@ async def test_the_agent_hears_once_that_the_visitor_left_and_that_they_came_bac
         await sam.expect("case.updated", case=case, event="visitor.left", within=10 + GRACE_S)
         await sam.ok("ping")
         assert events(sam, case) == ["visitor.left"]
+
+
+async def test_a_visitor_who_ended_the_chat_and_then_left_is_not_said_to_have_left(
+    server: ServerProcess, redis: Redis
+) -> None:
+    ended = await connect_chat(server.ws_url, workspace="acme")
+    await ended.expect("welcome")
+    case = (await ended.ok("message", text="Thanks, that is all"))["case"]
+    other = await connect_chat(server.ws_url, workspace="acme")
+    await other.expect("welcome")
+    witness = (await other.ok("message", text="Still there?"))["case"]
+    async with await sam_console(server) as sam:
+        await sam.ok("status", status="available")
+        for c in (case, witness):
+            await sam.ok("offer.accept", offer=(await sam.offer_for(c))["offer"])
+        await ended.ok("end", case=case)
+        await sam.expect("case.updated", case=case, event="conversation.ended")
+        await ended.close()
+
+        async def counted_out() -> bool:  # the ended chat's grace runs from here
+            return await widgets(redis, case) == 0
+
+        await wait_for(counted_out, message="the close is not counted")
+        # the witness leaves after it, without ending: when the agent hears of that, the
+        # ended chat's grace has run out as well
+        await other.close()
+        await sam.expect("case.updated", case=witness, event="visitor.left", within=10 + GRACE_S)
+        await sam.ok("ping")
+        assert events(sam, case) == []
+        assert await redis.hget(keys.case("acme", case), "vleft") is None
 
 
 async def widgets(redis: Redis, case: str) -> int:

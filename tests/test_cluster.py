@@ -49,7 +49,8 @@ class Cluster:
 
     def owner(self, ws: str) -> int:
         """Index of the node serving the workspace's hash slot."""
-        return key_slot(keys.prefix(ws).encode()) * NODES // SLOTS
+        slot: int = key_slot(keys.prefix(ws).encode())
+        return slot * NODES // SLOTS
 
 
 def _slot_ranges() -> list[range]:

@@ -343,7 +343,11 @@ async def test_a_reloaded_chat_widget_shows_where_a_handed_on_chat_stands(
     await expect(ada.get_by_test_id("chat-message").filter(has_text="Bea from")).to_be_visible()
     await ada.reload()
     await expect(ada.get_by_test_id("chat-status")).to_have_text("Connected")
-    story = [re.compile("Hello\\?"), re.compile("Sam here"), "Bea Billing joined the chat"]
+    story: list[str | re.Pattern[str]] = [
+        re.compile("Hello\\?"),
+        re.compile("Sam here"),
+        "Bea Billing joined the chat",
+    ]
     await expect(lines).to_have_text([*story, re.compile("Bea from billing")])
     await expect(ada.get_by_test_id("chat-waiting")).to_be_hidden()
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 
+from router import snapshot
 from router.errors import BadRequest, Conflict, NotFound
 from router.stats import Stats
 from router.store import now_ms
@@ -23,7 +25,7 @@ async def case_field(sw: Switch, case: str, field: str) -> str | None:
     return v.decode() if v else None
 
 
-async def test_available_agent_gets_offer_and_full_lifecycle(switch: Switch, inbox: Inbox):
+async def test_available_agent_gets_offer_and_full_lifecycle(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"]))
     await switch.set_status("acme", "ann", "available")
     r = await switch.ingest("acme", chat("e1"))
@@ -43,7 +45,9 @@ async def test_available_agent_gets_offer_and_full_lifecycle(switch: Switch, inb
     assert (last["kind"], last["text"], last["from"]) == ("wrapup", "sorted", "Ann A.")
 
 
-async def test_attributes_beyond_fast_json_reach_the_offer_intact(switch: Switch, inbox: Inbox):
+async def test_attributes_beyond_fast_json_reach_the_offer_intact(
+    switch: Switch, inbox: Inbox
+) -> None:
     """Integers past 64 bits and non-ASCII text take the JSON fallback path, not an error."""
     await setup(switch, agent("ann", ["support"]))
     await switch.set_status("acme", "ann", "available")
@@ -55,7 +59,7 @@ async def test_attributes_beyond_fast_json_reach_the_offer_intact(switch: Switch
     assert [e["text"] for e in offer["timeline"]] == ["Grüße"]
 
 
-async def test_duplicate_event_changes_nothing(switch: Switch, inbox: Inbox):
+async def test_duplicate_event_changes_nothing(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"]))
     await switch.set_status("acme", "ann", "available")
     r1 = await switch.ingest("acme", chat("e1"))
@@ -65,7 +69,7 @@ async def test_duplicate_event_changes_nothing(switch: Switch, inbox: Inbox):
     assert await switch.redis.llen(f"sb:{{acme}}:cu:{r1.customer}:tl") == 1
 
 
-async def test_waiting_cases_go_by_priority_then_age(switch: Switch, inbox: Inbox):
+async def test_waiting_cases_go_by_priority_then_age(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support", "sales"], chat=1))
     low1 = await switch.ingest("acme", chat("a", email="a@x.test"))
     low2 = await switch.ingest("acme", chat("b", email="b@x.test"))
@@ -80,7 +84,7 @@ async def test_waiting_cases_go_by_priority_then_age(switch: Switch, inbox: Inbo
     assert order == [high.case, low1.case, low2.case]
 
 
-async def test_reject_goes_to_next_agent_not_back(switch: Switch, inbox: Inbox):
+async def test_reject_goes_to_next_agent_not_back(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
     await switch.set_status("acme", "ann", "available")
     await switch.set_status("acme", "bob", "available")
@@ -95,7 +99,9 @@ async def test_reject_goes_to_next_agent_not_back(switch: Switch, inbox: Inbox):
     assert await case_field(switch, r.case, "st") == "queued"
 
 
-async def test_a_refusal_lapses_when_no_one_else_takes_the_case(switch: Switch, inbox: Inbox):
+async def test_a_refusal_lapses_when_no_one_else_takes_the_case(
+    switch: Switch, inbox: Inbox
+) -> None:
     """The only eligible agent rejects a case, then lets it time out, then transfers it away:
     each time it waits, and after routing.reoffer_refused_after_s (60 s) it comes back to them
     rather than waiting for good."""
@@ -122,7 +128,7 @@ async def test_a_refusal_lapses_when_no_one_else_takes_the_case(switch: Switch, 
     assert inbox.last_offer("ann")["case"]["id"] == r.case and len(inbox.offers("ann")) == 4
 
 
-async def test_a_refusal_can_be_kept_for_good(switch: Switch, inbox: Inbox):
+async def test_a_refusal_can_be_kept_for_good(switch: Switch, inbox: Inbox) -> None:
     """routing.reoffer_refused_after_s 0: the case waits for someone else, however long."""
     await switch.apply_workspace(
         {**DECL, "agents": [agent("ann", ["support"])], "routing": {"reoffer_refused_after_s": 0}}
@@ -136,7 +142,7 @@ async def test_a_refusal_can_be_kept_for_good(switch: Switch, inbox: Inbox):
 
 async def test_a_refusal_lapsing_on_a_case_taken_meanwhile_changes_nothing(
     switch: Switch, inbox: Inbox
-):
+) -> None:
     await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
     await switch.set_status("acme", "bob", "available")
     r = await switch.ingest("acme", chat("e1"))
@@ -152,7 +158,7 @@ async def test_a_refusal_lapsing_on_a_case_taken_meanwhile_changes_nothing(
 
 async def test_transfers_nobody_can_take_and_replies_on_calls_are_refused(
     switch: Switch, inbox: Inbox
-):
+) -> None:
     """A transfer to yourself, to someone who takes no cases on the channel or to someone
     signed out, and a reply on a call: typed errors, and the case stays as it was."""
     boss = {**agent("sue", ["support"]), "capacity": {}}
@@ -192,7 +198,7 @@ async def test_transfers_nobody_can_take_and_replies_on_calls_are_refused(
     assert (last["kind"], last["text"], last["case"]) == ("transfer", "over to the team", r.case)
 
 
-async def test_wrap_up_ends_the_conversation_notes_go_on(switch: Switch, inbox: Inbox):
+async def test_wrap_up_ends_the_conversation_notes_go_on(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"]))
     await switch.set_status("acme", "ann", "available")
     r = await switch.ingest("acme", chat("e1"))
@@ -223,7 +229,7 @@ async def test_wrap_up_ends_the_conversation_notes_go_on(switch: Switch, inbox: 
     await switch.reply("acme", "ann", r.case, "go ahead")
 
 
-async def test_accept_is_idempotent_and_guarded(switch: Switch, inbox: Inbox):
+async def test_accept_is_idempotent_and_guarded(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"]), agent("bob", ["sales"]))
     await switch.set_status("acme", "ann", "available")
     await switch.ingest("acme", chat("e1"))
@@ -237,7 +243,9 @@ async def test_accept_is_idempotent_and_guarded(switch: Switch, inbox: Inbox):
         await switch.reject("acme", "ann", oid)
 
 
-async def test_offer_timeout_requeues_and_missed_offers_set_away(switch: Switch, inbox: Inbox):
+async def test_offer_timeout_requeues_and_missed_offers_set_away(
+    switch: Switch, inbox: Inbox
+) -> None:
     await setup(switch, agent("ann", ["support"], chat=3))
     await switch.set_status("acme", "ann", "available")
     for i in range(3):
@@ -251,7 +259,7 @@ async def test_offer_timeout_requeues_and_missed_offers_set_away(switch: Switch,
     assert await switch.redis.zcard("sb:{acme}:q:support:wait") == 3
 
 
-async def test_capacity_is_never_exceeded(switch: Switch, inbox: Inbox):
+async def test_capacity_is_never_exceeded(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"], chat=2))
     await switch.set_status("acme", "ann", "available")
     for i in range(4):
@@ -263,7 +271,7 @@ async def test_capacity_is_never_exceeded(switch: Switch, inbox: Inbox):
     assert len(inbox.offers("ann")) == 3
 
 
-async def test_one_customer_across_channels_one_timeline(switch: Switch, inbox: Inbox):
+async def test_one_customer_across_channels_one_timeline(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"], chat=5, email=5, voice=1))
     await switch.ingest("acme", chat("c1", email="al@x.test", text="chat first"))
     await switch.ingest(
@@ -293,7 +301,7 @@ async def test_one_customer_across_channels_one_timeline(switch: Switch, inbox: 
     assert texts == ["chat first", "mail second", "incoming call"]
 
 
-async def test_followup_message_reaches_assigned_agent(switch: Switch, inbox: Inbox):
+async def test_followup_message_reaches_assigned_agent(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"]))
     await switch.set_status("acme", "ann", "available")
     r = await switch.ingest("acme", chat("e1", thread="conv1"))
@@ -304,7 +312,7 @@ async def test_followup_message_reaches_assigned_agent(switch: Switch, inbox: In
     assert msg[-1]["entry"]["text"] == "are you there?"
 
 
-async def test_reopen_prefers_last_agent(switch: Switch, inbox: Inbox):
+async def test_reopen_prefers_last_agent(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
     await switch.set_status("acme", "ann", "available")
     r = await switch.ingest("acme", chat("e1", thread="conv1"))
@@ -320,7 +328,9 @@ async def test_reopen_prefers_last_agent(switch: Switch, inbox: Inbox):
     assert inbox.last_offer("ann")["why"]["reason"].startswith("preferred agent")
 
 
-async def test_reopen_does_not_wait_for_a_last_agent_who_signed_out(switch: Switch, inbox: Inbox):
+async def test_reopen_does_not_wait_for_a_last_agent_who_signed_out(
+    switch: Switch, inbox: Inbox
+) -> None:
     await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
     await switch.set_status("acme", "ann", "available")
     r = await switch.ingest("acme", chat("e1", thread="conv2"))
@@ -334,7 +344,9 @@ async def test_reopen_does_not_wait_for_a_last_agent_who_signed_out(switch: Swit
     assert await case_field(switch, r.case, "step") == "2"
 
 
-async def test_a_reopened_case_no_longer_asks_for_the_callback_it_had(switch: Switch, inbox: Inbox):
+async def test_a_reopened_case_no_longer_asks_for_the_callback_it_had(
+    switch: Switch, inbox: Inbox
+) -> None:
     await setup(switch, agent("ann", ["support"]))
     await switch.set_status("acme", "ann", "available")
     r = await switch.ingest("acme", chat("e1", thread="conv3"))
@@ -355,7 +367,7 @@ async def test_a_reopened_case_no_longer_asks_for_the_callback_it_had(switch: Sw
     assert await case_field(switch, r.case, "callback") == "1"
 
 
-async def test_escalation_keeps_age_and_relaxes_skills(switch: Switch, inbox: Inbox):
+async def test_escalation_keeps_age_and_relaxes_skills(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"], languages=["en"]))
     await switch.set_status("acme", "ann", "available")
     r = await switch.ingest("acme", chat("e1", attributes={"language": "es"}))
@@ -367,7 +379,7 @@ async def test_escalation_keeps_age_and_relaxes_skills(switch: Switch, inbox: In
     assert await case_field(switch, r.case, "age") == age
 
 
-async def test_transfer_to_agent_and_queue(switch: Switch, inbox: Inbox):
+async def test_transfer_to_agent_and_queue(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"]), agent("bob", ["sales"]))
     await switch.set_status("acme", "ann", "available")
     await switch.set_status("acme", "bob", "available")
@@ -400,7 +412,7 @@ async def test_transfer_to_agent_and_queue(switch: Switch, inbox: Inbox):
         await switch.transfer("acme", "ann", r.case, queue="support", to_agent="bob")
 
 
-async def test_call_ended_while_waiting_abandons(switch: Switch, inbox: Inbox):
+async def test_call_ended_while_waiting_abandons(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"]))
     call = {
         "id": "v1",
@@ -418,7 +430,27 @@ async def test_call_ended_while_waiting_abandons(switch: Switch, inbox: Inbox):
     assert not inbox.offers("ann")
 
 
-async def test_reply_goes_to_outbox_only_from_owner(switch: Switch, inbox: Inbox):
+async def test_an_end_pushed_live_says_the_time_the_history_keeps(
+    switch: Switch, inbox: Inbox
+) -> None:
+    """The agent's live ``case.updated`` carries the end entry as the scripts re-encode it
+    (cjson: 14 significant digits); the history keeps the one ingest wrote. Both must say the
+    same millisecond, or the console's "Customer ended the chat · <time>" moves on a reload."""
+    await setup(switch, agent("ann", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("t1"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    ts = int(time.time()) - 5 + 0.501499  # a bridge's clock, to the microsecond
+    await switch.ingest("acme", chat("t2", kind="conversation.ended", text="", ts=ts, thread="t1"))
+    live = [f for f in inbox.frames["ann"] if f.get("event") == "conversation.ended"]
+    assert len(live) == 1
+    detail = await snapshot.case_detail(switch.redis, "acme", r.case)
+    assert detail is not None
+    kept = [e for e in detail["timeline"] if e.get("kind") == "conversation.ended"]
+    assert [e["ts"] for e in kept] == [live[0]["entry"]["ts"]] == [round(ts, 3)]
+
+
+async def test_reply_goes_to_outbox_only_from_owner(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
     await switch.set_status("acme", "ann", "available")
     r = await switch.ingest("acme", chat("e1"))
@@ -430,7 +462,9 @@ async def test_reply_goes_to_outbox_only_from_owner(switch: Switch, inbox: Inbox
     assert len(out) == 1 and out[0][1][b"case"] == r.case.encode()
 
 
-async def test_merge_customers_moves_identities_cases_and_timeline(switch: Switch, inbox: Inbox):
+async def test_merge_customers_moves_identities_cases_and_timeline(
+    switch: Switch, inbox: Inbox
+) -> None:
     await setup(switch, agent("ann", ["support"]))
     a = await switch.ingest("acme", chat("e1", email="a@x.test", text="first"))
     b = await switch.ingest(
@@ -457,7 +491,9 @@ async def test_merge_customers_moves_identities_cases_and_timeline(switch: Switc
         await switch.merge_customers("acme", a.customer, b.customer)
 
 
-async def test_visitor_who_identifies_joins_the_known_customer(switch: Switch, inbox: Inbox):
+async def test_visitor_who_identifies_joins_the_known_customer(
+    switch: Switch, inbox: Inbox
+) -> None:
     await setup(switch, agent("ann", ["support"]))
     known = await switch.ingest("acme", chat("m0", email="dana@x.test", text="earlier"))
     first = await switch.ingest(
@@ -491,7 +527,9 @@ async def test_visitor_who_identifies_joins_the_known_customer(switch: Switch, i
     ]
 
 
-async def test_an_offer_pending_from_before_the_upgrade_still_ends(switch: Switch, inbox: Inbox):
+async def test_an_offer_pending_from_before_the_upgrade_still_ends(
+    switch: Switch, inbox: Inbox
+) -> None:
     """Offers used to be hashes of their own (o:<id>, ids "o<n>"); one pending when the router
     is upgraded times out like any other: the case goes back and the agent's capacity returns."""
     await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
@@ -524,7 +562,7 @@ async def test_an_offer_pending_from_before_the_upgrade_still_ends(switch: Switc
     assert await case_field(switch, r.case, "st") == "assigned"
 
 
-async def test_an_offers_history_keeps_its_latest_kilobyte(switch: Switch, inbox: Inbox):
+async def test_an_offers_history_keeps_its_latest_kilobyte(switch: Switch, inbox: Inbox) -> None:
     """A case offered again and again keeps how its recent offers ended (a stale answer is
     told that), not an ever longer list: the oldest are forgotten (offer.unknown)."""
     await setup(switch, agent("ann", ["support"]))
@@ -547,7 +585,7 @@ async def test_an_offers_history_keeps_its_latest_kilobyte(switch: Switch, inbox
 
 async def test_service_level_counts_escalations_and_waits_since_the_case_began_waiting(
     switch: Switch, inbox: Inbox, redis_server: str
-):
+) -> None:
     """A supervisor's first look after a start shows the last hour, not zeros; a case that
     waited out a queue's step counts against that queue; a transferred case's wait runs from
     its transfer, not from its creation (it was being handled meanwhile)."""
@@ -588,7 +626,7 @@ async def test_service_level_counts_escalations_and_waits_since_the_case_began_w
 
 async def test_a_supervisor_takes_back_a_case_from_an_agent_who_signed_out(
     switch: Switch, inbox: Inbox
-):
+) -> None:
     """Ann signed out holding a case: a supervisor moves it to a queue, where Bob gets it; Ann's
     slot is freed and her consoles are told. A wrap-up is taken back the same way."""
     await setup(switch, agent("ann", ["support"]), agent("bob", ["sales"]))

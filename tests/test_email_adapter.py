@@ -32,6 +32,7 @@ from adapters.email import (
     verify_token,
 )
 from adapters.email_parse import Limits, MessageTooComplex, html_to_text, parse_message, trim_quoted
+from tests.email_server import smtp_listening
 
 SECRET = b"test-reply-secret-0123456789abcdef"
 DOMAIN = "acme.test"
@@ -557,14 +558,9 @@ class Sink:
 
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
-    loop, handler = asyncio.get_running_loop(), Sink()
-    server = await loop.create_server(
-        lambda: SMTP(handler, hostname="sink.test", loop=loop), "127.0.0.1", 0
-    )
-    handler.port = server.sockets[0].getsockname()[1]
-    yield handler
-    server.close()
-    await server.wait_closed()
+    handler = Sink()
+    async with smtp_listening(handler, "sink.test") as handler.port:
+        yield handler
 
 
 def outbound(sink: Sink) -> EmailAdapter:
@@ -613,7 +609,7 @@ async def test_a_second_reply_does_not_double_prefix_or_token(sink: Sink) -> Non
     assert again["Subject"] == first["Subject"]
     assert str(again["Subject"]).count("Re:") == 1
     # a reply to a mail that came without a Message-ID still answers it; a first mail does not
-    bare = dict(
+    bare: dict[str, Any] = dict(
         from_addr="support@acme.test", to_addr="alice@example.com", subject="Order 7", text="c",
         case_id="c42", workspace="acme", in_reply_to=None, references=[], secret=SECRET,
         domain=DOMAIN,

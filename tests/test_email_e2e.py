@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import smtplib
 from collections.abc import AsyncIterator, Iterator
 from email import message_from_bytes
 from email.message import EmailMessage, Message
@@ -17,46 +16,32 @@ import pytest
 from redis.asyncio import Redis
 
 from router import keys
-from tests.server import BRIDGE_KEY, ServerProcess, write_config
+from tests.email_server import console, email_server
+from tests.email_server import send as send_mail
+from tests.server import BRIDGE_KEY, ServerProcess
 from tests.switchboard_fixtures import DECL, agent
-from tests.util import free_port, wait_for
-from tests.ws_client import WsClient, connect_agent, connect_bridge, uid
+from tests.util import wait_for
+from tests.ws_client import WsClient, connect_bridge, uid
 
 MX = "mx.acme.test"  # the MTA in front, whose Authentication-Results we trust
 WS = "acme"
-SMTP_PORT: dict[str, int] = {}  # server URL -> its SMTP port
 
 
 @pytest.fixture
 def server(tmp_path: Path, redis: Redis, redis_server: str) -> Iterator[ServerProcess]:
     decl = copy.deepcopy(DECL)
     decl["agents"] = [{**agent("ann", ["support"]), "password": "pw"}]
-    port = free_port()
-    srv = ServerProcess(
-        tmp_path / "srv",
-        write_config(tmp_path / "ws.json", decl),
-        redis_url=redis_server,
-        adapters="email",
-        env={
-            "SWITCHBOARD_SMTP_PORT": str(port),
-            "SWITCHBOARD_MAILBOXES": "support@acme.test=acme,help@acme.test=acme",
-            "SWITCHBOARD_SMTP_AUTHSERV_IDS": MX,
-        },
-    )
-    SMTP_PORT[srv.url] = port
-    yield srv
-    srv.stop()
-    print(srv.log()[-6000:])  # shown when the test failed
+    env = {
+        "SWITCHBOARD_MAILBOXES": "support@acme.test=acme,help@acme.test=acme",
+        "SWITCHBOARD_SMTP_AUTHSERV_IDS": MX,
+    }
+    yield from email_server(tmp_path, decl, env, redis_url=redis_server)
 
 
 @pytest.fixture
 async def ann(server: ServerProcess) -> AsyncIterator[WsClient]:
-    login = await asyncio.to_thread(server.login, "ann")
-    ws = await connect_agent(server.ws_url, login["ws_token"], origin=server.url)
-    await ws.expect("hello")
-    await ws.ok("status", status="available")
-    yield ws
-    await ws.close()
+    async for ws in console(server):
+        yield ws
 
 
 def send(
@@ -73,8 +58,7 @@ def send(
     msg["Subject"] = subject
     msg["Message-ID"] = f"<{uid('m')}@{sender.rpartition('@')[2]}>"
     msg.set_content(text)
-    with smtplib.SMTP("127.0.0.1", SMTP_PORT[server.url], timeout=10) as client:
-        client.send_message(msg)
+    send_mail(server, msg)
 
 
 async def email_offer(ann: WsClient) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from tests.switchboard_fixtures import DECL, Inbox, agent, chat
 
 def workspace(*targets: dict[str, Any], agents: list[dict[str, Any]]) -> dict[str, Any]:
     """DECL's queues; every case goes through ``targets``, then to the support queue."""
-    flow = {"filters": [{"expression": "1 == 1", "targets": list(targets)}]}
+    flow: dict[str, Any] = {"filters": [{"expression": "1 == 1", "targets": list(targets)}]}
     flow["default_filter"] = {"queue": "support"}
     return {**DECL, "workflow": {"task_routing": flow}, "agents": agents}
 
@@ -29,7 +29,7 @@ async def case_status(sw: Switch, case: str) -> str:
 
 
 async def pool_of(sw: Switch, case: str) -> str:
-    v = await sw.redis.hget(f"sb:{{acme}}:c:{case}", "pool")
+    v: bytes | None = await sw.redis.hget(f"sb:{{acme}}:c:{case}", "pool")
     assert v is not None
     return v.decode()
 
@@ -179,7 +179,7 @@ async def test_a_term_that_a_higher_load_meets_is_pulled_by_the_offer(
 async def test_pools_with_different_load_terms_are_different_pools(
     switch: Switch, inbox: Inbox
 ) -> None:
-    targets = [
+    targets: list[dict[str, Any]] = [
         {"queue": "support", "expression": "worker.channel.chat.assigned_tasks < 1", "timeout": 5},
         {"queue": "support", "expression": "worker.channel.chat.assigned_tasks < 2"},
     ]

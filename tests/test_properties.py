@@ -161,6 +161,8 @@ class Case:
     agent: str = ""
     last_agent: str = ""
     esc: bool = False  # its step timed out while it was offered
+    gone: bool = False  # the customer ended the conversation while an agent had the case
+    callback: bool = False  # a call to be called back: its caller hanging up ends nothing
     timer: int | None = None  # armed escalation timer (score) of the current step
 
     @property
@@ -641,6 +643,7 @@ def check_state(model: Model, s: State, acked: set[str]) -> None:
     must(set(cases) == set(model.cases), f"cases: redis {set(cases)} model {set(model.cases)}")
 
     # at most one owner
+    f: dict[str, Any] | None  # an offer's, a case's or an agent's fields, as each check reads them
     by_case: dict[str, list[str]] = {}
     for o, f in pending.items():
         by_case.setdefault(f["case"], []).append(o)
@@ -743,6 +746,9 @@ def compare(
     # Redis keeps each case's last offer (earlier ones ended, as the log says)
     last = {o.case: o.id for o in model.offers.values()}  # made in order: the last one wins
     must(set(offers) == set(last.values()), "offers differ")
+    # each check compares its own shape: a case's fields, an offer's, an agent's
+    got: dict[str, object] | tuple[object, ...]
+    want: dict[str, object] | tuple[object, ...]
     for cid, c in model.cases.items():
         f = cases[cid]
         got = {
@@ -875,6 +881,8 @@ class RoutingMachine(RuleBasedStateMachine):
         ended = ev["kind"] in ("call.ended", "conversation.ended")
         if old is None:
             want = "ignored" if ended else "created"
+        elif ended and old.callback and old.status in ("queued", "offered"):
+            want = "appended"  # the caller is to be called back: hanging up ends nothing
         elif ended:
             want = {
                 "queued": "abandoned",
@@ -892,6 +900,10 @@ class RoutingMachine(RuleBasedStateMachine):
         must(res.action == want and not res.duplicate, f"ingest {ev}: {res}, expected {want}")
         if want in ("created", "reopened", "appended", "abandoned"):
             self.acked.add(res.case)
+        if old is not None and want in ("appended", "reopened"):
+            old.gone = ended  # ended while held, or back (a message, a reopened case)
+            if want == "reopened":
+                old.callback = False  # settled with the case it reopens
         self.settle(Ctx("ingest", attrs=attrs, ch=ch, thread=thread, keep_out=ended and offered))
         return res.case
 
@@ -967,12 +979,20 @@ class RoutingMachine(RuleBasedStateMachine):
             self.settle(Ctx("refused"))
             return
         self.run(call)
+        self.handed_on(c)
         self.settle(Ctx("transfer", plan=plan))
+
+    def handed_on(self, c: Case) -> None:
+        """A call taken from its agent after its caller hung up becomes a callback (the next
+        agent calls them back; every caller here has a phone number on file)."""
+        if c.ch == "voice" and c.gone and c.status in ("assigned", "wrapping"):
+            c.callback = True
 
     def move(self, cid: str, queue: str) -> None:
         """A supervisor moves a case to another queue: a waiting one (queued or offered), or
         one they take back from its agent (assigned or wrapping)."""
         self.run(self.switch.transfer(WS, "", cid, queue=queue))
+        self.handed_on(self.model.cases[cid])
         plan = lambda c: [Step(queue, c.pri, lifo=queue in LIFO_QUEUES)]  # noqa: E731
         self.settle(Ctx("move", plan=plan, keep_out=True))
 

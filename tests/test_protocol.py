@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -147,6 +148,7 @@ async def test_login_then_ws_token_then_hello(stack: Stack) -> None:
     assert bad.status_code == 401 and bad.json()["code"] == "auth.invalid"
     assert (await http.post(f"{url}/api/ws-token")).status_code == 401
 
+    me: httpx.Response | dict[str, str]  # the /api/me answer, then this agent's directory entry
     me = await http.get(f"{url}/api/me", headers={"Authorization": f"Bearer {login['token']}"})
     assert me.json() == {"workspace": "acme", "agent": "hello1", "role": "agent"}
     r = await http.post(
@@ -408,7 +410,12 @@ async def test_completed_case_reopens_and_late_callbacks_are_stale(
 
     # status callbacks carry a sequence number: an older one arriving late is not applied
     call, phone = uid("CA"), "+14155550199"
-    kw = {"channel": "voice", "thread": call, "identities": {"phone": phone}, "text": ""}
+    kw: dict[str, Any] = {
+        "channel": "voice",
+        "thread": call,
+        "identities": {"phone": phone},
+        "text": "",
+    }
     rang = await bridge.ok("event", **event("reopen", kind="call.offered", seq=2, **kw))
     late = await bridge.ok("event", **event("reopen", kind="call.ended", seq=1, **kw))
     assert (late["action"], late["case"]) == ("stale", rang["case"])

@@ -51,9 +51,9 @@ class Switches:
         self.all = [Switch(Store(connect(url)), notify=self._notify) for _ in range(n)]
         self.offers: dict[str, tuple[str, str]] = {}  # offer -> (agent, case), in push order
 
-    async def _notify(self, ws: str, agent_id: str, frame: dict[str, Any], **_: Any) -> None:
+    async def _notify(self, ws: str, agent: str, frame: dict[str, Any], **_: Any) -> None:
         if frame["type"] == "offer":
-            self.offers[frame["offer"]] = (agent_id, frame["case"]["id"])
+            self.offers[frame["offer"]] = (agent, frame["case"]["id"])
 
     def pick(self, rng: random.Random) -> Switch:
         return rng.choice(self.all)
@@ -296,7 +296,9 @@ async def log_entries(r: Redis) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_concurrent_answers_keep_one_owner(switches: Switches, redis: Redis, seed: int):
+async def test_concurrent_answers_keep_one_owner(
+    switches: Switches, redis: Redis, seed: int
+) -> None:
     work = Workload(switches, seed)
     async with asyncio.timeout(120):  # a deadline against hangs, not a synchronisation
         for a in AGENTS[:5]:
@@ -310,6 +312,7 @@ async def test_concurrent_answers_keep_one_owner(switches: Switches, redis: Redi
 
     # every offer ended at most once, exactly as its callers were told
     told: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    res: str | Counter[str]  # one answer's outcome, then all the outcomes of one offer or case
     for verb, thing, who, res in work.told:
         told[(verb, thing)][res] += 1
         if verb == "accept" and who != switches.offers[thing][0]:
@@ -332,7 +335,7 @@ async def test_concurrent_answers_keep_one_owner(switches: Switches, redis: Redi
     assert sum(r["dup"] + r["conflict"] for r in told.values()) > 0
 
 
-async def test_concurrent_duplicate_ingests_make_one_case(switches: Switches, redis: Redis):
+async def test_concurrent_duplicate_ingests_make_one_case(switches: Switches, redis: Redis) -> None:
     """50 deliveries of 5 events (a bridge retrying everywhere at once): 5 cases, 5 offers."""
     for a in AGENTS:
         await switches.all[0].set_status(WS, a["id"], "available")

@@ -31,6 +31,9 @@ async def test_concurrent_transitions_share_one_call_and_keep_their_own_errors(
     await redis.set("sb:{acme}:a:bob", "not a hash")
     await redis.config_resetstat()
     batches = store.batches
+    ann: object  # a result, or the exception the transition raised
+    bob: object
+    ann_again: object
     ann, bob, ann_again = await asyncio.gather(
         store.run("agent_status", "acme", "ann", "available", "1"),
         store.run("agent_status", "acme", "bob", "available", "1"),

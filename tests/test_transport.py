@@ -29,7 +29,7 @@ async def pair() -> tuple[Counting, socket.socket]:
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_connection(asyncio.Protocol, sock=ours)
     theirs.setblocking(False)
-    return Counting(transport), theirs  # type: ignore[arg-type]
+    return Counting(transport), theirs
 
 
 async def read_all(sock: socket.socket, n: int) -> bytes:

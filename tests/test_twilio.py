@@ -108,14 +108,23 @@ def twilio_api() -> Iterator[TwilioApi]:
     api.close()
 
 
-def start_server(
-    tmp_path: Path, redis_server: str, api: TwilioApi, name: str = "srv"
-) -> ServerProcess:
-    decl = copy.deepcopy(DECL)
-    decl["agents"] = [
+def phone_agents() -> list[dict[str, Any]]:
+    """Ann takes calls in the browser (a Twilio client), Bob on a SIP phone."""
+    return [
         {**agent("ann", ["support", "sales"], contact_uri="client:ann"), "password": "pw"},
         {**agent("bob", ["sales"], contact_uri="sip:bob@pbx.example.test"), "password": "pw"},
     ]
+
+
+def start_server(
+    tmp_path: Path,
+    redis_server: str,
+    api: TwilioApi,
+    name: str = "srv",
+    agents: list[dict[str, Any]] | None = None,
+) -> ServerProcess:
+    decl = copy.deepcopy(DECL)
+    decl["agents"] = agents if agents is not None else phone_agents()
     return ServerProcess(
         tmp_path / name,
         write_config(tmp_path / "ws.json", decl),

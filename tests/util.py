@@ -54,5 +54,6 @@ async def offer_state(redis: Redis, ws: str, offer: str) -> str:
         return (row[1] or b"").decode()
     for _, entry in await redis.xrevrange(keys.log(ws), count=100_000):
         if entry.get(b"offer", b"").decode() == offer and entry[b"t"].startswith(b"offer."):
-            return entry[b"t"].decode().removeprefix("offer.").replace("created", "pending")
+            state: str = entry[b"t"].decode()
+            return state.removeprefix("offer.").replace("created", "pending")
     return ""

@@ -37,6 +37,9 @@ export class CaseView {
     this.callbackSlot = h("div", { class: "case-callback-slot" });
     // the same for a chat visitor who closed the page (case.updated visitor.left / visitor.back)
     this.presenceSlot = h("div", { class: "case-presence-slot" });
+    // and for a caller who hung up, a chat the customer ended (case.updated call.ended /
+    // conversation.ended; the case's `ended` after a reload)
+    this.endedSlot = h("div", { class: "case-ended-slot" });
     this.actions = h("aside", { id: `actions-${this.uid}`, class: "case-actions", "aria-label": "Case actions",
       tabindex: "-1" });
     // at ≤ 1100 px the actions follow the conversation, below the fold: the header says they are
@@ -105,12 +108,19 @@ export class CaseView {
     const name = shown(this.customer.name) || identities(this.customer.identities, "Customer");
     this.renderTab(name);
     this.renderCallback();
+    this.renderEnded();
     this.renderPresence();
+    const caller = callerNumber(c, this.customer);
+    // a caller known only by the number the call came from (no phone identity: a SIP or
+    // client caller, a withheld number) still shows it, after what the customer is known by
+    const callerShown = caller && !(this.customer.identities || []).some((i) => String(i) === `phone:${caller}`);
     replace(this.head,
       h("div", { class: "case-who" },
         h("div", { class: "case-who-line" }, h("h2", { testid: "case-customer", dir: "auto" }, name), this.jump),
-        h("p", { class: "case-ids" }, identities(this.customer.identities)),
+        h("p", { class: "case-ids", testid: "case-ids" }, identities(this.customer.identities),
+          callerShown ? [" · calling from ", bdi(caller, { class: "case-caller", testid: "case-caller-number" })] : null),
         this.callbackSlot,
+        this.endedSlot,
         this.presenceSlot,
         notVerified(this.customer) ? h("p", { class: "case-claims", testid: "case-claims", title: UNVERIFIED_TITLE },
           "Says: ", bdi((this.customer.claims || []).length ? identities(this.customer.claims) : name),
@@ -153,8 +163,38 @@ export class CaseView {
     return true;
   }
 
+  /** When the customer ended the conversation (ms), or 0: see endedAt. */
+  get ended() {
+    return endedAt(this.case, this.timeline.entries);
+  }
+
+  /** "Call ended · 14:03" (the caller hung up) or "Customer ended the chat · 14:03" under the
+   *  customer's addresses, until the customer is back (a chat visitor who writes again). */
+  renderEnded() {
+    const at = this.ended;
+    const shownAt = at ? String(at) : "";
+    if (this.endedShown === shownAt) return;
+    this.endedShown = shownAt;
+    const voice = this.case.channel === "voice";
+    replace(this.endedSlot, at ? h("p", { class: "case-ended", testid: "case-ended",
+      title: voice ? "The caller hung up: wrap up the case when your notes are done"
+        : "The customer ended the chat: replies may not reach them until they write again" },
+    h("span", { class: "badge case-ended-badge" }, voice ? "Call ended" : "Customer ended the chat"),
+    " · ", h("time", { datetime: new Date(at).toISOString() }, clock(at / 1000))) : null);
+    this.renderPresence();
+  }
+
+  /** The caller hung up, or the chat visitor ended the chat (`at`, ms): the header says so at
+   *  once. A chat the visitor ended again (they wrote after the first end) takes the new time. */
+  markEnded(at) {
+    if (Number(this.case.ended) === at) return;
+    this.case = { ...this.case, ended: at };
+    this.renderEnded();
+  }
+
   renderPresence() {
-    const at = this.case.visitor_left;
+    // a chat the visitor ended says so (renderEnded): that they left the page is moot then
+    const at = this.ended ? 0 : this.case.visitor_left;
     replace(this.presenceSlot, at ? h("p", { class: "visitor-left", testid: "case-visitor-left",
       title: "No chat window of theirs is open: they may not see your replies until they come back" },
     h("span", { class: "badge visitor-left-badge" }, "Visitor left the page"), ` · ${clock(at / 1000)}`) : null);
@@ -178,6 +218,7 @@ export class CaseView {
   }
 
   renderTimeline(force) {
+    this.renderEnded(); // a chat visitor who writes again is back: the header follows
     if (this.el.hidden && !force) return;
     const tl = this.timeline;
     renderTimeline(this.list, tl, this.case.id, knownEmails(this.customer));
@@ -201,22 +242,40 @@ export class CaseView {
 
   // -- composer --------------------------------------------------------------------------------
 
+  /** The case's unsent draft: its text and what it was written as (`kind`: reply or note; ""
+   *  for none yet). It outlives this view's reply box, which is built again when the case's
+   *  state changes and on every reconnect. */
+  draft() {
+    const d = this.app.drafts.get(this.case.id);
+    return d && typeof d === "object" ? d : { text: typeof d === "string" ? d : "", kind: "" };
+  }
+
+  saveDraft() {
+    if (this.input.value) this.app.drafts.set(this.case.id, { text: this.input.value, kind: this.kind });
+    else this.app.drafts.delete(this.case.id);
+    this.renderStranded();
+  }
+
   composer() {
     // calls take notes only; so does a case in wrap-up (the conversation has ended)
     const canReply = (this.case.channel === "chat" || this.case.channel === "email")
       && this.case.status !== "wrapping";
     const id = `reply-${this.uid}`;
-    const drafts = this.app.drafts;
+    const draft = this.draft();
     const replyHint = `Write a ${this.case.channel === "email" ? "reply email" : "chat reply"}…`;
+    const noteHint = "Write an internal note (the customer never sees it)…";
     this.input = h("textarea", { id, rows: "3", testid: "reply-input", class: "reply-input",
-      placeholder: canReply ? replyHint : "Write an internal note (the customer never sees it)…",
-      value: drafts.get(this.case.id) || "" });
-    this.input.addEventListener("input", () => drafts.set(this.case.id, this.input.value));
+      placeholder: canReply ? replyHint : noteHint, value: draft.text });
+    this.input.addEventListener("input", () => this.saveDraft());
     this.input.addEventListener("keydown", (ev) => {
       if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); this.send(); }
     });
-    this.mode = canReply ? "reply" : "note";
-    const label = h("label", { for: id, class: "visually-hidden" }, canReply ? "Reply to customer" : "Internal note");
+    // a draft stays what it was written as when the box is built again: a note typed in
+    // wrap-up, or with "Internal note" chosen, is still a note when replies are possible again
+    // (the customer wrote, a reconnect); and a reply is never quietly filed as a note
+    this.mode = canReply ? (draft.kind === "note" ? "note" : "reply") : "note";
+    this.kind = draft.text && draft.kind ? draft.kind : this.mode;
+    const label = h("label", { for: id, class: "visually-hidden" }, this.mode === "reply" ? "Reply to customer" : "Internal note");
     const sendLabel = () => (this.mode === "reply" ? "Send reply" : "Add note");
     this.sendButton = h("button", { type: "submit", class: "primary", testid: "reply-send" }, sendLabel());
     const modeRadio = (value, text) => h("label", { class: "seg" },
@@ -225,10 +284,21 @@ export class CaseView {
         onchange: () => {
           this.mode = value;
           this.sendButton.textContent = sendLabel();
-          this.input.placeholder = value === "reply" ? replyHint : "Write an internal note (the customer never sees it)…";
+          this.input.placeholder = value === "reply" ? replyHint : noteHint;
           label.textContent = value === "reply" ? "Reply to customer" : "Internal note";
           form.classList.toggle("note-mode", value === "note");
+          // the agent says what the draft is now: a wrap-up's "not sent" question is moot
+          this.kind = value;
+          this.saveDraft();
+          if (this.unsentBox) { this.unsentBox.remove(); this.unsentBox = null; }
         } }), text);
+    // a reply typed and not sent when the conversation ended elsewhere (wrapped up in another
+    // window of the agent's): it stays in the box, and says it is a reply the box cannot send
+    this.stranded = h("p", { id: `unsent-${this.uid}`, class: "form-error", role: "status",
+      testid: "draft-unsent-reply", hidden: true },
+    "Your unsent reply is kept here. The conversation has ended, so it cannot go to the customer now ",
+    "(it can if they write again). “Add note” files it as an internal note instead.");
+    this.input.setAttribute("aria-describedby", this.stranded.id);
     const canned = Object.entries(this.app.canned);
     const cannedSelect = canned.length ? h("select", { testid: "canned-select", "aria-label": "Insert a canned reply",
       onchange: (ev) => {
@@ -238,7 +308,7 @@ export class CaseView {
       } },
     h("option", { value: "" }, "Canned reply…"),
     canned.map(([key, text]) => h("option", { value: key }, `${key} — ${text.slice(0, 40)}${text.length > 40 ? "…" : ""}`))) : null;
-    const form = h("form", { class: `composer${canReply ? "" : " note-mode"}`, testid: "composer",
+    const form = h("form", { class: `composer${this.mode === "note" ? " note-mode" : ""}`, testid: "composer",
       onsubmit: (ev) => { ev.preventDefault(); this.send(); } },
     h("div", { class: "composer-tools" },
       canReply ? h("fieldset", { class: "segmented" }, h("legend", { class: "visually-hidden" }, "Send as"),
@@ -246,11 +316,16 @@ export class CaseView {
         : h("span", { class: "muted", testid: "notes-only" },
           this.case.channel === "voice" ? "Notes only on calls" : "Notes only in wrap-up"),
       cannedSelect),
-    label, this.input,
+    label, this.stranded, this.input,
     h("div", { class: "composer-foot" },
       h("span", { class: "hint" }, h("kbd", null, "Ctrl"), " + ", h("kbd", null, "Enter"), " to send"),
       this.sendButton));
+    this.renderStranded();
     return form;
+  }
+
+  renderStranded() {
+    this.stranded.hidden = !(this.kind === "reply" && this.mode === "note" && this.input.value.trim());
   }
 
   insert(text) {
@@ -258,7 +333,7 @@ export class CaseView {
     const start = el.selectionStart ?? el.value.length;
     const end = el.selectionEnd ?? el.value.length;
     el.setRangeText(text, start, end, "end");
-    this.app.drafts.set(this.case.id, el.value);
+    this.saveDraft();
     el.focus();
   }
 
@@ -266,15 +341,17 @@ export class CaseView {
     this.input.focus();
   }
 
-  async send() {
+  /** Send what is in the box, as a reply or a note (`as`; by default what the box is set to). */
+  async send(as = this.mode) {
     const text = this.input.value.trim();
     if (!text) return;
     this.sendButton.disabled = true;
     try {
-      const ack = await this.app.conn.request(this.mode === "reply" ? "case.reply" : "case.note",
+      const ack = await this.app.conn.request(as === "reply" ? "case.reply" : "case.note",
         { case: this.case.id, text });
       this.input.value = "";
-      this.app.drafts.delete(this.case.id);
+      this.kind = this.mode;
+      this.saveDraft();
       if (this.timeline.add(ack.entry)) this.app.timelineChanged(this.customer.id);
     } catch (e) {
       this.app.toast(`Not sent: ${e.message}`, { kind: "error" });
@@ -357,22 +434,24 @@ export class CaseView {
   confirmUnsent(button) {
     const card = button.closest(".action-card");
     if (card.querySelector("[data-testid=wrapup-unsent]")) return;
+    const close = () => { box.remove(); this.unsentBox = null; };
     const box = h("div", { class: "unsent", role: "alertdialog", testid: "wrapup-unsent",
       "aria-label": "Your reply has not been sent" },
     h("p", null, "Your reply to the customer has not been sent. Wrap-up ends the conversation."),
     h("button", { class: "primary", testid: "wrapup-send-first", onclick: async () => {
-      box.remove();
-      await this.send();
+      close();
+      await this.send("reply"); // what was asked about: the reply, whatever the box says now
       if (!this.input.value.trim()) await this.wrapup(button);  // sent: the box is empty
     } }, "Send it, then wrap up"),
     h("button", { class: "secondary", testid: "wrapup-discard", onclick: () => {
-      box.remove();
+      close();
       this.input.value = "";
-      this.app.drafts.delete(this.case.id);
+      this.saveDraft();
       this.wrapup(button);
     } }, "Wrap up without sending"),
-    h("button", { class: "link-button", testid: "wrapup-cancel", onclick: () => { box.remove(); this.input.focus(); } },
+    h("button", { class: "link-button", testid: "wrapup-cancel", onclick: () => { close(); this.input.focus(); } },
       "Cancel"));
+    this.unsentBox = box;
     card.append(box);
     box.querySelector("button").focus();
   }
@@ -404,9 +483,19 @@ export class CaseView {
     const directory = h("datalist", { id: `td-${u}`, testid: "transfer-agents" });
     const agent = h("input", { id: `ta-${u}`, testid: "transfer-agent", autocomplete: "off", spellcheck: "false",
       list: `td-${u}`, placeholder: "name or id, e.g. bob" });
+    // everyone agents.list named, to tell who the typed name or id is (the field takes
+    // either): the server knows agents by id, and the agent is told what they did by name
+    let everyone = [];
+    const colleague = (typed) => {
+      const t = typed.toLowerCase();
+      const byName = everyone.filter((a) => String(a.name || "").toLowerCase() === t);
+      return everyone.find((a) => a.id === typed) || everyone.find((a) => String(a.id).toLowerCase() === t)
+        || (byName.length === 1 ? byName[0] : null);
+    };
     const loadDirectory = async () => {
       try {
         const { agents } = await this.app.conn.request("agents.list");
+        everyone = agents;
         const rank = (a) => (a.status === "available" ? 0 : 1);
         replace(directory, agents.filter((a) => canTake(a, this.app.me, this.case.channel))
           .sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name))
@@ -438,7 +527,9 @@ export class CaseView {
     return h("form", { class: "action-card", onsubmit: async (ev) => {
       ev.preventDefault();
       error.hidden = true;
-      const target = to === "queue" ? { queue: queue.value } : { agent: agent.value.trim() };
+      const typed = agent.value.trim();
+      const who = to === "agent" && typed ? colleague(typed) : null;
+      const target = to === "queue" ? { queue: queue.value } : { agent: who ? who.id : typed };
       if (to === "agent" && !target.agent) { agent.focus(); return; }
       if (to === "queue" && !target.queue) { fail("Not transferred: choose a queue."); queue.focus(); return; }
       if (target.agent && target.agent.toLowerCase() === String(this.app.me.id || "").toLowerCase()) {
@@ -449,11 +540,11 @@ export class CaseView {
       submit.disabled = true;
       try {
         await this.app.conn.request("case.transfer", { case: this.case.id, ...target, note: note.value });
-        const where = target.queue ? this.app.queueName(target.queue) : target.agent;
+        const where = target.queue ? this.app.queueName(target.queue) : (who && who.name) || typed;
         this.app.toast(`Transferred to ${where}.`);
         this.app.removeCase(this.case.id);
       } catch (e) {
-        const where = target.queue ? this.app.queueName(target.queue) : target.agent;
+        const where = target.queue ? this.app.queueName(target.queue) : (who && who.name) || typed;
         fail(`Not transferred to ${where}: ${e.message || e.code}. The case is still yours.`);
         submit.disabled = false;
         // say a queue removed since the menu was last used: it leaves the menu (which asks again)
@@ -528,6 +619,35 @@ function fact(term, value, testid) {
   return h("div", { class: "fact" }, h("dt", null, term), h("dd", testid ? { testid } : null, value));
 }
 
+/** The number a call comes from: the customer's first phone identity, else the case's
+ *  `caller` attribute (what the voice platform reported, e.g. a SIP or client address); ""
+ *  for a case that is not a call, or when neither is known. */
+export function callerNumber(caseView, customer) {
+  if (!caseView || caseView.channel !== "voice") return "";
+  const phone = ((customer && customer.identities) || []).find((i) => String(i).startsWith("phone:"));
+  if (phone) return phone.slice(6);
+  const caller = caseView.attributes && caseView.attributes.caller;
+  return typeof caller === "string" ? caller.trim().slice(0, 200) : "";
+}
+
+const END_KINDS = new Set(["call.ended", "conversation.ended"]);
+
+/** When the customer ended the conversation on this case (ms), or 0: its latest end entry in
+ *  the timeline (a chat the visitor ended, wrote again in and ended again: the second end),
+ *  else the case's `ended` (the end entry not among the loaded timeline). 0 again once the
+ *  customer is back after it: an inbound message of the case later in the timeline (a chat
+ *  visitor who wrote again, a case reopened). */
+export function endedAt(caseView, entries) {
+  if (!caseView) return 0;
+  let end = -1;
+  (entries || []).forEach((e, i) => { if (e.case === caseView.id && END_KINDS.has(e.kind)) end = i; });
+  const at = (end >= 0 ? Math.round(Number(entries[end].ts) * 1000) || 0 : 0) || Number(caseView.ended) || 0;
+  if (!at) return 0;
+  const back = (entries || []).some((e, i) => e.case === caseView.id && e.dir === "in"
+    && (e.kind || "message") === "message" && (end >= 0 ? i > end : Number(e.ts) * 1000 > at));
+  return back ? 0 : at;
+}
+
 /** Whether the customer asked to be called back (`callback.requested`: the case's `callback`). */
 export function wantsCallback(caseView) {
   return Boolean(caseView && caseView.callback && caseView.callback !== "0");
@@ -541,13 +661,17 @@ export function withCallback(caseView, number) {
     attributes: number ? { ...attributes, callback_number: number } : attributes };
 }
 
-/** The number to call back: the one the caller left (the case's `callback_number` attribute,
- *  as the Twilio bridge dials it), else the customer's phone; "" when neither is known. */
+/** The number to call back, the same on the console and the supervisor's page: the one the
+ *  caller left (the case's `callback_number` attribute, as the Twilio bridge dials it), else
+ *  the customer's phone (when `customer` is given: the supervisor's listings have none), else
+ *  the one they called from (the case's `caller` attribute); "" when none is known. */
 export function callbackNumber(caseView, customer) {
-  const left = (caseView && caseView.attributes) || {};
-  if (typeof left.callback_number === "string" && left.callback_number) return left.callback_number;
+  const a = (caseView && caseView.attributes) || {};
   const phone = ((customer && customer.identities) || []).find((i) => String(i).startsWith("phone:"));
-  return phone ? phone.slice(6) : "";
+  for (const v of [a.callback_number, phone ? phone.slice(6) : "", a.caller]) {
+    if (typeof v === "string" && v.trim()) return v.trim();
+  }
+  return "";
 }
 
 /** "Callback requested · call back on +14155550123" — on the offer card and in the case header,

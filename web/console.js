@@ -9,7 +9,7 @@ import { signIn } from "./login.js";
 import { announcer, connectionUi, toaster } from "./ui.js";
 import { Timeline, caseSummary } from "./timeline.js";
 import { OfferCard } from "./offers.js";
-import { CaseView, callbackNumber, notVerified, wantsCallback } from "./casetab.js";
+import { CaseView, callbackNumber, callerNumber, notVerified, wantsCallback } from "./casetab.js";
 
 const RESCIND_REASON = {
   timeout: "The offer timed out and went back to the queue.",
@@ -219,6 +219,7 @@ class AgentConsole {
         if (this.removeOffer(f.offer)) this.toast(RESCIND_REASON[f.reason] || RESCIND_REASON.rescinded);
         return undefined;
       }
+      case "offer.updated": return this.offerUpdated(f);
       case "case.message":
       case "case.updated": return this.caseEntry(f);
       case "reminder": return this.reminder(f);
@@ -338,6 +339,15 @@ class AgentConsole {
     if (view && f.type === "case.updated" && f.event === "visitor.back" && view.markVisitorBack()) {
       this.announce(`Visitor is back on the page (chat with ${customerName(view.customer)}).`);
     }
+    // the caller hung up, or the chat visitor ended the chat: the header says so at once (the
+    // case's `ended` keeps saying it after a reload); the toast below tells the agent
+    const ends = f.type === "case.updated" && (f.event === "call.ended" || f.event === "conversation.ended");
+    if (view && ends) {
+      const ts = Number(f.entry && f.entry.ts);
+      // the end entry's own time first, as endedAt reads it after a reload (the case's `ended` is
+      // Redis's clock, which may be a millisecond off the entry's)
+      view.markEnded(ts > 0 ? Math.round(ts * 1000) : Number(f.ended) || Math.round(this.conn.now()));
+    }
     const cust = view ? (view.customer.id || view.case.customer) : card?.offer.case.customer;
     if (!cust || !f.entry) return;
     if (!this.timeline(cust).add(f.entry)) return;
@@ -349,7 +359,11 @@ class AgentConsole {
       view.tab.classList.add("unread");
     }
     if (view && f.type === "case.updated" && f.event === "call.ended") {
-      this.toast(`Call with ${customerName(view.customer)} ended.`);
+      this.toast(`Call with ${customerName(view.customer)} ended.`, { testid: "call-ended" });
+    }
+    if (view && f.type === "case.updated" && f.event === "conversation.ended") {
+      const who = customerName(view.customer);
+      this.toast(`${who === "the customer" ? "The customer" : who} ended the chat.`, { testid: "conversation-ended" });
     }
   }
 
@@ -418,11 +432,27 @@ class AgentConsole {
     this.renderOffersMeta();
     if (fresh) {
       // as the card says it: a customer who is only who they say is announced as not verified
-      const who = o.customer ? customerName(o.customer) + (notVerified(o.customer) ? ", not verified" : "")
-        : "a customer";
+      const number = callerNumber(o.case, o.customer);
+      const who = (o.customer ? customerName(o.customer) + (notVerified(o.customer) ? ", not verified" : "")
+        : "a customer") + (number && number !== customerName(o.customer) ? `, ${number}` : "");
       const callback = wantsCallback(o.case) ? " (callback requested)" : "";
       this.urgent.announce(`New ${CHANNEL_LABEL[o.case.channel] || ""} offer from ${who}${callback}: `
         + `${caseSummary(o.case, tl)}. Alt A to accept, Alt R to reject.`);
+    }
+  }
+
+  /** A chat visitor gave their name or details while their chat is offered to us: the card
+   *  shows them at once (and the case, should the accept have got there first). */
+  offerUpdated(f) {
+    if (!f.customer) return;
+    const card = this.offerCards.get(f.offer);
+    if (card) {
+      if (card.setCustomer(f.customer)) this.polite.announce(`Offer updated: ${card.who.textContent}.`);
+      return;
+    }
+    const view = this.views.get(f.case);
+    if (view && (view.customer.id || view.case.customer) === f.customer.id) {
+      view.update({ case: view.case, customer: f.customer });
     }
   }
 

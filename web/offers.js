@@ -4,7 +4,7 @@
 // with pings, so every console shows the same time left.
 
 import { CHANNEL_LABEL, h, replace } from "./dom.js";
-import { callbackNote, notVerified, UNVERIFIED_TITLE, wantsCallback, withCallback } from "./casetab.js";
+import { callbackNote, callerNumber, notVerified, UNVERIFIED_TITLE, wantsCallback, withCallback } from "./casetab.js";
 import { bdi, caseSummary } from "./timeline.js";
 
 function whyText(why, queueName) {
@@ -30,6 +30,15 @@ function customerLabel(customer) {
   const claim = (customer.claims || [])[0];
   if (claim) return [bdi(claim.replace(/^[a-z]+:/, "")), unverified];
   return [ids.length ? "a web chat visitor" : "Unknown customer"];
+}
+
+// What else they say they are, which the line above does not show (a chat visitor who typed
+// a name and an email is "Chat from Ada · not verified", then "Says: ada@example.com"): the
+// case tab's "Says:" line, on the card. Empty when there are no such claims.
+function claimsSaid(customer) {
+  if (!customer || !(customer.claims || []).length) return "";
+  const shown = customer.name || (customer.identities || []).some((i) => !i.startsWith("visitor:"));
+  return customer.claims.slice(shown ? 0 : 1).map((i) => String(i).replace(/^[a-z_]+:/, "")).join(" · ");
 }
 
 /**
@@ -65,8 +74,8 @@ export class OfferCard {
       c.priority ? h("span", { class: "offer-priority" }, `Priority ${c.priority}`) : null,
       h("span", { class: "offer-timer" }, h("span", { class: "visually-hidden" }, "Time left: "), this.seconds)),
     this.bar,
-    h("p", { class: "offer-customer", id: titleId, testid: "offer-customer" },
-      `${CHANNEL_LABEL[channel] || channel} from `, ...customerLabel(offer.customer)),
+    this.who = h("p", { class: "offer-customer", id: titleId, testid: "offer-customer" }),
+    this.claims = h("p", { class: "offer-unverified", testid: "offer-claims", title: UNVERIFIED_TITLE, hidden: true }),
     this.callbackSlot = h("div", { class: "offer-callback-slot" }, callbackNote(c, offer.customer, "offer-callback")),
     h("p", { class: "offer-subject", testid: "offer-subject", dir: "auto" }, caseSummary(c, timeline)),
     h("p", { class: "offer-why", testid: "offer-why" },
@@ -79,7 +88,33 @@ export class OfferCard {
       if (ev.key === "a" || ev.key === "A") { ev.preventDefault(); actions.accept(offer.offer); }
       if (ev.key === "r" || ev.key === "R") { ev.preventDefault(); actions.reject(offer.offer); }
     });
+    this.renderCustomer();
     this.tick();
+  }
+
+  renderCustomer() {
+    const channel = this.offer.case?.channel || "chat";
+    const label = customerLabel(this.offer.customer);
+    // a call shows the number it comes from, as a phone's screen does: "Call from Kim Lee ·
+    // +14155550123" (not twice when the number is all that is known of the caller)
+    const number = callerNumber(this.offer.case, this.offer.customer);
+    const named = label.some((part) => (typeof part === "string" ? part : part?.textContent) === number);
+    replace(this.who, `${CHANNEL_LABEL[channel] || channel} from `, ...label,
+      number && !named ? [" · ", bdi(number, { class: "offer-caller", testid: "offer-caller-number" })] : null);
+    const said = claimsSaid(this.offer.customer);
+    replace(this.claims, said ? ["Says: ", bdi(said)] : []);
+    this.claims.hidden = !said;
+  }
+
+  /** The customer as they are now (offer.updated: a chat visitor gave their name or details
+   *  while the chat was offered). Changed in place, so an accept already under way opens the
+   *  case with them. Whether what the card says of them changed. */
+  setCustomer(customer) {
+    const before = `${this.who.textContent}|${this.claims.textContent}`;
+    this.offer.customer = customer;
+    this.renderCustomer();
+    replace(this.callbackSlot, callbackNote(this.offer.case, customer, "offer-callback"));
+    return `${this.who.textContent}|${this.claims.textContent}` !== before;
   }
 
   /** The caller asked to be called back while the offer is pending (case.updated

@@ -9,6 +9,7 @@
 
 import { CHANNEL_LABEL, duration, h, replace, shortId } from "./dom.js";
 import { bdi } from "./timeline.js";
+import { callbackNumber, wantsCallback } from "./casetab.js";
 import { Connection, clearSession, loadSession } from "./session.js";
 import { signIn } from "./login.js";
 import { announcer, connectionUi, toaster } from "./ui.js";
@@ -21,18 +22,32 @@ const WAITING_LIMIT = 50;
 // how the "and N more" note names each state
 const MORE_LABEL = { offered: "offered", assigned: "in progress", wrapping: "wrapping up" };
 
-/** A case's subject (isolated: customer text, it may carry bidi controls), or what stands in. */
+/** A case's subject (isolated: customer text, it may carry bidi controls), or what stands in:
+ *  a call waiting to be called back reads "Callback · +14155550123", not "Incoming call". */
 function subjectCell(c) {
+  const callback = c.channel === "voice" && wantsCallback(c);
+  const to = callback ? callbackNumber(c) : "";
+  const mark = callback ? h("span", { class: "waiting-subject waiting-callback", testid: "case-callback",
+    title: "The caller asked to be called back" },
+  h("span", { "aria-hidden": "true" }, "☎ "), "Callback", to ? [" · ", bdi(to, { testid: "case-callback-number" })] : null)
+    : null;
   const subject = c.subject ? bdi(c.subject, { class: "waiting-subject" })
-    : h("span", { class: "waiting-subject" }, c.channel === "voice" ? "Incoming call" : "No subject");
+    : mark ? null : h("span", { class: "waiting-subject" }, c.channel === "voice" ? "Incoming call" : "No subject");
   // who it is, before what about (listings name the customer: customer_name)
-  return c.customer_name ? [bdi(c.customer_name, { class: "waiting-customer", testid: "case-customer-name" }), subject]
-    : subject;
+  return [c.customer_name ? bdi(c.customer_name, { class: "waiting-customer", testid: "case-customer-name" }) : null,
+    mark, subject];
+}
+
+/** What a listed case's first cell shows: it is built again only when that changes (a
+ *  waiting call becomes a callback, a chat visitor gives their name). */
+function caseKey(c) {
+  return JSON.stringify([c.channel, c.customer_name || "", c.subject || "", c.priority || 0,
+    c.channel === "voice" && wantsCallback(c) ? callbackNumber(c) || "-" : ""]);
 }
 
 /** A listed case's first cell: channel, customer and subject, short id, and any ``extra``. */
 function caseCell(c, ...extra) {
-  return h("th", { scope: "row" }, h("div", { class: "waiting-case" },
+  return h("th", { scope: "row", role: "rowheader" }, h("div", { class: "waiting-case" },
     h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
     subjectCell(c),
     h("span", { class: "waiting-id" }, shortId(c.id)),
@@ -50,6 +65,38 @@ function moreThan(total, shown, cut) {
   if (!cut) return 0;
   if (typeof total === "number") return Math.max(0, total - shown);
   return null;
+}
+
+// Each table sits in its own scroller (app.css .table-scroll): wider than its panel, it scrolls
+// there, never the page. On a phone the tables reflow, one card per row, each figure under its
+// column's heading (data-label, from the table's head); the explicit roles keep them tables to
+// assistive technology when the CSS changes their display. A row and its cells get them when
+// the row is made, never by going over the tables again on each refresh.
+const ROLE = { TABLE: "table", THEAD: "rowgroup", TBODY: "rowgroup", TR: "row", TD: "cell" };
+
+function scroller(table) {
+  return h("div", { class: "table-scroll" }, table);
+}
+
+function withRole(el) {
+  el.setAttribute("role", ROLE[el.tagName] || (el.getAttribute("scope") === "col" ? "columnheader" : "rowheader"));
+  return el;
+}
+
+/** Gives a table just built (its head and bodies) its roles, and answers how to make its rows:
+ *  `row(props, ...cells)` is a row with the roles, each of its data cells labelled with its
+ *  column's heading (read from the head once, here; none for a visually hidden one: actions). */
+function reflowable(table) {
+  for (const el of [table, ...table.querySelectorAll("thead, tbody, tr, th")]) withRole(el);
+  const heads = [...table.tHead.rows[0].cells]
+    .map((th) => (th.querySelector(".visually-hidden") ? "" : th.textContent.trim()));
+  return (props, ...cells) => {
+    cells.forEach((cell, i) => {
+      withRole(cell);
+      if (cell.tagName === "TD" && heads[i]) cell.dataset.label = heads[i];
+    });
+    return h("tr", { ...props, role: "row" }, cells);
+  };
 }
 
 function percent(v) {
@@ -95,20 +142,23 @@ class SupervisorView {
       h("thead", null, h("tr", null,
         h("th", { scope: "col" }, "Agent"), h("th", { scope: "col" }, "Load per channel"),
         h("th", { scope: "col" }, "Status"))));
+    this.agentRowOf = reflowable(this.agentTable);
     this.moveQueue = h("select", { id: "move-queue", testid: "move-case-queue", required: true });
     this.waitingRows = new Map();
     this.waitingSupported = true;
     this.waitingBody = h("tbody", { testid: "waiting-rows" });
     this.waitingEmpty = h("p", { class: "empty", testid: "waiting-empty" }, "No case is waiting.");
     this.waitingMore = h("p", { class: "hint list-more", testid: "waiting-more", hidden: true });
+    const waitingTable = h("table", { class: "data waiting", testid: "waiting-table" },
+      h("caption", { class: "visually-hidden" }, "Cases waiting in a queue, oldest first"),
+      h("thead", null, h("tr", null,
+        h("th", { scope: "col" }, "Case"), h("th", { scope: "col" }, "Queue"),
+        h("th", { scope: "col", class: "num" }, "Waiting"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
+      this.waitingBody);
+    this.waitingRowOf = reflowable(waitingTable);
     this.waitingPanel = h("section", { class: "panel", "aria-labelledby": "waiting-title" },
       h("div", { class: "panel-head" }, h("h2", { id: "waiting-title" }, "Waiting cases")),
-      h("table", { class: "data waiting", testid: "waiting-table" },
-        h("caption", { class: "visually-hidden" }, "Cases waiting in a queue, oldest first"),
-        h("thead", null, h("tr", null,
-          h("th", { scope: "col" }, "Case"), h("th", { scope: "col" }, "Queue"),
-          h("th", { scope: "col", class: "num" }, "Waiting"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
-        this.waitingBody),
+      scroller(waitingTable),
       this.waitingEmpty, this.waitingMore);
     this.progressRows = new Map();
     this.progressSupported = true;
@@ -116,36 +166,40 @@ class SupervisorView {
     this.progressEmpty = h("p", { class: "empty", testid: "progress-empty" }, "Nobody is handling a case right now.");
     this.progressMore = h("p", { class: "hint list-more", testid: "progress-more", hidden: true });
     this.progressCounts = h("span", { class: "stamp", testid: "progress-counts" });
+    const progressTable = h("table", { class: "data progress", testid: "progress-table" },
+      h("caption", { class: "visually-hidden" }, "Cases being offered, handled or wrapped up, with their agent, oldest first"),
+      h("thead", null, h("tr", null,
+        h("th", { scope: "col" }, "Case"), h("th", { scope: "col" }, "Agent"),
+        h("th", { scope: "col" }, "State"), h("th", { scope: "col", class: "num" }, "Open for"),
+        h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
+      this.progressBody);
+    this.progressRowOf = reflowable(progressTable);
     this.progressPanel = h("section", { class: "panel", "aria-labelledby": "progress-title" },
       h("div", { class: "panel-head" }, h("h2", { id: "progress-title" }, "In progress"), this.progressCounts),
-      h("table", { class: "data progress", testid: "progress-table" },
-        h("caption", { class: "visually-hidden" }, "Cases being offered, handled or wrapped up, with their agent, oldest first"),
-        h("thead", null, h("tr", null,
-          h("th", { scope: "col" }, "Case"), h("th", { scope: "col" }, "Agent"),
-          h("th", { scope: "col" }, "State"), h("th", { scope: "col", class: "num" }, "Open for"),
-          h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
-        this.progressBody),
+      scroller(progressTable),
       this.progressEmpty, this.progressMore);
+    const queuesTable = h("table", { class: "data queues", testid: "queues-table" },
+      h("caption", { class: "visually-hidden" }, "Queues: waiting cases, longest wait and service level"),
+      h("thead", null, h("tr", null,
+        h("th", { scope: "col" }, "Queue"), h("th", { scope: "col", class: "num" }, "Waiting"),
+        h("th", { scope: "col", class: "num" }, "Longest wait"),
+        h("th", { scope: "col", class: "num" }, "Service level"),
+        h("th", { scope: "col", class: "num" }, "Answered"), h("th", { scope: "col", class: "num" }, "Abandoned"),
+        h("th", { scope: "col", class: "num", title: "waited out the queue's workflow step and moved on unanswered" },
+          "Escalated"))),
+      this.queueBody);
+    this.queueRowOf = reflowable(queuesTable);
     this.main = h("main", { id: "main", class: "sup-main", tabindex: "-1" },
       this.summary,
       h("section", { class: "panel", "aria-labelledby": "queues-title" },
         h("div", { class: "panel-head" }, h("h2", { id: "queues-title" }, "Queues"), this.stamp),
-        h("table", { class: "data queues", testid: "queues-table" },
-          h("caption", { class: "visually-hidden" }, "Queues: waiting cases, longest wait and service level"),
-          h("thead", null, h("tr", null,
-            h("th", { scope: "col" }, "Queue"), h("th", { scope: "col", class: "num" }, "Waiting"),
-            h("th", { scope: "col", class: "num" }, "Longest wait"),
-            h("th", { scope: "col", class: "num" }, "Service level"),
-            h("th", { scope: "col", class: "num" }, "Answered"), h("th", { scope: "col", class: "num" }, "Abandoned"),
-            h("th", { scope: "col", class: "num", title: "waited out the queue's workflow step and moved on unanswered" },
-              "Escalated"))),
-          this.queueBody),
+        scroller(queuesTable),
         this.formula),
       this.waitingPanel,
       this.progressPanel,
       h("div", { class: "sup-grid" },
         h("section", { class: "panel", "aria-labelledby": "agents-title" },
-          h("div", { class: "panel-head" }, h("h2", { id: "agents-title" }, "Agents")), this.agentTable),
+          h("div", { class: "panel-head" }, h("h2", { id: "agents-title" }, "Agents")), scroller(this.agentTable)),
         this.moveForm()));
     replace(this.root,
       h("header", { class: "topbar" },
@@ -293,10 +347,16 @@ class SupervisorView {
       if (!row) {
         row = { waited: h("td", { class: "num", testid: "waiting-case-age" }), queue: h("td", { testid: "waiting-case-queue" }) };
         const pick = this.moveButton(c, "waiting-case-move", `Move case ${c.id}`);
-        row.tr = h("tr", { testid: "waiting-case", data: { case: c.id } },
-          caseCell(c, c.priority ? h("span", { class: "offer-priority" }, `P${c.priority}`) : null),
-          row.queue, row.waited, h("td", null, pick));
+        row.head = h("th");
+        row.tr = this.waitingRowOf({ testid: "waiting-case", data: { case: c.id } },
+          row.head, row.queue, row.waited, h("td", null, pick));
         this.waitingRows.set(c.id, row);
+      }
+      if (row.key !== caseKey(c)) {
+        row.key = caseKey(c);
+        const head = caseCell(c, c.priority ? h("span", { class: "offer-priority" }, `P${c.priority}`) : null);
+        row.head.replaceWith(head);
+        row.head = head;
       }
       // keep the server's order (oldest first); move a row only when it is out of place, so a
       // focused button keeps its focus
@@ -369,10 +429,16 @@ class SupervisorView {
           age: h("td", { class: "num", testid: "progress-case-age" }), status: null, who: null };
         // a case whose agent signed out (or went home) can be taken back and moved to a queue
         const pick = this.moveButton(c, "progress-case-move", `Move case ${c.id} to a queue`);
-        row.tr = h("tr", { testid: "progress-case", data: { case: c.id } },
-          caseCell(c),
-          row.agent, row.state, row.age, h("td", null, pick));
+        row.head = h("th");
+        row.tr = this.progressRowOf({ testid: "progress-case", data: { case: c.id } },
+          row.head, row.agent, row.state, row.age, h("td", null, pick));
         this.progressRows.set(c.id, row);
+      }
+      if (row.key !== caseKey(c)) {
+        row.key = caseKey(c);
+        const head = caseCell(c);
+        row.head.replaceWith(head);
+        row.head = head;
       }
       // oldest first; a row moves only when it is out of place
       const at = this.progressBody.children[i];
@@ -469,7 +535,7 @@ class SupervisorView {
         row = { tr: null, waiting: cell("queue-waiting"), longest: cell("queue-longest"), sl: cell("queue-sl"),
           answered: cell("queue-answered"), abandoned: cell("queue-abandoned"), escalated: cell("queue-escalated"),
           name: h("th", { scope: "row", testid: "queue-name" }) };
-        row.tr = h("tr", { testid: "queue-row", data: { queue: q.id } },
+        row.tr = this.queueRowOf({ testid: "queue-row", data: { queue: q.id } },
           row.name, row.waiting, row.longest, row.sl, row.answered, row.abandoned, row.escalated);
         this.queueRows.set(q.id, row);
       }
@@ -505,8 +571,8 @@ class SupervisorView {
     let g = this.groups.get(status);
     if (!g) {
       const count = h("span", { class: "count" });
-      g = { body: h("tbody", { class: `group status-${status}`, testid: "agent-group", data: { status } },
-        h("tr", { class: "group-head" }, h("th", { colspan: "3", scope: "rowgroup" },
+      g = { body: h("tbody", { class: `group status-${status}`, testid: "agent-group", data: { status }, role: "rowgroup" },
+        this.agentRowOf({ class: "group-head" }, h("th", { colspan: "3", scope: "rowgroup" },
           h("span", { class: `dot status-${status}`, "aria-hidden": "true" }), label(status), " ", count))), count };
       this.groups.set(status, g);
       const order = this.statusOrder();
@@ -555,7 +621,7 @@ class SupervisorView {
       select: h("select", { id, testid: "agent-status", data: { agent: a.id }, "aria-label": `Status of ${a.name || a.id}`,
         onchange: (ev) => this.setAgentStatus(a.id, ev.target.value, row) }),
     };
-    row.tr = h("tr", { testid: "agent-row", data: { agent: a.id } },
+    row.tr = this.agentRowOf({ testid: "agent-row", data: { agent: a.id } },
       h("th", { scope: "row" }, row.name, h("span", { class: "agent-id" }, a.id)), h("td", null, row.load), h("td", null, row.select));
     this.agentRows.set(a.id, row);
     return row;

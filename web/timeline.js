@@ -93,7 +93,26 @@ function truncatedNote(entry) {
     ` — the full text was ${size}; only the beginning is shown here.`);
 }
 
+/** A reply the customer never got (the mail server refused it for good): a warning for the
+ *  agents, who would otherwise believe the customer has their answer. Never shown to the
+ *  customer (the chat widget shows only messages in and out). */
+function deliveryFailed(entry) {
+  const to = typeof entry.to === "string" && entry.to ? entry.to : "";
+  const reason = typeof entry.reason === "string" ? entry.reason.replace(/\.$/, "") : "";
+  // (its box is the truncation notice's: the warning look app.css already has)
+  const parts = [h("p", { class: "tl-truncated tl-warning", testid: "timeline-delivery-failed" },
+    h("span", { class: "tl-truncated-label" }, "Reply not delivered"),
+    to ? [" to ", bdi(to)] : "",
+    reason ? [": ", bdi(reason)] : "",
+    ". The customer did not get it.")];
+  if (entry.reply_text) {
+    parts.push(h("p", { class: "tl-text", dir: "auto" }, "The reply: “", shown(entry.reply_text), "”"));
+  }
+  return parts;
+}
+
 function body(entry) {
+  if (entry.kind === "delivery.failed") return deliveryFailed(entry);
   const parts = [];
   if (entry.subject) parts.push(h("p", { class: "tl-subject", dir: "auto" }, shown(entry.subject)));
   const label = KIND_LABEL[entry.kind];
@@ -121,12 +140,14 @@ function entryNode(entry, currentCase, caseChannel, group, known) {
   const ch = entry.dir === "note" ? "note" : channel;
   const dirLabel = entry.dir === "in" ? "from customer" : entry.dir === "out" ? "to customer" : "internal";
   return h("li", {
-    class: `tl-entry tl-${entry.dir} ${group === currentCase ? "tl-this" : "tl-other"}`,
+    class: `tl-entry tl-${entry.dir} ${group === currentCase ? "tl-this" : "tl-other"}${entry.kind === "delivery.failed" ? " tl-failed" : ""}`,
     testid: "timeline-entry",
-    data: { channel: ch || "", dir: entry.dir || "", entry: entry.id || "" },
+    data: { channel: ch || "", dir: entry.dir || "", entry: entry.id || "", kind: entry.kind || "" },
   },
   h("div", { class: "tl-meta" },
-    h("span", { class: `badge ch-${ch}` }, CHANNEL_LABEL[ch] || ch || "?"),
+    entry.kind === "delivery.failed"
+      ? h("span", { class: "badge visitor-left-badge tl-failed-badge" }, "Not delivered")
+      : h("span", { class: `badge ch-${ch}` }, CHANNEL_LABEL[ch] || ch || "?"),
     h("bdi", { class: "tl-who", dir: "auto" }, shown(who(entry))),
     stranger(entry, known),
     h("span", { class: "visually-hidden" }, `, ${dirLabel}, `),

@@ -24,25 +24,56 @@ export function announcer(politeness = "polite") {
  * Options: `testid`, `className`, `live` (the container's aria-live, or null when the page
  * announces the toasts itself), and `fallbackFocus()`: where focus goes when the last toast is
  * dismissed from the keyboard (otherwise it moves to the neighbouring toast's dismiss button).
+ *
+ * A message shown again while the same one is still up (same kind, title, text and testid: a
+ * confirmation pressed three times, one error repeating) does not stack another toast: the one
+ * up counts it ("×3"), is read out again and stays for a full timeout from the latest. Toasts
+ * with actions or an `onDismiss`, and reminders, are each their own item and always stack.
  */
 export function toaster({ testid = "toasts", className = "toasts", live = "polite", fallbackFocus } = {}) {
   const el = h("div", { class: className, "aria-live": live, testid });
+  const up = new Map(); // repeatable message's key -> { toast, count, badge, spoken, timer, ms }
   function show(text, { kind = "info", title, testid, actions = [], timeoutMs, onDismiss } = {}) {
+    const ms = timeoutMs ?? (kind === "reminder" ? 0 : kind === "error" ? 8000 : 4000);
+    const key = kind === "reminder" || actions.length || onDismiss ? null
+      : JSON.stringify([kind, title || "", String(text), testid || ""]);
+    const same = key && up.get(key);
+    if (same && same.toast.isConnected) {
+      same.count += 1;
+      same.badge.textContent = `×${same.count}`;
+      same.spoken.textContent = ` (${same.count} times)`;
+      same.badge.hidden = false;
+      // a short pulse says it was refreshed (none under prefers-reduced-motion: app.css)
+      same.toast.classList.remove("toast-again");
+      void same.toast.offsetWidth; // restart the animation
+      same.toast.classList.add("toast-again");
+      clearTimeout(same.timer);
+      if (same.ms) same.timer = setTimeout(same.drop, same.ms);
+      return same.toast;
+    }
     const close = h("button", { class: "icon-button", "aria-label": "Dismiss", testid: "toast-dismiss" }, "×");
+    const badge = h("span", { class: "toast-count", testid: "toast-count", "aria-hidden": "true", hidden: true });
+    const spoken = h("span", { class: "visually-hidden" });
     const toast = h("div", { class: `toast toast-${kind}`, role: kind === "error" ? "alert" : "status",
       testid: testid || `toast-${kind}` },
     h("div", { class: "toast-body" },
       title ? h("p", { class: "toast-title" }, title) : null,
-      h("p", { class: "toast-text" }, text),
+      h("p", { class: "toast-text" }, text, spoken, badge),
       actions.length ? h("div", { class: "toast-actions" }, actions.map(([label, fn]) =>
-        h("button", { class: "link-button", onclick: () => { fn(); toast.remove(); if (onDismiss) onDismiss(); } },
+        h("button", { class: "link-button", onclick: () => { fn(); drop(); if (onDismiss) onDismiss(); } },
           label))) : null),
     close);
+    const entry = { toast, count: 1, badge, spoken, timer: null, ms, drop };
+    function drop() {
+      clearTimeout(entry.timer);
+      toast.remove();
+      if (key && up.get(key) === entry) up.delete(key);
+    }
     close.addEventListener("click", () => {
       // focus on the button that goes would fall to the page: keep it among the toasts
       const hadFocus = toast.contains(document.activeElement);
       const next = toast.nextElementSibling || toast.previousElementSibling;
-      toast.remove();
+      drop();
       if (hadFocus) {
         const to = next ? next.querySelector("[data-testid=toast-dismiss]") : fallbackFocus && fallbackFocus();
         if (to) to.focus();
@@ -50,8 +81,8 @@ export function toaster({ testid = "toasts", className = "toasts", live = "polit
       if (onDismiss) onDismiss();
     });
     el.append(toast);
-    const ms = timeoutMs ?? (kind === "reminder" ? 0 : kind === "error" ? 8000 : 4000);
-    if (ms) setTimeout(() => toast.remove(), ms);
+    if (key) up.set(key, entry);
+    if (ms) entry.timer = setTimeout(drop, ms);
     return toast;
   }
   return { el, show };

@@ -124,6 +124,18 @@ local function offer_state_for(c, o, a, last, ost, oagent)
   return nil
 end
 
+-- A case's attributes JSON text with "callback_number" added in front, or nil when the text
+-- is not an object or names one already. Spliced into the text: decoding and encoding it again
+-- would turn an empty list among the attributes into an object.
+local function with_callback_number(attrs, number)
+  if string.sub(attrs, 1, 1) ~= '{' or string.find(attrs, '"callback_number"', 1, true) then
+    return nil
+  end
+  local rest = string.sub(attrs, 2)
+  if rest ~= '}' then rest = ',' .. rest end
+  return '{"callback_number":' .. cjson.encode(number) .. rest
+end
+
 -- A case this transition creates is held here, not written, while the ingest path fills it in
 -- (creation, workflow step, offer): one HSET instead of three, and no read of what it just
 -- wrote. Only that path touches it (case_get / case_set); anything else that needs it in

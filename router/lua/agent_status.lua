@@ -2,11 +2,17 @@
 -- Becoming routable pulls the best waiting cases across all the agent's pools up to capacity;
 -- going offline rescinds the agent's pending offers (their cases go back with their age).
 -- KEYS[1] workspace prefix
--- ARGV    now, agent id, status, routable '1'|'0'
+-- ARGV    now, agent id, status, routable '1'|'0', '1' when someone else (a supervisor) sets
+--         it: a routable status needs the agent signed in (a console open, or its reconnect
+--         grace), or offers would ring nobody
 -- Returns {ok, status, offers, rescinded=[offer ids]} or {ok=false, error=code}.
 local a = ARGV[2]
 local ak = k_agent(a)
 if redis.call('EXISTS', ak) == 0 then return result({ok = false, error = 'agent.unknown'}) end
+if ARGV[5] == '1' and ARGV[4] == '1' and redis.call('HLEN', k_agent_conns(a)) == 0
+    and (hget(ak, 'grace') or '') == '' then
+  return result({ok = false, error = 'agent.signed_out'})
+end
 local was = hget(ak, 'r')
 redis.call('HSET', ak, 'st', ARGV[3], 'r', ARGV[4])
 if ARGV[4] == '1' then

@@ -5,6 +5,8 @@
 -- (agent id '' — the caller has checked the role). A pending offer on the case is rescinded.
 -- A supervisor may also take an assigned or wrapping case back from its agent (signed out,
 -- gone home): the agent's capacity is freed and their consoles are told (case.removed).
+-- A call handed on after its caller hung up becomes a callback (the next agent calls the
+-- caller back, at the number the case knows), as a live call can't be put through to them.
 -- KEYS[1] workspace prefix
 -- ARGV    now, agent id or '', case id, plan JSON [{pool|agent, queue, pri, due}, ...],
 --         timeline entry JSON (the transfer note) or '', target agent id or '', ms before
@@ -28,6 +30,34 @@ elseif cs[1] == 'assigned' or cs[1] == 'wrapping' then
   push[1] = {agent = out, frame = {type = 'case.removed', case = c, reason = 'moved'}}
 elseif cs[1] ~= 'queued' and cs[1] ~= 'offered' then
   return result({ok = false, error = 'case.' .. cs[1]})
+end
+if out ~= '' and cs[3] == 'voice' then
+  -- the caller hung up on a call that is handed on: nobody is on the line for the next agent
+  -- to be put through to, so they call the customer back (the bridge dials out for a callback)
+  local v = redis.call('HMGET', ck, 'ended', 'callback', 'attrs')
+  if v[1] and v[1] ~= '' and v[2] ~= '1' then
+    local attrs = v[3] or '{}'
+    local ok, t = pcall(cjson.decode, attrs)
+    if not ok or type(t) ~= 'table' then t = {} end
+    local number = t.callback_number
+    if type(number) ~= 'string' or number == '' then
+      number = nil
+      -- the number the call came from (E.164: + and 7 to 15 digits), else the customer's
+      local caller = type(t.caller) == 'string' and string.match(t.caller, '^%+[1-9](%d+)$')
+      if caller and #caller >= 6 and #caller <= 14 then
+        number = t.caller
+      else
+        local ids = redis.call('HKEYS', k_customer(cs[4]))
+        table.sort(ids)
+        for _, f in ipairs(ids) do
+          if string.sub(f, 1, 8) == 'i:phone:' then number = string.sub(f, 9) break end
+        end
+      end
+      local spliced = number and with_callback_number(attrs, number)
+      if spliced then redis.call('HSET', ck, 'attrs', spliced) else number = nil end
+    end
+    if number then redis.call('HSET', ck, 'callback', '1') end
+  end
 end
 if out ~= '' then
   redis.call('SREM', k_agent_cases(out), c)

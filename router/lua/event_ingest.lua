@@ -1,7 +1,8 @@
 -- event_ingest.lua — one normalized channel event, from dedupe to offer, in one atomic call:
 -- dedupe by idempotency key; resolve the customer from their identities; thread the event onto
 -- an open case (or reopen a recently resolved one, preferring its last agent, or open a new
--- case); append it to the customer's timeline; and for a new case enter workflow step 1, which
+-- case; a message naming a case closed for good goes on in the case its thread went on in);
+-- append it to the customer's timeline; and for a new case enter workflow step 1, which
 -- offers it to the best available agent if there is one.
 -- KEYS[1] workspace prefix
 -- ARGV    1 now  2 event id  3 channel  4 kind  5 identities JSON ["email:a@b", ...], claims
@@ -23,12 +24,29 @@ if seen then
   return result(r)
 end
 
--- threading: a verified case id, else the channel thread
-local c = nil
-if ARGV[8] ~= '' and redis.call('EXISTS', k_case(ARGV[8])) == 1 then c = ARGV[8] end
-if c == nil and ARGV[7] ~= '' then c = hget(k_threads(), ARGV[7]) end
-
+-- threading: a verified case id, else the channel thread. cv: the case's st, closed, cust and
+-- ended, read once
 local ends = kind == 'call.ended' or kind == 'conversation.ended'
+local c, cv = nil, nil
+if ARGV[8] ~= '' then
+  cv = redis.call('HMGET', k_case(ARGV[8]), 'st', 'closed', 'cust', 'ended')
+  if cv[1] then c = ARGV[8] else cv = nil end
+end
+if c == nil and ARGV[7] ~= '' then
+  c = hget(k_threads(), ARGV[7])
+elseif c and ARGV[7] ~= '' and not ends and not OPEN[cv[1]]
+    and not (cv[1] == 'completed' and NOW - (tonumber(cv[2]) or 0) <= tonumber(ARGV[14])) then
+  -- the verified case is closed for good (completed outside the reopen window, cancelled,
+  -- abandoned), and an earlier message naming it opened the case its thread names now: the
+  -- conversation goes on there (appended, or reopened within that case's window) instead of
+  -- opening another case for each message that names the old one. Only a case of the same
+  -- customer (a stranger's message naming it opened one of theirs); never for an end, which
+  -- ends the conversation it names and no other.
+  local t = hget(k_threads(), ARGV[7])
+  if t and t ~= c and cv[3] and hget(k_case(t), 'cust') == cv[3] then c, cv = t, nil end
+end
+if c and cv == nil then cv = redis.call('HMGET', k_case(c), 'st', 'closed', 'cust', 'ended') end
+
 if c == nil and ends then
   -- the end of a conversation we never saw: nothing to record, nobody to create
   local r = {ok = true, case = '', customer = '', action = 'ignored', duplicate = false}
@@ -110,7 +128,8 @@ local function notify(case_id, frame)
   if a and a ~= '' and OPEN[cs[1]] then push[#push + 1] = {agent = a, frame = frame} end
 end
 
-local st = c and hget(k_case(c), 'st') or nil
+local st = cv and cv[1] or nil
+local was_ended = cv ~= nil and cv[4] and cv[4] ~= ''  -- the customer had ended it
 if c and ARGV[16] ~= '' then
   local last = tonumber(hget(k_case(c), 'seq') or '-1')
   if tonumber(ARGV[16]) <= last then
@@ -148,16 +167,13 @@ elseif c and OPEN[st] then
     append(c)
     local set = {'callback', '1', 'updated', NOW_S}
     -- the number the caller left joins the case's attributes, where the voice bridge and the
-    -- console look for it; spliced into the JSON text, as decoding and encoding it again would
-    -- turn an empty list among the attributes into an object
+    -- console look for it
     local left = cjson.decode(cjson.decode(ARGV[13]).attrs or '{}').callback_number
     if type(left) == 'string' and left ~= '' then
-      local attrs = hget(k_case(c), 'attrs') or '{}'
-      if string.sub(attrs, 1, 1) == '{' and not string.find(attrs, '"callback_number"', 1, true) then
-        local rest = string.sub(attrs, 2)
-        if rest ~= '}' then rest = ',' .. rest end
+      local attrs = with_callback_number(hget(k_case(c), 'attrs') or '{}', left)
+      if attrs then
         set[#set + 1] = 'attrs'
-        set[#set + 1] = '{"callback_number":' .. cjson.encode(left) .. rest
+        set[#set + 1] = attrs
       end
     else
       left = nil
@@ -171,19 +187,21 @@ elseif c and OPEN[st] then
     append(c)
     local a = hget(k_case(c), 'agent')
     redis.call('HSET', k_case(c), 'st', 'assigned', 'updated', NOW_S, 'resumed', NOW_S)
+    if was_ended then redis.call('HDEL', k_case(c), 'ended') end  -- they are back
     log('case.resumed', {'case', c, 'agent', a or ''})
     chat_event(c, ch, 'joined', a)
     notify(c, {type = 'case.message', case = c, entry = entry(), status = 'assigned'})
   else
     append(c)
     redis.call('HSET', k_case(c), 'updated', NOW_S)
+    if was_ended then redis.call('HDEL', k_case(c), 'ended') end  -- they are back
     notify(c, {type = 'case.message', case = c, entry = entry()})
   end
 elseif kind == 'call.ended' or kind == 'conversation.ended' then
   action = 'ignored'
 else
   local reopen = c ~= nil and st == 'completed'
-    and NOW - (tonumber(hget(k_case(c), 'closed')) or 0) <= tonumber(ARGV[14])
+    and NOW - (tonumber(cv[2]) or 0) <= tonumber(ARGV[14])
   local plan = ARGV[12]
   local known, owner = nil, nil  -- a new case's routing fields and customer, as just written
   if reopen then
@@ -193,6 +211,7 @@ else
     -- this very event marks it again below)
     redis.call('HSET', k_case(c), 'st', 'queued', 'age', NOW - EPOCH_MS, 'reopened', NOW_S,
       'x', '|', 'agent', '', 'plan', plan, 'plan_start', NOW_S, 'updated', NOW_S, 'callback', '0')
+    if was_ended then redis.call('HDEL', k_case(c), 'ended') end  -- settled with it
     log('case.reopened', {'case', c, 'customer', u})
   else
     action = 'created'
