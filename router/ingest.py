@@ -205,8 +205,9 @@ def parse_event(d: Any) -> Event:
 def entry_ts(ts: float | None = None) -> float:
     """A timeline entry's time (s), now unless given: whole milliseconds, which the scripts'
     JSON (cjson, 14 significant digits) carries exactly, so an entry pushed live from a script
-    says the same time as the stored one."""
-    return round(time.time() if ts is None else ts, 3)
+    says the same time as the stored one. Rounded down, never past the scripts' clock (whole
+    ms): a message stamped in the millisecond an agent rejoined for it still comes first."""
+    return math.floor((time.time() if ts is None else ts) * 1000) / 1000
 
 
 def timeline_entry(ev: Event) -> dict[str, Any]:

@@ -435,19 +435,20 @@ async def test_an_end_pushed_live_says_the_time_the_history_keeps(
 ) -> None:
     """The agent's live ``case.updated`` carries the end entry as the scripts re-encode it
     (cjson: 14 significant digits); the history keeps the one ingest wrote. Both must say the
-    same millisecond, or the console's "Customer ended the chat · <time>" moves on a reload."""
+    same millisecond, or the console's "Customer ended the chat · <time>" moves on a reload;
+    and never a later one than the scripts' clock, which the chat widget orders by."""
     await setup(switch, agent("ann", ["support"]))
     await switch.set_status("acme", "ann", "available")
     r = await switch.ingest("acme", chat("t1"))
     await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
-    ts = int(time.time()) - 5 + 0.501499  # a bridge's clock, to the microsecond
+    ts = int(time.time()) - 5 + 0.501999  # a bridge's clock, to the microsecond
     await switch.ingest("acme", chat("t2", kind="conversation.ended", text="", ts=ts, thread="t1"))
     live = [f for f in inbox.frames["ann"] if f.get("event") == "conversation.ended"]
     assert len(live) == 1
     detail = await snapshot.case_detail(switch.redis, "acme", r.case)
     assert detail is not None
     kept = [e for e in detail["timeline"] if e.get("kind") == "conversation.ended"]
-    assert [e["ts"] for e in kept] == [live[0]["entry"]["ts"]] == [round(ts, 3)]
+    assert [e["ts"] for e in kept] == [live[0]["entry"]["ts"]] == [int(ts) + 0.501]  # whole ms, rounded down
 
 
 async def test_reply_goes_to_outbox_only_from_owner(switch: Switch, inbox: Inbox) -> None:
