@@ -448,7 +448,8 @@ async def test_an_end_pushed_live_says_the_time_the_history_keeps(
     detail = await snapshot.case_detail(switch.redis, "acme", r.case)
     assert detail is not None
     kept = [e for e in detail["timeline"] if e.get("kind") == "conversation.ended"]
-    assert [e["ts"] for e in kept] == [live[0]["entry"]["ts"]] == [int(ts) + 0.501]  # whole ms, rounded down
+    # whole milliseconds, rounded down
+    assert [e["ts"] for e in kept] == [live[0]["entry"]["ts"]] == [int(ts) + 0.501]
 
 
 async def test_reply_goes_to_outbox_only_from_owner(switch: Switch, inbox: Inbox) -> None:
