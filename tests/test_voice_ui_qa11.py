@@ -140,6 +140,42 @@ async def test_a_call_offer_and_its_case_show_the_number_it_comes_from(
 
 
 @browser_test
+async def test_app_sip_and_withheld_callers_are_named_not_shown_as_ids(
+    web: Web, server: ServerProcess
+) -> None:
+    """The voice adapter knows a caller who is not a phone number by what Twilio reports: an
+    app (``client:lou``) or SIP address, or for a withheld number (From a placeholder such as
+    +266696687) the call alone. Agents read what that means, never the adapter's ids."""
+    bea = await web.agent("bea")
+    async with bridge(server) as b:
+        for identity, caller, shown in [
+            ("twilio:client:lou", "client:lou", "lou (app call)"),
+            (
+                "twilio:sip:kai@pbx.example.com",
+                "sip:kai@pbx.example.com",
+                "kai@pbx.example.com (SIP)",
+            ),
+            ("twilio-call:CA0123456789abcdef", "+266696687", "withheld number"),
+        ]:
+            await b.event(
+                id=f"call-{secrets.token_hex(6)}",
+                channel="voice",
+                kind="call.offered",
+                identities={"external": identity},
+                thread=f"call-{secrets.token_hex(6)}",
+                text="Incoming call",
+                attributes={"topic": "billing", "caller": caller},
+            )
+            offer = bea.get_by_test_id("offer")
+            await expect(offer.get_by_test_id("offer-customer")).to_have_text(f"Call from {shown}")
+            await expect(offer.get_by_test_id("offer-caller-number")).to_have_count(0)
+            await offer.get_by_test_id("offer-accept").click()
+            await expect(panel(bea).get_by_test_id("case-ids")).to_have_text(shown)
+            await expect(panel(bea).get_by_test_id("case-caller-number")).to_have_count(0)
+            await complete(bea)
+
+
+@browser_test
 async def test_a_caller_known_only_by_their_number_is_not_named_twice(
     web: Web, server: ServerProcess
 ) -> None:

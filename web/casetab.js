@@ -599,18 +599,28 @@ function canTake(a, me, channel) {
   return true;
 }
 
-/** "dana@example.com · +15550100777 · web chat" — an anonymous chat visitor id tells an agent
- *  nothing, so it is named, not shown. */
+/** One identity as an agent reads it: "dana@example.com", "+15550100777"; ids that tell an agent
+ *  nothing are named instead: an anonymous chat visitor ("web chat visitor"), a caller who
+ *  withheld their number (the voice adapter knows them by the call alone: "withheld number"),
+ *  a call from an app or a SIP phone ("alice (app call)", "bob@pbx.example.com (SIP)"). */
+export function identityLabel(identity) {
+  const [kind, ...rest] = String(identity).split(":");
+  const value = rest.join(":");
+  if (kind === "visitor") return "web chat visitor";
+  if (kind === "external") {
+    if (value.startsWith("twilio-call:")) return "withheld number";
+    const m = /^twilio:(client|sips?):(.+)$/.exec(value);
+    if (m) return m[1] === "client" ? `${m[2]} (app call)` : `${m[2]} (SIP)`;
+  }
+  return value || kind;
+}
+
+/** "dana@example.com · +15550100777 · web chat visitor" (identityLabel each, once). */
 function identities(list, none = "no known contact details") {
   const out = [];
   for (const i of list || []) {
-    const [kind, ...rest] = String(i).split(":");
-    const value = rest.join(":");
-    if (kind === "visitor") {
-      if (!out.includes("web chat visitor")) out.push("web chat visitor");
-    } else {
-      out.push(value || kind);
-    }
+    const label = identityLabel(i);
+    if (!out.includes(label)) out.push(label);
   }
   return out.join(" · ") || none;
 }
@@ -624,10 +634,15 @@ function fact(term, value, testid) {
  *  for a case that is not a call, or when neither is known. */
 export function callerNumber(caseView, customer) {
   if (!caseView || caseView.channel !== "voice") return "";
-  const phone = ((customer && customer.identities) || []).find((i) => String(i).startsWith("phone:"));
+  const ids = ((customer && customer.identities) || []).map(String);
+  const phone = ids.find((i) => i.startsWith("phone:"));
   if (phone) return phone.slice(6);
   const caller = caseView.attributes && caseView.attributes.caller;
-  return typeof caller === "string" ? caller.trim().slice(0, 200) : "";
+  if (typeof caller !== "string") return "";
+  // a withheld number comes as a placeholder (+266696687…) that is nobody's: the voice adapter
+  // then knows the caller by the call alone; an app or SIP caller is named by their identity
+  if (ids.some((i) => i.startsWith("external:twilio-call:") || i === `external:twilio:${caller}`)) return "";
+  return caller.trim().slice(0, 200);
 }
 
 const END_KINDS = new Set(["call.ended", "conversation.ended"]);

@@ -9,12 +9,13 @@ import { signIn } from "./login.js";
 import { announcer, connectionUi, toaster } from "./ui.js";
 import { Timeline, caseSummary } from "./timeline.js";
 import { OfferCard } from "./offers.js";
-import { CaseView, callbackNumber, callerNumber, notVerified, wantsCallback } from "./casetab.js";
+import { CaseView, callbackNumber, callerNumber, identityLabel, notVerified, wantsCallback } from "./casetab.js";
 
 const RESCIND_REASON = {
   timeout: "The offer timed out and went back to the queue.",
   abandoned: "The customer left before the offer was answered.",
   rescinded: "The offer was withdrawn.",
+  unavailable: "You are not available: the offer went to a colleague.",
 };
 
 // a reminded case's state, for one no longer on the agent's screen
@@ -60,7 +61,7 @@ class AgentConsole {
     const { banner, indicator } = connectionUi(this.conn, () => this.polite.announce("Reconnected."));
     // A closed menu stepped through with the arrow keys changes (and fires "change") at every
     // step: from Offline, ArrowUp twice went through Away to Available, and Lunch by way of
-    // Offline rescinded every offer. Arrow steps wait for Enter, Tab (blur) or a second's pause;
+    // Away handed every ringing offer on. Arrow steps wait for Enter, Tab (blur) or a second's pause;
     // a choice made with the mouse, or from the open list, applies at once.
     let stepped = false;
     let settle = null;
@@ -622,5 +623,5 @@ start(document.getElementById("app"));
 function customerName(customer) {
   if (customer && customer.name) return customer.name;
   const known = ((customer && customer.identities) || []).find((i) => !i.startsWith("visitor:"));
-  return known ? known.replace(/^[a-z]+:/, "") : "the customer";
+  return known ? identityLabel(known) : "the customer";
 }

@@ -4,7 +4,7 @@
 // with pings, so every console shows the same time left.
 
 import { CHANNEL_LABEL, h, replace } from "./dom.js";
-import { callbackNote, callerNumber, notVerified, UNVERIFIED_TITLE, wantsCallback, withCallback } from "./casetab.js";
+import { callbackNote, callerNumber, identityLabel, notVerified, UNVERIFIED_TITLE, wantsCallback, withCallback } from "./casetab.js";
 import { bdi, caseSummary } from "./timeline.js";
 
 function whyText(why, queueName) {
@@ -26,7 +26,7 @@ function customerLabel(customer) {
   if (customer.name) return [bdi(customer.name), unverified];
   const ids = customer.identities || [];
   const known = ids.find((i) => !i.startsWith("visitor:"));
-  if (known) return [known.replace(/^[a-z]+:/, ""), unverified];
+  if (known) return [bdi(identityLabel(known)), unverified];
   const claim = (customer.claims || [])[0];
   if (claim) return [bdi(claim.replace(/^[a-z]+:/, "")), unverified];
   return [ids.length ? "a web chat visitor" : "Unknown customer"];
