@@ -569,8 +569,9 @@ class Switch:
 
     async def _dispatch(self, ws: str, res: Mapping[str, Any]) -> None:
         for p in _as_list(res.get("push")):
-            if p["frame"].get("type") == "offer.rescinded":  # an offer timed out
-                METRICS.offer_outcomes.labels(p["frame"].get("reason") or "rescinded").inc()
+            if p["frame"].get("type") == "offer.rescinded":  # timed out, or withdrawn
+                timeout = p["frame"].get("reason") == "timeout"
+                METRICS.offer_outcomes.labels("timeout" if timeout else "rescinded").inc()
             await self.notify(ws, p["agent"], p["frame"])
         for o in _as_list(res.get("offers")):
             nodes = _as_list(o["nodes"]) if "nodes" in o else None
@@ -585,6 +586,6 @@ class Switch:
                         "type": "offer.rescinded",
                         "offer": r["offer"],
                         "case": r["case"],
-                        "reason": "rescinded",
+                        "reason": r.get("reason") or "rescinded",
                     },
                 )

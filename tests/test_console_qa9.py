@@ -378,7 +378,8 @@ async def test_stepping_through_the_status_menu_with_arrows_sets_only_where_it_s
     web: Web, server: ServerProcess
 ) -> None:
     """Arrow keys step a closed menu through every option: only the one the agent stops on is
-    sent (Enter, Tab away, or a second's pause), not each one passed (Offline rescinds offers)."""
+    sent (Enter, Tab away, or a second's pause), not each one passed (Away or Offline would hand
+    a ringing offer on to a colleague)."""
     sam = await web.agent("sam", status="available")
     async with bridge(server) as b:
         await send_email(b, sender="ivy@example.com", name="Ivy", subject="Hold on", text="Hi")
@@ -387,8 +388,17 @@ async def test_stepping_through_the_status_menu_with_arrows_sets_only_where_it_s
     options = await menu.locator("option").evaluate_all("os => os.map(o => o.value)")
     assert options.index("offline") == options.index("available") + 2  # away, then offline
     await menu.focus()
-    for _ in range(3):  # available -> away -> offline -> lunch, passing offline
+    for key in ["ArrowDown", "ArrowDown", "ArrowUp", "ArrowUp"]:  # to offline and back
+        await sam.keyboard.press(key)
+    await sam.keyboard.press("Enter")
+    await expect(menu).to_have_class("status-available")
+    await expect(sam.get_by_test_id("offer")).to_have_count(1)  # away and offline were passed
+    # where it stops is sent: lunch (not routable) hands the offer on, and says so
+    for _ in range(3):  # available -> away -> offline -> lunch
         await sam.keyboard.press("ArrowDown")
     await sam.keyboard.press("Enter")
     await expect(menu).to_have_class("status-lunch")
-    await expect(sam.get_by_test_id("offer")).to_have_count(1)  # offline was only passed
+    await expect(sam.get_by_test_id("offer")).to_have_count(0)
+    await expect(
+        sam.get_by_text("You are not available: the offer went to a colleague.")
+    ).to_be_visible()

@@ -452,6 +452,88 @@ async def test_an_end_pushed_live_says_the_time_the_history_keeps(
     assert [e["ts"] for e in kept] == [live[0]["entry"]["ts"]] == [int(ts) + 0.501]
 
 
+def rescinds(inbox: Inbox, agent_id: str) -> list[tuple[str, str]]:
+    return [
+        (f["case"], f["reason"]) for f in inbox.frames[agent_id] if f["type"] == "offer.rescinded"
+    ]
+
+
+def call(eid: str, phone: str) -> dict[str, Any]:
+    return {
+        "id": eid,
+        "channel": "voice",
+        "kind": "call.offered",
+        "identities": {"phone": phone},
+        "thread": eid,
+    }
+
+
+@pytest.mark.parametrize("status", ["away", "offline"])
+async def test_going_unavailable_hands_a_ringing_offer_on_at_once(
+    switch: Switch, inbox: Inbox, status: str
+) -> None:
+    """A call offered to ann rings her console; she goes on a break. The caller must not wait
+    out the offer's deadline on someone who said they are not taking work: bob, free, gets it
+    now, and ann's console is told why the card went."""
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", call("v1", "+15550002222"))
+    assert inbox.last_offer("ann")["case"]["id"] == r.case
+    await switch.set_status("acme", "bob", "available")
+    assert not inbox.offers("bob")
+
+    await switch.set_status("acme", "ann", status)
+    assert rescinds(inbox, "ann") == [(r.case, "unavailable")]
+    assert inbox.last_offer("bob")["case"]["id"] == r.case
+    assert await switch.redis.scard("sb:{acme}:a:ann:offers") == 0
+    # rescinded, not refused: back from her break, she may be offered it again
+    assert await case_field(switch, r.case, "x") == "|"
+
+
+async def test_missed_offers_set_away_and_hand_the_rest_on(switch: Switch, inbox: Inbox) -> None:
+    """ann misses offers in a row (max_missed_offers, 3) and is set away: the offers she still
+    holds go to bob then, not one deadline after another."""
+    await setup(switch, agent("ann", ["support"], email=5), agent("bob", ["support"], email=5))
+    await switch.set_status("acme", "ann", "available")
+    made = [await switch.ingest("acme", chat(f"m{i}", email=f"m{i}@x.test")) for i in range(2)]
+    made += [
+        await switch.ingest("acme", {**chat(f"m{i}", email=f"m{i}@x.test"), "channel": "email"})
+        for i in range(2, 5)
+    ]
+    assert len(inbox.offers("ann")) == 5
+    await switch.set_status("acme", "bob", "available")
+    bob_before = len(inbox.offers("bob"))
+    # every deadline passes in one timer run: three time out, by then ann is away, and the
+    # other two go on to bob instead of timing out as well
+    deadline = max([int(await case_field(switch, c.case, "odl") or 0) for c in made])
+    await switch.run_timers("acme", now=deadline)
+    assert (await switch.redis.hget("sb:{acme}:a:ann", "st")) == b"away"
+    ended = rescinds(inbox, "ann")
+    assert sorted(why for _, why in ended) == ["timeout"] * 3 + ["unavailable"] * 2
+    handed_on = {c for c, why in ended if why == "unavailable"}
+    assert handed_on <= {f["case"]["id"] for f in inbox.offers("bob")[bob_before:]}
+
+
+async def test_a_rejection_that_sets_a_break_hands_the_other_offers_on(
+    switch: Switch, inbox: Inbox
+) -> None:
+    """With ``routing.reject_status`` a break (not routable), declining one offer puts ann on
+    it: the other offer she holds goes to bob at once."""
+    decl = {**DECL, "statuses": [{"name": "break"}], "routing": {"reject_status": "break"}}
+    await switch.apply_workspace(
+        {**decl, "agents": [agent("ann", ["support"]), agent("bob", ["support"])]}
+    )
+    await switch.set_status("acme", "ann", "available")
+    one = await switch.ingest("acme", chat("j1", email="j1@x.test"))
+    two = await switch.ingest("acme", chat("j2", email="j2@x.test"))
+    await switch.set_status("acme", "bob", "available")
+    first = next(f for f in inbox.offers("ann") if f["case"]["id"] == one.case)
+    await switch.reject("acme", "ann", first["offer"])
+    assert (await switch.redis.hget("sb:{acme}:a:ann", "st")) == b"break"
+    assert rescinds(inbox, "ann") == [(two.case, "unavailable")]
+    assert {f["case"]["id"] for f in inbox.offers("bob")} == {one.case, two.case}
+
+
 async def test_reply_goes_to_outbox_only_from_owner(switch: Switch, inbox: Inbox) -> None:
     await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
     await switch.set_status("acme", "ann", "available")

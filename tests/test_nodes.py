@@ -51,6 +51,7 @@ TEAMS = {
     "drain": 1,
     "orphan": 1,
     "kill": 0,
+    "parked": 0,  # a queue nobody serves: its cases just wait
 }
 #: edits the workspace through one node and reads it through the other
 ADMIN = {"id": "root", "name": "Root", "password": "pw", "role": "admin", "capacity": {}}
@@ -279,9 +280,8 @@ async def test_sigterm_drains_and_loses_or_duplicates_nothing(
     await console.ok("offer.accept", offer=(await console.offer_for(held["case"]))["offer"])
     waiting = await bridge.ok("event", **event("drain"))
     pending = await console.offer_for(waiting["case"])
-    await console.ok("status", status="away")  # the events below just queue
 
-    evs = _events("drain", 300)
+    evs = _events("parked", 300)  # they just queue
     sender = stack.track(await connect_bridge(node.ws_url, BRIDGE_KEY))
     pump = asyncio.create_task(_pump(sender, evs))
     await wait_for(lambda: len([f for f in sender.seen if f["type"] == "ack"]) >= 20, 10)

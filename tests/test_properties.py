@@ -292,6 +292,8 @@ class Model:
             kind, *parts = member.split("|")
             nxt = events[pos] if pos < len(events) else {}
             if kind == "o":
+                if self.offers[parts[0]].status != "pending":
+                    continue  # rescinded: its agent was set away for the offers missed before it
                 must(
                     nxt.get("t") == "offer.timeout" and nxt.get("offer") == parts[0],
                     f"offer {parts[0]} was due by {now} but did not time out next; got {nxt}",
@@ -475,8 +477,12 @@ class Model:
         self._end_offer(ev, ctx, "timeout")
 
     def on_offer_rescinded(self, ev: dict[str, str], ts: int, ctx: Ctx, prev: Any) -> None:
-        ok = ctx.kind == "status" and ctx.status == "offline" and ev["agent"] == ctx.agent
-        ok = ok or ctx.keep_out
+        # a status that is not routable rescinds the agent's pending offers: one they set, or
+        # the away the timers set after missed offers (logged before these)
+        a = ev["agent"]
+        ok = ctx.kind == "status" and not ROUTABLE[ctx.status] and a == ctx.agent
+        away = self.agents[a].status == "away" and a not in self.expect_away
+        ok = ok or (ctx.kind == "timers" and away) or ctx.keep_out
         must(ok, f"rescinded by {ctx}: {ev}")
         self._end_offer(ev, ctx, "rescinded")
 
@@ -653,6 +659,9 @@ def check_state(model: Model, s: State, acked: set[str]) -> None:
         must(o in s.get(f"a:{f['agent']}:offers", set()), f"{o} missing from its agent's offers")
     for c, os_ in by_case.items():
         must(len(os_) == 1, f"case {c} has {len(os_)} pending offers: {os_}")
+    # nobody who is not taking work (away, offline) holds a pending offer: it went on
+    for o, f in pending.items():
+        must(agents[f["agent"]].get("r") == "1", f"{o} pending for {f['agent']}, not routable")
     for c, f in cases.items():
         if f.get("st") in ("assigned", "wrapping"):
             must(c not in by_case, f"assigned case {c} also has a pending offer")
@@ -914,8 +923,8 @@ class RoutingMachine(RuleBasedStateMachine):
             ag.missed = 0
         self.run(self.switch.set_status(WS, a, status))
         self.settle(Ctx("status", status=status, agent=a))
-        if status == "offline":
-            must(not self.model.pending_of(a), f"{a} went offline but holds offers")
+        if not ROUTABLE[status]:
+            must(not self.model.pending_of(a), f"{a} went {status} but holds offers")
 
     def accept(self, oid: str) -> None:
         o = self.model.offers[oid]

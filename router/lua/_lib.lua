@@ -774,6 +774,21 @@ local function end_offer(o, status, offers, keep_out, after_ms)
   return a
 end
 
+-- Agent a is no longer routable (a status they or a supervisor set, the away that missed offers
+-- or a rejection set, their reconnect grace over): their pending offers go on to the next agents
+-- now rather than ringing until their deadlines. Returns what the agent's consoles are told,
+-- one offer.rescinded frame each (reason 'unavailable').
+local function rescind_all(a, offers)
+  local told = {}
+  for _, o in ipairs(offers_of(a)) do
+    if end_offer(o, 'rescinded', offers) then
+      told[#told + 1] = {type = 'offer.rescinded', offer = o, case = offer_case(o),
+        reason = 'unavailable'}
+    end
+  end
+  return told
+end
+
 local function result(t)
   return cjson.encode(t)
 end

@@ -3,7 +3,8 @@
 -- so a node that dies after making an offer cannot leave it pending past its deadline.
 -- Timer members of the timers ZSET (score = due time, ms):
 --   o|<offer>          offer deadline: the offer times out, the case goes back with its age;
---                      an agent who misses max_missed offers in a row is set to away_status
+--                      an agent who misses max_missed offers in a row is set to away_status,
+--                      and their other pending offers go on to the next agents
 --   e|<case>|<step>    workflow step timeout: the case moves on to the next step (same age)
 --   f|<case>|<agent>|<n>  follow-up reminder for an agent: pushed, and kept until they dismiss
 --                      it (reminder.dismiss), so one due while they are away waits for them
@@ -68,6 +69,9 @@ for _, m in ipairs(due) do
         log('agent.status', {'agent', a, 'status', ARGV[4], 'reason', 'missed_offers'})
         push[#push + 1] = {agent = a, frame = {type = 'status', status = ARGV[4],
           reason = 'missed_offers'}}
+        for _, frame in ipairs(rescind_all(a, offers)) do
+          push[#push + 1] = {agent = a, frame = frame}
+        end
       end
       refresh_agent(a)
       pull(a, offers)
@@ -102,9 +106,7 @@ for _, m in ipairs(due) do
     local a, token = parts[2], parts[3]
     if hget(k_agent(a), 'grace') == token then
       redis.call('HSET', k_agent(a), 'st', 'offline', 'r', '0', 'grace', '')
-      for _, o in ipairs(offers_of(a)) do
-        end_offer(o, 'rescinded', offers)
-      end
+      rescind_all(a, offers)  -- nobody is there to tell
       refresh_agent(a)
       log('agent.status', {'agent', a, 'status', 'offline', 'reason', 'disconnected'})
     end
