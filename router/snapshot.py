@@ -235,24 +235,31 @@ async def _agent_move(
 
 
 async def agent_directory(redis: aioredis.Redis, ws: str) -> list[dict[str, Any]]:
-    """Every agent's id, name, status and capacity per channel (for transfers: the console's
-    picker shows who is available, and leaves out who takes none of the case's channel — the
-    server would refuse them, ``transfer.invalid``), asked for on demand: a workspace can have
-    thousands, too many for every hello. One pipelined ``HMGET`` per agent."""
+    """Every agent's id, name, status, and capacity and load per channel (for transfers: the
+    console's picker shows who is available and who is busy — on a call — and leaves out who
+    takes none of the case's channel — the server would refuse them, ``transfer.invalid``),
+    asked for on demand: a workspace can have thousands, too many for every hello. One
+    pipelined ``HMGET`` per agent."""
     from router.ingest import CHANNELS  # the channels an agent may have a ``cap:`` field for
 
     ids = sorted(_dec(a) for a in await redis.smembers(keys.agents(ws)))
     channels = sorted(CHANNELS)
     pipe = redis.pipeline(transaction=False)
     for aid in ids:
-        pipe.hmget(keys.agent(ws, aid), ["name", "st", *(f"cap:{c}" for c in channels)])
+        pipe.hmget(
+            keys.agent(ws, aid),
+            ["name", "st", *(f"cap:{c}" for c in channels), *(f"load:{c}" for c in channels)],
+        )
     rows = await pipe.execute()
+    n = len(channels)
     return [
         {
             "id": aid,
             "name": _dec(name) or aid,
             "status": _dec(st) or "offline",
-            "capacity": {c: int(v or 0) for c, v in zip(channels, caps, strict=True)},
+            "capacity": {c: int(v or 0) for c, v in zip(channels, rest[:n], strict=True)},
+            # open cases and pending offers per channel (a call: its one voice slot)
+            "load": {c: int(v or 0) for c, v in zip(channels, rest[n:], strict=True)},
         }
-        for aid, (name, st, *caps) in zip(ids, rows, strict=True)
+        for aid, (name, st, *rest) in zip(ids, rows, strict=True)
     ]

@@ -171,7 +171,10 @@ async def test_login_then_ws_token_then_hello(stack: Stack) -> None:
     assert hello["cases"] == [] and hello["offers"] == []
     directory = await console.ok("agents.list")  # the directory for transfers, on demand
     me = {"id": "hello1", "name": "Hello 1", "status": "offline"}
-    assert {**me, "capacity": {"chat": 2, "email": 3, "voice": 1}} in directory["agents"]
+    load = {"chat": 0, "email": 0, "voice": 0}
+    assert {**me, "capacity": {"chat": 2, "email": 3, "voice": 1}, "load": load} in directory[
+        "agents"
+    ]
 
 
 async def test_hello_after_reconnect_is_the_snapshot(stack: Stack, bridge: WsClient) -> None:

@@ -41,6 +41,7 @@ from tests.test_console import (
     customer_chat,
     panel,
     say,
+    send_email,
     set_status,
     shoot,
     sign_in,
@@ -173,6 +174,30 @@ async def test_app_sip_and_withheld_callers_are_named_not_shown_as_ids(
             await expect(panel(bea).get_by_test_id("case-ids")).to_have_text(shown)
             await expect(panel(bea).get_by_test_id("case-caller-number")).to_have_count(0)
             await complete(bea)
+
+
+@browser_test
+async def test_the_transfer_picker_says_who_has_no_room_left(
+    web: Web, server: ServerProcess
+) -> None:
+    """Bea is available but holds as many emails as she takes (one): the picker lists her after
+    anyone free, as "Bea Billing · available · emails full" (a transfer to her waits until she
+    has room), and once she has room again, without it."""
+    bea = await web.agent("bea")
+    sam = await web.agent("sam")
+    async with bridge(server) as b:
+        await send_email(b, sender="ola@example.com", name="Ola", subject="Invoice", text="Hi",
+                         topic="billing")  # fmt: skip
+        await bea.get_by_test_id("offer-accept").click()
+        await send_email(b, sender="kim@example.com", name="Kim", subject="Parcel", text="Hi")
+    await sam.get_by_test_id("offer-accept").click()
+    await panel(sam).locator("label.seg", has_text="To an agent").click()
+    option = panel(sam).locator("[data-testid=transfer-agents] option[value=bea]")
+    await expect(option).to_have_attribute("label", "Bea Billing · available · emails full")
+    await complete(bea)
+    await panel(sam).locator("label.seg", has_text="To a queue").click()
+    await panel(sam).locator("label.seg", has_text="To an agent").click()  # asks again
+    await expect(option).to_have_attribute("label", "Bea Billing · available")
 
 
 @browser_test

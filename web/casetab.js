@@ -496,10 +496,14 @@ export class CaseView {
       try {
         const { agents } = await this.app.conn.request("agents.list");
         everyone = agents;
-        const rank = (a) => (a.status === "available" ? 0 : 1);
-        replace(directory, agents.filter((a) => canTake(a, this.app.me, this.case.channel))
+        const ch = this.case.channel;
+        // who could take it now first: available with room on its channel; then available but
+        // busy ("on a call", "chats full": a transfer to them waits until they are free)
+        const rank = (a) => (a.status !== "available" ? 2 : busy(a, ch) ? 1 : 0);
+        replace(directory, agents.filter((a) => canTake(a, this.app.me, ch))
           .sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name))
-          .map((a) => h("option", { value: a.id, label: `${a.name} · ${a.status}` })));
+          .map((a) => h("option", { value: a.id,
+            label: [a.name, a.status, busy(a, ch)].filter(Boolean).join(" · ") })));
       } catch {
         /* the id can still be typed */
       }
@@ -591,6 +595,15 @@ export class CaseView {
  *  directory tells their role or capacity, not a supervisor or admin without capacity for the
  *  case's channel, nor anyone with none for it, nor anyone signed out (the server refuses
  *  those: transfer.invalid). */
+/** "on a call" / "chats full" / "emails full" when an agent has no room left on the channel
+ *  (agents.list's load against capacity), else "". */
+function busy(a, channel) {
+  const cap = Number((a.capacity || {})[channel] || 0);
+  const load = Number((a.load || {})[channel] || 0);
+  if (!cap || load < cap) return "";
+  return channel === "voice" ? (cap === 1 ? "on a call" : "calls full") : `${channel}s full`;
+}
+
 function canTake(a, me, channel) {
   if (!a || !a.id || a.status === "offline") return false;
   if (me && String(a.id).toLowerCase() === String(me.id || "").toLowerCase()) return false;
