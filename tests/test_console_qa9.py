@@ -138,9 +138,11 @@ async def test_the_directory_tells_each_agents_capacity_per_channel(redis: Redis
     await redis.hset(keys.agent(ws, "sue"), mapping={"name": "Sue", "role": "supervisor"})
     assert await agent_directory(redis, ws) == [
         {"id": "sam", "name": "Sam", "status": "available",
-         "capacity": {"chat": 2, "email": 1, "voice": 0}},
+         "capacity": {"chat": 2, "email": 1, "voice": 0},
+         "load": {"chat": 0, "email": 0, "voice": 0}},
         {"id": "sue", "name": "Sue", "status": "offline",
-         "capacity": {"chat": 0, "email": 0, "voice": 0}},
+         "capacity": {"chat": 0, "email": 0, "voice": 0},
+         "load": {"chat": 0, "email": 0, "voice": 0}},
     ]  # fmt: skip
 
 
