@@ -64,7 +64,10 @@ async def _timer_loop(ctx: Ctx) -> None:
                 workspaces = await ctx.switch.workspaces()
                 await ctx.switch.refresh_configs()
                 await ctx.switch.heartbeat(
-                    ctx.node, dead_after_s=ctx.settings.node_dead_s, grace_s=ctx.settings.grace_s
+                    ctx.node,
+                    dead_after_s=ctx.settings.node_dead_s,
+                    grace_s=ctx.settings.grace_s,
+                    visitor_grace_s=ctx.settings.visitor_grace_s,
                 )
             for ws in workspaces:
                 while await ctx.switch.run_timers(ws) >= 500:

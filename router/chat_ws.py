@@ -15,12 +15,13 @@ the one holding it gets the case anew (``case.refresh``), the one it is offered 
 for the offer's card (``offer.updated``).
 
 A visitor who closes the page without ending the chat is noticed: each case counts the widget
-connections open on it (the case's ``wv``), and when the last one has been gone for
-``SWITCHBOARD_VISITOR_GRACE_S`` (a reload comes back well within it) the agent holding the case is
-told (``case.updated`` ``visitor.left``, the time kept as the case's ``vleft``); a widget that opens
-the case again tells them the visitor is back (``visitor.back``). The node that saw the last
-connection close counts the grace: if it dies first, or a node dies with widgets open (their
-count then stays up), the agent is told nothing: a departure may go unsaid.
+connections open on it (the case's ``wv``, and per node: ``chat_presence.lua``), and when the
+last one has been gone for ``SWITCHBOARD_VISITOR_GRACE_S`` (a reload comes back well within it)
+the agent holding the case is told (``case.updated`` ``visitor.left``, the time kept as the
+case's ``vleft``), or a chat nobody answered yet is abandoned; a widget that opens the case again
+tells them the visitor is back (``visitor.back``). The grace is a timer in Redis, fired by
+whichever node runs timers first; a node that dies with widgets open has them counted out by the
+node that finds it dead (``SWITCHBOARD_NODE_DEAD_S``), and the grace runs from then.
 
 ``end`` names the case it ends (a widget that was offline when the visitor pressed *End chat*
 delivers it later): an end for any other conversation than the visitor's current one ends
@@ -29,7 +30,6 @@ nothing, and a resent one (same ``id``) is recorded once.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -61,9 +61,6 @@ _SIGNED = (("external_id", "external"), ("email", "email"), ("phone", "phone"))
 # a case's states while its conversation is open; an agent has it on screen in the last two
 _OPEN = (b"queued", b"offered", b"assigned", b"wrapping")
 _HELD = (b"assigned", b"wrapping")
-_UNANSWERED = (b"queued", b"offered")
-# the grace tasks running on this node (asyncio keeps only weak references to tasks)
-_GRACES: set[asyncio.Task[None]] = set()
 
 
 def identity_hash(secret: str, given: Mapping[str, str]) -> str:
@@ -97,43 +94,35 @@ class ChatSession:
 
     async def _arrive(self, case: str) -> None:
         """Count this connection as the visitor's on ``case``; if their agent was told they
-        left, tell them they are back. A Redis failure leaves the connection uncounted: its
-        close then counts nothing either."""
-        k = keys.case(self.ws, case)
+        left, tell them they are back. A failure leaves the connection uncounted: its close
+        then counts nothing either."""
         try:
-            async with self.ctx.redis.pipeline(transaction=False) as pipe:
-                pipe.hincrby(k, "wv", 1)
-                pipe.hdel(k, "vleft")
-                _, told = await pipe.execute()
-            self.present = case
-            if not told:
-                return
-            st, agent = await self.ctx.redis.hmget(k, ["st", "agent"])
-        except RedisError as e:
+            back = await self.ctx.switch.chat_presence(
+                self.ws, "arrive", self.ctx.node, self.ctx.settings.visitor_grace_s,
+                case, self.visitor,
+            )  # fmt: skip
+        except (RedisError, SwitchboardError) as e:
             log.warning("chat visitor %s not counted on %s: %s", self.visitor, case, e)
             return
-        if st in _HELD and agent:
+        self.present = case
+        if back:
             frame = {"type": "case.updated", "case": case, "event": "visitor.back"}
-            await self.ctx.switch.notify(self.ws, agent.decode(), frame)
+            await self.ctx.switch.notify(self.ws, back, frame)
 
     async def depart(self) -> None:
         """This connection no longer counts on its case (it closed, or moved to a newer one).
-        If it was the visitor's last, see after the grace whether they came back."""
+        If it was the visitor's last, a timer looks after the grace whether they came back
+        (``timers_run.lua``, ``v|``: on whichever node, should this one stop first)."""
         case, self.present = self.present, ""
         if not case:
             return
         try:
-            left = await self.ctx.redis.hincrby(keys.case(self.ws, case), "wv", -1)
-        except RedisError as e:
+            await self.ctx.switch.chat_presence(
+                self.ws, "depart", self.ctx.node, self.ctx.settings.visitor_grace_s,
+                case, self.visitor,
+            )  # fmt: skip
+        except (RedisError, SwitchboardError) as e:
             log.warning("chat visitor %s not uncounted on %s: %s", self.visitor, case, e)
-            return
-        if left <= 0:
-            grace = self.ctx.settings.visitor_grace_s
-            # what their End chat would send, should the chat still be unanswered then
-            end = self._event("conversation.ended", "", f"gone:{case}", case)
-            task = asyncio.create_task(_tell_if_gone(self.ctx, self.ws, case, grace, end))
-            _GRACES.add(task)
-            task.add_done_callback(_GRACES.discard)
 
     async def handle(self, f: dict[str, Any]) -> dict[str, Any] | None:
         t = f["type"]
@@ -282,41 +271,6 @@ class ChatSession:
         )
         await self.watch(res.case)
         return {"case": res.case, "duplicate": res.duplicate}
-
-
-async def _tell_if_gone(ctx: Ctx, ws: str, case: str, grace_s: float, end: dict[str, Any]) -> None:
-    """After ``grace_s``, if no widget has the case open: a chat no agent has answered yet
-    (queued, or offered) is abandoned, as a caller who hangs up while waiting is (``end``, the
-    End chat the visitor did not press: the queue's next case goes first, and an agent is
-    never handed a chat with nobody there). On one an agent holds, the case is marked
-    (``vleft``, once) and the agent told the visitor left, unless the visitor ended the chat
-    before leaving (``ended``: the agent was told that then). A widget that comes back between the
-    look and the mark takes the mark off again, here or in ``_arrive`` (which then says
-    ``visitor.back``). Not atomic (no transaction, as in a cluster): a widget that comes back
-    in the instant between the last look and the push may have its ``visitor.back`` overtake
-    the ``visitor.left``; the case itself is right, so the console's next ``hello`` is."""
-    await asyncio.sleep(grace_s)
-    r, k = ctx.redis, keys.case(ws, case)
-    try:
-        wv, st, agent, ended = await r.hmget(k, ["wv", "st", "agent", "ended"])
-        if int(wv or 0) > 0:
-            return
-        if st in _UNANSWERED:
-            await ctx.switch.ingest(ws, end, source="widget")
-            return
-        if st not in _HELD or not agent or ended:
-            return  # (ended: the visitor pressed End chat, and the agent was told so then)
-        now = int(time.time() * 1000)
-        if not await r.hsetnx(k, "vleft", now):
-            return  # told already
-        if int(await r.hget(k, "wv") or 0) > 0:
-            await r.hdel(k, "vleft")
-            return
-    except (RedisError, SwitchboardError) as e:
-        log.warning("chat visitor of %s: not told they left: %s", case, e)
-        return
-    frame = {"type": "case.updated", "case": case, "event": "visitor.left", "visitor_left": now}
-    await ctx.switch.notify(ws, agent.decode(), frame)
 
 
 async def chat_endpoint(websocket: WebSocket) -> None:

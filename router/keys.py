@@ -27,6 +27,7 @@ __all__ = [
     "identities",
     "log",
     "node_agents",
+    "node_widgets",
     "offer_case",
     "outbox",
     "pool",
@@ -93,6 +94,11 @@ def agent_conns(ws: str, aid: str) -> str:
 def node_agents(ws: str, node: str) -> str:
     """Set of the agents with a console connected on a node."""
     return f"sb:{{{ws}}}:node:{node}:agents"
+
+
+def node_widgets(ws: str, node: str) -> str:
+    """Hash of the chat widgets open on a node: "<case>|<visitor>" -> connections."""
+    return f"sb:{{{ws}}}:node:{node}:widgets"
 
 
 def agent_cases(ws: str, aid: str) -> str:

@@ -51,6 +51,7 @@ SCRIPT_NAMES = (
     "case_reply",
     "case_transfer",
     "case_wrapup",
+    "chat_presence",
     "customer_merge",
     "event_ingest",
     "offer_accept",

@@ -8,6 +8,7 @@ push to the ``notify`` callback — whichever node or process calls it. Errors a
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 
 from router import fastjson, keys, snapshot
 from router.declarations import Declarations
-from router.errors import BadRequest, Conflict, NotFound, from_script
+from router.errors import BadRequest, Conflict, NotFound, SwitchboardError, from_script
 from router.ids import new_id
 from router.ingest import Event, entry_ts, parse_event, timeline_entry
 from router.metrics import METRICS
@@ -45,6 +46,9 @@ async def _drop(
     ws: str, agent: str, frame: dict[str, Any], *, nodes: Sequence[str] | None = None
 ) -> None:
     return None
+
+
+log = logging.getLogger("switchboard.switch")
 
 
 def _as_list(v: Any) -> list[Any]:
@@ -531,11 +535,26 @@ class Switch:
             raise from_script(str(res.get("error")))
         return str(res.get("status", ""))
 
+    async def chat_presence(
+        self, ws: str, action: str, node: str, grace_s: float, case: str = "", visitor: str = ""
+    ) -> str:
+        """A chat widget of ``visitor`` opened (``arrive``) or closed (``depart``) ``case`` on
+        ``node``, or the widgets a dead node held are gone (``reap``). When a case's last
+        widget has been gone for ``grace_s``, a timer tells its agent or abandons the chat
+        (see :meth:`run_timers`). Returns the agent to tell the visitor is back, else ''."""
+        res = await self.store.run(
+            "chat_presence", ws, action, node, int(grace_s * 1000), case, visitor
+        )
+        if not res.get("ok"):
+            raise from_script(str(res.get("error")))
+        return str(res.get("back") or "")
+
     async def heartbeat(
-        self, node: str, *, dead_after_s: float = 15, grace_s: float = 30
-    ) -> list[str]:
-        """Say this node is alive; reap the agent connections of nodes that stopped saying
-        so (killed without a goodbye). Returns the nodes reaped."""
+        self, node: str, *, dead_after_s: float = 15, grace_s: float = 30,
+        visitor_grace_s: float = 30,
+    ) -> list[str]:  # fmt: skip
+        """Say this node is alive; reap the agent consoles and chat widgets of nodes that
+        stopped saying so (killed without a goodbye). Returns the nodes reaped."""
         now = now_ms()
         await self.redis.zadd(keys.NODES, {node: now})
         dead = [
@@ -546,6 +565,7 @@ class Switch:
             for ws in await self.workspaces():
                 for a in await self.redis.smembers(keys.node_agents(ws, n)):
                     await self.presence(ws, a.decode(), "reap", n, grace_s)
+                await self.chat_presence(ws, "reap", n, visitor_grace_s)
             await self.redis.zrem(keys.NODES, n)
         return dead
 
@@ -563,6 +583,21 @@ class Switch:
             now=now,
         )
         await self._dispatch(ws, res)
+        for g in _as_list(res.get("gone")):
+            # a chat nobody answered, its visitor gone: ended as their End chat would, so it
+            # counts as abandoned and no agent is handed a chat with nobody there
+            end = {
+                "id": f"{g['visitor']}:gone:{g['case']}",
+                "channel": "chat",
+                "kind": "conversation.ended",
+                "identities": {"visitor": g["visitor"]},
+                "thread": g["visitor"],
+                "case": g["case"],
+            }
+            try:
+                await self.ingest(ws, end, source="widget")
+            except SwitchboardError as e:
+                log.warning("chat %s: its gone visitor's chat not ended: %s", g["case"], e)
         return int(res.get("fired", 0))
 
     # -- delivery ------------------------------------------------------------------------------

@@ -40,7 +40,11 @@ from tests.ws_client import (
 
 A, B = 0, 1
 LONG_GRACE = {"SWITCHBOARD_GRACE_S": "30"}
-SHORT_GRACE = {"SWITCHBOARD_GRACE_S": "0.5", "SWITCHBOARD_NODE_DEAD_S": "1"}
+SHORT_GRACE = {
+    "SWITCHBOARD_GRACE_S": "0.5",
+    "SWITCHBOARD_NODE_DEAD_S": "1",
+    "SWITCHBOARD_VISITOR_GRACE_S": "1",
+}
 TEAMS = {
     "cross": 1,
     "dual": 1,
@@ -403,3 +407,58 @@ async def test_kill_9_of_the_consoles_node_still_ends_its_grace(
         return bool(st == "rescinded")
 
     await wait_for(rescinded, 15, interval=0.05)
+
+
+# -- chat visitors whose node went ------------------------------------------------------------
+
+
+async def _held_chat(stack: Stack, node: int) -> tuple[WsClient, WsClient, str]:
+    """support1's console on A, available, holding a chat whose widget is on ``node``."""
+    agent, _ = await stack.agent("support1", node=A, status="available")
+    widget, _ = await stack.chat(node=node)
+    case = (await widget.ok("message", text="are you there?"))["case"]
+    await agent.ok("offer.accept", offer=(await agent.offer_for(case))["offer"])
+    return agent, widget, case
+
+
+async def _widgets(stack: Stack, case: str) -> int:
+    return int((await stack.case(case)).get("wv") or 0)
+
+
+async def test_a_visitor_whose_widget_node_was_killed_is_still_said_to_have_left(
+    stack: Stack,
+) -> None:
+    node = await stack.add_node(SHORT_GRACE)
+    agent, widget, case = await _held_chat(stack, len(stack.nodes) - 1)
+    assert await _widgets(stack, case) == 1
+    node.proc.kill()  # the widget's connection dies with it, and nobody counts it out there
+    await widget.closed()
+    await asyncio.to_thread(node.proc.wait, 15)
+    # node B finds it dead (1 s), counts its widgets out, and the grace (1 s) runs from there
+    left = await agent.expect("case.updated", case=case, event="visitor.left", within=20)
+    assert left["visitor_left"] > 0
+    assert await _widgets(stack, case) == 0
+    counted = [
+        f.decode()
+        async for k in stack.redis.scan_iter(match=keys.node_widgets("acme", "*"))
+        for f in await stack.redis.hkeys(k)
+    ]
+    assert not [f for f in counted if f.startswith(f"{case}|")], counted  # no node counts it
+    await agent.ok("case.complete", case=case, disposition="resolved")
+
+
+async def test_a_visitor_who_left_just_before_their_node_stopped_is_still_said_to_have_left(
+    stack: Stack,
+) -> None:
+    node = await stack.add_node({**LONG_GRACE, "SWITCHBOARD_VISITOR_GRACE_S": "2"})
+    agent, widget, case = await _held_chat(stack, len(stack.nodes) - 1)
+    await widget.close()  # the tab closed: the grace starts on that node...
+
+    async def counted_out() -> bool:
+        return await _widgets(stack, case) == 0
+
+    await wait_for(counted_out, message="the widget's close was not counted")
+    node.proc.send_signal(signal.SIGTERM)  # ...which stops before the grace is over
+    await asyncio.to_thread(node.proc.wait, 15)
+    await agent.expect("case.updated", case=case, event="visitor.left", within=20)
+    await agent.ok("case.complete", case=case, disposition="resolved")

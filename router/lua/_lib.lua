@@ -34,6 +34,7 @@ local function k_agent(a) return P .. 'a:' .. a end
 local function k_agent_pools(a) return P .. 'a:' .. a .. ':pools' end
 local function k_agent_conns(a) return P .. 'a:' .. a .. ':conns' end
 local function k_node_agents(n) return P .. 'node:' .. n .. ':agents' end
+local function k_node_widgets(n) return P .. 'node:' .. n .. ':widgets' end
 local function k_agent_cases(a) return P .. 'a:' .. a .. ':cases' end
 local function k_agent_offers(a) return P .. 'a:' .. a .. ':offers' end
 local function k_agent_reminders(a) return P .. 'a:' .. a .. ':rem' end

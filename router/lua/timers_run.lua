@@ -12,9 +12,13 @@
 --   r|<case>|<agent>   a refusal has lapsed: the agent may be offered the case again; if it is
 --                      still waiting, they pull (no free agent but those who refused it could
 --                      have left it waiting)
+--   v|<case>|<visitor> a chat's last widget closed a grace ago (chat_presence): if none has
+--                      opened it since, the agent holding it is told the visitor left (once:
+--                      'vleft'; not after the visitor ended the chat), and an unanswered one is
+--                      returned in 'gone' for the caller to end as the visitor's End chat would
 -- KEYS[1] workspace prefix
 -- ARGV    now, max timers to fire, max missed offers in a row, away status, ms a refusal lasts
--- Returns {fired, offers, push=[{agent, frame}]}.
+-- Returns {fired, offers, push=[{agent, frame}], gone=[{case, visitor}]}.
 -- The event log is trimmed here, on every node's timer tick, rather than by each XADD: six
 -- entries per case carried three more arguments each, and Redis formats every argument of a
 -- write again for the AOF. It may pass LOG_MAXLEN by a tick's worth of entries.
@@ -22,7 +26,7 @@ redis.call('XTRIM', k_log(), 'MAXLEN', '~', LOG_MAXLEN)
 local limit = tonumber(ARGV[2])
 local max_missed = tonumber(ARGV[3])
 local due = redis.call('ZRANGEBYSCORE', k_timers(), '-inf', NOW, 'LIMIT', 0, limit)
-local offers, push = {}, {}
+local offers, push, gone = {}, {}, {}
 
 -- A customer as an agent knows them: their name, else an email or phone they wrote from.
 local function customer_label(u)
@@ -119,6 +123,19 @@ for _, m in ipairs(due) do
       redis.call('HSET', ck, 'x', string.sub(cs[1], 1, i) .. string.sub(cs[1], i + #a + 2))
       if cs[2] == 'queued' then pull(a, offers) end
     end
+  elseif kind == 'v' then
+    local c, visitor = parts[2], parts[3]
+    local ck = k_case(c)
+    local cs = redis.call('HMGET', ck, 'wv', 'st', 'agent', 'ended')
+    if (tonumber(cs[1]) or 0) <= 0 then
+      if cs[2] == 'queued' or cs[2] == 'offered' then
+        gone[#gone + 1] = {case = c, visitor = visitor}
+      elseif (cs[2] == 'assigned' or cs[2] == 'wrapping') and cs[3] and not cs[4]
+          and redis.call('HSETNX', ck, 'vleft', NOW_S) == 1 then
+        push[#push + 1] = {agent = cs[3], frame = {type = 'case.updated', case = c,
+          event = 'visitor.left', visitor_left = NOW}}
+      end
+    end
   end
 end
-return result({fired = #due, offers = offers, push = push})
+return result({fired = #due, offers = offers, push = push, gone = gone})
