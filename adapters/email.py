@@ -50,6 +50,7 @@ from adapters.email_parse import (
 )
 from adapters.email_tokens import (
     make_message_id,
+    reply_nonce,
     reply_token,
     strip_tokens,
     verify_message_id,
@@ -65,6 +66,7 @@ __all__ = [
     "make_message_id",
     "parse_peers",
     "quote",
+    "reply_nonce",
     "reply_token",
     "send",
     "verify_message_id",
@@ -289,10 +291,11 @@ class EmailAdapter:
 
     async def deliver(self, workspace: str, delivery: Mapping[str, Any]) -> str:
         """Send an agent's reply: ``{"case", "to": {"email"}, "subject", "text", "agent":
-        {"name"}, "in_reply_to", "references", "answers", "mailbox", "quote"}`` (``mailbox``: the
-        one the case came in on, which the reply comes from; else the workspace's first;
-        ``quote``: the customer's mail it answers, quoted below, see :func:`quote`). Returns the
-        new Message-ID (record it if you like; threading does not need it).
+        {"name"}, "in_reply_to", "references", "answers", "mailbox", "quote", "reply_id"}``
+        (``mailbox``: the one the case came in on, which the reply comes from; else the
+        workspace's first; ``quote``: the customer's mail it answers, quoted below, see
+        :func:`quote`; ``reply_id``: the reply's timeline entry, which makes its Message-ID, see
+        :func:`reply_nonce`). Returns the Message-ID.
         ValueError/LookupError/KeyError on a bad delivery; aiosmtplib.SMTPException or OSError
         when the smarthost refuses or is unreachable — nothing is retried or queued here."""
         agent = delivery.get("agent") or {}
@@ -312,6 +315,7 @@ class EmailAdapter:
             plus_address=self._config.plus_address_replies,
             answers=bool(delivery.get("answers")),
             quoted=str(delivery.get("quote") or ""),
+            reply_id=str(delivery.get("reply_id") or ""),
         )
         await send(message, self._config)
         return str(message["Message-ID"])
@@ -509,12 +513,14 @@ def build_reply(
     plus_address: bool = True,
     answers: bool = False,
     quoted: str = "",
+    reply_id: str = "",
 ) -> EmailMessage:
     """An agent's reply, every header built here from cleaned inputs: control characters in any
     input are removed, so no input can add a header. ``Re:`` is added once when the mail answers
     something (``in_reply_to``, ``references``, or ``answers``: the customer wrote on this case,
     in a mail without a Message-ID) and the subject carries ``[#{reply_token}]``. ``quoted``
-    (:func:`quote`) follows the agent's text after a blank line.
+    (:func:`quote`) follows the agent's text after a blank line. ``reply_id`` (the reply's
+    timeline entry) makes the Message-ID the same each time it is built; without one it is new.
     ValueError on an invalid address or case id."""
     sender, recipient = _address(from_addr, from_name), _address(to_addr)
     token = reply_token(secret, workspace, case_id)
@@ -532,7 +538,10 @@ def build_reply(
         message["Reply-To"] = Address(addr_spec=f"{local.split('+', 1)[0]}+{token}@{host}")
     message["Subject"] = f"{'Re: ' if refs or answers else ''}{base} [#{token}]"
     message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = make_message_id(secret, workspace, case_id, clean_line(domain))
+    nonce = reply_nonce(reply_id) if reply_id else None
+    message["Message-ID"] = make_message_id(
+        secret, workspace, case_id, clean_line(domain), nonce=nonce
+    )
     if parent:
         message["In-Reply-To"] = parent
     if refs:

@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING, Any
 import aiosmtplib
 from starlette.routing import BaseRoute
 
-from adapters.email import EmailAdapter, EmailConfig, build_reply, parse_peers, quote
+from adapters.email import (
+    EmailAdapter,
+    EmailConfig,
+    build_reply,
+    make_message_id,
+    parse_peers,
+    quote,
+    reply_nonce,
+)
 from router import keys
 from router.config import Settings
 from router.errors import NotFound
@@ -222,25 +230,40 @@ class EmailPlugin:
             k.decode()[12:].lower() for k in prof if k.startswith(b"claim:email:")
         }
         case = entry.get("case", "")
+        reply = entry.get("entry") if isinstance(entry.get("entry"), dict) else {}
+        reply_id = str(reply.get("id") or "")
+        cfg = self._config(self.ctx.settings.secret)
+        # The thread, in order: the customer's own mails on the case and our replies to them.
+        # A stranger's mail on the case (someone who had its reply address) is on the
+        # timeline, but the reply neither answers it nor names it to the customer.
         parent = None
         refs: list[str] = []
         answers = False  # the customer wrote on this case: the reply's subject says "Re:"
         latest: dict[str, Any] | None = None  # the customer's latest mail on the case
         for raw in await r.lrange(keys.customer_timeline(ws, cust), -200, -1):
             e = json.loads(raw)
-            if e.get("case") == case and e.get("ch") == "email" and e.get("dir") == "in":
+            if e.get("case") != case or e.get("ch") != "email":
+                continue
+            if e.get("dir") == "out" and isinstance(e.get("id"), str) and e["id"] != reply_id:
+                try:  # our earlier reply, by the Message-ID it was sent with
+                    refs.append(
+                        make_message_id(
+                            cfg.reply_secret, ws, case, cfg.domain, nonce=reply_nonce(e["id"])
+                        )
+                    )
+                except ValueError:
+                    pass
+            elif e.get("dir") == "in":
                 answers = True
-                mid = e.get("id")
-                if isinstance(mid, str) and "@" in mid:
-                    parent = mid if mid.startswith("<") else f"<{mid}>"
-                    refs.append(parent)
                 # a customer with several addresses is answered at the one she wrote from
                 addr = e.get("addr")
                 if isinstance(addr, str) and "@" in addr and addr.lower() in own:
                     emails = [addr]
-                    # only the customer's own words: a stranger's mail on the case (someone
-                    # who had its reply address) is not quoted back to the customer
-                    latest = e
+                    latest = e  # only the customer's own words are quoted back to her
+                    mid = e.get("id")
+                    if isinstance(mid, str) and "@" in mid:
+                        parent = mid if mid.startswith("<") else f"<{mid}>"
+                        refs.append(parent)
         quoted = ""  # the customer's latest mail on the case, quoted below the reply
         if latest is not None:
             ts = latest.get("ts")
@@ -252,8 +275,8 @@ class EmailPlugin:
             )
         if not emails:
             return None
-        text = (entry.get("entry") or {}).get("text", "")
-        agent = (entry.get("entry") or {}).get("from", "")
+        text = reply.get("text", "")
+        agent = reply.get("from", "")
         mailbox = ""  # the mailbox the case came in on: the reply comes from it
         try:
             attrs = json.loads(await r.hget(keys.case(ws, case), "attrs") or b"{}")
@@ -268,10 +291,11 @@ class EmailPlugin:
             "text": text,
             "agent": {"name": agent},
             "in_reply_to": parent,
-            "references": refs[-10:],
+            "references": refs,  # build_reply keeps the first and the latest
             "answers": answers,
             "mailbox": mailbox,
             "quote": quoted,
+            "reply_id": reply_id,
         }
 
     def _drop(self, ws: str, eid: str, delivery: dict[str, Any]) -> None:
@@ -294,6 +318,7 @@ class EmailPlugin:
             plus_address=cfg.plus_address_replies,
             answers=delivery.get("answers", False),
             quoted=str(delivery.get("quote") or ""),
+            reply_id=str(delivery.get("reply_id") or ""),
         )
         self.drop_dir.mkdir(parents=True, exist_ok=True)
         path = self.drop_dir / f"{eid}.eml"

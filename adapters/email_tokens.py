@@ -17,6 +17,7 @@ from collections.abc import Iterable
 __all__ = [
     "find_case",
     "make_message_id",
+    "reply_nonce",
     "reply_token",
     "strip_tokens",
     "verify_message_id",
@@ -66,6 +67,13 @@ def make_message_id(
     if not re.fullmatch(r"[0-9a-f]{16}", nonce):
         raise ValueError("nonce must be 16 lower-case hex digits")
     return f"<{case_id}.{nonce}.{_mac(secret, workspace, case_id, nonce)}@{domain}>"
+
+
+def reply_nonce(reply_id: str) -> str:
+    """The nonce of the Message-ID of the reply that is timeline entry ``reply_id``: the same
+    every time, so a reply sent again (the outbox delivers at least once) is the same message
+    to the customer's mail client, and later replies can name it in ``References``."""
+    return hashlib.sha256(reply_id.encode()).hexdigest()[:16]
 
 
 def verify_message_id(secret: bytes, workspace: str, domain: str, message_id: str) -> str | None:

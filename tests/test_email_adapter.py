@@ -618,6 +618,21 @@ async def test_a_second_reply_does_not_double_prefix_or_token(sink: Sink) -> Non
     assert str(build_reply(**bare)["Subject"]).startswith("Order 7 [#")
 
 
+def test_a_reply_built_again_is_the_same_message() -> None:
+    """The outbox delivers at least once: a reply sent again keeps its Message-ID (the
+    customer's mail client shows it once), made from the reply's timeline entry."""
+    args: dict[str, Any] = dict(
+        from_addr="support@acme.test", to_addr="alice@example.com", subject="Order 7",
+        text="a", case_id="c42", workspace="acme", in_reply_to=None, references=[],
+        secret=SECRET, domain=DOMAIN,
+    )  # fmt: skip
+    once, again = (build_reply(**args, reply_id="n1a2b3")["Message-ID"] for _ in range(2))
+    assert once == again
+    assert verify_message_id(SECRET, "acme", DOMAIN, str(once)) == "c42"
+    assert build_reply(**args, reply_id="n1a2b4")["Message-ID"] != once
+    assert build_reply(**args)["Message-ID"] != build_reply(**args)["Message-ID"]
+
+
 async def test_header_injection_is_neutralised(sink: Sink) -> None:
     delivery = {
         "case": "c42",

@@ -355,6 +355,42 @@ async def test_a_reply_quotes_the_customers_mail_and_no_strangers(
     assert "Send it to me instead" not in second.get_content()
 
 
+async def test_a_reply_threads_under_the_customers_mails_and_ours_never_a_strangers(
+    server: ServerProcess, ann: WsClient, smarthost: Smarthost
+) -> None:
+    """In-Reply-To names the customer's latest mail; References the thread so far, hers and
+    ours (RFC 5322 3.6.4), so her mail client keeps it together; a stranger's mail on the case
+    is in neither: she never had it, and its id would tell her of it."""
+    nina = f"nina-{uid()}@example.com"
+    m1 = f"<{uid('m')}@x.test>"
+    await asyncio.to_thread(send_mail, server, mail("Where is it?", sender=nina, Message_ID=m1))
+    offer = await ann.expect("offer")
+    case = offer["case"]["id"]
+    await ann.ok("offer.accept", offer=offer["offer"])
+    await ann.ok("case.reply", case=case, text="Let me check.")
+    r1 = await smarthost.mail_to(nina)
+    assert (r1["In-Reply-To"], r1["References"]) == (m1, m1)
+    m2 = f"<{uid('m')}@x.test>"
+    her_answer = mail(
+        "Still nothing.", sender=nina, to=str(r1["Reply-To"]), subject=f"Re: {r1['Subject']}",
+        Message_ID=m2, In_Reply_To=str(r1["Message-ID"]), References=f"{m1} {r1['Message-ID']}",
+    )  # fmt: skip
+    await asyncio.to_thread(send_mail, server, her_answer)
+    await ann.expect("case.message", case=case)
+    stranger = mail(
+        "Send it to me instead.", sender="mallory@evil.test", to=str(r1["Reply-To"]),
+        subject=f"Re: {r1['Subject']}", Message_ID=f"<{uid('mal')}@evil.test>",
+    )  # fmt: skip
+    await asyncio.to_thread(send_mail, server, stranger)
+    await ann.expect("case.message", case=case)
+    smarthost.received.clear()
+    await ann.ok("case.reply", case=case, text="It left the depot today.")
+    r2 = await smarthost.mail_to(nina)
+    assert r2["In-Reply-To"] == m2
+    assert str(r2["References"]).split() == [m1, str(r1["Message-ID"]), m2]
+    assert "evil.test" not in str(r2)
+
+
 async def test_a_forward_and_bounces_reach_the_agent_as_they_are(
     server: ServerProcess, ann: WsClient, smarthost: Smarthost
 ) -> None:
