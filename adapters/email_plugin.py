@@ -230,7 +230,8 @@ class EmailPlugin:
             k.decode()[12:].lower() for k in prof if k.startswith(b"claim:email:")
         }
         case = entry.get("case", "")
-        reply = entry.get("entry") if isinstance(entry.get("entry"), dict) else {}
+        given = entry.get("entry")
+        reply: dict[str, Any] = given if isinstance(given, dict) else {}
         reply_id = str(reply.get("id") or "")
         cfg = self._config(self.ctx.settings.secret)
         # The thread, in order: the customer's own mails on the case and our replies to them.
