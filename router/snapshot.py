@@ -195,7 +195,8 @@ async def chat_agent(redis: aioredis.Redis, ws: str, case: str) -> dict[str, Any
     ``agent`` frame said, with its time (``ts``, s) so the widget puts it in its place in the
     story: ``joined`` while assigned, ``closed`` once wrapped up or completed, ``transferred``
     while the case waits after its agent handed it on, ``waiting`` (no name) while it waits
-    for someone otherwise; ``None`` for no case."""
+    for someone otherwise; ``abandoned`` (its visitor left before anyone answered) or
+    ``cancelled`` once the chat was closed unanswered; ``None`` for no case."""
     st, agent, assigned, wrapping, closed, moved, resumed = await redis.hmget(
         keys.case(ws, case),
         "st",
@@ -213,6 +214,10 @@ async def chat_agent(redis: aioredis.Redis, ws: str, case: str) -> dict[str, Any
         if agent and moved and int(moved) > max(int(closed or 0), int(assigned or 0)):
             return await _agent_move(redis, ws, "transferred", agent, moved)
         return {"event": "waiting"}
+    if st in (b"abandoned", b"cancelled"):  # closed before anyone answered: not waiting
+        return (
+            {"event": st.decode(), "ts": int(closed) / 1000} if closed else {"event": st.decode()}
+        )
     event, at = {
         b"assigned": ("joined", assigned),
         b"wrapping": ("closed", wrapping),

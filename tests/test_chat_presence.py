@@ -11,6 +11,7 @@ condition with a deadline.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,3 +242,40 @@ async def test_the_console_shows_the_visitor_left_across_a_reload_until_they_are
     await expect(again.get_by_test_id("chat-messages")).to_contain_text("Is my order shipped?")
     await expect(notice).to_have_count(0)
     await expect(panel(sam).get_by_test_id("case-customer")).to_be_visible()
+
+
+@pytest.mark.browser
+async def test_a_visitor_back_after_their_unanswered_chat_was_closed_is_not_told_to_wait(
+    web: Web, server: ServerProcess, redis: Redis
+) -> None:
+    """Nobody answered, the visitor closed the page and came back after the grace: the chat was
+    abandoned, so the widget says so instead of "you're in the queue"; writing again starts a
+    new chat, which waits in the queue."""
+    page = await customer_chat(web)
+    await say(page, "Do you ship to Norway?")
+    await expect(page.get_by_test_id("chat-waiting")).to_contain_text("keep this page open")
+    case = await wait_for(lambda: _chat_case(page), message="no case")
+    context = page.context
+    await page.close()
+    await wait_for(
+        lambda: _is(redis.hget(keys.case("acme", case), "st"), b"abandoned"),
+        timeout=10 + GRACE_S, message="not abandoned",
+    )  # fmt: skip
+    back = await context.new_page()  # the same browser: the widget knows its visitor
+    await back.goto("/chat?workspace=acme")
+    await expect(back.get_by_test_id("chat-status")).to_have_text("Connected")
+    await expect(back.get_by_test_id("chat-system")).to_have_text(
+        "This chat was closed because you left before anyone could answer. "
+        "Write again to start a new one."
+    )
+    await expect(back.get_by_test_id("chat-waiting")).to_be_hidden()
+    await shoot(back, "chat-abandoned-back.png")
+    await say(back, "Hello again: do you ship to Norway?")
+    await expect(back.get_by_test_id("chat-waiting")).to_be_visible()
+    assert await redis.hget(keys.case("acme", case), "st") == b"abandoned"
+
+
+async def _chat_case(page: Any) -> str | None:
+    stored = await page.evaluate("() => localStorage.getItem('switchboard.chat.acme')")
+    case = json.loads(stored or "{}").get("case") if stored else None
+    return case or None

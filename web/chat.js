@@ -41,7 +41,9 @@ function ensureStylesheet() {
 function agentLine(f) {
   const name = (f && f.name) || "An agent";
   const text = f && { joined: `${name} joined the chat`, transferred: `${name} handed your chat to a colleague`,
-    closed: `${name} closed the conversation. Write again any time.` }[f.event];
+    closed: `${name} closed the conversation. Write again any time.`,
+    abandoned: "This chat was closed because you left before anyone could answer. Write again to start a new one.",
+    cancelled: "This chat was closed. Write again to start a new one." }[f.event];
   return text ? { id: `agent-${f.event}-${f.ts}`, dir: "system", text, ts: f.ts } : null;
 }
 
@@ -119,8 +121,8 @@ export class ChatWidget {
     this.log = h("ol", { class: "sbchat-log", role: "log", "aria-live": "polite", "aria-label": "Conversation",
       testid: "chat-messages", tabindex: "0" });
     this.waiting = h("p", { class: "sbchat-waiting", role: "status", testid: "chat-waiting", hidden: true },
-      "Thanks — you're in the queue. An agent will reply here shortly. You can reload or come back later; ",
-      "the conversation is kept.");
+      "Thanks — you're in the queue. An agent will reply here shortly. Please keep this page open ",
+      "(reloading is fine): if you leave before an agent answers, the chat is closed.");
     this.error = h("p", { class: "sbchat-error", role: "alert", testid: "chat-error", hidden: true });
     const d = this.load().details;
     this.nameInput = h("input", { id: id("name"), autocomplete: "name", testid: "chat-name", maxlength: "200",
@@ -292,7 +294,8 @@ export class ChatWidget {
     if (at >= 0) {
       const endTs = messages[at].ts;
       messages = messages.slice(at + 1);
-      agentLine = Boolean(agent) && typeof agent.ts === "number" && agent.ts > endTs; // after the end
+      agentLine = Boolean(agent) && typeof agent.ts === "number" && agent.ts > endTs // after the end
+        && agent.event !== "abandoned"; // (their own end closed it: they know why)
     }
     this.save({ token: f.token, case: this.case, outbox, ended: at >= 0 ? ended : null });
     this.ended = at >= 0 && !messages.some((m) => m.dir === "in" && m.text);
@@ -383,6 +386,10 @@ export class ChatWidget {
     const before = this.messages.length;
     try {
       const ack = await this.request("message", { text: m.text, id: m.id });
+      if (ack.case && ack.case !== this.case && this.agent
+        && (this.agent.event === "abandoned" || this.agent.event === "cancelled")) {
+        this.agent = null; // a new chat after one closed unanswered: it waits in the queue
+      }
       if (ack.case) this.case = ack.case;
       this.save({ outbox: this.load().outbox.filter((x) => x.id !== m.id), case: this.case });
       this.ended = false; // written after an end: the conversation goes on
