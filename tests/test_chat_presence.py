@@ -254,7 +254,7 @@ async def test_a_visitor_back_after_their_unanswered_chat_was_closed_is_not_told
     page = await customer_chat(web)
     await say(page, "Do you ship to Norway?")
     await expect(page.get_by_test_id("chat-waiting")).to_contain_text("keep this page open")
-    case = await wait_for(lambda: _chat_case(page), message="no case")
+    case = str(await wait_for(lambda: _chat_case(page), message="no case"))
     context = page.context
     await page.close()
     await wait_for(
