@@ -139,3 +139,7 @@ async def test_offer_card_shows_details_typed_while_offered_and_the_case_opens_w
         "Says: ada@example.com · not verified"
     )
     assert await sam.evaluate("window.__sameConsole === true")
+    # what she wrote before she gave her name is hers too, not "Customer"'s
+    await say(ada, "It was order 7.")
+    lines = panel(sam).get_by_test_id("timeline-entry").filter(has_text="order")
+    await expect(lines.locator(".tl-who")).to_have_text(["Ada Byron", "Ada Byron"])

@@ -221,7 +221,7 @@ export class CaseView {
     this.renderEnded(); // a chat visitor who writes again is back: the header follows
     if (this.el.hidden && !force) return;
     const tl = this.timeline;
-    renderTimeline(this.list, tl, this.case.id, knownEmails(this.customer));
+    renderTimeline(this.list, tl, this.case.id, knownEmails(this.customer), shown(this.customer.name));
     this.more.hidden = !tl.hasOlder;
   }
 

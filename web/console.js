@@ -525,7 +525,7 @@ class AgentConsole {
     const routable = (this.statuses.find((s) => s.name === this.me.status) || {}).routable;
     this.offerEmpty.textContent = routable
       ? "No offers right now. New ones appear here with a countdown."
-      : `You're ${this.me.status || "offline"}. Set your status to available to receive offers.`;
+      : `Your status is ${label(this.me.status || "offline")}. Set it to Available to receive offers.`;
     document.title = n ? `(${n}) Offer — Switchboard` : "Switchboard — Agent console";
     this.renderLoad();
   }

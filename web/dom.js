@@ -72,9 +72,9 @@ export function duration(seconds) {
   return `${Math.floor(m / 60)}:${String(m % 60).padStart(2, "0")}:${ss}`;
 }
 
-const TIME = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const TIME = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
 const DATE_TIME = new Intl.DateTimeFormat(undefined, {
-  month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+  month: "short", day: "numeric", hour: "numeric", minute: "2-digit",
 });
 
 /** A timestamp in seconds → "14:03" today, "Nov 3, 14:03" otherwise. */

@@ -77,8 +77,11 @@ export function bdi(text, props) {
   return h("bdi", { dir: "auto", ...props }, shown(text));
 }
 
-function who(entry) {
-  if (entry.dir === "in") return entry.from || "Customer";
+// Who wrote an entry. The customer's own message without a name of its own (a chat before the
+// visitor gave theirs, a mail from a bare address) is theirs by their name now; a stranger's
+// mail on the case (an address that is not the customer's) by its address.
+function who(entry, known, name) {
+  if (entry.dir === "in") return entry.from || (isStranger(entry, known) ? entry.addr : name) || "Customer";
   if (entry.dir === "out") return entry.from || entry.agent || "Agent";
   return entry.from || entry.agent || "Note";
 }
@@ -134,7 +137,7 @@ function body(entry) {
   return parts;
 }
 
-function entryNode(entry, currentCase, caseChannel, group, known) {
+function entryNode(entry, currentCase, caseChannel, group, known, name) {
   // agents' replies carry no channel of their own: they went out on their case's channel
   const channel = entry.ch && entry.ch !== "note" ? entry.ch : caseChannel;
   const ch = entry.dir === "note" ? "note" : channel;
@@ -148,7 +151,7 @@ function entryNode(entry, currentCase, caseChannel, group, known) {
     entry.kind === "delivery.failed"
       ? h("span", { class: "badge visitor-left-badge tl-failed-badge" }, "Not delivered")
       : h("span", { class: `badge ch-${ch}` }, CHANNEL_LABEL[ch] || ch || "?"),
-    h("bdi", { class: "tl-who", dir: "auto" }, shown(who(entry))),
+    h("bdi", { class: "tl-who", dir: "auto" }, shown(who(entry, known, name))),
     stranger(entry, known),
     h("span", { class: "visually-hidden" }, `, ${dirLabel}, `),
     h("time", { class: "tl-time", datetime: new Date(entry.ts * 1000).toISOString() }, clock(entry.ts))),
@@ -157,9 +160,14 @@ function entryNode(entry, currentCase, caseChannel, group, known) {
 
 /** An email that came from an address that is not the customer's (someone else who had the
  *  case's reply address): say whose it is. Replies still go to the customer's own address. */
-function stranger(entry, known) {
+function isStranger(entry, known) {
   const addr = entry.dir === "in" && entry.ch === "email" && typeof entry.addr === "string" ? entry.addr : "";
-  if (!addr || !known || known.has(addr.toLowerCase())) return null;
+  return Boolean(addr && known && !known.has(addr.toLowerCase()));
+}
+
+function stranger(entry, known) {
+  if (!isStranger(entry, known)) return null;
+  const addr = entry.addr;
   return h("span", { class: "tl-stranger", testid: "timeline-stranger",
     title: "Not one of this customer's addresses: replies still go to the customer's own address" },
   h("bdi", null, addr), " · not this customer");
@@ -202,9 +210,10 @@ function divider(caseId, currentCase, channel, starts) {
  * Render `timeline` into the list `ol` for the case `currentCase`. New entries at the end are
  * appended (so the list, a live region, announces only them); anything else re-renders the
  * list. Keeps the reader's place: stuck to the bottom if they were there, otherwise the same
- * distance from the bottom.
+ * distance from the bottom. `known`: the customer's email addresses (a mail from any other is a
+ * stranger's); `name`: the customer's name now.
  */
-export function renderTimeline(ol, timeline, currentCase, known = null) {
+export function renderTimeline(ol, timeline, currentCase, known = null, name = "") {
   const scroller = ol.parentElement;
   const fromBottom = scroller ? scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight : 0;
   const channels = new Map(); // case id -> its channel, from the entries that name one
@@ -213,7 +222,7 @@ export function renderTimeline(ol, timeline, currentCase, known = null) {
   }
   const shown = ol.shownIds || [];
   const entries = timeline.entries;
-  const appendOnly = ol.shownCase === currentCase && shown.length <= entries.length
+  const appendOnly = ol.shownCase === currentCase && ol.shownName === name && shown.length <= entries.length
     && shown.every((id, i) => entries[i].id === id);
   const from = appendOnly ? shown.length : 0;
   const nodes = [];
@@ -227,7 +236,7 @@ export function renderTimeline(ol, timeline, currentCase, known = null) {
       nodes.push(divider(e.case, currentCase, channels.get(e.case), starts));
       lastCase = e.case;
     }
-    nodes.push(entryNode(e, currentCase, channels.get(e.case || lastCase), lastCase, known));
+    nodes.push(entryNode(e, currentCase, channels.get(e.case || lastCase), lastCase, known, name));
   }
   if (appendOnly) {
     ol.append(...nodes);
@@ -238,6 +247,7 @@ export function renderTimeline(ol, timeline, currentCase, known = null) {
   }
   ol.shownIds = entries.map((e) => e.id);
   ol.shownCase = currentCase;
+  ol.shownName = name; // a customer who gives their name later: their earlier lines say it too
   if (scroller) {
     scroller.scrollTop = fromBottom < 40 ? scroller.scrollHeight
       : scroller.scrollHeight - scroller.clientHeight - fromBottom;
