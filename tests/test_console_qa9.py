@@ -252,6 +252,8 @@ async def test_a_supervisor_sees_a_signed_out_agents_case_and_takes_it_back(
     await sam.get_by_test_id("status-select").select_option("offline")
     await expect(row.get_by_test_id("progress-case-signed-out")).to_be_visible()
     await expect(row.get_by_test_id("progress-case-agent")).to_have_text("Sam Support · offline")
+    draft = "Your refund went out today, it shows in"  # Sam was writing when he signed out
+    await panel(sam).get_by_test_id("reply-input").fill(draft)
 
     await row.get_by_test_id("progress-case-move").click()
     await sue.get_by_test_id("move-case-queue").select_option("billing")
@@ -262,8 +264,15 @@ async def test_a_supervisor_sees_a_signed_out_agents_case_and_takes_it_back(
     await expect(waiting.get_by_test_id("case-customer-name")).to_have_text("Kim Lee")
     await expect(row).to_have_count(0)
     # Sam's console lets go of it, and says why
-    await expect(sam.get_by_test_id("case-removed")).to_contain_text("moved your case")
+    removed = sam.get_by_test_id("case-removed")
+    await expect(removed).to_contain_text("moved your case with Kim Lee to the Billing queue")
     await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+    # and keeps what he had typed, until he has it
+    await expect(removed).to_contain_text(f"What you had typed was not sent: “{draft}”")
+    await sam.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    await removed.get_by_role("button", name="Copy text").click()
+    assert await sam.evaluate("navigator.clipboard.readText()") == draft
+    await expect(removed).to_have_count(0)
 
 
 # -- one console per agent -----------------------------------------------------------------------

@@ -234,9 +234,17 @@ class AgentConsole {
         const view = this.views.get(f.case);
         if (!view) return undefined;
         const who = customerName(view.customer);
+        const queue = this.queues.find((q) => q.id === f.queue);
+        const draft = view.draft().text.trim();
         this.removeCase(f.case);
-        this.toast(`A supervisor moved your case with ${who} to a queue.`, { testid: "case-removed" });
-        this.announce(`A supervisor moved your case with ${who} to a queue.`);
+        const text = `A supervisor moved your case with ${who} to ${queue ? `the ${queue.name} queue` : "a queue"}.`;
+        if (draft) { // what the agent was writing is theirs: kept until they dismiss it
+          this.toast(`${text} What you had typed was not sent: “${draft}”`, { testid: "case-removed",
+            timeoutMs: 0, actions: [["Copy text", () => navigator.clipboard.writeText(draft).catch(() => {})]] });
+        } else {
+          this.toast(text, { testid: "case-removed" });
+        }
+        this.announce(text);
         return undefined;
       }
       case "status": {

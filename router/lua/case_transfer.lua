@@ -27,7 +27,9 @@ if a ~= '' then
   if cs[1] == 'wrapping' then return result({ok = false, error = 'case.wrapping'}) end
 elseif cs[1] == 'assigned' or cs[1] == 'wrapping' then
   out = cs[2]
-  push[1] = {agent = out, frame = {type = 'case.removed', case = c, reason = 'moved'}}
+  local ok, plan = pcall(cjson.decode, ARGV[4])
+  local to = ok and type(plan) == 'table' and type(plan[1]) == 'table' and plan[1].queue or ''
+  push[1] = {agent = out, frame = {type = 'case.removed', case = c, reason = 'moved', queue = to}}
 elseif cs[1] ~= 'queued' and cs[1] ~= 'offered' then
   return result({ok = false, error = 'case.' .. cs[1]})
 end
