@@ -24,8 +24,9 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -206,6 +207,23 @@ def _page(name: str) -> Any:
     return page
 
 
+# what Starlette's router itself answers (no such route, a method the route does not take)
+_ROUTING_CODES = {404: "route.unknown", 405: "method.not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Errors Starlette raises before any endpoint runs: JSON ``{code, message}`` under /api,
+    as every API error is (docs/api.md); plain text elsewhere, as before."""
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})  # a 405's Allow
+    if request.url.path.startswith("/api/") or request.url.path == "/api":
+        code = _ROUTING_CODES.get(exc.status_code, "http.error")
+        return JSONResponse(
+            {"code": code, "message": exc.detail}, status_code=exc.status_code, headers=headers
+        )
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=headers)
+
+
 class App(Starlette):
     """Starlette, except that its own WebSocket endpoints are called straight from the server.
 
@@ -248,7 +266,7 @@ def create_app(settings: Settings, *, plugins: Sequence[Plugin] = ()) -> App:
         routes.extend(p.routes())
     if WEB_DIR.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=WEB_DIR), name="static"))
-    app = App(routes=routes, lifespan=_lifespan)
+    app = App(routes=routes, lifespan=_lifespan, exception_handlers={HTTPException: _http_error})
     app.sockets = {"/ws/agent": agent_endpoint, "/ws/bridge": bridge_endpoint,
                    "/ws/chat": chat_endpoint}  # fmt: skip
     app.state.settings = settings

@@ -50,9 +50,11 @@ def case_view(fields: Mapping[str, str]) -> dict[str, Any]:
         out["attributes"] = fastjson.loads(fields.get("attrs") or "{}")
     except ValueError:
         out["attributes"] = {}
-    for k in ("callback", "disposition", "reopened", "transferred"):
+    for k in ("disposition", "reopened", "transferred"):
         if fields.get(k):
             out[k] = fields[k]
+    if fields.get("callback") == "1":  # ("0": settled, as good as none)
+        out["callback"] = "1"
     if fields.get("vleft"):  # the chat visitor left the page then (ms; router/chat_ws.py)
         out["visitor_left"] = int(fields["vleft"])
     if fields.get("ended"):  # the customer hung up or ended the chat then (ms; event_ingest.lua)

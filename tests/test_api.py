@@ -196,6 +196,16 @@ async def test_other_workspaces_token_is_refused_and_sees_nothing(env: Env) -> N
 # -- agents -------------------------------------------------------------------------------------
 
 
+async def test_a_route_or_method_that_does_not_exist_answers_json(env: Env) -> None:
+    """The router's own refusals are API errors like any other: JSON, typed."""
+    async with env.client("ada") as adm:
+        r = await adm.delete("/api/agents/al")  # agents are not deleted through the API
+        assert r.status_code == 405 and r.headers["allow"]
+        assert r.json() == {"code": "method.not_allowed", "message": "Method Not Allowed"}
+        r = await adm.get("/api/nothing-here")
+        assert r.status_code == 404 and r.json()["code"] == "route.unknown"
+
+
 async def test_agents_list_read_and_self(env: Env) -> None:
     async with env.client("sue") as sup, env.client("al") as al:
         r = await sup.get("/api/agents")

@@ -344,6 +344,28 @@ async def test_reopen_does_not_wait_for_a_last_agent_who_signed_out(
     assert await case_field(switch, r.case, "step") == "2"
 
 
+async def test_a_reopened_case_no_longer_says_how_it_was_closed(
+    switch: Switch, inbox: Inbox
+) -> None:
+    await setup(switch, agent("ann", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1", thread="conv9"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.complete("acme", "ann", r.case, disposition="resolved")
+    assert await case_field(switch, r.case, "disposition") == "resolved"
+    r2 = await switch.ingest("acme", chat("e2", thread="conv9", text="one more thing"))
+    assert r2.action == "reopened" and r2.case == r.case
+    assert await case_field(switch, r.case, "disposition") is None
+    assert await case_field(switch, r.case, "closed") is None
+    view = inbox.last_offer("ann")["case"]
+    assert view["status"] == "offered" and "disposition" not in view and "callback" not in view
+    # closed again, it says how this time
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.complete("acme", "ann", r.case, disposition="follow-up")
+    assert await case_field(switch, r.case, "disposition") == "follow-up"
+    assert await case_field(switch, r.case, "closed") is not None
+
+
 async def test_a_reopened_case_no_longer_asks_for_the_callback_it_had(
     switch: Switch, inbox: Inbox
 ) -> None:

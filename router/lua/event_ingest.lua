@@ -211,6 +211,8 @@ else
     -- this very event marks it again below)
     redis.call('HSET', k_case(c), 'st', 'queued', 'age', NOW - EPOCH_MS, 'reopened', NOW_S,
       'x', '|', 'agent', '', 'plan', plan, 'plan_start', NOW_S, 'updated', NOW_S, 'callback', '0')
+    -- open again: how and when it was closed no longer describe it (a new close sets them)
+    redis.call('HDEL', k_case(c), 'disposition', 'closed')
     if was_ended then redis.call('HDEL', k_case(c), 'ended') end  -- settled with it
     log('case.reopened', {'case', c, 'customer', u})
   else
