@@ -37,7 +37,7 @@ from router.agent_ws import agent_endpoint
 from router.api import api_routes
 from router.auth import Tokens
 from router.bridge_ws import bridge_endpoint
-from router.chat_ws import chat_endpoint
+from router.chat_ws import chat_endpoint, restore_widgets
 from router.config import Settings, load_workspace_file
 from router.context import Ctx
 from router.embedded import EmbeddedRedis
@@ -69,6 +69,7 @@ async def _timer_loop(ctx: Ctx) -> None:
                     dead_after_s=ctx.settings.node_dead_s,
                     grace_s=ctx.settings.grace_s,
                     visitor_grace_s=ctx.settings.visitor_grace_s,
+                    rejoin=lambda: _restore_presence(ctx),
                 )
             for ws in workspaces:
                 while await ctx.switch.run_timers(ws) >= 500:
@@ -79,6 +80,20 @@ async def _timer_loop(ctx: Ctx) -> None:
             log.warning("timer loop: %s", e)
         tick += 1
         await asyncio.sleep(ctx.settings.timer_interval_s)
+
+
+async def _restore_presence(ctx: Ctx) -> None:
+    """Another node took this one for dead and reaped its consoles and widgets: say again what
+    it holds (on the first beat, nothing yet)."""
+    for (ws, agent), conns in list(ctx.hub.agents.items()):
+        if conns:
+            try:
+                await ctx.switch.presence(
+                    ws, agent, "restore", ctx.node, ctx.settings.grace_s, count=len(conns)
+                )
+            except SwitchboardError as e:  # the agent is gone meanwhile
+                log.warning("consoles of %s/%s not restored: %s", ws, agent, e)
+    await restore_widgets(ctx)
 
 
 async def drain(ctx: Ctx) -> None:

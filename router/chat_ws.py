@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import time
@@ -72,6 +73,22 @@ def identity_hash(secret: str, given: Mapping[str, str]) -> str:
     return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
+# the widgets counted on this node: (workspace, case, visitor) -> connections, said again should
+# this node be taken for dead and reaped (restore_widgets)
+_PRESENT: dict[tuple[str, str, str], int] = {}
+
+
+async def restore_widgets(ctx: Ctx) -> None:
+    """Count this node's widgets again after another node took it for dead and reaped them."""
+    by_ws: dict[str, list[list[Any]]] = {}
+    for (ws, case, visitor), n in list(_PRESENT.items()):
+        by_ws.setdefault(ws, []).append([case, visitor, n])
+    for ws, held in by_ws.items():
+        await ctx.switch.chat_presence(
+            ws, "restore", ctx.node, ctx.settings.visitor_grace_s, json.dumps(held)
+        )
+
+
 class ChatSession:
     def __init__(self, ctx: Ctx, who: Principal, conn: Conn) -> None:
         self.ctx, self.conn = ctx, conn
@@ -105,6 +122,8 @@ class ChatSession:
             log.warning("chat visitor %s not counted on %s: %s", self.visitor, case, e)
             return
         self.present = case
+        key = (self.ws, case, self.visitor)
+        _PRESENT[key] = _PRESENT.get(key, 0) + 1
         if back:
             frame = {"type": "case.updated", "case": case, "event": "visitor.back"}
             await self.ctx.switch.notify(self.ws, back, frame)
@@ -116,6 +135,11 @@ class ChatSession:
         case, self.present = self.present, ""
         if not case:
             return
+        key = (self.ws, case, self.visitor)
+        if _PRESENT.get(key, 0) <= 1:
+            _PRESENT.pop(key, None)
+        else:
+            _PRESENT[key] -= 1
         try:
             await self.ctx.switch.chat_presence(
                 self.ws, "depart", self.ctx.node, self.ctx.settings.visitor_grace_s,

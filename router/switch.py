@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -524,13 +524,15 @@ class Switch:
         return res
 
     async def presence(
-        self, ws: str, agent: str, action: str, node: str, grace_s: float = 30
+        self, ws: str, agent: str, action: str, node: str, grace_s: float = 30, count: int = 0
     ) -> str:
         """An agent's console connected or disconnected on ``node`` (or ``reap`` the
-        connections a dead node held). Returns the agent's status."""
+        connections a dead node held, or ``restore`` the ``count`` a node reaped while alive
+        holds). Returns the agent's status."""
         res = await self.store.run(
-            "agent_presence", ws, agent, action, int(grace_s * 1000), secrets.token_hex(8), node
-        )
+            "agent_presence", ws, agent, action, int(grace_s * 1000), secrets.token_hex(8), node,
+            count,
+        )  # fmt: skip
         if not res.get("ok"):
             raise from_script(str(res.get("error")))
         return str(res.get("status", ""))
@@ -551,12 +553,17 @@ class Switch:
 
     async def heartbeat(
         self, node: str, *, dead_after_s: float = 15, grace_s: float = 30,
-        visitor_grace_s: float = 30,
+        visitor_grace_s: float = 30, rejoin: Callable[[], Awaitable[None]] | None = None,
     ) -> list[str]:  # fmt: skip
         """Say this node is alive; reap the agent consoles and chat widgets of nodes that
-        stopped saying so (killed without a goodbye). Returns the nodes reaped."""
+        stopped saying so (killed without a goodbye). Returns the nodes reaped.
+
+        ``rejoin`` runs when this node was not among the living (its first beat, or another
+        node took it for dead, say through a long stall, and reaped what it holds): it says
+        again what this node holds."""
         now = now_ms()
-        await self.redis.zadd(keys.NODES, {node: now})
+        if await self.redis.zadd(keys.NODES, {node: now}) and rejoin is not None:
+            await rejoin()
         dead = [
             n.decode()
             for n in await self.redis.zrangebyscore(keys.NODES, 0, now - int(dead_after_s * 1000))

@@ -742,7 +742,12 @@ async def test_a_supervisor_takes_back_a_case_from_an_agent_who_signed_out(
     await switch.set_status("acme", "ann", "offline")
     await switch.set_status("acme", "bob", "available")
     await switch.transfer("acme", "", r.case, queue="sales", note="ann went home")
-    assert inbox.frames["ann"][-1] == {"type": "case.removed", "case": r.case, "reason": "moved"}
+    assert inbox.frames["ann"][-1] == {
+        "type": "case.removed",
+        "case": r.case,
+        "reason": "moved",
+        "queue": "sales",
+    }
     assert inbox.last_offer("bob")["case"]["id"] == r.case
     assert await switch.redis.smembers("sb:{acme}:a:ann:cases") == set()
     assert await switch.redis.hget("sb:{acme}:a:ann", "load:chat") == b"0"

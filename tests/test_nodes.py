@@ -23,6 +23,8 @@ from websockets.exceptions import ConnectionClosed
 from router import keys
 from router.app import create_app, drain
 from router.config import BridgeKey, Settings
+from router.store import Store, connect
+from router.switch import Switch
 from tests.server import BRIDGE_KEY
 from tests.util import free_port, offer_state, wait_for
 from tests.ws_client import (
@@ -56,6 +58,7 @@ TEAMS = {
     "orphan": 1,
     "kill": 0,
     "parked": 0,  # a queue nobody serves: its cases just wait
+    "revive": 1,
 }
 #: edits the workspace through one node and reads it through the other
 ADMIN = {"id": "root", "name": "Root", "password": "pw", "role": "admin", "capacity": {}}
@@ -413,8 +416,9 @@ async def test_kill_9_of_the_consoles_node_still_ends_its_grace(
 
 
 async def _held_chat(stack: Stack, node: int) -> tuple[WsClient, WsClient, str]:
-    """support1's console on A, available, holding a chat whose widget is on ``node``."""
-    agent, _ = await stack.agent("support1", node=A, status="available")
+    """support1's console on B (the node that reaps the others), available, holding a chat
+    whose widget is on ``node``."""
+    agent, _ = await stack.agent("support1", node=B, status="available")
     widget, _ = await stack.chat(node=node)
     case = (await widget.ok("message", text="are you there?"))["case"]
     await agent.ok("offer.accept", offer=(await agent.offer_for(case))["offer"])
@@ -462,3 +466,45 @@ async def test_a_visitor_who_left_just_before_their_node_stopped_is_still_said_t
     await asyncio.to_thread(node.proc.wait, 15)
     await agent.expect("case.updated", case=case, event="visitor.left", within=20)
     await agent.ok("case.complete", case=case, disposition="resolved")
+
+
+async def test_a_node_taken_for_dead_while_alive_says_again_what_it_holds(
+    stack: Stack, bridge: WsClient
+) -> None:
+    """A stall longer than SWITCHBOARD_NODE_DEAD_S: another node reaps node A's consoles (as
+    it would a killed node's). At its next beat A finds itself gone and registers them again,
+    so offers are relayed to them instead of going nowhere."""
+    console, _ = await stack.agent("revive1", node=A, status="available")
+    conns = keys.agent_conns("acme", "revive1")
+    [node_a] = [n.decode() for n in await stack.redis.hkeys(conns)]
+    agent, widget, chat = await _held_chat(stack, A)  # and a chat visitor on A
+    # what the reaper does: A off the living, its consoles and widgets counted out
+    store = Store(connect(stack.url))
+    await store.load()
+    try:
+        await stack.redis.zrem(keys.NODES, node_a)
+        sw = Switch(store)
+        await sw.presence("acme", "revive1", "reap", node_a)
+        await sw.chat_presence("acme", "reap", node_a, 30)
+    finally:
+        await store.close()
+    assert not await stack.redis.hexists(conns, node_a)
+    assert await _widgets(stack, chat) == 0
+
+    async def restored() -> bool:
+        return bool(await stack.redis.hget(conns, node_a) == b"1")
+
+    await wait_for(restored, 10, message="node A did not say again what it holds")
+    assert await stack.redis.sismember(keys.node_agents("acme", node_a), "revive1")
+    ack = await bridge.ok("event", **event("revive"))
+    await console.ok("offer.accept", offer=(await console.offer_for(ack["case"]))["offer"])
+    assert await _widgets(stack, chat) == 1  # the visitor is still there
+    await widget.close()  # and when they do leave, that is counted as before
+
+    async def counted_out() -> bool:
+        return await _widgets(stack, chat) == 0
+
+    await wait_for(counted_out, message="the widget's close was not counted")
+    held = await stack.redis.hkeys(keys.node_widgets("acme", node_a))
+    assert not [f for f in held if f.decode().startswith(f"{chat}|")], held
+    await agent.ok("case.complete", case=chat, disposition="resolved")

@@ -4,9 +4,10 @@
 -- other node. When a case's last widget is gone, a timer is armed (timers_run "v|"): whichever
 -- node fires it after the grace tells the agent holding the case that the visitor left, or has
 -- an unanswered chat abandoned. A widget that opens the case again before then keeps it quiet.
+-- A node that was taken for dead while alive and reaped says again what it holds ('restore').
 -- KEYS[1] workspace prefix
--- ARGV    now, 'arrive'|'depart'|'reap', node id, grace ms, case id, visitor id (reap: only
---         the node and the grace)
+-- ARGV    now, 'arrive'|'depart'|'reap'|'restore', node id, grace ms, case id, visitor id
+--         (reap: only the node and the grace; restore: JSON [[case, visitor, count], ...])
 -- Returns {ok, widgets, back}: back = the agent to tell the visitor is back (arrive, when they
 -- had been told the visitor left), else ''.
 local action, node, grace = ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -32,6 +33,19 @@ if action == 'reap' then
   end
   redis.call('DEL', nk)
   return result({ok = true, widgets = #held / 2, back = ''})
+end
+
+if action == 'restore' then  -- only what the reap took: a widget still counted stays as it is
+  local n = 0
+  for _, w in ipairs(cjson.decode(ARGV[5])) do
+    local f = w[1] .. '|' .. w[2]
+    if redis.call('HEXISTS', nk, f) == 0 and redis.call('EXISTS', k_case(w[1])) == 1 then
+      redis.call('HSET', nk, f, w[3])
+      redis.call('HINCRBY', k_case(w[1]), 'wv', w[3])
+      n = n + 1
+    end
+  end
+  return result({ok = true, widgets = n, back = ''})
 end
 
 local c, visitor = ARGV[5], ARGV[6]
