@@ -41,7 +41,13 @@ from router.http import endpoint
 from router.openapi import document
 from router.workflow import WorkflowError
 from router.workflow_load import load_workflow
-from router.workspace import CHANNELS, WorkspaceConfig, parse_agent
+from router.workspace import (
+    CHANNELS,
+    NO_DEFAULT_FILTER,
+    WorkspaceConfig,
+    parse_agent,
+    parse_queue,
+)
 
 #: an admin edit that keeps losing the race for the declaration gives up after this many tries
 EDIT_ATTEMPTS = 5
@@ -94,6 +100,17 @@ async def put_agent(request: Request) -> Response:
     await ctx.switch.upsert_agent(who.workspace, parse_agent(decl, "agent"))
     view = await queries.agent(ctx.redis, who.workspace, aid)
     return JSONResponse(view, status_code=200 if old else 201)
+
+
+async def delete_agent(request: Request) -> Response:
+    """Remove an agent (refused while they hold cases: ``agent.busy``, with the case ids)."""
+    who = await _caller(request, "admin")
+    aid = _path_id(request, "agent")
+    if aid == who.subject:
+        # the workspace keeps at least one admin: the one asking
+        raise Conflict("you cannot remove yourself; another admin can", code="agent.self")
+    await _ctx(request).switch.remove_agent(who.workspace, aid)
+    return Response(status_code=204)
 
 
 def _capacity(given: Any) -> Any:
@@ -178,6 +195,9 @@ async def put_queue(request: Request) -> Response:
             compile_expression(d["target"])
         except ExpressionError as e:
             return _invalid(f"target: {e}", "target", e.column)
+    # the fields given, checked on their own: an error names "queue.<field>", not the queue's
+    # place in the stored declaration (fields left out keep values that were valid)
+    parse_queue({**d, "id": qid})
     created = False
 
     def change(decl: dict[str, Any]) -> None:
@@ -242,9 +262,12 @@ async def put_workflow(request: Request) -> Response:
     wf = await _body(request)
     cfg = await ctx.switch.config(who.workspace, fresh=True)
     try:
-        load_workflow(wf, [q.id for q in cfg.queues])
+        flow = load_workflow(wf, [q.id for q in cfg.queues])
     except WorkflowError as e:
         return _invalid(f"workflow: {e}", f"workflow.{e.path}".rstrip("."), e.column)
+    if flow.default_target is None:
+        path = "task_routing.default_filter" if "task_routing" in wf else "default_filter"
+        return _invalid(f"workflow: {path}: {NO_DEFAULT_FILTER}", f"workflow.{path}", None)
 
     def change(decl: dict[str, Any]) -> None:
         decl["workflow"] = wf
@@ -265,6 +288,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("/agents", "GET", list_agents),
     ("/agents/{id}", "GET", get_agent),
     ("/agents/{id}", "PUT", put_agent),
+    ("/agents/{id}", "DELETE", delete_agent),
     ("/agents/{id}/status", "PUT", put_agent_status),
     ("/queues", "GET", list_queues),
     ("/queues/{id}", "PUT", put_queue),

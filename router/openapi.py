@@ -314,6 +314,14 @@ OPERATIONS: tuple[Op, ...] = (
         created=True,
     ),
     Op(
+        "DELETE",
+        "/agents/{id}",
+        "Remove an agent who holds no case; their pending offers go to colleagues",
+        "admin",
+        status=204,
+        errors=(404, 409),
+    ),
+    Op(
         "PUT",
         "/agents/{id}/status",
         "Set an agent's status",

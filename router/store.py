@@ -43,6 +43,7 @@ __all__ = [
 
 SCRIPT_NAMES = (
     "agent_presence",
+    "agent_remove",
     "agent_status",
     "agent_update",
     "case_complete",

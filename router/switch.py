@@ -66,6 +66,7 @@ class IngestResult:
 
 
 REVOKED = "your role or password changed since you signed in"
+REMOVED = "an administrator removed your account"
 
 
 class Switch:
@@ -136,6 +137,22 @@ class Switch:
         await self._dispatch(ws, res)
         if res.get("revoked"):  # their consoles, on every node, are told and closed
             await self.notify(ws, a.id, {"type": "session.revoked", "message": REVOKED})
+
+    async def remove_agent(self, ws: str, aid: str) -> None:
+        """Remove an agent (agent_remove.lua): refused with ``agent.busy`` while they hold
+        cases; their pending offers go on to the next agents, and their consoles on every node
+        are told and closed (``session.revoked``)."""
+        res: dict[str, Any] = await self.store.run("agent_remove", ws, aid)
+        if not res.get("ok"):
+            held = _as_list(res.get("cases"))
+            if res.get("error") == "agent.busy":
+                raise Conflict(
+                    f"{aid} holds {len(held)} case(s): move them first ({', '.join(held[:5])})",
+                    code="agent.busy",
+                )
+            raise from_script(str(res.get("error", "error")))
+        await self._dispatch(ws, res)
+        await self.notify(ws, aid, {"type": "session.revoked", "message": REMOVED})
 
     async def _update_memberships(self, ws: str, aid: str) -> None:
         a = await self.pools.stored_agent(ws, aid)

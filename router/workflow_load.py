@@ -67,6 +67,8 @@ def load_workflow(
     root = _mapping(config, "")
     if "task_routing" in root or not ({"filters", "default_filter"} & root.keys()):
         _only(root, frozenset({"task_routing"}), "")
+        if root.get("task_routing") is None:
+            _fail("task_routing", 'required: {"filters": [...], "default_filter": {"queue": ...}}')
         routing, base = _mapping(root.get("task_routing"), "task_routing"), "task_routing."
     else:
         routing, base = root, ""  # some TaskRouter examples omit the wrapper

@@ -8,6 +8,7 @@ raises :class:`ConfigError` naming the offending path. The declaration is applie
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +136,21 @@ def _id(value: Any, path: str) -> str:
     return value
 
 
+def _name(value: Any, default: str, path: str) -> str:
+    """A display name: at most 200 characters, without control characters or the bidi
+    controls that make a name read as something else on a colleague's screen (U+202E)."""
+    name = default if value is None else str(value)
+    if len(name) > 200:
+        raise ConfigError(f"{path}: at most 200 characters")
+    for ch in name:
+        if unicodedata.category(ch) == "Cc" or unicodedata.bidirectional(ch) in _BIDI_CONTROLS:
+            raise ConfigError(f"{path}: no control characters (U+{ord(ch):04X})")
+    return name
+
+
+_BIDI_CONTROLS = frozenset({"LRE", "RLE", "PDF", "LRO", "RLO", "LRI", "RLI", "FSI", "PDI"})
+
+
 def _number(value: Any, path: str) -> float:
     try:
         v = float(value)
@@ -159,7 +175,7 @@ def parse_queue(d: Mapping[str, Any], path: str = "queue") -> QueueConfig:
     sl = _number(d.get("sl_target_s", 60), f"{path}.sl_target_s")
     if not 0 < sl <= 86_400:  # NaN fails this too: it would be stored, then break every reader
         raise ConfigError(f"{path}.sl_target_s: seconds, more than 0 and at most a day")
-    return QueueConfig(qid, str(d.get("name", qid)), target, order, sl)
+    return QueueConfig(qid, _name(d.get("name"), qid, f"{path}.name"), target, order, sl)
 
 
 def parse_agent(d: Mapping[str, Any], path: str = "agent") -> AgentConfig:
@@ -188,8 +204,21 @@ def parse_agent(d: Mapping[str, Any], path: str = "agent") -> AgentConfig:
         raise ConfigError(f"{path}.role: agent, supervisor or admin")
     pw = d.get("password")
     return AgentConfig(
-        aid, str(d.get("name", aid)), dict(attrs), capacity, role, None if pw is None else str(pw)
+        aid,
+        _name(d.get("name"), aid, f"{path}.name"),
+        dict(attrs),
+        capacity,
+        role,
+        None if pw is None else str(pw),
     )
+
+
+#: A workflow must say where a case no filter matches goes. TaskRouter cancels such a task;
+#: here that would drop a customer's request over a gap in the rules (docs/routing.md).
+NO_DEFAULT_FILTER = (
+    'required: the queue for cases no filter matches, e.g. {"queue": "support"} '
+    "(without it they would be cancelled)"
+)
 
 
 def parse_workspace(d: Mapping[str, Any]) -> WorkspaceConfig:
@@ -207,6 +236,8 @@ def parse_workspace(d: Mapping[str, Any]) -> WorkspaceConfig:
         workflow = load_workflow(wf_json, qids)
     except WorkflowError as e:
         raise ConfigError(f"workflow: {e}") from None
+    if workflow.default_target is None:
+        raise ConfigError(f"workflow: task_routing.default_filter: {NO_DEFAULT_FILTER}")
     statuses = list(DEFAULT_STATUSES)
     for i, s in enumerate(d.get("statuses", [])):
         name = _id(s.get("name") if isinstance(s, Mapping) else s, f"statuses[{i}]")

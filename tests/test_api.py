@@ -199,7 +199,7 @@ async def test_other_workspaces_token_is_refused_and_sees_nothing(env: Env) -> N
 async def test_a_route_or_method_that_does_not_exist_answers_json(env: Env) -> None:
     """The router's own refusals are API errors like any other: JSON, typed."""
     async with env.client("ada") as adm:
-        r = await adm.delete("/api/agents/al")  # agents are not deleted through the API
+        r = await adm.patch("/api/agents/al", json={})  # agents are PUT whole, not patched
         assert r.status_code == 405 and r.headers["allow"]
         assert r.json() == {"code": "method.not_allowed", "message": "Method Not Allowed"}
         r = await adm.get("/api/nothing-here")
@@ -376,7 +376,15 @@ async def test_queues_create_update_delete(env: Env) -> None:
         err = r.json()
         assert err["path"] == "target" and err["column"] == 9 and "column 9" in err["message"]
         r = await adm.put("/api/queues/vip", json={"order": "random"})
-        assert r.status_code == 400 and "order" in r.json()["message"]
+        assert r.status_code == 400 and r.json()["message"] == "queue.order: fifo or lifo"
+        # a name that reads as something else on a colleague's screen (right-to-left override)
+        r = await adm.put("/api/queues/vip", json={"name": "VIP \u202egnp.exe"})
+        assert r.status_code == 400 and "queue.name" in r.json()["message"]
+        r = await adm.put("/api/agents/vip-agent", json={"name": "Al\u202e", "password": "x"})
+        assert r.status_code == 400 and "agent.name" in r.json()["message"]
+        assert (await adm.get("/api/agents/vip-agent")).status_code == 404
+        r = await adm.put("/api/queues/vip", json={"name": "VIP ✨ Ünïcode"})
+        assert r.status_code == 200 and r.json()["name"] == "VIP ✨ Ünïcode"
         # the workflow routes to sales: refused; vip is unused: deleted
         r = await adm.delete("/api/queues/sales")
         assert r.status_code == 409 and r.json()["code"] == "queue.in_use"
@@ -459,6 +467,17 @@ async def test_workflow_read_replace_and_errors(env: Env) -> None:
         bad["task_routing"]["default_filter"] = {"queue": "nowhere"}
         r = await adm.put("/api/workflow", json=bad)
         assert r.status_code == 400 and "default_filter" in r.json()["message"]
+        # without a default filter a case no filter matches would be cancelled: refused
+        bad = copy.deepcopy(wf)
+        del bad["task_routing"]["default_filter"]
+        r = await adm.put("/api/workflow", json=bad)
+        assert r.status_code == 400, r.text
+        assert r.json()["path"] == "workflow.task_routing.default_filter"
+        assert "cases no filter matches" in r.json()["message"]
+        r = await adm.put("/api/workflow", json={})
+        assert r.status_code == 400 and r.json()["path"] == "workflow.task_routing"
+        assert "NoneType" not in r.json()["message"]
+        assert (await sup.get("/api/workflow")).json() == wf  # nothing changed
         # a new first filter routes 'urgent' cases to billing
         new = copy.deepcopy(wf)
         new["task_routing"]["filters"].insert(
@@ -699,6 +718,67 @@ async def test_customer_lookup_timeline_and_merge(env: Env) -> None:
         assert r.status_code == 400
         assert (await sup.get("/api/customers/u404")).status_code == 404
         assert (await sup.get("/api/customers/u404/timeline")).status_code == 404
+
+
+async def test_admin_removes_an_agent(env: Env) -> None:
+    """An admin removes an agent who holds no case: their console is told and signed out, their
+    tokens stop working, their pending offer goes to a colleague. One holding a case is refused
+    (naming it), and an admin cannot remove themselves."""
+    async with env.client("ada") as adm, env.client("sue") as sup:
+        r = await adm.put("/api/queues/rmq", json={"target": "skills HAS 'rmq'"})
+        assert r.status_code == 201, r.text
+        for aid in ("rem", "rue"):
+            r = await adm.put(
+                f"/api/agents/{aid}",
+                json={"password": "pw-" + aid, "attributes": {"skills": ["rmq"]},
+                      "capacity": {"chat": 1}},
+            )  # fmt: skip
+            assert r.status_code == 201, r.text
+        rem = env.server.login("rem", "pw-rem")
+        console = await connect_agent(env.server.ws_url, rem["ws_token"])
+        await console.expect("hello")
+        await console.ok("status", status="available")
+
+        async def to_rmq(key: str) -> str:
+            case = str((await _case(env, key, f"{key}@example.com"))["case"])
+            r = await sup.patch(f"/api/cases/{case}", json={"queue": "rmq"})
+            assert r.status_code == 200, r.text
+            return case
+
+        held = await to_rmq("rm-1")
+        await console.ok("offer.accept", offer=(await console.offer_for(held))["offer"])
+        r = await adm.delete("/api/agents/rem")
+        assert r.status_code == 409 and r.json()["code"] == "agent.busy"
+        assert held in r.json()["message"]
+        r = await sup.patch(f"/api/cases/{held}", json={"queue": "support"})  # taken back
+        assert r.status_code == 200, r.text
+        pending = await to_rmq("rm-2")
+        await console.offer_for(pending)
+
+        rue = env.server.login("rue", "pw-rue")
+        colleague = await connect_agent(env.server.ws_url, rue["ws_token"])
+        await colleague.expect("hello")
+        await colleague.ok("status", status="available")
+        assert (await adm.delete("/api/agents/rem")).status_code == 204
+        told = await console.expect("session.revoked")
+        assert "removed your account" in told["message"]
+        assert await console.closed() == 1008
+        await colleague.offer_for(pending)
+
+        hdr = {"Authorization": f"Bearer {rem['token']}"}
+        r = await adm.get("/api/me", headers=hdr)
+        assert r.status_code == 401 and r.json()["code"] == "agent.unknown"
+        r = await adm.post(
+            "/api/login", json={"workspace": "acme", "agent": "rem", "password": "pw-rem"}
+        )
+        assert r.status_code == 401 and r.json()["code"] == "auth.invalid"
+        assert (await adm.get("/api/agents/rem")).status_code == 404
+        assert "rem" not in [a["id"] for a in (await adm.get("/api/agents")).json()["agents"]]
+        r = await adm.delete("/api/agents/rem")
+        assert r.status_code == 404 and r.json()["code"] == "agent.unknown"
+        r = await adm.delete("/api/agents/ada")
+        assert r.status_code == 409 and r.json()["code"] == "agent.self"
+        await colleague.close()
 
 
 # -- property run against the document ------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from router import snapshot
+from router import queries, snapshot
 from router.errors import BadRequest, Conflict, NotFound
 from router.stats import Stats
 from router.store import now_ms
@@ -432,6 +432,53 @@ async def test_transfer_to_agent_and_queue(switch: Switch, inbox: Inbox) -> None
     assert inbox.last_offer("ann")["case"]["id"] == r.case
     with pytest.raises(BadRequest):
         await switch.transfer("acme", "ann", r.case, queue="support", to_agent="bob")
+
+
+async def test_removing_an_agent_leaves_no_case_behind(switch: Switch, inbox: Inbox) -> None:
+    """An agent who holds a case cannot be removed. Once they hold none, removing them hands
+    their pending offer to a colleague, moves on a case waiting for them by name, and leaves
+    nothing of them in Redis: the same id is a new agent afterwards."""
+    await setup(switch, agent("ann", ["support"], chat=1), agent("bob", ["support"], chat=1))
+    await switch.set_status("acme", "bob", "available")
+    held = await switch.ingest("acme", chat("e1", email="a@x.test"))
+    await switch.accept("acme", "bob", inbox.last_offer("bob")["offer"])
+    with pytest.raises(Conflict) as e:
+        await switch.remove_agent("acme", "bob")
+    assert e.value.code == "agent.busy" and held.case in str(e.value)
+    assert await case_field(switch, held.case, "agent") == "bob"
+
+    await switch.set_status("acme", "ann", "available")
+    named = await switch.ingest("acme", chat("e3", email="c@x.test"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    # a supervisor takes bob's case back; bob is then offered the next one (and is full)
+    await switch.transfer("acme", "", held.case, queue="sales")
+    pending = await switch.ingest("acme", chat("e2", email="b@x.test"))
+    assert inbox.last_offer("bob")["case"]["id"] == pending.case
+    # ann hands her case to bob by name: it waits for him
+    await switch.transfer("acme", "ann", named.case, to_agent="bob")
+    assert await case_field(switch, named.case, "pool") == "a~bob"
+
+    await switch.remove_agent("acme", "bob")
+    assert inbox.last_offer("ann")["case"]["id"] == pending.case
+    told = [f["type"] for f in inbox.frames["bob"][-2:]]
+    assert told == ["offer.rescinded", "session.revoked"]
+    # the case for bob went on to its next step (the queue), where it waits for ann
+    assert await case_field(switch, named.case, "st") == "queued"
+    assert await case_field(switch, named.case, "q") == "support"
+    assert await case_field(switch, named.case, "pool") != "a~bob"
+    left = [k.decode() for k in await switch.redis.keys("sb:{acme}:*bob*")]
+    assert left == []
+    assert b"bob" not in await switch.redis.smembers("sb:{acme}:agents")
+    for p in await switch.redis.smembers("sb:{acme}:pools"):
+        assert await switch.redis.hget(f"sb:{{acme}}:p:{p.decode()}:agents", "bob") is None
+    with pytest.raises(NotFound):
+        await switch.remove_agent("acme", "bob")
+    with pytest.raises(NotFound):
+        await switch.set_status("acme", "bob", "available")
+
+    await switch.upsert_agent("acme", agent("bob", ["support"], chat=1))
+    fresh = await queries.agent(switch.redis, "acme", "bob")
+    assert fresh is not None and fresh["status"] == "offline" and fresh["load"]["chat"] == 0
 
 
 async def test_call_ended_while_waiting_abandons(switch: Switch, inbox: Inbox) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router.errors import ConfigError
 from router.triage import _plan, pool_id, triage
 from router.workspace import parse_workspace
 
@@ -119,3 +121,14 @@ def test_the_demo_routes_mail_to_billing_by_its_mailbox() -> None:
     plain = triage(cfg, "email", {"queue_hint": None, "language": "en"})
     assert [p.queue for p in hinted.pools][:1] == ["billing"]
     assert [p.queue for p in plain.pools] == ["support"]
+
+
+def test_a_workspace_workflow_must_say_where_unmatched_cases_go() -> None:
+    """A case no filter matches would be cancelled (TaskRouter's rule): a workspace's workflow
+    without a default filter is refused, naming it. Without any workflow, the first queue is
+    the default."""
+    no_default = {"task_routing": {"filters": WORKFLOW["task_routing"]["filters"]}}
+    with pytest.raises(ConfigError, match=r"task_routing\.default_filter: required"):
+        config(no_default)
+    cfg = parse_workspace({"id": "t", "queues": [{"id": "front"}, {"id": "back"}]})
+    assert [p.queue for p in triage(cfg, "chat", {}).pools] == ["front"]

@@ -95,7 +95,8 @@ for _, m in ipairs(due) do
         redis.call('HSET', k_case(c), 'esc', '1')
       end
     end
-  elseif kind == 'f' then
+  elseif kind == 'f' and redis.call('EXISTS', k_agent(parts[3])) == 1 then
+    -- (an agent removed since they set it: nobody to remind; agent_remove.lua)
     local c, a = parts[2], parts[3]
     local cs = redis.call('HMGET', k_case(c), 'followup:' .. parts[4], 'cust', 'subject', 'ch',
       'st')
@@ -121,7 +122,7 @@ for _, m in ipairs(due) do
     local i = cs[1] and string.find(cs[1], '|' .. a .. '|', 1, true)
     if i and (cs[2] == 'queued' or cs[2] == 'offered') then
       redis.call('HSET', ck, 'x', string.sub(cs[1], 1, i) .. string.sub(cs[1], i + #a + 2))
-      if cs[2] == 'queued' then pull(a, offers) end
+      if cs[2] == 'queued' and redis.call('EXISTS', k_agent(a)) == 1 then pull(a, offers) end
     end
   elseif kind == 'v' then
     local c, visitor = parts[2], parts[3]
