@@ -152,7 +152,8 @@ class Switch:
                 )
             raise from_script(str(res.get("error", "error")))
         await self._dispatch(ws, res)
-        await self.notify(ws, aid, {"type": "session.revoked", "message": REMOVED})
+        frame = {"type": "session.revoked", "reason": "removed", "message": REMOVED}
+        await self.notify(ws, aid, frame)
 
     async def _update_memberships(self, ws: str, aid: str) -> None:
         a = await self.pools.stored_agent(ws, aid)

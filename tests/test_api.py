@@ -761,7 +761,7 @@ async def test_admin_removes_an_agent(env: Env) -> None:
         await colleague.ok("status", status="available")
         assert (await adm.delete("/api/agents/rem")).status_code == 204
         told = await console.expect("session.revoked")
-        assert "removed your account" in told["message"]
+        assert told["reason"] == "removed" and "removed your account" in told["message"]
         assert await console.closed() == 1008
         await colleague.offer_for(pending)
 

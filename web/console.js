@@ -4,7 +4,7 @@
 // reconnect) rebuilds it; pushes (offer, case.message, ...) patch it in between.
 
 import { CHANNEL_LABEL, h, replace } from "./dom.js";
-import { Connection, clearSession, loadSession } from "./session.js";
+import { Connection, clearSession, loadSession, signedOut } from "./session.js";
 import { signIn } from "./login.js";
 import { announcer, connectionUi, toaster } from "./ui.js";
 import { Timeline, caseSummary } from "./timeline.js";
@@ -22,6 +22,39 @@ const RESCIND_REASON = {
 const STATE_LABEL = { queued: "waiting", offered: "waiting", assigned: "open", wrapping: "in wrap-up",
   completed: "closed", abandoned: "abandoned", timeout: "closed" };
 
+/** Unsent drafts by case id, kept in this tab's sessionStorage: a reload does not lose a
+ *  half-written reply; closing the tab or signing out does (a shared computer keeps nothing). */
+class Drafts {
+  constructor(key) {
+    this.key = key;
+    let saved = {};
+    try {
+      saved = JSON.parse(sessionStorage.getItem(key) || "{}") || {};
+    } catch {
+      saved = {};
+    }
+    this.map = new Map(Object.entries(saved));
+  }
+
+  get(id) { return this.map.get(id); }
+
+  set(id, value) { this.map.set(id, value); this.save(); }
+
+  delete(id) { if (this.map.delete(id)) this.save(); }
+
+  ids() { return [...this.map.keys()]; }
+
+  clear() { this.map.clear(); sessionStorage.removeItem(this.key); }
+
+  save() {
+    try {
+      sessionStorage.setItem(this.key, JSON.stringify(Object.fromEntries(this.map)));
+    } catch {
+      /* storage full or off: the drafts live as long as this page */
+    }
+  }
+}
+
 class AgentConsole {
   constructor(root, session) {
     this.root = root;
@@ -36,7 +69,7 @@ class AgentConsole {
     this.views = new Map();
     this.reminders = new Map(); // reminder id -> its toast, until dismissed
     this.offerCards = new Map();
-    this.drafts = new Map();
+    this.drafts = new Drafts(`switchboard.drafts.${session.workspace}.${session.agent}`);
     this.active = null;
     this.polite = announcer("polite");
     this.urgent = announcer("assertive");
@@ -48,7 +81,7 @@ class AgentConsole {
     this.reminderTray = toaster({ className: "reminder-list", testid: "reminders", live: null, fallbackFocus });
     this.buildShell();
     this.conn.addEventListener("frame", (ev) => this.onFrame(ev.detail));
-    this.conn.addEventListener("expired", (ev) => this.expired(ev.detail.message));
+    this.conn.addEventListener("expired", (ev) => this.expired(ev.detail));
     this.conn.addEventListener("replaced", () => this.replaced());
     setInterval(() => this.offerCards.forEach((c) => c.tick()), 250);
     document.addEventListener("keydown", (ev) => this.shortcut(ev));
@@ -144,10 +177,9 @@ class AgentConsole {
     use.focus();
   }
 
-  expired(message) {
-    clearSession();
-    sessionStorage.setItem("switchboard.note", `Please sign in again (${message}).`);
-    location.reload();
+  expired(detail) {
+    if (detail.reason === "removed") this.drafts.clear();
+    signedOut(detail);
   }
 
   async signOut() {
@@ -157,6 +189,7 @@ class AgentConsole {
       /* signing out anyway */
     }
     this.conn.stop();
+    this.drafts.clear();
     clearSession();
     location.reload();
   }
@@ -278,6 +311,7 @@ class AgentConsole {
     const keep = this.active;
     this.active = null;
     for (const d of f.cases || []) this.addCase(d);
+    this.strandedDrafts();
     for (const o of f.offers || []) this.addOffer(o, false);
     for (const r of f.reminders || []) this.reminder(r);
     const first = this.views.keys().next().value;
@@ -285,6 +319,21 @@ class AgentConsole {
     else if (first) this.select(first);
     this.renderStatus();
     this.renderCasesMeta();
+  }
+
+  /** Drafts of cases that are no longer ours (closed or moved while this page was away or
+   *  reloading): what the agent typed is theirs, kept in a toast until they dismiss it. */
+  strandedDrafts() {
+    for (const id of this.drafts.ids()) {
+      if (this.views.has(id)) continue;
+      const d = this.drafts.get(id);
+      const text = (d && typeof d === "object" ? String(d.text || "") : "").trim();
+      this.drafts.delete(id);
+      if (!text) continue;
+      this.toast(`A case you were writing in is no longer yours (it was closed or moved meanwhile). What you had typed was not sent: “${text}”`,
+        { testid: "draft-stranded", timeoutMs: 0,
+          actions: [["Copy text", () => navigator.clipboard.writeText(text).catch(() => {})]] });
+    }
   }
 
   addCase(detail) {

@@ -11,7 +11,12 @@ const KEY = "switchboard.session";
 const LAST = "switchboard.last-login";
 export const PROTOCOL = "switchboard.v1.json";
 
-export class AuthError extends Error {}
+export class AuthError extends Error {
+  constructor(message, code = "") {
+    super(message);
+    this.code = code;
+  }
+}
 
 export function loadSession() {
   try {
@@ -24,6 +29,17 @@ export function loadSession() {
 
 export function clearSession() {
   sessionStorage.removeItem(KEY);
+}
+
+/** The session ended (expired, revoked, or the agent removed): back to the sign-in form, which
+ *  says why. detail: {message, reason} ("removed": an admin removed the account). */
+export function signedOut(detail) {
+  clearSession();
+  const note = detail.reason === "removed"
+    ? "An administrator removed your account. Ask them if you need access again."
+    : `Please sign in again (${detail.message}).`;
+  sessionStorage.setItem("switchboard.note", note);
+  location.reload();
 }
 
 /** The workspace and agent id last used on this browser (never the password). */
@@ -51,7 +67,7 @@ async function post(path, body, token) {
     /* non-JSON error page */
   }
   if (res.status === 401 || res.status === 403) {
-    throw new AuthError(data.message || "Not signed in");
+    throw new AuthError(data.message || "Not signed in", data.code || "");
   }
   if (!res.ok) throw new Error(data.message || `Request failed (${res.status})`);
   return data;
@@ -155,7 +171,8 @@ export class Connection extends EventTarget {
       if (e instanceof AuthError) {
         this.stopped = true;
         this._setState("stopped");
-        this.dispatchEvent(new CustomEvent("expired", { detail: { message: e.message } }));
+        const reason = e.code === "agent.unknown" ? "removed" : "";
+        this.dispatchEvent(new CustomEvent("expired", { detail: { message: e.message, reason } }));
         return;
       }
       this._retry(e.message);
@@ -198,7 +215,7 @@ export class Connection extends EventTarget {
       if (frame.type === "session.revoked") { // role or password changed: sign in again
         this.stopped = true;
         this._setState("stopped");
-        this.dispatchEvent(new CustomEvent("expired", { detail: { message: frame.message } }));
+        this.dispatchEvent(new CustomEvent("expired", { detail: { message: frame.message, reason: frame.reason } }));
         return;
       }
       if (frame.type === "error" && this.state === "connecting") {

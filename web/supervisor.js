@@ -10,7 +10,7 @@
 import { CHANNEL_LABEL, duration, h, replace, shortId } from "./dom.js";
 import { bdi } from "./timeline.js";
 import { callbackNumber, wantsCallback } from "./casetab.js";
-import { Connection, clearSession, loadSession } from "./session.js";
+import { Connection, clearSession, loadSession, signedOut } from "./session.js";
 import { signIn } from "./login.js";
 import { announcer, connectionUi, toaster } from "./ui.js";
 
@@ -122,11 +122,7 @@ class SupervisorView {
     this.polite = announcer("polite");
     this.build();
     this.conn.addEventListener("frame", (ev) => this.onFrame(ev.detail));
-    this.conn.addEventListener("expired", (ev) => {
-      clearSession();
-      sessionStorage.setItem("switchboard.note", `Please sign in again (${ev.detail.message}).`);
-      location.reload();
-    });
+    this.conn.addEventListener("expired", (ev) => signedOut(ev.detail));
     this.conn.start();
     this.loop();
   }
