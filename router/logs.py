@@ -51,3 +51,12 @@ def setup_logging(level: str = "info", json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # libraries that log every connection or request at INFO (aiosmtpd: each SMTP peer and
+    # command; httpx: each outbound request) drown ours; their warnings still show, and
+    # everything at level=debug
+    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(quiet)
+
+
+_CHATTY = ("mail.log", "httpx", "httpcore")
