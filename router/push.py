@@ -11,7 +11,15 @@ from typing import Any
 
 from router import fastjson
 
-__all__ = ["case_view", "chat_agent_frame", "chat_frame", "customer_view", "offer_frame", "pairs"]
+__all__ = [
+    "case_view",
+    "chat_agent_frame",
+    "chat_frame",
+    "customer_view",
+    "offer_frame",
+    "pairs",
+    "why_reason",
+]
 
 _INT_FIELDS = ("pri", "created", "updated", "assigned", "closed", "age", "step")
 
@@ -77,19 +85,21 @@ def customer_view(profile: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _why(case: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, Any]:
-    pool = fields.get("pool", "")
+def why_reason(pool: str) -> str:
+    """Why the agent was offered a case waiting in ``pool``, as the offer card says it."""
     if pool.startswith("a~"):
-        reason = "preferred agent: handled this customer's case before, or named in a transfer"
-    elif "^" in pool:
-        reason = "longest-idle available agent in the queue who matches the target expression"
-    else:
-        reason = "longest-idle available agent in the queue with free capacity on this channel"
+        return "preferred agent: handled this customer's case before, or named in a transfer"
+    if "^" in pool:
+        return "longest-idle available agent in the queue who matches the target expression"
+    return "longest-idle available agent in the queue with free capacity on this channel"
+
+
+def _why(case: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, Any]:
     return {
         "filter": case["filter"],
         "step": case["step"],
         "queue": case["queue"],
-        "reason": reason,
+        "reason": why_reason(fields.get("pool", "")),
     }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from router import keys
-from router.push import case_view, chat_frame, customer_view, pairs
+from router.push import case_view, chat_frame, customer_view, pairs, why_reason
 from router.workspace import WorkspaceConfig
 
 __all__ = ["agent_directory", "agent_view", "case_detail", "chat_history", "hello", "history"]
@@ -129,7 +129,7 @@ async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str
     pending = []
     for o in offers:
         case = keys.offer_case(o)
-        of = await redis.hmget(keys.case(ws, case), "offer", "ost", "odl") if case else []
+        of = await redis.hmget(keys.case(ws, case), "offer", "ost", "odl", "pool") if case else []
         if not of or _dec(of[0] or b"") != o or of[1] != b"pending":
             continue
         detail = await case_detail(redis, ws, case)
@@ -144,7 +144,7 @@ async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str
                         "queue": detail["case"]["queue"],
                         "filter": detail["case"]["filter"],
                         "step": detail["case"]["step"],
-                        "reason": "pending offer (restored)",
+                        "reason": why_reason(_dec(of[3] or b"")),
                     },
                 }
             )

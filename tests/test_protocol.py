@@ -199,6 +199,7 @@ async def test_hello_after_reconnect_is_the_snapshot(stack: Stack, bridge: WsCli
     assert pending["customer"]["id"] == offer2["customer"]["id"]
     assert [e["text"] for e in pending["timeline"]] == ["second"]
     assert pending["why"]["queue"] == "hello"
+    assert pending["why"] == offer2["why"]  # after a reload the card says why as it did live
     await again.ok("offer.accept", offer=offer2["offer"])  # the snapshot's offer is live
 
 
