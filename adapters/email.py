@@ -17,13 +17,14 @@ characters removed, and hands the message to the configured smarthost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
 import ssl
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 from types import TracebackType
-from typing import Any, AnyStr
+from typing import Any, AnyStr, Protocol
 
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -60,6 +61,7 @@ from adapters.email_tokens import (
 __all__ = [
     "EmailAdapter",
     "EmailConfig",
+    "FileStore",
     "Ingest",
     "IngestRefused",
     "build_reply",
@@ -77,6 +79,16 @@ log = logging.getLogger("switchboard.adapters.email")
 
 Ingest = Callable[[str, dict[str, Any]], Awaitable[Mapping[str, Any]]]
 """``(workspace, event) -> {"case": ..., "customer": ..., "duplicate": bool}``; raises to refuse."""
+
+
+class FileStore(Protocol):
+    """Where attachments' bytes are kept for agents to open (router/attachments.py)."""
+
+    async def keep(self, ws: str, name: str, ctype: str, data: bytes) -> str: ...
+
+    async def link(self, ws: str, ids: Iterable[str], case: str) -> None: ...
+
+    async def drop(self, ws: str, ids: Iterable[str]) -> None: ...
 
 
 class IngestRefused(Exception):
@@ -187,9 +199,10 @@ class _Handler:
 class EmailAdapter:
     """The inbound SMTP server and the outbound reply path for one Switchboard process."""
 
-    def __init__(self, config: EmailConfig, ingest: Ingest) -> None:
+    def __init__(self, config: EmailConfig, ingest: Ingest, files: FileStore | None = None) -> None:
         self._config = config
         self._ingest = ingest
+        self._files = files  # None: attachments are listed by name, their bytes not kept
         self._mailboxes = {addr.lower(): target for addr, target in config.mailboxes.items()}
         self._limits = Limits(
             max_parts=config.max_parts,
@@ -399,9 +412,14 @@ class EmailAdapter:
                 return "550 5.1.7 No usable sender address"
             events.append((workspace, event))
         for workspace, event in events:
+            kept: list[str] = []
             try:
+                kept = await self._keep_files(workspace, event, mail)
                 result = await self._ingest(workspace, event)
             except Exception as exc:
+                if kept and self._files is not None:
+                    with contextlib.suppress(Exception):
+                        await self._files.drop(workspace, kept)
                 # a refusal that retrying cannot fix (the router's 4xx errors: a bad event, an
                 # unknown workspace) is permanent; anything else (Redis down) is temporary
                 if 400 <= getattr(exc, "http_status", 500) < 500:
@@ -411,8 +429,36 @@ class EmailAdapter:
                     ).replace("\n", " ")
                 log.warning("email ingest refused (workspace %s)", workspace, exc_info=True)
                 return "451 4.3.0 Temporary failure, try again"
+            if kept and self._files is not None:
+                try:
+                    if result.get("duplicate"):  # its entry lists the files kept the first time
+                        await self._files.drop(workspace, kept)
+                    else:
+                        await self._files.link(workspace, kept, str(result.get("case") or ""))
+                except Exception:
+                    # the mail is in: its files stay, readable by supervisors, until they expire
+                    log.warning(
+                        "attachments of case %s not linked", result.get("case"), exc_info=True
+                    )
             log.info("email ingested: workspace=%s case=%s", workspace, result.get("case"))
         return "250 2.0.0 OK"
+
+    async def _keep_files(self, ws: str, event: dict[str, Any], mail: ParsedMail) -> list[str]:
+        """Keep each attachment's bytes; the event's attachments get the ids. Returns them."""
+        if self._files is None:
+            return []
+        kept: list[str] = []
+        try:
+            for att, data in zip(event.get("attachments") or [], mail.files, strict=False):
+                if data is not None:
+                    att["id"] = await self._files.keep(ws, att["name"], att["type"], data)
+                    kept.append(att["id"])
+        except Exception:
+            if kept:
+                with contextlib.suppress(Exception):
+                    await self._files.drop(ws, kept)
+            raise
+        return kept
 
     async def _parse(self, raw: bytes) -> ParsedMail:
         if self._executor is None:

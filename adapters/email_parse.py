@@ -94,6 +94,9 @@ class ParsedMail:
     # the Message-IDs of the mails it carries (a forwarded message/rfc822, a bounce's returned
     # message or text/rfc822-headers): a bounce of our reply names the case in them
     returned_ids: tuple[str, ...] = ()
+    # each attachment's bytes, in the order of ``attachments`` (None: a forwarded mail, read
+    # into ``text`` instead); the adapter keeps them (router/attachments.py)
+    files: tuple[bytes | None, ...] = ()
 
 
 # --- headers ------------------------------------------------------------------------------------
@@ -486,8 +489,9 @@ def _inner(part: Message) -> Message | None:
     return inner if isinstance(inner, Message) else None
 
 
-def _attachment(part: Message) -> Attachment:
+def _attachment(part: Message) -> tuple[Attachment, bytes | None]:
     ctype = part.get_content_type()
+    data: bytes | None = None
     name = _filename(part)
     if ctype == "message/rfc822":
         inner = _inner(part)
@@ -500,9 +504,10 @@ def _attachment(part: Message) -> Attachment:
         subject = strip_tokens(clean_line(_decode_words(subject), 120))
         name = name or (f"{subject}.eml" if subject else "forwarded message.eml")
     else:
-        data = part.get_payload(decode=True)
-        size = len(data) if isinstance(data, bytes) else 0
-    return {"name": name or "attachment", "type": ctype, "size": size}
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        size = len(data)
+    return {"name": name or "attachment", "type": ctype, "size": size}, data
 
 
 def _body(parts: Sequence[Message]) -> Message | None:
@@ -544,10 +549,13 @@ def parse_message(raw: bytes, limits: Limits) -> ParsedMail:
     leaves, forwarded = _leaves(msg, budget)
     inline: list[tuple[Message, int]] = []
     attachments: list[Attachment] = []
+    files: list[bytes | None] = []
     for part, owner in leaves:
         budget.tick()  # each part's headers cost a little: keep the deadline close
         if _is_attachment(part):
-            attachments.append(_attachment(part))
+            attachment, data = _attachment(part)
+            attachments.append(attachment)
+            files.append(data)
         else:
             inline.append((part, owner))
     returned: list[str] = []
@@ -602,6 +610,7 @@ def parse_message(raw: bytes, limits: Limits) -> ParsedMail:
         auto_submitted=_is_auto(headers),
         auth_results=_auth_results(msg),
         returned_ids=tuple(dict.fromkeys(returned[:_MAX_FORWARDS])),
+        files=tuple(files[: limits.max_attachments]),
     )
 
 

@@ -32,6 +32,7 @@ from adapters.email import (
     reply_nonce,
 )
 from router import keys
+from router.attachments import Attachments
 from router.config import Settings
 from router.errors import NotFound
 from router.outbox import OutboxReader
@@ -97,7 +98,8 @@ class EmailPlugin:
             res = await ctx.switch.ingest(ws, event, source="email")
             return {"case": res.case, "customer": res.customer, "duplicate": res.duplicate}
 
-        self.adapter = EmailAdapter(self._config(ctx.settings.secret), ingest)
+        files = Attachments(ctx.redis, days=self.settings.attachment_days)
+        self.adapter = EmailAdapter(self._config(ctx.settings.secret), ingest, files)
         await self.adapter.start()
         for ws in sorted({ws for ws, _ in self.mailboxes.values()}):
             reader = OutboxReader(

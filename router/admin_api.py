@@ -27,6 +27,7 @@ from router.admin_cases import (
     create_case,
     customer_timeline,
     find_customers,
+    get_attachment,
     get_case,
     get_customer,
     list_cases,
@@ -303,6 +304,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("/cases", "POST", create_case),
     ("/cases/{id}", "GET", get_case),
     ("/cases/{id}", "PATCH", move_case),
+    ("/attachments/{id}", "GET", get_attachment),
 )
 
 

@@ -9,12 +9,14 @@ else answers 404, never 403. Opening a case ingests one inbound event through th
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from router import keys, queries, snapshot
 from router.admin_http import _body, _caller, _ctx, _int_param, _only, _opt_str, _path_id
+from router.attachments import Attachments
 from router.auth import Principal
 from router.errors import BadRequest, NotFound
 from router.ids import new_id
@@ -185,3 +187,40 @@ async def move_case(request: Request) -> dict[str, Any]:
     by_name = (name or b"").decode() or who.subject
     await ctx.switch.transfer(who.workspace, "", case, queue=queue, note=note, by_name=by_name)
     return queries.case_summary(await queries.case_fields(ctx.redis, who.workspace, case))
+
+
+# -- attachments ------------------------------------------------------------------------------
+
+#: types a browser may be told as they are; anything else is served as bytes to save
+_INERT_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain"}
+)
+
+
+async def get_attachment(request: Request) -> Response:
+    """A file a customer sent, always as a download: its type only when inert (no HTML, no
+    SVG: a customer's file must never run as our page), sandboxed, never sniffed."""
+    who = await _caller(request)
+    ctx = _ctx(request)
+    fid = _path_id(request, "attachment")
+    f = await Attachments(ctx.redis).read(who.workspace, fid)
+    if f is not None and not who.can("supervisor"):
+        # an agent reads the files of the customers whose cases they hold (as their timeline)
+        cust = await ctx.redis.hget(keys.case(who.workspace, f.case), "cust") if f.case else None
+        mine = await queries.held_cases(ctx.redis, who.workspace, who.subject)
+        if cust is None or cust.decode() not in await queries.customers_of(
+            ctx.redis, who.workspace, mine
+        ):
+            f = None
+    if f is None:
+        raise NotFound("attachment not found", code="attachment.unknown")
+    ctype = f.type.lower() if f.type.lower() in _INERT_TYPES else "application/octet-stream"
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in f.name)
+    headers = {
+        "Content-Disposition": f'attachment; filename="{ascii_name}"; '
+        f"filename*=UTF-8''{quote(f.name, safe='')}",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox; default-src 'none'",
+        "Cache-Control": "private, no-store",
+    }
+    return Response(f.data, media_type=ctype, headers=headers)

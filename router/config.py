@@ -75,6 +75,7 @@ class Settings:
     smtp_peers: str = ""
     # inbound addresses: "support@acme.test=acme,billing@acme.test=acme/billing"
     mailboxes: str = ""
+    attachment_days: float = 90.0  # how long customers' files are kept (router/attachments.py)
     smarthost: str = ""  # host:port for outbound replies; empty = log only
     smarthost_user: str = ""
     smarthost_password: str = field(default="", repr=False)

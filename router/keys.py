@@ -19,6 +19,7 @@ __all__ = [
     "agent_offers",
     "agent_pools",
     "agents",
+    "attachment",
     "case",
     "customer",
     "customer_cases",
@@ -156,6 +157,11 @@ def offer_case(oid: str) -> str:
     (Lua's offer_case). ``""`` for an id of another shape."""
     case, dot, n = oid.rpartition(".")
     return case if dot and case and n.isdigit() else ""
+
+
+def attachment(ws: str, fid: str) -> str:
+    """Hash: a file a customer sent (name, type, size, case, data); router/attachments.py."""
+    return f"sb:{{{ws}}}:f:{fid}"
 
 
 def customer(ws: str, cust: str) -> str:

@@ -349,6 +349,14 @@ OPERATIONS: tuple[Op, ...] = (
         status=204,
         errors=(404, 409),
     ),
+    Op(
+        "GET",
+        "/attachments/{id}",
+        "A file a customer sent (a download); agents: of the customers whose cases they hold",
+        "agent",
+        "File",
+        errors=(404,),
+    ),
     Op("GET", "/workflow", "The workflow (TaskRouter JSON)", "supervisor", "Workflow"),
     Op(
         "PUT",
@@ -491,6 +499,8 @@ def _operation(op: Op) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "OK" if op.status == 200 else "No Content"}
     if op.response == "OpenAPI":
         ok["content"] = {"application/json": {"schema": ANY_OBJ}}
+    elif op.response == "File":  # a customer's file, as bytes (its type when inert)
+        ok["content"] = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
     elif op.response:
         ok["content"] = {"application/json": {"schema": _ref(op.response)}}
     responses[str(op.status)] = ok

@@ -12,6 +12,7 @@ from email.message import EmailMessage, Message
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -178,3 +179,53 @@ async def test_a_mail_to_a_second_mailbox_is_answered_from_it(
     [reply] = await replies(server, 1)
     assert "help@acme.test" in reply["From"]  # not support@, the workspace's first
     assert reply["Reply-To"].startswith("help+")
+
+
+async def test_an_agent_opens_the_files_a_customer_sent(
+    server: ServerProcess, ann: WsClient, redis: Redis
+) -> None:
+    """A mail's attachments are kept: the agent holding the case downloads each one as sent,
+    always as a download, a hostile type (HTML) as plain bytes. An agent no longer reads
+    them once the case is not theirs, and the same mail delivered twice keeps its files once."""
+    pdf, page = b"%PDF-1.7\n" + bytes(range(256)) * 40, b"<script>alert(1)</script>"
+    msg = EmailMessage()
+    msg["Authentication-Results"] = f"{MX}; dmarc=pass"
+    msg["From"] = "Nora Quinn <nora@example.com>"
+    msg["To"] = "support@acme.test"
+    msg["Subject"] = "Broken lamp"
+    msg["Message-ID"] = f"<{uid('m')}@example.com>"
+    msg.set_content("Photo and invoice attached.")
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="Rechnung März.pdf")
+    msg.add_attachment(page, maintype="text", subtype="html", filename="look.html")
+    await asyncio.to_thread(send_mail, server, msg)
+    offer = await email_offer(ann)
+    files = offer["timeline"][-1]["attachments"]
+    assert [(f["name"], f["size"]) for f in files] == [
+        ("Rechnung März.pdf", len(pdf)),
+        ("look.html", len(page)),
+    ]
+    assert all(f.get("id") for f in files)
+    token = (await asyncio.to_thread(server.login, "ann"))["token"]
+    hdr = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=hdr, timeout=10) as c:
+        url = f"/api/attachments/{files[0]['id']}"
+        assert (await c.get(url)).status_code == 200  # offered to her: she reads the history
+        await ann.ok("offer.accept", offer=offer["offer"])
+        r = await c.get(url)
+        assert r.status_code == 200 and r.content == pdf
+        assert r.headers["content-type"] == "application/pdf"
+        assert r.headers["content-disposition"].startswith("attachment;")
+        assert "filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf" in r.headers["content-disposition"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+        r = await c.get(f"/api/attachments/{files[1]['id']}")
+        assert r.status_code == 200 and r.content == page
+        assert r.headers["content-type"] == "application/octet-stream"
+        assert "sandbox" in r.headers["content-security-policy"]
+        r = await c.get("/api/attachments/f-nothing")
+        assert r.status_code == 404 and r.json()["code"] == "attachment.unknown"
+        kept = await redis.keys(f"sb:{{{WS}}}:f:*")
+        await asyncio.to_thread(send_mail, server, msg)  # the MTA delivers it again
+        await ann.ok("case.wrapup", case=offer["case"]["id"])
+        await ann.ok("case.complete", case=offer["case"]["id"])
+        assert (await c.get(url)).status_code == 404  # no longer hers
+    assert sorted(await redis.keys(f"sb:{{{WS}}}:f:*")) == sorted(kept)

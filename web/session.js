@@ -42,6 +42,33 @@ export function signedOut(detail) {
   location.reload();
 }
 
+/** Save a file a customer sent (GET /api/attachments/{id}, with the session's token): the
+ *  browser downloads it under its name; nothing of it runs or shows in the page. Rejects with
+ *  an Error whose message says why (not yours any more, expired). */
+export async function downloadAttachment(id, name) {
+  const s = loadSession();
+  let res;
+  try {
+    res = await fetch(`/api/attachments/${encodeURIComponent(id)}`,
+      { headers: s ? { Authorization: `Bearer ${s.token}` } : {} });
+  } catch {
+    throw new Error("The server can't be reached.");
+  }
+  if (!res.ok) {
+    let data = {};
+    try { data = await res.json(); } catch { /* not JSON */ }
+    throw new Error(res.status === 404 ? "This file is no longer available to you." : data.message || `Failed (${res.status})`);
+  }
+  const url = URL.createObjectURL(await res.blob());
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name || "attachment";
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
 /** The workspace and agent id last used on this browser (never the password). */
 export function lastLogin() {
   try {

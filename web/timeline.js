@@ -6,6 +6,7 @@
 // right-to-left name or a stray control in one cannot reorder the text around it.
 
 import { CHANNEL_LABEL, clock, h, shortId } from "./dom.js";
+import { downloadAttachment } from "./session.js";
 
 const KIND_LABEL = {
   "call.offered": "Incoming call",
@@ -132,9 +133,29 @@ function body(entry) {
   if (Array.isArray(entry.attachments) && entry.attachments.length) {
     parts.push(h("ul", { class: "tl-attachments", "aria-label": "Attachments" },
       entry.attachments.map((a) => h("li", null, bdi(a.name || "attachment"),
-        a.size ? ` (${Math.ceil(a.size / 1024)} KB)` : ""))));
+        a.size ? ` (${Math.ceil(a.size / 1024)} KB)` : "", a.id ? saveButton(a) : ""))));
   }
   return parts;
+}
+
+// a kept file: saved under its name by the browser, never opened in the console
+function saveButton(a) {
+  const button = h("button", { type: "button", class: "link-button tl-save", testid: "attachment-save",
+    "aria-label": `Save ${a.name || "attachment"}` }, "Save");
+  const error = h("span", { class: "form-error", role: "status", testid: "attachment-error", hidden: true });
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    error.hidden = true;
+    try {
+      await downloadAttachment(a.id, a.name);
+    } catch (e) {
+      error.textContent = ` ${e.message}`;
+      error.hidden = false;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return h("span", null, " ", button, error);
 }
 
 function entryNode(entry, currentCase, caseChannel, group, known, name) {
