@@ -96,6 +96,11 @@ async def put_agent(request: Request) -> Response:
         "role": d.get("role", old.get("role", "agent")),
         "password": password,
     }
+    if aid == who.subject and decl["role"] != "admin":
+        # the workspace keeps at least one admin: the one asking (as for removing themselves)
+        raise Conflict(
+            "you cannot take away your own admin role; another admin can", code="agent.self"
+        )
     if decl["capacity"] is None:
         del decl["capacity"]  # a new agent: parse_agent's default
     await ctx.switch.upsert_agent(who.workspace, parse_agent(decl, "agent"))
@@ -309,5 +314,21 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 
 
 def admin_routes() -> list[BaseRoute]:
-    """The administration routes, each wrapped by router.http.endpoint (typed errors -> JSON)."""
-    return [Route(path, endpoint(fn), methods=[method]) for path, method, fn in ROUTES]
+    """The administration routes, each wrapped by router.http.endpoint (typed errors -> JSON).
+    One route per path, dispatching on the method, so that a 405 lists in ``Allow`` every
+    method the path takes (one route per method listed only the first one's)."""
+    by_path: dict[str, dict[str, Handler]] = {}
+    for path, method, fn in ROUTES:
+        by_path.setdefault(path, {})[method] = fn
+    return [Route(path, _dispatch(fns), methods=list(fns)) for path, fns in by_path.items()]
+
+
+def _dispatch(fns: dict[str, Handler]) -> Callable[[Request], Awaitable[Response]]:
+    wrapped = {m: endpoint(fn) for m, fn in fns.items()}
+    if "GET" in wrapped:
+        wrapped.setdefault("HEAD", wrapped["GET"])
+
+    async def route(request: Request) -> Response:
+        return await wrapped[request.method](request)
+
+    return route

@@ -99,7 +99,7 @@ async def _failed(ctx: Ctx, guards: list[tuple[str, int]]) -> None:
 async def ws_token(request: Request) -> dict[str, Any]:
     """A fresh one-connect WebSocket token for the signed-in agent."""
     ctx: Ctx = request.app.state.ctx
-    who = await signed_in(request)
+    who = await signed_in(request, workspace=request.query_params.get("workspace") or None)
     return {
         "token": ctx.tokens.issue(
             Principal("ws", who.workspace, who.subject, who.role, who.version)
@@ -110,7 +110,7 @@ async def ws_token(request: Request) -> dict[str, Any]:
 
 @endpoint
 async def me(request: Request) -> dict[str, Any]:
-    who = await signed_in(request)
+    who = await signed_in(request, workspace=request.query_params.get("workspace") or None)
     return {"workspace": who.workspace, "agent": who.subject, "role": who.role}
 
 

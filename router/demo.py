@@ -127,6 +127,9 @@ async def simulate(switch: Switch, ws: str = "demo", every_s: float = 20.0) -> N
     """Every ``every_s`` seconds a demo customer writes, mails or calls (forever)."""
     counter = itertools.count(1)
     rng = random.Random()
+    # threads are named per run: a restart on the same data must not write into the cases of
+    # the previous run's threads (another customer's, as the numbering starts again)
+    run = f"{rng.getrandbits(32):08x}"
     while True:
         await asyncio.sleep(every_s)
         n = next(counter)
@@ -141,14 +144,14 @@ async def simulate(switch: Switch, ws: str = "demo", every_s: float = 20.0) -> N
             "attributes": {"topic": topic, "language": lang},
         }
         if channel == "chat":
-            event.update(identities={"email": email}, thread=f"demo-chat-{n}")
+            event.update(identities={"email": email}, thread=f"demo-chat-{run}-{n}")
         elif channel == "email":
             event.update(identities={"email": email}, subject=text)
         else:
             event.update(
                 kind="call.offered",
                 identities={"phone": phone},
-                thread=f"demo-call-{n}",
+                thread=f"demo-call-{run}-{n}",
                 text="Incoming call",
             )
         with contextlib.suppress(SwitchboardError):

@@ -52,6 +52,10 @@ _KEYSET = re.compile(r"^(-?[0-9]{1,20})~([A-Za-z0-9_.@+-]{1,64})$")
 _STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 
 
+#: case ages ('age', the waiting order) count in ms from 2024-01-01 (EPOCH_MS in _lib.lua)
+AGE_EPOCH_MS = 1704067200000
+
+
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -64,6 +68,10 @@ def case_summary(fields: Mapping[str, str]) -> dict[str, Any]:
         out["closed"] = int(fields["closed"])
     if fields.get("st") == "offered" and fields.get("oagent"):
         out["offered_to"] = fields["oagent"]
+    if fields.get("st") in ("queued", "offered") and fields.get("age"):
+        # since when the customer waits (ms): a reopened case waits from its reopening, not
+        # its creation; the queues' longest wait counts the same way (router/stats.py)
+        out["waiting_since"] = int(float(fields["age"])) + AGE_EPOCH_MS
     return out
 
 

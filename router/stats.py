@@ -24,7 +24,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from router import keys
+from router import keys, queries
 from router.push import pairs
 from router.queries import held_counts
 from router.snapshot import agent_view
@@ -179,7 +179,7 @@ class Stats:
         if not tail.caught_up.is_set():  # the first look after a start: not a row of zeros
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(tail.caught_up.wait(), CATCH_UP_S)
-        now_rel = time.time() * 1000 - 1704067200000  # case ages count from 2024-01-01
+        now_rel = time.time() * 1000 - queries.AGE_EPOCH_MS  # case ages count from 2024
         pipe = redis.pipeline(transaction=False)
         for q in cfg.queues:
             pipe.zcard(keys.queue_waiting(ws, q.id))

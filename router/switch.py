@@ -146,8 +146,10 @@ class Switch:
         if not res.get("ok"):
             held = _as_list(res.get("cases"))
             if res.get("error") == "agent.busy":
+                more = f" and {len(held) - 5} more" if len(held) > 5 else ""
                 raise Conflict(
-                    f"{aid} holds {len(held)} case(s): move them first ({', '.join(held[:5])})",
+                    f"{aid} holds {len(held)} case(s): move them first "
+                    f"({', '.join(held[:5])}{more})",
                     code="agent.busy",
                 )
             raise from_script(str(res.get("error", "error")))

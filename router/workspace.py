@@ -145,6 +145,8 @@ def _name(value: Any, default: str, path: str) -> str:
     for ch in name:
         if unicodedata.category(ch) == "Cc" or unicodedata.bidirectional(ch) in _BIDI_CONTROLS:
             raise ConfigError(f"{path}: no control characters (U+{ord(ch):04X})")
+    if not any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in name):
+        raise ConfigError(f"{path}: at least one visible character")  # a row with no name
     return name
 
 

@@ -173,6 +173,11 @@ async def test_other_workspaces_token_is_refused_and_sees_nothing(env: Env) -> N
     async with env.client("gail") as g:
         r = await g.get("/api/agents", params={"workspace": "acme"})
         assert r.status_code == 403 and r.json()["message"] == "not your workspace"
+        for r in (
+            await g.get("/api/me", params={"workspace": "acme"}),
+            await g.post("/api/ws-token", params={"workspace": "acme"}),
+        ):
+            assert r.status_code == 403, r.text
         assert (await g.get(f"/api/cases/{case['case']}")).status_code == 404
         assert (await g.get(f"/api/customers/{case['customer']}")).status_code == 404
         assert (
@@ -200,7 +205,8 @@ async def test_a_route_or_method_that_does_not_exist_answers_json(env: Env) -> N
     """The router's own refusals are API errors like any other: JSON, typed."""
     async with env.client("ada") as adm:
         r = await adm.patch("/api/agents/al", json={})  # agents are PUT whole, not patched
-        assert r.status_code == 405 and r.headers["allow"]
+        assert r.status_code == 405
+        assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "PUT", "DELETE"}
         assert r.json() == {"code": "method.not_allowed", "message": "Method Not Allowed"}
         r = await adm.get("/api/nothing-here")
         assert r.status_code == 404 and r.json()["code"] == "route.unknown"
@@ -383,6 +389,9 @@ async def test_queues_create_update_delete(env: Env) -> None:
         r = await adm.put("/api/agents/vip-agent", json={"name": "Al\u202e", "password": "x"})
         assert r.status_code == 400 and "agent.name" in r.json()["message"]
         assert (await adm.get("/api/agents/vip-agent")).status_code == 404
+        for blank in ("", "   ", "\u200b"):  # a row with no name on the supervisor page
+            r = await adm.put("/api/queues/vip", json={"name": blank})
+            assert r.status_code == 400 and "queue.name" in r.json()["message"], repr(blank)
         r = await adm.put("/api/queues/vip", json={"name": "VIP ✨ Ünïcode"})
         assert r.status_code == 200 and r.json()["name"] == "VIP ✨ Ünïcode"
         # the workflow routes to sales: refused; vip is unused: deleted
@@ -776,8 +785,18 @@ async def test_admin_removes_an_agent(env: Env) -> None:
         assert "rem" not in [a["id"] for a in (await adm.get("/api/agents")).json()["agents"]]
         r = await adm.delete("/api/agents/rem")
         assert r.status_code == 404 and r.json()["code"] == "agent.unknown"
+        # a new agent of the same id is someone else: the removed one's token stays dead
+        r = await adm.put("/api/agents/rem", json={"role": "supervisor", "password": "new"})
+        assert r.status_code == 201, r.text
+        r = await adm.get("/api/me", headers=hdr)
+        assert r.status_code == 401 and r.json()["code"] == "auth.revoked"
+        assert (await adm.get("/api/agents", headers=hdr)).status_code == 401
+        assert (await adm.delete("/api/agents/rem")).status_code == 204
         r = await adm.delete("/api/agents/ada")
         assert r.status_code == 409 and r.json()["code"] == "agent.self"
+        r = await adm.put("/api/agents/ada", json={"role": "supervisor"})  # nor demote themselves
+        assert r.status_code == 409 and r.json()["code"] == "agent.self"
+        assert (await adm.get("/api/me")).json()["role"] == "admin"
         await colleague.close()
 
 

@@ -328,6 +328,26 @@ async def test_reopen_prefers_last_agent(switch: Switch, inbox: Inbox) -> None:
     assert inbox.last_offer("ann")["why"]["reason"].startswith("preferred agent")
 
 
+async def test_a_reopened_case_waits_from_its_reopening(switch: Switch, inbox: Inbox) -> None:
+    """A supervisor sees how long the customer has waited this time, not the case's age: a
+    case opened an hour ago and reopened now has waited seconds."""
+    await setup(switch, agent("ann", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1", thread="conv-w"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.complete("acme", "ann", r.case)
+    await switch.set_status("acme", "ann", "away")
+    an_hour_ago = now_ms() - 3_600_000
+    await switch.redis.hset(f"sb:{{acme}}:c:{r.case}", "created", an_hour_ago)
+    before = now_ms()
+    r2 = await switch.ingest("acme", chat("e2", thread="conv-w", text="still broken"))
+    assert r2.action == "reopened"
+    cfg = await switch.config("acme")
+    [listed] = (await queries.list_cases(switch.redis, cfg, "acme", "queued")).cases
+    assert listed["id"] == r.case and listed["created"] == an_hour_ago
+    assert before - 5 <= listed["waiting_since"] <= now_ms()
+
+
 async def test_reopen_does_not_wait_for_a_last_agent_who_signed_out(
     switch: Switch, inbox: Inbox
 ) -> None:

@@ -361,7 +361,8 @@ class SupervisorView {
       row.queue.textContent = this.queueName(c.queue);
       // a case waiting longer than its queue's service-level target is flagged: it already
       // counts against the service level, and one nobody takes is what a supervisor must see
-      const waited = (now - (c.created || now)) / 1000;
+      // since it waits this time: a reopened case's wait starts at its reopening
+      const waited = (now - (c.waiting_since || c.created || now)) / 1000;
       const target = this.slTargets.get(c.queue);
       const over = typeof target === "number" && waited > target;
       row.tr.classList.toggle("over-target", over);
@@ -530,7 +531,7 @@ class SupervisorView {
         const cell = (testid, cls = "num") => h("td", { class: cls, testid });
         row = { tr: null, waiting: cell("queue-waiting"), longest: cell("queue-longest"), sl: cell("queue-sl"),
           answered: cell("queue-answered"), abandoned: cell("queue-abandoned"), escalated: cell("queue-escalated"),
-          name: h("th", { scope: "row", testid: "queue-name" }) };
+          name: h("th", { scope: "row", testid: "queue-name", class: "queue-name", dir: "auto" }) };
         row.tr = this.queueRowOf({ testid: "queue-row", data: { queue: q.id } },
           row.name, row.waiting, row.longest, row.sl, row.answered, row.abandoned, row.escalated);
         this.queueRows.set(q.id, row);
@@ -538,7 +539,7 @@ class SupervisorView {
       // in the workspace's order; a row moves only when it is out of place
       const at = this.queueBody.children[i];
       if (at !== row.tr) this.queueBody.insertBefore(row.tr, at || null);
-      row.name.textContent = q.name;
+      row.name.textContent = q.name || q.id;
       if (typeof q.sl_target_s === "number") this.slTargets.set(q.id, q.sl_target_s);
       row.waiting.textContent = String(q.waiting);
       row.tr.classList.toggle("busy", q.waiting > 0);
@@ -612,7 +613,7 @@ class SupervisorView {
     const id = `agent-status-${a.id}`;
     const row = {
       status: null,
-      name: h("span", { class: "agent-name" }),
+      name: h("bdi", { class: "agent-name" }), // a right-to-left name keeps its order
       load: h("div", { class: "loads" }),
       select: h("select", { id, testid: "agent-status", data: { agent: a.id }, "aria-label": `Status of ${a.name || a.id}`,
         onchange: (ev) => this.setAgentStatus(a.id, ev.target.value, row) }),
