@@ -123,7 +123,13 @@ async def case_detail(redis: aioredis.Redis, ws: str, case: str) -> dict[str, An
 
 async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str) -> dict[str, Any]:
     fields = pairs(await redis.hgetall(keys.agent(ws, agent)))
-    cases = sorted(_dec(c) for c in await redis.smembers(keys.agent_cases(ws, agent)))
+    cases = [_dec(c) for c in await redis.smembers(keys.agent_cases(ws, agent))]
+    # in the order the agent took them (as their tabs stood before a reload), not by id
+    pipe = redis.pipeline(transaction=False)
+    for c in cases:
+        pipe.hget(keys.case(ws, c), "assigned")
+    taken = {c: float(t or 0) for c, t in zip(cases, await pipe.execute(), strict=True)}
+    cases.sort(key=lambda c: (taken[c], c))
     offers = sorted(_dec(o) for o in await redis.smembers(keys.agent_offers(ws, agent)))
     open_cases = [d for d in [await case_detail(redis, ws, c) for c in cases] if d]
     pending = []

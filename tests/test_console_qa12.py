@@ -7,14 +7,18 @@ Chromium) and wait only on conditions in the page, with a deadline.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import httpx
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import WebSocketRoute, expect
 
 from tests import test_console
 from tests.server import ServerProcess
-from tests.test_console import PASSWORDS, Web, panel
+from tests.test_console import PASSWORDS, Web, bridge, panel, send_email, set_status, sign_in
 from tests.test_console_ui_fixes import open_email_case
+from tests.util import wait_for
 
 # test_console's fixtures, for the tests here: a browser per module, a server and people per test
 chromium = test_console.chromium
@@ -27,15 +31,24 @@ browser_test = pytest.mark.browser
 DRAFT = "Hi Kim, I have asked the courier where your parcel is and"
 
 
-async def _move_to_billing(server: ServerProcess, case: str) -> None:
+def _supervisor(server: ServerProcess) -> httpx.AsyncClient:
     token = server.login("sue", PASSWORDS["sue"])["token"]
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
-        r = await c.patch(
-            f"/api/cases/{case}",
-            json={"queue": "billing"},
-            headers={"Authorization": f"Bearer {token}"},
-        )
+    return httpx.AsyncClient(
+        base_url=server.url, timeout=10, headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+async def _move_to_billing(server: ServerProcess, case: str) -> None:
+    async with _supervisor(server) as c:
+        r = await c.patch(f"/api/cases/{case}", json={"queue": "billing"})
     assert r.status_code == 200, r.text
+
+
+async def _timeline_texts(server: ServerProcess, case: str) -> list[str]:
+    async with _supervisor(server) as c:
+        r = await c.get(f"/api/cases/{case}")
+    assert r.status_code == 200, r.text
+    return [str(e.get("text", "")) for e in r.json()["timeline"]]
 
 
 @browser_test
@@ -79,3 +92,104 @@ async def test_signing_out_leaves_no_draft_in_the_browser(web: Web, server: Serv
     await sam.get_by_test_id("sign-out").click()
     await expect(sam.get_by_test_id("login-submit")).to_be_visible()
     assert await sam.evaluate(stored) == []
+
+
+@browser_test
+async def test_a_reply_sent_twice_in_a_hurry_goes_once_and_later_typing_stays(
+    web: Web, server: ServerProcess
+) -> None:
+    """Ctrl+Enter pressed twice while the network is slow: the customer gets the reply once,
+    and what Sam typed while it was on its way stays in the box."""
+    sam = await web.page("/")
+    held: list[Any] = []
+
+    async def agent_socket(ws: WebSocketRoute) -> None:
+        to_server = ws.connect_to_server()
+
+        def from_page(message: str | bytes) -> None:
+            text = message if isinstance(message, str) else message.decode(errors="replace")
+            if '"case.reply"' in text:
+                held.append(message)  # the slow network: sent on when the test says
+            else:
+                to_server.send(message)
+
+        ws.on_message(from_page)
+        relay.append(to_server)
+
+    relay: list[Any] = []
+    await sam.route_web_socket(re.compile(r"/ws/agent"), agent_socket)
+    await sign_in(sam, "sam")
+    await set_status(sam, "available")
+    async with bridge(server) as b:
+        await send_email(b, sender="kim@example.com", name="Kim Lee", subject="Late", text="?")
+    await sam.get_by_test_id("offer-accept").click()
+    box = panel(sam).get_by_test_id("reply-input")
+    await box.fill("It ships today")
+    await box.press("Control+Enter")
+    await box.press("Control+Enter")
+    await wait_for(lambda: held, message="the reply on its way")
+    await box.press("End")
+    await box.type(" PS: tracking follows")
+    relay[-1].send(held[0])
+    entries = panel(sam).get_by_test_id("timeline-text").filter(has_text="It ships today")
+    await expect(entries).to_have_count(1)
+    await expect(box).to_have_value("PS: tracking follows")
+    assert len(held) == 1
+
+
+@browser_test
+async def test_completing_with_a_note_in_the_box_asks_first(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await open_email_case(web, server)
+    case = str(await panel(sam).get_attribute("data-case"))
+    await panel(sam).get_by_test_id("compose-mode-note").check()
+    await panel(sam).get_by_test_id("reply-input").fill("Called the carrier, awaiting answer")
+    await panel(sam).get_by_test_id("wrapup").click()  # the box takes notes in wrap-up too
+    await panel(sam).get_by_test_id("disposition-select").select_option("resolved")
+    await panel(sam).get_by_test_id("complete").click()
+    ask = panel(sam).get_by_test_id("wrapup-unsent")
+    await expect(ask).to_contain_text("Your internal note has not been added")
+    texts_before = await _timeline_texts(server, case)
+    assert "Called the carrier, awaiting answer" not in texts_before
+    await ask.get_by_test_id("wrapup-send-first").click()
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+    assert "Called the carrier, awaiting answer" in await _timeline_texts(server, case)
+
+
+@browser_test
+async def test_transferring_with_a_reply_in_the_box_asks_first(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await open_email_case(web, server)
+    await panel(sam).get_by_test_id("reply-input").fill(DRAFT)
+    await panel(sam).get_by_test_id("transfer-queue").select_option("billing")
+    await panel(sam).get_by_test_id("transfer-submit").click()
+    ask = panel(sam).get_by_test_id("wrapup-unsent")
+    await expect(ask).to_contain_text("Your reply to the customer has not been sent")
+    await ask.get_by_test_id("wrapup-cancel").click()  # changed their mind: all as it was
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(1)
+    await expect(panel(sam).get_by_test_id("reply-input")).to_have_value(DRAFT)
+    await panel(sam).get_by_test_id("transfer-submit").click()
+    await panel(sam).get_by_test_id("wrapup-discard").click()
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+
+
+@browser_test
+async def test_a_reload_comes_back_to_the_case_that_was_open(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await web.agent("sam")
+    async with bridge(server) as b:
+        for who, name in (("ola@example.com", "Ola Berg"), ("rene@example.com", "René Roy")):
+            await send_email(b, sender=who, name=name, subject="Question", text="?")
+            await sam.get_by_test_id("offer-accept").first.click()
+            await expect(sam.get_by_test_id("case-tab").filter(has_text=name)).to_have_count(1)
+    tabs = sam.get_by_test_id("case-tab")
+    order = [await t.get_attribute("data-case") for t in await tabs.all()]
+    await tabs.nth(1).click()
+    await sam.reload()
+    await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
+    await expect(tabs).to_have_count(2)
+    assert [await t.get_attribute("data-case") for t in await tabs.all()] == order
+    await expect(tabs.nth(1)).to_have_attribute("aria-selected", "true")

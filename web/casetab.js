@@ -343,19 +343,26 @@ export class CaseView {
 
   /** Send what is in the box, as a reply or a note (`as`; by default what the box is set to). */
   async send(as = this.mode) {
-    const text = this.input.value.trim();
-    if (!text) return;
+    const typed = this.input.value;
+    const text = typed.trim();
+    // one send at a time: a second Ctrl+Enter while the first is on its way would send the
+    // customer the same reply twice
+    if (!text || this.sending) return;
+    this.sending = true;
     this.sendButton.disabled = true;
     try {
       const ack = await this.app.conn.request(as === "reply" ? "case.reply" : "case.note",
         { case: this.case.id, text });
-      this.input.value = "";
+      // what was typed while it went out stays in the box; only what was sent leaves it
+      const now = this.input.value;
+      this.input.value = now === typed ? "" : now.startsWith(typed) ? now.slice(typed.length).trimStart() : now;
       this.kind = this.mode;
       this.saveDraft();
       if (this.timeline.add(ack.entry)) this.app.timelineChanged(this.customer.id);
     } catch (e) {
       this.app.toast(`Not sent: ${e.message}`, { kind: "error" });
     } finally {
+      this.sending = false;
       this.sendButton.disabled = false;
       this.input.focus();
     }
@@ -385,8 +392,7 @@ export class CaseView {
       this.app.dispositions.map((d) => h("option", { value: d }, d)));
     const note = h("textarea", { id: noteId, rows: "2", testid: "wrapup-note" });
     const done = h("button", { type: "submit", class: "primary", testid: "complete" }, "Complete case");
-    return h("form", { class: "action-card wrapping", onsubmit: async (ev) => {
-      ev.preventDefault();
+    const complete = async () => {
       done.disabled = true;
       try {
         await this.app.conn.request("case.complete", { case: this.case.id, disposition: this.disposition.value, note: note.value });
@@ -396,6 +402,12 @@ export class CaseView {
         this.app.toast(e.message, { kind: "error" });
         done.disabled = false;
       }
+    };
+    return h("form", { class: "action-card wrapping", onsubmit: (ev) => {
+      ev.preventDefault();
+      // a note typed and not added would go with the case
+      if (this.input.value.trim()) this.askUnsent(done, "Completing closes the case.", "complete", complete);
+      else complete();
     } },
     h("h3", null, "Wrap-up"),
     h("label", { for: sel }, "Disposition"), this.disposition,
@@ -417,7 +429,7 @@ export class CaseView {
     // wrap-up ends the conversation: a reply typed and not sent would stay behind in a box that
     // now takes notes only, so ask first (send it, or drop it)
     if (this.mode === "reply" && this.input.value.trim()) {
-      this.confirmUnsent(button);
+      this.askUnsent(button, "Wrap-up ends the conversation.", "wrap up", () => this.wrapup(button));
       return;
     }
     button.disabled = true;
@@ -431,25 +443,31 @@ export class CaseView {
     }
   }
 
-  confirmUnsent(button) {
+  /** Text in the box that an action would leave behind (wrap-up ends the conversation;
+   *  complete and transfer take the case away): ask first — send it as what it was written
+   *  as (a reply, a note), then go on; go on without it; or cancel. */
+  askUnsent(button, why, verb, proceed) {
     const card = button.closest(".action-card");
     if (card.querySelector("[data-testid=wrapup-unsent]")) return;
+    const kind = this.mode;
+    const reply = kind === "reply";
+    const Verb = verb[0].toUpperCase() + verb.slice(1);
     const close = () => { box.remove(); this.unsentBox = null; };
-    const box = h("div", { class: "unsent", role: "alertdialog", testid: "wrapup-unsent",
-      "aria-label": "Your reply has not been sent" },
-    h("p", null, "Your reply to the customer has not been sent. Wrap-up ends the conversation."),
-    h("button", { class: "primary", testid: "wrapup-send-first", onclick: async () => {
+    const question = reply ? "Your reply has not been sent" : "Your note has not been added";
+    const box = h("div", { class: "unsent", role: "alertdialog", testid: "wrapup-unsent", "aria-label": question },
+    h("p", null, reply ? `Your reply to the customer has not been sent. ${why}` : `Your internal note has not been added. ${why}`),
+    h("button", { type: "button", class: "primary", testid: "wrapup-send-first", onclick: async () => {
       close();
-      await this.send("reply"); // what was asked about: the reply, whatever the box says now
-      if (!this.input.value.trim()) await this.wrapup(button);  // sent: the box is empty
-    } }, "Send it, then wrap up"),
-    h("button", { class: "secondary", testid: "wrapup-discard", onclick: () => {
+      await this.send(kind); // what was asked about, whatever the box is set to now
+      if (!this.input.value.trim()) await proceed(); // sent: the box is empty
+    } }, reply ? `Send it, then ${verb}` : `Add it, then ${verb}`),
+    h("button", { type: "button", class: "secondary", testid: "wrapup-discard", onclick: () => {
       close();
       this.input.value = "";
       this.saveDraft();
-      this.wrapup(button);
-    } }, "Wrap up without sending"),
-    h("button", { class: "link-button", testid: "wrapup-cancel", onclick: () => { close(); this.input.focus(); } },
+      proceed();
+    } }, reply ? `${Verb} without sending` : `${Verb} without it`),
+    h("button", { type: "button", class: "link-button", testid: "wrapup-cancel", onclick: () => { close(); this.input.focus(); } },
       "Cancel"));
     this.unsentBox = box;
     card.append(box);
@@ -528,6 +546,20 @@ export class CaseView {
       this.app.toast(text, { kind: "error" });
     };
     agent.addEventListener("input", () => { error.hidden = true; });
+    const transfer = async (target, who, typed) => {
+      submit.disabled = true;
+      const where = target.queue ? this.app.queueName(target.queue) : (who && who.name) || typed;
+      try {
+        await this.app.conn.request("case.transfer", { case: this.case.id, ...target, note: note.value });
+        this.app.toast(`Transferred to ${where}.`);
+        this.app.removeCase(this.case.id);
+      } catch (e) {
+        fail(`Not transferred to ${where}: ${e.message || e.code}. The case is still yours.`);
+        submit.disabled = false;
+        // say a queue removed since the menu was last used: it leaves the menu (which asks again)
+        if (target.queue) { await this.app.refreshQueues(); fillQueues(); }
+      }
+    };
     return h("form", { class: "action-card", onsubmit: async (ev) => {
       ev.preventDefault();
       error.hidden = true;
@@ -541,19 +573,11 @@ export class CaseView {
         agent.focus();
         return;
       }
-      submit.disabled = true;
-      try {
-        await this.app.conn.request("case.transfer", { case: this.case.id, ...target, note: note.value });
-        const where = target.queue ? this.app.queueName(target.queue) : (who && who.name) || typed;
-        this.app.toast(`Transferred to ${where}.`);
-        this.app.removeCase(this.case.id);
-      } catch (e) {
-        const where = target.queue ? this.app.queueName(target.queue) : (who && who.name) || typed;
-        fail(`Not transferred to ${where}: ${e.message || e.code}. The case is still yours.`);
-        submit.disabled = false;
-        // say a queue removed since the menu was last used: it leaves the menu (which asks again)
-        if (target.queue) { await this.app.refreshQueues(); fillQueues(); }
+      if (this.input.value.trim()) {
+        this.askUnsent(submit, "The case leaves you with the transfer.", "transfer", () => transfer(target, who, typed));
+        return;
       }
+      await transfer(target, who, typed);
     } },
     h("h3", null, "Transfer"),
     h("fieldset", { class: "segmented" }, h("legend", { class: "visually-hidden" }, "Transfer to"),

@@ -70,6 +70,7 @@ class AgentConsole {
     this.reminders = new Map(); // reminder id -> its toast, until dismissed
     this.offerCards = new Map();
     this.drafts = new Drafts(`switchboard.drafts.${session.workspace}.${session.agent}`);
+    this.activeKey = `switchboard.active.${session.workspace}.${session.agent}`;
     this.active = null;
     this.polite = announcer("polite");
     this.urgent = announcer("assertive");
@@ -190,6 +191,7 @@ class AgentConsole {
     }
     this.conn.stop();
     this.drafts.clear();
+    sessionStorage.removeItem(this.activeKey);
     clearSession();
     location.reload();
   }
@@ -308,7 +310,14 @@ class AgentConsole {
     this.views.clear();
     for (const c of this.offerCards.values()) c.el.remove();
     this.offerCards.clear();
-    const keep = this.active;
+    let keep = this.active;
+    if (!keep) {
+      try {
+        keep = sessionStorage.getItem(this.activeKey); // the case open before a reload
+      } catch {
+        keep = null;
+      }
+    }
     this.active = null;
     for (const d of f.cases || []) this.addCase(d);
     this.strandedDrafts();
@@ -375,6 +384,11 @@ class AgentConsole {
   select(caseId, focusTab = false) {
     if (!this.views.has(caseId)) return;
     this.active = caseId;
+    try {
+      sessionStorage.setItem(this.activeKey, caseId); // a reload comes back to this case
+    } catch {
+      /* storage off: a reload opens the first case */
+    }
     for (const [id, v] of this.views) v.setActive(id === caseId);
     const view = this.views.get(caseId);
     view.tab.classList.remove("unread");
