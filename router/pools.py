@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -69,10 +68,6 @@ class Pools:
         ak = keys.agent(ws, a.id)
         role, pw = await self.redis.hmget(ak, ["role", "pw"])
         extra: dict[str, Any] = {"role": a.role}
-        if res.get("created"):
-            # a new agent's sessions count from a random version, not 0: tokens of a removed
-            # agent of the same id (their count deleted with them) must not work for this one
-            extra["sv"] = secrets.randbelow(2**48)
         new_pw = a.password is not None and not (
             pw is not None and verify_password(a.password, pw.decode())
         )

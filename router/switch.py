@@ -371,11 +371,12 @@ class Switch:
             )
             if st is None:
                 raise NotFound("agent not found", code="agent.unknown")
+            who = (name or to_agent.encode()).decode()  # as the agent knows them
             if int(cap or 0) <= 0:
-                raise BadRequest(f"{to_agent} takes no {ch} cases", code="transfer.invalid")
+                raise BadRequest(f"{who} takes no {ch} cases", code="transfer.invalid")
             if st == b"offline":  # the case would only wait out the step for nobody
                 raise BadRequest(
-                    f"{to_agent} is offline: choose a queue or a colleague who is in",
+                    f"{who} is offline: choose a queue or a colleague who is in",
                     code="transfer.invalid",
                 )
             back = row[0].decode()

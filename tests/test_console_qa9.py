@@ -411,5 +411,7 @@ async def test_stepping_through_the_status_menu_with_arrows_sets_only_where_it_s
     await expect(menu).to_have_class("status-lunch")
     await expect(sam.get_by_test_id("offer")).to_have_count(0)
     await expect(
-        sam.get_by_text("You are not available: the offer went to a colleague.")
+        sam.get_by_text(
+            "You are not available: the offer was withdrawn and the case went back to the queue."
+        )
     ).to_be_visible()

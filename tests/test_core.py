@@ -169,9 +169,9 @@ async def test_transfers_nobody_can_take_and_replies_on_calls_are_refused(
     await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
     refusals = [
         ("ann", "yourself"),
-        ("bob", "takes no chat"),
-        ("sue", "takes no chat"),
-        ("cy", "is offline"),
+        ("bob", "^Bob takes no chat"),  # named as agents know them (agent() titles the id)
+        ("sue", "^Sue takes no chat"),
+        ("cy", "^Cy is offline"),
     ]
     for to, why in refusals:
         with pytest.raises(BadRequest, match=why) as e:

@@ -127,7 +127,7 @@ export class CaseView {
           " · not verified") : null),
       h("dl", { class: "case-facts" },
         fact("Channel", CHANNEL_LABEL[c.channel] || c.channel),
-        c.subject ? fact("Subject", bdi(c.subject)) : null,
+        c.subject ? fact("Subject", bdi(c.subject, { title: c.subject })) : null, // cut: whole on hover
         fact("Queue", this.app.queueName(c.queue)),
         fact("Status", STATUS_LABEL[c.status] || c.status, "case-status"),
         fact("Case", shortId(c.id))));

@@ -15,7 +15,7 @@ const RESCIND_REASON = {
   timeout: "The offer timed out and went back to the queue.",
   abandoned: "The customer left before the offer was answered.",
   rescinded: "The offer was withdrawn.",
-  unavailable: "You are not available: the offer went to a colleague.",
+  unavailable: "You are not available: the offer was withdrawn and the case went back to the queue.",
 };
 
 // a reminded case's state, for one no longer on the agent's screen
@@ -286,10 +286,12 @@ class AgentConsole {
         this.me.status = f.status;
         if (f.status === "offline") this.dropOffers();
         this.renderStatus();
-        const why = { missed_offers: " because offers were missed in a row",
+        const why = { missed_offers: " because offers were missed in a row. Choose Available when you are back",
           supervisor: ", set by a supervisor" }[f.reason] || "";
+        // set away while away from the desk: the reason stays until they are back to read it
         this.toast(`Your status is now ${label(f.status)}${why}.`, {
           kind: f.reason === "missed_offers" ? "error" : "info", testid: "status-changed",
+          timeoutMs: f.reason === "missed_offers" ? 0 : undefined,
         });
         return undefined;
       }

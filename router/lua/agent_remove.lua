@@ -33,6 +33,9 @@ for _, p in ipairs(redis.call('HKEYS', k_agent_pools(a))) do
 end
 -- the agent is gone from every pool: a case waiting for them by name goes on to its next step
 -- (signed_in() no longer finds them, so a later step naming them is passed over too)
+-- their session version lives on in the workspace's settings: a new agent of the same id starts
+-- past it (agent_update.lua), so the removed one's tokens never work for them
+redis.call('HSET', k_cfg(), 'gone:' .. a, (tonumber(hget(ak, 'sv')) or 0) + 1)
 redis.call('DEL', ak)
 for _, ch in ipairs({'chat', 'email', 'voice'}) do
   for _, c in ipairs(redis.call('ZRANGE', k_pool_wait(own, ch), 0, -1)) do

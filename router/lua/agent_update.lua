@@ -17,7 +17,11 @@ local ak = k_agent(a)
 local created = redis.call('EXISTS', ak) == 0
 remove_agent_everywhere(a)
 if created then
-  redis.call('HSET', ak, 'id', a, 'st', 'offline', 'r', '0', 'idle', NOW_S, 'missed', 0)
+  -- sessions count on from a removed agent of the same id (agent_remove.lua): their tokens
+  -- carry the old versions
+  local sv = hget(k_cfg(), 'gone:' .. a) or '0'
+  redis.call('HDEL', k_cfg(), 'gone:' .. a)
+  redis.call('HSET', ak, 'id', a, 'st', 'offline', 'r', '0', 'idle', NOW_S, 'missed', 0, 'sv', sv)
 end
 local caps = cjson.decode(ARGV[5])
 for _, ch in ipairs(split(hget(ak, 'chs'), ',')) do
