@@ -17,6 +17,7 @@ from playwright.async_api import WebSocketRoute, expect
 from tests import test_console
 from tests.server import ServerProcess
 from tests.test_console import PASSWORDS, Web, bridge, panel, send_email, set_status, sign_in
+from tests.test_console_qa10 import remind_now
 from tests.test_console_ui_fixes import open_email_case
 from tests.util import wait_for
 
@@ -193,3 +194,22 @@ async def test_a_reload_comes_back_to_the_case_that_was_open(
     await expect(tabs).to_have_count(2)
     assert [await t.get_attribute("data-case") for t in await tabs.all()] == order
     await expect(tabs.nth(1)).to_have_attribute("aria-selected", "true")
+
+
+@browser_test
+async def test_a_reminder_whose_case_went_away_says_so_and_stays(
+    web: Web, server: ServerProcess
+) -> None:
+    """Open case on a reminder is decided when pressed: the case moved away meanwhile, so it
+    says the case is not open here, and the reminder stays until Sam dismisses it."""
+    sam = await open_email_case(web, server)
+    case = str(await panel(sam).get_attribute("data-case"))
+    await remind_now(sam, "Check the parcel arrived")
+    reminder = sam.get_by_test_id("reminder")
+    await expect(reminder).to_have_count(1)
+    await _move_to_billing(server, case)
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+    await reminder.get_by_role("button", name="Open case").click()
+    await expect(sam.get_by_text("That case is not open on your screen now")).to_be_visible()
+    await expect(reminder).to_have_count(1)
+    await expect(reminder).to_contain_text("Check the parcel arrived")

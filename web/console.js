@@ -3,7 +3,7 @@
 // The screen is a projection of the server's state: every `hello` (first connect and every
 // reconnect) rebuilds it; pushes (offer, case.message, ...) patch it in between.
 
-import { CHANNEL_LABEL, h, replace } from "./dom.js";
+import { CHANNEL_LABEL, clock, h, replace } from "./dom.js";
 import { Connection, clearSession, loadSession, signedOut } from "./session.js";
 import { signIn } from "./login.js";
 import { announcer, connectionUi, toaster } from "./ui.js";
@@ -459,11 +459,17 @@ class AgentConsole {
     if (f.id && this.reminders.has(f.id)) return; // a reconnect's hello repeats it
     const view = this.views.get(f.case);
     const who = view ? customerName(view.customer) : f.customer || "a case you handled";
-    const actions = view ? [["Open case", () => this.select(f.case, true)]] : [];
+    // whether the case is open on this screen is asked when the button is pressed: it may have
+    // been reopened and accepted since the reminder came, or closed
+    const open = () => {
+      if (this.views.has(f.case)) { this.select(f.case, true); return true; }
+      this.toast("That case is not open on your screen now (it was closed, or a colleague has it).");
+      return false; // the reminder stays until dismissed
+    };
+    const actions = [["Open case", open]];
     const what = [CHANNEL_LABEL[f.channel], f.subject,
       !view && f.status ? STATE_LABEL[f.status] || f.status : ""].filter(Boolean).join(" · ");
-    const due = typeof f.due === "number" && Date.now() / 1000 - f.due > 90
-      ? ` (due ${new Date(f.due * 1000).toLocaleString()})` : "";
+    const due = typeof f.due === "number" && Date.now() / 1000 - f.due > 90 ? ` (due ${clock(f.due)})` : "";
     const toast = this.reminderTray.show(`${f.note || `Follow up on ${who}.`}${what ? ` — ${what}` : ""}${due}`, {
       kind: "reminder", title: `Follow-up reminder · ${who}`, testid: "reminder", actions,
       onDismiss: () => {

@@ -60,7 +60,8 @@ export function toaster({ testid = "toasts", className = "toasts", live = "polit
       title ? h("p", { class: "toast-title" }, title) : null,
       h("p", { class: "toast-text" }, text, spoken, badge),
       actions.length ? h("div", { class: "toast-actions" }, actions.map(([label, fn]) =>
-        h("button", { class: "link-button", onclick: () => { fn(); drop(); if (onDismiss) onDismiss(); } },
+        // an action that returns false could not be done: the notice stays
+        h("button", { class: "link-button", onclick: () => { if (fn() === false) return; drop(); if (onDismiss) onDismiss(); } },
           label))) : null),
     close);
     const entry = { toast, count: 1, badge, spoken, timer: null, ms, drop };
