@@ -16,7 +16,17 @@ from playwright.async_api import WebSocketRoute, expect
 
 from tests import test_console
 from tests.server import ServerProcess
-from tests.test_console import PASSWORDS, Web, bridge, panel, send_email, set_status, sign_in
+from tests.test_console import (
+    PASSWORDS,
+    Web,
+    bridge,
+    customer_chat,
+    panel,
+    say,
+    send_email,
+    set_status,
+    sign_in,
+)
 from tests.test_console_qa10 import remind_now
 from tests.test_console_ui_fixes import open_email_case
 from tests.util import wait_for
@@ -213,3 +223,19 @@ async def test_a_reminder_whose_case_went_away_says_so_and_stays(
     await expect(sam.get_by_text("That case is not open on your screen now")).to_be_visible()
     await expect(reminder).to_have_count(1)
     await expect(reminder).to_contain_text("Check the parcel arrived")
+
+
+@browser_test
+async def test_two_anonymous_chat_visitors_read_differently(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await web.agent("sam")
+    for text in ("Is my order shipped?", "Do you ship to Norway?"):
+        visitor = await customer_chat(web)  # neither says who they are
+        await say(visitor, text)
+        await sam.get_by_test_id("offer-accept").first.click()
+    tabs = sam.get_by_test_id("case-tab")
+    await expect(tabs).to_have_count(2)
+    names = [await t.inner_text() for t in await tabs.all()]
+    assert all("web chat visitor …" in n for n in names), names
+    assert names[0] != names[1]

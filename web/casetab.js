@@ -643,7 +643,8 @@ function canTake(a, me, channel) {
 export function identityLabel(identity) {
   const [kind, ...rest] = String(identity).split(":");
   const value = rest.join(":");
-  if (kind === "visitor") return "web chat visitor";
+  // two anonymous visitors' tabs must not read the same: the end of their id tells them apart
+  if (kind === "visitor") return value ? `web chat visitor ${shortId(value)}` : "web chat visitor";
   if (kind === "external") {
     if (value.startsWith("twilio-call:")) return "withheld number";
     const m = /^twilio:(client|sips?):(.+)$/.exec(value);
@@ -652,7 +653,7 @@ export function identityLabel(identity) {
   return value || kind;
 }
 
-/** "dana@example.com · +15550100777 · web chat visitor" (identityLabel each, once). */
+/** "dana@example.com · +15550100777 · web chat visitor …4f2a9c" (identityLabel each, once). */
 function identities(list, none = "no known contact details") {
   const out = [];
   for (const i of list || []) {
