@@ -41,7 +41,7 @@ class Attachments:
         """Store one file, not yet linked to a case; returns its id."""
         fid = new_id("f")
         key = keys.attachment(ws, fid)
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=False)  # one slot; cluster clients too
         pipe.hset(key, mapping={"name": name, "type": ctype, "size": len(data), "data": data})
         pipe.expire(key, self.ttl_s)
         await pipe.execute()
