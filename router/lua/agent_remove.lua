@@ -5,8 +5,8 @@
 -- 'unavailable'), cases waiting for them by name (a transfer to them, a reopened case waiting
 -- for its last agent) move on to their next step at once, and the agent leaves every pool.
 -- Their record, connections, reminders, reconnect grace and one-agent pool are deleted; the
--- follow-up and refusal timers naming them lapse when due (timers_run checks that the agent exists). Bumps
--- the agents' version ('aver') so that a pool being defined from agents read before retries.
+-- follow-up and refusal timers naming them lapse when due (timers_run checks that the agent
+-- exists). Bumps the agents' version ('aver'): a pool defined from agents read before retries.
 -- KEYS[1] workspace prefix
 -- ARGV    now, agent id
 -- Returns {ok, offers, push, nodes} (nodes: where their consoles were) or {ok=false, error,
@@ -31,12 +31,12 @@ local own = 'a~' .. a
 for _, p in ipairs(redis.call('HKEYS', k_agent_pools(a))) do
   redis.call('HDEL', k_pool_agents(p), a)
 end
--- the agent is gone from every pool: a case waiting for them by name goes on to its next step
--- (signed_in() no longer finds them, so a later step naming them is passed over too)
 -- their session version lives on in the workspace's settings: a new agent of the same id starts
 -- past it (agent_update.lua), so the removed one's tokens never work for them
 redis.call('HSET', k_cfg(), 'gone:' .. a, (tonumber(hget(ak, 'sv')) or 0) + 1)
 redis.call('DEL', ak)
+-- the agent is gone from every pool: a case waiting for them by name goes on to its next step
+-- (signed_in() no longer finds them, so a later step naming them is passed over too)
 for _, ch in ipairs({'chat', 'email', 'voice'}) do
   for _, c in ipairs(redis.call('ZRANGE', k_pool_wait(own, ch), 0, -1)) do
     local step = tonumber(redis.call('HGET', k_case(c), 'step')) or 0
