@@ -39,6 +39,11 @@ web = test_console.web
 
 browser_test = pytest.mark.browser
 
+# the case ids (and "<id>#wrap") the console keeps drafts for, in this tab
+DRAFT_KEYS = """() => {
+  const k = Object.keys(sessionStorage).find((k) => k.startsWith("switchboard.drafts"));
+  return k ? Object.keys(JSON.parse(sessionStorage.getItem(k))) : [];
+}"""
 DRAFT = "Hi Kim, I have asked the courier where your parcel is and"
 
 
@@ -239,3 +244,21 @@ async def test_two_anonymous_chat_visitors_read_differently(
     names = [await t.inner_text() for t in await tabs.all()]
     assert all("web chat visitor …" in n for n in names), names
     assert names[0] != names[1]
+
+
+@browser_test
+async def test_a_wrap_up_in_progress_survives_a_reload(web: Web, server: ServerProcess) -> None:
+    sam = await open_email_case(web, server)
+    await panel(sam).get_by_test_id("wrapup").click()
+    await panel(sam).get_by_test_id("disposition-select").select_option("escalated")
+    await panel(sam).get_by_test_id("wrapup-note").fill("Refund needs finance sign-off")
+    await sam.reload()
+    await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
+    await expect(panel(sam).get_by_test_id("disposition-select")).to_have_value("escalated")
+    await expect(panel(sam).get_by_test_id("wrapup-note")).to_have_value(
+        "Refund needs finance sign-off"
+    )
+    await panel(sam).get_by_test_id("complete").click()
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+    # completed: nothing of it is kept in the browser
+    assert await sam.evaluate(DRAFT_KEYS) == []

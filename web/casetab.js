@@ -391,6 +391,21 @@ export class CaseView {
       h("option", { value: "" }, "Choose a disposition…"),
       this.app.dispositions.map((d) => h("option", { value: d }, d)));
     const note = h("textarea", { id: noteId, rows: "2", testid: "wrapup-note" });
+    // the disposition and note chosen so far outlive a reload, as the reply box's draft does
+    const kept = this.app.drafts.get(`${this.case.id}#wrap`) || {};
+    if (typeof kept.disposition === "string" && this.app.dispositions.includes(kept.disposition)) {
+      this.disposition.value = kept.disposition;
+    }
+    if (typeof kept.note === "string") note.value = kept.note;
+    const keep = () => {
+      if (this.disposition.value || note.value) {
+        this.app.drafts.set(`${this.case.id}#wrap`, { disposition: this.disposition.value, note: note.value });
+      } else {
+        this.app.drafts.delete(`${this.case.id}#wrap`);
+      }
+    };
+    this.disposition.addEventListener("change", keep);
+    note.addEventListener("input", keep);
     const done = h("button", { type: "submit", class: "primary", testid: "complete" }, "Complete case");
     const complete = async () => {
       done.disabled = true;

@@ -336,8 +336,9 @@ class AgentConsole {
    *  reloading): what the agent typed is theirs, kept in a toast until they dismiss it. */
   strandedDrafts() {
     for (const id of this.drafts.ids()) {
-      if (this.views.has(id)) continue;
+      if (this.views.has(id.split("#")[0])) continue;
       const d = this.drafts.get(id);
+      if (id.includes("#")) { this.drafts.delete(id); continue; } // a wrap-up form's choices
       const text = (d && typeof d === "object" ? String(d.text || "") : "").trim();
       this.drafts.delete(id);
       if (!text) continue;
@@ -375,6 +376,7 @@ class AgentConsole {
     view.el.remove();
     this.views.delete(caseId);
     this.drafts.delete(caseId);
+    this.drafts.delete(`${caseId}#wrap`);
     if (this.active === caseId) {
       this.active = null;
       if (next) this.select(next, hadFocus);
