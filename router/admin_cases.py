@@ -44,12 +44,18 @@ async def _visible_customer(request: Request) -> tuple[Principal, str]:
     holding or being offered one of the customer's cases); 404 otherwise."""
     who = await _caller(request)
     cust = _path_id(request, "customer")
-    if not who.can("supervisor"):
-        redis = _ctx(request).redis
-        mine = await queries.held_cases(redis, who.workspace, who.subject)
-        if cust not in await queries.customers_of(redis, who.workspace, mine):
-            raise NotFound("customer not found", code="customer.unknown")
+    if not await _may_see(request, who, cust):
+        raise NotFound("customer not found", code="customer.unknown")
     return who, cust
+
+
+async def _may_see(request: Request, who: Principal, cust: str) -> bool:
+    """Supervisor+, or an agent holding or being offered one of the customer's cases."""
+    if who.can("supervisor"):
+        return True
+    redis = _ctx(request).redis
+    mine = await queries.held_cases(redis, who.workspace, who.subject)
+    return cust in await queries.customers_of(redis, who.workspace, mine)
 
 
 async def get_customer(request: Request) -> dict[str, Any]:
@@ -207,10 +213,7 @@ async def get_attachment(request: Request) -> Response:
     if f is not None and not who.can("supervisor"):
         # an agent reads the files of the customers whose cases they hold (as their timeline)
         cust = await ctx.redis.hget(keys.case(who.workspace, f.case), "cust") if f.case else None
-        mine = await queries.held_cases(ctx.redis, who.workspace, who.subject)
-        if cust is None or cust.decode() not in await queries.customers_of(
-            ctx.redis, who.workspace, mine
-        ):
+        if cust is None or not await _may_see(request, who, cust.decode()):
             f = None
     if f is None:
         raise NotFound("attachment not found", code="attachment.unknown")
