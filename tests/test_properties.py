@@ -195,7 +195,7 @@ class AgentState:
 class Ctx:
     """What the step under replay was asked to do."""
 
-    kind: str  # ingest status accept reject timers wrapup complete transfer move
+    kind: str  # ingest status accept reject timers wrapup complete transfer move remove
     attrs: dict[str, str] = field(default_factory=dict)
     ch: str = ""
     thread: str = ""
@@ -231,6 +231,7 @@ class Model:
         self.threads: dict[str, str] = {}  # "<channel>:<thread>" -> case
         self.expect: dict[str, Expect] = {}
         self.expect_away: set[str] = set()
+        self.removed: set[str] = set()  # agents removed and not yet added back
 
     # views
 
@@ -379,8 +380,16 @@ class Model:
         must(ev.get("from_step") == str(c.step), f"escalated from the wrong step: {ev}, {c}")
         self._enter(c, c.step + 1)
 
+    def _waited_for_removed(self, c: Case, ctx: Ctx) -> None:
+        """An agent's removal moves a case waiting for them by name on to its next step
+        (agent_remove.lua), after their rescinded offers went back to their queues."""
+        gone = ctx.kind == "remove" and c.status == "queued" and c.cur.agent == ctx.agent
+        if gone and c.id not in self.expect:
+            self._enter(c, c.step + 1)
+
     def on_case_queued(self, ev: dict[str, str], ts: int, ctx: Ctx, prev: Any) -> None:
         c = self._case(ev)
+        self._waited_for_removed(c, ctx)
         exp = self.expect.pop(c.id, None)
         must(exp is not None, f"case queued out of the blue: {ev}")
         assert exp is not None
@@ -399,6 +408,7 @@ class Model:
 
     def on_case_cancelled(self, ev: dict[str, str], ts: int, ctx: Ctx, prev: Any) -> None:
         c = self._case(ev)
+        self._waited_for_removed(c, ctx)
         exp = self.expect.pop(c.id, None)
         ok = exp is not None and exp.kind == "enter" and exp.step > len(c.plan)
         must(ok, f"{c.id} cancelled while its plan has steps left ({exp}): {ev}")
@@ -481,6 +491,7 @@ class Model:
         # the away the timers set after missed offers (logged before these)
         a = ev["agent"]
         ok = ctx.kind == "status" and not ROUTABLE[ctx.status] and a == ctx.agent
+        ok = ok or (ctx.kind == "remove" and a == ctx.agent)
         away = self.agents[a].status == "away" and a not in self.expect_away
         ok = ok or (ctx.kind == "timers" and away) or ctx.keep_out
         must(ok, f"rescinded by {ctx}: {ev}")
@@ -503,6 +514,12 @@ class Model:
         c = self._case(ev)
         ok = c.status == "completed" and c.agent == ev["agent"]
         must(ok and ctx.kind == "complete" and ctx.case == c.id, f"{ev} vs {c}")
+
+    def on_agent_removed(self, ev: dict[str, str], ts: int, ctx: Ctx, prev: Any) -> None:
+        a = ev["agent"]
+        must(ctx.kind == "remove" and a == ctx.agent, f"removed by {ctx}: {ev}")
+        waiting = [c.id for c in self.cases.values() if c.status == "queued" and c.cur.agent == a]
+        must(not waiting, f"{a} removed, but {waiting} still wait for them by name")
 
     def on_agent_status(self, ev: dict[str, str], ts: int, ctx: Ctx, prev: Any) -> None:
         a = ev["agent"]
@@ -644,7 +661,11 @@ def check_state(model: Model, s: State, acked: set[str]) -> None:
         for c, f in cases.items()
         if f.get("offer")
     }
-    agents = {a: s.hash(f"a:{a}") for a in AGENTS}
+    agents = {a: s.hash(f"a:{a}") for a in AGENTS if a not in model.removed}
+    for a in model.removed:  # nothing of a removed agent stays
+        left = [k for k in s.snap if k.startswith(f"{P}a:{a}:") or k == f"{P}a:{a}"]
+        must(not left, f"{a} was removed, but {left} stay")
+        must(a not in s.get("agents", set()), f"{a} was removed, but is still listed")
     pending = {o: f for o, f in offers.items() if f.get("st") == "pending"}
     must(set(cases) == set(model.cases), f"cases: redis {set(cases)} model {set(model.cases)}")
 
@@ -792,6 +813,8 @@ def compare(
             want = (o.status, o.agent, o.ch, str(o.deadline))
             must(got == want, f"offer {o.id}: redis {got} model {want}")
     for a, ag in model.agents.items():
+        if a in model.removed:
+            continue
         f = agents[a]
         got = (f.get("st"), f.get("r"), int(f.get("missed", 0)))
         want = (ag.status, "1" if ag.routable else "0", ag.missed)
@@ -991,6 +1014,28 @@ class RoutingMachine(RuleBasedStateMachine):
         self.handed_on(c)
         self.settle(Ctx("transfer", plan=plan))
 
+    def remove_and_add_back(self, a: str) -> None:
+        """An admin removes an agent (refused while they hold cases: nothing changes), then
+        adds them back: a new agent of the same id, signed out, with nothing of the old one."""
+        if any(self.model.cases[c].agent == a for c in self.model.held("assigned", "wrapping")):
+            with pytest.raises(Conflict) as refused:
+                self.unchanged(self.switch.remove_agent(WS, a))
+            must(refused.value.code == "agent.busy", f"removing {a}: {refused.value.code}")
+            return
+        ag = self.model.agents[a]
+        ag.status = "offline"  # the script takes them out of routing first, then rescinds
+        self.run(self.switch.remove_agent(WS, a))
+        self.model.removed.add(a)
+        self.settle(Ctx("remove", agent=a))
+        must(not self.model.pending_of(a), f"{a} was removed but holds offers")
+        must(all(v == 0 for v in ag.load.values()), f"{a} was removed with load {ag.load}")
+        self.model.agents[a] = AgentState()
+        self.model.removed.discard(a)
+        spec = AGENTS[a]
+        decl = agent(a, sorted(spec.skills), languages=sorted(spec.languages), **spec.cap)
+        self.run(self.switch.upsert_agent(WS, decl))
+        self.settle(Ctx("add"))
+
     def handed_on(self, c: Case) -> None:
         """A call taken from its agent after its caller hung up becomes a callback (the next
         agent calls them back; every caller here has a phone number on file)."""
@@ -1062,6 +1107,10 @@ class RoutingMachine(RuleBasedStateMachine):
     )
     def change_status(self, a: str, status: str) -> None:
         self.set_status(a, status)
+
+    @rule(a=st.sampled_from(sorted(AGENTS)))
+    def admin_removes_agent(self, a: str) -> None:
+        self.remove_and_add_back(a)
 
     @precondition(lambda self: self.model.pending())
     @rule(data=st.data())
@@ -1253,3 +1302,23 @@ def test_priority_ranks_across_a_lifo_and_a_fifo_queue(machine_url: str) -> None
         m.ingest("chat", {}, 3)  # support, priority 5
         m.set_status("cid", "available")  # billing + support, 2 chats: the 10 must be one
         assert sale in {o.case for o in m.model.pending()}
+
+
+def test_removing_an_agent_moves_on_what_waits_for_them(machine_url: str) -> None:
+    """agent_remove.lua: refused while they hold a case; otherwise their pending offer goes
+    back to its queue, and a case transferred to them by name moves on to its queue at once
+    (rather than waiting out the 60 s for someone who no longer exists)."""
+    with scenario() as m:
+        m.set_status("ann", "available")
+        m.set_status("bob", "away")
+        first = m.ingest("chat", {}, 1)  # offered to ann, the only one available
+        m.accept(m.model.pending()[0].id)
+        m.remove_and_add_back("ann")  # refused: she holds the case (checked unchanged)
+        m.transfer(first, to_agent="bob")  # bob is away: it waits for him by name
+        second = m.ingest("chat", {}, 2)  # offered to ann
+        assert [o.case for o in m.model.pending_of("ann")] == [second]
+        m.remove_and_add_back("ann")
+        assert m.model.cases[second].status == "queued"
+        m.remove_and_add_back("bob")
+        assert m.model.cases[first].status == "queued"
+        assert m.model.cases[first].cur.agent is None
