@@ -343,3 +343,24 @@ async def test_the_statistics_count_every_open_case_by_status(
             if (cursor := page.next_cursor) is None:
                 break
         assert len(listed) == n, status
+
+
+@browser_test
+async def test_an_agent_on_the_supervisor_page_is_told_and_shown_the_way_back(
+    one_node: Stack, browser: Any, pages: list[Web]
+) -> None:
+    """An agent who signs in at /supervisor sees why there is nothing for them, and a link to
+    their console that works (they are still signed in there)."""
+    web = Web(browser, one_node.nodes[0])
+    pages.append(web)
+    page = await web.page("/supervisor")
+    await page.get_by_test_id("login-workspace").fill("acme")
+    await page.get_by_test_id("login-agent").fill("sam")
+    await page.get_by_test_id("login-password").fill("pw")
+    await page.get_by_test_id("login-submit").click()
+    panel = page.get_by_test_id("forbidden")
+    await expect(panel).to_contain_text("Supervisors only")
+    await expect(panel).to_contain_text("Sam Support")
+    await panel.get_by_test_id("forbidden-console").click()
+    await expect(page).to_have_url(one_node.nodes[0].url + "/")
+    await expect(page.get_by_test_id("connection-state")).to_have_text("Live")

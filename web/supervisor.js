@@ -486,10 +486,13 @@ class SupervisorView {
 
   showForbidden() {
     this.forbidden = true;
+    const back = h("a", { testid: "forbidden-console" }, "the agent console");
+    back.href = "/"; // our own fixed page (dom.h refuses href, which customer data must never set)
     replace(this.main, h("section", { class: "panel forbidden", testid: "forbidden" },
       h("h2", null, "Supervisors only"),
       h("p", null, `You're signed in as ${this.session.name}, who isn't a supervisor. `,
-        "Sign out and sign in with a supervisor account, or go back to the agent console.")));
+        "Sign out and sign in with a supervisor account, or go back to ",
+        back, ".")));
   }
 
   render(stats) {
