@@ -262,3 +262,32 @@ async def test_a_wrap_up_in_progress_survives_a_reload(web: Web, server: ServerP
     await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
     # completed: nothing of it is kept in the browser
     assert await sam.evaluate(DRAFT_KEYS) == []
+
+
+@browser_test
+async def test_transfer_and_follow_up_notes_survive_a_reload(
+    web: Web, server: ServerProcess
+) -> None:
+    """A note half-written for the next agent, or for a reminder, is kept like a reply."""
+    sam = await open_email_case(web, server)
+    await panel(sam).get_by_test_id("transfer-note").fill("Customer is upset about the delay")
+    await panel(sam).get_by_test_id("followup-note").fill("check the refund went through")
+    await sam.reload()
+    await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
+    await expect(panel(sam).get_by_test_id("transfer-note")).to_have_value(
+        "Customer is upset about the delay"
+    )
+    await expect(panel(sam).get_by_test_id("followup-note")).to_have_value(
+        "check the refund went through"
+    )
+    await panel(sam).get_by_test_id("followup-submit").click()
+    await expect(sam.get_by_test_id("followup-confirmation")).to_be_visible()
+    await expect(panel(sam).get_by_test_id("followup-note")).to_have_value("")
+    await sam.reload()
+    await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
+    await expect(panel(sam).get_by_test_id("followup-note")).to_have_value("")  # it was used
+    await panel(sam).get_by_test_id("wrapup").click()
+    await panel(sam).get_by_test_id("disposition-select").select_option("resolved")
+    await panel(sam).get_by_test_id("complete").click()
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+    assert await sam.evaluate(DRAFT_KEYS) == []  # nothing of the case is kept

@@ -541,7 +541,7 @@ export class CaseView {
         /* the id can still be typed */
       }
     };
-    const note = h("textarea", { id: `tn-${u}`, rows: "2", testid: "transfer-note" });
+    const note = this.keepTyped(h("textarea", { id: `tn-${u}`, rows: "2", testid: "transfer-note" }), "transfer");
     const queueRow = h("div", { class: "field" }, h("label", { for: `tq-${u}` }, "Queue"), queue);
     const agentRow = h("div", { class: "field", hidden: true }, h("label", { for: `ta-${u}` }, "Agent"), agent,
       directory);
@@ -603,11 +603,25 @@ export class CaseView {
     submit);
   }
 
+  /** A form's text field whose text outlives a reload, as the reply box's draft does (kept as
+   *  "<case>#<name>"; gone with the case). */
+  keepTyped(el, name) {
+    const key = `${this.case.id}#${name}`;
+    const kept = this.app.drafts.get(key);
+    if (kept && typeof kept.text === "string") el.value = kept.text;
+    el.addEventListener("input", () => {
+      if (el.value) this.app.drafts.set(key, { text: el.value });
+      else this.app.drafts.delete(key);
+    });
+    return el;
+  }
+
   followupSection() {
     const u = this.uid;
     const when = h("select", { id: `fw-${u}`, testid: "followup-when" },
       FOLLOWUP_CHOICES.map(([s, text]) => h("option", { value: String(s) }, text)));
-    const note = h("input", { id: `fn-${u}`, testid: "followup-note", placeholder: "e.g. check the refund went through" });
+    const note = this.keepTyped(h("input", { id: `fn-${u}`, testid: "followup-note",
+      placeholder: "e.g. check the refund went through" }), "followup");
     const submit = h("button", { type: "submit", class: "secondary", testid: "followup-submit" }, "Schedule");
     return h("form", { class: "action-card", onsubmit: async (ev) => {
       ev.preventDefault();
@@ -617,6 +631,7 @@ export class CaseView {
           { case: this.case.id, in_s: Number(when.value), note: note.value });
         this.app.toast(`Follow-up reminder set for ${clock(ack.due / 1000)}.`, { testid: "followup-confirmation" });
         note.value = "";
+        this.app.drafts.delete(`${this.case.id}#followup`);
       } catch (e) {
         this.app.toast(e.message, { kind: "error" });
       } finally {

@@ -42,6 +42,15 @@ class Drafts {
 
   delete(id) { if (this.map.delete(id)) this.save(); }
 
+  /** A case's reply draft and its forms' ("<case>#wrap", "#transfer", "#followup"). */
+  dropCase(caseId) {
+    let changed = false;
+    for (const id of this.map.keys()) {
+      if (id === caseId || id.startsWith(`${caseId}#`)) changed = this.map.delete(id) || changed;
+    }
+    if (changed) this.save();
+  }
+
   ids() { return [...this.map.keys()]; }
 
   clear() { this.map.clear(); sessionStorage.removeItem(this.key); }
@@ -375,8 +384,7 @@ class AgentConsole {
     view.tab.remove();
     view.el.remove();
     this.views.delete(caseId);
-    this.drafts.delete(caseId);
-    this.drafts.delete(`${caseId}#wrap`);
+    this.drafts.dropCase(caseId);
     if (this.active === caseId) {
       this.active = null;
       if (next) this.select(next, hadFocus);
