@@ -529,6 +529,10 @@ async def test_transfer_to_a_colleague_picked_from_the_directory(
     await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
     offer = bea.get_by_test_id("offer")
     await expect(offer.get_by_test_id("offer-subject")).to_have_text("Charged for a return")
+    # why it comes to her, from whom, before she accepts
+    await expect(offer.get_by_test_id("offer-transfer")).to_have_text(
+        "Transferred by Sam Support: “A billing question after all.”"
+    )
     await offer.get_by_test_id("offer-accept").click()
     note = panel(bea).get_by_test_id("timeline-entry").filter(has_text="billing question after all")
     # who passed it on, and to whom, by name

@@ -41,6 +41,19 @@ function claimsSaid(customer) {
   return customer.claims.slice(shown ? 0 : 1).map((i) => String(i).replace(/^[a-z_]+:/, "")).join(" · ");
 }
 
+/** The note of the transfer (or supervisor's move) that brought the case here, from the
+ *  customer's history the offer carries: the next agent reads why before accepting. Null when
+ *  the case was not handed on since it was (re)opened, or the history does not reach it. */
+function handedOn(c, timeline) {
+  if (!c.transferred || (c.reopened && Number(c.reopened) > Number(c.transferred))) return null;
+  const entry = [...timeline.entries].reverse().find((e) => e.kind === "transfer" && e.case === c.id);
+  if (!entry) return null;
+  const who = entry.from ? bdi(entry.from) : "a colleague";
+  return h("p", { class: "offer-transfer", testid: "offer-transfer" },
+    entry.agent ? "Transferred by " : "Moved by ", who,
+    entry.text ? [": “", h("span", { dir: "auto" }, entry.text), "”"] : ".");
+}
+
 /**
  * One offer card. `actions` = {accept(offerId), reject(offerId), queueName(id), now()}.
  * Call tick() to refresh the countdown.
@@ -78,6 +91,7 @@ export class OfferCard {
     this.claims = h("p", { class: "offer-unverified", testid: "offer-claims", title: UNVERIFIED_TITLE, hidden: true }),
     this.callbackSlot = h("div", { class: "offer-callback-slot" }, callbackNote(c, offer.customer, "offer-callback")),
     h("p", { class: "offer-subject", testid: "offer-subject", dir: "auto" }, caseSummary(c, timeline)),
+    handedOn(c, timeline),
     h("p", { class: "offer-why", testid: "offer-why" },
       h("span", { class: "offer-why-label" }, "Why you: "), whyText(offer.why, actions.queueName)),
     historyCount ? h("p", { class: "offer-history" },
