@@ -18,7 +18,7 @@ __all__ = [
     "customer_view",
     "offer_frame",
     "pairs",
-    "why_reason",
+    "why",
 ]
 
 _INT_FIELDS = ("pri", "created", "updated", "assigned", "closed", "age", "step")
@@ -85,22 +85,37 @@ def customer_view(profile: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def why_reason(pool: str) -> str:
+def handed_on(case: Mapping[str, Any]) -> bool:
+    """Whether the case (``case_view``) was transferred or moved since it was (re)opened: its
+    plan is the transfer's now, not its workflow filter's."""
+    moved = case.get("transferred") or ""
+    return bool(moved) and float(moved) >= float(case.get("reopened") or 0)
+
+
+def why_reason(pool: str, handed: bool = False) -> str:
     """Why the agent was offered a case waiting in ``pool``, as the offer card says it."""
     if pool.startswith("a~"):
-        return "preferred agent: handled this customer's case before, or named in a transfer"
+        if handed:
+            return "named in the transfer"
+        return "preferred agent: handled this customer's case before"
     if "^" in pool:
         return "longest-idle available agent in the queue who matches the target expression"
     return "longest-idle available agent in the queue with free capacity on this channel"
 
 
-def _why(case: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, Any]:
-    return {
-        "filter": case["filter"],
-        "step": case["step"],
+def why(case: Mapping[str, Any], pool: str) -> dict[str, Any]:
+    """An offer's ``why``: the queue, the workflow filter and step that routed the case (a
+    transferred case's filter is '' and ``transferred`` is true), and the router's reason."""
+    handed = handed_on(case)
+    out = {
         "queue": case["queue"],
-        "reason": why_reason(fields.get("pool", "")),
+        "filter": "" if handed else case["filter"],
+        "step": case["step"],
+        "reason": why_reason(pool, handed),
     }
+    if handed:
+        out["transferred"] = True
+    return out
 
 
 def offer_frame(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,7 +127,7 @@ def offer_frame(payload: Mapping[str, Any]) -> dict[str, Any]:
         "offer": payload["offer"],
         "deadline": payload["deadline"],
         "case": case,
-        "why": _why(case, fields),
+        "why": why(case, fields.get("pool", "")),
     }
     cust = payload.get("customer")
     if isinstance(cust, Mapping):

@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from router import keys
-from router.push import case_view, chat_frame, customer_view, pairs, why_reason
+from router.push import case_view, chat_frame, customer_view, pairs, why
 from router.workspace import WorkspaceConfig
 
 __all__ = ["agent_directory", "agent_view", "case_detail", "chat_history", "hello", "history"]
@@ -146,12 +146,7 @@ async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str
                     "offer": o,
                     "deadline": int(of[2] or 0),
                     **detail,
-                    "why": {
-                        "queue": detail["case"]["queue"],
-                        "filter": detail["case"]["filter"],
-                        "step": detail["case"]["step"],
-                        "reason": why_reason(_dec(of[3] or b"")),
-                    },
+                    "why": why(detail["case"], _dec(of[3] or b"")),
                 }
             )
     return {

@@ -6,10 +6,13 @@ Service level, per queue, over the last 60 minutes:
     SL = answered within the queue's target  ÷  (answered + abandoned + escalated)
 
 "answered" is an offer accepted (``offer.accepted``, with the case's wait since it last began
-waiting: created, reopened or transferred); "abandoned" is a case that ended before any agent
-took it (``case.abandoned``); "escalated" is a case that waited out the queue's workflow step
-and moved on unanswered (``case.escalated``): a breach of the queue it left, not only of the one
-that finally answers it.
+waiting: created, reopened, or handed on by the agent who had it; a supervisor moving a waiting
+case does not restart it); "abandoned" is a case that ended before any agent took it
+(``case.abandoned``); "escalated" is a case that waited out the queue's workflow step and moved
+on unanswered (``case.escalated``), or that a supervisor moved on after it had waited past the
+queue's target (``case.transferred`` with the queue it left): a breach of the queue it left,
+not only of the one that finally answers it. A waiting case moved on within the target counts
+for neither queue until it is answered.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ log = logging.getLogger("switchboard.stats")
 SL_FORMULA = "answered within target ÷ (answered + abandoned + escalated), last 60 min"
 CATCH_UP_S = 2.0  # a first snapshot waits this long at most for the last hour's counts
 WINDOW_S = 3600
+COUNTED = frozenset({"offer.accepted", "case.abandoned", "case.escalated", "case.transferred"})
 
 
 class _Tail:
@@ -56,13 +60,16 @@ class _Tail:
     def _count(self, fields: dict[str, str]) -> None:
         t = fields.get("t")
         q = fields.get("queue", "")
-        if not q or t not in ("offer.accepted", "case.abandoned", "case.escalated"):
+        if not q or t not in COUNTED:
             return
+        target = self.targets.get(q, 60_000)
+        if t == "case.transferred" and float(fields.get("waited", "0")) <= target:
+            return  # moved on within the target: no breach of the queue it left
         minute = int(float(fields.get("ts", "0")) // 60_000)
         b = self.buckets[(q, minute)]
         if t == "offer.accepted":
             b[1] += 1
-            if float(fields.get("waited", "0")) <= self.targets.get(q, 60_000):
+            if float(fields.get("waited", "0")) <= target:
                 b[0] += 1
         elif t == "case.abandoned":
             b[2] += 1

@@ -797,6 +797,50 @@ async def test_service_level_counts_escalations_and_waits_since_the_case_began_w
     assert "escalated" in first["sl_formula"]
 
 
+async def test_a_supervisor_moving_a_waiting_case_does_not_restart_its_wait(
+    switch: Switch, inbox: Inbox, redis_server: str
+) -> None:
+    """Moving a waiting case (even to its own queue) must not launder a breach: the customer
+    goes on waiting, the answering queue counts the whole wait, and the queue it left counts a
+    move past its target as a breach. A case its agent hands on waits from then (they served
+    the customer until then), as the supervisor's waiting list also says."""
+    await setup(switch, agent("ann", ["support"]), agent("bob", ["sales"]))
+    hour_ago = now_ms() - 3_600_000 - queries.AGE_EPOCH_MS
+    late = await switch.ingest("acme", chat("e1", email="late@example.com"))
+    await switch.redis.hset(f"sb:{{acme}}:c:{late.case}", "age", hour_ago)  # waited an hour
+    await switch.transfer("acme", "", late.case, queue="support")  # to its own queue
+    await switch.transfer("acme", "", late.case, queue="sales", note="no support today")
+    soon = await switch.ingest("acme", chat("e2", email="soon@example.com"))
+    await switch.transfer("acme", "", soon.case, queue="sales")  # moved on within the target
+    await switch.set_status("acme", "bob", "available")
+    offered = inbox.offers("bob")  # bob takes two chats: both at once
+    assert {o["case"]["id"] for o in offered} == {late.case, soon.case}
+    for o in offered:
+        await switch.accept("acme", "bob", o["offer"])
+
+    stats = Stats(redis_server)
+    try:
+        snap = await stats.snapshot(switch.redis, await switch.config("acme"), "acme")
+    finally:
+        await stats.close()
+    by_id = {q["id"]: q for q in snap["queues"]}
+    assert by_id["support"]["escalated"] == 1  # the hour-long wait it moved on: counted once
+    assert (by_id["sales"]["answered"], by_id["sales"]["within_target"]) == (2, 1)
+
+    # ann serves a case for an hour, then hands it on: it waits from the hand-over
+    await switch.set_status("acme", "bob", "away")
+    await switch.set_status("acme", "ann", "available")
+    served = await switch.ingest("acme", chat("e3", email="served@example.com"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.redis.hset(f"sb:{{acme}}:c:{served.case}", "age", hour_ago)
+    before = now_ms()
+    await switch.transfer("acme", "ann", served.case, queue="sales")
+    cfg = await switch.config("acme")
+    queued = await queries.list_cases(switch.redis, cfg, "acme", "queued")
+    listed = {c["id"]: c for c in queued.cases}
+    assert before <= listed[served.case]["waiting_since"] <= now_ms()
+
+
 async def test_a_supervisor_takes_back_a_case_from_an_agent_who_signed_out(
     switch: Switch, inbox: Inbox
 ) -> None:

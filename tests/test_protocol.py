@@ -583,7 +583,8 @@ async def test_transfer_to_a_queue_then_to_an_agent(stack: Stack, bridge: WsClie
     named, _ = await stack.agent("xfer2", status="available")
     await other.ok("case.transfer", case=case, agent="xfer2")
     direct = await named.offer_for(case)
-    assert direct["why"]["reason"].startswith("preferred agent")
+    assert direct["why"]["reason"] == "named in the transfer"
+    assert direct["why"]["transferred"] and direct["why"]["filter"] == ""
 
 
 async def test_wrapup_then_complete_frees_capacity(stack: Stack, bridge: WsClient) -> None:

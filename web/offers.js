@@ -9,7 +9,8 @@ import { bdi, caseSummary } from "./timeline.js";
 
 function whyText(why, queueName) {
   if (!why) return "";
-  const filter = why.filter && why.filter !== "default_filter" ? `“${why.filter}”` : "the default route";
+  const filter = why.transferred ? "a transfer"
+    : why.filter && why.filter !== "default_filter" ? `“${why.filter}”` : "the default route";
   const step = why.step > 1 ? `, escalation step ${why.step}` : "";
   return `${queueName(why.queue)} via ${filter}${step}: ${why.reason || "best available agent"}.`;
 }

@@ -14,7 +14,7 @@
 -- Returns {ok, offers, rescinded, push} or {ok=false, error=...}.
 local a, c = ARGV[2], ARGV[3]
 local ck = k_case(c)
-local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'offer')
+local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'offer', 'q', 'wfrom', 'age')
 if not cs[1] then return result({ok = false, error = 'case.unknown'}) end
 local offers = {}
 local rescinded = {}
@@ -80,10 +80,26 @@ end
 -- to an agent: its first step names them (enter_step)
 redis.call('HSET', ck, 'plan', ARGV[4], 'plan_start', NOW_S, 'st', 'queued', 'transferred', NOW_S)
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
-if a == '' and out ~= '' then
-  log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6], 'from_agent', out})
+if out ~= '' then
+  -- an agent had it: the customer was served until now, and waits again from here ('wfrom',
+  -- the service level's wait; its age, which ranks it, is kept)
+  redis.call('HSET', ck, 'wfrom', NOW_S)
+  if a == '' then
+    log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6], 'from_agent', out})
+  else
+    log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6]})
+  end
 else
-  log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6]})
+  -- a supervisor moved a waiting case: the customer goes on waiting (its wait is not
+  -- restarted), and the queue it leaves unanswered is told how long it waited there
+  -- (router/stats.py counts a move past that queue's target as a breach of it)
+  -- (a move within its queue leaves none)
+  local since = tonumber(cs[7]) or ((tonumber(cs[8]) or (NOW - EPOCH_MS)) + EPOCH_MS)
+  local ok, plan = pcall(cjson.decode, ARGV[4])
+  local to = ok and type(plan) == 'table' and type(plan[1]) == 'table' and plan[1].queue or ''
+  local left = (cs[6] and cs[6] ~= to) and cs[6] or ''
+  log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6], 'queue', left,
+    'ch', cs[3], 'waited', num_s(NOW - since)})
 end
 redis.call('HSET', ck, 'x', out ~= '' and refuse('|', c, out, tonumber(ARGV[7])) or '|')
 enter_step(c, 1, offers)
