@@ -291,3 +291,37 @@ async def test_transfer_and_follow_up_notes_survive_a_reload(
     await panel(sam).get_by_test_id("complete").click()
     await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
     assert await sam.evaluate(DRAFT_KEYS) == []  # nothing of the case is kept
+
+
+@browser_test
+async def test_a_supervisor_stepping_an_agents_status_menu_sets_only_where_it_stops(
+    web: Web, server: ServerProcess
+) -> None:
+    """As in the agent's own menu: arrow steps through Sam's status on the supervisor page
+    are not each sent (Away would hand Sam's ringing offer on), and the keyboard's focus stays
+    on the menu when his row moves to its new group."""
+    sam = await web.agent("sam", status="available")
+    async with bridge(server) as b:
+        await send_email(b, sender="ivy@example.com", name="Ivy", subject="Hold on", text="Hi")
+    await expect(sam.get_by_test_id("offer")).to_have_count(1)
+    sue = await web.page("/supervisor")
+    await sign_in(sue, "sue")
+    sam_row = sue.locator("[data-testid=agent-row][data-agent=sam]")
+    menu = sam_row.get_by_test_id("agent-status")
+    await expect(menu).to_have_value("available")
+    options = await menu.locator("option").evaluate_all("os => os.map(o => o.value)")
+    assert options.index("offline") == options.index("available") + 2  # away, then offline
+    await menu.focus()
+    for key in ["ArrowDown", "ArrowDown", "ArrowUp", "ArrowUp"]:  # to offline and back
+        await sue.keyboard.press(key)
+    await sue.keyboard.press("Enter")
+    await expect(menu).to_be_focused()
+    await expect(sam.get_by_test_id("offer")).to_have_count(1)  # away and offline were passed
+    await expect(sam.get_by_test_id("status-changed")).to_have_count(0)
+    await sue.keyboard.press("ArrowDown")  # away: where it stops is sent
+    await sue.keyboard.press("Enter")
+    await expect(sam_row.locator("xpath=..")).to_have_attribute("data-status", "away")
+    await expect(sam.get_by_test_id("status-select")).to_have_value("away")
+    await expect(sam.get_by_test_id("offer")).to_have_count(0)
+    await expect(menu).to_be_focused()  # still on it, in its new group
+    await expect(sue.get_by_test_id("agent-status-confirmation")).to_have_count(1)

@@ -6,7 +6,7 @@
 import { CHANNEL_LABEL, clock, h, replace } from "./dom.js";
 import { Connection, clearSession, loadSession, signedOut } from "./session.js";
 import { signIn } from "./login.js";
-import { announcer, connectionUi, toaster } from "./ui.js";
+import { announcer, connectionUi, statusMenu, toaster } from "./ui.js";
 import { Timeline, caseSummary } from "./timeline.js";
 import { OfferCard } from "./offers.js";
 import { CaseView, callbackNumber, callerNumber, identityLabel, notVerified, wantsCallback } from "./casetab.js";
@@ -102,31 +102,10 @@ class AgentConsole {
 
   buildShell() {
     const { banner, indicator } = connectionUi(this.conn, () => this.polite.announce("Reconnected."));
-    // A closed menu stepped through with the arrow keys changes (and fires "change") at every
-    // step: from Offline, ArrowUp twice went through Away to Available, and Lunch by way of
-    // Away handed every ringing offer on. Arrow steps wait for Enter, Tab (blur) or a second's pause;
-    // a choice made with the mouse, or from the open list, applies at once.
-    let stepped = false;
-    let settle = null;
-    const apply = () => {
-      clearTimeout(settle);
-      stepped = false;
-      if (this.statusSelect.value !== this.me.status) this.setStatus(this.statusSelect.value);
-    };
-    this.statusSelect = h("select", { id: "status-select", testid: "status-select",
-      onkeydown: (ev) => {
-        if (["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Home", "End", "PageUp", "PageDown"].includes(ev.key)) {
-          stepped = true;
-        } else if (ev.key === "Enter" && stepped) {
-          apply();
-        }
-      },
-      onchange: () => {
-        if (!stepped) { apply(); return; }
-        clearTimeout(settle);
-        settle = setTimeout(apply, 1000);
-      },
-      onblur: () => { if (stepped) apply(); } });
+    // arrow steps through the closed menu apply only where they stop (ui.js statusMenu)
+    this.statusSelect = statusMenu({ id: "status-select", testid: "status-select" }, (value) => {
+      if (value !== this.me.status) this.setStatus(value);
+    });
     this.loadEl = h("div", { class: "load", testid: "agent-load", "aria-label": "Your load per channel" });
     // focusable from script only: where focus goes when the last offer is answered
     this.offerList = h("ul", { class: "offer-list", testid: "offer-list", "aria-label": "Pending offers",

@@ -12,7 +12,7 @@ import { bdi } from "./timeline.js";
 import { callbackNumber, wantsCallback } from "./casetab.js";
 import { Connection, clearSession, loadSession, signedOut } from "./session.js";
 import { signIn } from "./login.js";
-import { announcer, connectionUi, toaster } from "./ui.js";
+import { announcer, connectionUi, statusMenu, toaster } from "./ui.js";
 
 const POLL_MS = 1000;
 // open cases someone is handling, in the order a case moves through them
@@ -591,14 +591,18 @@ class SupervisorView {
       let row = this.agentRows.get(a.id);
       if (!row) row = this.agentRow(a);
       row.name.textContent = a.name || a.id;
+      // full: no room left (a capacity an admin cut to 0 under a case held is full too: "Call 1/0")
       replace(row.load, Object.keys(a.capacity || {}).map((ch) => h("span", {
-        class: `load-chip${(a.load[ch] || 0) >= a.capacity[ch] && a.capacity[ch] ? " full" : ""}`,
+        class: `load-chip${(a.load[ch] || 0) >= a.capacity[ch] && (a.capacity[ch] || a.load[ch]) ? " full" : ""}`,
         testid: `agent-load-${ch}`,
       }, `${CHANNEL_LABEL[ch] || ch} ${a.load[ch] || 0}/${a.capacity[ch]}`)));
       if (document.activeElement !== row.select && row.select.value !== a.status) this.fillStatus(row.select, a.status);
       if (row.status !== a.status) {
         row.status = a.status;
+        // moving the row to its new group drops the focus it holds (its status menu, just used)
+        const focused = row.tr.contains(document.activeElement) ? document.activeElement : null;
         this.group(a.status).body.append(row.tr);
+        if (focused) focused.focus();
       }
     }
     for (const [id, row] of this.agentRows) {
@@ -618,8 +622,10 @@ class SupervisorView {
       status: null,
       name: h("bdi", { class: "agent-name" }), // a right-to-left name keeps its order
       load: h("div", { class: "loads" }),
-      select: h("select", { id, testid: "agent-status", data: { agent: a.id }, "aria-label": `Status of ${a.name || a.id}`,
-        onchange: (ev) => this.setAgentStatus(a.id, ev.target.value, row) }),
+      // arrow steps through the closed menu set only where they stop (ui.js statusMenu): each
+      // step used to be sent, and the agent told of every one
+      select: statusMenu({ id, testid: "agent-status", data: { agent: a.id }, "aria-label": `Status of ${a.name || a.id}` },
+        (value) => { if (value !== row.status) this.setAgentStatus(a.id, value, row); }),
     };
     row.tr = this.agentRowOf({ testid: "agent-row", data: { agent: a.id } },
       h("th", { scope: "row" }, row.name, h("span", { class: "agent-id" }, a.id)), h("td", null, row.load), h("td", null, row.select));
@@ -635,7 +641,10 @@ class SupervisorView {
   }
 
   async setAgentStatus(agent, status, row) {
-    row.select.disabled = true;
+    // busy while it is sent (not disabled: a disabled menu drops the keyboard's focus)
+    if (row.busy) { row.next = status; return; } // sent when this one is answered
+    row.busy = true;
+    row.select.setAttribute("aria-busy", "true");
     try {
       await this.conn.request("agent.status", { agent, status });
       this.toasts.show(`${row.name.textContent} is now ${status}.`, { testid: "agent-status-confirmation" });
@@ -643,8 +652,12 @@ class SupervisorView {
       this.toasts.show(`Status not changed: ${e.message}`, { kind: "error" });
       this.fillStatus(row.select, row.status);
     } finally {
-      row.select.disabled = false;
-      this.refresh();
+      row.busy = false;
+      row.select.removeAttribute("aria-busy");
+      const next = row.next;
+      row.next = null;
+      if (next && next !== status) this.setAgentStatus(agent, next, row);
+      else this.refresh();
     }
   }
 }

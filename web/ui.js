@@ -3,6 +3,39 @@
 
 import { h } from "./dom.js";
 
+/**
+ * A status menu that applies only where the user stops. A closed <select> stepped through with
+ * the arrow keys changes (and fires "change") at every step: from Offline, ArrowUp twice went
+ * through Away to Available, and Lunch by way of Away handed every ringing offer on. Arrow steps
+ * wait for Enter, Tab (blur) or a second's pause; a choice made with the mouse, or from the open
+ * list, applies at once. `apply(value)` is called with the value stopped on.
+ */
+export function statusMenu(props, apply) {
+  let stepped = false;
+  let settle = null;
+  let select = null;
+  const run = () => {
+    clearTimeout(settle);
+    stepped = false;
+    apply(select.value);
+  };
+  select = h("select", { ...props,
+    onkeydown: (ev) => {
+      if (["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Home", "End", "PageUp", "PageDown"].includes(ev.key)) {
+        stepped = true;
+      } else if (ev.key === "Enter" && stepped) {
+        run();
+      }
+    },
+    onchange: () => {
+      if (!stepped) { run(); return; }
+      clearTimeout(settle);
+      settle = setTimeout(run, 1000);
+    },
+    onblur: () => { if (stepped) run(); } });
+  return select;
+}
+
 /** A live region for screen readers; announce(text) speaks it once. */
 export function announcer(politeness = "polite") {
   const el = h("div", { class: "visually-hidden", "aria-live": politeness, "aria-atomic": "true",
