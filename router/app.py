@@ -268,6 +268,7 @@ def create_app(settings: Settings, *, plugins: Sequence[Plugin] = ()) -> App:
     routes: list[BaseRoute] = [
         Route("/", _page("index.html")),
         Route("/supervisor", _page("supervisor.html")),
+        Route("/admin", _page("admin.html")),
         Route("/chat", _page("chat.html")),
         Route("/livez", livez),
         Route("/readyz", readyz),

@@ -158,7 +158,7 @@ async def test_an_open_supervisor_page_follows_queues_an_admin_adds_renames_and_
     waiting = sue.locator(f"[data-testid=waiting-case][data-case={case}]")
     await expect(waiting.get_by_test_id("waiting-case-queue")).to_have_text("Billing")
     menu = sue.get_by_test_id("move-case-queue")
-    await expect(menu.locator("option")).to_have_text(["Support", "Billing"])
+    await expect(menu.locator("option")).to_have_text(["Choose a queue", "Support", "Billing"])
 
     # the admin adds a queue and renames one, through node A
     await admin(stack, "PUT", "/queues/vip", {"name": "VIP", "target": "skills HAS 'support'"})
@@ -169,7 +169,9 @@ async def test_an_open_supervisor_page_follows_queues_an_admin_adds_renames_and_
         ["Support", "Billing & Refunds", "VIP"]
     )
     await expect(waiting.get_by_test_id("waiting-case-queue")).to_have_text("Billing & Refunds")
-    await expect(menu.locator("option")).to_have_text(["Support", "Billing & Refunds", "VIP"])
+    await expect(menu.locator("option")).to_have_text(
+        ["Choose a queue", "Support", "Billing & Refunds", "VIP"]
+    )
 
     # the new queue can be chosen at once: the case moves there
     await waiting.get_by_test_id("waiting-case-move").click()
@@ -223,7 +225,7 @@ async def test_in_progress_and_waiting_say_how_many_cases_they_leave_out(
     )
     await expect(sue.get_by_test_id("waiting-case")).to_have_count(50)
     await expect(sue.get_by_test_id("waiting-more")).to_have_text(
-        "…and 2 more waiting (only the oldest 50 are listed)."
+        "…and 2 more waiting (only the oldest 50 are listed: choose a queue to see its own)."
     )
 
     # the counts follow: Sam completes two cases, and what is left out shrinks
@@ -256,7 +258,8 @@ async def _sl(stats: Stats, switch: Switch, queue: str, answered: int) -> dict[s
 
 async def _answer_after(switch: Switch, inbox: Inbox, case: str, waited_s: int) -> None:
     """Ann answers ``case`` as if it had waited ``waited_s`` seconds (since it began waiting)."""
-    await switch.redis.hset(keys.case("acme", case), "plan_start", now_ms() - waited_s * 1000)
+    began = now_ms() - waited_s * 1000 - queries.AGE_EPOCH_MS  # its age: since it began waiting
+    await switch.redis.hset(keys.case("acme", case), "age", began)
     await switch.set_status("acme", "ann", "available")
     offer = inbox.last_offer("ann")
     assert offer["case"]["id"] == case
@@ -364,3 +367,71 @@ async def test_an_agent_on_the_supervisor_page_is_told_and_shown_the_way_back(
     await panel.get_by_test_id("forbidden-console").click()
     await expect(page).to_have_url(one_node.nodes[0].url + "/")
     await expect(page.get_by_test_id("connection-state")).to_have_text("Live")
+
+
+# -- 4: the waiting list by queue, and a move form that cannot misfire --------------------------
+
+
+@browser_test
+async def test_a_quiet_queues_waiting_case_can_be_found_and_moved_on_purpose(
+    one_node: Stack, browser: Any, pages: list[Web]
+) -> None:
+    """51 support cases fill the oldest-50 list; the billing case behind them is found by
+    listing Billing alone. Move… says which case the form is about and chooses no queue for
+    it (the last move's queue sent a case there unasked)."""
+    bridge = await one_node.bridge()
+    for _ in range(51):
+        await customer_event(bridge, "support")
+    ack = await bridge.ok(
+        "event", id=uid("e"), channel="email", identities={"email": "quiet@example.com"},
+        name="Quinn Quiet", subject="Invoice copy", text="hello", attributes={"topic": "billing"},
+    )  # fmt: skip
+    quiet = ack["case"]
+    sue = await supervisor_page(one_node, 0, browser, pages)
+    row = sue.locator(f"[data-testid=waiting-case][data-case={quiet}]")
+    await expect(sue.get_by_test_id("waiting-more")).to_contain_text("…and 2 more waiting")
+    await expect(row).to_have_count(0)  # behind fifty older support cases
+    await sue.get_by_test_id("waiting-queue").select_option("billing")
+    await expect(sue.get_by_test_id("waiting-case")).to_have_count(1)
+    await expect(row.get_by_test_id("case-customer-name")).to_have_text("Quinn Quiet")
+    await expect(sue.get_by_test_id("waiting-more")).to_be_hidden()
+
+    menu = sue.get_by_test_id("move-case-queue")
+    await row.get_by_test_id("waiting-case-move").click()
+    await expect(sue.get_by_test_id("move-case-what")).to_contain_text("Quinn Quiet")
+    await expect(sue.get_by_test_id("move-case-what")).to_contain_text("waiting in Billing")
+    await expect(menu).to_have_value("")  # nothing chosen for it
+    await sue.get_by_test_id("move-case-submit").click()
+    assert await menu.evaluate("m => !m.validity.valid")  # the form asks for a queue
+    assert (await one_node.case(quiet))["q"] == "billing"
+    await menu.select_option("support")
+    await sue.get_by_test_id("move-case-submit").click()
+    await expect(sue.get_by_test_id("move-confirmation")).to_contain_text("Case moved to Support.")
+    await expect(sue.get_by_test_id("waiting-empty")).to_have_text("No case is waiting in Billing.")
+    assert (await one_node.case(quiet))["q"] == "support"
+
+
+@browser_test
+async def test_taking_a_case_from_an_agent_at_work_asks_first(
+    one_node: Stack, browser: Any, pages: list[Web]
+) -> None:
+    bridge = await one_node.bridge()
+    sam, _ = await one_node.agent("sam", status="available")
+    case = await customer_event(bridge, "support")
+    await sam.ok("offer.accept", offer=(await sam.offer_for(case))["offer"])
+    sue = await supervisor_page(one_node, 0, browser, pages)
+    row = sue.locator(f"[data-testid=progress-case][data-case={case}]")
+    await row.get_by_test_id("progress-case-move").click()
+    await expect(sue.get_by_test_id("move-case-what")).to_contain_text("Sam Support")
+    await sue.get_by_test_id("move-case-queue").select_option("billing")
+    await sue.get_by_test_id("move-case-submit").click()
+    await expect(sue.get_by_test_id("move-case-warning")).to_have_text(
+        "Sam Support (Available) is working on this case now. "
+        "Move case again to take it from them."
+    )
+    assert (await one_node.case(case))["st"] == "assigned"  # not yet
+    await expect(sue.get_by_test_id("move-case-submit")).to_have_text("Take it and move")
+    await sue.get_by_test_id("move-case-submit").click()
+    await expect(sue.get_by_test_id("move-confirmation")).to_contain_text("Case moved to Billing.")
+    assert (await one_node.case(case))["q"] == "billing"
+    await expect(sue.get_by_test_id("move-case-id")).to_be_focused()

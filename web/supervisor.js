@@ -12,6 +12,7 @@ import { bdi } from "./timeline.js";
 import { callbackNumber, wantsCallback } from "./casetab.js";
 import { Connection, clearSession, loadSession, signedOut } from "./session.js";
 import { signIn } from "./login.js";
+import { reflowable, scroller } from "./tables.js";
 import { announcer, connectionUi, statusMenu, toaster } from "./ui.js";
 
 const POLL_MS = 1000;
@@ -54,6 +55,12 @@ function caseCell(c, ...extra) {
     ...extra));
 }
 
+/** A listed case as a button's label reads it: the customer, else the subject, else its id. */
+function caseName(c) {
+  const what = c.customer_name || c.subject;
+  return what ? `the case of ${what}` : `case ${shortId(c.id)}`;
+}
+
 function label(status) {
   return status ? status.charAt(0).toUpperCase() + status.slice(1) : "";
 }
@@ -65,38 +72,6 @@ function moreThan(total, shown, cut) {
   if (!cut) return 0;
   if (typeof total === "number") return Math.max(0, total - shown);
   return null;
-}
-
-// Each table sits in its own scroller (app.css .table-scroll): wider than its panel, it scrolls
-// there, never the page. On a phone the tables reflow, one card per row, each figure under its
-// column's heading (data-label, from the table's head); the explicit roles keep them tables to
-// assistive technology when the CSS changes their display. A row and its cells get them when
-// the row is made, never by going over the tables again on each refresh.
-const ROLE = { TABLE: "table", THEAD: "rowgroup", TBODY: "rowgroup", TR: "row", TD: "cell" };
-
-function scroller(table) {
-  return h("div", { class: "table-scroll" }, table);
-}
-
-function withRole(el) {
-  el.setAttribute("role", ROLE[el.tagName] || (el.getAttribute("scope") === "col" ? "columnheader" : "rowheader"));
-  return el;
-}
-
-/** Gives a table just built (its head and bodies) its roles, and answers how to make its rows:
- *  `row(props, ...cells)` is a row with the roles, each of its data cells labelled with its
- *  column's heading (read from the head once, here; none for a visually hidden one: actions). */
-function reflowable(table) {
-  for (const el of [table, ...table.querySelectorAll("thead, tbody, tr, th")]) withRole(el);
-  const heads = [...table.tHead.rows[0].cells]
-    .map((th) => (th.querySelector(".visually-hidden") ? "" : th.textContent.trim()));
-  return (props, ...cells) => {
-    cells.forEach((cell, i) => {
-      withRole(cell);
-      if (cell.tagName === "TD" && heads[i]) cell.dataset.label = heads[i];
-    });
-    return h("tr", { ...props, role: "row" }, cells);
-  };
 }
 
 function percent(v) {
@@ -111,6 +86,7 @@ class SupervisorView {
     this.statuses = [];
     this.queues = [];
     this.slTargets = new Map(); // queue id -> service-level target, s (from the stats frames)
+    this.waitingIn = new Map(); // queue id -> cases waiting in it (from the stats frames)
     this.queueRows = new Map();
     this.agentRows = new Map();
     this.agentNames = new Map(); // agent id -> display name (from the stats frames)
@@ -152,8 +128,14 @@ class SupervisorView {
         h("th", { scope: "col", class: "num" }, "Waiting"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
       this.waitingBody);
     this.waitingRowOf = reflowable(waitingTable);
+    // which queue's waiting cases are listed ("" = all): the oldest WAITING_LIMIT of a busy
+    // queue would otherwise hide a quieter queue's cases
+    this.waitingQueue = h("select", { id: "waiting-queue", testid: "waiting-queue",
+      onchange: () => { this.again = true; this.refresh(); } },
+    h("option", { value: "" }, "All queues"));
     this.waitingPanel = h("section", { class: "panel", "aria-labelledby": "waiting-title" },
-      h("div", { class: "panel-head" }, h("h2", { id: "waiting-title" }, "Waiting cases")),
+      h("div", { class: "panel-head" }, h("h2", { id: "waiting-title" }, "Waiting cases"),
+        h("div", { class: "panel-filter" }, h("label", { for: "waiting-queue" }, "Queue"), this.waitingQueue)),
       scroller(waitingTable),
       this.waitingEmpty, this.waitingMore);
     this.progressRows = new Map();
@@ -204,37 +186,90 @@ class SupervisorView {
           h("span", { class: "who-ws" }, `Supervisor · ${this.session.workspace}`)),
         h("div", { class: "spacer" }),
         indicator,
+        this.adminLink(),
         h("button", { class: "ghost", testid: "sign-out", onclick: () => this.signOut() }, "Sign out")),
       banner, this.main, this.toasts.el, this.polite.el);
   }
 
+  /** An admin's way to the admin page (agents, queues, workflow); nobody else's. */
+  adminLink() {
+    if (this.session.role !== "admin") return null;
+    const link = h("a", { class: "topbar-link", testid: "supervisor-admin-link" }, "Admin");
+    link.href = "/admin"; // our own fixed page (dom.h refuses href)
+    return link;
+  }
+
   moveForm() {
     const caseId = this.moveCase = h("input", { id: "move-case", testid: "move-case-id", required: true, autocomplete: "off",
-      spellcheck: "false", placeholder: "case id" });
+      spellcheck: "false", placeholder: "case id",
+      oninput: () => this.describeMove(this.moveTarget && this.moveTarget.id === caseId.value.trim() ? this.moveTarget : null) });
+    // the case the form is about, as the lists show it (set by Move…; a typed id shows none)
+    this.moveWhat = h("div", { class: "move-what", testid: "move-case-what", hidden: true });
+    // taking a case from an agent who is working on it asks first, here
+    this.moveWarn = h("p", { class: "form-error", role: "alert", testid: "move-case-warning", hidden: true });
     const note = h("input", { id: "move-note", testid: "move-case-note", placeholder: "why (optional)" });
     const submit = h("button", { type: "submit", class: "primary", testid: "move-case-submit" }, "Move case");
+    this.moveSubmit = submit;
     return h("form", { class: "panel move", "aria-labelledby": "move-title", onsubmit: async (ev) => {
       ev.preventDefault();
+      const id = caseId.value.trim();
+      const held = this.moveTarget && this.moveTarget.id === id ? this.heldBy(this.moveTarget) : null;
+      if (held && this.moveConfirmed !== id) {
+        this.moveConfirmed = id;
+        this.moveWarn.textContent = `${held} is working on this case now. Move case again to take it from them.`;
+        this.moveWarn.hidden = false;
+        submit.textContent = "Take it and move";
+        return;
+      }
       submit.disabled = true;
       try {
-        await this.conn.request("case.move", { case: caseId.value.trim(), queue: this.moveQueue.value, note: note.value });
+        await this.conn.request("case.move", { case: id, queue: this.moveQueue.value, note: note.value });
         this.toasts.show(`Case moved to ${this.queueName(this.moveQueue.value)}.`, { testid: "move-confirmation" });
         caseId.value = "";
         note.value = "";
+        this.describeMove(null);
         this.refresh();
       } catch (e) {
         this.toasts.show(`Not moved: ${e.message}`, { kind: "error" });
       } finally {
         submit.disabled = false;
+        caseId.focus(); // the button was disabled, which dropped the keyboard's focus
       }
     } },
     h("h2", { id: "move-title" }, "Move a case"),
-    h("p", { class: "hint" }, "A waiting case (or one being offered) moves to another queue and keeps its age. "
+    h("p", { class: "hint" }, "A waiting case (or one being offered) moves to another queue and keeps its age and its wait. "
       + "A case someone is handling is taken back from them — say they signed out — and waits in the new queue."),
     h("label", { for: "move-case" }, "Case id"), caseId,
+    this.moveWhat,
     h("label", { for: "move-queue" }, "To queue"), this.moveQueue,
     h("label", { for: "move-note" }, "Note"), note,
+    this.moveWarn,
     submit);
+  }
+
+  /** Who holds a listed case and is still signed in ("Sam Support · available"), or null: a
+   *  waiting case, or one whose agent signed out (taking it back is what the form is for). */
+  heldBy(c) {
+    if (c.status !== "assigned" && c.status !== "wrapping") return null;
+    const status = this.agentStatus.get(c.agent);
+    if (!c.agent || status === "offline") return null;
+    return `${this.agentNames.get(c.agent) || c.agent}${status ? ` (${label(status)})` : ""}`;
+  }
+
+  /** The move form is about case ``c`` (a listed case) or none: what it shows of it, and a
+   *  warning given for another case is gone. */
+  describeMove(c) {
+    this.moveTarget = c;
+    this.moveConfirmed = null;
+    this.moveWarn.hidden = true;
+    this.moveSubmit.textContent = "Move case";
+    if (!c) { this.moveWhat.hidden = true; replace(this.moveWhat); return; }
+    const where = c.status === "queued" ? `waiting in ${this.queueName(c.queue)}`
+      : c.agent || c.offered_to ? `${MORE_LABEL[c.status] || c.status} · ${this.agentNames.get(c.agent || c.offered_to) || c.agent || c.offered_to}`
+        : label(c.status);
+    replace(this.moveWhat, h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel), " ",
+      subjectCell(c), h("span", { class: "move-where" }, ` · ${where}`));
+    this.moveWhat.hidden = false;
   }
 
   queueName(id) {
@@ -261,11 +296,16 @@ class SupervisorView {
       if (o.textContent !== q.name) o.textContent = q.name;
       return o;
     });
-    const ask = lost !== null || (chosen === "" && menu.options.length > 0);
-    if (ask) options.unshift(old.get("") || h("option", { value: "", disabled: true }, "Choose a queue"));
+    // nothing is chosen until the supervisor chooses (a first queue preselected sent cases
+    // there unasked)
+    options.unshift(old.get("") || h("option", { value: "", disabled: true }, "Choose a queue"));
     replace(menu, options);
-    menu.value = ask ? "" : chosen;
-    if (menu.selectedIndex < 0 && options.length) menu.selectedIndex = 0;
+    menu.value = lost !== null ? "" : chosen;
+    // the waiting list's filter follows too; a filtered queue that went lists them all again
+    const shown = this.waitingQueue.value;
+    replace(this.waitingQueue, h("option", { value: "" }, "All queues"),
+      list.map((q) => h("option", { value: q.id }, q.name)));
+    this.waitingQueue.value = list.some((q) => q.id === shown) ? shown : "";
     if (lost !== null) {
       this.toasts.show(`The queue ${lost} was removed: choose another queue to move to.`,
         { testid: "move-queue-removed" });
@@ -296,6 +336,7 @@ class SupervisorView {
   async refresh() {
     if (!this.conn.open || this.inflight || this.forbidden) return;
     this.inflight = true;
+    this.again = false;
     try {
       const [ack, waiting, handled] = await Promise.all([
         this.conn.request("stats.fetch"), this.fetchWaiting(), this.fetchProgress()]);
@@ -309,6 +350,7 @@ class SupervisorView {
     } finally {
       this.inflight = false;
     }
+    if (this.again) this.refresh(); // asked for while this one ran (the waiting list's filter)
   }
 
   // Waiting cases come from the admin REST API (GET /api/cases?status=queued), the oldest
@@ -317,8 +359,9 @@ class SupervisorView {
   async fetchWaiting() {
     if (!this.waitingSupported) return null;
     let res;
+    const queue = this.waitingQueue.value;
     try {
-      res = await fetch(`/api/cases?status=queued&limit=${WAITING_LIMIT}`, {
+      res = await fetch(`/api/cases?status=queued&limit=${WAITING_LIMIT}${queue ? `&queue=${encodeURIComponent(queue)}` : ""}`, {
         headers: { Authorization: `Bearer ${this.session.token}` },
       });
     } catch {
@@ -331,10 +374,11 @@ class SupervisorView {
     }
     if (!res.ok) return null;
     const data = await res.json();
-    return { cases: Array.isArray(data.cases) ? data.cases : [], cut: Boolean(data.next_cursor) };
+    return { cases: Array.isArray(data.cases) ? data.cases : [], cut: Boolean(data.next_cursor), queue };
   }
 
-  renderWaiting({ cases, cut }, counts) {
+  renderWaiting({ cases, cut, queue }, counts) {
+    if (queue !== this.waitingQueue.value) return; // the filter changed meanwhile: the next one
     const seen = new Set();
     const now = this.conn.now();
     cases.forEach((c, i) => {
@@ -342,12 +386,14 @@ class SupervisorView {
       let row = this.waitingRows.get(c.id);
       if (!row) {
         row = { waited: h("td", { class: "num", testid: "waiting-case-age" }), queue: h("td", { testid: "waiting-case-queue" }) };
-        const pick = this.moveButton(c, "waiting-case-move", `Move case ${c.id}`);
+        const pick = this.moveButton(c, "waiting-case-move", `Move ${caseName(c)}`);
+        row.pick = pick;
         row.head = h("th");
         row.tr = this.waitingRowOf({ testid: "waiting-case", data: { case: c.id } },
           row.head, row.queue, row.waited, h("td", null, pick));
         this.waitingRows.set(c.id, row);
       }
+      row.pick.caseNow = c; // what Move… describes: the case as last listed
       if (row.key !== caseKey(c)) {
         row.key = caseKey(c);
         const head = caseCell(c, c.priority ? h("span", { class: "offer-priority" }, `P${c.priority}`) : null);
@@ -374,10 +420,14 @@ class SupervisorView {
       if (!seen.has(id)) { row.tr.remove(); this.waitingRows.delete(id); }
     }
     this.waitingEmpty.hidden = cases.length > 0;
-    const more = moreThan(counts && counts.queued, cases.length, cut);
+    this.waitingEmpty.textContent = queue ? `No case is waiting in ${this.queueName(queue)}.` : "No case is waiting.";
+    // a queue's own count when the list is one queue's (the stats frame's waiting per queue)
+    const total = queue ? this.waitingIn.get(queue) : counts && counts.queued;
+    const more = moreThan(total, cases.length, cut);
     this.waitingMore.hidden = more === 0;
     this.waitingMore.textContent = more === 0 ? ""
-      : `…and ${more === null ? "more" : `${more} more`} waiting (only the oldest ${WAITING_LIMIT} are listed).`;
+      : `…and ${more === null ? "more" : `${more} more`} waiting${queue ? ` in ${this.queueName(queue)}` : ""} `
+        + `(only the oldest ${WAITING_LIMIT} are listed${queue ? "" : ": choose a queue to see its own"}).`;
   }
 
   // Cases being handled come from the same API, one bounded page per open state (offered,
@@ -425,12 +475,14 @@ class SupervisorView {
         row = { agent: h("td", { testid: "progress-case-agent" }), state: h("td", { testid: "progress-case-state" }),
           age: h("td", { class: "num", testid: "progress-case-age" }), status: null, who: null };
         // a case whose agent signed out (or went home) can be taken back and moved to a queue
-        const pick = this.moveButton(c, "progress-case-move", `Move case ${c.id} to a queue`);
+        const pick = this.moveButton(c, "progress-case-move", `Move ${caseName(c)} to a queue`);
+        row.pick = pick;
         row.head = h("th");
         row.tr = this.progressRowOf({ testid: "progress-case", data: { case: c.id } },
           row.head, row.agent, row.state, row.age, h("td", null, pick));
         this.progressRows.set(c.id, row);
       }
+      row.pick.caseNow = c; // what Move… describes: the case as last listed
       if (row.key !== caseKey(c)) {
         row.key = caseKey(c);
         const head = caseCell(c);
@@ -478,10 +530,14 @@ class SupervisorView {
 
   /** "Move…" on a listed case: fills in the move form with it and goes to its queue menu. */
   moveButton(c, testid, ariaLabel) {
-    return h("button", { class: "secondary small", testid, "aria-label": ariaLabel, onclick: () => {
+    const button = h("button", { class: "secondary small", testid, "aria-label": ariaLabel, onclick: () => {
       this.moveCase.value = c.id;
+      this.describeMove(button.caseNow || c);
+      // a destination is chosen each time: the last move's would send this case there unasked
+      this.moveQueue.value = "";
       this.moveQueue.focus();
     } }, "Move…");
+    return button;
   }
 
   showForbidden() {
@@ -544,6 +600,7 @@ class SupervisorView {
       if (at !== row.tr) this.queueBody.insertBefore(row.tr, at || null);
       row.name.textContent = q.name || q.id;
       if (typeof q.sl_target_s === "number") this.slTargets.set(q.id, q.sl_target_s);
+      this.waitingIn.set(q.id, q.waiting);
       row.waiting.textContent = String(q.waiting);
       row.tr.classList.toggle("busy", q.waiting > 0);
       row.longest.textContent = q.waiting ? duration(q.longest_wait_s) : "—";
