@@ -426,8 +426,7 @@ async def test_taking_a_case_from_an_agent_at_work_asks_first(
     await sue.get_by_test_id("move-case-queue").select_option("billing")
     await sue.get_by_test_id("move-case-submit").click()
     await expect(sue.get_by_test_id("move-case-warning")).to_have_text(
-        "Sam Support (Available) is working on this case now. "
-        "Move case again to take it from them."
+        "Sam Support (Available) is working on this case now. Move case again to take it from them."
     )
     assert (await one_node.case(case))["st"] == "assigned"  # not yet
     await expect(sue.get_by_test_id("move-case-submit")).to_have_text("Take it and move")
