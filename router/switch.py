@@ -366,17 +366,18 @@ class Switch:
             if to_agent == agent:
                 raise BadRequest("a transfer to yourself", code="transfer.invalid")
             ch = (row[2] or b"").decode()
-            cap, name, st = await self.redis.hmget(
-                keys.agent(ws, to_agent), [f"cap:{ch}", "name", "st"]
+            cap, name, st, routable = await self.redis.hmget(
+                keys.agent(ws, to_agent), [f"cap:{ch}", "name", "st", "r"]
             )
             if st is None:
                 raise NotFound("agent not found", code="agent.unknown")
             who = (name or to_agent.encode()).decode()  # as the agent knows them
             if int(cap or 0) <= 0:
                 raise BadRequest(f"{who} takes no {ch} cases", code="transfer.invalid")
-            if st == b"offline":  # the case would only wait out the step for nobody
+            if routable != b"1":  # signed out, away, at lunch: the step would be skipped
                 raise BadRequest(
-                    f"{who} is offline: choose a queue or a colleague who is in",
+                    f"{who} is not taking cases ({st.decode()}): choose a queue or a "
+                    "colleague who is available",
                     code="transfer.invalid",
                 )
             back = row[0].decode()

@@ -25,7 +25,7 @@ from router.ingest import parse_event, timeline_entry
 from router.snapshot import agent_directory
 from tests import test_console
 from tests.server import ServerProcess
-from tests.test_console import Web, bridge, panel, send_email
+from tests.test_console import Web, bridge, panel, send_email, set_status
 from tests.test_console_ui_fixes import height_at_least, open_email_case, until
 
 # test_console's fixtures, for the tests here: a browser per module, a server and people per test
@@ -154,11 +154,15 @@ async def test_the_transfer_picker_leaves_out_who_takes_no_case_of_its_channel(
     await panel(sam).locator("label.seg", has_text="To an agent").click()
     options = panel(sam).locator("[data-testid=transfer-agents] option")
     await expect(options).to_have_count(0)  # and Bea is signed out (transfer.invalid)
-    await web.agent("bea")
+    bea = await web.agent("bea")
     await panel(sam).locator("label.seg", has_text="To a queue").click()
     await panel(sam).locator("label.seg", has_text="To an agent").click()  # asks again
     await expect(options).to_have_count(1)
     await expect(options.first).to_have_attribute("value", "bea")
+    await set_status(bea, "away")  # not taking cases: the server would refuse her too
+    await panel(sam).locator("label.seg", has_text="To a queue").click()
+    await panel(sam).locator("label.seg", has_text="To an agent").click()
+    await expect(options).to_have_count(0)
 
 
 # -- 4: bidi controls in customer text -----------------------------------------------------------

@@ -171,7 +171,7 @@ async def test_transfers_nobody_can_take_and_replies_on_calls_are_refused(
         ("ann", "yourself"),
         ("bob", "^Bob takes no chat"),  # named as agents know them (agent() titles the id)
         ("sue", "^Sue takes no chat"),
-        ("cy", "^Cy is offline"),
+        ("cy", r"^Cy is not taking cases \(offline\)"),
     ]
     for to, why in refusals:
         with pytest.raises(BadRequest, match=why) as e:
@@ -313,19 +313,49 @@ async def test_followup_message_reaches_assigned_agent(switch: Switch, inbox: In
 
 
 async def test_reopen_prefers_last_agent(switch: Switch, inbox: Inbox) -> None:
-    await setup(switch, agent("ann", ["support"]), agent("bob", ["support"]))
+    """A reopened case waits for its last agent while they are busy (at capacity), and is theirs
+    once they are free; one whose last agent is not taking cases (away) goes to the queue at
+    once, and so does one whose last agent steps away while it waits for them."""
+    await setup(switch, agent("ann", ["support"], chat=1), agent("bob", ["support"]))
     await switch.set_status("acme", "ann", "available")
     r = await switch.ingest("acme", chat("e1", thread="conv1"))
     await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
     await switch.complete("acme", "ann", r.case)
+    busy = await switch.ingest("acme", chat("b1", thread="other", email="o@example.com"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])  # her one chat
     await switch.set_status("acme", "bob", "available")
-    await switch.set_status("acme", "ann", "away")
     r2 = await switch.ingest("acme", chat("e2", thread="conv1", text="one more thing"))
     assert r2.action == "reopened" and r2.case == r.case
     assert not inbox.offers("bob")  # waits for ann first
-    await switch.set_status("acme", "ann", "available")
+    await switch.complete("acme", "ann", busy.case)  # free: she gets it
     assert inbox.last_offer("ann")["case"]["id"] == r.case
     assert inbox.last_offer("ann")["why"]["reason"].startswith("preferred agent")
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.complete("acme", "ann", r.case)
+
+    # ann is away: the reply goes to the queue (bob) at once
+    await switch.set_status("acme", "ann", "away")
+    r3 = await switch.ingest("acme", chat("e3", thread="conv1", text="and another"))
+    assert r3.action == "reopened"
+    assert inbox.last_offer("bob")["case"]["id"] == r.case
+    await switch.accept("acme", "bob", inbox.last_offer("bob")["offer"])
+    await switch.complete("acme", "bob", r.case)
+
+    # bob is busy with two chats (all he takes): the reply waits for him, until he steps away
+    inbox.frames["bob"].clear()
+    for i in range(2):
+        await switch.ingest("acme", chat(f"f{i}", thread=f"fill{i}", email=f"f{i}@example.com"))
+    for o in inbox.offers("bob"):
+        await switch.accept("acme", "bob", o["offer"])
+    await switch.set_status("acme", "ann", "available")
+    inbox.frames["ann"].clear()
+    r4 = await switch.ingest("acme", chat("e4", thread="conv1", text="still there?"))
+    assert r4.action == "reopened"
+    assert await case_field(switch, r.case, "pool") == "a~bob"
+    assert not inbox.offers("ann")  # bob's, while he takes cases
+    await switch.set_status("acme", "bob", "away")  # his consoles keep the chats he holds
+    assert await case_field(switch, r.case, "pool") == "support"
+    assert inbox.last_offer("ann")["case"]["id"] == r.case
 
 
 async def test_a_reopened_case_waits_from_its_reopening(switch: Switch, inbox: Inbox) -> None:
@@ -776,9 +806,9 @@ async def test_service_level_counts_escalations_and_waits_since_the_case_began_w
     await switch.set_status("acme", "bob", "available")
     await switch.transfer("acme", "ann", r.case, queue="sales")
     await switch.accept("acme", "bob", inbox.last_offer("bob")["offer"])
-    # a transfer to a named agent who never takes it falls back within its queue: no escalation
-    await switch.set_status("acme", "ann", "away")
+    # a transfer to a named agent who never answers falls back within its queue: no escalation
     await switch.transfer("acme", "bob", r.case, to_agent="ann")
+    assert inbox.last_offer("ann")["case"]["id"] == r.case
     await switch.run_timers("acme", now=now_ms() + 61_000)
     assert await case_field(switch, r.case, "step") == "2"
 
@@ -795,6 +825,41 @@ async def test_service_level_counts_escalations_and_waits_since_the_case_began_w
     assert support["service_level"] == pytest.approx(2 / 3, abs=1e-3)
     assert (sales["answered"], sales["within_target"]) == (1, 1)  # waited since the transfer
     assert "escalated" in first["sl_formula"]
+
+
+async def test_a_transfer_to_a_colleague_who_cannot_take_it_goes_on_at_once(
+    switch: Switch, inbox: Inbox
+) -> None:
+    """The case goes on to the queue the moment the named colleague rejects it or steps away
+    (it used to wait out the 60 s step for them while others were free); a transfer to one
+    who is not taking cases is refused up front, naming their status."""
+    await setup(
+        switch,
+        agent("ann", ["support"]),
+        agent("bob", ["support"]),
+        agent("cat", ["support"]),
+    )
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    for who in ("bob", "cat"):
+        await switch.set_status("acme", who, "available")
+
+    await switch.transfer("acme", "ann", r.case, to_agent="bob", note="refund")
+    await switch.reject("acme", "bob", inbox.last_offer("bob")["offer"])
+    assert inbox.last_offer("cat")["case"]["id"] == r.case  # at once: cat is free
+    await switch.accept("acme", "cat", inbox.last_offer("cat")["offer"])
+
+    await switch.transfer("acme", "cat", r.case, to_agent="bob")
+    assert inbox.last_offer("bob")["case"]["id"] == r.case
+    inbox.frames["ann"].clear()
+    await switch.set_status("acme", "bob", "away")  # while it rings for him
+    assert inbox.last_offer("ann")["case"]["id"] == r.case
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+
+    with pytest.raises(BadRequest, match=r"Bob is not taking cases \(away\): choose a queue"):
+        await switch.transfer("acme", "ann", r.case, to_agent="bob")
+    assert await case_field(switch, r.case, "agent") == "ann"
 
 
 async def test_a_supervisor_moving_a_waiting_case_does_not_restart_its_wait(

@@ -328,9 +328,9 @@ class Model:
         return self.cases[ev["case"]]
 
     def _enter(self, c: Case, step: int) -> None:
-        # a step for one agent who is signed out is skipped (enter_step in _lib.lua)
+        # a step for one agent who takes no cases now is skipped (enter_step in _lib.lua)
         while step <= len(c.plan) and (a := c.plan[step - 1].agent) is not None:
-            if self.agents[a].status != "offline":
+            if self.agents[a].routable:
                 break
             step += 1
         self.expect[c.id] = Expect("enter", step)
@@ -380,16 +380,17 @@ class Model:
         must(ev.get("from_step") == str(c.step), f"escalated from the wrong step: {ev}, {c}")
         self._enter(c, c.step + 1)
 
-    def _waited_for_removed(self, c: Case, ctx: Ctx) -> None:
-        """An agent's removal moves a case waiting for them by name on to its next step
-        (agent_remove.lua), after their rescinded offers went back to their queues."""
-        gone = ctx.kind == "remove" and c.status == "queued" and c.cur.agent == ctx.agent
-        if gone and c.id not in self.expect:
+    def _waited_for_gone(self, c: Case) -> None:
+        """An agent who stops taking cases (a status, missed offers, their removal) moves the
+        cases waiting for them by name on to their next step (rescind_all in _lib.lua), after
+        their rescinded offers went on."""
+        a = c.cur.agent if c.status == "queued" and c.step else None
+        if a is not None and not self.agents[a].routable and c.id not in self.expect:
             self._enter(c, c.step + 1)
 
     def on_case_queued(self, ev: dict[str, str], ts: int, ctx: Ctx, prev: Any) -> None:
         c = self._case(ev)
-        self._waited_for_removed(c, ctx)
+        self._waited_for_gone(c)
         exp = self.expect.pop(c.id, None)
         must(exp is not None, f"case queued out of the blue: {ev}")
         assert exp is not None
@@ -408,7 +409,7 @@ class Model:
 
     def on_case_cancelled(self, ev: dict[str, str], ts: int, ctx: Ctx, prev: Any) -> None:
         c = self._case(ev)
-        self._waited_for_removed(c, ctx)
+        self._waited_for_gone(c)
         exp = self.expect.pop(c.id, None)
         ok = exp is not None and exp.kind == "enter" and exp.step > len(c.plan)
         must(ok, f"{c.id} cancelled while its plan has steps left ({exp}): {ev}")
@@ -472,7 +473,9 @@ class Model:
             c.status = "limbo"
         else:
             c.status = "requeue"
-            if c.esc:
+            if c.esc or c.cur.agent == o.agent:
+                # its step timed out meanwhile, or was for this agent alone, who refused it or
+                # stopped taking cases: on to the next step (requeue in _lib.lua)
                 self._enter(c, c.step + 1)
             else:
                 self.expect[c.id] = Expect("requeue")
@@ -726,6 +729,13 @@ def check_state(model: Model, s: State, acked: set[str]) -> None:
                     f"{a} is available with free {ch} capacity and eligible, but "
                     f"{c} ({model.cases[c].cur}) waits",
                 )
+
+    # nobody waits for someone who is not there: a case waiting in a step for one agent waits
+    # for an agent who takes cases
+    for c in model.cases.values():
+        if c.status == "queued" and c.cur.agent is not None:
+            a = c.cur.agent
+            must(agents.get(a, {}).get("r") == "1", f"{c.id} waits for {a}, who takes no cases")
 
     # nothing lost
     waits = list(s.waiting_sets())
@@ -997,9 +1007,10 @@ class RoutingMachine(RuleBasedStateMachine):
         elif to_agent and (
             to_agent == c.agent
             or AGENTS[to_agent].cap.get(c.ch, 0) <= 0
-            or self.model.agents[to_agent].status == "offline"
+            or not self.model.agents[to_agent].routable
         ):
-            # to yourself, to someone who takes no cases on its channel or who is signed out
+            # to yourself, to someone who takes no cases on its channel or none now (away,
+            # signed out)
             refusal = "transfer.invalid"
         if refusal:  # refused, no change
             try:
@@ -1283,8 +1294,11 @@ def test_transfer_to_agent_falls_back_in_the_queue_order(machine_url: str) -> No
         cid = m.ingest("chat", {"topic": "billing"}, 1)  # billing is LIFO
         m.accept(m.model.pending()[0].id)
         m.set_status("dee", "away")
-        m.set_status("ann", "away")
-        m.transfer(cid, to_agent="ann")  # ann is away: the case waits for her 60 s
+        m.set_status("ann", "available")
+        for who in (2, 3):  # ann takes two chats: she is full
+            m.ingest("chat", {}, who)
+            m.accept(m.model.pending_of("ann")[0].id)
+        m.transfer(cid, to_agent="ann")  # ann is busy: the case waits for her 60 s
         m.tick(61_000)  # then back to billing, where it must wait in LIFO order ...
         newer = m.ingest("chat", {"topic": "billing"}, 2)  # ... behind this newer one
         m.set_status("cid", "available")
@@ -1306,19 +1320,23 @@ def test_priority_ranks_across_a_lifo_and_a_fifo_queue(machine_url: str) -> None
 
 def test_removing_an_agent_moves_on_what_waits_for_them(machine_url: str) -> None:
     """agent_remove.lua: refused while they hold a case; otherwise their pending offer goes
-    back to its queue, and a case transferred to them by name moves on to its queue at once
-    (rather than waiting out the 60 s for someone who no longer exists)."""
+    back to its queue, and a case transferred to them by name (ringing for them) moves on to
+    its queue at once, rather than waiting out the 60 s for someone who no longer exists."""
     with scenario() as m:
+        m.set_status("bob", "available")
+        a = m.ingest("voice", {}, 1)  # bob's one line
+        m.accept(m.model.pending_of("bob")[0].id)
         m.set_status("ann", "available")
-        m.set_status("bob", "away")
-        first = m.ingest("chat", {}, 1)  # offered to ann, the only one available
-        m.accept(m.model.pending()[0].id)
-        m.remove_and_add_back("ann")  # refused: she holds the case (checked unchanged)
-        m.transfer(first, to_agent="bob")  # bob is away: it waits for him by name
-        second = m.ingest("chat", {}, 2)  # offered to ann
-        assert [o.case for o in m.model.pending_of("ann")] == [second]
+        b = m.ingest("voice", {}, 2)
+        m.accept(m.model.pending_of("ann")[0].id)
+        m.transfer(b, to_agent="bob")  # bob is on a call: it waits for him by name
+        c = m.ingest("voice", {}, 3)  # rings ann
+        assert [o.case for o in m.model.pending_of("ann")] == [c]
+        m.remove_and_add_back("bob")  # refused: he holds a call (checked unchanged)
         m.remove_and_add_back("ann")
-        assert m.model.cases[second].status == "queued"
+        assert m.model.cases[c].status == "queued"
+        m.complete(a)  # bob is free: the call transferred to him rings him
+        assert [o.case for o in m.model.pending_of("bob")] == [b]
         m.remove_and_add_back("bob")
-        assert m.model.cases[first].status == "queued"
-        assert m.model.cases[first].cur.agent is None
+        assert m.model.cases[b].status == "queued"
+        assert m.model.cases[b].cur.agent is None

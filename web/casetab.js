@@ -533,7 +533,8 @@ export class CaseView {
         // who could take it now first: available with room on its channel; then available but
         // busy ("on a call", "chats full": a transfer to them waits until they are free)
         const rank = (a) => (a.status !== "available" ? 2 : busy(a, ch) ? 1 : 0);
-        replace(directory, agents.filter((a) => canTake(a, this.app.me, ch))
+        const taking = new Set((this.app.statuses || []).filter((s) => s.routable).map((s) => s.name));
+        replace(directory, agents.filter((a) => canTake(a, this.app.me, ch, taking))
           .sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name))
           .map((a) => h("option", { value: a.id,
             label: [a.name, a.status, busy(a, ch)].filter(Boolean).join(" · ") })));
@@ -645,10 +646,6 @@ export class CaseView {
   }
 }
 
-/** Whether a colleague from agents.list can be offered this case: never yourself; and when the
- *  directory tells their role or capacity, not a supervisor or admin without capacity for the
- *  case's channel, nor anyone with none for it, nor anyone signed out (the server refuses
- *  those: transfer.invalid). */
 /** "on a call" / "chats full" / "emails full" when an agent has no room left on the channel
  *  (agents.list's load against capacity), else "". */
 function busy(a, channel) {
@@ -658,8 +655,14 @@ function busy(a, channel) {
   return channel === "voice" ? (cap === 1 ? "on a call" : "calls full") : `${channel}s full`;
 }
 
-function canTake(a, me, channel) {
+/** Whether a colleague from agents.list can be offered this case: never yourself; and when the
+ *  directory tells their role or capacity, not a supervisor or admin without capacity for the
+ *  case's channel, nor anyone with none for it, nor anyone not taking cases now (signed out,
+ *  away, at lunch: not one of the ``taking`` statuses, when the workspace's are known). The
+ *  server refuses those: transfer.invalid. */
+function canTake(a, me, channel, taking) {
   if (!a || !a.id || a.status === "offline") return false;
+  if (taking && taking.size && !taking.has(a.status)) return false;
   if (me && String(a.id).toLowerCase() === String(me.id || "").toLowerCase()) return false;
   if (a.capacity && typeof a.capacity === "object") return Number(a.capacity[channel] || 0) > 0;
   if (a.role && a.role !== "agent") return false;

@@ -647,10 +647,9 @@ end
 -- ("due") counts from when the plan started, as TaskRouter counts it on the task's age. The
 -- fallback step (the default filter, "fb") is reached only by skipping, never by a timeout.
 -- known: these fields when the caller has just written them (a new case).
--- Agent a exists and is not offline (a connected console, or its reconnect grace).
-local function signed_in(a)
-  local st = redis.call('HGET', k_agent(a), 'st')
-  return st ~= false and st ~= 'offline'
+-- Agent a exists and takes cases now (a routable status: not away, at lunch or signed out).
+local function taking_cases(a)
+  return redis.call('HGET', k_agent(a), 'r') == '1'
 end
 
 local function enter_step(c, i, offers, by_timeout, known)
@@ -664,13 +663,14 @@ local function enter_step(c, i, offers, by_timeout, known)
   while plan[i] ~= nil do
     local s = plan[i]
     -- a step for one agent (a transfer to them, a reopened case's last agent) is skipped when
-    -- they are signed out: the case would only wait out the step for nobody
-    if s.agent ~= nil and s.pool == nil and signed_in(s.agent) then
+    -- they take no cases now (signed out, away, at lunch): the customer would only wait out
+    -- the step for someone who is not there
+    if s.agent ~= nil and s.pool == nil and taking_cases(s.agent) then
       s.pool = ensure_agent_pool(s.agent)
     end
     if s.known ~= nil and s.pool == nil then
       local a = case_get(c, {s.known})[1] or nil
-      if a ~= nil and signed_in(a) then
+      if a ~= nil and taking_cases(a) then
         s.pool = ensure_agent_pool(a)
       end
     end
@@ -699,14 +699,19 @@ local function enter_step(c, i, offers, by_timeout, known)
 end
 
 -- Return an offered case to the line after a reject/timeout/rescind, with its original age;
--- if its step timed out meanwhile, it moves on to the next step instead. set: more fields to
--- write with the status (field, value, ...).
-local function requeue(c, offers, set)
+-- if its step timed out meanwhile, it moves on to the next step instead, as it does when the
+-- step was for agent a alone (a transfer to them, a reopen's last agent), whose offer ended:
+-- they refused it or stopped taking cases, and nobody else may take it in that step. set: more
+-- fields to write with the status (field, value, ...).
+local function requeue(c, offers, set, a)
   local ck = k_case(c)
-  local cs = redis.call('HMGET', ck, 'esc', 'step')
+  local cs = redis.call('HMGET', ck, 'esc', 'step', 'pool')
   redis.call('HSET', ck, 'st', 'queued', 'updated', NOW_S, unpack(set or {}))
   if cs[1] == '1' then
     return enter_step(c, (tonumber(cs[2]) or 1) + 1, offers, true)
+  end
+  if a and cs[3] == 'a~' .. a then
+    return enter_step(c, (tonumber(cs[2]) or 1) + 1, offers, false)
   end
   log('case.queued', {'case', c, 'requeued', '1'})
   if match_case(c, offers) == nil then enqueue(c) end
@@ -770,21 +775,30 @@ local function end_offer(o, status, offers, keep_out, after_ms)
   elseif keep_out then
     redis.call('HSET', ck, 'st', 'queued', 'updated', NOW_S, unpack(set))
   else
-    requeue(c, offers, set)
+    requeue(c, offers, set, a)
   end
   return a
 end
 
 -- Agent a is no longer routable (a status they or a supervisor set, the away that missed offers
--- or a rejection set, their reconnect grace over): their pending offers go on to the next agents
--- now rather than ringing until their deadlines. Returns what the agent's consoles are told,
--- one offer.rescinded frame each (reason 'unavailable').
+-- or a rejection set, their reconnect grace over, their removal): their pending offers go on to
+-- the next agents now rather than ringing until their deadlines, and cases waiting for them by
+-- name (a transfer to them, a reopen's last agent) move on to their next step now rather than
+-- waiting out the step for someone who is not there. Returns what the agent's consoles are
+-- told, one offer.rescinded frame each (reason 'unavailable').
 local function rescind_all(a, offers)
   local told = {}
   for _, o in ipairs(offers_of(a)) do
     if end_offer(o, 'rescinded', offers) then
       told[#told + 1] = {type = 'offer.rescinded', offer = o, case = offer_case(o),
         reason = 'unavailable'}
+    end
+  end
+  local own = 'a~' .. a
+  for _, ch in ipairs({'chat', 'email', 'voice'}) do
+    for _, c in ipairs(redis.call('ZRANGE', k_pool_wait(own, ch), 0, -1)) do
+      local step = tonumber(redis.call('HGET', k_case(c), 'step')) or 0
+      enter_step(c, step + 1, offers, false)
     end
   end
   return told

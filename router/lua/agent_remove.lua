@@ -35,13 +35,9 @@ end
 -- past it (agent_update.lua), so the removed one's tokens never work for them
 redis.call('HSET', k_cfg(), 'gone:' .. a, (tonumber(hget(ak, 'sv')) or 0) + 1)
 redis.call('DEL', ak)
--- the agent is gone from every pool: a case waiting for them by name goes on to its next step
--- (signed_in() no longer finds them, so a later step naming them is passed over too)
+-- (a case waiting for them by name went on to its next step with rescind_all above;
+-- taking_cases() no longer finds them, so a later step naming them is passed over too)
 for _, ch in ipairs({'chat', 'email', 'voice'}) do
-  for _, c in ipairs(redis.call('ZRANGE', k_pool_wait(own, ch), 0, -1)) do
-    local step = tonumber(redis.call('HGET', k_case(c), 'step')) or 0
-    enter_step(c, step + 1, offers, false)
-  end
   redis.call('DEL', k_pool_av(own, ch), k_pool_wait(own, ch))
 end
 redis.call('SREM', k_pools(), own)
