@@ -732,10 +732,10 @@ def check_state(model: Model, s: State, acked: set[str]) -> None:
 
     # nobody waits for someone who is not there: a case waiting in a step for one agent waits
     # for an agent who takes cases
-    for c in model.cases.values():
-        if c.status == "queued" and c.cur.agent is not None:
-            a = c.cur.agent
-            must(agents.get(a, {}).get("r") == "1", f"{c.id} waits for {a}, who takes no cases")
+    for mc in model.cases.values():
+        if mc.status == "queued" and mc.cur.agent is not None:
+            a = mc.cur.agent
+            must(agents.get(a, {}).get("r") == "1", f"{mc.id} waits for {a}, who takes no cases")
 
     # nothing lost
     waits = list(s.waiting_sets())
