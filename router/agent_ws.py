@@ -145,9 +145,14 @@ class AgentSession:
                 "due: ms since the epoch (or in_s: seconds from now)", code="frame.invalid"
             )
         res = await self.sw.followup(
-            self.ws, self.agent, _str(f, "case", 64), int(due), _str(f, "note", 2000, False)
+            self.ws,
+            self.agent,
+            _str(f, "case", 64),
+            int(due),
+            _str(f, "note", 2000, False),
+            agent_name=await self._name(),
         )
-        return {"due": res["due"]}
+        return {"due": res["due"], "entry": res.get("entry")}
 
     async def history(self, f: dict[str, Any]) -> dict[str, Any]:
         customer = _str(f, "customer", 64)

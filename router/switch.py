@@ -399,11 +399,27 @@ class Switch:
         ], q.name or q.id
 
     async def followup(
-        self, ws: str, agent: str, case: str, due_ms: int, note: str = ""
+        self, ws: str, agent: str, case: str, due_ms: int, note: str = "", *, agent_name: str = ""
     ) -> dict[str, Any]:
+        """Remind ``agent`` of the case at ``due_ms``; the case's history says so (whoever
+        holds it next sees that a follow-up is set, when, by whom and why)."""
         if due_ms < now_ms() - 60_000 or due_ms > now_ms() + 366 * 86400 * 1000:
             raise BadRequest("due: within the next year", code="followup.invalid")
-        return await self._act("case_followup", ws, agent, case, due_ms, note[:2000])
+        entry = fastjson.dumps_str(
+            {
+                "id": new_id("n"),
+                "case": case,
+                "ch": "note",
+                "dir": "note",
+                "kind": "followup",
+                "ts": entry_ts(),
+                "text": note[:2000],
+                "agent": agent,
+                "from": agent_name or agent,
+                "due": due_ms,
+            }
+        )
+        return await self._act("case_followup", ws, agent, case, due_ms, note[:2000], entry)
 
     async def reply(
         self,

@@ -283,6 +283,9 @@ async def test_transfer_and_follow_up_notes_survive_a_reload(
     await panel(sam).get_by_test_id("followup-submit").click()
     await expect(sam.get_by_test_id("followup-confirmation")).to_be_visible()
     await expect(panel(sam).get_by_test_id("followup-note")).to_have_value("")
+    # the history says so, for whoever has the case next
+    entry = panel(sam).get_by_test_id("timeline-entry").filter(has_text="Follow-up set for")
+    await expect(entry).to_contain_text("check the refund went through")
     await sam.reload()
     await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
     await expect(panel(sam).get_by_test_id("followup-note")).to_have_value("")  # it was used
@@ -325,3 +328,31 @@ async def test_a_supervisor_stepping_an_agents_status_menu_sets_only_where_it_st
     await expect(sam.get_by_test_id("offer")).to_have_count(0)
     await expect(menu).to_be_focused()  # still on it, in its new group
     await expect(sue.get_by_test_id("agent-status-confirmation")).to_have_count(1)
+
+
+@browser_test
+async def test_a_reopened_case_offers_what_the_customer_wrote_again(
+    web: Web, server: ServerProcess
+) -> None:
+    """The card of a case reopened by a reply shows that reply, not only the first subject."""
+    sam = await web.agent("sam")
+    async with bridge(server) as b:
+        await b.event(
+            id="mail-r1", channel="email", identities={"email": "kim@example.com"},
+            name="Kim Lee", subject="Where is my parcel", text="Where is it?", thread="t-parcel",
+        )  # fmt: skip
+        await sam.get_by_test_id("offer-accept").click()
+        await panel(sam).get_by_test_id("wrapup").click()
+        await panel(sam).get_by_test_id("disposition-select").select_option("resolved")
+        await panel(sam).get_by_test_id("complete").click()
+        await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+        await b.event(
+            id="mail-r2", channel="email", identities={"email": "kim@example.com"},
+            name="Kim Lee", subject="Re: Where is my parcel", text="It still hasn't shipped!",
+            thread="t-parcel",
+        )  # fmt: skip
+    offer = sam.get_by_test_id("offer")
+    await expect(offer.get_by_test_id("offer-reopened")).to_have_text(
+        "Reopened · wrote again: “It still hasn't shipped!”"
+    )
+    await expect(offer.get_by_test_id("offer-subject")).to_have_text("Where is my parcel")

@@ -628,6 +628,16 @@ async def test_followup_sends_a_reminder(stack: Stack, bridge: WsClient) -> None
     due = int(time.time() * 1000) + 50
     got = await console.ok("case.followup", case=ack["case"], due=due, note="call back")
     assert got["due"] == due
+    # the history says so, for whoever has the case next: when, by whom, why
+    entry = got["entry"]
+    assert (entry["kind"], entry["due"], entry["text"], entry["case"]) == (
+        "followup",
+        due,
+        "call back",
+        ack["case"],
+    )
+    history = await console.ok("history.fetch", customer=offer["customer"]["id"])
+    assert history["history"]["timeline"][-1] == entry
     reminder = await console.expect("reminder", case=ack["case"])
     # it names its case: who, what about, on which channel, in which state
     assert reminder["note"] == "call back" and reminder["id"] == f"{ack['case']}|1"

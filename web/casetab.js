@@ -630,6 +630,8 @@ export class CaseView {
       try {
         const ack = await this.app.conn.request("case.followup",
           { case: this.case.id, in_s: Number(when.value), note: note.value });
+        // the history says so: whoever has the case next sees it
+        if (ack.entry && this.timeline.add(ack.entry)) this.app.timelineChanged(this.customer.id);
         this.app.toast(`Follow-up reminder set for ${clock(ack.due / 1000)}.`, { testid: "followup-confirmation" });
         note.value = "";
         this.app.drafts.delete(`${this.case.id}#followup`);

@@ -18,8 +18,10 @@ const RESCIND_REASON = {
   unavailable: "You are not available: the offer was withdrawn and the case went back to the queue.",
 };
 
-// a reminded case's state, for one no longer on the agent's screen
-const STATE_LABEL = { queued: "waiting", offered: "waiting", assigned: "open", wrapping: "in wrap-up",
+// a reminded case's state, for one no longer on the agent's screen: held by someone, it is a
+// colleague's (a case of this agent's own would be on their screen)
+const STATE_LABEL = { queued: "waiting", offered: "waiting", assigned: "with a colleague",
+  wrapping: "with a colleague",
   completed: "closed", abandoned: "abandoned", timeout: "closed" };
 
 /** Unsent drafts by case id, kept in this tab's sessionStorage: a reload does not lose a

@@ -5,7 +5,7 @@
 
 import { CHANNEL_LABEL, h, replace } from "./dom.js";
 import { callbackNote, callerNumber, identityLabel, notVerified, UNVERIFIED_TITLE, wantsCallback, withCallback } from "./casetab.js";
-import { bdi, caseSummary } from "./timeline.js";
+import { bdi, caseSummary, shown } from "./timeline.js";
 
 function whyText(why, queueName) {
   if (!why) return "";
@@ -52,7 +52,18 @@ function handedOn(c, timeline) {
   const who = entry.from ? bdi(entry.from) : "a colleague";
   return h("p", { class: "offer-transfer", testid: "offer-transfer" },
     entry.agent ? "Transferred by " : "Moved by ", who,
-    entry.text ? [": “", h("span", { dir: "auto" }, entry.text), "”"] : ".");
+    entry.text ? [": “", h("span", { dir: "auto" }, shown(entry.text)), "”"] : ".");
+}
+
+/** A case the customer reopened by writing again: what they wrote now (the newest message of
+ *  theirs in it), which the subject, the first message's, does not tell. Null otherwise. */
+function wroteAgain(c, timeline) {
+  if (!c.reopened || (c.transferred && Number(c.transferred) >= Number(c.reopened))) return null;
+  const entry = [...timeline.entries].reverse().find((e) => e.case === c.id && e.dir === "in" && e.text);
+  if (!entry) return null;
+  const text = shown(entry.text).trim();
+  return h("p", { class: "offer-transfer offer-reopened", testid: "offer-reopened" },
+    "Reopened · wrote again: “", h("span", { dir: "auto" }, text.length > 240 ? `${text.slice(0, 240)}…` : text), "”");
 }
 
 /**
@@ -92,7 +103,7 @@ export class OfferCard {
     this.claims = h("p", { class: "offer-unverified", testid: "offer-claims", title: UNVERIFIED_TITLE, hidden: true }),
     this.callbackSlot = h("div", { class: "offer-callback-slot" }, callbackNote(c, offer.customer, "offer-callback")),
     h("p", { class: "offer-subject", testid: "offer-subject", dir: "auto" }, caseSummary(c, timeline)),
-    handedOn(c, timeline),
+    handedOn(c, timeline) || wroteAgain(c, timeline),
     h("p", { class: "offer-why", testid: "offer-why" },
       h("span", { class: "offer-why-label" }, "Why you: "), whyText(offer.why, actions.queueName)),
     historyCount ? h("p", { class: "offer-history" },

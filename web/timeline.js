@@ -125,6 +125,9 @@ function body(entry) {
     parts.push(h("p", { class: "tl-event" }, "Wrapped up", entry.disposition ? ` · ${entry.disposition}` : ""));
   } else if (entry.kind === "transfer") {
     parts.push(h("p", { class: "tl-event" }, "Transferred", entry.to ? ` to ${entry.to_name || entry.to}` : ""));
+  } else if (entry.kind === "followup") {
+    parts.push(h("p", { class: "tl-event", testid: "timeline-followup" }, "Follow-up set",
+      typeof entry.due === "number" ? ` for ${clock(entry.due / 1000)}` : ""));
   }
   if (entry.text && !(label && entry.text === label)) {
     parts.push(h("p", { class: "tl-text", testid: "timeline-text", dir: "auto" }, shown(entry.text)));
