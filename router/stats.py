@@ -28,10 +28,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router import keys, queries
+from router.expressions import ExpressionError
 from router.push import pairs
 from router.queries import held_counts
 from router.snapshot import agent_view
 from router.store import open_client, stop_task
+from router.triage import PoolSpec, agent_data, pool_members
 from router.workspace import WorkspaceConfig
 
 __all__ = ["SL_FORMULA", "Stats"]
@@ -146,6 +148,32 @@ class Stats:
         # pages of one node asking within share_s of each other get the same one.
         self.share_s = share_s
         self._shared: dict[str, _Shared] = {}
+        # who may take each queue's cases, by workspace: (the agents' version and the queues'
+        # targets it was computed for, queue id -> agent ids); computed again when either moves
+        self._staff: dict[str, tuple[tuple[Any, ...], dict[str, frozenset[str]]]] = {}
+
+    def _staffing(
+        self, ws: str, cfg: WorkspaceConfig, aver: Any, agents: list[dict[str, Any]]
+    ) -> dict[str, frozenset[str]]:
+        """Queue id -> the agents its target matches who take some channel (supervisors
+        without capacity do not count): evaluated again only when an agent or a target
+        changed (the agents' version, ``aver``, moves with every agent written)."""
+        shape = (aver, tuple((q.id, q.target) for q in cfg.queues), len(agents))
+        kept = self._staff.get(ws)
+        if kept is not None and kept[0] == shape:
+            return kept[1]
+        datas = {
+            a["id"]: agent_data(a) for a in agents if any(n > 0 for n in a["capacity"].values())
+        }
+        staff = {}
+        for q in cfg.queues:
+            try:
+                members = pool_members(PoolSpec(q.id, q.id, "true"), q.target, datas)
+            except ExpressionError:  # a target that no longer compiles matches nobody
+                members = []
+            staff[q.id] = frozenset(str(m[0]) for m in members)
+        self._staff[ws] = (shape, staff)
+        return staff
 
     async def close(self) -> None:
         for t in self._tails.values():
@@ -208,9 +236,19 @@ class Stats:
             )
         ids = sorted(m.decode() for m in await redis.smembers(keys.agents(ws)))
         pipe = redis.pipeline(transaction=False)
+        pipe.hget(keys.settings(ws), "aver")
         for aid in ids:
             pipe.hgetall(keys.agent(ws, aid))
-        agents = [agent_view(pairs(row)) for row in await pipe.execute()]
+        aver, *rows = await pipe.execute()
+        agents = [agent_view(pairs(row)) for row in rows]
+        staff = self._staffing(ws, cfg, aver, agents)
+        taking = {s.name for s in cfg.statuses if s.routable}
+        for row in queues:
+            members = staff.get(row["id"], frozenset())
+            row["agents"] = len(members)  # whose skills the queue's target matches
+            row["agents_available"] = sum(  # of them, taking cases now
+                1 for a in agents if a["id"] in members and a["status"] in taking
+            )
         for a in agents:
             a.pop("attributes", None)
         # every open case by status: a listing is cut at a page, these say how many there are

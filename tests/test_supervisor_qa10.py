@@ -388,6 +388,11 @@ async def test_a_quiet_queues_waiting_case_can_be_found_and_moved_on_purpose(
     )  # fmt: skip
     quiet = ack["case"]
     sue = await supervisor_page(one_node, 0, browser, pages)
+    # who could take them: Sam (support) is signed out; nobody has billing's skills
+    support = sue.locator("[data-testid=queue-row][data-queue=support]")
+    billing = sue.locator("[data-testid=queue-row][data-queue=billing]")
+    await expect(support.get_by_test_id("queue-agents")).to_have_text("0 of 1nobody in")
+    await expect(billing.get_by_test_id("queue-agents")).to_have_text("0 of 0nobody has the skills")
     row = sue.locator(f"[data-testid=waiting-case][data-case={quiet}]")
     await expect(sue.get_by_test_id("waiting-more")).to_contain_text("…and 2 more waiting")
     await expect(row).to_have_count(0)  # behind fifty older support cases
@@ -434,3 +439,41 @@ async def test_taking_a_case_from_an_agent_at_work_asks_first(
     await expect(sue.get_by_test_id("move-confirmation")).to_contain_text("Case moved to Billing.")
     assert (await one_node.case(case))["q"] == "billing"
     await expect(sue.get_by_test_id("move-case-id")).to_be_focused()
+
+
+async def test_the_statistics_say_who_can_take_each_queue(
+    switch: Switch, inbox: Inbox, redis_server: str
+) -> None:
+    """Per queue: the agents whose skills its target matches (not a supervisor without
+    capacity), and how many of them take cases now; a target an admin changes to match nobody
+    shows at once."""
+    await switch.apply_workspace(
+        {
+            **DECL,
+            "agents": [
+                agent("ann", ["support"]),
+                agent("bob", ["support", "sales"]),
+                {**agent("sue", ["support"]), "capacity": {}},  # supervises
+            ],
+        }
+    )
+    await switch.set_status("acme", "bob", "available")
+    stats = Stats(redis_server, share_s=0)
+    try:
+
+        async def staffing() -> dict[str, tuple[int, int]]:
+            snap = await stats.snapshot(switch.redis, await switch.config("acme"), "acme")
+            return {q["id"]: (q["agents_available"], q["agents"]) for q in snap["queues"]}
+
+        got = await staffing()
+        assert (got["support"], got["sales"]) == ((1, 2), (1, 1))
+        await switch.set_status("acme", "ann", "available")
+        assert (await staffing())["support"] == (2, 2)
+        queues = [
+            {**q, "target": "skills HAS 'nobody'"} if q["id"] == "sales" else q
+            for q in DECL["queues"]
+        ]
+        await switch.apply_workspace({**DECL, "queues": queues})
+        assert (await staffing())["sales"] == (0, 0)
+    finally:
+        await stats.close()

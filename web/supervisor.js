@@ -161,6 +161,8 @@ class SupervisorView {
       h("thead", null, h("tr", null,
         h("th", { scope: "col" }, "Queue"), h("th", { scope: "col", class: "num" }, "Waiting"),
         h("th", { scope: "col", class: "num" }, "Longest wait"),
+        h("th", { scope: "col", class: "num", title: "agents taking cases now, of those whose skills the queue's target matches" },
+          "Agents"),
         h("th", { scope: "col", class: "num" }, "Service level"),
         h("th", { scope: "col", class: "num" }, "Answered"), h("th", { scope: "col", class: "num" }, "Abandoned"),
         h("th", { scope: "col", class: "num", title: "waited out the queue's workflow step and moved on unanswered" },
@@ -588,11 +590,12 @@ class SupervisorView {
       let row = this.queueRows.get(q.id);
       if (!row) {
         const cell = (testid, cls = "num") => h("td", { class: cls, testid });
-        row = { tr: null, waiting: cell("queue-waiting"), longest: cell("queue-longest"), sl: cell("queue-sl"),
+        row = { tr: null, waiting: cell("queue-waiting"), longest: cell("queue-longest"), staff: cell("queue-agents"),
+          sl: cell("queue-sl"),
           answered: cell("queue-answered"), abandoned: cell("queue-abandoned"), escalated: cell("queue-escalated"),
           name: h("th", { scope: "row", testid: "queue-name", class: "queue-name", dir: "auto" }) };
         row.tr = this.queueRowOf({ testid: "queue-row", data: { queue: q.id } },
-          row.name, row.waiting, row.longest, row.sl, row.answered, row.abandoned, row.escalated);
+          row.name, row.waiting, row.longest, row.staff, row.sl, row.answered, row.abandoned, row.escalated);
         this.queueRows.set(q.id, row);
       }
       // in the workspace's order; a row moves only when it is out of place
@@ -604,6 +607,13 @@ class SupervisorView {
       row.waiting.textContent = String(q.waiting);
       row.tr.classList.toggle("busy", q.waiting > 0);
       row.longest.textContent = q.waiting ? duration(q.longest_wait_s) : "—";
+      // who can take its cases: "2 of 5" available; nobody at all (a target no agent's skills
+      // match) or nobody in right now is what leaves cases waiting
+      if (typeof q.agents === "number") {
+        const none = q.agents === 0 ? "nobody has the skills" : q.agents_available === 0 ? "nobody in" : "";
+        replace(row.staff, `${q.agents_available} of ${q.agents}`,
+          none ? h("span", { class: `staff-none${q.waiting ? " waiting" : ""}`, testid: "queue-unstaffed" }, none) : null);
+      }
       const level = q.service_level;
       const tone = level === null || level === undefined ? "" : level >= 0.8 ? "good" : level >= 0.6 ? "warn" : "bad";
       replace(row.sl, h("span", { class: `sl ${tone}` }, percent(level)),
