@@ -152,6 +152,22 @@ class CallBridge:
                     agent,
                     e,
                 )
+                # the agent accepted and sees the call in progress: they must know nobody is
+                # coming through, while the caller still holds (an agent without a phone set,
+                # a call Twilio no longer has)
+                if agent:
+                    await self.ctx.switch.notify(
+                        ws,
+                        agent,
+                        {
+                            "type": "error",
+                            "code": "call.not_connected",
+                            "case": entry.get("case", ""),
+                            "message": f"The call could not be put through to you ({e}). If "
+                            "the caller is still holding, transfer the case to a colleague; "
+                            "an admin can set your phone (contact_uri).",
+                        },
+                    )
             await _retrying(lambda: self._readers[ws].ack(eid), f"call {call}: ack")
         finally:
             self._inflight.discard((ws, eid))

@@ -441,6 +441,9 @@ async def test_bridge_gives_up_on_a_4xx_and_acks(
     await wait_for(lambda: twilio_api.calls(f"/Calls/{sid}.json"), timeout=10)
     await wait_for(lambda: _zero(pending(redis)), message="a permanent failure stays pending")
     assert len(twilio_api.calls(f"/Calls/{sid}.json")) == 1
+    # ann, who sees the call in progress, is told nobody is coming through
+    told = await ann.expect("error", code="call.not_connected")
+    assert told["case"] == offer["case"]["id"] and "could not be put through" in told["message"]
 
 
 # -- status callbacks ----------------------------------------------------------------------------
