@@ -242,7 +242,10 @@ class AgentConsole {
       case "hello": return this.hello(f);
       case "offer": return this.addOffer(f, true);
       case "offer.rescinded": {
-        if (this.removeOffer(f.offer)) this.toast(RESCIND_REASON[f.reason] || RESCIND_REASON.rescinded);
+        // whose offer it was: two withdrawn at once are two notices, each naming its customer
+        const card = this.offerCards.get(f.offer);
+        const whose = card ? ` (${CHANNEL_LABEL[card.offer.case?.channel] || "Case"} from ${customerName(card.offer.customer)})` : "";
+        if (this.removeOffer(f.offer)) this.toast(`${RESCIND_REASON[f.reason] || RESCIND_REASON.rescinded}${whose}`);
         return undefined;
       }
       case "offer.updated": return this.offerUpdated(f);
