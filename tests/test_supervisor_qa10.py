@@ -477,3 +477,46 @@ async def test_the_statistics_say_who_can_take_each_queue(
         assert (await staffing())["sales"] == (0, 0)
     finally:
         await stats.close()
+
+
+@browser_test
+async def test_a_supervisor_reads_a_listed_cases_conversation(
+    one_node: Stack, browser: Any, pages: list[Web]
+) -> None:
+    """Read opens the case's conversation and the customer's history (earlier cases too),
+    read-only; Move… from there fills in the move form with it."""
+    bridge = await one_node.bridge()
+    sam, _ = await one_node.agent("sam", status="available")
+    email = {"email": "rita@example.com"}
+    first = await bridge.ok(
+        "event", id=uid("e"), channel="email", identities=email, name="Rita Reyes",
+        subject="Broken zipper", text="The zipper broke on day one.", thread=uid("t"),
+    )  # fmt: skip
+    await sam.ok("offer.accept", offer=(await sam.offer_for(first["case"]))["offer"])
+    await sam.ok("case.reply", case=first["case"], text="Sorry! A new one is on its way.")
+    await sam.ok("case.complete", case=first["case"], disposition="resolved")
+    await sam.ok("status", status="away")
+    again = await bridge.ok(
+        "event", id=uid("e"), channel="chat", identities=email, name="Rita Reyes",
+        text="The new one has not arrived", thread=uid("t"),
+    )  # fmt: skip
+    sue = await supervisor_page(one_node, 0, browser, pages)
+    row = sue.locator(f"[data-testid=waiting-case][data-case={again['case']}]")
+    await row.get_by_test_id("waiting-case-view").click()
+    dialog = sue.get_by_test_id("case-dialog")
+    await expect(dialog).to_be_visible()
+    await expect(dialog.get_by_test_id("case-dialog-title")).to_contain_text("Rita Reyes")
+    await expect(dialog.get_by_test_id("case-dialog-facts")).to_contain_text("Waiting in Support")
+    texts = dialog.get_by_test_id("timeline-text")
+    await expect(texts).to_have_text(
+        [
+            "The zipper broke on day one.",
+            "Sorry! A new one is on its way.",
+            "The new one has not arrived",
+        ]
+    )
+    await expect(dialog.get_by_test_id("reply-input")).to_have_count(0)  # read-only
+    await dialog.get_by_test_id("case-dialog-move").click()
+    await expect(dialog).to_be_hidden()
+    await expect(sue.get_by_test_id("move-case-id")).to_have_value(again["case"])
+    await expect(sue.get_by_test_id("move-case-queue")).to_be_focused()

@@ -8,7 +8,7 @@
 // listed cases and the move form's menu.
 
 import { CHANNEL_LABEL, duration, h, replace, shortId } from "./dom.js";
-import { bdi } from "./timeline.js";
+import { bdi, knownEmails, renderTimeline, shown, Timeline } from "./timeline.js";
 import { callbackNumber, wantsCallback } from "./casetab.js";
 import { Connection, clearSession, loadSession, signedOut } from "./session.js";
 import { signIn } from "./login.js";
@@ -392,7 +392,8 @@ class SupervisorView {
         row.pick = pick;
         row.head = h("th");
         row.tr = this.waitingRowOf({ testid: "waiting-case", data: { case: c.id } },
-          row.head, row.queue, row.waited, h("td", null, pick));
+          row.head, row.queue, row.waited, h("td", { class: "row-actions" },
+            this.viewButton(pick, "waiting-case-view", `Read ${caseName(c)}`), pick));
         this.waitingRows.set(c.id, row);
       }
       row.pick.caseNow = c; // what Move… describes: the case as last listed
@@ -481,7 +482,8 @@ class SupervisorView {
         row.pick = pick;
         row.head = h("th");
         row.tr = this.progressRowOf({ testid: "progress-case", data: { case: c.id } },
-          row.head, row.agent, row.state, row.age, h("td", null, pick));
+          row.head, row.agent, row.state, row.age, h("td", { class: "row-actions" },
+            this.viewButton(pick, "progress-case-view", `Read ${caseName(c)}`), pick));
         this.progressRows.set(c.id, row);
       }
       row.pick.caseNow = c; // what Move… describes: the case as last listed
@@ -528,6 +530,98 @@ class SupervisorView {
     this.progressMore.hidden = left.length === 0;
     this.progressMore.textContent = left.length === 0 ? ""
       : `…and ${left.join(", ")} (only the oldest ${HANDLED_LIMIT} of each state are listed).`;
+  }
+
+  /** "Read" on a listed case: its conversation and the customer's history, read-only, in a
+   *  dialog (the case as last listed: ``pick.caseNow``, kept by the rows). */
+  viewButton(pick, testid, ariaLabel) {
+    return h("button", { class: "secondary small", testid, "aria-label": ariaLabel,
+      onclick: () => this.openCase(pick.caseNow) }, "Read");
+  }
+
+  async openCase(c) {
+    if (!c) return;
+    const dialog = this.caseDialog || (this.caseDialog = this.buildCaseDialog());
+    const d = dialog.parts;
+    d.case = c;
+    const who = c.agent || c.offered_to;
+    replace(d.head, h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel), " ",
+      subjectCell(c));
+    replace(d.facts, [
+      c.status === "queued" ? `Waiting in ${this.queueName(c.queue)}` : `${label(MORE_LABEL[c.status] || c.status)} · ${this.queueName(c.queue)}`,
+      who ? `${c.status === "offered" ? "Offered to" : "Agent"}: ${this.agentNames.get(who) || who}` : "",
+      shortId(c.id),
+    ].filter(Boolean).join(" · "));
+    d.error.hidden = true;
+    replace(d.list);
+    d.list.shownIds = null;
+    d.more.hidden = true;
+    if (!dialog.open) dialog.showModal();
+    try {
+      const [customer, ack] = await Promise.all([
+        this.api(`/api/customers/${encodeURIComponent(c.customer)}`).catch(() => null),
+        this.conn.request("history.fetch", { customer: c.customer, limit: 50 }),
+      ]);
+      if (d.case !== c) return; // another case was opened meanwhile
+      d.customer = customer || { id: c.customer, identities: [] };
+      d.timeline = new Timeline(ack.history);
+      this.renderCaseHistory();
+    } catch (e) {
+      d.error.textContent = `Could not read the history: ${e.message || e.code || e}`;
+      d.error.hidden = false;
+    }
+  }
+
+  renderCaseHistory() {
+    const d = this.caseDialog.parts;
+    renderTimeline(d.list, d.timeline, d.case.id, knownEmails(d.customer), shown(d.customer.name || ""));
+    d.more.hidden = !d.timeline.hasOlder;
+  }
+
+  buildCaseDialog() {
+    const parts = {
+      head: h("h2", { id: "case-dialog-title", class: "case-dialog-head", testid: "case-dialog-title" }),
+      facts: h("p", { class: "hint", testid: "case-dialog-facts" }),
+      list: h("ol", { class: "timeline", testid: "timeline", "aria-label": "Customer history, newest last" }),
+      error: h("p", { class: "form-error", role: "alert", testid: "case-dialog-error", hidden: true }),
+    };
+    parts.more = h("button", { class: "link-button history-more", testid: "history-more", onclick: async () => {
+      parts.more.disabled = true;
+      try {
+        const ack = await this.conn.request("history.fetch",
+          { customer: parts.customer.id, before: parts.timeline.start, limit: 50 });
+        parts.timeline.prepend(ack.history);
+        this.renderCaseHistory();
+      } catch (e) {
+        parts.error.textContent = `Could not read the history: ${e.message || e.code || e}`;
+        parts.error.hidden = false;
+      } finally {
+        parts.more.disabled = false;
+      }
+    } }, "Load earlier history");
+    const close = h("button", { class: "secondary", testid: "case-dialog-close", onclick: () => dialog.close() }, "Close");
+    const move = h("button", { class: "primary", testid: "case-dialog-move", onclick: () => {
+      dialog.close();
+      this.moveCase.value = parts.case.id;
+      this.describeMove(parts.case);
+      this.moveQueue.value = "";
+      this.moveQueue.focus();
+    } }, "Move…");
+    const dialog = h("dialog", { class: "admin-dialog case-dialog", testid: "case-dialog", "aria-labelledby": "case-dialog-title" },
+      h("div", { class: "admin-dialog-body" }, parts.head, parts.facts, parts.error,
+        h("div", { class: "tl-scroll case-dialog-history", tabindex: "0", "aria-label": "Customer history" }, parts.more, parts.list),
+        h("div", { class: "form-actions" }, move, close)));
+    dialog.parts = parts;
+    this.root.append(dialog);
+    return dialog;
+  }
+
+  /** A GET of the REST API with this session; its JSON, or throws with the server's message. */
+  async api(path) {
+    const res = await fetch(path, { headers: { Authorization: `Bearer ${this.session.token}` } });
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) throw Object.assign(new Error(body.message || res.statusText), { code: body.code });
+    return body;
   }
 
   /** "Move…" on a listed case: fills in the move form with it and goes to its queue menu. */
