@@ -17,7 +17,7 @@ from typing import Any
 from router import keys
 from router.errors import BadRequest, TooLarge
 
-__all__ = ["CHANNELS", "KINDS", "Event", "parse_event", "timeline_entry"]
+__all__ = ["CHANNELS", "KINDS", "Event", "entry_ts", "parse_event", "preview", "timeline_entry"]
 
 CHANNELS = frozenset({"chat", "email", "voice"})
 KINDS = frozenset(
@@ -207,6 +207,12 @@ def parse_event(d: Any) -> Event:
         ts=float(ts) if ts is not None else time.time(),
         seq=seq,
     )
+
+
+def preview(text: str, limit: int = 120) -> str:
+    """The first words of a message, on one line, as a stand-in for a subject."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
 def entry_ts(ts: float | None = None) -> float:

@@ -64,6 +64,8 @@ def case_summary(fields: Mapping[str, str]) -> dict[str, Any]:
     """A case as listings show it: the console's view plus its lifecycle moments."""
     out = case_view(fields)
     out["updated"] = int(fields.get("updated") or 0)
+    if fields.get("pv"):  # a chat's first words, where it has no subject (router/switch.py)
+        out["preview"] = fields["pv"]
     if fields.get("closed"):
         out["closed"] = int(fields["closed"])
     if fields.get("st") == "offered" and fields.get("oagent"):

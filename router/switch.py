@@ -18,7 +18,7 @@ from router import fastjson, keys, snapshot
 from router.declarations import Declarations
 from router.errors import BadRequest, Conflict, NotFound, SwitchboardError, from_script
 from router.ids import new_id
-from router.ingest import Event, entry_ts, parse_event, timeline_entry
+from router.ingest import Event, entry_ts, parse_event, preview, timeline_entry
 from router.metrics import METRICS
 from router.pools import Pools
 from router.push import offer_frame
@@ -178,6 +178,10 @@ class Switch:
         ev = event if isinstance(event, Event) else parse_event(event)
         cfg = await self.config(ws)
         tri = triage(cfg, ev.channel, ev.attributes, subject=ev.subject)
+        if not ev.subject and ev.channel == "chat" and ev.text:
+            # a chat has no subject: its first words stand in for one where cases are listed
+            # (the supervisor's lists; an agent's offer reads the conversation itself)
+            tri.fields["pv"] = preview(ev.text)
         await self.pools.ensure(ws, cfg, tri.pools)
         res = await self.store.run(
             "event_ingest",

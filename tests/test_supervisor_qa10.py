@@ -502,6 +502,7 @@ async def test_a_supervisor_reads_a_listed_cases_conversation(
     )  # fmt: skip
     sue = await supervisor_page(one_node, 0, browser, pages)
     row = sue.locator(f"[data-testid=waiting-case][data-case={again['case']}]")
+    await expect(row).to_contain_text("“The new one has not arrived”")  # a chat's first words
     await row.get_by_test_id("waiting-case-view").click()
     dialog = sue.get_by_test_id("case-dialog")
     await expect(dialog).to_be_visible()

@@ -32,8 +32,10 @@ function subjectCell(c) {
     title: "The caller asked to be called back" },
   h("span", { "aria-hidden": "true" }, "☎ "), "Callback", to ? [" · ", bdi(to, { testid: "case-callback-number" })] : null)
     : null;
+  // a chat has no subject: its first words stand in ("preview"), as a quote
   const subject = c.subject ? bdi(c.subject, { class: "waiting-subject" })
-    : mark ? null : h("span", { class: "waiting-subject" }, c.channel === "voice" ? "Incoming call" : "No subject");
+    : c.preview ? h("span", { class: "waiting-subject waiting-preview" }, "“", bdi(c.preview), "”")
+      : mark ? null : h("span", { class: "waiting-subject" }, c.channel === "voice" ? "Incoming call" : "No subject");
   // who it is, before what about (listings name the customer: customer_name)
   return [c.customer_name ? bdi(c.customer_name, { class: "waiting-customer", testid: "case-customer-name" }) : null,
     mark, subject];
@@ -42,7 +44,7 @@ function subjectCell(c) {
 /** What a listed case's first cell shows: it is built again only when that changes (a
  *  waiting call becomes a callback, a chat visitor gives their name). */
 function caseKey(c) {
-  return JSON.stringify([c.channel, c.customer_name || "", c.subject || "", c.priority || 0,
+  return JSON.stringify([c.channel, c.customer_name || "", c.subject || "", c.preview || "", c.priority || 0,
     c.channel === "voice" && wantsCallback(c) ? callbackNumber(c) || "-" : ""]);
 }
 
