@@ -19,13 +19,15 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Locator, Page, expect
 
-from tests import test_console
+from tests import test_console, test_supervisor_qa10
 from tests.test_console import Web
 from tests.ws_client import Stack, WsClient, uid
 
 # test_console's browser, one per module
 chromium = test_console.chromium
 browser = test_console.browser
+# browser contexts, checked for page errors and CSP violations at the end
+pages = test_supervisor_qa10.pages
 
 pytestmark = pytest.mark.browser
 
@@ -77,19 +79,6 @@ async def one_node(tmp_path: Path) -> AsyncIterator[Stack]:
         yield st
     finally:
         await st.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def pages(browser: Any) -> AsyncIterator[list[Web]]:
-    """Browser contexts, checked for page errors and CSP violations at the end."""
-    webs: list[Web] = []
-    try:
-        yield webs
-    finally:
-        for w in webs:
-            await w.close()
-    for w in webs:
-        assert not w.problems, w.problems
 
 
 async def signed_in(stack: Stack, browser: Any, webs: list[Web], agent: str = "ada") -> Page:
