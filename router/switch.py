@@ -21,7 +21,7 @@ from router.ids import new_id
 from router.ingest import Event, entry_ts, parse_event, preview, timeline_entry
 from router.metrics import METRICS
 from router.pools import Pools
-from router.push import offer_frame
+from router.push import offer_frame, pairs
 from router.store import Store, now_ms
 from router.triage import PoolSpec, triage
 from router.workspace import AgentConfig, WorkspaceConfig, parse_agent
@@ -137,6 +137,11 @@ class Switch:
         await self._dispatch(ws, res)
         if res.get("revoked"):  # their consoles, on every node, are told and closed
             await self.notify(ws, a.id, {"type": "session.revoked", "message": REVOKED})
+        else:  # their consoles show their name, capacity and skills as they are now
+            fields = pairs(await self.redis.hgetall(keys.agent(ws, a.id)))
+            if fields:
+                view = snapshot.agent_view(fields)
+                await self.notify(ws, a.id, {"type": "agent.updated", "agent": view})
 
     async def remove_agent(self, ws: str, aid: str) -> None:
         """Remove an agent (agent_remove.lua): refused with ``agent.busy`` while they hold

@@ -414,3 +414,33 @@ async def test_the_supervisor_and_admin_pages_link_to_each_other_for_an_admin(
     await sue.get_by_test_id("login-submit").click()
     await expect(sue.get_by_test_id("connection-state")).to_have_text("Live")
     await expect(sue.get_by_test_id("supervisor-admin-link")).to_have_count(0)
+
+
+async def test_an_agents_console_follows_what_an_admin_changes(
+    one_node: Stack, browser: Any, pages: list[Web]
+) -> None:
+    """Sam's open console shows the capacity and name Ada gives him on the admin page at once,
+    and says an admin changed them (no reload, no sign-out)."""
+    web = Web(browser, one_node.nodes[0])
+    pages.append(web)
+    sam = await web.page("/")
+    await sam.get_by_test_id("login-workspace").fill("acme")
+    await sam.get_by_test_id("login-agent").fill("sam")
+    await sam.get_by_test_id("login-password").fill("pw")
+    await sam.get_by_test_id("login-submit").click()
+    await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
+    await expect(sam.get_by_test_id("load-chat")).to_have_text("Chat 0/3")
+
+    page = await admin_page(one_node, browser, pages)
+    await agent_row(page, "sam").get_by_test_id("admin-agent-edit").click()
+    await page.get_by_test_id("admin-agent-name").fill("Sam Senior")
+    await page.get_by_test_id("admin-agent-cap-chat").fill("5")
+    await page.get_by_test_id("admin-agent-save").click()
+    await expect(agent_row(page, "sam")).to_contain_text("Sam Senior")
+
+    await expect(sam.get_by_test_id("load-chat")).to_have_text("Chat 0/5")
+    await expect(sam.get_by_test_id("agent-name")).to_have_text("Sam Senior")
+    await expect(sam.get_by_test_id("agent-updated")).to_contain_text(
+        "An admin changed your name and capacity."
+    )
+    await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")  # still signed in

@@ -127,7 +127,7 @@ class AgentConsole {
     replace(this.root,
       h("header", { class: "topbar" },
         h("div", { class: "brand" }, h("span", { class: "brand-mark", "aria-hidden": "true" }, "◆"), "Switchboard"),
-        h("div", { class: "who" }, h("span", { class: "who-name", testid: "agent-name" }, this.session.name),
+        h("div", { class: "who" }, this.nameEl = h("span", { class: "who-name", testid: "agent-name" }, this.session.name),
           h("span", { class: "who-ws" }, this.session.workspace)),
         this.loadEl,
         h("div", { class: "status-field" }, h("label", { for: "status-select" }, "Status"), this.statusSelect),
@@ -288,9 +288,25 @@ class AgentConsole {
         });
         return undefined;
       }
+      case "agent.updated": return this.agentUpdated(f.agent || {});
       case "drain": return this.toast("The server is restarting; reconnecting…");
       case "error": return this.toast(f.message || f.code, { kind: "error" });
       default: return undefined;
+    }
+  }
+
+  /** An admin changed this agent (name, capacity, skills): shown at once, and said. Their
+   *  status is the status frames' to tell. */
+  agentUpdated(agent) {
+    const before = this.me || {};
+    const same = (k) => JSON.stringify(before[k] ?? null) === JSON.stringify(agent[k] ?? null);
+    const changed = [["name", "name"], ["capacity", "capacity"], ["attributes", "skills"]]
+      .filter(([k]) => k in agent && !same(k)).map(([, what]) => what);
+    this.me = { ...before, ...agent, status: before.status };
+    if (agent.name) this.nameEl.textContent = agent.name;
+    this.renderLoad();
+    if (changed.length) {
+      this.toast(`An admin changed your ${changed.join(" and ")}.`, { testid: "agent-updated" });
     }
   }
 
