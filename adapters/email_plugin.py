@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -184,7 +185,7 @@ class EmailPlugin:
         to = str((delivery.get("to") or {}).get("email") or "")
         try:
             self.failed_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=2, default=str))
+            _write_whole(path, json.dumps(record, indent=2, default=str).encode())
         except OSError as e:
             log.error(
                 "email reply %s for case %s to %s not delivered (%s); could not be kept in %s: %s",
@@ -325,7 +326,7 @@ class EmailPlugin:
         )
         self.drop_dir.mkdir(parents=True, exist_ok=True)
         path = self.drop_dir / f"{eid}.eml"
-        path.write_bytes(bytes(msg))
+        _write_whole(path, bytes(msg))
         log.info("no smarthost configured: reply for case %s written to %s", delivery["case"], path)
 
     async def stop(self) -> None:
@@ -357,3 +358,11 @@ def plugin(settings: Settings) -> EmailPlugin | None:
     if not settings.smtp_port or not settings.mailboxes:
         return None
     return EmailPlugin(settings)
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write a file that appears whole or not at all: whatever picks up the folder (a mail
+    pickup, an operator's script) never reads one half-written."""
+    part = path.with_name(f".{path.name}.part")
+    part.write_bytes(data)
+    os.replace(part, path)

@@ -42,7 +42,12 @@ log = logging.getLogger("switchboard.stats")
 SL_FORMULA = "answered within target ÷ (answered + abandoned + escalated), last 60 min"
 CATCH_UP_S = 2.0  # a first snapshot waits this long at most for the last hour's counts
 WINDOW_S = 3600
-COUNTED = frozenset({"offer.accepted", "case.abandoned", "case.escalated", "case.transferred"})
+COUNTED = frozenset(
+    {"offer.accepted", "case.abandoned", "case.escalated", "case.transferred", "case.completed"}
+)
+# a queue's minute: answered within target, answered, abandoned, escalated, the answered cases'
+# waits (ms, summed), completed, their handle times (ms, summed: accept to complete)
+WITHIN, ANSWERED, ABANDONED, ESCALATED, WAITED, COMPLETED, HANDLED = range(7)
 
 
 class _Tail:
@@ -53,30 +58,48 @@ class _Tail:
         # each queue's target (ms) as the counts were made: Stats starts a new tail, which
         # counts the last hour again, when a queue is added or its target changes
         self.targets = targets
-        # (queue, minute) -> [answered within target, answered, abandoned, escalated]
-        self.buckets: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        # (queue, minute) -> the counts named above (WITHIN ... HANDLED)
+        self.buckets: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0.0] * 7)
+        # (agent, minute) -> [cases completed, their handle times (ms, summed), offers missed]
+        self.agent_buckets: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0.0] * 3)
         # set once the last hour is read: until then the counts are not yet true
         self.caught_up = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"stats-{ws}")
 
     def _count(self, fields: dict[str, str]) -> None:
         t = fields.get("t")
+        minute = int(float(fields.get("ts", "0")) // 60_000)
+        if t == "offer.timeout" and fields.get("agent"):
+            self.agent_buckets[(fields["agent"], minute)][2] += 1
+            return
         q = fields.get("queue", "")
+        if t == "case.completed":
+            handled = float(fields.get("handled") or 0)
+            if fields.get("agent"):
+                a = self.agent_buckets[(fields["agent"], minute)]
+                a[0] += 1
+                a[1] += handled
+            if q:
+                b = self.buckets[(q, minute)]
+                b[COMPLETED] += 1
+                b[HANDLED] += handled
+            return
         if not q or t not in COUNTED:
             return
         target = self.targets.get(q, 60_000)
-        if t == "case.transferred" and float(fields.get("waited", "0")) <= target:
+        waited = float(fields.get("waited", "0"))
+        if t == "case.transferred" and waited <= target:
             return  # moved on within the target: no breach of the queue it left
-        minute = int(float(fields.get("ts", "0")) // 60_000)
         b = self.buckets[(q, minute)]
         if t == "offer.accepted":
-            b[1] += 1
-            if float(fields.get("waited", "0")) <= target:
-                b[0] += 1
+            b[ANSWERED] += 1
+            b[WAITED] += waited
+            if waited <= target:
+                b[WITHIN] += 1
         elif t == "case.abandoned":
-            b[2] += 1
+            b[ABANDONED] += 1
         else:
-            b[3] += 1
+            b[ESCALATED] += 1
 
     async def _run(self) -> None:
         cursor = f"{int((time.time() - WINDOW_S) * 1000)}-0"
@@ -99,21 +122,44 @@ class _Tail:
                 await asyncio.sleep(1.0)
 
     def service_level(self, queue: str) -> dict[str, Any]:
+        """A queue's last hour: service level and its counts, the average speed of answer
+        (``asa_s``, the answered cases' wait) and average handle time (``aht_s``, accept to
+        complete, of the cases completed from it); None where nothing was counted."""
         since = int(time.time() // 60) - WINDOW_S // 60
-        within = answered = abandoned = escalated = 0
-        for (q, minute), (w, a, ab, esc) in list(self.buckets.items()):
+        s = [0.0] * 7
+        for (q, minute), counts in list(self.buckets.items()):
             if minute < since:
                 del self.buckets[(q, minute)]
             elif q == queue:
-                within, answered = within + w, answered + a
-                abandoned, escalated = abandoned + ab, escalated + esc
-        total = answered + abandoned + escalated
+                s = [x + y for x, y in zip(s, counts, strict=True)]
+        total = s[ANSWERED] + s[ABANDONED] + s[ESCALATED]
         return {
-            "answered": answered,
-            "abandoned": abandoned,
-            "escalated": escalated,
-            "within_target": within,
-            "service_level": round(within / total, 4) if total else None,
+            "answered": int(s[ANSWERED]),
+            "abandoned": int(s[ABANDONED]),
+            "escalated": int(s[ESCALATED]),
+            "within_target": int(s[WITHIN]),
+            "service_level": round(s[WITHIN] / total, 4) if total else None,
+            "asa_s": round(s[WAITED] / s[ANSWERED] / 1000, 1) if s[ANSWERED] else None,
+            "completed": int(s[COMPLETED]),
+            "aht_s": round(s[HANDLED] / s[COMPLETED] / 1000, 1) if s[COMPLETED] else None,
+        }
+
+    def agent_counts(self) -> dict[str, dict[str, Any]]:
+        """Each agent's last hour: cases completed, their average handle time, offers missed."""
+        since = int(time.time() // 60) - WINDOW_S // 60
+        sums: dict[str, list[float]] = defaultdict(lambda: [0.0] * 3)
+        for (a, minute), counts in list(self.agent_buckets.items()):
+            if minute < since:
+                del self.agent_buckets[(a, minute)]
+            else:
+                sums[a] = [x + y for x, y in zip(sums[a], counts, strict=True)]
+        return {
+            a: {
+                "completed": int(done),
+                "aht_s": round(handled / done / 1000, 1) if done else None,
+                "missed": int(missed),
+            }
+            for a, (done, handled, missed) in sums.items()
         }
 
 
@@ -241,6 +287,9 @@ class Stats:
             pipe.hgetall(keys.agent(ws, aid))
         aver, *rows = await pipe.execute()
         agents = [agent_view(pairs(row)) for row in rows]
+        counts = tail.agent_counts()
+        for a in agents:  # the last hour's work, beside what they hold now
+            a["hour"] = counts.get(a["id"], {"completed": 0, "aht_s": None, "missed": 0})
         staff = self._staffing(ws, cfg, aver, agents)
         taking = {s.name for s in cfg.statuses if s.routable}
         for row in queues:

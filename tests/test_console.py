@@ -602,6 +602,9 @@ async def test_supervisor_sees_queues_move_and_moves_cases_and_agents(
     await expect(sam_row.get_by_test_id("agent-load-email")).to_have_text("Email 1/2")
     await expect(support.get_by_test_id("queue-answered")).to_have_text("1")
     await expect(support.get_by_test_id("queue-sl")).to_contain_text("100%")
+    await expect(support.get_by_test_id("queue-asa")).to_have_text(re.compile(r"^\d+ s$"))
+    await expect(support.get_by_test_id("queue-aht")).to_have_text("—")  # none completed yet
+    await expect(sam_row.get_by_test_id("agent-hour")).to_have_text("0 done")
     await shoot(sue, "supervisor.png", top=True)
 
     # Sam hands the case back to Billing with a note: it waits there again

@@ -302,9 +302,11 @@ class Model:
                 segment()
                 continue
             c = self.cases[parts[0]]
-            c.timer = None
             if c.step != int(parts[1]):
+                # the case left that step earlier in this run (an offer of a one-agent step
+                # that timed out moved it on): the timer was the old step's, the new one stays
                 continue
+            c.timer = None
             if c.status == "queued":
                 must(
                     nxt.get("t") == "case.escalated" and nxt.get("case") == c.id,

@@ -521,3 +521,40 @@ async def test_a_supervisor_reads_a_listed_cases_conversation(
     await expect(dialog).to_be_hidden()
     await expect(sue.get_by_test_id("move-case-id")).to_have_value(again["case"])
     await expect(sue.get_by_test_id("move-case-queue")).to_be_focused()
+
+
+async def test_the_statistics_give_average_answer_and_handle_times_and_each_agents_hour(
+    switch: Switch, inbox: Inbox, redis_server: str
+) -> None:
+    """Per queue, the last hour's average speed of answer and handle time; per agent, the
+    cases they completed, their average handle time and the offers they missed."""
+    await switch.apply_workspace({**DECL, "agents": [agent("ann", ["support"], chat=10)]})
+    first = await switch.ingest("acme", chat("a1", email="a@example.com"))
+    second = await switch.ingest("acme", chat("a2", email="b@example.com"))
+    for case, waited in ((first.case, 30), (second.case, 10)):  # waited 30 s and 10 s
+        began = now_ms() - waited * 1000 - queries.AGE_EPOCH_MS
+        await switch.redis.hset(keys.case("acme", case), "age", began)
+    await switch.set_status("acme", "ann", "available")
+    for offer in inbox.offers("ann"):
+        await switch.accept("acme", "ann", offer["offer"])
+    await switch.set_status("acme", "ann", "away")
+    for case, minutes in ((first.case, 4), (second.case, 2)):  # handled for 4 and 2 minutes
+        await switch.redis.hset(keys.case("acme", case), "assigned", now_ms() - minutes * 60_000)
+        await switch.complete("acme", "ann", case, "resolved")
+    missed = await switch.ingest("acme", chat("a3", email="c@example.com"))
+    await switch.set_status("acme", "ann", "available")
+    assert inbox.last_offer("ann")["case"]["id"] == missed.case
+    await switch.run_timers("acme", now=now_ms() + 31_000)  # she lets it time out
+
+    stats = Stats(redis_server, share_s=0)
+    try:
+        snap = await stats.snapshot(switch.redis, await switch.config("acme"), "acme")
+    finally:
+        await stats.close()
+    support = next(q for q in snap["queues"] if q["id"] == "support")
+    assert support["asa_s"] == pytest.approx(20, abs=1)  # (30 + 10) / 2
+    assert support["completed"] == 2
+    assert support["aht_s"] == pytest.approx(180, abs=1)  # (240 + 120) / 2
+    ann = next(a for a in snap["agents"] if a["id"] == "ann")
+    assert ann["hour"]["completed"] == 2 and ann["hour"]["missed"] == 1
+    assert ann["hour"]["aht_s"] == pytest.approx(180, abs=1)

@@ -115,6 +115,7 @@ class SupervisorView {
       h("caption", { class: "visually-hidden" }, "Agents by status, with load per channel"),
       h("thead", null, h("tr", null,
         h("th", { scope: "col" }, "Agent"), h("th", { scope: "col" }, "Load per channel"),
+        h("th", { scope: "col", title: "cases completed, average handle time, offers missed: last 60 min" }, "Last hour"),
         h("th", { scope: "col" }, "Status"))));
     this.agentRowOf = reflowable(this.agentTable);
     this.moveQueue = h("select", { id: "move-queue", testid: "move-case-queue", required: true });
@@ -168,7 +169,11 @@ class SupervisorView {
         h("th", { scope: "col", class: "num" }, "Service level"),
         h("th", { scope: "col", class: "num" }, "Answered"), h("th", { scope: "col", class: "num" }, "Abandoned"),
         h("th", { scope: "col", class: "num", title: "waited out the queue's workflow step and moved on unanswered" },
-          "Escalated"))),
+          "Escalated"),
+        h("th", { scope: "col", class: "num", title: "average speed of answer: the answered cases' wait, last 60 min" },
+          "Avg answer"),
+        h("th", { scope: "col", class: "num", title: "average handle time: accept to complete, last 60 min" },
+          "Avg handle"))),
       this.queueBody);
     this.queueRowOf = reflowable(queuesTable);
     this.main = h("main", { id: "main", class: "sup-main", tabindex: "-1" },
@@ -689,9 +694,11 @@ class SupervisorView {
         row = { tr: null, waiting: cell("queue-waiting"), longest: cell("queue-longest"), staff: cell("queue-agents"),
           sl: cell("queue-sl"),
           answered: cell("queue-answered"), abandoned: cell("queue-abandoned"), escalated: cell("queue-escalated"),
+          asa: cell("queue-asa"), aht: cell("queue-aht"),
           name: h("th", { scope: "row", testid: "queue-name", class: "queue-name", dir: "auto" }) };
         row.tr = this.queueRowOf({ testid: "queue-row", data: { queue: q.id } },
-          row.name, row.waiting, row.longest, row.staff, row.sl, row.answered, row.abandoned, row.escalated);
+          row.name, row.waiting, row.longest, row.staff, row.sl, row.answered, row.abandoned, row.escalated,
+          row.asa, row.aht);
         this.queueRows.set(q.id, row);
       }
       // in the workspace's order; a row moves only when it is out of place
@@ -717,6 +724,8 @@ class SupervisorView {
       row.answered.textContent = String(q.answered);
       row.abandoned.textContent = String(q.abandoned);
       row.escalated.textContent = String(q.escalated ?? 0);
+      row.asa.textContent = typeof q.asa_s === "number" ? duration(q.asa_s) : "—";
+      row.aht.textContent = typeof q.aht_s === "number" ? duration(q.aht_s) : "—";
     });
     for (const [id, row] of this.queueRows) {
       if (!seen.has(id)) { row.tr.remove(); this.queueRows.delete(id); }
@@ -735,7 +744,7 @@ class SupervisorView {
     if (!g) {
       const count = h("span", { class: "count" });
       g = { body: h("tbody", { class: `group status-${status}`, testid: "agent-group", data: { status }, role: "rowgroup" },
-        this.agentRowOf({ class: "group-head" }, h("th", { colspan: "3", scope: "rowgroup" },
+        this.agentRowOf({ class: "group-head" }, h("th", { colspan: "4", scope: "rowgroup" },
           h("span", { class: `dot status-${status}`, "aria-hidden": "true" }), label(status), " ", count))), count };
       this.groups.set(status, g);
       const order = this.statusOrder();
@@ -759,6 +768,10 @@ class SupervisorView {
         class: `load-chip${(a.load[ch] || 0) >= a.capacity[ch] && (a.capacity[ch] || a.load[ch]) ? " full" : ""}`,
         testid: `agent-load-${ch}`,
       }, `${CHANNEL_LABEL[ch] || ch} ${a.load[ch] || 0}/${a.capacity[ch]}`)));
+      const hour = a.hour || {};
+      replace(row.hour, `${hour.completed || 0} done`,
+        typeof hour.aht_s === "number" ? ` · ${duration(hour.aht_s)} avg` : "",
+        hour.missed ? h("span", { class: "missed", testid: "agent-missed" }, ` · ${hour.missed} missed`) : "");
       if (document.activeElement !== row.select && row.select.value !== a.status) this.fillStatus(row.select, a.status);
       if (row.status !== a.status) {
         row.status = a.status;
@@ -790,8 +803,10 @@ class SupervisorView {
       select: statusMenu({ id, testid: "agent-status", data: { agent: a.id }, "aria-label": `Status of ${a.name || a.id}` },
         (value) => { if (value !== row.status) this.setAgentStatus(a.id, value, row); }),
     };
+    row.hour = h("td", { testid: "agent-hour", class: "agent-hour" });
     row.tr = this.agentRowOf({ testid: "agent-row", data: { agent: a.id } },
-      h("th", { scope: "row" }, row.name, h("span", { class: "agent-id" }, a.id)), h("td", null, row.load), h("td", null, row.select));
+      h("th", { scope: "row" }, row.name, h("span", { class: "agent-id" }, a.id)), h("td", null, row.load), row.hour,
+      h("td", null, row.select));
     this.agentRows.set(a.id, row);
     return row;
   }
