@@ -40,6 +40,7 @@ from router.expressions import ExpressionError
 from router.expressions import compile as compile_expression
 from router.http import endpoint
 from router.openapi import document
+from router.triage import PoolSpec, agent_data, pool_members
 from router.workflow import WorkflowError
 from router.workflow_load import load_workflow
 from router.workspace import (
@@ -64,7 +65,9 @@ _QUEUE_FIELDS = frozenset({"id", "name", "target", "order", "sl_target_s"})
 
 async def list_agents(request: Request) -> dict[str, Any]:
     who = await _caller(request, "supervisor")
-    return {"agents": await queries.agents(_ctx(request).redis, who.workspace)}
+    ctx = _ctx(request)
+    views = await queries.agents(ctx.redis, who.workspace)
+    return {"agents": _with_queues(await ctx.switch.config(who.workspace), views)}
 
 
 async def get_agent(request: Request) -> dict[str, Any]:
@@ -72,10 +75,27 @@ async def get_agent(request: Request) -> dict[str, Any]:
     aid = str(request.path_params["id"])
     if aid != who.subject and not who.can("supervisor"):
         raise Forbidden("agents may read only themselves")
-    view = await queries.agent(_ctx(request).redis, who.workspace, aid)
+    ctx = _ctx(request)
+    view = await queries.agent(ctx.redis, who.workspace, aid)
     if view is None:
         raise NotFound("agent not found", code="agent.unknown")
-    return view
+    return _with_queues(await ctx.switch.config(who.workspace), [view])[0]
+
+
+def _with_queues(cfg: WorkspaceConfig, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each agent view with ``queues``: the queues whose targets their attributes match (the
+    ones they may be offered cases from, on the channels they take): an admin sees at once a
+    skill that matches nothing ("Support" where the targets say 'support')."""
+    datas = {v["id"]: agent_data(v) for v in views}
+    member: dict[str, list[str]] = {v["id"]: [] for v in views}
+    for q in cfg.queues:
+        try:
+            matched = pool_members(PoolSpec(q.id, q.id, "true"), q.target, datas)
+        except ExpressionError:
+            continue
+        for aid, _ in matched:
+            member[aid].append(q.id)
+    return [{**v, "queues": member[v["id"]]} for v in views]
 
 
 async def put_agent(request: Request) -> Response:
@@ -88,6 +108,11 @@ async def put_agent(request: Request) -> Response:
         raise BadRequest("id: differs from the path", code="body.invalid")
     password = _opt_str(d, "password", 1024)
     old = await queries.agent(ctx.redis, who.workspace, aid) or {}
+    if not old:
+        ids = [m.decode() for m in await ctx.redis.smembers(keys.agents(who.workspace))]
+        _new_id("agent", aid, ids)
+    elif _create_only(request):
+        raise Conflict(f"there is already an agent {aid}", code="agent.exists")
     decl = {
         "id": aid,
         "name": _opt_str(d, "name") or old.get("name") or aid,
@@ -204,6 +229,11 @@ async def put_queue(request: Request) -> Response:
     # the fields given, checked on their own: an error names "queue.<field>", not the queue's
     # place in the stored declaration (fields left out keep values that were valid)
     parse_queue({**d, "id": qid})
+    cfg = await ctx.switch.config(who.workspace, fresh=True)
+    if cfg.queue(qid) is None:
+        _new_id("queue", qid, [q.id for q in cfg.queues])
+    elif _create_only(request):
+        raise Conflict(f"there is already a queue {qid}", code="queue.exists")
     created = False
 
     def change(decl: dict[str, Any]) -> None:
@@ -211,6 +241,8 @@ async def put_queue(request: Request) -> Response:
         queues = decl.setdefault("queues", [])
         for q in queues:
             if q.get("id") == qid:
+                if _create_only(request):  # added meanwhile, through another node
+                    raise Conflict(f"there is already a queue {qid}", code="queue.exists")
                 q.update(d)
                 return
         created = True
@@ -220,6 +252,23 @@ async def put_queue(request: Request) -> Response:
     cfg = await ctx.switch.config(who.workspace, fresh=True)
     view = next(q for q in await queries.queues(ctx.redis, cfg, who.workspace) if q["id"] == qid)
     return JSONResponse(view, status_code=201 if created else 200)
+
+
+def _create_only(request: Request) -> bool:
+    """``If-None-Match: *``: create, never replace (the admin page's Add forms send it)."""
+    return request.headers.get("if-none-match", "").strip() == "*"
+
+
+def _new_id(kind: str, new: str, existing: list[str]) -> None:
+    """A new agent's or queue's id may not differ from one that exists only in case: two that
+    read alike ("Support", "support") side by side in every menu are a mistake waiting."""
+    for other in existing:
+        if other != new and other.lower() == new.lower():
+            raise Conflict(
+                f"there is already {'an' if kind == 'agent' else 'a'} {kind} {other} "
+                "(ids that differ only in case are refused)",
+                code=f"{kind}.exists",
+            )
 
 
 async def delete_queue(request: Request) -> Response:

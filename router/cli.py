@@ -156,7 +156,8 @@ def _demo(args: argparse.Namespace, path: Path) -> int:
         return 2
     print(
         f"Switchboard demo: console http://{settings.host}:{settings.port}/ "
-        "(agents ann, bob, cat; supervisor sue; password: demo)",
+        "(agents ann, bob, cat; supervisor sue at /supervisor; admin ada at /admin; "
+        "password: demo)",
         file=sys.stderr,
     )
     if any(p.name == "twilio" for p in plugins):

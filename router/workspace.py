@@ -191,6 +191,11 @@ def parse_agent(d: Mapping[str, Any], path: str = "agent") -> AgentConfig:
         v = attrs.get(key)
         if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
             raise ConfigError(f'{path}.attributes.{key}: a list of strings, e.g. ["support"]')
+        for i, x in enumerate(v or []):  # shown as tags on every admin's and supervisor's page
+            where = f"{path}.attributes.{key}[{i}]"
+            if len(x) > 64:
+                raise ConfigError(f"{where}: at most 64 characters")
+            _name(x, "", where)  # no control or bidi characters, something visible
     cap_in = d.get("capacity", {"chat": 3, "email": 5, "voice": 1})
     if not isinstance(cap_in, Mapping):
         raise ConfigError(f"{path}.capacity: expected a map of channel to count")

@@ -433,6 +433,7 @@ async def test_an_agents_console_follows_what_an_admin_changes(
 
     page = await admin_page(one_node, browser, pages)
     await agent_row(page, "sam").get_by_test_id("admin-agent-edit").click()
+    await expect(page.get_by_test_id("admin-agent-id")).to_have_value("sam")  # the form is his
     await page.get_by_test_id("admin-agent-name").fill("Sam Senior")
     await page.get_by_test_id("admin-agent-cap-chat").fill("5")
     await page.get_by_test_id("admin-agent-save").click()
@@ -444,3 +445,24 @@ async def test_an_agents_console_follows_what_an_admin_changes(
         "An admin changed your name and capacity."
     )
     await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")  # still signed in
+
+
+async def test_each_agent_shows_the_queues_their_skills_match(
+    one_node: Stack, browser: Any, pages: list[Web]
+) -> None:
+    """A skill typed "Support" matches no target ('support'): the row says so, where an admin
+    looks, instead of the agent silently never getting a case."""
+    page = await admin_page(one_node, browser, pages)
+    await expect(agent_row(page, "sam").get_by_test_id("admin-agent-queues")).to_have_text(
+        "Support"
+    )
+    await agent_row(page, "bea").get_by_test_id("admin-agent-edit").click()
+    await expect(page.get_by_test_id("admin-agent-id")).to_have_value("bea")  # the form is hers
+    await page.get_by_test_id("admin-agent-skills").fill("Billing")
+    await page.get_by_test_id("admin-agent-save").click()
+    await expect(agent_row(page, "bea").get_by_test_id("admin-agent-no-queue")).to_have_text(
+        "matches no queue"
+    )
+    await expect(agent_row(page, "sue").get_by_test_id("admin-agent-queues-cell")).to_have_text(
+        "—"  # takes no cases: nothing to match
+    )

@@ -266,6 +266,33 @@ async def test_admin_creates_updates_and_demotes_an_agent(env: Env) -> None:
         assert r.status_code == 400 and r.json()["code"] == "config.invalid"
 
 
+async def test_adding_never_replaces_and_ids_differing_in_case_are_refused(env: Env) -> None:
+    """The admin page's Add sends If-None-Match: *: an agent or queue someone else added
+    meanwhile is not overwritten (409, nothing changed); a new id that differs from an existing
+    one only in case is refused either way."""
+    async with env.client("ada") as adm:
+        create = {"If-None-Match": "*"}
+        body = {"name": "Eve", "password": "pw-eve", "attributes": {"skills": ["support"]}}
+        assert (await adm.put("/api/agents/eve", json=body, headers=create)).status_code == 201
+        mine = {"name": "Eve Mine", "password": "other", "attributes": {}}
+        r = await adm.put("/api/agents/eve", json=mine, headers=create)
+        assert r.status_code == 409 and r.json()["code"] == "agent.exists", r.text
+        kept = (await adm.get("/api/agents/eve")).json()
+        assert kept["name"] == "Eve" and kept["attributes"] == {"skills": ["support"]}
+        env.server.login("eve", "pw-eve")  # the password too
+        r = await adm.put("/api/agents/EVE", json=body)
+        assert r.status_code == 409 and "there is already an agent eve" in r.json()["message"]
+
+        q = {"name": "Late", "target": "skills HAS 'support'"}
+        assert (await adm.put("/api/queues/late", json=q, headers=create)).status_code == 201
+        r = await adm.put("/api/queues/late", json={"name": "Mine"}, headers=create)
+        assert r.status_code == 409 and r.json()["code"] == "queue.exists"
+        r = await adm.put("/api/queues/Late", json=q)
+        assert r.status_code == 409 and r.json()["code"] == "queue.exists"
+        names = {x["id"]: x["name"] for x in (await adm.get("/api/queues")).json()["queues"]}
+        assert names["late"] == "Late" and "Late" not in names
+
+
 async def test_a_changed_role_or_password_ends_open_sessions(env: Env) -> None:
     """A supervisor demoted while their console is open loses it at once (not at its next
     sign-in): the server tells it and closes it, and its tokens stop working. A new password
@@ -842,3 +869,22 @@ async def test_schemathesis_positive_run(env: Env) -> None:
         if op.path == "/api/login":
             continue  # scrypt per example; login is covered above
         await asyncio.to_thread(run, op)
+
+
+async def test_skills_and_languages_are_plain_short_words(env: Env) -> None:
+    """A skill is a tag on every admin's and supervisor's page: one that reverses the text after
+    it, is blank or runs to 100,000 characters is refused, naming which, and nothing changes."""
+    async with env.client("ada") as adm:
+        before = (await adm.get("/api/agents/al")).json()["attributes"]
+        for bad, why in (
+            (["supp\u202eort"], "skills[0]: no control characters (U+202E)"),
+            (["ok", "   "], "skills[1]: at least one visible character"),
+            (["x" * 100_000], "skills[0]: at most 64 characters"),
+        ):
+            r = await adm.put("/api/agents/al", json={"attributes": {"skills": bad}})
+            assert r.status_code == 400 and why in r.json()["message"], r.text
+        r = await adm.put("/api/agents/al", json={"attributes": {"languages": ["e\u0007n"]}})
+        assert r.status_code == 400 and "languages[0]" in r.json()["message"]
+        assert (await adm.get("/api/agents/al")).json()["attributes"] == before
+        r = await adm.put("/api/agents/al", json={"attributes": {"skills": ["עברית", "billing"]}})
+        assert r.status_code == 200, r.text  # any script, in its own order

@@ -430,8 +430,8 @@ async def test_taking_a_case_from_an_agent_at_work_asks_first(
     await expect(sue.get_by_test_id("move-case-what")).to_contain_text("Sam Support")
     await sue.get_by_test_id("move-case-queue").select_option("billing")
     await sue.get_by_test_id("move-case-submit").click()
-    await expect(sue.get_by_test_id("move-case-warning")).to_have_text(
-        "Sam Support (Available) is working on this case now. Move case again to take it from them."
+    await expect(sue.get_by_test_id("move-case-warning")).to_contain_text(
+        "Sam Support (Available) is working on this case now. "
     )
     assert (await one_node.case(case))["st"] == "assigned"  # not yet
     await expect(sue.get_by_test_id("move-case-submit")).to_have_text("Take it and move")
@@ -558,3 +558,34 @@ async def test_the_statistics_give_average_answer_and_handle_times_and_each_agen
     ann = next(a for a in snap["agents"] if a["id"] == "ann")
     assert ann["hour"]["completed"] == 2 and ann["hour"]["missed"] == 1
     assert ann["hour"]["aht_s"] == pytest.approx(180, abs=1)
+
+
+@browser_test
+async def test_the_move_form_asks_from_the_case_as_it_is_now(
+    one_node: Stack, browser: Any, pages: list[Web]
+) -> None:
+    """Move… pressed while the case waited, then an agent accepted it: the form asks before
+    taking it from him (it read the case again); and a queue nobody has the skills for is
+    asked about too."""
+    bridge = await one_node.bridge()
+    case = await customer_event(bridge, "support")
+    sue = await supervisor_page(one_node, 0, browser, pages)
+    row = sue.locator(f"[data-testid=waiting-case][data-case={case}]")
+    await row.get_by_test_id("waiting-case-move").click()  # waiting, as the form says
+    sam, _ = await one_node.agent("sam", status="available")
+    await sam.ok("offer.accept", offer=(await sam.offer_for(case))["offer"])
+    await sue.get_by_test_id("move-case-queue").select_option("billing")
+    await sue.get_by_test_id("move-case-submit").click()
+    warning = sue.get_by_test_id("move-case-warning")
+    await expect(warning).to_contain_text("Sam Support (Available) is working on this case now.")
+    # billing: nobody in this workspace has its skills
+    await expect(warning).to_contain_text("Nobody has the skills for Billing")
+    assert (await one_node.case(case))["st"] == "assigned"
+    await sue.get_by_test_id("move-case-queue").select_option("support")  # asked again
+    await expect(warning).to_be_hidden()
+    await sue.get_by_test_id("move-case-submit").click()
+    await expect(warning).to_have_text(
+        "Sam Support (Available) is working on this case now. "
+        "Move case again to move it all the same."
+    )
+    assert (await one_node.case(case))["agent"] == "sam"

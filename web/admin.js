@@ -13,6 +13,8 @@ import { signIn } from "./login.js";
 import { reflowable, scroller } from "./tables.js";
 
 const CHANNELS = ["chat", "email", "voice"];
+// the Add forms create, never replace (If-None-Match: *): one someone added meanwhile is a 409
+const CREATE_ONLY = { "If-None-Match": "*" };
 const ROLES = [["agent", "Agent"], ["supervisor", "Supervisor"], ["admin", "Admin"]];
 const NEW_CAPACITY = { chat: 3, email: 5, voice: 1 }; // what the server gives a new agent
 const LISTS = ["skills", "languages"]; // the attributes the agent form edits
@@ -110,8 +112,8 @@ class AdminView {
   /** A call with the session's token: the JSON answer (null for 204), or an ApiError with the
    *  server's message. A session that ended (401) goes back to the sign-in form, which says why;
    *  a role that may not do this (403: demoted meanwhile) shows "Admins only". */
-  async api(method, path, body) {
-    const headers = { Authorization: `Bearer ${this.session.token}` };
+  async api(method, path, body, extra = {}) {
+    const headers = { Authorization: `Bearer ${this.session.token}`, ...extra };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     let res;
     try {
@@ -145,6 +147,12 @@ class AdminView {
     }
     await this.reload();
     this.loadWorkflow();
+  }
+
+  /** A queue as the page names it: its name, else its id. */
+  queueLabel(id) {
+    const q = this.queues.find((x) => x.id === id);
+    return q && q.name ? q.name : id;
   }
 
   /** Read the agents and queues again: the page shows what the server holds now. */
@@ -264,7 +272,8 @@ class AdminView {
     this.agentBody = h("tbody", { testid: "admin-agent-rows" });
     this.agentTable = h("table", { class: "data admin-agents", testid: "admin-agents-table" },
       h("caption", { class: "visually-hidden" }, "Agents: role, skills, languages, capacity per channel and status"),
-      headRow(["Agent"], ["Role"], ["Skills"], ["Languages"], ["Other attributes"], ["Capacity"], ["Status"], [""]),
+      headRow(["Agent"], ["Role"], ["Skills"], ["Languages"], ["Other attributes"], ["Capacity"], ["Queues"],
+        ["Status"], [""]),
       this.agentBody);
     this.agentRowOf = reflowable(this.agentTable);
     this.agentsEmpty = h("p", { class: "empty", hidden: true }, "No agents yet: add one with the form.");
@@ -301,12 +310,18 @@ class AdminView {
         h("td", null, tags(attrs.languages, "admin-agent-languages-cell")),
         h("td", { testid: "admin-agent-other-cell" }, other.length ? h("span", { class: "attrs" }, other) : h("span", { class: "muted" }, "—")),
         h("td", null, h("div", { class: "loads" }, caps.length ? caps : h("span", { class: "muted" }, "No cases"))),
+        // the queues whose targets their skills match: none, for someone who takes cases, is
+        // a skill that matches nothing (case matters: "Support" is not 'support')
+        h("td", { testid: "admin-agent-queues-cell" }, (a.queues || []).length
+          ? tags(a.queues.map((q) => this.queueLabel(q)), "admin-agent-queues")
+          : caps.length ? h("span", { class: "staff-none waiting", testid: "admin-agent-no-queue" }, "matches no queue")
+            : h("span", { class: "muted" }, "—")),
         h("td", { class: "status-cell", testid: "admin-agent-status-cell" },
           h("span", { class: `dot status-${a.status}`, "aria-hidden": "true" }), label(a.status)),
         h("td", { class: "row-actions" }, edit, remove)));
       const error = this.agentErrors.get(a.id);
       if (error) {
-        rows.push(h("tr", { class: "row-error", role: "row" }, h("td", { colspan: "8", role: "cell" },
+        rows.push(h("tr", { class: "row-error", role: "row" }, h("td", { colspan: "9", role: "cell" },
           h("p", { role: "alert", testid: "admin-agent-row-error", data: { agent: a.id } },
             `${a.name || a.id} was not removed: ${error}`))));
       }
@@ -440,10 +455,12 @@ class AdminView {
       const body = { role: i.role.value, attributes, capacity };
       if (i.name.value.trim()) body.name = i.name.value.trim();
       if (i.password.value) body.password = i.password.value;
-      await this.api("PUT", `/agents/${encodeURIComponent(id)}`, body);
+      // Add creates, never replaces: an agent someone else added meanwhile is refused (409)
+      await this.api("PUT", `/agents/${encodeURIComponent(id)}`, body, editing ? {} : CREATE_ONLY);
       this.saved(editing ? `Saved ${body.name || id}` : `Added ${body.name || id}`);
       this.agentMode(null);
       await this.reload();
+      this.agentsTitle.focus(); // the button pressed was disabled, which dropped the focus
     } catch (e) {
       if (e.status === 404 && editing) {
         this.agentError.show(`${id} no longer exists: someone removed them. Add them again if you need to.`);
@@ -453,6 +470,7 @@ class AdminView {
       }
     } finally {
       this.agentSave.disabled = false;
+      if (document.activeElement === document.body) this.agentSave.focus(); // refused: stay here
     }
   }
 
@@ -599,22 +617,27 @@ class AdminView {
     if (!editing && this.queues.some((q) => q.id === id)) {
       return this.queueError.show(`id: there is already a queue ${id}: use Edit on its row to change it`, fields);
     }
-    if (i.sl.validity.badInput) return this.queueError.show("sl_target_s: a number of seconds", fields);
+    if (i.sl.validity.badInput || (editing && i.sl.value.trim() === "")) {
+      return this.queueError.show("sl_target_s: a number of seconds", fields);
+    }
     const body = { order: i.order.value };
     if (i.name.value.trim()) body.name = i.name.value.trim();
+    else if (editing) body.name = id; // blank: the id, as the hint says (left out, it would stay)
     if (i.target.value.trim()) body.target = i.target.value.trim();
     else if (editing) body.target = "1 == 1"; // blank: every agent, as for a new queue
     if (i.sl.value.trim() !== "") body.sl_target_s = Number(i.sl.value);
     this.queueSave.disabled = true;
     try {
-      await this.api("PUT", `/queues/${encodeURIComponent(id)}`, body);
+      await this.api("PUT", `/queues/${encodeURIComponent(id)}`, body, editing ? {} : CREATE_ONLY);
       this.saved(editing ? `Saved queue ${body.name || id}` : `Added queue ${body.name || id}`);
       this.queueMode(null);
       await this.reload();
+      this.queuesTitle.focus(); // the button pressed was disabled, which dropped the focus
     } catch (e) {
       if (e.status !== 401 && e.status !== 403) this.queueError.show(e.message, fields);
     } finally {
       this.queueSave.disabled = false;
+      if (document.activeElement === document.body) this.queueSave.focus(); // refused: stay here
     }
   }
 
@@ -698,6 +721,7 @@ class AdminView {
       if (e.status !== 401 && e.status !== 403) this.workflowError.show(e.message);
     } finally {
       this.workflowSave.disabled = false;
+      this.workflowSave.focus(); // disabled while it was sent, which dropped the focus
     }
   }
 }

@@ -89,6 +89,7 @@ class SupervisorView {
     this.queues = [];
     this.slTargets = new Map(); // queue id -> service-level target, s (from the stats frames)
     this.waitingIn = new Map(); // queue id -> cases waiting in it (from the stats frames)
+    this.queueStaff = new Map(); // queue id -> agents whose skills its target matches (stats)
     this.queueRows = new Map();
     this.agentRows = new Map();
     this.agentNames = new Map(); // agent id -> display name (from the stats frames)
@@ -118,7 +119,11 @@ class SupervisorView {
         h("th", { scope: "col", title: "cases completed, average handle time, offers missed: last 60 min" }, "Last hour"),
         h("th", { scope: "col" }, "Status"))));
     this.agentRowOf = reflowable(this.agentTable);
-    this.moveQueue = h("select", { id: "move-queue", testid: "move-case-queue", required: true });
+    this.moveQueue = h("select", { id: "move-queue", testid: "move-case-queue", required: true,
+      onchange: () => { // another destination: a warning given for the last one is asked again
+        this.moveWarn.hidden = true;
+        this.moveSubmit.textContent = "Move case";
+      } });
     this.waitingRows = new Map();
     this.waitingSupported = true;
     this.waitingBody = h("tbody", { testid: "waiting-rows" });
@@ -222,15 +227,32 @@ class SupervisorView {
     return h("form", { class: "panel move", "aria-labelledby": "move-title", onsubmit: async (ev) => {
       ev.preventDefault();
       const id = caseId.value.trim();
-      const held = this.moveTarget && this.moveTarget.id === id ? this.heldBy(this.moveTarget) : null;
-      if (held && this.moveConfirmed !== id) {
-        this.moveConfirmed = id;
-        this.moveWarn.textContent = `${held} is working on this case now. Move case again to take it from them.`;
+      const to = this.moveQueue.value;
+      submit.disabled = true;
+      // ask first, from the case as it is now (an agent may have accepted it since Move… was
+      // pressed): taking it from an agent at work, or sending it where nobody can take it
+      const warnings = [];
+      const now = await this.api(`/api/cases/${encodeURIComponent(id)}`).catch(() => null);
+      let held = null;
+      if (now && now.case && now.case.agent && (now.case.status === "assigned" || now.case.status === "wrapping")) {
+        // their status as it is now too (the agents table may be a second old)
+        const agent = await this.api(`/api/agents/${encodeURIComponent(now.case.agent)}`).catch(() => null);
+        held = this.heldBy(now.case, agent && agent.status);
+      }
+      if (held) warnings.push(`${held} is working on this case now.`);
+      if (this.queueStaff.get(to) === 0) {
+        warnings.push(`Nobody has the skills for ${this.queueName(to)}: the case will wait there.`);
+      }
+      const asked = `${id}>${to}`;
+      if (warnings.length && this.moveConfirmed !== asked) {
+        this.moveConfirmed = asked;
+        this.moveWarn.textContent = `${warnings.join(" ")} Move case again to move it all the same.`;
         this.moveWarn.hidden = false;
-        submit.textContent = "Take it and move";
+        submit.textContent = held ? "Take it and move" : "Move all the same";
+        submit.disabled = false;
+        submit.focus();
         return;
       }
-      submit.disabled = true;
       try {
         await this.conn.request("case.move", { case: id, queue: this.moveQueue.value, note: note.value });
         this.toasts.show(`Case moved to ${this.queueName(this.moveQueue.value)}.`, { testid: "move-confirmation" });
@@ -258,9 +280,9 @@ class SupervisorView {
 
   /** Who holds a listed case and is still signed in ("Sam Support · available"), or null: a
    *  waiting case, or one whose agent signed out (taking it back is what the form is for). */
-  heldBy(c) {
+  heldBy(c, statusNow) {
     if (c.status !== "assigned" && c.status !== "wrapping") return null;
-    const status = this.agentStatus.get(c.agent);
+    const status = statusNow || this.agentStatus.get(c.agent);
     if (!c.agent || status === "offline") return null;
     return `${this.agentNames.get(c.agent) || c.agent}${status ? ` (${label(status)})` : ""}`;
   }
@@ -673,8 +695,12 @@ class SupervisorView {
     const agents = stats.agents || [];
     const waiting = qs.reduce((n, q) => n + q.waiting, 0);
     const longest = qs.reduce((m, q) => Math.max(m, q.waiting ? q.longest_wait_s : 0), 0);
-    const available = agents.filter((a) => a.status === "available").length;
-    const staff = agents.filter((a) => a.role === "agent").length;
+    // who takes cases: anyone with capacity on some channel (a supervisor may), as the queues'
+    // Agents column counts them; "available" is a status that takes cases now
+    const taking = new Set(this.statuses.filter((s) => s.routable).map((s) => s.name));
+    const staffed = agents.filter((a) => Object.values(a.capacity || {}).some((n) => n > 0));
+    const available = staffed.filter((a) => (taking.size ? taking.has(a.status) : a.status === "available")).length;
+    const staff = staffed.length;
     const card = (title, value, testid) => h("div", { class: "stat" },
       h("span", { class: "stat-label" }, title), h("span", { class: "stat-value", testid }, value));
     replace(this.summary,
@@ -707,6 +733,7 @@ class SupervisorView {
       row.name.textContent = q.name || q.id;
       if (typeof q.sl_target_s === "number") this.slTargets.set(q.id, q.sl_target_s);
       this.waitingIn.set(q.id, q.waiting);
+      if (typeof q.agents === "number") this.queueStaff.set(q.id, q.agents);
       row.waiting.textContent = String(q.waiting);
       row.tr.classList.toggle("busy", q.waiting > 0);
       row.longest.textContent = q.waiting ? duration(q.longest_wait_s) : "—";
