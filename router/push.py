@@ -63,6 +63,8 @@ def case_view(fields: Mapping[str, str]) -> dict[str, Any]:
             out[k] = fields[k]
     if fields.get("callback") == "1":  # ("0": settled, as good as none)
         out["callback"] = "1"
+        if fields.get("cbwhy") == "hangup":  # not asked for: a call handed on after it ended
+            out["callback_reason"] = "hung_up"
     if fields.get("vleft"):  # the chat visitor left the page then (ms; router/chat_ws.py)
         out["visitor_left"] = int(fields["vleft"])
     if fields.get("ended"):  # the customer hung up or ended the chat then (ms; event_ingest.lua)

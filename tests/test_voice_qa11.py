@@ -274,6 +274,7 @@ async def test_handing_on_a_call_whose_caller_hung_up_makes_it_a_callback(
     await ann.ok("case.transfer", case=case, agent="bob", note="call him about the quote")
     offer = await bob.offer_for(case)
     assert offer["case"]["callback"] == "1"
+    assert offer["case"]["callback_reason"] == "hung_up"  # not asked for: "the caller hung up"
     assert offer["case"]["attributes"]["callback_number"] == CALLER
     await bob.ok("offer.accept", offer=offer["offer"])
     got = await wait_for(lambda: twilio_api.calls("/Calls.json"), timeout=10)

@@ -767,8 +767,10 @@ export function callbackNumber(caseView, customer) {
 export function callbackNote(caseView, customer, testid) {
   if (!wantsCallback(caseView)) return null;
   const number = callbackNumber(caseView, customer);
+  // asked for by the caller, or a call handed on after the caller hung up (callback_reason)
+  const why = caseView.callback_reason === "hung_up" ? "Call back: the caller hung up" : "Callback requested";
   return h("p", { class: "callback-note", testid },
-    h("span", { class: "badge callback-badge" }, h("span", { "aria-hidden": "true" }, "☎ "), "Callback requested"),
+    h("span", { class: "badge callback-badge" }, h("span", { "aria-hidden": "true" }, "☎ "), why),
     number ? [" · call back on ", bdi(number, { class: "callback-number", testid: `${testid}-number` })]
       : " · no number on file");
 }

@@ -387,11 +387,12 @@ end
 -- The case fields an offer carries (router/push.py case_view); the plan and other routing
 -- state stay in Redis. make_offer reads them, the offer timeout ('otm') and the case's last
 -- offer (numbered from it, then its end kept in the history) at once.
+-- (those before 'otm' go out with the offer; the rest only serve make_offer)
 local OFFER_FIELDS = {'id', 'ch', 'st', 'pri', 'q', 'cust', 'subject', 'created', 'agent',
-  'flt', 'step', 'attrs', 'pool', 'callback', 'disposition', 'reopened', 'transferred', 'otm',
-  'offer', 'oagent', 'ost', 'oh'}
-local OF_CH, OF_ST, OF_Q, OF_CUST, OF_POOL, OF_OTM = 2, 3, 5, 6, 13, 18
-local OF_OFFER, OF_OAGENT, OF_OST, OF_OH = 19, 20, 21, 22
+  'flt', 'step', 'attrs', 'pool', 'callback', 'disposition', 'reopened', 'transferred', 'cbwhy',
+  'otm', 'offer', 'oagent', 'ost', 'oh'}
+local OF_CH, OF_ST, OF_Q, OF_CUST, OF_POOL, OF_OTM = 2, 3, 5, 6, 13, 19
+local OF_OFFER, OF_OAGENT, OF_OST, OF_OH = 20, 21, 22, 23
 
 -- Offer case c to agent a: reserve capacity, arm the deadline, log it. Returns the payload the
 -- pushing node needs (offer, case, customer profile and recent timeline), and whether the higher

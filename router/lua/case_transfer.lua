@@ -58,7 +58,8 @@ if out ~= '' and cs[3] == 'voice' then
       local spliced = number and with_callback_number(attrs, number)
       if spliced then redis.call('HSET', ck, 'attrs', spliced) else number = nil end
     end
-    if number then redis.call('HSET', ck, 'callback', '1') end
+    -- ('cbwhy': the caller did not ask; the console says why the next agent calls them back)
+    if number then redis.call('HSET', ck, 'callback', '1', 'cbwhy', 'hangup') end
   end
 end
 if out ~= '' then

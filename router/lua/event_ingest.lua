@@ -179,6 +179,7 @@ elseif c and OPEN[st] then
       left = nil
     end
     redis.call('HSET', k_case(c), unpack(set))
+    redis.call('HDEL', k_case(c), 'cbwhy')  -- asked for now, whatever made it one before
     notify(c, {type = 'case.updated', case = c, event = kind, entry = entry(),
       callback_number = left})
   elseif st == 'wrapping' then
