@@ -364,5 +364,12 @@ def _write_whole(path: Path, data: bytes) -> None:
     """Write a file that appears whole or not at all: whatever picks up the folder (a mail
     pickup, an operator's script) never reads one half-written."""
     part = path.with_name(f".{path.name}.part")
-    part.write_bytes(data)
-    os.replace(part, path)
+    try:
+        with part.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, path)
+    except OSError:
+        part.unlink(missing_ok=True)
+        raise

@@ -155,19 +155,23 @@ class CallBridge:
                 # the agent accepted and sees the call in progress: they must know nobody is
                 # coming through, while the caller still holds (an agent without a phone set,
                 # a call Twilio no longer has)
+                # (our own reason for a phone we can't dial; Twilio's text, which names its
+                # account's paths, stays in the log)
+                why = f" ({e})" if isinstance(e, ValueError) else ""
                 if agent:
-                    await self.ctx.switch.notify(
-                        ws,
-                        agent,
-                        {
-                            "type": "error",
-                            "code": "call.not_connected",
-                            "case": entry.get("case", ""),
-                            "message": f"The call could not be put through to you ({e}). If "
-                            "the caller is still holding, transfer the case to a colleague; "
-                            "an admin can set your phone (contact_uri).",
-                        },
-                    )
+                    with contextlib.suppress(RedisError, OSError):  # the entry is acked below
+                        await self.ctx.switch.notify(
+                            ws,
+                            agent,
+                            {
+                                "type": "error",
+                                "code": "call.not_connected",
+                                "case": entry.get("case", ""),
+                                "message": f"The call could not be put through to you{why}. "
+                                "If the caller is still holding, transfer the case to a "
+                                "colleague; an admin can check your phone (contact_uri).",
+                            },
+                        )
             await _retrying(lambda: self._readers[ws].ack(eid), f"call {call}: ack")
         finally:
             self._inflight.discard((ws, eid))

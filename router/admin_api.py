@@ -40,7 +40,7 @@ from router.expressions import ExpressionError
 from router.expressions import compile as compile_expression
 from router.http import endpoint
 from router.openapi import document
-from router.triage import PoolSpec, agent_data, pool_members
+from router.triage import agent_data, queue_members
 from router.workflow import WorkflowError
 from router.workflow_load import load_workflow
 from router.workspace import (
@@ -83,19 +83,11 @@ async def get_agent(request: Request) -> dict[str, Any]:
 
 
 def _with_queues(cfg: WorkspaceConfig, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each agent view with ``queues``: the queues whose targets their attributes match (the
-    ones they may be offered cases from, on the channels they take): an admin sees at once a
-    skill that matches nothing ("Support" where the targets say 'support')."""
-    datas = {v["id"]: agent_data(v) for v in views}
-    member: dict[str, list[str]] = {v["id"]: [] for v in views}
-    for q in cfg.queues:
-        try:
-            matched = pool_members(PoolSpec(q.id, q.id, "true"), q.target, datas)
-        except ExpressionError:
-            continue
-        for aid, _ in matched:
-            member[aid].append(q.id)
-    return [{**v, "queues": member[v["id"]]} for v in views]
+    """Each agent view with ``queues``: the queues whose targets their attributes match (those
+    they may be offered cases from, given capacity on the case's channel): an admin sees at
+    once a skill that matches nothing ("Support" where the targets say 'support')."""
+    members = queue_members(cfg.queues, {v["id"]: agent_data(v) for v in views})
+    return [{**v, "queues": [q.id for q in cfg.queues if v["id"] in members[q.id]]} for v in views]
 
 
 async def put_agent(request: Request) -> Response:
@@ -128,7 +120,9 @@ async def put_agent(request: Request) -> Response:
         )
     if decl["capacity"] is None:
         del decl["capacity"]  # a new agent: parse_agent's default
-    await ctx.switch.upsert_agent(who.workspace, parse_agent(decl, "agent"))
+    await ctx.switch.upsert_agent(
+        who.workspace, parse_agent(decl, "agent"), create_only=_create_only(request)
+    )
     view = await queries.agent(ctx.redis, who.workspace, aid)
     return JSONResponse(view, status_code=200 if old else 201)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from router import fastjson, keys
 from router.auth import hash_password, verify_password
-from router.errors import BadRequest, StoreUnavailable
+from router.errors import BadRequest, Conflict, StoreUnavailable
 from router.store import Store
 from router.triage import PoolSpec, agent_data, pool_members
 from router.workspace import AgentConfig, WorkspaceConfig
@@ -43,9 +43,12 @@ class Pools:
     async def agent_ids(self, ws: str) -> list[str]:
         return sorted(m.decode() for m in await self.redis.smembers(keys.agents(ws)))
 
-    async def update_agent(self, ws: str, cfg: WorkspaceConfig, a: AgentConfig) -> dict[str, Any]:
+    async def update_agent(
+        self, ws: str, cfg: WorkspaceConfig, a: AgentConfig, *, create_only: bool = False
+    ) -> dict[str, Any]:
         """Create or update an agent with the pools they belong to; returns the script's
-        result (offers and pushes) for the caller to dispatch."""
+        result (offers and pushes) for the caller to dispatch. ``create_only``: an agent of
+        this id that exists is refused (Conflict ``agent.exists``), in the same atomic step."""
         data = agent_data(a)
         for _ in range(_RETRIES):
             ver = await self._ver(ws, "pver")  # a pool defined meanwhile: compute again
@@ -60,7 +63,10 @@ class Pools:
                 fastjson.dumps_str(a.attributes),
                 fastjson.dumps_str(memberships),
                 ver,
+                "1" if create_only else "",
             )
+            if res.get("error") == "agent.exists":
+                raise Conflict(f"there is already an agent {a.id}", code="agent.exists")
             if res.get("ok"):
                 break
         else:

@@ -72,8 +72,9 @@ def case_summary(fields: Mapping[str, str]) -> dict[str, Any]:
         out["offered_to"] = fields["oagent"]
     if fields.get("st") in ("queued", "offered") and fields.get("age"):
         # since when the customer waits (ms): a reopened case waits from its reopening, not
-        # its creation (its age: the queues' longest wait counts the same way, router/stats.py);
-        # a case its agent handed on, from then ('wfrom'; it keeps its age, which ranks it)
+        # its creation (its age); a case its agent handed on, from then ('wfrom'; it keeps its
+        # age, which ranks it). The queues' waiting sets are scored the same way (enqueue in
+        # _lib.lua), which the longest wait and this listing's order read
         since = fields.get("wfrom")
         out["waiting_since"] = int(since) if since else int(float(fields["age"])) + AGE_EPOCH_MS
     return out

@@ -28,12 +28,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router import keys, queries
-from router.expressions import ExpressionError
 from router.push import pairs
 from router.queries import held_counts
 from router.snapshot import agent_view
 from router.store import open_client, stop_task
-from router.triage import PoolSpec, agent_data, pool_members
+from router.triage import agent_data, queue_members
 from router.workspace import WorkspaceConfig
 
 __all__ = ["SL_FORMULA", "Stats"]
@@ -42,9 +41,7 @@ log = logging.getLogger("switchboard.stats")
 SL_FORMULA = "answered within target ÷ (answered + abandoned + escalated), last 60 min"
 CATCH_UP_S = 2.0  # a first snapshot waits this long at most for the last hour's counts
 WINDOW_S = 3600
-COUNTED = frozenset(
-    {"offer.accepted", "case.abandoned", "case.escalated", "case.transferred", "case.completed"}
-)
+COUNTED = frozenset({"offer.accepted", "case.abandoned", "case.escalated", "case.transferred"})
 # a queue's minute: answered within target, answered, abandoned, escalated, the answered cases'
 # waits (ms, summed), completed, their handle times (ms, summed: accept to complete)
 WITHIN, ANSWERED, ABANDONED, ESCALATED, WAITED, COMPLETED, HANDLED = range(7)
@@ -74,7 +71,9 @@ class _Tail:
             return
         q = fields.get("queue", "")
         if t == "case.completed":
-            handled = float(fields.get("handled") or 0)
+            if "handled" not in fields:
+                return  # logged before completions carried their handle time: no 0 s averages
+            handled = float(fields["handled"])
             if fields.get("agent"):
                 a = self.agent_buckets[(fields["agent"], minute)]
                 a[0] += 1
@@ -211,13 +210,7 @@ class Stats:
         datas = {
             a["id"]: agent_data(a) for a in agents if any(n > 0 for n in a["capacity"].values())
         }
-        staff = {}
-        for q in cfg.queues:
-            try:
-                members = pool_members(PoolSpec(q.id, q.id, "true"), q.target, datas)
-            except ExpressionError:  # a target that no longer compiles matches nobody
-                members = []
-            staff[q.id] = frozenset(str(m[0]) for m in members)
+        staff = queue_members(cfg.queues, datas)
         self._staff[ws] = (shape, staff)
         return staff
 

@@ -129,11 +129,14 @@ class Switch:
 
     # -- agents and pools (router/pools.py) --------------------------------------------------------
 
-    async def upsert_agent(self, ws: str, agent: AgentConfig | Mapping[str, Any]) -> None:
-        """Create or update an agent; recompute the pools they belong to."""
+    async def upsert_agent(
+        self, ws: str, agent: AgentConfig | Mapping[str, Any], *, create_only: bool = False
+    ) -> None:
+        """Create or update an agent; recompute the pools they belong to. ``create_only``:
+        refuse (Conflict ``agent.exists``) if one of this id exists."""
         cfg = await self.config(ws)
         a = agent if isinstance(agent, AgentConfig) else parse_agent(agent)
-        res = await self.pools.update_agent(ws, cfg, a)
+        res = await self.pools.update_agent(ws, cfg, a, create_only=create_only)
         await self._dispatch(ws, res)
         if res.get("revoked"):  # their consoles, on every node, are told and closed
             await self.notify(ws, a.id, {"type": "session.revoked", "message": REVOKED})
@@ -186,7 +189,7 @@ class Switch:
         if not ev.subject and ev.channel == "chat" and ev.text:
             # a chat has no subject: its first words stand in for one where cases are listed
             # (the supervisor's lists; an agent's offer reads the conversation itself)
-            tri.fields["pv"] = preview(ev.text)
+            tri.fields["pv"] = preview(ev.text[:480])
         await self.pools.ensure(ws, cfg, tri.pools)
         res = await self.store.run(
             "event_ingest",

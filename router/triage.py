@@ -159,6 +159,22 @@ def pool_members(
     ]
 
 
+def queue_members(
+    queues: Sequence[Any], agents: Mapping[str, Mapping[str, Any]]
+) -> dict[str, frozenset[str]]:
+    """Queue id -> the agents (id -> agent_data) whose attributes its target matches: the
+    queues an agent may be offered cases from. A target that no longer compiles matches
+    nobody."""
+    out: dict[str, frozenset[str]] = {}
+    for q in queues:
+        try:
+            matched = pool_members(PoolSpec(q.id, q.id, "true"), q.target, agents)
+        except ExpressionError:
+            matched = []
+        out[q.id] = frozenset(str(m[0]) for m in matched)
+    return out
+
+
 def _step(
     ws: WorkspaceConfig, step: Step, due: float | None
 ) -> tuple[dict[str, Any], PoolSpec | None]:

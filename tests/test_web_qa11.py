@@ -129,6 +129,10 @@ async def test_the_supervisor_view_fits_a_phone_with_its_actions_in_reach(
     await expect(sue.get_by_test_id("move-case-queue")).to_be_focused()
     await sue.get_by_test_id("move-case-queue").select_option("urgent")  # nobody takes it
     await sue.get_by_test_id("move-case-submit").click()
+    await expect(sue.get_by_test_id("move-case-warning")).to_contain_text(  # asked first
+        "Nobody has the skills for Urgent"
+    )
+    await sue.get_by_test_id("move-case-submit").click()
     await expect(sue.get_by_test_id("move-confirmation")).to_contain_text("Case moved to Urgent.")
     await expect(row.get_by_test_id("waiting-case-queue")).to_have_text("Urgent")
     # ... and so does an agent's status menu

@@ -45,8 +45,9 @@ function claimsSaid(customer) {
 /** The note of the transfer (or supervisor's move) that brought the case here, from the
  *  customer's history the offer carries: the next agent reads why before accepting. Null when
  *  the case was not handed on since it was (re)opened, or the history does not reach it. */
-function handedOn(c, timeline) {
-  if (!c.transferred || (c.reopened && Number(c.reopened) > Number(c.transferred))) return null;
+function handedOn(offer, timeline) {
+  const c = offer.case || {};
+  if (!offer.why || !offer.why.transferred) return null; // the server's word (push.py handed_on)
   const entry = [...timeline.entries].reverse().find((e) => e.kind === "transfer" && e.case === c.id);
   if (!entry) return null;
   const who = entry.from ? bdi(entry.from) : "a colleague";
@@ -57,8 +58,9 @@ function handedOn(c, timeline) {
 
 /** A case the customer reopened by writing again: what they wrote now (the newest message of
  *  theirs in it), which the subject, the first message's, does not tell. Null otherwise. */
-function wroteAgain(c, timeline) {
-  if (!c.reopened || (c.transferred && Number(c.transferred) >= Number(c.reopened))) return null;
+function wroteAgain(offer, timeline) {
+  const c = offer.case || {};
+  if (!c.reopened || (offer.why && offer.why.transferred)) return null;
   const entry = [...timeline.entries].reverse().find((e) => e.case === c.id && e.dir === "in" && e.text);
   if (!entry) return null;
   const text = shown(entry.text).trim();
@@ -103,7 +105,7 @@ export class OfferCard {
     this.claims = h("p", { class: "offer-unverified", testid: "offer-claims", title: UNVERIFIED_TITLE, hidden: true }),
     this.callbackSlot = h("div", { class: "offer-callback-slot" }, callbackNote(c, offer.customer, "offer-callback")),
     h("p", { class: "offer-subject", testid: "offer-subject", dir: "auto" }, caseSummary(c, timeline)),
-    handedOn(c, timeline) || wroteAgain(c, timeline),
+    handedOn(offer, timeline) || wroteAgain(offer, timeline),
     h("p", { class: "offer-why", testid: "offer-why" },
       h("span", { class: "offer-why-label" }, "Why you: "), whyText(offer.why, actions.queueName)),
     historyCount ? h("p", { class: "offer-history" },

@@ -243,7 +243,7 @@ class SupervisorView {
       if (this.queueStaff.get(to) === 0) {
         warnings.push(`Nobody has the skills for ${this.queueName(to)}: the case will wait there.`);
       }
-      const asked = `${id}>${to}`;
+      const asked = `${id}>${to}>${warnings.join("|")}`; // asked again if what it asks changed
       if (warnings.length && this.moveConfirmed !== asked) {
         this.moveConfirmed = asked;
         this.moveWarn.textContent = `${warnings.join(" ")} Move case again to move it all the same.`;
@@ -261,6 +261,7 @@ class SupervisorView {
         this.describeMove(null);
         this.refresh();
       } catch (e) {
+        this.moveConfirmed = null;
         this.toasts.show(`Not moved: ${e.message}`, { kind: "error" });
       } finally {
         submit.disabled = false;

@@ -580,12 +580,17 @@ end
 
 -- Queueing and workflow steps --------------------------------------------------------------------
 
--- Put a case (status queued, fields pool/q/pri/age set) into its waiting ZSETs.
+-- Put a case (status queued, fields pool/q/pri/age set) into its waiting ZSETs: its pool's
+-- by rank (priority, age), its queue's by when this wait began (as the supervisor's lists and
+-- longest wait read it): its age, or its hand-over by an agent ('wfrom', case_transfer.lua).
 local function enqueue(c)
-  local cs = case_get(c, {'pool', 'ch', 'q', 'pri', 'age', 'lifo'})
-  local score = wait_score(tonumber(cs[4]) or 0, tonumber(cs[5]) or 0, cs[6])
+  local cs = case_get(c, {'pool', 'ch', 'q', 'pri', 'age', 'lifo', 'wfrom'})
+  local age = tonumber(cs[5]) or 0
+  local score = wait_score(tonumber(cs[4]) or 0, age, cs[6])
   redis.call('ZADD', k_pool_wait(cs[1], cs[2]), num_s(score), c)
-  redis.call('ZADD', k_queue_wait(cs[3]), num_s(tonumber(cs[5]) or 0), c)
+  local handed = tonumber(cs[7])
+  local since = handed and (handed - EPOCH_MS) or age
+  redis.call('ZADD', k_queue_wait(cs[3]), num_s(since), c)
 end
 
 local function dequeue(c)

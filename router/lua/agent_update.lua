@@ -3,12 +3,16 @@
 -- KEYS[1] workspace prefix
 -- ARGV    now, agent id, name, channels "chat,email,voice", capacities JSON {ch: n},
 --         attributes JSON, memberships JSON [[pool id, order value], ...], the pools' version
---         ('pver') read when the memberships were computed ('' = don't check)
+--         ('pver') read when the memberships were computed ('' = don't check), '1' = create
+--         only (an agent of this id exists: refused, nothing changed)
 -- Returns {ok, created, offers} or {ok=false, retry=true} when a pool was defined meanwhile
--- (the caller recomputes memberships and calls again). Bumps the agents' version ('aver'),
+-- (the caller recomputes memberships and calls again), {ok=false, error='agent.exists'}. Bumps the agents' version ('aver'),
 -- which pool_define.lua checks: a pool defined from agents read before this update retries.
 -- Agent updates do not conflict with each other: each agent's memberships are its own.
 local a = ARGV[2]
+if ARGV[9] == '1' and redis.call('EXISTS', k_agent(a)) == 1 then
+  return result({ok = false, error = 'agent.exists'})
+end
 if ARGV[8] ~= '' and (hget(k_cfg(), 'pver') or '0') ~= ARGV[8] then
   return result({ok = false, retry = true})
 end

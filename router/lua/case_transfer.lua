@@ -14,7 +14,8 @@
 -- Returns {ok, offers, rescinded, push} or {ok=false, error=...}.
 local a, c = ARGV[2], ARGV[3]
 local ck = k_case(c)
-local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'offer', 'q', 'wfrom', 'age')
+local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'offer', 'q', 'wfrom', 'age',
+  'pool')
 if not cs[1] then return result({ok = false, error = 'case.unknown'}) end
 local offers = {}
 local rescinded = {}
@@ -99,6 +100,9 @@ else
   local ok, plan = pcall(cjson.decode, ARGV[4])
   local to = ok and type(plan) == 'table' and type(plan[1]) == 'table' and plan[1].queue or ''
   local left = (cs[6] and cs[6] ~= to) and cs[6] or ''
+  -- not a step for one agent (a transfer to them, a reopen): it waits in its queue, and its
+  -- timeout counts against no queue either (timers_run.lua)
+  if string.sub(cs[9] or '', 1, 2) == 'a~' then left = '' end
   log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6], 'queue', left,
     'ch', cs[3], 'waited', num_s(NOW - since)})
 end
