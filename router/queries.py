@@ -71,12 +71,14 @@ def case_summary(fields: Mapping[str, str]) -> dict[str, Any]:
     if fields.get("st") == "offered" and fields.get("oagent"):
         out["offered_to"] = fields["oagent"]
     if fields.get("st") in ("queued", "offered") and fields.get("age"):
-        # since when the customer waits (ms): a reopened case waits from its reopening, not
-        # its creation (its age); a case its agent handed on, from then ('wfrom'; it keeps its
-        # age, which ranks it). The queues' waiting sets are scored the same way (enqueue in
-        # _lib.lua), which the longest wait and this listing's order read
-        since = fields.get("wfrom")
-        out["waiting_since"] = int(since) if since else int(float(fields["age"])) + AGE_EPOCH_MS
+        # since when the customer waits (ms): 'plan_start', a reopened case's reopening, not its
+        # creation; a case its agent handed on, from then (it keeps its age, which ranks it);
+        # not reset by a supervisor's move. The queues' waiting sets are scored the same way
+        # (enqueue in _lib.lua), which the longest wait and this listing's order read
+        since = fields.get("plan_start")
+        out["waiting_since"] = (
+            int(float(since)) if since else int(float(fields["age"])) + AGE_EPOCH_MS
+        )
     return out
 
 

@@ -42,6 +42,7 @@ SL_FORMULA = "answered within target ÷ (answered + abandoned + escalated), last
 CATCH_UP_S = 2.0  # a first snapshot waits this long at most for the last hour's counts
 WINDOW_S = 3600
 COUNTED = frozenset({"offer.accepted", "case.abandoned", "case.escalated", "case.transferred"})
+MAX_TIMED = 200_000  # accepted cases a tail keeps the time of, for their handle times
 # a queue's minute: answered within target, answered, abandoned, escalated, the answered cases'
 # waits (ms, summed), completed, their handle times (ms, summed: accept to complete)
 WITHIN, ANSWERED, ABANDONED, ESCALATED, WAITED, COMPLETED, HANDLED = range(7)
@@ -59,6 +60,10 @@ class _Tail:
         self.buckets: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0.0] * 7)
         # (agent, minute) -> [cases completed, their handle times (ms, summed), offers missed]
         self.agent_buckets: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0.0] * 3)
+        # case -> (when it was last accepted, ms; its queue): a completion's handle time and
+        # queue, from the log alone (the routing scripts write nothing more for them). A case
+        # accepted before the hour this tail reads is not timed.
+        self.accepted: dict[str, tuple[float, str]] = {}
         # set once the last hour is read: until then the counts are not yet true
         self.caught_up = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"stats-{ws}")
@@ -70,10 +75,15 @@ class _Tail:
             self.agent_buckets[(fields["agent"], minute)][2] += 1
             return
         q = fields.get("queue", "")
+        if t == "offer.accepted" and fields.get("case"):
+            self.accepted[fields["case"]] = (float(fields.get("ts", "0")), q)
+            while len(self.accepted) > MAX_TIMED:  # the oldest first: cases left open for days
+                del self.accepted[next(iter(self.accepted))]
         if t == "case.completed":
-            if "handled" not in fields:
-                return  # logged before completions carried their handle time: no 0 s averages
-            handled = float(fields["handled"])
+            began = self.accepted.pop(fields.get("case", ""), None)
+            if began is None:
+                return  # accepted before the hour this tail reads: not timed
+            handled, q = float(fields.get("ts", "0")) - began[0], began[1]
             if fields.get("agent"):
                 a = self.agent_buckets[(fields["agent"], minute)]
                 a[0] += 1

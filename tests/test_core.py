@@ -870,9 +870,13 @@ async def test_a_supervisor_moving_a_waiting_case_does_not_restart_its_wait(
     move past its target as a breach. A case its agent hands on waits from then (they served
     the customer until then), as the supervisor's waiting list also says."""
     await setup(switch, agent("ann", ["support"]), agent("bob", ["sales"]))
-    hour_ago = now_ms() - 3_600_000 - queries.AGE_EPOCH_MS
+    hour_ago = now_ms() - 3_600_000
     late = await switch.ingest("acme", chat("e1", email="late@example.com"))
-    await switch.redis.hset(f"sb:{{acme}}:c:{late.case}", "age", hour_ago)  # waited an hour
+    # it has waited an hour: its age and the start of its wait
+    await switch.redis.hset(
+        f"sb:{{acme}}:c:{late.case}",
+        mapping={"age": hour_ago - queries.AGE_EPOCH_MS, "plan_start": hour_ago},
+    )
     await switch.transfer("acme", "", late.case, queue="support")  # to its own queue
     await switch.transfer("acme", "", late.case, queue="sales", note="no support today")
     soon = await switch.ingest("acme", chat("e2", email="soon@example.com"))
@@ -897,7 +901,10 @@ async def test_a_supervisor_moving_a_waiting_case_does_not_restart_its_wait(
     await switch.set_status("acme", "ann", "available")
     served = await switch.ingest("acme", chat("e3", email="served@example.com"))
     await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
-    await switch.redis.hset(f"sb:{{acme}}:c:{served.case}", "age", hour_ago)
+    await switch.redis.hset(
+        f"sb:{{acme}}:c:{served.case}",
+        mapping={"age": hour_ago - queries.AGE_EPOCH_MS, "plan_start": hour_ago},
+    )
     before = now_ms()
     await switch.transfer("acme", "ann", served.case, queue="sales")
     cfg = await switch.config("acme")

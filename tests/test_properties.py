@@ -371,7 +371,9 @@ class Model:
         else:
             must(c.status in ("queued", "limbo"), f"supervisor moved a {c.status} case: {ev}")
         c.plan = ctx.plan(c)
-        c.plan_start, c.agent, c.status = ts, "", "new"
+        if a or taken:  # handed on: the customer waits from now (a move keeps the wait's start)
+            c.plan_start = ts
+        c.agent, c.status = "", "new"
         c.x = {a or taken} if a or taken else set()
         c.timer = None  # the old plan's step timer means nothing for the new plan
         self._enter(c, 1)

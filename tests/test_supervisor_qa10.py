@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Page, expect
 
+import router.store
 from router import keys, queries
 from router.stats import Stats
 from router.store import now_ms
@@ -258,8 +259,8 @@ async def _sl(stats: Stats, switch: Switch, queue: str, answered: int) -> dict[s
 
 async def _answer_after(switch: Switch, inbox: Inbox, case: str, waited_s: int) -> None:
     """Ann answers ``case`` as if it had waited ``waited_s`` seconds (since it began waiting)."""
-    began = now_ms() - waited_s * 1000 - queries.AGE_EPOCH_MS  # its age: since it began waiting
-    await switch.redis.hset(keys.case("acme", case), "age", began)
+    began = now_ms() - waited_s * 1000  # since it began waiting
+    await switch.redis.hset(keys.case("acme", case), "plan_start", began)
     await switch.set_status("acme", "ann", "available")
     offer = inbox.last_offer("ann")
     assert offer["case"]["id"] == case
@@ -524,27 +525,30 @@ async def test_a_supervisor_reads_a_listed_cases_conversation(
 
 
 async def test_the_statistics_give_average_answer_and_handle_times_and_each_agents_hour(
-    switch: Switch, inbox: Inbox, redis_server: str
+    switch: Switch, inbox: Inbox, redis_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Per queue, the last hour's average speed of answer and handle time; per agent, the
-    cases they completed, their average handle time and the offers they missed."""
+    cases they completed, their average handle time and the offers they missed. The
+    transitions run on the test's clock (router.store.now_ms): handle times come from the log."""
+    start = now_ms()
+    clock = [start]
+    monkeypatch.setattr(router.store, "now_ms", lambda: clock[0])
     await switch.apply_workspace({**DECL, "agents": [agent("ann", ["support"], chat=10)]})
     first = await switch.ingest("acme", chat("a1", email="a@example.com"))
     second = await switch.ingest("acme", chat("a2", email="b@example.com"))
     for case, waited in ((first.case, 30), (second.case, 10)):  # waited 30 s and 10 s
-        began = now_ms() - waited * 1000 - queries.AGE_EPOCH_MS
-        await switch.redis.hset(keys.case("acme", case), "age", began)
+        await switch.redis.hset(keys.case("acme", case), "plan_start", start - waited * 1000)
     await switch.set_status("acme", "ann", "available")
     for offer in inbox.offers("ann"):
         await switch.accept("acme", "ann", offer["offer"])
     await switch.set_status("acme", "ann", "away")
-    for case, minutes in ((first.case, 4), (second.case, 2)):  # handled for 4 and 2 minutes
-        await switch.redis.hset(keys.case("acme", case), "assigned", now_ms() - minutes * 60_000)
+    for case, minutes in ((second.case, 2), (first.case, 4)):  # handled for 2 and 4 minutes
+        clock[0] = start + minutes * 60_000
         await switch.complete("acme", "ann", case, "resolved")
     missed = await switch.ingest("acme", chat("a3", email="c@example.com"))
     await switch.set_status("acme", "ann", "available")
     assert inbox.last_offer("ann")["case"]["id"] == missed.case
-    await switch.run_timers("acme", now=now_ms() + 31_000)  # she lets it time out
+    await switch.run_timers("acme", now=clock[0] + 31_000)  # she lets it time out
 
     stats = Stats(redis_server, share_s=0)
     try:

@@ -389,10 +389,10 @@ end
 -- offer (numbered from it, then its end kept in the history) at once.
 -- (those before 'otm' go out with the offer; the rest only serve make_offer)
 local OFFER_FIELDS = {'id', 'ch', 'st', 'pri', 'q', 'cust', 'subject', 'created', 'agent',
-  'flt', 'step', 'attrs', 'pool', 'callback', 'disposition', 'reopened', 'transferred', 'cbwhy',
-  'otm', 'offer', 'oagent', 'ost', 'oh'}
-local OF_CH, OF_ST, OF_Q, OF_CUST, OF_POOL, OF_OTM = 2, 3, 5, 6, 13, 19
-local OF_OFFER, OF_OAGENT, OF_OST, OF_OH = 20, 21, 22, 23
+  'flt', 'step', 'attrs', 'pool', 'callback', 'disposition', 'reopened', 'transferred', 'otm',
+  'offer', 'oagent', 'ost', 'oh'}
+local OF_CH, OF_ST, OF_Q, OF_CUST, OF_POOL, OF_CALLBACK, OF_OTM = 2, 3, 5, 6, 13, 14, 18
+local OF_OFFER, OF_OAGENT, OF_OST, OF_OH = 19, 20, 21, 22
 
 -- Offer case c to agent a: reserve capacity, arm the deadline, log it. Returns the payload the
 -- pushing node needs (offer, case, customer profile and recent timeline), and whether the higher
@@ -440,6 +440,15 @@ local function make_offer(c, a, waiting)
     if v[i] then
       fields[#fields + 1] = f
       fields[#fields + 1] = v[i]
+    end
+  end
+  if v[OF_CALLBACK] == '1' then
+    -- why the caller is to be called back (case_transfer.lua 'cbwhy'): read for callbacks
+    -- only, not looked for (a miss scans the whole case) in every offer
+    local why = hget(k_case(c), 'cbwhy')
+    if why then
+      fields[#fields + 1] = 'cbwhy'
+      fields[#fields + 1] = why
     end
   end
   -- the nodes holding the agent's consoles (agent_presence keeps the list in the agent's
@@ -582,15 +591,15 @@ end
 
 -- Put a case (status queued, fields pool/q/pri/age set) into its waiting ZSETs: its pool's
 -- by rank (priority, age), its queue's by when this wait began (as the supervisor's lists and
--- longest wait read it): its age, or its hand-over by an agent ('wfrom', case_transfer.lua).
+-- longest wait read it): 'plan_start', set when it was created or reopened (its age then) or
+-- handed on by an agent (case_transfer.lua), in the ages' units.
 local function enqueue(c)
-  local cs = case_get(c, {'pool', 'ch', 'q', 'pri', 'age', 'lifo', 'wfrom'})
+  local cs = case_get(c, {'pool', 'ch', 'q', 'pri', 'age', 'lifo', 'plan_start'})
   local age = tonumber(cs[5]) or 0
   local score = wait_score(tonumber(cs[4]) or 0, age, cs[6])
   redis.call('ZADD', k_pool_wait(cs[1], cs[2]), num_s(score), c)
-  local handed = tonumber(cs[7])
-  local since = handed and (handed - EPOCH_MS) or age
-  redis.call('ZADD', k_queue_wait(cs[3]), num_s(since), c)
+  local since = tonumber(cs[7])
+  redis.call('ZADD', k_queue_wait(cs[3]), num_s(since and (since - EPOCH_MS) or age), c)
 end
 
 local function dequeue(c)

@@ -5,7 +5,7 @@
 -- Returns {ok, duplicate, offers} or {ok=false, error=...}.
 local a, c = ARGV[2], ARGV[3]
 local ck = k_case(c)
-local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'q', 'assigned')
+local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust')
 if not cs[1] or cs[2] ~= a then return result({ok = false, error = 'case.unknown'}) end
 if cs[1] == 'completed' then return result({ok = true, duplicate = true, offers = {}}) end
 if cs[1] ~= 'assigned' and cs[1] ~= 'wrapping' then
@@ -16,9 +16,7 @@ redis.call('SREM', k_agent_cases(a), c)
 if cs[1] == 'assigned' then chat_event(c, cs[3], 'closed', a) end  -- wrap-up told it already
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
 local _, known = move_load(a, cs[3], -1)
--- its queue and handle time (accept to complete, ms): the supervisor's averages (router/stats.py)
-log('case.completed', {'case', c, 'agent', a, 'disposition', ARGV[4], 'queue', cs[5] or '',
-  'handled', num_s(NOW - (tonumber(cs[6]) or NOW))})
+log('case.completed', {'case', c, 'agent', a, 'disposition', ARGV[4]})
 local offers = {}
 pull(a, offers, cs[3], nil, known)
 return result({ok = true, duplicate = false, offers = offers})

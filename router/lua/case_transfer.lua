@@ -14,7 +14,7 @@
 -- Returns {ok, offers, rescinded, push} or {ok=false, error=...}.
 local a, c = ARGV[2], ARGV[3]
 local ck = k_case(c)
-local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'offer', 'q', 'wfrom', 'age',
+local cs = redis.call('HMGET', ck, 'st', 'agent', 'ch', 'cust', 'offer', 'q', 'plan_start',
   'pool')
 if not cs[1] then return result({ok = false, error = 'case.unknown'}) end
 local offers = {}
@@ -79,13 +79,15 @@ else
   end
   dequeue(c)
 end
--- to an agent: its first step names them (enter_step)
-redis.call('HSET', ck, 'plan', ARGV[4], 'plan_start', NOW_S, 'st', 'queued', 'transferred', NOW_S)
+-- to an agent: its first step names them (enter_step). 'plan_start' is when the customer
+-- began waiting, which the service level and the waiting lists count from, and what a plan's
+-- step timeouts count from: an agent had the case, so the customer was served until now and
+-- waits again from here (its age, which ranks it, is kept); a supervisor moving a waiting
+-- case keeps it, as the customer goes on waiting (a move's plan has no timeout to count).
+redis.call('HSET', ck, 'plan', ARGV[4], 'st', 'queued', 'transferred', NOW_S)
+if out ~= '' then redis.call('HSET', ck, 'plan_start', NOW_S) end
 if ARGV[5] ~= '' then redis.call('RPUSH', k_timeline(cs[4]), ARGV[5]) end
 if out ~= '' then
-  -- an agent had it: the customer was served until now, and waits again from here ('wfrom',
-  -- the service level's wait; its age, which ranks it, is kept)
-  redis.call('HSET', ck, 'wfrom', NOW_S)
   if a == '' then
     log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6], 'from_agent', out})
   else
@@ -96,13 +98,13 @@ else
   -- restarted), and the queue it leaves unanswered is told how long it waited there
   -- (router/stats.py counts a move past that queue's target as a breach of it)
   -- (a move within its queue leaves none)
-  local since = tonumber(cs[7]) or ((tonumber(cs[8]) or (NOW - EPOCH_MS)) + EPOCH_MS)
+  local since = tonumber(cs[7]) or NOW
   local ok, plan = pcall(cjson.decode, ARGV[4])
   local to = ok and type(plan) == 'table' and type(plan[1]) == 'table' and plan[1].queue or ''
   local left = (cs[6] and cs[6] ~= to) and cs[6] or ''
   -- not a step for one agent (a transfer to them, a reopen): it waits in its queue, and its
   -- timeout counts against no queue either (timers_run.lua)
-  if string.sub(cs[9] or '', 1, 2) == 'a~' then left = '' end
+  if string.sub(cs[8] or '', 1, 2) == 'a~' then left = '' end
   log('case.transferred', {'case', c, 'agent', a, 'to', ARGV[6], 'queue', left,
     'ch', cs[3], 'waited', num_s(NOW - since)})
 end

@@ -213,9 +213,7 @@ else
     redis.call('HSET', k_case(c), 'st', 'queued', 'age', NOW - EPOCH_MS, 'reopened', NOW_S,
       'x', '|', 'agent', '', 'plan', plan, 'plan_start', NOW_S, 'updated', NOW_S, 'callback', '0')
     -- open again: how and when it was closed no longer describe it (a new close sets them)
-    -- ('wfrom': a transfer's restart of the wait, router/lua/case_transfer.lua; the wait now
-    -- counts from the reopening, as its age does)
-    redis.call('HDEL', k_case(c), 'disposition', 'closed', 'wfrom')
+    redis.call('HDEL', k_case(c), 'disposition', 'closed')
     if was_ended then redis.call('HDEL', k_case(c), 'ended') end  -- settled with it
     log('case.reopened', {'case', c, 'customer', u})
   else

@@ -7,11 +7,10 @@ local a, o = ARGV[2], ARGV[3]
 local c = offer_case(o)
 if c == nil then return result({ok = false, error = 'offer.unknown'}) end
 local ck = k_case(c)
--- when the case last began waiting, its wait (the service level's): 'wfrom' once an agent
--- handed it on (case_transfer.lua), else its age (created, reopened). Not 'plan_start': a
--- supervisor moving a waiting case starts a new plan, but the customer goes on waiting.
-local cq = redis.call('HMGET', ck, 'offer', 'ost', 'oagent', 'ch', 'q', 'wfrom', 'thread',
-  'cust', 'step', 'first_assigned', 'age')
+-- 'plan_start': when the case last began waiting (created, reopened, handed on by its agent;
+-- not moved by a supervisor, case_transfer.lua): its wait, the service level's
+local cq = redis.call('HMGET', ck, 'offer', 'ost', 'oagent', 'ch', 'q', 'plan_start', 'thread',
+  'cust', 'step', 'first_assigned')
 local st = offer_state_for(c, o, a, cq[1], cq[2], cq[3])
 if st == nil then return result({ok = false, error = 'offer.unknown'}) end
 if st == 'accepted' then return result({ok = true, case = c, duplicate = true}) end
@@ -30,9 +29,8 @@ end
 redis.call('HSET', ck, unpack(f))
 local missed = hget(k_agent(a), 'missed')
 if missed and missed ~= '0' then redis.call('HSET', k_agent(a), 'missed', 0) end
-local since = tonumber(cq[6]) or ((tonumber(cq[11]) or (NOW - EPOCH_MS)) + EPOCH_MS)
 log('offer.accepted', {'case', c, 'agent', a, 'offer', o, 'queue', cq[5], 'ch', ch,
-  'waited', num_s(NOW - since)})
+  'waited', num_s(NOW - (tonumber(cq[6]) or NOW))})
 chat_event(c, ch, 'joined', a)
 if ch == 'voice' then
   -- the bridge that holds the call connects it to the agent (durable, via the outbox)
