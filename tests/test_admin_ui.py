@@ -402,6 +402,7 @@ async def test_the_supervisor_and_admin_pages_link_to_each_other_for_an_admin(
     await page.get_by_test_id("admin-supervisor-link").click()
     await expect(page).to_have_url(one_node.nodes[0].url + "/supervisor")
     await expect(page.get_by_test_id("connection-state")).to_have_text("Live")
+    await expect(page.locator(".who-ws")).to_have_text("Admin · acme")  # who is signed in
     await page.get_by_test_id("supervisor-admin-link").click()  # signed in on both
     await expect(agent_row(page, "ada")).to_be_visible()
     # a supervisor is not shown the way to a page that is not theirs
@@ -414,6 +415,7 @@ async def test_the_supervisor_and_admin_pages_link_to_each_other_for_an_admin(
     await sue.get_by_test_id("login-submit").click()
     await expect(sue.get_by_test_id("connection-state")).to_have_text("Live")
     await expect(sue.get_by_test_id("supervisor-admin-link")).to_have_count(0)
+    await expect(sue.locator(".who-ws")).to_have_text("Supervisor · acme")
 
 
 async def test_an_agents_console_follows_what_an_admin_changes(

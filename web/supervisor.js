@@ -197,7 +197,7 @@ class SupervisorView {
       h("header", { class: "topbar" },
         h("div", { class: "brand" }, h("span", { class: "brand-mark", "aria-hidden": "true" }, "◆"), "Switchboard"),
         h("div", { class: "who" }, h("span", { class: "who-name", testid: "agent-name" }, this.session.name),
-          h("span", { class: "who-ws" }, `Supervisor · ${this.session.workspace}`)),
+          h("span", { class: "who-ws" }, `${this.session.role === "admin" ? "Admin" : "Supervisor"} · ${this.session.workspace}`)),
         h("div", { class: "spacer" }),
         indicator,
         this.adminLink(),
