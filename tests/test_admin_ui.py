@@ -21,13 +21,14 @@ from playwright.async_api import Locator, Page, expect
 
 from tests import test_console, test_supervisor_qa10
 from tests.test_console import Web
-from tests.ws_client import Stack, WsClient, uid
+from tests.ws_client import Stack
 
 # test_console's browser, one per module
 chromium = test_console.chromium
 browser = test_console.browser
 # browser contexts, checked for page errors and CSP violations at the end
 pages = test_supervisor_qa10.pages
+customer_event = test_supervisor_qa10.customer_event
 
 pytestmark = pytest.mark.browser
 
@@ -123,21 +124,6 @@ async def rest(stack: Stack, method: str, path: str, body: Any = None) -> tuple[
 async def fill_agent(page: Page, **fields: str) -> None:
     for name, value in fields.items():
         await page.get_by_test_id(f"admin-agent-{name.replace('_', '-')}").fill(value)
-
-
-async def customer_chat(bridge: WsClient, topic: str) -> str:
-    """A chat from a new customer about ``topic``; its case id."""
-    ack = await bridge.ok(
-        "event",
-        id=uid("e"),
-        channel="chat",
-        identities={"email": f"{uid('c')}@example.com"},
-        name="Kim Lee",
-        text="hello",
-        attributes={"topic": topic},
-    )
-    case: str = ack["case"]
-    return case
 
 
 # -- agents ---------------------------------------------------------------------------------------
@@ -245,7 +231,7 @@ async def test_removing_an_agent_who_holds_a_case_is_refused_and_a_free_one_goes
     stack = one_node
     bridge = await stack.bridge()
     sam, _ = await stack.agent("sam", status="available")
-    case = await customer_chat(bridge, "support")
+    case = await customer_event(bridge, "support")
     offer = await sam.expect("offer")
     await sam.ok("offer.accept", offer=offer["offer"])
 
