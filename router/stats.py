@@ -298,8 +298,10 @@ class Stats:
         for row in queues:
             members = staff.get(row["id"], frozenset())
             row["agents"] = len(members)  # whose skills the queue's target matches
-            row["agents_available"] = sum(  # of them, taking cases now
-                1 for a in agents if a["id"] in members and a["status"] in taking
+            on = [a for a in agents if a["id"] in members and a["status"] in taking]
+            row["agents_available"] = len(on)  # of them, taking cases now
+            row["agents_free"] = sum(  # and of those, with room left on some channel
+                1 for a in on if any(a["load"].get(ch, 0) < n for ch, n in a["capacity"].items())
             )
         for a in agents:
             a.pop("attributes", None)

@@ -453,7 +453,7 @@ async def test_the_statistics_say_who_can_take_each_queue(
             **DECL,
             "agents": [
                 agent("ann", ["support"]),
-                agent("bob", ["support", "sales"]),
+                agent("bob", ["support", "sales"], email=0, voice=0),  # chats only
                 {**agent("sue", ["support"]), "capacity": {}},  # supervises
             ],
         }
@@ -466,8 +466,15 @@ async def test_the_statistics_say_who_can_take_each_queue(
             snap = await stats.snapshot(switch.redis, await switch.config("acme"), "acme")
             return {q["id"]: (q["agents_available"], q["agents"]) for q in snap["queues"]}
 
+        async def free(queue: str) -> int:
+            snap = await stats.snapshot(switch.redis, await switch.config("acme"), "acme")
+            return int(next(q for q in snap["queues"] if q["id"] == queue)["agents_free"])
+
         got = await staffing()
         assert (got["support"], got["sales"]) == ((1, 2), (1, 1))
+        for i in range(2):  # bob's two chats: available, but with no room left
+            await switch.ingest("acme", chat(f"s{i}", email=f"s{i}@example.com"))
+        assert await free("sales") == 0 and (await staffing())["sales"] == (1, 1)
         await switch.set_status("acme", "ann", "available")
         assert (await staffing())["support"] == (2, 2)
         queues = [

@@ -741,7 +741,8 @@ class SupervisorView {
       // who can take its cases: "2 of 5" available; nobody at all (a target no agent's skills
       // match) or nobody in right now is what leaves cases waiting
       if (typeof q.agents === "number") {
-        const none = q.agents === 0 ? "nobody has the skills" : q.agents_available === 0 ? "nobody in" : "";
+        const none = q.agents === 0 ? "nobody has the skills" : q.agents_available === 0 ? "nobody in"
+          : q.agents_free === 0 ? "all busy" : "";
         replace(row.staff, `${q.agents_available} of ${q.agents}`,
           none ? h("span", { class: `staff-none${q.waiting ? " waiting" : ""}`, testid: "queue-unstaffed" }, none) : null);
       }
