@@ -29,6 +29,7 @@ browser = test_console.browser
 # browser contexts, checked for page errors and CSP violations at the end
 pages = test_supervisor_qa10.pages
 customer_event = test_supervisor_qa10.customer_event
+signed_in_at = test_supervisor_qa10.signed_in_at
 
 pytestmark = pytest.mark.browser
 
@@ -84,14 +85,7 @@ async def one_node(tmp_path: Path) -> AsyncIterator[Stack]:
 
 async def signed_in(stack: Stack, browser: Any, webs: list[Web], agent: str = "ada") -> Page:
     """``agent`` signed in on /admin (the page's own sign-in form)."""
-    web = Web(browser, stack.nodes[0])
-    webs.append(web)
-    page = await web.page("/admin")
-    await page.get_by_test_id("login-workspace").fill("acme")
-    await page.get_by_test_id("login-agent").fill(agent)
-    await page.get_by_test_id("login-password").fill("pw")
-    await page.get_by_test_id("login-submit").click()
-    return page
+    return await signed_in_at(stack, browser, webs, "/admin", agent)
 
 
 async def admin_page(stack: Stack, browser: Any, webs: list[Web]) -> Page:
@@ -392,14 +386,7 @@ async def test_the_supervisor_and_admin_pages_link_to_each_other_for_an_admin(
     await page.get_by_test_id("supervisor-admin-link").click()  # signed in on both
     await expect(agent_row(page, "ada")).to_be_visible()
     # a supervisor is not shown the way to a page that is not theirs
-    web = Web(browser, one_node.nodes[0])
-    pages.append(web)
-    sue = await web.page("/supervisor")
-    await sue.get_by_test_id("login-workspace").fill("acme")
-    await sue.get_by_test_id("login-agent").fill("sue")
-    await sue.get_by_test_id("login-password").fill("pw")
-    await sue.get_by_test_id("login-submit").click()
-    await expect(sue.get_by_test_id("connection-state")).to_have_text("Live")
+    sue = await test_supervisor_qa10.supervisor_page(one_node, 0, browser, pages)
     await expect(sue.get_by_test_id("supervisor-admin-link")).to_have_count(0)
     await expect(sue.locator(".who-ws")).to_have_text("Supervisor · acme")
 
@@ -409,13 +396,7 @@ async def test_an_agents_console_follows_what_an_admin_changes(
 ) -> None:
     """Sam's open console shows the capacity and name Ada gives him on the admin page at once,
     and says an admin changed them (no reload, no sign-out)."""
-    web = Web(browser, one_node.nodes[0])
-    pages.append(web)
-    sam = await web.page("/")
-    await sam.get_by_test_id("login-workspace").fill("acme")
-    await sam.get_by_test_id("login-agent").fill("sam")
-    await sam.get_by_test_id("login-password").fill("pw")
-    await sam.get_by_test_id("login-submit").click()
+    sam = await signed_in_at(one_node, browser, pages, "/", "sam")
     await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
     await expect(sam.get_by_test_id("load-chat")).to_have_text("Chat 0/3")
 

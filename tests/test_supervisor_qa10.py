@@ -104,15 +104,24 @@ async def pages(browser: Any) -> AsyncIterator[list[Web]]:
         assert not w.problems, w.problems
 
 
-async def supervisor_page(stack: Stack, node: int, browser: Any, webs: list[Web]) -> Page:
-    """Sue's supervisor view, signed in on ``node``."""
+async def signed_in_at(
+    stack: Stack, browser: Any, webs: list[Web], path: str, agent: str, node: int = 0
+) -> Page:
+    """A new browser context on ``node`` at ``path``, ``agent`` signed in with the page's own
+    form (password "pw"); whatever the page then shows is the caller's to wait for."""
     web = Web(browser, stack.nodes[node])
     webs.append(web)
-    page = await web.page("/supervisor")
+    page = await web.page(path)
     await page.get_by_test_id("login-workspace").fill("acme")
-    await page.get_by_test_id("login-agent").fill("sue")
+    await page.get_by_test_id("login-agent").fill(agent)
     await page.get_by_test_id("login-password").fill("pw")
     await page.get_by_test_id("login-submit").click()
+    return page
+
+
+async def supervisor_page(stack: Stack, node: int, browser: Any, webs: list[Web]) -> Page:
+    """Sue's supervisor view, signed in on ``node``."""
+    page = await signed_in_at(stack, browser, webs, "/supervisor", "sue", node)
     await expect(page.get_by_test_id("connection-state")).to_have_text("Live")
     return page
 
@@ -355,13 +364,7 @@ async def test_an_agent_on_the_supervisor_page_is_told_and_shown_the_way_back(
 ) -> None:
     """An agent who signs in at /supervisor sees why there is nothing for them, and a link to
     their console that works (they are still signed in there)."""
-    web = Web(browser, one_node.nodes[0])
-    pages.append(web)
-    page = await web.page("/supervisor")
-    await page.get_by_test_id("login-workspace").fill("acme")
-    await page.get_by_test_id("login-agent").fill("sam")
-    await page.get_by_test_id("login-password").fill("pw")
-    await page.get_by_test_id("login-submit").click()
+    page = await signed_in_at(one_node, browser, pages, "/supervisor", "sam")
     panel = page.get_by_test_id("forbidden")
     await expect(panel).to_contain_text("Supervisors only")
     await expect(panel).to_contain_text("Sam Support")
