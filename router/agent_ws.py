@@ -154,6 +154,15 @@ class AgentSession:
         )
         return {"due": res["due"], "entry": res.get("entry")}
 
+    async def reopen(self, f: dict[str, Any]) -> dict[str, Any]:
+        """Take a closed case back (a follow-up): the answer carries the case detail, as an
+        accepted offer's tab is built from."""
+        res = await self.sw.reopen(
+            self.ws, self.agent, _str(f, "case", 64), agent_name=await self._name()
+        )
+        detail = await snapshot.case_detail(self.ctx.redis, self.ws, res["case"])
+        return {"case": res["case"], "duplicate": res["duplicate"], "detail": detail}
+
     async def history(self, f: dict[str, Any]) -> dict[str, Any]:
         customer = _str(f, "customer", 64)
         # a customer merged into another since the console learnt the id: follow it
@@ -255,6 +264,7 @@ _HANDLERS = {
     "case.wrapup": AgentSession.wrapup,
     "case.complete": AgentSession.complete,
     "case.followup": AgentSession.followup,
+    "case.reopen": AgentSession.reopen,
     "history.fetch": AgentSession.history,
     "reminder.dismiss": AgentSession.dismiss_reminder,
     "ping": AgentSession.ping,

@@ -75,7 +75,9 @@ class _Tail:
             self.agent_buckets[(fields["agent"], minute)][2] += 1
             return
         q = fields.get("queue", "")
-        if t == "offer.accepted" and fields.get("case"):
+        # taken: an offer accepted, or a closed case its agent took back to follow it up
+        taken = t == "offer.accepted" or (t == "case.reopened" and bool(fields.get("agent")))
+        if taken and fields.get("case"):
             self.accepted[fields["case"]] = (float(fields.get("ts", "0")), q)
             while len(self.accepted) > MAX_TIMED:  # the oldest first: cases left open for days
                 del self.accepted[next(iter(self.accepted))]

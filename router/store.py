@@ -49,6 +49,7 @@ SCRIPT_NAMES = (
     "case_complete",
     "case_delivery_failed",
     "case_followup",
+    "case_reopen",
     "case_reply",
     "case_transfer",
     "case_wrapup",

@@ -433,6 +433,44 @@ class Switch:
         )
         return await self._act("case_followup", ws, agent, case, due_ms, note[:2000], entry)
 
+    async def reopen(
+        self, ws: str, agent: str, case: str, *, agent_name: str = ""
+    ) -> dict[str, Any]:
+        """``agent`` takes a closed case back to follow it up (case_reopen.lua): assigned to
+        them at once, a call as a callback. Refused, saying why, when the case is open (and
+        whose it is), or they have no room on its channel."""
+        entry = fastjson.dumps_str(
+            {
+                "id": new_id("n"),
+                "case": case,
+                "ch": "note",
+                "dir": "note",
+                "kind": "reopened",
+                "ts": entry_ts(),
+                "agent": agent,
+                "from": agent_name or agent,
+            }
+        )
+        res: dict[str, Any] = await self.store.run("case_reopen", ws, agent, case, entry)
+        if res.get("ok"):
+            await self._dispatch(ws, res)
+            return res
+        code = str(res.get("error", "error"))
+        if code == "agent.full":
+            raise Conflict(
+                f"you have no room for another {res.get('ch') or ''} case: finish one first",
+                code=code,
+            )
+        if code in ("case.assigned", "case.wrapping") and res.get("agent"):
+            holder = str(res["agent"])
+            name = await self.redis.hget(keys.agent(ws, holder), "name")
+            raise Conflict(
+                f"{(name or holder.encode()).decode()} has this case now", code="case.assigned"
+            )
+        if code in ("case.queued", "case.offered"):
+            raise Conflict("the case is waiting for an agent", code=code)
+        raise from_script(code)
+
     async def reply(
         self,
         ws: str,

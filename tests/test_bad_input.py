@@ -185,6 +185,8 @@ AGENT_FIELDS: list[tuple[str, dict[str, Any], str]] = [
     ("case.followup", {"case": "CASE", "in_s": float("inf")}, "frame.invalid"),
     ("case.followup", {"case": "CASE", "due": 10**14}, "followup.invalid"),
     ("case.followup", {"case": "CASE"}, "frame.invalid"),
+    ("case.reopen", {"case": ["CASE"]}, "frame.invalid"),
+    ("case.reopen", {}, "frame.invalid"),
     ("history.fetch", {"customer": "CUST", "limit": "10"}, "frame.invalid"),
     ("history.fetch", {"customer": "CUST", "before": True}, "frame.invalid"),
     ("history.fetch", {"customer": 1}, "frame.invalid"),
@@ -301,6 +303,7 @@ async def test_another_agents_offer_and_case(stack: Stack, bridge: WsClient) -> 
         ("case.wrapup", {}),
         ("case.complete", {"disposition": "resolved"}),
         ("case.followup", {"in_s": 1}),
+        ("case.reopen", {}),
     ]
     for type_, fields in actions:
         await other.fails(type_, "case.unknown", case=case, **fields)

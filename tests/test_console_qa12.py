@@ -216,7 +216,7 @@ async def test_a_reminder_whose_case_went_away_says_so_and_stays(
     web: Web, server: ServerProcess
 ) -> None:
     """Open case on a reminder is decided when pressed: the case moved away meanwhile, so it
-    says the case is not open here, and the reminder stays until Sam dismisses it."""
+    says where it is now, and the reminder stays until Sam dismisses it."""
     sam = await open_email_case(web, server)
     case = str(await panel(sam).get_attribute("data-case"))
     await remind_now(sam, "Check the parcel arrived")
@@ -225,9 +225,41 @@ async def test_a_reminder_whose_case_went_away_says_so_and_stays(
     await _move_to_billing(server, case)
     await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
     await reminder.get_by_role("button", name="Open case").click()
-    await expect(sam.get_by_text("That case is not open on your screen now")).to_be_visible()
+    await expect(sam.get_by_test_id("reopen-error")).to_have_text(
+        re.compile("Not opened: the case is waiting for an agent")
+    )
     await expect(reminder).to_have_count(1)
     await expect(reminder).to_contain_text("Check the parcel arrived")
+
+
+@browser_test
+async def test_a_reminder_reopens_the_closed_case_it_is_about(
+    web: Web, server: ServerProcess
+) -> None:
+    """Sam closed the case, and the follow-up falls due: the reminder (kept over a reload)
+    reopens it, and the case is Sam's again with its history, to write to Kim once more."""
+    sam = await open_email_case(web, server)
+    await remind_now(sam, "Did the parcel arrive?")
+    await expect(sam.get_by_test_id("reminder")).to_have_count(1)
+    await panel(sam).get_by_test_id("wrapup").click()
+    await panel(sam).get_by_test_id("disposition-select").select_option("resolved")
+    await panel(sam).get_by_test_id("complete").click()
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+    await sam.reload()
+    await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
+    reminder = sam.get_by_test_id("reminder")
+    await expect(reminder).to_contain_text("closed")
+    await reminder.get_by_role("button", name="Reopen case").click()
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(1)
+    await expect(reminder).to_have_count(0)  # done: not shown again
+    await expect(panel(sam).get_by_test_id("timeline-reopened")).to_be_visible()
+    await expect(panel(sam)).to_contain_text("Where is it?")  # the history came with it
+    await panel(sam).get_by_test_id("reply-input").fill("Hi Kim, did it arrive in the end?")
+    await panel(sam).get_by_test_id("reply-send").click()
+    await expect(panel(sam).get_by_text("did it arrive in the end?")).to_be_visible()
+    await sam.reload()
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(1)
+    await expect(sam.get_by_test_id("reminder")).to_have_count(0)
 
 
 @browser_test

@@ -57,6 +57,7 @@ TRANSFER_AGENT_MS = 60_000
 MAX_MISSED = 3
 QUEUE_SKILL = {"support": "support", "sales": "sales", "billing": "billing"}  # DECL targets
 LIFO_QUEUES = frozenset({"billing"})
+MOSTLY = st.sampled_from([True, True, True, False])  # a rule's usual case, now and then not
 TERMINAL = frozenset({"completed", "cancelled", "abandoned"})
 ROUTABLE = {"available": True, "away": False, "offline": False}
 END_KIND = {"voice": "call.ended", "chat": "conversation.ended", "email": "conversation.ended"}
@@ -195,7 +196,7 @@ class AgentState:
 class Ctx:
     """What the step under replay was asked to do."""
 
-    kind: str  # ingest status accept reject timers wrapup complete transfer move remove
+    kind: str  # ingest status accept reject timers wrapup complete transfer move remove reopen
     attrs: dict[str, str] = field(default_factory=dict)
     ch: str = ""
     thread: str = ""
@@ -349,6 +350,13 @@ class Model:
 
     def on_case_reopened(self, ev: dict[str, str], ts: int, ctx: Ctx, prev: Any) -> None:
         c = self._case(ev)
+        if ctx.kind == "reopen":  # its agent took it back: theirs at once, a call as a callback
+            a = ev.get("agent", "")
+            must(c.status in TERMINAL and a == ctx.agent, f"reopened by {ctx} from {c}: {ev}")
+            c.status, c.agent, c.last_agent, c.x, c.esc = "assigned", a, a, set(), False
+            c.gone, c.callback = False, c.ch == "voice"
+            self.agents[a].load[c.ch] += 1
+            return
         must(ctx.kind == "ingest" and c.status == "completed", f"reopened from {c.status}: {ev}")
         c.plan = reopen_plan(triage_plan(c.ch, ctx.attrs), c.last_agent)
         c.plan_start, c.age, c.x, c.agent, c.status = ts, ts - EPOCH_MS, set(), "", "new"
@@ -1051,6 +1059,30 @@ class RoutingMachine(RuleBasedStateMachine):
         self.run(self.switch.upsert_agent(WS, decl))
         self.settle(Ctx("add"))
 
+    def take_back(self, a: str, cid: str) -> None:
+        """Agent a reopens a case to follow it up: theirs at once if it is closed, they had it
+        last, and they have room on its channel; otherwise refused, saying why, and nothing
+        changes (asking again for a case they hold changes nothing either)."""
+        c = self.model.cases[cid]
+        call = self.switch.reopen(WS, a, cid)
+        if c.agent == a and c.status in ("assigned", "wrapping"):
+            must(self.unchanged(call)["duplicate"], f"{a} took back {cid}, which they hold")
+            return
+        refusal = None
+        if a not in (c.agent, c.last_agent):
+            refusal = "case.unknown"
+        elif c.status not in TERMINAL:
+            refusal = "case.assigned" if c.status == "wrapping" else f"case.{c.status}"
+        elif not self.model.free(a, c.ch):
+            refusal = "agent.full"
+        if refusal:
+            with pytest.raises((NotFound, Conflict)) as refused:
+                self.unchanged(call)
+            must(refused.value.code == refusal, f"{a} taking back {c}: {refused.value.code}")
+            return
+        self.run(call)
+        self.settle(Ctx("reopen", agent=a, case=cid))
+
     def handed_on(self, c: Case) -> None:
         """A call taken from its agent after its caller hung up becomes a callback (the next
         agent calls them back; every caller here has a phone number on file)."""
@@ -1179,6 +1211,23 @@ class RoutingMachine(RuleBasedStateMachine):
     @rule(data=st.data(), to=st.sampled_from(sorted(AGENTS)))
     def transfer_to_agent(self, data: st.DataObject, to: str) -> None:
         self.transfer(data.draw(st.sampled_from(self.model.held("assigned", "wrapping"))), "", to)
+
+    @precondition(lambda self: self.model.cases)
+    @rule(data=st.data(), a=st.sampled_from(sorted(AGENTS)))
+    def agent_takes_back(self, data: st.DataObject, a: str) -> None:
+        """Mostly a case its last agent asks for, often a closed one (a follow-up); sometimes
+        any case, any agent."""
+        handled = [c.id for c in self.model.cases.values() if c.last_agent]
+        closed = [cid for cid in handled if self.model.cases[cid].status in TERMINAL]
+        pick = list(self.model.cases)
+        for narrower in (handled, closed):
+            if data.draw(MOSTLY) and narrower:
+                pick = narrower
+        c = self.model.cases[data.draw(st.sampled_from(sorted(pick)))]
+        if c.last_agent and data.draw(MOSTLY):
+            a = c.last_agent
+        cid = c.id
+        self.take_back(a, cid)
 
     @precondition(lambda self: self.model.held("queued", "offered", "assigned", "wrapping"))
     @rule(data=st.data(), queue=st.sampled_from(sorted(QUEUE_SKILL)))

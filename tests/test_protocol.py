@@ -41,6 +41,8 @@ TEAMS = {
     **dict.fromkeys(["kinds", "offer", "accept", "reply", "xferb", "wrap"], 1),
     **dict.fromkeys(["follow", "hist", "move", "movex", "voice", "pipe", "dup", "codec"], 1),
     "reopen": 1,
+    "takeback": 2,
+    "recall": 1,
     "claims": 1,  # its agent never connects: cases wait
     "handon": 1,
     "merge": 1,
@@ -690,6 +692,91 @@ async def test_a_reminder_due_while_away_waits_for_the_agent(
     await first.fails("reminder.dismiss", "frame.invalid", id=7)
     _, again = await stack.agent("follow1")
     assert r["id"] not in [x["id"] for x in again["reminders"]]
+
+
+async def test_an_agent_takes_a_closed_case_back_to_follow_it_up(
+    stack: Stack, bridge: WsClient
+) -> None:
+    """A follow-up falls due on a case that is closed: its agent reopens it (case.reopen) and
+    has it at once, with its history, to write to the customer again. Only an agent who
+    handled it last or was reminded of it may; a case open with a colleague is theirs (and the
+    refusal says whose); an agent with no room on the channel is told so; nothing changes."""
+    one, offer, ack = await offered(stack, bridge, "takeback1", "takeback", name="Ola Olsen")
+    case, cust = ack["case"], ack["customer"]
+    await one.ok("offer.accept", offer=offer["offer"])
+    await one.ok("case.complete", case=case, disposition="resolved")
+    await one.ok("case.followup", case=case, in_s=0.05, note="did the refund land?")
+    reminder = await one.expect("reminder", case=case)
+    assert reminder["status"] == "completed"
+
+    two, _ = await stack.agent("takeback2", status="available")
+    await two.fails("case.reopen", "case.unknown", case=case)  # never theirs
+    await one.fails("case.reopen", "case.unknown", case="c-nope")
+    assert (await stack.case(case))["st"] == "completed"
+
+    got = await one.ok("case.reopen", case=case)
+    assert (got["case"], got["duplicate"]) == (case, False)
+    detail = got["detail"]
+    assert (detail["case"]["status"], detail["case"]["agent"]) == ("assigned", "takeback1")
+    assert "disposition" not in detail["case"]
+    # the history says who reopened it, for whoever reads it next
+    last = detail["timeline"][-1]
+    assert (last["kind"], last["case"], last["from"]) == ("reopened", case, "Takeback 1")
+    assert await stack.redis.sismember(keys.agent_cases("acme", "takeback1"), case)
+    assert await stack.redis.hget(keys.agent("acme", "takeback1"), "load:chat") == b"1"
+    assert (await one.ok("case.reopen", case=case))["duplicate"] is True  # no second effect
+    assert await stack.redis.hget(keys.agent("acme", "takeback1"), "load:chat") == b"1"
+    await one.ok("case.reply", case=case, text="Checking on your refund.")
+
+    # handed to a colleague: the reminder still lets its agent ask, and the answer says whose
+    await one.ok("case.transfer", case=case, agent="takeback2")
+    handed = await two.offer_for(case)
+    await two.ok("offer.accept", offer=handed["offer"])
+    refused = await one.fails("case.reopen", "case.assigned", case=case)
+    assert refused["message"] == "Takeback 2 has this case now"
+    await two.ok("case.complete", case=case, disposition="resolved")
+    await one.ok("case.reopen", case=case)  # reminded of it: theirs again
+    await one.ok("reminder.dismiss", id=reminder["id"])
+    await one.ok("case.complete", case=case, disposition="resolved")
+
+    # no room on the channel: refused, and nothing changes
+    await two.ok("status", status="offline")
+    busy = [await bridge.ok("event", **event("takeback")) for _ in range(2)]
+    for b in busy:
+        await one.ok("offer.accept", offer=(await one.offer_for(b["case"]))["offer"])
+    before = await stack.case(case)
+    timeline = await stack.redis.llen(keys.customer_timeline("acme", cust))
+    full = await one.fails("case.reopen", "agent.full", case=case)
+    assert "no room for another chat case" in full["message"]
+    assert await stack.case(case) == before
+    assert await stack.redis.llen(keys.customer_timeline("acme", cust)) == timeline
+
+
+async def test_a_reopened_call_is_a_callback(stack: Stack, bridge: WsClient) -> None:
+    """Reopening a call whose line is long gone: the bridge is asked to call the agent and
+    then the customer back (call.connect with callback), not to connect a call that ended."""
+    phone = "+14155550142"
+    console, offer, ack = await offered(
+        stack, bridge, "recall1", "recall", channel="voice", kind="call.offered",
+        thread=uid("CA"), identities={"phone": phone}, text="",
+    )  # fmt: skip
+    await console.ok("offer.accept", offer=offer["offer"])
+    first = await bridge.expect("call.connect", case=ack["case"])
+    assert "callback" not in first
+    await bridge.ok("delivered", id=first["id"])
+    await console.ok("case.complete", case=ack["case"], disposition="resolved")
+    await console.ok("case.reopen", case=ack["case"])
+    again = await bridge.wait(
+        lambda f: (
+            f["type"] == "call.connect" and f["case"] == ack["case"] and f["id"] != first["id"]
+        ),
+        what="callback",
+    )
+    assert (again["case"], again["callback"], again["callback_number"]) == (
+        ack["case"], True, phone,
+    )  # fmt: skip
+    await bridge.ok("delivered", id=again["id"])
+    await console.ok("case.complete", case=ack["case"], disposition="resolved")
 
 
 async def test_a_merge_reaches_the_console_that_has_the_case_open(

@@ -538,7 +538,8 @@ async def test_the_statistics_give_average_answer_and_handle_times_and_each_agen
     switch: Switch, inbox: Inbox, redis_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Per queue, the last hour's average speed of answer and handle time; per agent, the
-    cases they completed, their average handle time and the offers they missed. The
+    cases they completed, their average handle time and the offers they missed. A case its
+    agent took back to follow up is handled again from then (not answered again). The
     transitions run on the test's clock (router.store.now_ms): handle times come from the log."""
     start = now_ms()
     clock = [start]
@@ -555,6 +556,10 @@ async def test_the_statistics_give_average_answer_and_handle_times_and_each_agen
     for case, minutes in ((second.case, 2), (first.case, 4)):  # handled for 2 and 4 minutes
         clock[0] = start + minutes * 60_000
         await switch.complete("acme", "ann", case, "resolved")
+    clock[0] = start + 5 * 60_000  # she takes one back to follow it up, for 6 minutes
+    await switch.reopen("acme", "ann", second.case)
+    clock[0] = start + 11 * 60_000
+    await switch.complete("acme", "ann", second.case, "resolved")
     missed = await switch.ingest("acme", chat("a3", email="c@example.com"))
     await switch.set_status("acme", "ann", "available")
     assert inbox.last_offer("ann")["case"]["id"] == missed.case
@@ -566,12 +571,12 @@ async def test_the_statistics_give_average_answer_and_handle_times_and_each_agen
     finally:
         await stats.close()
     support = next(q for q in snap["queues"] if q["id"] == "support")
-    assert support["asa_s"] == pytest.approx(20, abs=1)  # (30 + 10) / 2
-    assert support["completed"] == 2
-    assert support["aht_s"] == pytest.approx(180, abs=1)  # (240 + 120) / 2
+    assert support["asa_s"] == pytest.approx(20, abs=1)  # (30 + 10) / 2: a reopen is no answer
+    assert support["completed"] == 3
+    assert support["aht_s"] == pytest.approx(240, abs=1)  # (240 + 120 + 360) / 3
     ann = next(a for a in snap["agents"] if a["id"] == "ann")
-    assert ann["hour"]["completed"] == 2 and ann["hour"]["missed"] == 1
-    assert ann["hour"]["aht_s"] == pytest.approx(180, abs=1)
+    assert ann["hour"]["completed"] == 3 and ann["hour"]["missed"] == 1
+    assert ann["hour"]["aht_s"] == pytest.approx(240, abs=1)
 
 
 @browser_test

@@ -22,7 +22,8 @@ const RESCIND_REASON = {
 // colleague's (a case of this agent's own would be on their screen)
 const STATE_LABEL = { queued: "waiting", offered: "waiting", assigned: "with a colleague",
   wrapping: "with a colleague",
-  completed: "closed", abandoned: "abandoned", timeout: "closed" };
+  completed: "closed", abandoned: "abandoned", cancelled: "closed", timeout: "closed" };
+const CLOSED = new Set(["completed", "abandoned", "cancelled"]); // what case.reopen takes back
 
 /** Unsent drafts by case id, kept in this tab's sessionStorage: a reload does not lose a
  *  half-written reply; closing the tab or signing out does (a shared computer keeps nothing). */
@@ -464,33 +465,54 @@ class AgentConsole {
   }
 
   /** A follow-up reminder, live or kept for us while we were away (hello's reminders): it
-   *  stays until dismissed, here or on another console, and then the server forgets it. */
+   *  stays until dismissed, here or on another console, or acted on, and then the server
+   *  forgets it. Its case, if not open on this screen, is reopened for us (case.reopen). */
   reminder(f) {
     if (f.id && this.reminders.has(f.id)) return; // a reconnect's hello repeats it
     const view = this.views.get(f.case);
     const who = view ? customerName(view.customer) : f.customer || "a case you handled";
+    const forget = () => {
+      this.reminders.delete(f.id);
+      this.renderReminderCount();
+      if (f.id) this.conn.request("reminder.dismiss", { id: f.id }).catch(() => {});
+    };
     // whether the case is open on this screen is asked when the button is pressed: it may have
-    // been reopened and accepted since the reminder came, or closed
+    // been reopened and accepted since the reminder came, or closed; the server says whether
+    // it can be ours again (a colleague may have it now)
     const open = () => {
       if (this.views.has(f.case)) { this.select(f.case, true); return true; }
-      this.toast("That case is not open on your screen now (it was closed, or a colleague has it).");
-      return false; // the reminder stays until dismissed
+      this.reopen(f.case).then((done) => { if (done) { toast.remove(); forget(); } });
+      return false; // the reminder stays until it is done
     };
-    const actions = [["Open case", open]];
+    const closed = !view && CLOSED.has(f.status);
+    const actions = [[closed ? "Reopen case" : "Open case", open]];
     const what = [CHANNEL_LABEL[f.channel], f.subject,
       !view && f.status ? STATE_LABEL[f.status] || f.status : ""].filter(Boolean).join(" · ");
     const due = typeof f.due === "number" && Date.now() / 1000 - f.due > 90 ? ` (due ${clock(f.due)})` : "";
     const toast = this.reminderTray.show(`${f.note || `Follow up on ${who}.`}${what ? ` — ${what}` : ""}${due}`, {
-      kind: "reminder", title: `Follow-up reminder · ${who}`, testid: "reminder", actions,
-      onDismiss: () => {
-        this.reminders.delete(f.id);
-        this.renderReminderCount();
-        if (f.id) this.conn.request("reminder.dismiss", { id: f.id }).catch(() => {});
-      },
+      kind: "reminder", title: `Follow-up reminder · ${who}`, testid: "reminder", actions, onDismiss: forget,
     });
     if (f.id) this.reminders.set(f.id, toast);
     this.renderReminderCount();
     this.urgent.announce(`Follow-up reminder: ${f.note || who}`);
+  }
+
+  /** Take a closed case back to follow it up: it opens here as an accepted offer does, with
+   *  the customer's history; a call is a callback (the phone rings for us, then for them).
+   *  Resolves to whether it is ours now; if not, a notice says why. */
+  async reopen(caseId) {
+    try {
+      const ack = await this.conn.request("case.reopen", { case: caseId });
+      const view = this.addCase(ack.detail);
+      this.select(caseId);
+      view.focusComposer();
+      const call = ack.detail.case.channel === "voice" ? " Your phone rings first, then theirs." : "";
+      this.announce(`Reopened. The case with ${customerName(view.customer)} is yours again.${call}`);
+      return true;
+    } catch (e) {
+      this.toast(`Not opened: ${e.message}.`, { kind: "error", testid: "reopen-error" });
+      return false;
+    }
   }
 
   reminderDismissed(f) {

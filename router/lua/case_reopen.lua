@@ -1,0 +1,55 @@
+-- case_reopen.lua — an agent takes a closed case back to follow it up: it is assigned to them
+-- at once (no offer: they asked for it), if they handled it last or hold a reminder for it, and
+-- have room on its channel. A call becomes a callback: the bridge that holds the line calls the
+-- agent, then the customer (outbox 'call.connect', as for an accepted callback offer).
+-- Idempotent: reopening a case that is already theirs answers ok again with no second effect.
+-- KEYS[1] workspace prefix
+-- ARGV    now, agent id, case id, timeline entry JSON ('' = none)
+-- Returns {ok, case, duplicate, entry} or {ok=false, error=case.unknown|case.<state>|agent.full,
+-- agent=who has it (case.assigned, case.wrapping), ch=its channel (agent.full)}.
+local a, c = ARGV[2], ARGV[3]
+local ck = k_case(c)
+local cs = redis.call('HMGET', ck, 'st', 'agent', 'last_agent', 'ch', 'cust', 'thread', 'q')
+local st, ch = cs[1], cs[4]
+if not st then return result({ok = false, error = 'case.unknown'}) end
+if cs[2] == a and (st == 'assigned' or st == 'wrapping') then
+  return result({ok = true, case = c, duplicate = true})
+end
+local mine = cs[2] == a or cs[3] == a
+if not mine then
+  -- a reminder they were given for it (kept until dismissed: timers_run.lua keep_reminder)
+  for _, id in ipairs(redis.call('HKEYS', k_agent_reminders(a))) do
+    if string.sub(id, 1, #c + 1) == c .. '|' then mine = true break end
+  end
+end
+if not mine then return result({ok = false, error = 'case.unknown'}) end
+if st ~= 'completed' and st ~= 'abandoned' and st ~= 'cancelled' then
+  -- open, and someone else's or on its way to someone: who has it, for the agent to read
+  return result({ok = false, error = 'case.' .. st,
+    agent = (st == 'assigned' or st == 'wrapping') and cs[2] or ''})
+end
+local load = redis.call('HMGET', k_agent(a), 'cap:' .. ch, 'load:' .. ch)
+if (tonumber(load[1]) or 0) - (tonumber(load[2]) or 0) <= 0 then
+  return result({ok = false, error = 'agent.full', ch = ch})
+end
+redis.call('HSET', ck, 'st', 'assigned', 'agent', a, 'last_agent', a, 'assigned', NOW_S,
+  'reopened', NOW_S, 'updated', NOW_S, 'plan_start', NOW_S, 'x', '|', 'esc', '0',
+  'callback', ch == 'voice' and '1' or '0')
+-- open again: how and when it was closed no longer describe it (a new close sets them)
+redis.call('HDEL', ck, 'disposition', 'closed', 'ended', 'reason')
+redis.call('SADD', k_agent_cases(a), c)
+move_load(a, ch, 1)
+-- (with its queue: the statistics time its handling from here, as from an accepted offer)
+log('case.reopened', {'case', c, 'customer', cs[5] or '', 'agent', a, 'queue', cs[7] or ''})
+local entry = nil
+if ARGV[4] ~= '' and cs[5] then
+  redis.call('RPUSH', k_timeline(cs[5]), ARGV[4])
+  entry = cjson.decode(ARGV[4])
+end
+chat_event(c, ch, 'joined', a)
+if ch == 'voice' then
+  redis.call('XADD', k_outbox(), 'MAXLEN', '~', 100000, '*', 'kind', 'call.connect', 'ch', 'voice',
+    'case', c, 'customer', cs[5] or '', 'thread', cs[6] or '', 'agent', a,
+    'src', hget(ck, 'src') or '')
+end
+return result({ok = true, case = c, duplicate = false, entry = entry})
