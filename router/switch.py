@@ -146,6 +146,17 @@ class Switch:
                 view = snapshot.agent_view(fields)
                 await self.notify(ws, a.id, {"type": "agent.updated", "agent": view})
 
+    async def announce_queues(self, ws: str) -> None:
+        """Tell every console of the workspace its queues as they are now (``queues.updated``):
+        an admin added, renamed or removed one, and open cases show their queue by name."""
+        cfg = await self.config(ws)
+        frame = {
+            "type": "queues.updated",
+            "queues": [{"id": q.id, "name": q.name} for q in cfg.queues],
+        }
+        for a in await self.agent_ids(ws):
+            await self.notify(ws, a, frame)
+
     async def remove_agent(self, ws: str, aid: str) -> None:
         """Remove an agent (agent_remove.lua): refused with ``agent.busy`` while they hold
         cases; their pending offers go on to the next agents, and their consoles on every node

@@ -416,6 +416,31 @@ async def test_an_agents_console_follows_what_an_admin_changes(
     await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")  # still signed in
 
 
+async def test_an_open_case_shows_its_queue_renamed_at_once(
+    one_node: Stack, browser: Any, pages: list[Web]
+) -> None:
+    """Ada renames the queue of the case Sam has open: his case shows the new name, with no
+    reload (queues.updated), and so does his transfer menu."""
+    sam = await signed_in_at(one_node, browser, pages, "/", "sam")
+    await sam.get_by_test_id("status-select").select_option("available")
+    await customer_event(await one_node.bridge(), "support")
+    await sam.get_by_test_id("offer-accept").click()
+    case = sam.locator("[data-testid=case-panel]:not([hidden])")
+    await expect(case.get_by_test_id("case-queue")).to_have_text("Support")
+
+    page = await admin_page(one_node, browser, pages)
+    await queue_row(page, "support").get_by_test_id("admin-queue-edit").click()
+    await expect(page.get_by_test_id("admin-queue-id")).to_have_value("support")
+    await page.get_by_test_id("admin-queue-name").fill("Customer care")
+    await page.get_by_test_id("admin-queue-save").click()
+    await expect(queue_row(page, "support")).to_contain_text("Customer care")
+
+    await expect(case.get_by_test_id("case-queue")).to_have_text("Customer care")
+    await expect(case.get_by_test_id("transfer-queue").locator("option")).to_contain_text(
+        ["Customer care", "Billing"]
+    )
+
+
 async def test_each_agent_shows_the_queues_their_skills_match(
     one_node: Stack, browser: Any, pages: list[Web]
 ) -> None:

@@ -383,6 +383,27 @@ async def test_agent_status(env: Env) -> None:
 # -- queues and workflow ------------------------------------------------------------------------
 
 
+async def test_open_consoles_learn_a_renamed_queue(env: Env) -> None:
+    """An admin renames a queue: every open console is told the queues as they are now
+    (queues.updated), so the cases on screen show the new name; an edit that leaves the names
+    as they were tells nobody."""
+    console = await connect_agent(env.server.ws_url, env.server.login("bo", PW)["ws_token"])
+    try:
+        await console.expect("hello")
+        async with env.client("ada") as adm:
+            r = await adm.put("/api/queues/billing", json={"sl_target_s": 45})
+            assert r.status_code == 200, r.text
+            r = await adm.put("/api/queues/billing", json={"name": "Billing & refunds"})
+            assert r.status_code == 200, r.text
+        told = await console.expect("queues.updated")
+        assert {"id": "billing", "name": "Billing & refunds"} in told["queues"]
+        assert [f["type"] for f in console.unsolicited()].count("queues.updated") == 1
+    finally:
+        await console.close()
+        async with env.client("ada") as adm:
+            await adm.put("/api/queues/billing", json={"name": "Billing"})
+
+
 async def test_queues_create_update_delete(env: Env) -> None:
     async with env.client("al") as al, env.client("ada") as adm:
         r = await al.get("/api/queues")

@@ -95,6 +95,13 @@ export class CaseView {
     this.render();
   }
 
+  /** An admin added, renamed or removed a queue (the console's queues are new): the case
+   *  shows its queue by its name now, and the transfer menu lists them as they are. */
+  queuesUpdated() {
+    this.render();
+    if (this.queueMenu) this.queueMenu();
+  }
+
   setActive(active) {
     this.el.hidden = !active;
     this.tab.setAttribute("aria-selected", String(active));
@@ -128,7 +135,7 @@ export class CaseView {
       h("dl", { class: "case-facts" },
         fact("Channel", CHANNEL_LABEL[c.channel] || c.channel),
         c.subject ? fact("Subject", bdi(c.subject, { title: c.subject })) : null, // cut: whole on hover
-        fact("Queue", this.app.queueName(c.queue)),
+        fact("Queue", this.app.queueName(c.queue), "case-queue"),
         fact("Status", STATUS_LABEL[c.status] || c.status, "case-status"),
         fact("Case", shortId(c.id))));
     if (this.actionsFor !== c.status) {
@@ -508,6 +515,7 @@ export class CaseView {
       replace(queue, options);
     };
     fillQueues();
+    this.queueMenu = fillQueues; // queuesUpdated()
     // the queues as declared now, each time the menu is used: an admin may have added or
     // renamed one since the console signed in
     queue.addEventListener("focus", async () => { await this.app.refreshQueues(); fillQueues(); });

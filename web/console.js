@@ -290,6 +290,11 @@ class AgentConsole {
         return undefined;
       }
       case "agent.updated": return this.agentUpdated(f.agent || {});
+      case "queues.updated": { // an admin added, renamed or removed a queue: shown by name
+        if (Array.isArray(f.queues)) this.queues = f.queues;
+        for (const view of this.views.values()) view.queuesUpdated();
+        return undefined;
+      }
       case "drain": return this.toast("The server is restarting; reconnecting…");
       case "error": return this.toast(f.message || f.code, { kind: "error" });
       default: return undefined;
