@@ -25,7 +25,7 @@ from router.config import BridgeKey
 from router.context import Ctx
 from router.errors import BadRequest, Forbidden, SwitchboardError
 from router.hub import Conn
-from router.ingest import E164
+from router.ingest import CHANNELS, E164
 from router.metrics import METRICS
 from router.outbox import OutboxReader
 from router.push import pairs
@@ -69,10 +69,10 @@ class BridgeSession:
 
     async def event(self, f: dict[str, Any]) -> dict[str, Any]:
         channel = f.get("channel")
+        if not isinstance(channel, str) or channel not in CHANNELS:  # as parse_event says it
+            raise BadRequest(f"channel: one of {sorted(CHANNELS)}", code="event.invalid")
         if channel not in self.bridge.channels:
-            raise Forbidden(
-                f"this bridge may not send {str(channel)[:16]!r} events", code="bridge.channel"
-            )
+            raise Forbidden(f"this bridge may not send {channel} events", code="bridge.channel")
         # A key is scoped to one workspace; an event naming another is refused, not rerouted.
         if "workspace" in f and f["workspace"] != self.ws:
             raise Forbidden(

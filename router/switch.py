@@ -202,10 +202,17 @@ class Switch:
             # (the supervisor's lists; an agent's offer reads the conversation itself)
             tri.fields["pv"] = preview(ev.text[:480])
         await self.pools.ensure(ws, cfg, tri.pools)
+        # A bridge's event ids and threads are its own: another bridge (or the widget, the
+        # mail adapter) sending the same id or thread never joins, or dedupes against, its cases
+        scope = source if source.startswith("bridge:") else ""
+        if scope and ev.case:
+            src = await self.redis.hget(keys.case(ws, ev.case), "src")
+            if src is not None and src.decode() != scope:  # never '' : a REST case has none
+                raise NotFound("case not found: not one of this bridge's", code="case.unknown")
         res = await self.store.run(
             "event_ingest",
             ws,
-            ev.id,
+            f"{scope}|{ev.id}" if scope else ev.id,
             ev.channel,
             ev.kind,
             # claims travel with a "?" in front: recorded, never looked up or linked
@@ -222,6 +229,7 @@ class Switch:
             tri.reopen_json,
             "" if ev.seq is None else ev.seq,
             DEDUPE_TTL_S,
+            scope,
         )
         await self._dispatch(ws, res)
         # counted here, where every source's events pass (bridges, widget, email, REST, Twilio)

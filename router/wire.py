@@ -8,6 +8,7 @@ calls msgpack. Decoding never raises anything but :class:`BadRequest` (code
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any, Final, Literal
 
@@ -59,6 +60,9 @@ def decode(data: bytes | str, codec: Codec) -> dict[str, Any]:
         raise BadRequest("a frame is a map", code="frame.malformed")
     if not isinstance(frame.get("type"), str):
         raise BadRequest("a frame has a string 'type'", code="frame.malformed")
+    ref = frame.get("ref")
+    if isinstance(ref, float) and not math.isfinite(ref):  # JSON's NaN: no answer could carry it
+        raise BadRequest("ref: a string or a finite number", code="frame.invalid")
     return frame
 
 

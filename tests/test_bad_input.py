@@ -25,8 +25,10 @@ from tests.ws_client import (
     CHAT_ONLY_KEY,
     JSON,
     MSGPACK,
+    OTHER_CHAT_KEY,
     Stack,
     WsClient,
+    bridge_event,
     connect_agent,
     connect_bridge,
     connect_chat,
@@ -36,7 +38,7 @@ from tests.ws_client import (
     uid,
 )
 
-TEAMS = {"witness": 1, "frames": 1, "mine": 2, "stale": 1, "scope": 1, "limits": 2}
+TEAMS = {"witness": 1, "frames": 1, "mine": 2, "stale": 1, "scope": 1, "limits": 2, "iso": 1}
 BRISK = {
     "id": "brisk",
     "queues": [{"id": "support"}],
@@ -104,7 +106,8 @@ async def refused(client: WsClient, code: str) -> None:
 
 
 async def nothing_stored(stack: Stack, event_id: str, ws: str = "acme") -> None:
-    assert not await stack.redis.exists(keys.dedupe(ws, event_id))
+    for key in (event_id, bridge_event(event_id)):
+        assert not await stack.redis.exists(keys.dedupe(ws, key))
 
 
 # -- frames ----------------------------------------------------------------------------------------
@@ -212,6 +215,10 @@ async def test_wrong_field_types_on_the_agent_socket(stack: Stack, bridge: WsCli
     await text.send_raw(f'{{"type":"case.followup","ref":"inf","case":{case},"in_s":Infinity}}')
     got = await text.answer("inf")
     assert (got["type"], got["code"]) == ("error", "frame.invalid")
+    # and as a ref, which no answer could carry back as JSON: refused, with no ref
+    await text.send_raw(f'{{"type":"case.reply","ref":NaN,"case":{case},"text":"hi"}}')
+    got = await text.wait(lambda f: f["type"] == "error" and f["ref"] is None, what="error")
+    assert got["code"] == "frame.invalid" and "ref" in got["message"]
     assert await stack.case(ack["case"]) == before
     assert await stack.redis.llen(keys.customer_timeline("acme", ack["customer"])) == timeline
     assert await stack.redis.hget(keys.agent("acme", "frames1"), "st") == b"available"
@@ -243,7 +250,9 @@ def _bad_events() -> list[tuple[dict[str, Any], str]]:
         ({**ok, "seq": "3"}, "event.invalid"),
         ({**ok, "text": "x" * (64 * 1024 + 1)}, "event.too_large"),
         ({**ok, "subject": 5}, "event.invalid"),
-        ({**ok, "channel": "fax"}, "bridge.channel"),
+        ({**ok, "channel": "fax"}, "event.invalid"),
+        ({**ok, "channel": ["chat"]}, "event.invalid"),
+        ({**ok, "channel": None}, "event.invalid"),
     ]
 
 
@@ -379,6 +388,38 @@ async def test_nothing_crosses_workspaces(stack: Stack, bridge: WsClient) -> Non
     await nothing_stored(stack, ev["id"])
     # nothing was recorded: the same id, sent properly, is new
     assert (await bridge.ok("event", workspace="acme", **ev))["duplicate"] is False
+
+
+async def test_a_bridges_threads_and_event_ids_are_its_own(stack: Stack, bridge: WsClient) -> None:
+    """Two gateways that both number their conversations (or reuse event ids), and a bridge
+    that sends a web chat visitor's id as its thread: none of them joins another's case, puts
+    text on another customer's history, or is taken for a repeat of another's event. Naming a
+    case another source opened is refused, and stores nothing."""
+    thread, eid = uid("conv-"), uid("e")
+    mine = await bridge.ok("event", **event("iso", eid=eid, thread=thread, text="card 4111"))
+    theirs = stack.track(await connect_bridge(stack.nodes[0].ws_url, OTHER_CHAT_KEY))
+    other = await theirs.ok("event", **event("iso", eid=eid, thread=thread, text="hello"))
+    assert (other["action"], other["duplicate"]) == ("created", False)
+    assert other["case"] != mine["case"]
+    again = await bridge.ok("event", **event("iso", thread=thread, email=uid("x") + "@a.b"))
+    assert again["case"] == mine["case"]  # its own thread goes on as before
+
+    history = keys.customer_timeline("acme", mine["customer"])
+    before = await stack.redis.llen(history)
+    await theirs.fails("event", "case.unknown", **event("iso", case=mine["case"], eid=uid("e")))
+    widget, welcome = await stack.chat()
+    chat = await widget.ok("message", text="hi, I am the visitor")
+    for named in ({"thread": welcome["visitor"]}, {"case": chat["case"]}):
+        ev = event("iso", text="STRANGER TEXT", **named)
+        if "case" in named:
+            await bridge.fails("event", "case.unknown", **ev)
+            await nothing_stored(stack, ev["id"])
+        else:
+            assert (await bridge.ok("event", **ev))["case"] != chat["case"]
+    assert await stack.redis.llen(history) == before
+    widget2 = await stack.chat(token=welcome["token"])
+    texts = [m["text"] for m in widget2[1].get("messages", [])]
+    assert "STRANGER TEXT" not in texts
 
 
 # -- who may connect ------------------------------------------------------------------------------

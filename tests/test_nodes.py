@@ -32,6 +32,7 @@ from tests.ws_client import (
     JSON,
     Stack,
     WsClient,
+    bridge_event,
     connect_agent,
     connect_bridge,
     connect_chat,
@@ -380,7 +381,7 @@ async def test_kill_9_loses_no_acknowledged_case(stack: Stack, bridge: WsClient)
     await asyncio.to_thread(node.proc.wait, 15)
     assert acked, "nothing was acknowledged before the kill"
     for eid, ack in acked.items():  # everything acknowledged is still there
-        assert await stack.redis.exists(keys.dedupe("acme", eid))
+        assert await stack.redis.exists(keys.dedupe("acme", bridge_event(eid)))
         assert (await stack.case(ack["case"]))["st"] == "queued"
 
     retry = stack.track(await connect_bridge(stack.nodes[A].ws_url, BRIDGE_KEY))

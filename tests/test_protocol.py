@@ -29,6 +29,7 @@ from tests.ws_client import (
     OTHER_CHAT_KEY,
     Stack,
     WsClient,
+    bridge_event,
     connect_agent,
     event,
     open_ws,
@@ -290,7 +291,7 @@ async def test_event_ack_is_durable_and_repeats_change_nothing(
     # acknowledged only once it is in Redis: read it straight back, no waiting
     case = await stack.case(ack["case"])
     assert case["st"] == "queued" and case["cust"] == ack["customer"] and case["ch"] == "email"
-    assert await stack.redis.exists(keys.dedupe("acme", ev["id"]))
+    assert await stack.redis.exists(keys.dedupe("acme", bridge_event(ev["id"])))
     timeline = keys.customer_timeline("acme", ack["customer"])
     assert await stack.redis.llen(timeline) == 1
     log_len = await stack.redis.xlen(keys.log("acme"))
@@ -315,7 +316,7 @@ async def test_pipelined_events_are_acked_by_ref(stack: Stack, bridge: WsClient)
     assert all(a["type"] == "ack" for a in acks.values())
     assert len({a["case"] for a in acks.values()}) == len(evs)
     for ref, ack in acks.items():
-        assert (await stack.case(ack["case"]))["event"] == evs[ref]["id"]
+        assert (await stack.case(ack["case"]))["event"] == bridge_event(evs[ref]["id"])
 
 
 async def test_event_kinds_and_case_pushes(stack: Stack, bridge: WsClient) -> None:

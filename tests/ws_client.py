@@ -42,6 +42,7 @@ __all__ = [
     "Frame",
     "Stack",
     "WsClient",
+    "bridge_event",
     "connect_agent",
     "connect_bridge",
     "connect_chat",
@@ -58,6 +59,13 @@ CHAT_ONLY_KEY = "chat-only-key"
 OTHER_CHAT_KEY = "other-chat-key"
 #: see tests/server.py
 BRIDGE_IDS = {BRIDGE_KEY: "test-bridge", CHAT_ONLY_KEY: "chat-only", OTHER_CHAT_KEY: "other-chat"}
+
+
+def bridge_event(event_id: str, key: str = BRIDGE_KEY) -> str:
+    """How the router knows a bridge's event id (its dedupe key's): each bridge's ids are its
+    own, so another bridge sending the same id is not a repeat of it."""
+    return f"bridge:{BRIDGE_IDS[key]}|{event_id}"
+
 
 Frame = dict[str, Any]
 Match = Callable[[Frame], bool]

@@ -10,7 +10,9 @@
 --         7 thread key ('' = none)  8 verified case id ('' = none)  9 timeline entry JSON
 --         10 id for a new case  11 id for a new customer  12 plan JSON  13 case fields JSON
 --         14 reopen window ms  15 reopen plan JSON  16 call sequence number ('' = none)
---         17 dedupe TTL s
+--         17 dedupe TTL s  18 thread scope ('' = shared): a bridge's threads are its own
+--         ("bridge:<id>"), so two bridges, or a bridge and the widget, never share a case by
+--         sending the same thread id
 -- Returns {ok, case, customer, action, duplicate, offers, push}; action is one of created,
 -- appended, reopened, abandoned, stale, ignored.
 local eid, ch, kind = ARGV[2], ARGV[3], ARGV[4]
@@ -24,6 +26,9 @@ if seen then
   return result(r)
 end
 
+local tkey = ARGV[7]  -- the thread's key in the threads hash ('thread', the case's field: ARGV[7])
+if ARGV[18] ~= '' and tkey ~= '' then tkey = ARGV[18] .. '|' .. tkey end
+
 -- threading: a verified case id, else the channel thread. cv: the case's st, closed, cust and
 -- ended, read once
 local ends = kind == 'call.ended' or kind == 'conversation.ended'
@@ -32,9 +37,9 @@ if ARGV[8] ~= '' then
   cv = redis.call('HMGET', k_case(ARGV[8]), 'st', 'closed', 'cust', 'ended')
   if cv[1] then c = ARGV[8] else cv = nil end
 end
-if c == nil and ARGV[7] ~= '' then
-  c = hget(k_threads(), ARGV[7])
-elseif c and ARGV[7] ~= '' and not ends and not OPEN[cv[1]]
+if c == nil and tkey ~= '' then
+  c = hget(k_threads(), tkey)
+elseif c and tkey ~= '' and not ends and not OPEN[cv[1]]
     and not (cv[1] == 'completed' and NOW - (tonumber(cv[2]) or 0) <= tonumber(ARGV[14])) then
   -- the verified case is closed for good (completed outside the reopen window, cancelled,
   -- abandoned), and an earlier message naming it opened the case its thread names now: the
@@ -42,7 +47,7 @@ elseif c and ARGV[7] ~= '' and not ends and not OPEN[cv[1]]
   -- opening another case for each message that names the old one. Only a case of the same
   -- customer (a stranger's message naming it opened one of theirs); never for an end, which
   -- ends the conversation it names and no other.
-  local t = hget(k_threads(), ARGV[7])
+  local t = hget(k_threads(), tkey)
   if t and t ~= c and cv[3] and hget(k_case(t), 'cust') == cv[3] then c, cv = t, nil end
 end
 if c and cv == nil then cv = redis.call('HMGET', k_case(c), 'st', 'closed', 'cust', 'ended') end
@@ -233,7 +238,7 @@ else
     end
     case_hold(c, fields)  -- written by case_flush below, with the step and offer fields
     redis.call('RPUSH', k_customer_cases(u), c)
-    if ARGV[7] ~= '' then redis.call('HSET', k_threads(), ARGV[7], c) end
+    if tkey ~= '' then redis.call('HSET', k_threads(), tkey, c) end
     log('case.created', {'case', c, 'customer', u, 'ch', ch})
     known, owner = {plan, ch, NOW_S, false, false, false, '|'}, u
   end
