@@ -41,7 +41,7 @@ from router.chat_ws import chat_endpoint, restore_widgets
 from router.config import Settings, load_workspace_file
 from router.context import Ctx
 from router.embedded import EmbeddedRedis
-from router.errors import CLOSE_CODES, SwitchboardError
+from router.errors import CLOSE_CODES, Conflict, SwitchboardError
 from router.hub import RAW_SEND, Hub
 from router.metrics import METRICS
 from router.plugins import Plugin
@@ -107,15 +107,24 @@ async def drain(ctx: Ctx) -> None:
                 await c.ws.close(CLOSE_CODES["restart"], "server restarting")  # type: ignore[attr-defined]
 
 
-async def _apply_file(switch: Switch, decl: dict[str, Any]) -> None:
+async def _apply_file(switch: Switch, decl: dict[str, Any], path: str) -> None:
     """Apply a workspace file when it changed since it was last applied, so that edits made
-    through the admin API survive restarts until the file itself is edited."""
+    through the admin API survive restarts until the file itself is edited. One that would drop
+    a queue cases wait in is not applied (the workspace stays as stored, and says why): those
+    cases would wait where no list shows them."""
+    ws = str(decl.get("id", "default"))
     digest = hashlib.sha256(json.dumps(decl, sort_keys=True).encode()).hexdigest()
-    cfg_key = keys.settings(str(decl.get("id", "default")))
+    cfg_key = keys.settings(ws)
     if await switch.redis.hget(cfg_key, "filehash") == digest.encode():
+        log.info("workspace %s: %s is as last applied; the stored workspace stands", ws, path)
         return
-    await switch.apply_workspace(decl)
+    try:
+        await switch.apply_workspace(decl)
+    except Conflict as e:
+        log.error("workspace %s: %s NOT applied, the stored workspace stands: %s", ws, path, e)
+        return
     await switch.redis.hset(cfg_key, "filehash", digest)
+    log.info("workspace %s: applied %s (changed since it was last applied)", ws, path)
 
 
 @asynccontextmanager
@@ -137,7 +146,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     bridge_keys = settings.bridge_keys
     if settings.config:
         decl, file_bridges = load_workspace_file(settings.config)
-        await _apply_file(switch, decl)
+        await _apply_file(switch, decl, str(settings.config))
         bridge_keys = bridge_keys + file_bridges
     ctx = Ctx(
         settings=settings,

@@ -229,6 +229,16 @@ def _keyset(cursor: str | None) -> tuple[int, str] | None:
     return int(m.group(1)), m.group(2)
 
 
+async def queue_in_use(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, qid: str) -> str:
+    """Why queue ``qid`` may not be removed now ('' if it may): cases wait in it, and would wait
+    where no list shows them and no agent is offered them."""
+    for status in ("queued", "offered"):
+        page = await list_cases(redis, cfg, ws, status, queue=qid, limit=1)
+        if page.cases:
+            return f"cases are {status} in this queue; move them first"
+    return ""
+
+
 async def list_cases(
     redis: aioredis.Redis,
     cfg: WorkspaceConfig,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from router import fastjson, keys, snapshot
+from router import fastjson, keys, queries, snapshot
 from router.declarations import Declarations
 from router.errors import BadRequest, Conflict, NotFound, SwitchboardError, from_script
 from router.ids import new_id
@@ -90,6 +90,7 @@ class Switch:
         edit); if it changed meanwhile nothing is stored and ``Conflict`` (code
         ``workspace.changed``) is raised, for the caller to read again and retry.
         """
+        await self._keep_queues_in_use(decl)
         cfg = await self.declarations.apply(decl, read_version=read_version)
         ws = cfg.id
         self.pools.forget(ws)
@@ -102,6 +103,19 @@ class Switch:
             if aid not in declared:
                 await self._update_memberships(ws, aid)
         return cfg
+
+    async def _keep_queues_in_use(self, decl: Mapping[str, Any]) -> None:
+        """Refuse (Conflict ``queue.in_use``) a declaration that drops a queue cases wait in,
+        whoever applies it: the admin API, or a node started with an edited file."""
+        ws = str(decl.get("id", ""))
+        try:
+            old = await self.config(ws, fresh=True)
+        except NotFound:
+            return  # a new workspace
+        kept = {str(q.get("id")) for q in decl.get("queues", []) if isinstance(q, Mapping)}
+        for q in old.queues:
+            if q.id not in kept and (why := await queries.queue_in_use(self.redis, old, ws, q.id)):
+                raise Conflict(f"queue {q.id} would be removed, but {why}", code="queue.in_use")
 
     async def declaration(self, ws: str) -> tuple[dict[str, Any], str]:
         """The stored declaration (agents as first declared, without passwords) and its version,

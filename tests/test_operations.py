@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -148,3 +149,61 @@ async def test_the_demo_serves_its_workspace_and_simulated_customers_reach_the_a
 
 async def _at_least(n: Awaitable[int], k: int) -> bool:
     return await n >= k
+
+
+async def test_a_restart_with_an_edited_file_never_drops_a_queue_cases_wait_in(
+    tmp_path: Path,
+) -> None:
+    """The file loses a queue while a case waits in it: the node starts, but does not apply the
+    file (the case would wait where no list shows it), and the log says why; once the case is
+    moved on, the next start applies it."""
+    sue = {**agent("sue", []), "role": "supervisor", "password": "pw"}
+    v1 = {**DECL, "agents": [agent("ann", ["support"]), sue]}
+    filters = DECL["workflow"]["task_routing"]["filters"]
+    v2 = copy.deepcopy(v1)
+    v2["queues"] = [q for q in v2["queues"] if q["id"] != "billing"]
+    v2["workflow"]["task_routing"]["filters"] = [
+        f for f in filters if f["targets"][0]["queue"] != "billing"
+    ]
+
+    def start(ws: dict[str, object]) -> ServerProcess:
+        return ServerProcess(tmp_path / "node", write_config(tmp_path / "ws.json", ws))
+
+    async def queues(node: ServerProcess) -> list[str]:
+        token = node.login("sue")["token"]
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            r = await http.get("/api/queues", headers={"Authorization": f"Bearer {token}"})
+        return [q["id"] for q in r.json()["queues"]]
+
+    node = start(v1)
+    bridge = await connect_bridge(node.ws_url, BRIDGE_KEY)
+    try:
+        ack = await bridge.ok(
+            "event", id="ops-q", channel="chat", identities={"email": "q@x.test"}, text="bill?",
+            attributes={"topic": "billing"},
+        )  # fmt: skip
+    finally:
+        await bridge.close()
+    node.stop()
+
+    node = start(v2)
+    try:
+        assert "billing" in await queues(node)
+        assert "NOT applied" in node.log() and "cases are queued in this queue" in node.log()
+        token = node.login("sue")["token"]
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            hdr = {"Authorization": f"Bearer {token}"}
+            r = await http.get("/api/cases", params={"status": "queued"}, headers=hdr)
+            assert [c["id"] for c in r.json()["cases"]] == [ack["case"]]
+            r = await http.patch(
+                f"/api/cases/{ack['case']}", json={"queue": "support"}, headers=hdr
+            )
+            assert r.status_code == 200, r.text
+    finally:
+        node.stop()
+    node = start(v2)
+    try:
+        assert "billing" not in await queues(node)
+        assert "applied" in node.log().split("NOT applied")[-1]
+    finally:
+        node.stop()
