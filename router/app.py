@@ -16,8 +16,10 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +55,15 @@ __all__ = ["WEB_DIR", "create_app", "drain"]
 
 log = logging.getLogger("switchboard.app")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+FAIL_LOG_S = 10.0  # while Redis is away the timer loop fails 20 times a second: said this often
 
 
 async def _timer_loop(ctx: Ctx) -> None:
     """Fire due timers of every workspace; any node may, each timer fires once."""
     tick = 0
     workspaces: list[str] = []
+    failing = 0  # ticks failed in a row: said once, then every FAIL_LOG_S, and when it ends
+    said = 0.0
     while True:
         try:
             if tick % 20 == 0:
@@ -74,10 +79,16 @@ async def _timer_loop(ctx: Ctx) -> None:
             for ws in workspaces:
                 while await ctx.switch.run_timers(ws) >= 500:
                     pass
+            if failing and (workspaces or tick % 20 == 0):  # (a tick that asked Redis)
+                log.warning("timer loop: working again after %d failed ticks", failing)
+                failing = 0
         except asyncio.CancelledError:
             raise
         except (SwitchboardError, RedisError, OSError) as e:
-            log.warning("timer loop: %s", e)
+            failing += 1
+            if failing == 1 or time.monotonic() - said >= FAIL_LOG_S:
+                said = time.monotonic()
+                log.warning("timer loop: %s (%d ticks failed in a row)", e, failing)
         tick += 1
         await asyncio.sleep(ctx.settings.timer_interval_s)
 
@@ -127,9 +138,27 @@ async def _apply_file(switch: Switch, decl: dict[str, Any], path: str) -> None:
     log.info("workspace %s: applied %s (changed since it was last applied)", ws, path)
 
 
+async def _with_shared_secret(settings: Settings, redis: Any) -> Settings:
+    """The settings with their token signing secret. With none configured, every node sharing
+    a Redis must still sign alike (a token from one node is good on the others, and so are the
+    email reply tokens it derives): the first node to start stores its secret (the one kept in
+    its data_dir) in Redis, and the others take that one."""
+    local = settings.with_secret()
+    if settings.secret or not settings.redis_url:
+        return local  # configured, or the embedded Redis of one node
+    await redis.set(keys.SECRET, local.secret, nx=True)
+    shared = await redis.get(keys.SECRET)
+    if shared is None:
+        return local
+    log.info(
+        "token secret: shared by the nodes on this Redis (set SWITCHBOARD_SECRET to choose it)"
+    )
+    return replace(settings, secret=shared.decode())
+
+
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings.with_secret()
+    settings: Settings = app.state.settings
     plugins: Sequence[Plugin] = app.state.plugins
     embedded = None
     url = settings.redis_url
@@ -138,6 +167,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         url = await embedded.start()
         log.info("embedded redis-server at %s (data in %s)", url, settings.data_dir)
     client = connect(url, max_connections=32)
+    settings = await _with_shared_secret(settings, client)
     store = Store(client)
     await store.load()
     node = f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(3)}"

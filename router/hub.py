@@ -246,15 +246,19 @@ class Hub:
                 await c.close(CLOSE_CODES["policy"], "signed out")
 
     async def _reader(self) -> None:
+        lost = 0  # times the connection was lost: said at the first and every 20th (10 s)
         while True:
             try:
                 async for msg in self._ps.listen():
                     if msg.get("type") == "message":
+                        lost = 0  # (back: the next loss is said again)
                         await self._route(msg["channel"], msg["data"])
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as e:
-                log.warning("pub/sub connection lost (%s); resubscribing", e)
+                if lost % 20 == 0:
+                    log.warning("pub/sub connection lost (%s); resubscribing", e)
+                lost += 1
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(RedisError, OSError):
                     await self._ps.subscribe(

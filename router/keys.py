@@ -53,6 +53,9 @@ __all__ = [
 WORKSPACES = b"sb:workspaces"
 #: Global zset of router nodes -> last heartbeat (ms); a node silent too long is reaped.
 NODES = b"sb:nodes"
+#: Global string: the token signing secret the nodes sharing this Redis share, when none is
+#: configured (SWITCHBOARD_SECRET): set by the first node to start (router/app.py).
+SECRET = b"sb:secret"
 
 _ID = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 

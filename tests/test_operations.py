@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from router.embedded import EmbeddedRedis
 from tests.server import BRIDGE_KEY, ServerProcess, write_config
 from tests.switchboard_fixtures import DECL, agent
 from tests.util import wait_for
@@ -207,3 +208,26 @@ async def test_a_restart_with_an_edited_file_never_drops_a_queue_cases_wait_in(
         assert "applied" in node.log().split("NOT applied")[-1]
     finally:
         node.stop()
+
+
+async def test_nodes_on_one_redis_share_a_secret_nobody_configured(tmp_path: Path) -> None:
+    """Two nodes on one Redis, each with its own data dir and no SWITCHBOARD_SECRET (two hosts
+    behind a load balancer): a token one signs is good on the other."""
+    redis = EmbeddedRedis(tmp_path / "redis", appendonly=False)
+    url = await redis.start()
+    ann = {**agent("ann", ["support"]), "password": "pw"}
+    ws = write_config(tmp_path / "ws.json", {**DECL, "agents": [ann]})
+    nodes: list[ServerProcess] = []
+    try:
+        for name in ("a", "b"):
+            env = {"SWITCHBOARD_SECRET": ""}
+            nodes.append(ServerProcess(tmp_path / name, ws, redis_url=url, env=env))
+        assert (tmp_path / "a" / "secret").read_text() != (tmp_path / "b" / "secret").read_text()
+        token = nodes[0].login("ann")["token"]
+        async with httpx.AsyncClient(base_url=nodes[1].url) as http:
+            r = await http.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+    finally:
+        for n in nodes:
+            n.stop()
+        await redis.stop()
