@@ -9,24 +9,30 @@ outbox), ``stop()`` undoes it.
 from __future__ import annotations
 
 import importlib
-import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.routing import BaseRoute
 
 from router.config import Settings
+from router.errors import ConfigError
 
 if TYPE_CHECKING:
     from router.context import Ctx
 
 __all__ = ["ADAPTERS", "Plugin", "load_plugins"]
 
-log = logging.getLogger("switchboard.plugins")
 
 #: name -> "module:factory"; factory(settings) returns a Plugin, or None when not configured.
 ADAPTERS = {
     "email": "adapters.email_plugin:plugin",
     "twilio": "adapters.twilio:plugin",
+}
+
+
+#: what each adapter needs before it runs (its plugin() answers None without it)
+NEEDS = {
+    "email": "set SWITCHBOARD_SMTP_PORT and SWITCHBOARD_MAILBOXES",
+    "twilio": "set SWITCHBOARD_TWILIO_AUTH_TOKEN, _ACCOUNT_SID and SWITCHBOARD_PUBLIC_URL",
 }
 
 
@@ -49,8 +55,10 @@ def load_plugins(names: list[str], settings: Settings) -> list[Plugin]:
         module, _, attr = target.partition(":")
         factory: Any = getattr(importlib.import_module(module), attr)
         plugin = factory(settings)
-        if plugin is None:
-            log.warning("adapter %r is not configured (see docs/adapters-*.md); left off", name)
-        else:
-            out.append(plugin)
+        if plugin is None:  # asked for by name: running without it would lose its channel
+            raise ConfigError(
+                f"adapter {name!r} is not configured: {NEEDS.get(name, 'see docs')} "
+                "(docs/adapters-*.md)"
+            )
+        out.append(plugin)
     return out

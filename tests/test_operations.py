@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Iterator
@@ -231,3 +232,16 @@ async def test_nodes_on_one_redis_share_a_secret_nobody_configured(tmp_path: Pat
         for n in nodes:
             n.stop()
         await redis.stop()
+
+
+def test_an_adapter_asked_for_by_name_but_not_configured_stops_the_start(tmp_path: Path) -> None:
+    """`serve --adapters email` without its port and mailboxes used to start with no mail
+    intake (one easily missed warning): it refuses to start, saying what is missing."""
+    ws = write_config(tmp_path / "ws.json", {**DECL, "agents": [agent("ann", ["support"])]})
+    out = subprocess.run(
+        [sys.executable, "-m", "router.cli", "serve", "--config", str(ws), "--port", "0",
+         "--data-dir", str(tmp_path / "d"), "--adapters", "email"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "SWITCHBOARD_SMTP_PORT": "2599"},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "SWITCHBOARD_MAILBOXES" in out.stderr and "Traceback" not in out.stderr
