@@ -241,7 +241,8 @@ def test_an_adapter_asked_for_by_name_but_not_configured_stops_the_start(tmp_pat
     out = subprocess.run(
         [sys.executable, "-m", "router.cli", "serve", "--config", str(ws), "--port", "0",
          "--data-dir", str(tmp_path / "d"), "--adapters", "email"],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "SWITCHBOARD_SMTP_PORT": "2599"},
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SWITCHBOARD_SMTP_PORT": "2599"},
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
     assert "SWITCHBOARD_MAILBOXES" in out.stderr and "Traceback" not in out.stderr
