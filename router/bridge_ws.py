@@ -10,6 +10,7 @@ answers ``delivered`` with their ``id``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -23,7 +24,7 @@ from router.admission import accept_socket, admit, reject_connection
 from router.auth import find_bridge
 from router.config import BridgeKey
 from router.context import Ctx
-from router.errors import BadRequest, Forbidden, SwitchboardError
+from router.errors import BadRequest, Forbidden, NotFound, SwitchboardError
 from router.hub import Conn
 from router.ingest import CHANNELS, E164
 from router.metrics import METRICS
@@ -34,6 +35,13 @@ from router.session import serve_frames
 __all__ = ["bridge_endpoint"]
 
 _STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+
+
+def _outbox_id(f: dict[str, Any]) -> str:
+    eid = f.get("id")
+    if not isinstance(eid, str) or not _STREAM_ID.match(eid):
+        raise BadRequest("id: the id of a deliver frame", code="frame.invalid")
+    return eid
 
 
 class BridgeSession:
@@ -58,14 +66,37 @@ class BridgeSession:
         if t == "event":
             return await self.event(f)
         if t == "delivered":
-            eid = f.get("id")
-            if not isinstance(eid, str) or not _STREAM_ID.match(eid):
-                raise BadRequest("id: the id of a deliver frame", code="frame.invalid")
-            await self.reader.ack(eid)
+            await self.reader.ack(_outbox_id(f))
+            return None
+        if t == "delivery.failed":
+            await self.delivery_failed(f)
             return None
         if t == "ping":
             return {"ts": time.time()}
         raise BadRequest(f"unknown frame type {t[:40]!r}", code="frame.unknown_type")
+
+    async def delivery_failed(self, f: dict[str, Any]) -> None:
+        """The bridge gave up on a reply (the number is not on the platform, the platform's
+        window for answering closed): the agents hear the customer did not get it, and the
+        case's history says so (Switch.delivery_failed). An entry that is not pending for this
+        bridge (delivered already, another's, never sent) changes nothing."""
+        eid = _outbox_id(f)
+        reason, to = f.get("reason"), f.get("to", "")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
+            raise BadRequest("reason: why, at most 500 characters", code="frame.invalid")
+        if not isinstance(to, str) or len(to) > 200:
+            raise BadRequest("to: where it was going, at most 200 characters", code="frame.invalid")
+        entry = await self.reader.pending(eid)
+        if entry is None:
+            return
+        if entry.get("kind") != "deliver":
+            raise BadRequest("only a deliver can fail this way", code="frame.invalid")
+        reply = entry.get("entry") if isinstance(entry.get("entry"), dict) else None
+        with contextlib.suppress(NotFound):  # the case is gone: nobody to tell
+            await self.ctx.switch.delivery_failed(
+                self.ws, str(entry.get("case", "")), reason, to=to, reply=reply, key=eid
+            )
+        await self.reader.ack(eid)
 
     async def event(self, f: dict[str, Any]) -> dict[str, Any]:
         channel = f.get("channel")

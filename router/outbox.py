@@ -83,6 +83,14 @@ class OutboxReader:
     async def ack(self, entry_id: str) -> None:
         await self.redis.xack(keys.outbox(self.ws), self.group, entry_id)
 
+    async def pending(self, entry_id: str) -> dict[str, Any] | None:
+        """The entry, if it was handed to this group and not yet acknowledged; else None."""
+        stream = keys.outbox(self.ws)
+        if not await self.redis.xpending_range(stream, self.group, entry_id, entry_id, 1):
+            return None
+        got = await self.redis.xrange(stream, entry_id, entry_id)
+        return _decode(got[0][1]) if got else None
+
     async def _ensure_group(self) -> None:
         try:
             await self.redis.xgroup_create(

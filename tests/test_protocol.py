@@ -44,6 +44,7 @@ TEAMS = {
     "reopen": 1,
     "takeback": 2,
     "recall": 1,
+    "undeliv": 1,
     "claims": 1,  # its agent never connects: cases wait
     "handon": 1,
     "merge": 1,
@@ -538,6 +539,34 @@ async def test_reply_is_delivered_through_the_bridge(stack: Stack, bridge: WsCli
     await bridge.ok("delivered", id=nxt["id"])
     page = (await console.ok("history.fetch", customer=ack["customer"]))["history"]
     assert [e["dir"] for e in page["timeline"]] == ["in", "out", "note", "out"]
+
+
+async def test_a_bridge_that_cannot_deliver_a_reply_says_so(stack: Stack, bridge: WsClient) -> None:
+    """The gateway gives up on a reply (the number is not on its platform): its agent is told
+    at once, the history says the customer did not get it, and the reply is not sent again.
+    Saying it of an entry that is not pending for this bridge changes nothing."""
+    console, offer, ack = await offered(stack, bridge, "undeliv1", "undeliv")
+    case = ack["case"]
+    await console.ok("offer.accept", offer=offer["offer"])
+    await console.ok("case.reply", case=case, text="Your refund is on its way")
+    deliver = await bridge.expect("deliver", case=case)
+    for bad in ({}, {"reason": ""}, {"reason": 5}, {"reason": "x" * 501}, {"reason": "r", "to": 1}):
+        await bridge.fails("delivery.failed", "frame.invalid", id=deliver["id"], **bad)
+    await bridge.ok("delivery.failed", id=deliver["id"], reason="not on WhatsApp", to="+4917")
+    alert = await console.expect("error", code="delivery.failed")
+    assert "not on WhatsApp" in alert["message"]
+    told = await console.expect("case.updated", case=case, event="delivery.failed")
+    assert told["entry"]["text"] == "Reply not delivered to +4917: not on WhatsApp"
+    history = (await console.ok("history.fetch", customer=ack["customer"]))["history"]
+    assert history["timeline"][-1]["kind"] == "delivery.failed"
+    # acknowledged: not pending any more, so saying it again (or of any other id) does nothing
+    group, eid = "bridge:test-bridge", deliver["id"]
+    assert not await stack.redis.xpending_range(keys.outbox("acme"), group, eid, eid, 1)
+    length = await stack.redis.llen(keys.customer_timeline("acme", ack["customer"]))
+    for eid in (deliver["id"], "1-0"):
+        await bridge.ok("delivery.failed", id=eid, reason="again")
+    assert await stack.redis.llen(keys.customer_timeline("acme", ack["customer"])) == length
+    await console.ok("case.complete", case=case, disposition="resolved")
 
 
 async def test_replies_go_out_only_the_way_the_case_came_in(stack: Stack, bridge: WsClient) -> None:
