@@ -152,7 +152,13 @@ class AgentSession:
             _str(f, "note", 2000, False),
             agent_name=await self._name(),
         )
-        return {"due": res["due"], "entry": res.get("entry")}
+        return {"id": res["id"], "due": res["due"], "entry": res.get("entry")}
+
+    async def cancel_followup(self, f: dict[str, Any]) -> dict[str, Any]:
+        res = await self.sw.cancel_followup(
+            self.ws, self.agent, _str(f, "id", 200), agent_name=await self._name()
+        )
+        return {"entry": res.get("entry")}
 
     async def reopen(self, f: dict[str, Any]) -> dict[str, Any]:
         """Take a closed case back (a follow-up): the answer carries the case detail, as an
@@ -265,6 +271,7 @@ _HANDLERS = {
     "case.complete": AgentSession.complete,
     "case.followup": AgentSession.followup,
     "case.reopen": AgentSession.reopen,
+    "followup.cancel": AgentSession.cancel_followup,
     "history.fetch": AgentSession.history,
     "reminder.dismiss": AgentSession.dismiss_reminder,
     "ping": AgentSession.ping,

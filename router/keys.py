@@ -113,6 +113,11 @@ def agent_offers(ws: str, aid: str) -> str:
     return f"sb:{{{ws}}}:a:{aid}:offers"
 
 
+def agent_followups(ws: str, aid: str) -> str:
+    """Follow-ups the agent set that are not yet due: "<case>|<n>" scored by due time (ms)."""
+    return f"sb:{{{ws}}}:a:{aid}:fu"
+
+
 def agent_reminders(ws: str, aid: str) -> str:
     """Follow-up reminders that fell due and the agent has not dismissed: id -> frame JSON."""
     return f"sb:{{{ws}}}:a:{aid}:rem"

@@ -160,7 +160,49 @@ async def hello(redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str, agent: str
         "cases": open_cases,
         "offers": pending,
         "reminders": await reminders(redis, ws, agent),
+        "followups": await followups(redis, ws, agent),
     }
+
+
+async def followups(redis: aioredis.Redis, ws: str, agent: str) -> list[dict[str, Any]]:
+    """The follow-ups the agent set that are not yet due, soonest first (the first 100): each
+    names its case as a reminder does (``id``, ``case``, ``due`` in s, ``note``, ``customer``,
+    ``subject``, ``channel``)."""
+    rows = await redis.zrange(keys.agent_followups(ws, agent), 0, 99, withscores=True)
+    pipe = redis.pipeline(transaction=False)
+    for member, _ in rows:
+        case, _, n = _dec(member).partition("|")
+        pipe.hmget(keys.case(ws, case), [f"followup:{n}", "cust", "subject", "ch"])
+    cases = await pipe.execute()
+    for _, cust, _, _ in cases:
+        pipe.hgetall(keys.customer(ws, _dec(cust or b"")))
+    profiles = await pipe.execute()
+    out = []
+    for (member, due), (note, _, subject, ch), prof in zip(rows, cases, profiles, strict=True):
+        fid = _dec(member)
+        out.append(
+            {
+                "id": fid,
+                "case": fid.partition("|")[0],
+                "due": due / 1000,
+                "note": _dec(note or b""),
+                "customer": customer_label(pairs(prof)),
+                "subject": _dec(subject or b""),
+                "channel": _dec(ch or b""),
+            }
+        )
+    return out
+
+
+def customer_label(profile: dict[str, str]) -> str:
+    """A customer as an agent knows them: their name, else an email or phone they wrote from
+    (as timers_run.lua's reminders name them)."""
+    if profile.get("name"):
+        return profile["name"]
+    for k in sorted(profile):
+        if k.startswith(("i:email:", "i:phone:")):
+            return k[8:]
+    return ""
 
 
 async def reminders(redis: aioredis.Redis, ws: str, agent: str) -> list[dict[str, Any]]:

@@ -56,6 +56,7 @@ SCRIPT_NAMES = (
     "chat_presence",
     "customer_merge",
     "event_ingest",
+    "followup_cancel",
     "offer_accept",
     "offer_reject",
     "pool_define",

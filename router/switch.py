@@ -466,6 +466,28 @@ class Switch:
         )
         return await self._act("case_followup", ws, agent, case, due_ms, note[:2000], entry)
 
+    async def cancel_followup(
+        self, ws: str, agent: str, followup: str, *, agent_name: str = ""
+    ) -> dict[str, Any]:
+        """Cancel a follow-up ``agent`` set (``"<case>|<n>"``, the ack of case.followup) that is
+        not yet due; the history says so. NotFound ``followup.unknown`` if there is none."""
+        case, _, n = followup.partition("|")
+        if not case or not n.isdigit():
+            raise NotFound("follow-up not found", code="followup.unknown")
+        entry = fastjson.dumps_str(
+            {
+                "id": new_id("n"),
+                "case": case,
+                "ch": "note",
+                "dir": "note",
+                "kind": "followup.cancelled",
+                "ts": entry_ts(),
+                "agent": agent,
+                "from": agent_name or agent,
+            }
+        )
+        return await self._act("followup_cancel", ws, agent, case, n, entry)
+
     async def reopen(
         self, ws: str, agent: str, case: str, *, agent_name: str = ""
     ) -> dict[str, Any]:

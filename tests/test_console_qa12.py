@@ -263,6 +263,38 @@ async def test_a_reminder_reopens_the_closed_case_it_is_about(
 
 
 @browser_test
+async def test_the_follow_ups_set_are_listed_and_can_be_cancelled(
+    web: Web, server: ServerProcess
+) -> None:
+    """Sam sets a follow-up for in an hour: the console lists it (also after a reload) with
+    its time, customer and note, until it falls due or Sam cancels it; the history says it
+    was cancelled."""
+    sam = await open_email_case(web, server)
+    await panel(sam).get_by_test_id("followup-when").select_option("3600")
+    await panel(sam).get_by_test_id("followup-note").fill("Chase the courier")
+    await panel(sam).get_by_test_id("followup-submit").click()
+    await expect(sam.get_by_test_id("followup-count")).to_have_text("1")
+    await sam.reload()
+    await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
+    box = sam.get_by_test_id("followups")
+    await box.locator("summary").click()
+    item = box.get_by_test_id("followup-item")
+    await expect(item).to_have_count(1)
+    await expect(item).to_contain_text("Kim Lee — Chase the courier")
+    # one that falls due is a reminder now, not on the list
+    await remind_now(sam, "Ask Kim for the tracking number")
+    await expect(sam.get_by_test_id("reminder")).to_have_count(1)
+    await expect(item).to_have_count(1)
+    await item.get_by_test_id("followup-cancel").click()
+    await expect(sam.get_by_test_id("followup-cancelled")).to_contain_text("Kim Lee")
+    await expect(box).to_be_hidden()
+    await expect(panel(sam).get_by_test_id("timeline-followup-cancelled")).to_be_visible()
+    await sam.reload()
+    await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
+    await expect(sam.get_by_test_id("followups")).to_be_hidden()
+
+
+@browser_test
 async def test_two_anonymous_chat_visitors_read_differently(
     web: Web, server: ServerProcess
 ) -> None:

@@ -29,6 +29,7 @@ TWINS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "k_agent_reminders": ((A,), lambda: keys.agent_reminders(WS, A)),
     "k_node_agents": (("n1",), lambda: keys.node_agents(WS, "n1")),
     "k_node_widgets": (("n1",), lambda: keys.node_widgets(WS, "n1")),
+    "k_agent_followups": ((A,), lambda: keys.agent_followups(WS, A)),
     "k_queues": ((), lambda: keys.queues(WS)),
     "k_queue": ((Q,), lambda: keys.queue(WS, Q)),
     "k_queue_wait": ((Q,), lambda: keys.queue_waiting(WS, Q)),

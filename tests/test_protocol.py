@@ -45,6 +45,7 @@ TEAMS = {
     "takeback": 2,
     "recall": 1,
     "undeliv": 1,
+    "fulist": 2,
     "claims": 1,  # its agent never connects: cases wait
     "handon": 1,
     "merge": 1,
@@ -691,6 +692,52 @@ async def test_followup_sends_a_reminder(stack: Stack, bridge: WsClient) -> None
     assert kept[f"{ack['case']}|1"]["status"] == "completed"
     for rid in (f"{ack['case']}|1", f"{ack['case']}|2"):
         await console.ok("reminder.dismiss", id=rid)
+
+
+async def test_an_agent_sees_and_cancels_the_follow_ups_they_set(
+    stack: Stack, bridge: WsClient
+) -> None:
+    """The follow-ups an agent set and that are not yet due are in their hello (soonest first,
+    naming the case as a reminder does); one they cancel will not remind them, and the history
+    says so. Nobody else can cancel it; one that fell due leaves the list."""
+    one, offer, ack = await offered(
+        stack, bridge, "fulist1", "fulist", name="Pia Park", subject="Invoice 9"
+    )
+    case = ack["case"]
+    await one.ok("offer.accept", offer=offer["offer"])
+    late = await one.ok("case.followup", case=case, in_s=7200, note="second chase")
+    soon = await one.ok("case.followup", case=case, in_s=3600, note="chase the invoice")
+    assert (late["id"], soon["id"]) == (f"{case}|1", f"{case}|2")
+    _, hello = await stack.agent("fulist1", client="supervisor")
+    assert [f["id"] for f in hello["followups"]] == [soon["id"], late["id"]]
+    first = hello["followups"][0]
+    assert (first["case"], first["note"], first["customer"]) == (
+        case,
+        "chase the invoice",
+        "Pia Park",
+    )
+    assert (first["subject"], first["channel"]) == ("Invoice 9", "chat")
+    assert first["due"] == pytest.approx(soon["due"] / 1000)
+
+    other, _ = await stack.agent("fulist2")
+    await other.fails("followup.cancel", "followup.unknown", id=soon["id"])  # not theirs
+    got = await one.ok("followup.cancel", id=soon["id"])
+    assert (got["entry"]["kind"], got["entry"]["case"]) == ("followup.cancelled", case)
+    await one.fails("followup.cancel", "followup.unknown", id=soon["id"])  # gone already
+    await one.fails("followup.cancel", "followup.unknown", id="nonsense")
+    timers = await stack.redis.zrange(keys.timers("acme"), 0, -1)
+    assert f"f|{case}|fulist1|2".encode() not in timers
+    _, hello = await stack.agent("fulist1", client="supervisor")
+    assert [f["id"] for f in hello["followups"]] == [late["id"]]
+
+    # one that falls due leaves the list (it is a reminder now)
+    due = await one.ok("case.followup", case=case, in_s=0.05, note="now")
+    await one.expect("reminder", case=case, id=due["id"])
+    _, hello = await stack.agent("fulist1", client="supervisor")
+    assert [f["id"] for f in hello["followups"]] == [late["id"]]
+    await one.ok("followup.cancel", id=late["id"])
+    await one.ok("reminder.dismiss", id=due["id"])
+    await one.ok("case.complete", case=case, disposition="resolved")
 
 
 async def test_a_reminder_due_while_away_waits_for_the_agent(

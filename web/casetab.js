@@ -641,6 +641,9 @@ export class CaseView {
         // the history says so: whoever has the case next sees it
         if (ack.entry && this.timeline.add(ack.entry)) this.app.timelineChanged(this.customer.id);
         this.app.toast(`Follow-up reminder set for ${clock(ack.due / 1000)}.`, { testid: "followup-confirmation" });
+        this.app.followupSet({ id: ack.id, case: this.case.id, due: ack.due / 1000, note: note.value,
+          customer: this.customer.name || identities(this.customer.identities, ""),
+          subject: this.case.subject || "", channel: this.case.channel });
         note.value = "";
         this.app.drafts.delete(`${this.case.id}#followup`);
       } catch (e) {

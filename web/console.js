@@ -80,6 +80,7 @@ class AgentConsole {
     this.timelines = new Map();
     this.views = new Map();
     this.reminders = new Map(); // reminder id -> its toast, until dismissed
+    this.followups = new Map(); // follow-ups set and not yet due: id -> {case, due, note, customer, …}
     this.offerCards = new Map();
     this.drafts = new Drafts(`switchboard.drafts.${session.workspace}.${session.agent}`);
     this.activeKey = `switchboard.active.${session.workspace}.${session.agent}`;
@@ -119,6 +120,11 @@ class AgentConsole {
     this.reminderBox = h("section", { class: "reminders", "aria-labelledby": "reminders-title", hidden: true },
       h("h2", { id: "reminders-title", class: "side-title" }, "Reminders ", this.reminderCount),
       this.reminderTray.el);
+    // the follow-ups set and not yet due, soonest first: folded away, one line each
+    this.followupCount = h("span", { class: "count", testid: "followup-count" }, "0");
+    this.followupList = h("ul", { class: "followup-list", testid: "followup-list" });
+    this.followupBox = h("details", { class: "followups", testid: "followups", hidden: true },
+      h("summary", { class: "side-title" }, "Follow-ups set ", this.followupCount), this.followupList);
     this.tabs = h("div", { role: "tablist", class: "case-tabs", "aria-label": "Open cases", testid: "case-tabs",
       onkeydown: (ev) => this.tabKeys(ev) });
     this.panels = h("div", { class: "case-panels" });
@@ -142,7 +148,7 @@ class AgentConsole {
             h("h2", { id: "offers-title", class: "side-title" }, "Offers ", this.offerCount),
             h("p", { class: "hint keys" }, h("kbd", null, "Alt A"), " accept · ", h("kbd", null, "Alt R"), " reject"),
             this.offerEmpty, this.offerList),
-          this.toasts.el, this.reminderBox),
+          this.toasts.el, this.reminderBox, this.followupBox),
         h("main", { id: "main", class: "work", tabindex: "-1" }, this.tabs, this.panels, this.noCases)),
       this.polite.el, this.urgent.el);
     this.renderOffersMeta();
@@ -340,6 +346,8 @@ class AgentConsole {
     this.strandedDrafts();
     for (const o of f.offers || []) this.addOffer(o, false);
     for (const r of f.reminders || []) this.reminder(r);
+    this.followups = new Map((f.followups || []).map((x) => [x.id, x]));
+    this.renderFollowups();
     const first = this.views.keys().next().value;
     if (keep && this.views.has(keep)) this.select(keep);
     else if (first) this.select(first);
@@ -473,6 +481,7 @@ class AgentConsole {
    *  stays until dismissed, here or on another console, or acted on, and then the server
    *  forgets it. Its case, if not open on this screen, is reopened for us (case.reopen). */
   reminder(f) {
+    if (this.followups.delete(f.id)) this.renderFollowups(); // set, and now due
     if (f.id && this.reminders.has(f.id)) return; // a reconnect's hello repeats it
     const view = this.views.get(f.case);
     const who = view ? customerName(view.customer) : f.customer || "a case you handled";
@@ -500,6 +509,41 @@ class AgentConsole {
     if (f.id) this.reminders.set(f.id, toast);
     this.renderReminderCount();
     this.urgent.announce(`Follow-up reminder: ${f.note || who}`);
+  }
+
+  /** A follow-up we just set (case.followup's ack), for the list of those not yet due. */
+  followupSet(x) {
+    if (this.reminders.has(x.id)) return; // fallen due already (its reminder came first)
+    this.followups.set(x.id, x);
+    this.renderFollowups();
+  }
+
+  renderFollowups() {
+    const all = [...this.followups.values()].sort((a, b) => a.due - b.due || (a.id < b.id ? -1 : 1));
+    replace(this.followupList, all.map((x) => {
+      const who = x.customer || "a case you handled";
+      const cancel = h("button", { type: "button", class: "link-button", testid: "followup-cancel",
+        "aria-label": `Cancel the follow-up for ${who} at ${clock(x.due)}` }, "Cancel");
+      cancel.addEventListener("click", async () => {
+        cancel.disabled = true;
+        try {
+          const ack = await this.conn.request("followup.cancel", { id: x.id });
+          const view = this.views.get(x.case); // the history says so, if it is on screen
+          const cust = view && (view.customer.id || view.case.customer);
+          if (cust && ack.entry && this.timeline(cust).add(ack.entry)) this.timelineChanged(cust);
+          this.toast(`Follow-up for ${who} cancelled.`, { testid: "followup-cancelled" });
+        } catch (e) { // fallen due meanwhile (its reminder says so), or cancelled elsewhere
+          if (e.code !== "followup.unknown") { cancel.disabled = false; this.toast(e.message, { kind: "error" }); return; }
+        }
+        this.followups.delete(x.id);
+        this.renderFollowups();
+      });
+      return h("li", { class: "followup-item", testid: "followup-item", "data-followup": x.id },
+        h("span", { class: "followup-when" }, clock(x.due)), " ",
+        h("bdi", null, who), x.note ? [" — ", h("bdi", null, x.note)] : "", " ", cancel);
+    }));
+    this.followupCount.textContent = String(all.length);
+    this.followupBox.hidden = all.length === 0;
   }
 
   /** Take a closed case back to follow it up: it opens here as an accepted offer does, with

@@ -125,6 +125,8 @@ function body(entry) {
     parts.push(h("p", { class: "tl-event" }, "Wrapped up", entry.disposition ? ` · ${entry.disposition}` : ""));
   } else if (entry.kind === "transfer") {
     parts.push(h("p", { class: "tl-event" }, "Transferred", entry.to ? ` to ${entry.to_name || entry.to}` : ""));
+  } else if (entry.kind === "followup.cancelled") {
+    parts.push(h("p", { class: "tl-event", testid: "timeline-followup-cancelled" }, "Follow-up cancelled"));
   } else if (entry.kind === "reopened") {
     parts.push(h("p", { class: "tl-event", testid: "timeline-reopened" }, "Reopened to follow up"));
   } else if (entry.kind === "followup") {

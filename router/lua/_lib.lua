@@ -38,6 +38,7 @@ local function k_node_widgets(n) return P .. 'node:' .. n .. ':widgets' end
 local function k_agent_cases(a) return P .. 'a:' .. a .. ':cases' end
 local function k_agent_offers(a) return P .. 'a:' .. a .. ':offers' end
 local function k_agent_reminders(a) return P .. 'a:' .. a .. ':rem' end
+local function k_agent_followups(a) return P .. 'a:' .. a .. ':fu' end
 local function k_queues() return P .. 'queues' end
 local function k_queue(q) return P .. 'q:' .. q end
 local function k_queue_wait(q) return P .. 'q:' .. q .. ':wait' end

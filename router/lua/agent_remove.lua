@@ -45,7 +45,7 @@ redis.call('DEL', k_pool(own), k_pool_agents(own))
 local nodes = redis.call('HKEYS', k_agent_conns(a))
 for _, n in ipairs(nodes) do redis.call('SREM', k_node_agents(n), a) end
 redis.call('DEL', k_agent_pools(a), k_agent_conns(a), k_agent_offers(a), k_agent_reminders(a),
-  k_agent_cases(a))
+  k_agent_cases(a), k_agent_followups(a))
 redis.call('SREM', k_agents(), a)
 log('agent.removed', {'agent', a})
 return result({ok = true, offers = offers, push = push, nodes = nodes})

@@ -95,18 +95,21 @@ for _, m in ipairs(due) do
         redis.call('HSET', k_case(c), 'esc', '1')
       end
     end
-  elseif kind == 'f' and redis.call('EXISTS', k_agent(parts[3])) == 1 then
-    -- (an agent removed since they set it: nobody to remind; agent_remove.lua)
+  elseif kind == 'f' then
     local c, a = parts[2], parts[3]
-    local cs = redis.call('HMGET', k_case(c), 'followup:' .. parts[4], 'cust', 'subject', 'ch',
-      'st')
-    -- what identifies the case to the agent, even once it is closed and off their screen
-    local frame = {type = 'reminder', id = c .. '|' .. parts[4], case = c, note = cs[1] or '',
-      customer = cs[2] and customer_label(cs[2]) or '', subject = cs[3] or '',
-      channel = cs[4] or '', status = cs[5] or '', due = NOW / 1000}
-    keep_reminder(a, frame)
-    push[#push + 1] = {agent = a, frame = frame}
-    log('case.reminder', {'case', c, 'agent', a})
+    redis.call('ZREM', k_agent_followups(a), c .. '|' .. parts[4])  -- set, now due
+    -- (an agent removed since they set it: nobody to remind; agent_remove.lua)
+    if redis.call('EXISTS', k_agent(a)) == 1 then
+      local cs = redis.call('HMGET', k_case(c), 'followup:' .. parts[4], 'cust', 'subject', 'ch',
+        'st')
+      -- what identifies the case to the agent, even once it is closed and off their screen
+      local frame = {type = 'reminder', id = c .. '|' .. parts[4], case = c, note = cs[1] or '',
+        customer = cs[2] and customer_label(cs[2]) or '', subject = cs[3] or '',
+        channel = cs[4] or '', status = cs[5] or '', due = NOW / 1000}
+      keep_reminder(a, frame)
+      push[#push + 1] = {agent = a, frame = frame}
+      log('case.reminder', {'case', c, 'agent', a})
+    end
   elseif kind == 'g' then
     local a, token = parts[2], parts[3]
     if hget(k_agent(a), 'grace') == token then
