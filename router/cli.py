@@ -1,7 +1,10 @@
 """The ``switchboard`` command: ``serve``, ``demo``, ``check-config``.
 
 Every option also has a ``SWITCHBOARD_*`` environment variable (see docs/operations.md);
-options given here win.
+options given here win. A configuration error (a setting, the workspace file) ends a command
+with one JSON line on stderr, ``{"error": "<path>: <what is wrong>"}``, and exit status 2;
+``serve`` checks its workspace file as ``check-config`` does before it starts
+(docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -11,21 +14,23 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+import yaml
 
-from router.config import Settings, load_workspace_file
+from router.config import BridgeKey, Settings, load_workspace_file
 from router.errors import ConfigError
 from router.logs import setup_logging
 from router.plugins import Plugin, load_plugins
 from router.transport import ws_protocol
-from router.workspace import parse_workspace
+from router.workspace import WorkspaceConfig, check_file, parse_workspace
 
 __all__ = ["main"]
 
@@ -51,7 +56,9 @@ class _Server(uvicorn.Server):
 
 def _serve(
     settings: Settings, plugins: Sequence[Plugin], *, simulate: bool = False, every_s: float = 20.0
-) -> None:
+) -> int:
+    """Run the server until it is stopped; the exit status: 0, or 3 if it never started (its
+    start-up failed: uvicorn's own ``uvicorn.run`` exits 3 then, ``Server.run`` returns)."""
     from router.app import create_app
 
     setup_logging(settings.log_level, settings.log_json)
@@ -86,9 +93,17 @@ def _serve(
     )
     server = _Server(config, app)
     server.run()
+    return 0 if server.started else 3
+
+
+def _fail(message: str) -> int:
+    print(json.dumps({"error": message}), file=sys.stderr)
+    return 2
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    """The settings from the environment and the options; ConfigError naming the variable or
+    option that is wrong, for what the server would otherwise fail on with a traceback."""
     overrides = {
         k: v
         for k, v in {
@@ -100,7 +115,71 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         }.items()
         if v is not None
     }
-    return Settings.from_env(**overrides, **extra)
+    try:
+        settings = Settings.from_env(**overrides, **extra)
+    except ValueError as e:  # a number that is not one (router/config.py: int(), float())
+        raise ConfigError(_bad_variable(e)) from None
+    if not isinstance(logging.getLevelNamesMapping().get(settings.log_level.upper()), int):
+        raise ConfigError(
+            f"SWITCHBOARD_LOG_LEVEL: expected debug, info, warning, error or critical, "
+            f"not {settings.log_level!r}"
+        )
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError(f"port (--port, SWITCHBOARD_PORT): 0-65535, not {settings.port}")
+    return settings
+
+
+def _bad_variable(error: ValueError) -> str:
+    """Which SWITCHBOARD_* variable Settings.from_env failed on: each is tried alone."""
+    types = {f"SWITCHBOARD_{f.name.upper()}": str(f.type) for f in dataclasses.fields(Settings)}
+    for name, raw in sorted(os.environ.items()):
+        if name in types:
+            try:
+                Settings.from_env({name: raw})
+            except ValueError:
+                kind = "a whole number" if types[name] == "int" else "a number"
+                return f"{name}: expected {kind}, not {raw[:40]!r}"
+    return str(error)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one map is an error: YAML keeps
+    the last one silently (a second ``agents:`` would replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: *defaults
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                m = key_node.start_mark
+                raise ConfigError(
+                    f"{m.name} line {m.line + 1}, column {m.column + 1}: {key} is given twice"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _workspace_file(path: str) -> tuple[WorkspaceConfig, tuple[BridgeKey, ...]]:
+    """The workspace file, checked as a whole: what surrounds the declaration (keys given
+    twice, bridges), then as the server reads it (router/config.py), then the declaration.
+    Raises ConfigError naming the path of what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.load(f, Loader=_Loader)  # a SafeLoader
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except yaml.MarkedYAMLError as e:  # where, in one line (YAML's own message takes four)
+        mark = e.problem_mark
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{at}: {e.problem or e.context}") from None
+    except (OSError, yaml.YAMLError):
+        doc = None  # load_workspace_file says what is wrong
+    if isinstance(doc, Mapping):
+        check_file(doc)
+    decl, bridges = load_workspace_file(path)
+    return parse_workspace(decl), bridges
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -108,10 +187,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         plugins = load_plugins([a for a in args.adapters.split(",") if a], settings)
     except (ConfigError, ValueError) as e:
-        print(json.dumps({"error": str(e)}), file=sys.stderr)
-        return 2
-    _serve(settings, plugins)
-    return 0
+        return _fail(str(e))
+    if settings.config:
+        _workspace_file(settings.config)  # its errors named here, not in a start-up traceback
+    return _serve(settings, plugins)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -152,8 +231,7 @@ def _demo(args: argparse.Namespace, path: Path) -> int:
     try:
         plugins = load_plugins(adapters, settings)
     except (ConfigError, ValueError) as e:
-        print(json.dumps({"error": str(e)}), file=sys.stderr)
-        return 2
+        return _fail(str(e))
     print(
         f"Switchboard demo: console http://{settings.host}:{settings.port}/ "
         "(agents ann, bob, cat; supervisor sue at /supervisor; admin ada at /admin; "
@@ -167,41 +245,55 @@ def _demo(args: argparse.Namespace, path: Path) -> int:
             f"{base}/status (call status changes); see docs/adapters-voice.md",
             file=sys.stderr,
         )
-    _serve(settings, plugins, simulate=not args.quiet, every_s=max(0.1, args.every_s))
-    return 0
+    return _serve(settings, plugins, simulate=not args.quiet, every_s=max(0.1, args.every_s))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Print the effective configuration, every section of the workspace as parsed (with the
+    defaults filled in), secrets masked; exit 2 naming the first error."""
     settings = _settings(args)
     out: dict[str, Any] = {"settings": settings.masked()}
-    try:
-        if settings.config:
-            decl, bridges = load_workspace_file(settings.config)
-            cfg = parse_workspace(decl)
-            out["workspace"] = {
-                "id": cfg.id,
-                "queues": [dataclasses.asdict(q) for q in cfg.queues],
-                "agents": [
-                    {
-                        "id": a.id,
-                        "role": a.role,
-                        "capacity": dict(a.capacity),
-                        "password": "***" if a.password else None,
-                    }
-                    for a in cfg.agents
-                ],
-                "statuses": [dataclasses.asdict(s) for s in cfg.statuses],
-                "workflow": cfg.workflow_json,
-            }
-            out["bridges"] = [
-                {"id": b.id, "workspace": b.workspace, "channels": sorted(b.channels), "key": "***"}
-                for b in bridges
-            ]
-    except ConfigError as e:
-        print(json.dumps({"error": str(e)}), file=sys.stderr)
-        return 2
+    if settings.config:
+        cfg, bridges = _workspace_file(settings.config)
+        out["workspace"] = _effective(cfg)
+        out["bridges"] = [
+            {"id": b.id, "workspace": b.workspace, "channels": sorted(b.channels), "key": "***"}
+            for b in bridges
+        ]
     print(json.dumps(out, indent=2, default=str))
     return 0
+
+
+def _effective(cfg: WorkspaceConfig) -> dict[str, Any]:
+    return {
+        "id": cfg.id,
+        "timezone": cfg.timezone,
+        "queues": [dataclasses.asdict(q) for q in cfg.queues],
+        "agents": [
+            {
+                "id": a.id,
+                "name": a.name,
+                "role": a.role,
+                "attributes": dict(a.attributes),
+                "capacity": dict(a.capacity),
+                "password": "***" if a.password else None,
+            }
+            for a in cfg.agents
+        ],
+        "statuses": [dataclasses.asdict(s) for s in cfg.statuses],
+        "channels": {ch: dataclasses.asdict(c) for ch, c in cfg.channels.items()},
+        "routing": {
+            "reopen_window_s": cfg.reopen_window_s,
+            "reopen_agent_timeout_s": cfg.reopen_agent_timeout_s,
+            "transfer_agent_timeout_s": cfg.transfer_agent_timeout_s,
+            "max_missed_offers": cfg.max_missed_offers,
+            "reoffer_refused_after_s": cfg.reoffer_refused_after_s,
+            "reject_status": cfg.reject_status,
+        },
+        "dispositions": list(cfg.dispositions),
+        "canned": dict(cfg.canned),
+        "workflow": cfg.workflow_json,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -234,7 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.set_defaults(fn=cmd_check_config)
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        code: int = args.fn(args)
+        try:
+            code: int = args.fn(args)
+        except ConfigError as e:
+            return _fail(str(e))
         return code
     return 130
 

@@ -16,7 +16,14 @@ from typing import Any, Protocol
 
 from router import fastjson, keys, queries, snapshot
 from router.declarations import Declarations
-from router.errors import BadRequest, Conflict, NotFound, SwitchboardError, from_script
+from router.errors import (
+    BadRequest,
+    ConfigError,
+    Conflict,
+    NotFound,
+    SwitchboardError,
+    from_script,
+)
 from router.ids import new_id
 from router.ingest import Event, entry_ts, parse_event, preview, timeline_entry
 from router.metrics import METRICS
@@ -107,11 +114,16 @@ class Switch:
     async def _keep_queues_in_use(self, decl: Mapping[str, Any]) -> None:
         """Refuse (Conflict ``queue.in_use``) a declaration that drops a queue cases wait in,
         whoever applies it: the admin API, or a node started with an edited file."""
-        ws = str(decl.get("id", ""))
+        ws = str(decl.get("id", "default"))  # as parse_workspace reads it
         try:
             old = await self.config(ws, fresh=True)
         except NotFound:
             return  # a new workspace
+        except ConfigError as e:  # stored by an older version that checked less: replaced now
+            log.warning(
+                "workspace %s: the stored declaration is not valid (%s); replacing it", ws, e
+            )
+            return
         kept = {str(q.get("id")) for q in decl.get("queues", []) if isinstance(q, Mapping)}
         for q in old.queues:
             if q.id not in kept and (why := await queries.queue_in_use(self.redis, old, ws, q.id)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from starlette.routing import Route
 from router import keys
 from router.auth import Principal, Tokens
 from router.embedded import EmbeddedRedis
-from router.errors import Conflict
+from router.errors import ConfigError, Conflict
 from router.openapi import OPERATIONS, document
 from router.store import Store, connect
 from router.switch import Switch
@@ -909,3 +910,18 @@ async def test_skills_and_languages_are_plain_short_words(env: Env) -> None:
         assert (await adm.get("/api/agents/al")).json()["attributes"] == before
         r = await adm.put("/api/agents/al", json={"attributes": {"skills": ["עברית", "billing"]}})
         assert r.status_code == 200, r.text  # any script, in its own order
+
+
+async def test_a_stored_declaration_this_version_refuses_is_replaced_not_fatal(env: Env) -> None:
+    """A declaration stored by an older version that checked less (here a typo'd key) no longer
+    parses: applying a good one (a node starting with its fixed file) replaces it, where the
+    check for queues cases wait in would have failed on reading it."""
+    r = env.switch.redis
+    raw = await r.hget(keys.settings("globex"), "decl")
+    assert raw is not None
+    await r.hset(keys.settings("globex"), "decl", json.dumps({**json.loads(raw), "agnets": []}))
+    await r.hincrby(keys.settings("globex"), "declver", 1)
+    with pytest.raises(ConfigError):
+        await env.switch.config("globex", fresh=True)
+    await env.switch.apply_workspace(GLOBEX)
+    assert (await env.switch.config("globex", fresh=True)).id == "globex"
