@@ -421,7 +421,9 @@ def _demo_plugins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) -
     for k, v in env.items():
         monkeypatch.setenv(f"SWITCHBOARD_{k}", v)
     served: list[list[Plugin]] = []
-    monkeypatch.setattr(cli, "_serve", lambda settings, plugins, **kw: served.append(list(plugins)))
+    monkeypatch.setattr(
+        cli, "_serve", lambda settings, plugins, **kw: served.append(list(plugins)) or 0
+    )
     code = cli.main(["demo", "--quiet", "--smtp-port", "0", "--data-dir", str(tmp_path)])
     assert code == 0
     assert len(served) == 1
