@@ -21,6 +21,7 @@ import asyncio
 import math
 import re
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -421,9 +422,12 @@ def _demo_plugins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) -
     for k, v in env.items():
         monkeypatch.setenv(f"SWITCHBOARD_{k}", v)
     served: list[list[Plugin]] = []
-    monkeypatch.setattr(
-        cli, "_serve", lambda settings, plugins, **kw: served.append(list(plugins)) or 0
-    )
+
+    def serve(settings: object, plugins: Sequence[Plugin], **kw: object) -> int:
+        served.append(list(plugins))
+        return 0
+
+    monkeypatch.setattr(cli, "_serve", serve)
     code = cli.main(["demo", "--quiet", "--smtp-port", "0", "--data-dir", str(tmp_path)])
     assert code == 0
     assert len(served) == 1
