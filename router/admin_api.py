@@ -184,26 +184,17 @@ async def _edit_declaration(
     if lock is None:
         lock = state.admin_edit_lock = asyncio.Lock()
     async with lock:
-        queues = _queue_names(await ctx.switch.config(ws, fresh=True))
         for attempt in range(1, EDIT_ATTEMPTS + 1):
             decl, version = await ctx.switch.declaration(ws)
             change(decl)
             decl["agents"] = []
             try:
-                cfg = await ctx.switch.apply_workspace(decl, read_version=version)
+                return await ctx.switch.apply_workspace(decl, read_version=version)
             except Conflict as e:
                 if e.code != "workspace.changed" or attempt == EDIT_ATTEMPTS:
                     raise
                 await asyncio.sleep(random.uniform(0.005, 0.05))  # the other edit gets through
-                continue
-            if _queue_names(cfg) != queues:  # open consoles show their cases' queues by name
-                await ctx.switch.announce_queues(ws)
-            return cfg
     raise AssertionError("unreachable")
-
-
-def _queue_names(cfg: WorkspaceConfig) -> list[tuple[str, str]]:
-    return [(q.id, q.name) for q in cfg.queues]
 
 
 async def list_queues(request: Request) -> dict[str, Any]:

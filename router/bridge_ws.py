@@ -87,8 +87,8 @@ class BridgeSession:
         if not isinstance(to, str) or len(to) > 200:
             raise BadRequest("to: where it was going, at most 200 characters", code="frame.invalid")
         entry = await self.reader.pending(eid)
-        if entry is None:
-            return
+        if entry is None or entry.get("src", "") not in ("", self.reader.source):
+            return  # (another source's, pending here only until the reader skips it)
         if entry.get("kind") != "deliver":
             raise BadRequest("only a deliver can fail this way", code="frame.invalid")
         reply = entry.get("entry") if isinstance(entry.get("entry"), dict) else None

@@ -246,12 +246,11 @@ class Hub:
                 await c.close(CLOSE_CODES["policy"], "signed out")
 
     async def _reader(self) -> None:
-        lost = 0  # times the connection was lost: said at the first and every 20th (10 s)
+        lost = 0  # attempts since it was lost: said at the first, every 20th (10 s), and back
         while True:
             try:
                 async for msg in self._ps.listen():
                     if msg.get("type") == "message":
-                        lost = 0  # (back: the next loss is said again)
                         await self._route(msg["channel"], msg["data"])
             except asyncio.CancelledError:
                 raise
@@ -260,10 +259,14 @@ class Hub:
                     log.warning("pub/sub connection lost (%s); resubscribing", e)
                 lost += 1
                 await asyncio.sleep(0.5)
-                with contextlib.suppress(RedisError, OSError):
+                try:
                     await self._ps.subscribe(
                         f"sb:node:{self.node}", *[c.decode() for c in self._routes]
                     )
+                except (RedisError, OSError):
+                    continue
+                log.warning("pub/sub connection back after %d attempts", lost)
+                lost = 0
 
     async def _route(self, channel: bytes, data: bytes) -> None:
         route = self._routes.get(channel)

@@ -8,6 +8,7 @@ push to the ``notify`` callback — whichever node or process calls it. Errors a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -31,7 +32,7 @@ from router.pools import Pools
 from router.push import offer_frame, pairs
 from router.store import Store, now_ms
 from router.triage import PoolSpec, triage
-from router.workspace import AgentConfig, WorkspaceConfig, parse_agent
+from router.workspace import AgentConfig, WorkspaceConfig, parse_agent, parse_workspace
 
 __all__ = ["IngestResult", "Notify", "Switch"]
 
@@ -97,7 +98,7 @@ class Switch:
         edit); if it changed meanwhile nothing is stored and ``Conflict`` (code
         ``workspace.changed``) is raised, for the caller to read again and retry.
         """
-        await self._keep_queues_in_use(decl)
+        before = await self._keep_queues_in_use(parse_workspace(decl))
         cfg = await self.declarations.apply(decl, read_version=read_version)
         ws = cfg.id
         self.pools.forget(ws)
@@ -109,25 +110,28 @@ class Switch:
         for aid in await self.agent_ids(ws):
             if aid not in declared:
                 await self._update_memberships(ws, aid)
+        if before is not None and _queue_names(before) != _queue_names(cfg):
+            await self.announce_queues(ws)  # open cases show their queue by name
         return cfg
 
-    async def _keep_queues_in_use(self, decl: Mapping[str, Any]) -> None:
+    async def _keep_queues_in_use(self, new: WorkspaceConfig) -> WorkspaceConfig | None:
         """Refuse (Conflict ``queue.in_use``) a declaration that drops a queue cases wait in,
-        whoever applies it: the admin API, or a node started with an edited file."""
-        ws = str(decl.get("id", "default"))  # as parse_workspace reads it
+        whoever applies it: the admin API, or a node started with an edited file. Returns the
+        workspace as it was (None: new, or stored by an older version that checked less)."""
         try:
-            old = await self.config(ws, fresh=True)
+            old = await self.config(new.id, fresh=True)
         except NotFound:
-            return  # a new workspace
-        except ConfigError as e:  # stored by an older version that checked less: replaced now
-            log.warning(
-                "workspace %s: the stored declaration is not valid (%s); replacing it", ws, e
-            )
-            return
-        kept = {str(q.get("id")) for q in decl.get("queues", []) if isinstance(q, Mapping)}
+            return None
+        except ConfigError as e:  # replaced now by one this version reads
+            log.warning("workspace %s: the stored declaration is not valid (%s)", new.id, e)
+            return None
+        kept = {q.id for q in new.queues}
         for q in old.queues:
-            if q.id not in kept and (why := await queries.queue_in_use(self.redis, old, ws, q.id)):
+            if q.id in kept:
+                continue
+            if why := await queries.queue_in_use(self.redis, old, new.id, q.id):
                 raise Conflict(f"queue {q.id} would be removed, but {why}", code="queue.in_use")
+        return old
 
     async def declaration(self, ws: str) -> tuple[dict[str, Any], str]:
         """The stored declaration (agents as first declared, without passwords) and its version,
@@ -231,10 +235,12 @@ class Switch:
         # A bridge's event ids and threads are its own: another bridge (or the widget, the
         # mail adapter) sending the same id or thread never joins, or dedupes against, its cases
         scope = source if source.startswith("bridge:") else ""
-        if scope and ev.case:
-            src = await self.redis.hget(keys.case(ws, ev.case), "src")
-            if src is not None and src.decode() != scope:  # never '' : a REST case has none
-                raise NotFound("case not found: not one of this bridge's", code="case.unknown")
+        if scope:  # its visitors too: the widget's visitor v1, or another bridge's, is another
+            ev = dataclasses.replace(
+                ev,
+                identities=_own_visitors(ev.identities, scope),
+                claims=_own_visitors(ev.claims, scope),
+            )
         res = await self.store.run(
             "event_ingest",
             ws,
@@ -257,6 +263,8 @@ class Switch:
             DEDUPE_TTL_S,
             scope,
         )
+        if not res.get("ok"):  # a case another source opened (event_ingest.lua)
+            raise NotFound("case not found: not one of this bridge's", code="case.unknown")
         await self._dispatch(ws, res)
         # counted here, where every source's events pass (bridges, widget, email, REST, Twilio)
         METRICS.events.labels(res.get("action", "")).inc()
@@ -522,14 +530,15 @@ class Switch:
         if res.get("ok"):
             await self._dispatch(ws, res)
             return res
-        code = str(res.get("error", "error"))
+        code, holder = str(res.get("error", "error")), str(res.get("agent") or "")
         if code == "agent.full":
-            raise Conflict(
-                f"you have no room for another {res.get('ch') or ''} case: finish one first",
-                code=code,
-            )
-        if code in ("case.assigned", "case.wrapping") and res.get("agent"):
-            holder = str(res["agent"])
+            ch = res.get("ch") or ""
+            if not res.get("cap"):
+                raise Conflict(f"you take no {ch} cases", code=code)
+            raise Conflict(f"you have no room for another {ch} case: finish one first", code=code)
+        if code == "case.offered" and holder == agent:
+            raise Conflict("it is offered to you now: accept the offer", code=code)
+        if code in ("case.assigned", "case.wrapping") and holder:
             name = await self.redis.hget(keys.agent(ws, holder), "name")
             raise Conflict(
                 f"{(name or holder.encode()).decode()} has this case now", code="case.assigned"
@@ -786,3 +795,13 @@ class Switch:
                         "reason": r.get("reason") or "rescinded",
                     },
                 )
+
+
+def _queue_names(cfg: WorkspaceConfig) -> list[tuple[str, str]]:
+    return [(q.id, q.name) for q in cfg.queues]
+
+
+def _own_visitors(identities: Sequence[str], scope: str) -> tuple[str, ...]:
+    """A bridge's visitor ids, as its own: ``visitor:42`` from bridge wa is ``visitor:wa/42``."""
+    own = scope.removeprefix("bridge:")
+    return tuple(f"visitor:{own}/{i[8:]}" if i.startswith("visitor:") else i for i in identities)

@@ -417,6 +417,11 @@ async def test_a_bridges_threads_and_event_ids_are_its_own(stack: Stack, bridge:
         else:
             assert (await bridge.ok("event", **ev))["case"] != chat["case"]
     assert await stack.redis.llen(history) == before
+    # nor its visitor: a bridge's visitor of the same id is another person, not the widget's
+    their_visitor = await bridge.ok(
+        "event", **{**event("iso"), "identities": {"visitor": welcome["visitor"]}}
+    )
+    assert their_visitor["customer"] != (await stack.case(chat["case"]))["cust"]
     widget2 = await stack.chat(token=welcome["token"])
     texts = [m["text"] for m in widget2[1].get("messages", [])]
     assert "STRANGER TEXT" not in texts

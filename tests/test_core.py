@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from router import queries, snapshot
+from router import keys, queries, snapshot
 from router.errors import BadRequest, Conflict, NotFound
 from router.stats import Stats
 from router.store import now_ms
@@ -947,3 +947,67 @@ async def test_a_supervisor_takes_back_a_case_from_an_agent_who_signed_out(
     with pytest.raises(Conflict) as e:
         await switch.transfer("acme", "", r.case, queue="sales")
     assert e.value.code == "case.completed"
+
+
+# -- an agent takes a closed case back (case_reopen.lua) ----------------------------------------
+
+
+async def test_a_case_taken_back_waits_as_a_case_of_now_if_handed_on(
+    switch: Switch, inbox: Inbox
+) -> None:
+    """Reopened by its agent days after it came in, then handed on to the queue: it does not
+    jump the cases waiting now by its first contact's age (a customer's reopening resets it
+    the same way)."""
+    await switch.apply_workspace({**DECL, "agents": [agent("ann", ["support"], chat=3)]})
+    await switch.set_status("acme", "ann", "available")
+    old = await switch.ingest("acme", chat("e1", email="old@x.test"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.complete("acme", "ann", old.case, "resolved")
+    await switch.set_status("acme", "ann", "away")
+    waiting = await switch.ingest("acme", chat("e2", email="new@x.test"))
+    await switch.reopen("acme", "ann", old.case)
+    await switch.transfer("acme", "ann", old.case, queue="support")
+    ages = [await switch.redis.hget(keys.case("acme", c), "age") for c in (waiting.case, old.case)]
+    assert float(ages[0] or 0) <= float(ages[1] or 0)  # the older case is the one waiting now
+
+
+async def test_taking_a_case_back_can_open_a_live_load_pool_and_then_pulls(
+    switch: Switch, inbox: Inbox
+) -> None:
+    """A queue for agents already busy on chat (assigned_tasks > 0): the case an agent takes
+    back makes them busy, and the case waiting there is offered to them at once."""
+    target = {"queue": "support", "expression": "worker.channel.chat.assigned_tasks > 0"}
+    flow = {
+        "filters": [{"expression": "topic == 'x'", "targets": [target]}],
+        "default_filter": {"queue": "support"},
+    }
+    await switch.apply_workspace(
+        {**DECL, "workflow": {"task_routing": flow}, "agents": [agent("ann", ["support"], chat=3)]}
+    )
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1", email="a@x.test"))
+    await switch.accept("acme", "ann", inbox.last_offer("ann")["offer"])
+    await switch.complete("acme", "ann", r.case, "resolved")
+    w = await switch.ingest("acme", chat("e2", email="b@x.test", attributes={"topic": "x"}))
+    assert await switch.redis.hget(keys.case("acme", w.case), "st") == b"queued"
+    await switch.reopen("acme", "ann", r.case)
+    assert inbox.last_offer("ann")["case"]["id"] == w.case
+
+
+async def test_the_queue_guard_holds_for_a_workspace_declared_without_an_id(
+    switch: Switch, inbox: Inbox
+) -> None:
+    """A file without `id` declares workspace 'default': dropping a queue a case waits in is
+    refused there too."""
+    base = {k: v for k, v in DECL.items() if k != "id"}
+    await switch.apply_workspace({**base, "agents": [agent("ann", ["x"])]})
+    r = await switch.ingest("default", chat("e1", attributes={"topic": "sales"}))
+    assert await switch.redis.hget(keys.case("default", r.case), "q") == b"sales"
+    fewer = {
+        **base,
+        "queues": [q for q in DECL["queues"] if q["id"] != "sales"],
+        "workflow": {"task_routing": {"filters": [], "default_filter": {"queue": "support"}}},
+    }
+    with pytest.raises(Conflict) as refused:
+        await switch.apply_workspace(fewer)
+    assert refused.value.code == "queue.in_use"

@@ -354,7 +354,7 @@ class Model:
             a = ev.get("agent", "")
             must(c.status in TERMINAL and a == ctx.agent, f"reopened by {ctx} from {c}: {ev}")
             c.status, c.agent, c.last_agent, c.x, c.esc = "assigned", a, a, set(), False
-            c.gone, c.callback = False, c.ch == "voice"
+            c.gone, c.callback, c.age = False, c.ch == "voice", ts - EPOCH_MS
             self.agents[a].load[c.ch] += 1
             return
         must(ctx.kind == "ingest" and c.status == "completed", f"reopened from {c.status}: {ev}")

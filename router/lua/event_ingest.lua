@@ -14,7 +14,8 @@
 --         ("bridge:<id>"), so two bridges, or a bridge and the widget, never share a case by
 --         sending the same thread id
 -- Returns {ok, case, customer, action, duplicate, offers, push}; action is one of created,
--- appended, reopened, abandoned, stale, ignored.
+-- appended, reopened, abandoned, stale, ignored. {ok=false, error=case.unknown}: a bridge named
+-- a case another source opened (nothing stored).
 local eid, ch, kind = ARGV[2], ARGV[3], ARGV[4]
 local dk = k_dedupe(eid)
 local seen = redis.call('GET', dk)
@@ -34,7 +35,11 @@ if ARGV[18] ~= '' and tkey ~= '' then tkey = ARGV[18] .. '|' .. tkey end
 local ends = kind == 'call.ended' or kind == 'conversation.ended'
 local c, cv = nil, nil
 if ARGV[8] ~= '' then
-  cv = redis.call('HMGET', k_case(ARGV[8]), 'st', 'closed', 'cust', 'ended')
+  cv = redis.call('HMGET', k_case(ARGV[8]), 'st', 'closed', 'cust', 'ended', 'src')
+  -- a bridge names only its own cases (or the REST API's, which have no source)
+  if cv[1] and ARGV[18] ~= '' and (cv[5] or '') ~= '' and cv[5] ~= ARGV[18] then
+    return result({ok = false, error = 'case.unknown'})
+  end
   if cv[1] then c = ARGV[8] else cv = nil end
 end
 if c == nil and tkey ~= '' then
