@@ -27,7 +27,8 @@ __all__ = ["Bucket", "Handler", "serve_frames"]
 log = logging.getLogger("switchboard.session")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
-MAX_VIOLATIONS = 200
+MAX_VIOLATIONS = 200  # frames dropped for the rate before the connection is closed (1008)
+VIOLATIONS_FORGOTTEN_S = 60.0  # ... counted again from 0 after this long without one
 
 
 class Bucket:
@@ -124,7 +125,7 @@ async def serve_frames(
 ) -> None:
     """Read frames until the client leaves; return normally on disconnect or close."""
     bucket = Bucket(rate)
-    violations = 0
+    violations, last_violation = 0, 0.0
     slots = asyncio.Semaphore(concurrent) if concurrent > 1 else None
     tasks: set[asyncio.Task[None]] = set()
     try:
@@ -147,7 +148,11 @@ async def serve_frames(
             except BadRequest as e:
                 bad = e
             if not allowed:
-                violations += 1
+                # a burst now and then, hours apart, never adds up to a close: only a flood
+                now = time.monotonic()
+                if now - last_violation > VIOLATIONS_FORGOTTEN_S:
+                    violations = 0
+                violations, last_violation = violations + 1, now
                 if violations > MAX_VIOLATIONS:
                     await websocket.close(CLOSE_CODES["policy"], "rate limit")
                     return
