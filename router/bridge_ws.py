@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket
 from router import keys, wire
 from router.admission import accept_socket, admit, reject_connection
 from router.auth import find_bridge
+from router.case_events import EventTail
 from router.config import BridgeKey
 from router.context import Ctx
 from router.errors import BadRequest, Forbidden, NotFound, SwitchboardError
@@ -60,6 +61,7 @@ class BridgeSession:
             self.deliver,
             source=f"bridge:{bridge.id}",
         )
+        self.events: EventTail | None = None  # case lifecycle events, once subscribed
 
     async def handle(self, f: dict[str, Any]) -> dict[str, Any] | None:
         t = f["type"]
@@ -71,9 +73,27 @@ class BridgeSession:
         if t == "delivery.failed":
             await self.delivery_failed(f)
             return None
+        if t == "events.subscribe":
+            return await self.subscribe(f)
         if t == "ping":
             return {"ts": time.time()}
         raise BadRequest(f"unknown frame type {t[:40]!r}", code="frame.unknown_type")
+
+    async def subscribe(self, f: dict[str, Any]) -> dict[str, Any]:
+        """Case lifecycle events from now, or ``after`` a log id the bridge handled last (a
+        CRM resuming): ``case.event`` frames until the connection closes (router/case_events.py).
+        Subscribing again starts again from the new cursor."""
+        after = f.get("after")
+        if after is None:  # from the log's end as it is now: nothing written after it is missed
+            last = await self.ctx.redis.xrevrange(keys.log(self.ws), count=1)
+            after = last[0][0].decode() if last else "0-0"
+        elif not isinstance(after, str) or not _STREAM_ID.match(after):
+            raise BadRequest("after: the id of a case.event (<ms>-<n>)", code="frame.invalid")
+        if self.events is not None:
+            await self.events.stop()
+        self.events = EventTail(self.ctx.redis_url, self.ws, after, self.conn.send)
+        self.events.start()
+        return {"after": after}
 
     async def delivery_failed(self, f: dict[str, Any]) -> None:
         """The bridge gave up on a reply (the number is not on the platform, the platform's
@@ -204,6 +224,8 @@ async def bridge_endpoint(websocket: WebSocket) -> None:
         conn.closed = True
         METRICS.connections.labels("bridge").dec()
         await session.reader.stop()
+        if session.events is not None:
+            await session.events.stop()
 
 
 def _identities(customer: dict[str, str]) -> list[str]:

@@ -46,6 +46,7 @@ TEAMS = {
     "recall": 1,
     "undeliv": 1,
     "fulist": 2,
+    "crm": 1,
     "claims": 1,  # its agent never connects: cases wait
     "handon": 1,
     "merge": 1,
@@ -568,6 +569,38 @@ async def test_a_bridge_that_cannot_deliver_a_reply_says_so(stack: Stack, bridge
         await bridge.ok("delivery.failed", id=eid, reason="again")
     assert await stack.redis.llen(keys.customer_timeline("acme", ack["customer"])) == length
     await console.ok("case.complete", case=case, disposition="resolved")
+
+
+async def test_a_crm_hears_the_cases_lifecycle_and_resumes_where_it_left(
+    stack: Stack, bridge: WsClient
+) -> None:
+    """A bridge that subscribes gets case.event frames as cases are created, taken and
+    completed (ids, channel, queue, agent, disposition: no message text), and one that comes
+    back after the last id it handled gets what came after it, missing nothing."""
+    # (another key than the module's bridge: a second connection of a key shares its deliveries)
+    crm = await stack.bridge(key=OTHER_CHAT_KEY)
+    await crm.fails("events.subscribe", "frame.invalid", after="yesterday")
+    start = (await crm.ok("events.subscribe"))["after"]
+    console, offer, ack = await offered(stack, bridge, "crm1", "crm", text="my card is 4111")
+    case = ack["case"]
+    created = await crm.expect("case.event", case=case, event="created")
+    assert (created["customer"], created["channel"]) == (ack["customer"], "chat")
+    assert "4111" not in json.dumps(created)
+    await console.ok("offer.accept", offer=offer["offer"])
+    taken = await crm.expect("case.event", case=case, event="assigned")
+    assert (taken["agent"], taken["queue"]) == ("crm1", "crm")
+    await console.ok("case.complete", case=case, disposition="resolved")
+    done = await crm.expect("case.event", case=case, event="completed")
+    assert (done["agent"], done["disposition"]) == ("crm1", "resolved")
+    assert start < created["id"] < taken["id"] < done["id"]
+
+    await crm.close()
+    back = await stack.bridge(key=OTHER_CHAT_KEY)  # the CRM restarted: after the last it handled
+    await back.ok("events.subscribe", after=created["id"])
+    again = [await back.expect("case.event", case=case) for _ in range(2)]
+    assert [e["event"] for e in again] == ["assigned", "completed"]
+    assert again[0] == taken
+    await back.close()
 
 
 async def test_replies_go_out_only_the_way_the_case_came_in(stack: Stack, bridge: WsClient) -> None:
