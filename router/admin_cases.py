@@ -33,7 +33,9 @@ __all__ = [
     "move_case",
 ]
 
-_CASE_FIELDS = frozenset({"id", "channel", "identities", "name", "subject", "text", "attributes"})
+_CASE_FIELDS = frozenset(
+    {"id", "channel", "identities", "name", "subject", "text", "attributes", "bridge"}
+)
 
 
 # -- customers ----------------------------------------------------------------------------------
@@ -162,8 +164,19 @@ async def create_case(request: Request) -> Response:
     _only(d, _CASE_FIELDS)
     # the key is namespaced so it cannot collide with the ids of adapters' events
     key = _opt_str(d, "id", 190) or new_id("e")
-    event = {**d, "id": f"api:{key}", "kind": "message"}
-    res = await _ctx(request).switch.ingest(who.workspace, event)
+    event = {**{k: v for k, v in d.items() if k != "bridge"}, "id": f"api:{key}", "kind": "message"}
+    # the bridge that carries this conversation (a CRM opening a WhatsApp case): the replies go
+    # out through it alone, not through every bridge that takes the channel
+    source = ""
+    if bridge := _opt_str(d, "bridge", 64):
+        ctx = _ctx(request)
+        known = {b.id: b for b in ctx.bridge_keys if b.workspace == who.workspace}
+        if bridge not in known:
+            raise BadRequest(f"bridge: no bridge {bridge!r} in this workspace", code="body.invalid")
+        if d.get("channel") not in known[bridge].channels:
+            raise BadRequest(f"bridge: {bridge} does not take this channel", code="body.invalid")
+        source = f"bridge:{bridge}"
+    res = await _ctx(request).switch.ingest(who.workspace, event, source=source)
     out = {
         "id": key,
         "case": res.case,

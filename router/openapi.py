@@ -232,6 +232,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "subject": {"type": "string", "maxLength": 998},
             "text": {"type": "string", "maxLength": 65536},
             "attributes": ANY_OBJ,
+            "bridge": {"type": "string", "minLength": 1, "maxLength": 64},
         },
         ("channel", "identities"),
         closed=True,

@@ -925,3 +925,26 @@ async def test_a_stored_declaration_this_version_refuses_is_replaced_not_fatal(e
         await env.switch.config("globex", fresh=True)
     await env.switch.apply_workspace(GLOBEX)
     assert (await env.switch.config("globex", fresh=True)).id == "globex"
+
+
+async def test_a_case_opened_through_the_api_can_name_the_bridge_that_carries_it(
+    env: Env,
+) -> None:
+    """A CRM opening a WhatsApp conversation names the bridge: the case is that bridge's (its
+    replies go out through it alone, and it may name the case). An unknown bridge, or one that
+    does not take the channel, is refused and opens nothing."""
+    async with env.client("sue") as sup:
+        body = {"channel": "chat", "identities": {"phone": "+14155550190"}, "text": "hi"}
+        r = await sup.post("/api/cases", json={**body, "id": "via-1", "bridge": "chat-only"})
+        assert r.status_code == 201, r.text
+        case = r.json()["case"]
+        assert await env.switch.redis.hget(keys.case("acme", case), "src") == b"bridge:chat-only"
+        for bad, why in (("nope", "no bridge 'nope'"), (5, "bridge: a string")):
+            r = await sup.post("/api/cases", json={**body, "id": "via-2", "bridge": bad})
+            assert r.status_code == 400 and why in r.json()["message"], r.text
+        r = await sup.post(
+            "/api/cases", json={**body, "channel": "email", "id": "via-2", "bridge": "chat-only"}
+        )
+        assert r.status_code == 400 and "does not take this channel" in r.json()["message"]
+        r = await sup.post("/api/cases", json={**body, "id": "via-2"})
+        assert r.json()["duplicate"] is False  # nothing was stored for the refused ones
