@@ -16,6 +16,7 @@ as is, uncorked).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -63,6 +64,25 @@ class CorkedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(CorkedTransport(transport))  # type: ignore[arg-type]
+        self.logger = _Quiet(self.logger)  # type: ignore[assignment]  # (a Logger in all it uses)
+
+
+class _Quiet:
+    """uvicorn's logger for one connection, except that a client's text frame that is not
+    UTF-8 (closed 1007: the client's fault) is one line, not an ERROR with a traceback each
+    time — anyone may send one to the chat widget's endpoint."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        if msg.startswith("Invalid UTF-8"):
+            self._logger.info("closed a WebSocket (1007): a text frame that is not UTF-8")
+        else:
+            self._logger.exception(msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
 
 
 def ws_protocol(impl: str) -> Any:

@@ -541,6 +541,19 @@ async def test_frames_over_the_size_limit_close_1009(stack: Stack) -> None:
     assert (await again.recv())["type"] == "hello"
 
 
+async def test_text_that_is_not_utf8_closes_1007_with_one_line_logged(stack: Stack) -> None:
+    """Anyone can send the chat endpoint a text frame that is not UTF-8: it is closed 1007, and
+    the log says so in one line, not an ERROR with a traceback for each."""
+    widget, _ = await stack.chat()
+    await widget.ws.send(b'{"type":"message","text":"\xff\xfe"}', text=True)
+    assert await widget.closed() == 1007
+    log = stack.nodes[0].log()
+    assert "a text frame that is not UTF-8" in log
+    assert "Invalid UTF-8 sequence" not in log and "UnicodeDecodeError" not in log
+    again, _ = await stack.chat()  # nothing else noticed
+    await again.ok("ping")
+
+
 async def test_rate_limit_then_close_1008(stack: Stack) -> None:
     console, _ = await stack.agent("limits2")
     # a burst over the limit: every frame is answered, the excess with rate_limited
