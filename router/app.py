@@ -64,6 +64,7 @@ async def _timer_loop(ctx: Ctx) -> None:
     workspaces: list[str] = []
     failing = 0  # ticks failed in a row: said once, then every FAIL_LOG_S, and when it ends
     said = 0.0
+    secret_said = False
     while True:
         try:
             if tick % 20 == 0:
@@ -76,6 +77,8 @@ async def _timer_loop(ctx: Ctx) -> None:
                     visitor_grace_s=ctx.settings.visitor_grace_s,
                     rejoin=lambda: _restore_presence(ctx),
                 )
+                if ctx.secret_shared and not secret_said:
+                    secret_said = await _secret_still_shared(ctx)
             for ws in workspaces:
                 while await ctx.switch.run_timers(ws) >= 500:
                     pass
@@ -91,6 +94,21 @@ async def _timer_loop(ctx: Ctx) -> None:
                 log.warning("timer loop: %s (%d ticks failed in a row)", e, failing)
         tick += 1
         await asyncio.sleep(ctx.settings.timer_interval_s)
+
+
+async def _secret_still_shared(ctx: Ctx) -> bool:
+    """Whether the shared token secret went missing or changed (Redis started empty, flushed):
+    nodes started since sign with another one, and a token from one fails on the others. Said
+    once, as an error: restart every node. Returns whether it was said."""
+    stored = await ctx.redis.get(keys.SECRET)
+    if stored is not None and stored.decode() == ctx.settings.secret:
+        return False
+    log.error(
+        "token secret: the one the nodes share in Redis (sb:secret) is %s; restart every node "
+        "so that all sign alike (or set SWITCHBOARD_SECRET)",
+        "gone" if stored is None else "another now",
+    )
+    return True
 
 
 async def _restore_presence(ctx: Ctx) -> None:
@@ -188,6 +206,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         stats=Stats(url, settings.stats_share_s),
         node=node,
         bridge_keys=bridge_keys,
+        secret_shared=bool(settings.redis_url) and not app.state.settings.secret,
     )
     app.state.ctx = ctx
     await hub.start()

@@ -28,5 +28,7 @@ class Ctx:
     node: str
     bridge_keys: tuple[BridgeKey, ...] = ()
     draining: bool = False
+    # the token secret is the one the nodes on this Redis share (sb:secret; none configured)
+    secret_shared: bool = False
     ready: bool = False
     plugins: list[Any] = field(default_factory=list)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from router import keys
 from router.embedded import EmbeddedRedis
 from tests.server import BRIDGE_KEY, ServerProcess, write_config
 from tests.switchboard_fixtures import DECL, agent
@@ -228,6 +230,13 @@ async def test_nodes_on_one_redis_share_a_secret_nobody_configured(tmp_path: Pat
         async with httpx.AsyncClient(base_url=nodes[1].url) as http:
             r = await http.get("/api/me", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200, r.text
+        # the shared one lost (a Redis started empty): the nodes say so, once, as an error
+        client = aioredis.Redis.from_url(url)
+        await client.delete(keys.SECRET)
+        await client.aclose()
+        said = "token secret: the one the nodes share in Redis (sb:secret) is gone"
+        await wait_for(lambda: all(said in n.log() for n in nodes), 10, interval=0.1)
+        assert all(n.log().count(said) == 1 for n in nodes)
     finally:
         for n in nodes:
             n.stop()
