@@ -33,6 +33,8 @@ _TOKEN = re.compile(r"^[\x21-\x7e]{1,200}$")
 # What an attachment's name loses: C0/C1 controls, zero-width characters, and the bidi
 # embeddings, overrides and isolates that let "invoice\u202egnp.exe" show as "invoiceexe.png"
 _NAME_JUNK = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+# a link agents may open: https only (no javascript:, data: or plain http), no spaces or controls
+_URL = re.compile(r"^https://[^\s\x00-\x1f\x7f<>\"\\]{1,1990}$")
 # What a one-line text agents read (a subject, a sender's name) loses: controls, the same bidi
 # embeddings, overrides and isolates ("bidi \u202egnp.exe" must not show as "bidi exe.png") and
 # invisible zero-width spaces. Joiners (U+200C/D: Persian, emoji sequences) and marks (U+200E/F,
@@ -133,6 +135,14 @@ def _attachment(a: Any, i: int) -> dict[str, Any]:
         if not isinstance(fid, str) or not keys.valid_id(fid):
             raise BadRequest(f"attachments[{i}].id: a file id", code="event.invalid")
         out["id"] = fid
+    url = a.get("url")
+    if url is not None:  # where the bridge's platform keeps it (a WhatsApp photo): a link
+        if not isinstance(url, str) or len(url) > 2000 or not _URL.match(url):
+            raise BadRequest(
+                f"attachments[{i}].url: an https:// address of at most 2000 characters",
+                code="event.invalid",
+            )
+        out["url"] = url
     return out
 
 

@@ -243,6 +243,13 @@ def _bad_events() -> list[tuple[dict[str, Any], str]]:
         ({**ok, "attachments": [{"name": "a.pdf", "size": 1e30}]}, "event.invalid"),
         ({**ok, "attachments": [{"name": ["a.pdf"]}]}, "event.invalid"),
         ({**ok, "attachments": ["a.pdf"]}, "event.invalid"),
+        ({**ok, "attachments": [{"name": "a", "url": "javascript:alert(1)"}]}, "event.invalid"),
+        ({**ok, "attachments": [{"name": "a", "url": "http://plain.example/a"}]}, "event.invalid"),
+        ({**ok, "attachments": [{"name": "a", "url": "https://x.example/a b"}]}, "event.invalid"),
+        (
+            {**ok, "attachments": [{"name": "a", "url": "https://x.example/" + "a" * 2000}]},
+            "event.invalid",
+        ),
         ({**ok, "attributes": [1, 2]}, "event.invalid"),
         ({**ok, "id": "has space"}, "event.invalid"),
         ({**ok, "id": 17}, "event.invalid"),

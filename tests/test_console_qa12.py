@@ -295,6 +295,36 @@ async def test_the_follow_ups_set_are_listed_and_can_be_cancelled(
 
 
 @browser_test
+async def test_a_photo_a_bridge_links_opens_from_its_host_in_a_tab_of_its_own(
+    web: Web, server: ServerProcess
+) -> None:
+    """A WhatsApp bridge sends a photo its platform keeps: Sam sees its name, size and an
+    Open button naming the host (never a link built from what came in); it opens in a new tab."""
+    sam = await web.agent("sam")
+    url = "https://media.example.com/p/42.jpg"
+    async with bridge(server) as b:
+        await b.event(
+            id="wa-photo-1", channel="chat", identities={"phone": "+14155550177"},
+            text="here is the broken part",
+            attachments=[{"name": "part.jpg", "type": "image/jpeg", "size": 2048, "url": url}],
+        )  # fmt: skip
+    await sam.get_by_test_id("offer-accept").click()
+    opener = panel(sam).get_by_test_id("attachment-open")
+    await expect(opener).to_have_text("Open (media.example.com)")
+    assert await panel(sam).locator("a[href]").count() == 0
+    # (the platform's server, stood in for: this machine reaches no other)
+    await sam.context.route(
+        "https://media.example.com/**",
+        lambda route: route.fulfill(status=200, content_type="image/jpeg", body=b"\xff\xd8"),
+    )
+    async with sam.context.expect_page() as popup:
+        await opener.click()
+    page = await popup.value
+    await page.wait_for_load_state()
+    assert page.url == url
+
+
+@browser_test
 async def test_two_anonymous_chat_visitors_read_differently(
     web: Web, server: ServerProcess
 ) -> None:

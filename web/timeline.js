@@ -140,9 +140,25 @@ function body(entry) {
   if (Array.isArray(entry.attachments) && entry.attachments.length) {
     parts.push(h("ul", { class: "tl-attachments", "aria-label": "Attachments" },
       entry.attachments.map((a) => h("li", null, bdi(a.name || "attachment"),
-        a.size ? ` (${Math.ceil(a.size / 1024)} KB)` : "", a.id ? saveButton(a) : ""))));
+        a.size ? ` (${Math.ceil(a.size / 1024)} KB)` : "", a.id ? saveButton(a) : "", openLink(a)))));
   }
   return parts;
+}
+
+// a file the bridge's platform keeps (a WhatsApp photo): opened, when the agent asks, in a tab
+// of its own that learns nothing of the console. A button, never a link built from what came in
+// (dom.js builds none); https only, as the server accepts it, and the host is shown.
+function openLink(a) {
+  let url;
+  try {
+    url = new URL(a.url);
+  } catch {
+    return "";
+  }
+  if (url.protocol !== "https:") return "";
+  return h("button", { type: "button", class: "link-button tl-save", testid: "attachment-open",
+    title: url.host, "aria-label": `Open ${a.name || "attachment"} from ${url.host} in a new tab`,
+    onclick: () => window.open(url.href, "_blank", "noopener,noreferrer") }, `Open (${url.host})`);
 }
 
 // a kept file: saved under its name by the browser, never opened in the console
