@@ -65,6 +65,8 @@ def case_view(fields: Mapping[str, str]) -> dict[str, Any]:
         out["callback"] = "1"
         if fields.get("cbwhy") == "hangup":  # not asked for: a call handed on after it ended
             out["callback_reason"] = "hung_up"
+        elif fields.get("cbwhy") == "followup":  # its agent took it back to call them again
+            out["callback_reason"] = "followup"
     if fields.get("vleft"):  # the chat visitor left the page then (ms; router/chat_ws.py)
         out["visitor_left"] = int(fields["vleft"])
     if fields.get("ended"):  # the customer hung up or ended the chat then (ms; event_ingest.lua)

@@ -195,13 +195,17 @@ async def followups(redis: aioredis.Redis, ws: str, agent: str) -> list[dict[str
 
 
 def customer_label(profile: dict[str, str]) -> str:
-    """A customer as an agent knows them: their name, else an email or phone they wrote from
-    (as timers_run.lua's reminders name them)."""
+    """A customer as an agent knows them: their name, else an email or phone they wrote from,
+    else the web chat visitor they are (as timers_run.lua's reminders name them)."""
     if profile.get("name"):
         return profile["name"]
     for k in sorted(profile):
         if k.startswith(("i:email:", "i:phone:")):
             return k[8:]
+    for k in sorted(profile):
+        if k.startswith("i:visitor:"):
+            v = k[10:]
+            return f"web chat visitor {'…' + v[-6:] if len(v) > 8 else v}"
     return ""
 
 

@@ -544,7 +544,9 @@ class Switch:
                 f"{(name or holder.encode()).decode()} has this case now", code="case.assigned"
             )
         if code in ("case.queued", "case.offered"):
-            raise Conflict("the case is waiting for an agent", code=code)
+            q = (await self.config(ws)).queue(str(res.get("queue") or ""))
+            where = f" in the {q.name} queue" if q else ""
+            raise Conflict(f"the case is waiting for an agent{where}", code=code)
         raise from_script(code)
 
     async def reply(

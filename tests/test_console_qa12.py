@@ -226,7 +226,7 @@ async def test_a_reminder_whose_case_went_away_says_so_and_stays(
     await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
     await reminder.get_by_role("button", name="Open case").click()
     await expect(sam.get_by_test_id("reopen-error")).to_have_text(
-        re.compile("Not opened: the case is waiting for an agent")
+        re.compile("Not opened: the case is waiting for an agent in the Billing queue")
     )
     await expect(reminder).to_have_count(1)
     await expect(reminder).to_contain_text("Check the parcel arrived")
@@ -292,6 +292,27 @@ async def test_the_follow_ups_set_are_listed_and_can_be_cancelled(
     await sam.reload()
     await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
     await expect(sam.get_by_test_id("followups")).to_be_hidden()
+
+
+@browser_test
+async def test_a_follow_up_filled_in_but_not_scheduled_is_asked_about_before_completing(
+    web: Web, server: ServerProcess
+) -> None:
+    """Sam types a follow-up and forgets Schedule, then completes the case: asked first, and
+    "Schedule it, then complete" sets it (the list shows it) and closes the case."""
+    sam = await open_email_case(web, server)
+    await panel(sam).get_by_test_id("followup-note").fill("Call them about the credit")
+    await panel(sam).get_by_test_id("wrapup").click()
+    await panel(sam).get_by_test_id("disposition-select").select_option("resolved")
+    await panel(sam).get_by_test_id("complete").click()
+    ask = panel(sam).get_by_test_id("followup-unsent")
+    await expect(ask).to_contain_text("Call them about the credit")
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(1)  # not yet
+    await ask.get_by_test_id("followup-unsent-schedule").click()
+    await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
+    await expect(sam.get_by_test_id("followup-count")).to_have_text("1")
+    await sam.get_by_test_id("followups").locator("summary").click()
+    await expect(sam.get_by_test_id("followup-item")).to_contain_text("Call them about the credit")
 
 
 @browser_test

@@ -875,7 +875,9 @@ async def test_a_reopened_call_is_a_callback(stack: Stack, bridge: WsClient) -> 
     assert "callback" not in first
     await bridge.ok("delivered", id=first["id"])
     await console.ok("case.complete", case=ack["case"], disposition="resolved")
-    await console.ok("case.reopen", case=ack["case"])
+    got = await console.ok("case.reopen", case=ack["case"])
+    # the agent's follow-up, not something the caller asked for: the console says so
+    assert got["detail"]["case"]["callback_reason"] == "followup"
     again = await bridge.wait(
         lambda f: (
             f["type"] == "call.connect" and f["case"] == ack["case"] and f["id"] != first["id"]

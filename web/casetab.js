@@ -427,9 +427,10 @@ export class CaseView {
     };
     return h("form", { class: "action-card wrapping", onsubmit: (ev) => {
       ev.preventDefault();
-      // a note typed and not added would go with the case
-      if (this.input.value.trim()) this.askUnsent(done, "Completing closes the case.", "complete", complete);
-      else complete();
+      // a note typed and not added, or a follow-up filled in and not scheduled, would go with it
+      const go = () => this.unscheduledFirst(done, "Completing closes the case.", "complete", complete);
+      if (this.input.value.trim()) this.askUnsent(done, "Completing closes the case.", "complete", go);
+      else go();
     } },
     h("h3", null, "Wrap-up"),
     h("label", { for: sel }, "Disposition"), this.disposition,
@@ -494,6 +495,36 @@ export class CaseView {
     this.unsentBox = box;
     card.append(box);
     box.querySelector("button").focus();
+  }
+
+  /** A follow-up filled in and not scheduled (its note typed): an action that takes the case
+   *  away would leave it unset while the agent believes it is — ask first: schedule it, then
+   *  go on; go on without it; or cancel. Otherwise go on. */
+  async unscheduledFirst(button, why, verb, proceed) {
+    const text = this.followupNote ? this.followupNote.value.trim() : "";
+    if (!text) return proceed();
+    const card = button.closest(".action-card");
+    if (card.querySelector("[data-testid=followup-unsent]")) return undefined;
+    const Verb = verb[0].toUpperCase() + verb.slice(1);
+    const close = () => box.remove();
+    const box = h("div", { class: "unsent", role: "alertdialog", testid: "followup-unsent",
+      "aria-label": "Your follow-up is not scheduled" },
+    h("p", null, "Your follow-up is not scheduled: “", text, `”. ${why}`),
+    h("button", { type: "button", class: "primary", testid: "followup-unsent-schedule", onclick: async () => {
+      close();
+      if (await this.scheduleFollowup()) await proceed();
+    } }, `Schedule it, then ${verb}`),
+    h("button", { type: "button", class: "secondary", testid: "followup-unsent-discard", onclick: () => {
+      close();
+      this.followupNote.value = "";
+      this.app.drafts.delete(`${this.case.id}#followup`);
+      proceed();
+    } }, `${Verb} without it`),
+    h("button", { type: "button", class: "link-button", testid: "followup-unsent-cancel",
+      onclick: () => { close(); this.followupNote.focus(); } }, "Cancel"));
+    card.append(box);
+    box.querySelector("button").focus();
+    return undefined;
   }
 
   transferSection() {
@@ -597,11 +628,13 @@ export class CaseView {
         agent.focus();
         return;
       }
+      const why = "The case leaves you with the transfer.";
+      const go = () => this.unscheduledFirst(submit, why, "transfer", () => transfer(target, who, typed));
       if (this.input.value.trim()) {
-        this.askUnsent(submit, "The case leaves you with the transfer.", "transfer", () => transfer(target, who, typed));
+        this.askUnsent(submit, why, "transfer", go);
         return;
       }
-      await transfer(target, who, typed);
+      await go();
     } },
     h("h3", null, "Transfer"),
     h("fieldset", { class: "segmented" }, h("legend", { class: "visually-hidden" }, "Transfer to"),
@@ -628,12 +661,14 @@ export class CaseView {
   followupSection() {
     const u = this.uid;
     const when = h("select", { id: `fw-${u}`, testid: "followup-when" },
-      FOLLOWUP_CHOICES.map(([s, text]) => h("option", { value: String(s) }, text)));
+      // an hour unless chosen: a note typed and Enter pressed is not a reminder a minute later
+      FOLLOWUP_CHOICES.map(([s, text]) => h("option", { value: String(s), selected: s === 3600 }, text)));
     const note = this.keepTyped(h("input", { id: `fn-${u}`, testid: "followup-note",
       placeholder: "e.g. check the refund went through" }), "followup");
     const submit = h("button", { type: "submit", class: "secondary", testid: "followup-submit" }, "Schedule");
-    return h("form", { class: "action-card", onsubmit: async (ev) => {
-      ev.preventDefault();
+    this.followupNote = note; // unscheduledFirst
+    /** Schedule what the form says; whether it was. */
+    this.scheduleFollowup = async () => {
       submit.disabled = true;
       try {
         const ack = await this.app.conn.request("case.followup",
@@ -646,11 +681,17 @@ export class CaseView {
           subject: this.case.subject || "", channel: this.case.channel });
         note.value = "";
         this.app.drafts.delete(`${this.case.id}#followup`);
+        return true;
       } catch (e) {
         this.app.toast(e.message, { kind: "error" });
+        return false;
       } finally {
         submit.disabled = false;
       }
+    };
+    return h("form", { class: "action-card", onsubmit: async (ev) => {
+      ev.preventDefault();
+      await this.scheduleFollowup();
     } },
     h("h3", null, "Follow-up"),
     h("label", { for: `fw-${u}` }, "Remind me"), when,
@@ -742,8 +783,10 @@ export function endedAt(caseView, entries) {
   (entries || []).forEach((e, i) => { if (e.case === caseView.id && END_KINDS.has(e.kind)) end = i; });
   const at = (end >= 0 ? Math.round(Number(entries[end].ts) * 1000) || 0 : 0) || Number(caseView.ended) || 0;
   if (!at) return 0;
-  const back = (entries || []).some((e, i) => e.case === caseView.id && e.dir === "in"
-    && (e.kind || "message") === "message" && (end >= 0 ? i > end : Number(e.ts) * 1000 > at));
+  // back: they wrote again, or the case was reopened since (by them, or its agent taking it back)
+  const back = (entries || []).some((e, i) => e.case === caseView.id
+    && ((e.dir === "in" && (e.kind || "message") === "message") || e.kind === "reopened")
+    && (end >= 0 ? i > end : Number(e.ts) * 1000 > at));
   return back ? 0 : at;
 }
 
@@ -779,7 +822,8 @@ export function callbackNote(caseView, customer, testid) {
   if (!wantsCallback(caseView)) return null;
   const number = callbackNumber(caseView, customer);
   // asked for by the caller, or a call handed on after the caller hung up (callback_reason)
-  const why = caseView.callback_reason === "hung_up" ? "Call back: the caller hung up" : "Callback requested";
+  const why = { hung_up: "Call back: the caller hung up", followup: "Follow-up call: your phone rings, then theirs" }[
+    caseView.callback_reason] || "Callback requested";
   return h("p", { class: "callback-note", testid },
     h("span", { class: "badge callback-badge" }, h("span", { "aria-hidden": "true" }, "☎ "), why),
     number ? [" · call back on ", bdi(number, { class: "callback-number", testid: `${testid}-number` })]

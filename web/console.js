@@ -503,7 +503,7 @@ class AgentConsole {
     const what = [CHANNEL_LABEL[f.channel], f.subject,
       !view && f.status ? STATE_LABEL[f.status] || f.status : ""].filter(Boolean).join(" · ");
     const due = typeof f.due === "number" && Date.now() / 1000 - f.due > 90 ? ` (due ${clock(f.due)})` : "";
-    const toast = this.reminderTray.show(`${f.note || `Follow up on ${who}.`}${what ? ` — ${what}` : ""}${due}`, {
+    const toast = this.reminderTray.show(`${f.note || `Follow up on ${who}`}${what ? ` — ${what}` : ""}${due}`, {
       kind: "reminder", title: `Follow-up reminder · ${who}`, testid: "reminder", actions, onDismiss: forget,
     });
     if (f.id) this.reminders.set(f.id, toast);
@@ -535,8 +535,14 @@ class AgentConsole {
         } catch (e) { // fallen due meanwhile (its reminder says so), or cancelled elsewhere
           if (e.code !== "followup.unknown") { cancel.disabled = false; this.toast(e.message, { kind: "error" }); return; }
         }
+        // focus stays in the list: on the next one's Cancel, else the previous', else its title
+        const ids = all.map((f) => f.id);
+        const at = ids.indexOf(x.id);
+        const next = ids[at + 1] || ids[at - 1];
         this.followups.delete(x.id);
         this.renderFollowups();
+        const to = next && this.followupList.querySelector(`[data-followup="${CSS.escape(next)}"] [data-testid=followup-cancel]`);
+        (to || this.followupBox.querySelector("summary")).focus();
       });
       return h("li", { class: "followup-item", testid: "followup-item", "data-followup": x.id },
         h("span", { class: "followup-when" }, clock(x.due)), " ",

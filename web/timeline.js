@@ -126,7 +126,8 @@ function body(entry) {
   } else if (entry.kind === "transfer") {
     parts.push(h("p", { class: "tl-event" }, "Transferred", entry.to ? ` to ${entry.to_name || entry.to}` : ""));
   } else if (entry.kind === "followup.cancelled") {
-    parts.push(h("p", { class: "tl-event", testid: "timeline-followup-cancelled" }, "Follow-up cancelled"));
+    parts.push(h("p", { class: "tl-event", testid: "timeline-followup-cancelled" },
+      typeof entry.due === "number" ? `Follow-up for ${clock(entry.due / 1000)} cancelled` : "Follow-up cancelled"));
   } else if (entry.kind === "reopened") {
     parts.push(h("p", { class: "tl-event", testid: "timeline-reopened" }, "Reopened to follow up"));
   } else if (entry.kind === "followup") {

@@ -29,7 +29,7 @@ if st ~= 'completed' and st ~= 'abandoned' and st ~= 'cancelled' then
   -- open, and someone else's or on its way to someone: who has it, for the agent to read
   local who = ''
   if st == 'assigned' or st == 'wrapping' then who = cs[2] elseif st == 'offered' then who = cs[8] end
-  return result({ok = false, error = 'case.' .. st, agent = who or ''})
+  return result({ok = false, error = 'case.' .. st, agent = who or '', queue = cs[7] or ''})
 end
 local load = redis.call('HMGET', k_agent(a), 'cap:' .. ch, 'load:' .. ch)
 if (tonumber(load[1]) or 0) - (tonumber(load[2]) or 0) <= 0 then
@@ -42,6 +42,8 @@ redis.call('HSET', ck, 'st', 'assigned', 'agent', a, 'last_agent', a, 'assigned'
   'x', '|', 'esc', '0', 'callback', ch == 'voice' and '1' or '0')
 -- open again: how and when it was closed no longer describe it (a new close sets them)
 redis.call('HDEL', ck, 'disposition', 'closed', 'ended', 'reason', 'cbwhy')
+-- a call: the callback is the agent's follow-up, not something the caller asked for
+if ch == 'voice' then redis.call('HSET', ck, 'cbwhy', 'followup') end
 redis.call('SADD', k_agent_cases(a), c)
 -- the new load may open a pool with a live-load condition to them (make_offer's rule): pull
 local pools, known = move_load(a, ch, 1)

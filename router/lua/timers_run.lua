@@ -28,18 +28,22 @@ local max_missed = tonumber(ARGV[3])
 local due = redis.call('ZRANGEBYSCORE', k_timers(), '-inf', NOW, 'LIMIT', 0, limit)
 local offers, push, gone = {}, {}, {}
 
--- A customer as an agent knows them: their name, else an email or phone they wrote from.
+-- A customer as an agent knows them: their name, else an email or phone they wrote from,
+-- else the web chat visitor they are (as the console names one: its id's last 6 characters).
 local function customer_label(u)
   local prof = redis.call('HGETALL', k_customer(u))
-  local addr = ''
+  local addr, visitor = '', ''
   for i = 1, #prof, 2 do
     local f = prof[i]
     if f == 'name' and prof[i + 1] ~= '' then return prof[i + 1] end
     if addr == '' and (string.sub(f, 1, 8) == 'i:email:' or string.sub(f, 1, 8) == 'i:phone:') then
       addr = string.sub(f, 9)
+    elseif string.sub(f, 1, 10) == 'i:visitor:' then
+      local v = string.sub(f, 11)
+      visitor = 'web chat visitor ' .. (#v > 8 and ('…' .. string.sub(v, -6)) or v)
     end
   end
-  return addr
+  return addr ~= '' and addr or visitor
 end
 
 -- Keep a fired reminder until the agent dismisses it (at most the latest 100 of them).
