@@ -352,19 +352,8 @@ class Switch:
             raise BadRequest(f"unknown disposition {disposition!r}", code="disposition.unknown")
         entry = ""
         if note or disposition:
-            entry = fastjson.dumps_str(
-                {
-                    "id": new_id("n"),
-                    "ch": "note",
-                    "dir": "note",
-                    "kind": "wrapup",
-                    "ts": entry_ts(),
-                    "text": note,
-                    "disposition": disposition,
-                    "agent": agent,
-                    "from": agent_name or agent,
-                    "case": case,
-                }
+            entry = _note_entry(
+                case, "wrapup", agent, agent_name, text=note, disposition=disposition
             )
         return await self._act("case_complete", ws, agent, case, disposition, entry)
 
@@ -387,20 +376,8 @@ class Switch:
         """
         cfg = await self.config(ws)
         plan, to_name = await self._transfer_plan(ws, cfg, agent, case, queue, to_agent)
-        entry = fastjson.dumps_str(
-            {
-                "id": new_id("n"),
-                "case": case,
-                "ch": "note",
-                "dir": "note",
-                "kind": "transfer",
-                "ts": entry_ts(),
-                "text": note,
-                "agent": agent,
-                "from": by_name or agent,
-                "to": to_agent or queue,
-                "to_name": to_name,
-            }
+        entry = _note_entry(
+            case, "transfer", agent, by_name, text=note, to=to_agent or queue, to_name=to_name
         )
         plan_json = fastjson.dumps_str(plan)
         return await self._act(
@@ -470,20 +447,7 @@ class Switch:
         holds it next sees that a follow-up is set, when, by whom and why)."""
         if due_ms < now_ms() - 60_000 or due_ms > now_ms() + 366 * 86400 * 1000:
             raise BadRequest("due: within the next year", code="followup.invalid")
-        entry = fastjson.dumps_str(
-            {
-                "id": new_id("n"),
-                "case": case,
-                "ch": "note",
-                "dir": "note",
-                "kind": "followup",
-                "ts": entry_ts(),
-                "text": note[:2000],
-                "agent": agent,
-                "from": agent_name or agent,
-                "due": due_ms,
-            }
-        )
+        entry = _note_entry(case, "followup", agent, agent_name, text=note[:2000], due=due_ms)
         return await self._act("case_followup", ws, agent, case, due_ms, note[:2000], entry)
 
     async def cancel_followup(
@@ -494,18 +458,7 @@ class Switch:
         case, _, n = followup.partition("|")
         if not case or not n.isdigit():
             raise NotFound("follow-up not found", code="followup.unknown")
-        entry = fastjson.dumps_str(
-            {
-                "id": new_id("n"),
-                "case": case,
-                "ch": "note",
-                "dir": "note",
-                "kind": "followup.cancelled",
-                "ts": entry_ts(),
-                "agent": agent,
-                "from": agent_name or agent,
-            }
-        )
+        entry = _note_entry(case, "followup.cancelled", agent, agent_name)
         return await self._act("followup_cancel", ws, agent, case, n, entry)
 
     async def reopen(
@@ -514,18 +467,7 @@ class Switch:
         """``agent`` takes a closed case back to follow it up (case_reopen.lua): assigned to
         them at once, a call as a callback. Refused, saying why, when the case is open (and
         whose it is), or they have no room on its channel."""
-        entry = fastjson.dumps_str(
-            {
-                "id": new_id("n"),
-                "case": case,
-                "ch": "note",
-                "dir": "note",
-                "kind": "reopened",
-                "ts": entry_ts(),
-                "agent": agent,
-                "from": agent_name or agent,
-            }
-        )
+        entry = _note_entry(case, "reopened", agent, agent_name)
         res: dict[str, Any] = await self.store.run("case_reopen", ws, agent, case, entry)
         if res.get("ok"):
             await self._dispatch(ws, res)
@@ -807,3 +749,12 @@ def _own_visitors(identities: Sequence[str], scope: str) -> tuple[str, ...]:
     """A bridge's visitor ids, as its own: ``visitor:42`` from bridge wa is ``visitor:wa/42``."""
     own = scope.removeprefix("bridge:")
     return tuple(f"visitor:{own}/{i[8:]}" if i.startswith("visitor:") else i for i in identities)
+
+
+def _note_entry(case: str, kind: str, agent: str, by: str, **more: Any) -> str:
+    """What an agent did to a case, as a note in the customer's history (JSON), for whoever has
+    the case next: a wrap-up, a transfer, a follow-up set or cancelled, a reopening."""
+    note = {"id": new_id("n"), "case": case, "ch": "note", "dir": "note", "kind": kind}
+    return fastjson.dumps_str(
+        {**note, "ts": entry_ts(), "agent": agent, "from": by or agent, **more}
+    )
