@@ -249,8 +249,10 @@ async def test_a_reminder_reopens_the_closed_case_it_is_about(
     await expect(sam.get_by_test_id("connection-state")).to_have_text("Live")
     reminder = sam.get_by_test_id("reminder")
     await expect(reminder).to_contain_text("closed")
+    await set_status(sam, "away")  # taken back while away: Sam's anyway, and told so
     await reminder.get_by_role("button", name="Reopen case").click()
     await expect(sam.get_by_test_id("case-tab")).to_have_count(1)
+    await expect(sam.get_by_test_id("reopened-while-away")).to_contain_text("Away")
     await expect(reminder).to_have_count(0)  # done: not shown again
     await expect(panel(sam).get_by_test_id("timeline-reopened")).to_be_visible()
     await expect(panel(sam)).to_contain_text("Where is it?")  # the history came with it

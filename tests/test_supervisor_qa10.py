@@ -608,3 +608,20 @@ async def test_the_move_form_asks_from_the_case_as_it_is_now(
         "Move case again to move it all the same."
     )
     assert (await one_node.case(case))["agent"] == "sam"
+
+
+@browser_test
+async def test_a_case_its_agent_took_back_reads_reopened_in_progress(
+    one_node: Stack, browser: Any, pages: list[Web]
+) -> None:
+    """Sam completed a case and took it back to follow it up: Sue's In progress list says it
+    was reopened, rather than showing it as handled non-stop since it came in."""
+    bridge = await one_node.bridge()
+    case = await customer_event(bridge, "support")
+    sam, _ = await one_node.agent("sam", status="available")
+    await sam.ok("offer.accept", offer=(await sam.offer_for(case))["offer"])
+    await sam.ok("case.complete", case=case, disposition="resolved")
+    await sam.ok("case.reopen", case=case)
+    sue = await supervisor_page(one_node, 0, browser, pages)
+    row = sue.locator(f"[data-testid=progress-case][data-case={case}]")
+    await expect(row.get_by_test_id("progress-case-state")).to_have_text("In progress · reopened")

@@ -563,6 +563,12 @@ class AgentConsole {
       view.focusComposer();
       const call = ack.detail.case.channel === "voice" ? " Your phone rings first, then theirs." : "";
       this.announce(`Reopened. The case with ${customerName(view.customer)} is yours again.${call}`);
+      // taken while away or signed out: theirs anyway, and a supervisor sees it so
+      const st = this.statuses.find((x) => x.name === this.me.status);
+      if (st && !st.routable) {
+        this.toast(`Reopened while you are ${label(this.me.status)}: the case is yours; new offers wait until you are available.`,
+          { testid: "reopened-while-away" });
+      }
       return true;
     } catch (e) {
       this.toast(`Not opened: ${e.message}.`, { kind: "error", testid: "reopen-error" });

@@ -536,11 +536,15 @@ class SupervisorView {
           ? h("span", { class: "signed-out", testid: "progress-case-signed-out" }, " · offline") : null);
         row.tr.classList.toggle("stranded", Boolean(away));
       }
-      if (row.status !== c.status) {
-        row.status = c.status;
-        replace(row.state, h("span", { class: `case-state state-${c.status}` }, states.get(c.status) || label(c.status)));
+      // a case reopened (the customer wrote again, its agent took it back) is open since then
+      const reopened = Number(c.reopened) || 0;
+      const state = `${c.status}${reopened ? "/reopened" : ""}`;
+      if (row.status !== state) {
+        row.status = state;
+        replace(row.state, h("span", { class: `case-state state-${c.status}` }, states.get(c.status) || label(c.status)),
+          reopened ? h("span", { class: "muted", testid: "progress-case-reopened" }, " · reopened") : null);
       }
-      row.age.textContent = duration((now - (c.created || now)) / 1000);
+      row.age.textContent = duration((now - (reopened || c.created || now)) / 1000);
     });
     for (const [id, row] of this.progressRows) {
       if (!seen.has(id)) { row.tr.remove(); this.progressRows.delete(id); }
