@@ -265,3 +265,14 @@ async def test_the_transfer_menu_has_the_queues_an_admin_added_since_sign_in(
     await panel(sam).get_by_test_id("transfer-submit").click()
     await expect(sam.get_by_test_id("case-tab")).to_have_count(0)
     await expect(sam.get_by_test_id("toast-info").last).to_contain_text("Transferred to VIP.")
+
+
+async def test_a_reminder_that_falls_due_is_shown_not_left_below_the_fold(
+    web: Web, server: ServerProcess
+) -> None:
+    """Nine reminders fill the tray: the newest, just due, is scrolled into view."""
+    sam = await open_email_case(web, server, subject="Refund")
+    for i in range(9):
+        await remind_now(sam, f"Check refund step {i + 1}")
+        await expect(sam.get_by_test_id("reminder")).to_have_count(i + 1)
+        await expect(sam.get_by_test_id("reminder").last).to_be_in_viewport()

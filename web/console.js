@@ -258,7 +258,7 @@ class AgentConsole {
       case "offer.updated": return this.offerUpdated(f);
       case "case.message":
       case "case.updated": return this.caseEntry(f);
-      case "reminder": return this.reminder(f);
+      case "reminder": return this.reminder(f, true);
       case "reminder.dismissed": return this.reminderDismissed(f);
       case "case.refresh": { // the customer was merged with another: the case anew
         const view = this.addCase(f);
@@ -480,7 +480,7 @@ class AgentConsole {
   /** A follow-up reminder, live or kept for us while we were away (hello's reminders): it
    *  stays until dismissed, here or on another console, or acted on, and then the server
    *  forgets it. Its case, if not open on this screen, is reopened for us (case.reopen). */
-  reminder(f) {
+  reminder(f, live = false) {
     if (this.followups.delete(f.id)) this.renderFollowups(); // set, and now due
     if (f.id && this.reminders.has(f.id)) return; // a reconnect's hello repeats it
     const view = this.views.get(f.case);
@@ -509,6 +509,8 @@ class AgentConsole {
     if (f.id) this.reminders.set(f.id, toast);
     this.renderReminderCount();
     this.urgent.announce(`Follow-up reminder: ${f.note || who}`);
+    // one that falls due now is shown, not left below a long tray's fold
+    if (live) toast.scrollIntoView({ block: "nearest" });
   }
 
   /** A follow-up we just set (case.followup's ack), for the list of those not yet due. */
