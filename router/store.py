@@ -17,7 +17,6 @@ that as "not acknowledged" so the sender retries. A script that Redis no longer 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from router import fastjson, keys
@@ -134,15 +135,20 @@ def _batch_argv(items: list[_Pending]) -> list[bytes]:
     return out
 
 
-def _pack(head: bytes, prefix: str, args: list[bytes]) -> bytes:
-    """One ``EVALSHA`` in the Redis protocol (RESP2): ``head``, the key, then each of ``args``."""
+def _pack(head: bytes, prefix: str, items: list[_Pending]) -> bytes:
+    """One ``EVALSHA`` in the Redis protocol (RESP2): ``head``, the key, then _batch.lua's
+    ARGV (:func:`_batch_argv`), each argument encoded and framed in one pass."""
     key = prefix.encode()
-    parts = [b"*%d\r\n" % (len(args) + 4), head, b"$%d\r\n" % len(key), key, b"\r\n"]
+    count = 4 + sum([2 + len(argv) for _, _, argv, _ in items])
+    parts = [b"*%d\r\n" % count, head, b"$%d\r\n%s\r\n" % (len(key), key)]
     add = parts.append
-    for b in args:
-        add(b"$%d\r\n" % len(b))
-        add(b)
-        add(b"\r\n")
+    for _, name, argv, _ in items:
+        nb, n = name.encode(), b"%d" % len(argv)
+        add(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(nb), nb, len(n), n))
+        for a in argv:
+            t = type(a)
+            b = a.encode() if t is str else a if t is bytes else str(a).encode()
+            add(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(parts)
 
 
@@ -218,6 +224,9 @@ class Store:
         self._pending: list[_Pending] = []
         self._scheduled = False
         self._slots = asyncio.Semaphore(max_inflight)
+        # the store's own connections, one batch on each at a time (None: a cluster client)
+        self._lanes = _lanes(client, max_inflight)
+        self._timeout = _batch_timeout(client)
         self._tasks: set[asyncio.Task[None]] = set()
         # the loop the store runs on, kept: asyncio.get_running_loop() costs a getpid syscall
         # on Python 3.11, and run() would call it twice per transition
@@ -266,11 +275,14 @@ class Store:
         self.batches += 1
         chunks = _chunks(batch)
         try:
-            async with self._slots if limit else contextlib.nullcontext():
+            if limit:
+                async with self._slots:
+                    replies = await self._on_lane(chunks)
+            else:
                 replies = await self._execute(chunks)
-                if any(isinstance(r, NoScriptError) for r in replies):
-                    await self.load()
-                    replies = await self._execute(chunks)
+            if any(isinstance(r, NoScriptError) for r in replies):
+                await self.load()
+                replies = await self._execute(chunks)
         except (RedisError, OSError) as e:
             for item in batch:
                 if not item[3].done():
@@ -288,35 +300,88 @@ class Store:
                 else:
                     fut.set_result(r)
 
+    async def _on_lane(self, chunks: list[tuple[str, list[_Pending]]]) -> list[Any]:
+        """The batch on one of the store's own connections, under one deadline for the whole
+        exchange. The pool's way costs a task per write (redis-py runs each under
+        ``wait_for``), a timeout per read and the pool's bookkeeping: about a tenth of a
+        router's CPU at 1,000 cases/s (bench/README.md, session 17)."""
+        if self._lanes is None:
+            return await self._execute(chunks)
+        conn = self._lanes.pop()
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await _exchange(conn, self._packed(chunks), len(chunks))
+        finally:
+            self._lanes.append(conn)
+
     async def _execute(self, chunks: list[tuple[str, list[_Pending]]]) -> list[Any]:
-        """One EVALSHA per chunk; each reply is the chunk's list of results, or the error."""
-        script = self._script
+        """The batch on a connection of the client's pool (a cluster client: its pipeline)."""
         pool = getattr(self.redis, "connection_pool", None)
         if pool is None:  # Redis Cluster: its own pipeline routes each call to its slot
             pipe = self.redis.pipeline(transaction=False)
             for prefix, items in chunks:
-                pipe.execute_command("EVALSHA", script.sha, 1, prefix, *_batch_argv(items))
+                pipe.execute_command("EVALSHA", self._script.sha, 1, prefix, *_batch_argv(items))
             return list(await pipe.execute(raise_on_error=False))
-        # One connection, the whole batch written at once, replies read in order: what a
-        # pipeline does, without redis-py packing each argument (a fifth of a router's CPU).
-        packed = b"".join([_pack(script.evalsha, p, _batch_argv(items)) for p, items in chunks])
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
-            for _ in chunks:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as e:  # NOSCRIPT, or an error outside the transitions
-                    replies.append(e)
-            return replies
-        except BaseException:
-            await conn.disconnect()
-            raise
+            return await _exchange(conn, self._packed(chunks), len(chunks))
         finally:
             await pool.release(conn)
+
+    def _packed(self, chunks: list[tuple[str, list[_Pending]]]) -> bytes:
+        # the whole batch written at once, without redis-py packing each argument (a fifth of
+        # a router's CPU when it did)
+        head = self._script.evalsha
+        return b"".join([_pack(head, prefix, items) for prefix, items in chunks])
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in self._lanes or ():
+            await conn.disconnect()
         await self.redis.aclose()
+
+
+async def _exchange(conn: AbstractConnection, packed: bytes, replies: int) -> list[Any]:
+    """Write ``packed`` (``replies`` EVALSHAs) and read the replies in order, as a pipeline
+    does; each reply is a result or the ``ResponseError`` (NOSCRIPT, or an error outside the
+    transitions). Any other failure disconnects: no reply is left unread for the next user.
+
+    A connection that Redis closed while it sat idle (a restart), or that holds unread bytes,
+    is replaced before anything is written on it, as redis-py's pool does before lending one.
+    """
+    if conn.is_connected:
+        try:
+            stale = await conn.can_read()
+        except (RedisConnectionError, OSError):
+            stale = True
+        if stale:
+            await conn.disconnect()
+    try:
+        await conn.send_packed_command(packed, check_health=False)
+        out: list[Any] = []
+        for _ in range(replies):
+            try:
+                out.append(await conn.read_response())
+            except ResponseError as e:
+                out.append(e)
+        return out
+    except BaseException:
+        await conn.disconnect()
+        raise
+
+
+def _lanes(client: aioredis.Redis, n: int) -> list[AbstractConnection] | None:
+    """``n`` connections made as the client's pool makes them, less its per-operation socket
+    timeout (the store sets one deadline per batch); not connected until first used."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return None
+    kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+    return [pool.connection_class(**kwargs) for _ in range(n)]
+
+
+def _batch_timeout(client: aioredis.Redis) -> float:
+    pool = getattr(client, "connection_pool", None)
+    timeout = pool.connection_kwargs.get("socket_timeout") if pool is not None else None
+    return float(timeout) if timeout else 5.0
