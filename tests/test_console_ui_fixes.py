@@ -370,3 +370,43 @@ async def test_a_reloaded_chat_widget_shows_where_a_handed_on_chat_stands(
     await expect(ada.get_by_test_id("chat-status")).to_have_text("Connected")
     await expect(lines.last).to_have_text("Bea Billing joined the chat")
     await expect(lines.nth(-2)).to_have_text(re.compile("one more thing"))
+
+
+async def test_the_selected_case_tab_is_never_cut_off_in_a_full_tab_strip(
+    web: Web, server: ServerProcess
+) -> None:
+    sam = await web.agent("sam")  # room for two emails and two chats: four tabs
+    await sam.set_viewport_size({"width": 1024, "height": 768})
+    names = ["Bartholomew Featherstonehaugh", "Maximiliana Oyelaran-Castellanos",
+             "Konstantinos Papadimitriou", "Wilhelmina Vanderbilt-Whitney"]  # fmt: skip
+    tab_in_view = (
+        "() => { const t = document.querySelector('[data-testid=case-tab][aria-selected=true]');"
+        " const s = document.querySelector('[data-testid=case-tabs]');"
+        " if (!t || !s) return false;"
+        " const a = t.getBoundingClientRect(), b = s.getBoundingClientRect();"
+        " return a.left >= b.left - 1 && a.right <= b.right + 1; }"
+    )
+    async with bridge(server) as b:
+        for i, name in enumerate(names):
+            await b.event(
+                id=f"tabs-{secrets.token_hex(4)}",
+                channel="email" if i % 2 == 0 else "chat",
+                identities={"email": f"c{i}-{secrets.token_hex(3)}@example.com"},
+                name=name,
+                subject="Question" if i % 2 == 0 else None,
+                text="Hello",
+            )
+            await sam.get_by_test_id("offer-accept").click()
+            await expect(sam.get_by_test_id("case-tab")).to_have_count(i + 1)
+            await expect(sam.get_by_test_id("case-tab").nth(i)).to_have_attribute(
+                "aria-selected", "true"
+            )
+            await until(sam, tab_in_view, None, f"case {i + 1}'s tab in view")
+    strip = sam.get_by_test_id("case-tabs")
+    assert await strip.evaluate("s => s.scrollWidth > s.clientWidth"), "the strip is not full"
+
+    # and back to the first with the keyboard, as a tab list is used: it comes into view too
+    await sam.get_by_test_id("case-tab").nth(3).focus()
+    await sam.keyboard.press("Home")
+    await expect(sam.get_by_test_id("case-tab").nth(0)).to_have_attribute("aria-selected", "true")
+    await until(sam, tab_in_view, None, "the first case's tab in view")

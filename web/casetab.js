@@ -107,7 +107,11 @@ export class CaseView {
     this.tab.setAttribute("aria-selected", String(active));
     this.tab.tabIndex = active ? 0 : -1;
     this.tab.classList.toggle("active", active);
-    if (active) this.renderTimeline(true);
+    if (active) {
+      this.renderTimeline(true);
+      // in a strip fuller than the window, the selected tab is scrolled into it, not left cut off
+      this.tab.scrollIntoView({ block: "nearest", inline: "nearest" });
+    }
   }
 
   render() {
