@@ -24,7 +24,15 @@ import redis.asyncio as aioredis
 
 from bench.bare_os import busy_seconds
 
-__all__ = ["Probe", "Sample", "profile_top", "record_profile", "redis_commands"]
+__all__ = [
+    "Probe",
+    "Sample",
+    "aof_forks",
+    "fresh_aof",
+    "profile_top",
+    "record_profile",
+    "redis_commands",
+]
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,55 @@ async def redis_commands(url: str | None) -> Counter[str]:
         out[name] = int(v["calls"])
         out[f"{name}:usec"] = int(v["usec"])
     return out
+
+
+async def aof_forks(url: str | None) -> tuple[int, float] | None:
+    """Redis's forks so far (``total_forks``: its AOF rewrites, as the bench's Redis makes no
+    RDB snapshots) and the last fork's stall of its main thread in ms; None when unreachable."""
+    if not url:
+        return None
+    client = aioredis.Redis.from_url(url)
+    try:
+        stats = await client.info("stats")
+    except (aioredis.RedisError, OSError):
+        return None
+    finally:
+        await client.aclose()
+    return int(stats.get("total_forks", 0)), int(stats.get("latest_fork_usec", 0)) / 1000
+
+
+async def fresh_aof(url: str | None, within: float = 120.0) -> float | None:
+    """Rewrite Redis's AOF now (``BGREWRITEAOF``) and wait until it is done; the seconds it
+    took, or None (no AOF, no Redis URL, or not done ``within`` seconds).
+
+    A latency phase starts on a freshly rewritten AOF, the state a production Redis is in
+    nearly all the time: its base is days of cases, so its tail takes minutes to hours to
+    double. The bench's Redis starts empty, and with a small base it rewrites every few
+    seconds; where a rewrite falls in a phase would decide its p99 (bench/README.md)."""
+    if not url:
+        return None
+    client = aioredis.Redis.from_url(url)
+    t0 = time.perf_counter()
+
+    async def idle() -> None:
+        while True:
+            info = await client.info("persistence")
+            if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+                return
+            await asyncio.sleep(0.05)
+
+    try:
+        async with asyncio.timeout(within):
+            if (await client.info("persistence")).get("aof_enabled") != 1:
+                return None
+            await idle()  # one already under way (or scheduled) ends first
+            await client.bgrewriteaof()
+            await idle()
+        return time.perf_counter() - t0
+    except (aioredis.RedisError, OSError):  # TimeoutError too
+        return None
+    finally:
+        await client.aclose()
 
 
 def py_spy() -> str | None:

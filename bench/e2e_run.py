@@ -21,7 +21,14 @@ from typing import Any
 
 from bench.bare_os import percentile
 from bench.e2e_load import Load, PhaseStats
-from bench.e2e_probe import Probe, profile_top, record_profile, redis_commands
+from bench.e2e_probe import (
+    Probe,
+    aof_forks,
+    fresh_aof,
+    profile_top,
+    record_profile,
+    redis_commands,
+)
 from bench.server_proc import Server
 
 __all__ = ["DRAIN_S", "Run"]
@@ -110,6 +117,7 @@ class Run:
             await before
         stats = self.load.phase
         cmds0 = await redis_commands(self.redis_url)
+        forks0 = await aof_forks(self.redis_url)
         start = self.probe.sample()
         profile = None
         if self.args.profile and self.server.pid and name in self.args.profile.split(","):
@@ -121,9 +129,14 @@ class Run:
         end = self.probe.sample()
         per_second = await stop_sampler(sampler)
         cmds1 = await redis_commands(self.redis_url)
+        forks1 = await aof_forks(self.redis_url)
         drained = await self.load.drain(DRAIN_S)
         self.offered_now = 0.0
         out = self._figures(stats, Probe.shares(start, end), end.wall - start.wall)
+        # Redis's AOF rewrites that began in the phase (each a fork: its main thread stalls for
+        # fork_ms, then pays copy-on-write while the child runs)
+        out["aof_rewrites"] = forks1[0] - forks0[0] if forks0 and forks1 else None
+        out["fork_ms"] = forks1[1] if forks1 and out["aof_rewrites"] else None
         out["drained"] = drained
         out["completed_per_s_seconds"] = per_second
         out["completed_per_s_median"] = statistics.median(per_second) if per_second else None
@@ -171,6 +184,14 @@ class Run:
             "us_per_case": shares["server_cpu_s"] / max((s.offers + s.completed) / 2, 1) * 1e6,
             **{k: v for k, v in shares.items() if not k.endswith("_s")},
         }  # fmt: skip
+
+    async def fresh_aof(self) -> None:
+        """Rewrite Redis's AOF before a latency phase (:func:`bench.e2e_probe.fresh_aof`)."""
+        took = await fresh_aof(self.redis_url)
+        if took is not None:
+            print(
+                f"e2e: AOF rewritten before the phase ({took:.1f} s)", file=sys.stderr, flush=True
+            )
 
     async def open_loop(self, name: str, rate: float, seconds: float) -> dict[str, Any]:
         self.offered_now = rate

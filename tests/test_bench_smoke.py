@@ -38,6 +38,12 @@ def test_e2e_bench_runs_and_counts_every_offer(tmp_path: Path) -> None:
     run_dir = next(tmp_path.iterdir())
     for name in ("result.json", "summary.md", "latency_vs_rate.png", "timeline.png"):
         assert (run_dir / name).exists(), name
+    # the AOF rewrites that began in each phase are counted (the latency phases start on a
+    # freshly rewritten AOF: at this rate none should begin in them)
+    phases = result["e2e"]["phases"]
+    assert all(isinstance(p.get("aof_rewrites"), int) for p in phases.values()), phases
+    assert phases["main"]["aof_rewrites"] == 0 and phases["freed"]["aof_rewrites"] == 0
+    assert "AOF rewritten before the phase" in done.stderr
 
 
 CORE_REQUIRED = (
