@@ -203,7 +203,8 @@ async def _drive(server: Server, args: argparse.Namespace) -> dict[str, Any]:
             "agents": agents, "agents_connect_s": round(connect_s, 2),
             "hello_kib": round(load.hello_bytes / 1024, 1),
             "lost": load.lost(), "duplicated": load.duplicated, "reoffered": load.reoffered,
-            "rescinded": load.rescinded, "unacked": load.in_flight()["unacked"],
+            "rescinded": load.rescinded, "delivered": load.delivered,
+            "unacked": load.in_flight()["unacked"],
             "not_created": dict(load.not_created), "errors": dict(load.errors),
             "drained": drained, "cases_acked": len(load.acked),
         }  # fmt: skip

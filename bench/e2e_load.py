@@ -121,6 +121,7 @@ class Load:
         self.duplicated = 0
         self.reoffered = 0
         self.rescinded = 0
+        self.delivered = 0  # call.connects (and replies) the bridges answered "delivered" to
         self.not_created: Counter[str] = Counter()  # ack actions other than "created"
         self.errors: Counter[str] = Counter()
         self.open_cases = 0  # offered, not yet completed
@@ -135,9 +136,12 @@ class Load:
     async def connect_bridges(self, n: int) -> None:
         headers = {"Authorization": f"Bearer {self.server.bridge_key}"}
         for _ in range(n):
+            held: list[WsClient] = []  # the connection, for its callback to answer on
             client = await open_ws(
-                self.server.host, self.server.port, "/ws/bridge", self._on_bridge, headers
-            )
+                self.server.host, self.server.port, "/ws/bridge",
+                lambda payload, held=held: self._on_bridge(payload, held[0]), headers,
+            )  # fmt: skip
+            held.append(client)
             self.bridges.append(client)
 
     async def connect_agents(self, ids: list[str], *, backlog: bool, concurrency: int = 16) -> None:
@@ -211,11 +215,21 @@ class Load:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def _on_bridge(self, payload: bytes) -> None:
+    def _on_bridge(self, payload: bytes, bridge: WsClient) -> None:
         frame = msgpack.unpackb(payload)
         kind = frame.get("type")
+        if kind == "call.connect" or kind == "deliver":
+            # as a real bridge does once it has connected the call (or sent the reply): the
+            # server then acknowledges the outbox entry
+            bridge.send(_pack({"type": "delivered", "ref": "d", "id": frame["id"]}))
+            self.delivered += 1
+            return
         if kind not in ("ack", "error"):
-            return  # deliveries: none are produced by this workload
+            return
+        if frame.get("ref") == "d":  # the answer to a "delivered"
+            if kind == "error":
+                self.errors[f"delivered:{frame.get('code')}"] += 1
+            return
         req = self._requests.pop(frame.get("ref", -1), None)
         if req is None:
             self.errors[f"bridge:{frame.get('code', 'unmatched ack')}"] += 1

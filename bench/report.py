@@ -282,8 +282,8 @@ def summary_md(r: dict[str, Any]) -> str:
             f"{_fmt(p['us_per_case'])} | {_fmt(p.get('redis_us_per_case'))} | "
             f"{_fmt(p['redis_commands_per_case'])} | {_rewrites(p)} |"
         )
-    counters = ("cases_acked", "lost", "duplicated", "reoffered", "rescinded", "unacked",
-                "errors", "not_created")  # fmt: skip
+    counters = ("cases_acked", "lost", "duplicated", "reoffered", "rescinded", "delivered",
+                "unacked", "errors", "not_created")  # fmt: skip
     lines += ["", "Outcome counters: " + ", ".join(f"{k} {e2e.get(k)}" for k in counters)]
     for p in all_phases:
         if "profile" in p:

@@ -21,7 +21,7 @@ import pytest_asyncio
 from router import keys
 from router.chat_ws import identity_hash
 from tests.server import CHAT_IDENTITY_SECRET
-from tests.util import offer_state
+from tests.util import offer_state, wait_for
 from tests.ws_client import (
     CHAT_ONLY_KEY,
     JSON,
@@ -45,6 +45,7 @@ TEAMS = {
     "takeback": 2,
     "recall": 1,
     "undeliv": 1,
+    "skip": 1,
     "fulist": 2,
     "crm": 1,
     "claims": 1,  # its agent never connects: cases wait
@@ -541,6 +542,32 @@ async def test_reply_is_delivered_through_the_bridge(stack: Stack, bridge: WsCli
     await bridge.ok("delivered", id=nxt["id"])
     page = (await console.ok("history.fetch", customer=ack["customer"]))["history"]
     assert [e["dir"] for e in page["timeline"]] == ["in", "out", "note", "out"]
+
+
+async def test_a_bridge_keeps_no_other_bridges_replies_pending(
+    stack: Stack, bridge: WsClient
+) -> None:
+    """Another chat bridge's reader skips this bridge's reply (never handed to it), and its
+    consumer group does not keep it pending: an entry that is not its own is acknowledged."""
+    other = await stack.bridge(key=OTHER_CHAT_KEY)
+    console, offer, ack = await offered(stack, bridge, "skip1", "skip")
+    await console.ok("offer.accept", offer=offer["offer"])
+    await console.ok("case.reply", case=ack["case"], text="Only for the first bridge")
+    deliver = await bridge.expect("deliver", case=ack["case"])
+    eid = deliver["id"]
+
+    async def acknowledged_by_the_other() -> bool:
+        groups = {g["name"]: g for g in await stack.redis.xinfo_groups(keys.outbox("acme"))}
+        seen = groups[b"bridge:other-chat"]["last-delivered-id"].decode()
+        read = tuple(map(int, seen.split("-"))) >= tuple(map(int, eid.split("-")))
+        pending = await stack.redis.xpending_range(
+            keys.outbox("acme"), "bridge:other-chat", eid, eid, 1
+        )
+        return read and not pending
+
+    await wait_for(acknowledged_by_the_other, timeout=10, message="the other bridge keeps it")
+    await bridge.ok("delivered", id=eid)
+    await other.close()  # (deliveries go to any open connection of a bridge: later tests')
 
 
 async def test_a_bridge_that_cannot_deliver_a_reply_says_so(stack: Stack, bridge: WsClient) -> None:
