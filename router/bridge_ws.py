@@ -60,6 +60,7 @@ class BridgeSession:
             bridge.channels,
             self.deliver,
             source=f"bridge:{bridge.id}",
+            store=ctx.switch.store,
         )
         self.events: EventTail | None = None  # case lifecycle events, once subscribed
 
@@ -150,11 +151,11 @@ class BridgeSession:
         customer = keys.customer(self.ws, entry.get("customer", ""))
         if entry.get("kind") == "call.connect":
             # one round trip (one workspace: one slot in a cluster) while the caller waits
-            async with self.ctx.redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(customer)
-                pipe.hgetall(keys.agent(self.ws, entry["agent"]))
-                pipe.hmget(keys.case(self.ws, entry.get("case", "")), ["callback", "attrs"])
-                raw_customer, raw_agent, (callback, attrs) = await pipe.execute()
+            raw_customer, raw_agent, (callback, attrs) = await self.ctx.switch.store.commands(
+                ("HGETALL", customer),
+                ("HGETALL", keys.agent(self.ws, entry["agent"])),
+                ("HMGET", keys.case(self.ws, entry.get("case", "")), "callback", "attrs"),
+            )
             identities = _identities(pairs(raw_customer))
             agent = pairs(raw_agent)
             frame = {

@@ -22,7 +22,8 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from router import keys
-from router.store import open_client, stop_task
+from router.errors import StoreUnavailable
+from router.store import Store, open_client, stop_task
 
 __all__ = ["Delivery", "OutboxReader"]
 
@@ -53,8 +54,12 @@ class OutboxReader:
         start_at_end: bool = True,
         retry_s: float = 1.0,
         max_retry_s: float = 30.0,
+        store: Store | None = None,
     ) -> None:
         self.redis = open_client(url)
+        # acknowledgements through the store's own connections when given (a bridge's, one per
+        # call connected: on the routing path), else through this reader's client
+        self.store = store
         # a delivery that keeps failing (the smarthost down) is retried after retry_s, then
         # twice as long each time up to max_retry_s, and its traceback logged once a streak:
         # it was every second, with a traceback each time, for as long as the outage lasted.
@@ -81,7 +86,10 @@ class OutboxReader:
         await self.redis.aclose()
 
     async def ack(self, entry_id: str) -> None:
-        await self.redis.xack(keys.outbox(self.ws), self.group, entry_id)
+        if self.store is not None:
+            await self.store.commands(("XACK", keys.outbox(self.ws), self.group, entry_id))
+        else:
+            await self.redis.xack(keys.outbox(self.ws), self.group, entry_id)
 
     async def pending(self, entry_id: str) -> dict[str, Any] | None:
         """The entry, if it was handed to this group and not yet acknowledged; else None."""
@@ -135,7 +143,8 @@ class OutboxReader:
                         cursor = entries[-1][0].decode()
             except asyncio.CancelledError:
                 raise
-            except RedisError as e:  # Redis: back as soon as it is (a call may be waiting)
+            except (RedisError, StoreUnavailable) as e:
+                # Redis: back as soon as it is (a call may be waiting)
                 log.warning("outbox %s: %s; retrying", self.group, e)
                 await asyncio.sleep(self.retry_s)
             except Exception as e:

@@ -152,6 +152,17 @@ def _pack(head: bytes, prefix: str, items: list[_Pending]) -> bytes:
     return b"".join(parts)
 
 
+def _command(cmd: tuple[Any, ...]) -> bytes:
+    """One command in the Redis protocol (RESP2)."""
+    parts = [b"*%d\r\n" % len(cmd)]
+    add = parts.append
+    for a in cmd:
+        t = type(a)
+        b = a.encode() if t is str else a if t is bytes else str(a).encode()
+        add(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
 def _chunks(batch: list[_Pending]) -> list[tuple[str, list[_Pending]]]:
     """The batch as (workspace prefix, transitions) groups of at most MAX_BATCH, in order."""
     groups: dict[str, list[_Pending]] = {}
@@ -299,6 +310,33 @@ class Store:
                     fut.set_exception(StoreUnavailable(r[1:].decode(errors="replace")))
                 else:
                     fut.set_result(r)
+
+    async def commands(self, *cmds: tuple[Any, ...]) -> list[Any]:
+        """Plain Redis commands (``("HGETALL", key)``, ...) in one round trip, on one of the
+        store's own connections: what a pipeline does, without redis-py's work per command,
+        for the few reads and acknowledgements on the routing path (a bridge's call
+        connects). Raises ``StoreUnavailable`` if Redis fails or any command errs."""
+        try:
+            if self._lanes is None:  # Redis Cluster: its pipeline routes each to its slot
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for cmd in cmds:
+                        pipe.execute_command(*cmd)
+                    replies = list(await pipe.execute(raise_on_error=False))
+            else:
+                async with self._slots:
+                    conn = self._lanes.pop()
+                    try:
+                        async with asyncio.timeout(self._timeout):
+                            packed = b"".join([_command(cmd) for cmd in cmds])
+                            replies = await _exchange(conn, packed, len(cmds))
+                    finally:
+                        self._lanes.append(conn)
+        except (RedisError, OSError) as e:
+            raise StoreUnavailable(str(e)) from e
+        for r in replies:
+            if isinstance(r, Exception):
+                raise StoreUnavailable(str(r))
+        return replies
 
     async def _on_lane(self, chunks: list[tuple[str, list[_Pending]]]) -> list[Any]:
         """The batch on one of the store's own connections, under one deadline for the whole
