@@ -33,6 +33,10 @@ log = logging.getLogger("switchboard.outbox")
 Delivery = Callable[[str, dict[str, Any]], Awaitable[bool]]
 
 
+def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
+    return dict(zip(flat[0::2], flat[1::2], strict=True)) if flat else {}
+
+
 def _decode(fields: dict[bytes, bytes]) -> dict[str, Any]:
     out: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
     if "entry" in out:
@@ -60,6 +64,9 @@ class OutboxReader:
         # acknowledgements through the store's own connections when given (a bridge's, one per
         # call connected: on the routing path), else through this reader's client
         self.store = store
+        # this reader's blocking reads on a connection of the store's kind, when given (a
+        # cluster client has none: its reads go through the client)
+        self._lane = store.own_connection() if store is not None else None
         # a delivery that keeps failing (the smarthost down) is retried after retry_s, then
         # twice as long each time up to max_retry_s, and its traceback logged once a streak:
         # it was every second, with a traceback each time, for as long as the outage lasted.
@@ -83,6 +90,8 @@ class OutboxReader:
             # cancelled until it has really ended: a leaked reader would keep taking this
             # group's entries
             await stop_task(self._task)
+        if self._lane is not None:
+            await self._lane.close()
         await self.redis.aclose()
 
     async def ack(self, entry_id: str) -> None:
@@ -118,10 +127,7 @@ class OutboxReader:
                 await self._ensure_group()
                 cursor = "0"  # our pending entries first, then new ones
                 while True:
-                    got = await self.redis.xreadgroup(
-                        self.group, self.consumer, {stream: cursor}, count=100, block=2000
-                    )
-                    entries = got[0][1] if got else []
+                    entries = await self._read(stream, cursor)
                     if not entries:
                         self._recovered()
                     if cursor != ">" and not entries:
@@ -157,6 +163,25 @@ class OutboxReader:
                         self.group, self.failures, e, delay,
                     )  # fmt: skip
                 await asyncio.sleep(delay)
+
+    async def _read(self, stream: str, cursor: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Up to 100 entries after ``cursor`` ("0": this consumer's pending ones; ">": new
+        ones, waiting up to 2 s for one), as (id, fields)."""
+        if self._lane is None:
+            got = await self.redis.xreadgroup(
+                self.group, self.consumer, {stream: cursor}, count=100, block=2000
+            )
+            return [(eid, fields or {}) for eid, fields in got[0][1]] if got else []
+        raw = await self._lane.call(
+            "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", 100, "BLOCK", 2000,
+            "STREAMS", stream, cursor, blocks_s=2.0,
+        )  # fmt: skip
+        if not raw:
+            return []
+        # {stream: [[id, [field, value, ...]], ...]} (RESP3), or [[stream, [...]]] (RESP2); a
+        # pending entry trimmed away since comes back with no fields
+        got = next(iter(raw.values())) if isinstance(raw, dict) else raw[0][1]
+        return [(eid, _pairs(f)) for eid, f in got]
 
     def _failed(self) -> float:
         """Count a failure; the wait before the next try."""

@@ -33,6 +33,7 @@ from router.errors import StoreUnavailable
 
 __all__ = [
     "SCRIPT_NAMES",
+    "Lane",
     "Store",
     "connect",
     "is_cluster_url",
@@ -338,6 +339,15 @@ class Store:
                 raise StoreUnavailable(str(r))
         return replies
 
+    def own_connection(self) -> Lane | None:
+        """A connection of the store's kind for one reader's blocking commands (an outbox
+        reader's ``XREADGROUP ... BLOCK``); None for a cluster client."""
+        pool = getattr(self.redis, "connection_pool", None)
+        if pool is None:
+            return None
+        kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+        return Lane(pool.connection_class(**kwargs), self._timeout)
+
     async def _on_lane(self, chunks: list[tuple[str, list[_Pending]]]) -> list[Any]:
         """The batch on one of the store's own connections, under one deadline for the whole
         exchange. The pool's way costs a task per write (redis-py runs each under
@@ -378,6 +388,30 @@ class Store:
         for conn in self._lanes or ():
             await conn.disconnect()
         await self.redis.aclose()
+
+
+class Lane:
+    """One connection of the store's kind, held by one reader: a command and its reply, one
+    at a time, without redis-py's work per command (:meth:`Store.own_connection`)."""
+
+    def __init__(self, conn: AbstractConnection, timeout: float) -> None:
+        self._conn, self._timeout = conn, timeout
+
+    async def call(self, *cmd: Any, blocks_s: float = 0.0) -> Any:
+        """The command's reply (raw, as Redis sends it); ``blocks_s``: how long the command
+        itself may wait (``BLOCK``), on top of the store's deadline. Raises
+        ``StoreUnavailable`` if Redis fails or refuses it."""
+        try:
+            async with asyncio.timeout(self._timeout + blocks_s):
+                (reply,) = await _exchange(self._conn, _command(cmd), 1)
+        except (RedisError, OSError) as e:
+            raise StoreUnavailable(str(e)) from e
+        if isinstance(reply, Exception):
+            raise StoreUnavailable(str(reply))
+        return reply
+
+    async def close(self) -> None:
+        await self._conn.disconnect()
 
 
 async def _exchange(conn: AbstractConnection, packed: bytes, replies: int) -> list[Any]:
