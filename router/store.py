@@ -9,6 +9,12 @@ command, which is what lets one router process route more cases per second than 
 trip per case allows (see bench/README.md). Each transition keeps its own result or error; the
 batch is atomic as a whole. A batch is flushed at once; there is no timer and no added latency.
 
+The store sends its batches on connections of its own (eight: one batch on each at a time,
+one deadline per batch), not through redis-py's pool and command path, whose work per command
+was the largest single cost in a router's profile; :meth:`Store.commands` and
+:meth:`Store.own_connection` give the same path to the few other Redis calls on the routing
+path (a bridge's call connects and outbox reads).
+
 Failure: any Redis error reaches the caller as :class:`StoreUnavailable`; the ingest path treats
 that as "not acknowledged" so the sender retries. A script that Redis no longer knows (restart,
 ``SCRIPT FLUSH``) is reloaded and the call retried once.
