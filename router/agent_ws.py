@@ -307,7 +307,7 @@ async def agent_endpoint(websocket: WebSocket) -> None:
     # consoles in the order they connected, whatever their node: the newest one stays
     seq = await ctx.redis.hincrby(keys.agent(who.workspace, who.subject), "cseq", 1)
     label = f"{who.workspace}/{who.subject}"
-    conn = Conn(websocket, codec, label, takes_over=takes_over, seq=seq)
+    conn = Conn(websocket, codec, label, takes_over=takes_over, seq=seq, endpoint="agent")
     session = AgentSession(ctx, who, conn)
     METRICS.connections.labels("agent").inc()
     conn.hold()  # pushes that race the snapshot are sent after it, never before

@@ -207,7 +207,7 @@ async def bridge_endpoint(websocket: WebSocket) -> None:
         await reject_connection(websocket, codec, e.code, e.message)
         return
     await accept_socket(websocket, codec)
-    conn = Conn(websocket, codec, f"bridge:{bridge.id}")
+    conn = Conn(websocket, codec, f"bridge:{bridge.id}", endpoint="bridge")
     session = BridgeSession(ctx, bridge, conn)
     session.reader.start()
     METRICS.connections.labels("bridge").inc()

@@ -318,7 +318,7 @@ async def chat_endpoint(websocket: WebSocket) -> None:
         await reject_connection(websocket, codec, code, msg)
         return
     await accept_socket(websocket, codec)
-    conn = Conn(websocket, codec, f"chat:{who.subject}")
+    conn = Conn(websocket, codec, f"chat:{who.subject}", endpoint="chat")
     session = ChatSession(ctx, who, conn)
     METRICS.connections.labels("chat").inc()
     try:

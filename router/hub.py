@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from router import fastjson, keys, wire
 from router.errors import CLOSE_CODES
+from router.metrics import METRICS
 from router.push import chat_agent_frame, chat_frame
 from router.store import stop_task
 
@@ -42,16 +43,21 @@ class Socket(Protocol):
 RAW_SEND = "switchboard.raw_send"
 
 
+_FRAMES_OUT: dict[tuple[str, str], Any] = {}
+
+
 class Conn:
     """One open WebSocket and the codec it speaks."""
 
-    __slots__ = ("_raw", "closed", "codec", "held", "label", "seq", "takes_over", "ws")
+    __slots__ = ("_raw", "closed", "codec", "endpoint", "held", "label", "seq", "takes_over", "ws")
 
     def __init__(
         self, ws: Socket, codec: wire.Codec, label: str = "", *, takes_over: bool = False,
-        seq: int = 0,
+        seq: int = 0, endpoint: str = "",
     ) -> None:  # fmt: skip
         self.ws = ws
+        # frames sent are counted under this endpoint ("agent", "bridge", "chat"; "" = not)
+        self.endpoint = endpoint
         # an agent console (not a supervisor's page): one per agent; a newer one (higher seq,
         # counted in Redis per agent) takes over
         self.takes_over = takes_over
@@ -70,13 +76,25 @@ class Conn:
 
     async def release(self, first: dict[str, Any]) -> None:
         """Send ``first`` (the snapshot), then what was held, in order; stop holding."""
+        self.count_out(first.get("type"))
         await self._write(wire.encode(first, self.codec))
         while self.held:
             await self._write(self.held.pop(0))
         self.held = None
 
     async def send(self, frame: dict[str, Any]) -> None:
+        self.count_out(frame.get("type"))
         await self.send_encoded(wire.encode(frame, self.codec))
+
+    def count_out(self, ftype: Any) -> None:
+        """Count a frame sent (``switchboard_frames_total{direction="out"}``); its children
+        are looked up once per (endpoint, type). Types are the server's own, never a client's."""
+        if self.endpoint:
+            key = (self.endpoint, ftype if isinstance(ftype, str) else "?")
+            child = _FRAMES_OUT.get(key)
+            if child is None:
+                child = _FRAMES_OUT[key] = METRICS.frames.labels(key[0], "out", key[1])
+            child.inc()
 
     async def send_encoded(self, data: bytes | str) -> None:
         if self.held is not None:
@@ -238,6 +256,7 @@ class Hub:
             data = encoded.get(c.codec)
             if data is None:
                 data = encoded[c.codec] = wire.encode(frame, c.codec)
+            c.count_out(frame.get("type"))
             await c.send_encoded(data)
         if frame.get("type") == "session.revoked":
             # the agent's role or password changed: their sessions end here and now, whatever

@@ -62,6 +62,11 @@ async def test_health_and_metrics_follow_real_traffic(server: ServerProcess) -> 
             "switchboard_offer_decision_seconds_bucket",
             'switchboard_events_total{action="created"} 2.0',
             'switchboard_queue_depth{queue="support",workspace="acme"} 2.0',  # nobody took them
+            # frames out are counted too, by endpoint and type: the bridge's ack, the widget's
+            # welcome
+            'switchboard_frames_total{direction="out",endpoint="bridge",type="ack"} 1.0',
+            'switchboard_frames_total{direction="out",endpoint="chat",type="welcome"} 1.0',
+            'switchboard_frames_total{direction="in",endpoint="bridge",type="event"} 1.0',
         ):
             assert name in text, name
 
