@@ -349,10 +349,7 @@ class Store:
         """A connection of the store's kind for one reader's blocking commands (an outbox
         reader's ``XREADGROUP ... BLOCK``); None for a cluster client."""
         pool = getattr(self.redis, "connection_pool", None)
-        if pool is None:
-            return None
-        kwargs = {**pool.connection_kwargs, "socket_timeout": None}
-        return Lane(pool.connection_class(**kwargs), self._timeout)
+        return None if pool is None else Lane(_new_connection(pool), self._timeout)
 
     async def _on_lane(self, chunks: list[tuple[str, list[_Pending]]]) -> list[Any]:
         """The batch on one of the store's own connections, under one deadline for the whole
@@ -421,9 +418,10 @@ class Lane:
 
 
 async def _exchange(conn: AbstractConnection, packed: bytes, replies: int) -> list[Any]:
-    """Write ``packed`` (``replies`` EVALSHAs) and read the replies in order, as a pipeline
-    does; each reply is a result or the ``ResponseError`` (NOSCRIPT, or an error outside the
-    transitions). Any other failure disconnects: no reply is left unread for the next user.
+    """Write ``packed`` (``replies`` commands: EVALSHAs, or a few plain ones) and read the
+    replies in order, as a pipeline does; each reply is a result or the ``ResponseError``
+    (NOSCRIPT, or an error outside the transitions). Any other failure disconnects: no reply
+    is left unread for the next user.
 
     A connection that Redis closed while it sat idle (a restart), or that holds unread bytes,
     is replaced before anything is written on it, as redis-py's pool does before lending one.
@@ -453,10 +451,16 @@ def _lanes(client: aioredis.Redis, n: int) -> list[AbstractConnection] | None:
     """``n`` connections made as the client's pool makes them, less its per-operation socket
     timeout (the store sets one deadline per batch); not connected until first used."""
     pool = getattr(client, "connection_pool", None)
-    if pool is None:
-        return None
-    kwargs = {**pool.connection_kwargs, "socket_timeout": None}
-    return [pool.connection_class(**kwargs) for _ in range(n)]
+    return None if pool is None else [_new_connection(pool) for _ in range(n)]
+
+
+def _new_connection(pool: aioredis.ConnectionPool) -> AbstractConnection:
+    """A connection made as ``pool`` makes them, less its per-operation socket timeout (its
+    user sets a deadline per exchange); not connected until first used."""
+    conn: AbstractConnection = pool.connection_class(
+        **{**pool.connection_kwargs, "socket_timeout": None}
+    )
+    return conn
 
 
 def _batch_timeout(client: aioredis.Redis) -> float:

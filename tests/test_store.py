@@ -82,3 +82,34 @@ async def test_unbatched_store_sends_each_call_alone(switch: Switch, redis: Redi
     )
     assert [r["status"] for r in results] == ["away"] * 3
     assert await evalsha_calls(redis) == 3
+
+
+async def test_plain_commands_and_a_readers_own_connection(switch: Switch, redis: Redis) -> None:
+    """Store.commands: replies in order, in one round trip; a command Redis refuses raises
+    StoreUnavailable (what the outbox reader treats as Redis failing). A reader's own
+    connection: a blocking read that times out is an empty reply, a refusal raises."""
+    store: Store = switch.store
+    await redis.hset("t:h", mapping={"a": "1", "b": "2"})
+    await redis.set("t:s", "x")
+    got = await store.commands(
+        ("HMGET", "t:h", "a", "b"), ("GET", "t:s"), ("XACK", "t:x", "g", "1-0")
+    )
+    assert got == [[b"1", b"2"], b"x", 0]
+    with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+        await store.commands(("GET", "t:s"), ("HGETALL", "t:s"))
+    assert await redis.get("t:s") == b"x"
+
+    lane = store.own_connection()
+    assert lane is not None
+    try:
+        await redis.xgroup_create("t:x", "g", id="0", mkstream=True)
+        await redis.xadd("t:x", {"k": "v"})
+        read = ("XREADGROUP", "GROUP", "g", "c", "COUNT", 10, "BLOCK", 50, "STREAMS", "t:x", ">")
+        first = await lane.call(*read, blocks_s=0.05)
+        entries = next(iter(first.values())) if isinstance(first, dict) else first[0][1]
+        assert [fields for _, fields in entries] == [[b"k", b"v"]]
+        assert await lane.call(*read, blocks_s=0.05) is None  # nothing new within 50 ms
+        with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+            await lane.call("HGETALL", "t:s")
+    finally:
+        await lane.close()
