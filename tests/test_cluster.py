@@ -222,6 +222,12 @@ async def test_core_routes_two_workspaces_on_different_nodes(cluster: Cluster) -
             assert await client.hget(keys.case(ws, r.case), "st") == b"assigned"
             await sw.complete(ws, ann, r.case, "resolved", "done")
             assert await client.hget(keys.case(ws, r.case), "st") == b"completed"
+            # plain commands (a bridge's call connects) go through the cluster's pipeline
+            st, (callback,) = await store.commands(
+                ("HGET", keys.case(ws, r.case), "st"),
+                ("HMGET", keys.case(ws, r.case), "callback"),
+            )
+            assert (st, callback) == (b"completed", None)
             # a duplicate is recognized (the dedupe key lives in the workspace's slot too)
             again = await sw.ingest(ws, chat(f"e-{ws}", email=f"{ws}@example.com"))
             assert again.duplicate and again.case == r.case
@@ -246,6 +252,7 @@ async def test_core_routes_two_workspaces_on_different_nodes(cluster: Cluster) -
         for ws in (ws_a, ws_b):
             await sw.run_timers(ws)
         assert await sw.heartbeat("cluster-test-node") == []
+        assert store.own_connection() is None  # readers keep reading through the cluster client
     finally:
         await store.close()
 
