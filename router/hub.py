@@ -43,7 +43,7 @@ class Socket(Protocol):
 RAW_SEND = "switchboard.raw_send"
 
 
-_FRAMES_OUT: dict[tuple[str, str], Any] = {}
+_FRAMES_OUT: dict[str, dict[Any, Any]] = {}  # endpoint -> frame type -> its counter
 
 
 class Conn:
@@ -90,10 +90,13 @@ class Conn:
         """Count a frame sent (``switchboard_frames_total{direction="out"}``); its children
         are looked up once per (endpoint, type). Types are the server's own, never a client's."""
         if self.endpoint:
-            key = (self.endpoint, ftype if isinstance(ftype, str) else "?")
-            child = _FRAMES_OUT.get(key)
+            children = _FRAMES_OUT.get(self.endpoint)
+            if children is None:
+                children = _FRAMES_OUT[self.endpoint] = {}
+            child = children.get(ftype)
             if child is None:
-                child = _FRAMES_OUT[key] = METRICS.frames.labels(key[0], "out", key[1])
+                label = ftype if isinstance(ftype, str) else "?"
+                child = children[ftype] = METRICS.frames.labels(self.endpoint, "out", label)
             child.inc()
 
     async def send_encoded(self, data: bytes | str) -> None:
