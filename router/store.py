@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -323,27 +324,20 @@ class Store:
         store's own connections: what a pipeline does, without redis-py's work per command,
         for the few reads and acknowledgements on the routing path (a bridge's call
         connects). Raises ``StoreUnavailable`` if Redis fails or any command errs."""
-        try:
-            if self._lanes is None:  # Redis Cluster: its pipeline routes each to its slot
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for cmd in cmds:
-                        pipe.execute_command(*cmd)
-                    replies = list(await pipe.execute(raise_on_error=False))
-            else:
-                async with self._slots:
-                    conn = self._lanes.pop()
-                    try:
-                        async with asyncio.timeout(self._timeout):
-                            packed = b"".join([_command(cmd) for cmd in cmds])
-                            replies = await _exchange(conn, packed, len(cmds))
-                    finally:
-                        self._lanes.append(conn)
+        if self._lanes is not None:
+            async with self._slots:
+                conn = self._lanes.pop()
+                try:
+                    return await _commands_on(conn, cmds, self._timeout)
+                finally:
+                    self._lanes.append(conn)
+        try:  # Redis Cluster: its pipeline routes each to its slot
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for cmd in cmds:
+                    pipe.execute_command(*cmd)
+                return _refused(list(await pipe.execute(raise_on_error=False)))
         except (RedisError, OSError) as e:
             raise StoreUnavailable(str(e)) from e
-        for r in replies:
-            if isinstance(r, Exception):
-                raise StoreUnavailable(str(r))
-        return replies
 
     def own_connection(self) -> Lane | None:
         """A connection of the store's kind for one reader's blocking commands (an outbox
@@ -404,17 +398,31 @@ class Lane:
         """The command's reply (raw, as Redis sends it); ``blocks_s``: how long the command
         itself may wait (``BLOCK``), on top of the store's deadline. Raises
         ``StoreUnavailable`` if Redis fails or refuses it."""
-        try:
-            async with asyncio.timeout(self._timeout + blocks_s):
-                (reply,) = await _exchange(self._conn, _command(cmd), 1)
-        except (RedisError, OSError) as e:
-            raise StoreUnavailable(str(e)) from e
-        if isinstance(reply, Exception):
-            raise StoreUnavailable(str(reply))
+        (reply,) = await _commands_on(self._conn, (cmd,), self._timeout + blocks_s)
         return reply
 
     async def close(self) -> None:
         await self._conn.disconnect()
+
+
+async def _commands_on(
+    conn: AbstractConnection, cmds: Sequence[tuple[Any, ...]], within: float
+) -> list[Any]:
+    """Plain commands on ``conn`` in one round trip, ``within`` seconds; their replies, or
+    ``StoreUnavailable`` if Redis fails or refuses any of them."""
+    try:
+        async with asyncio.timeout(within):
+            packed = b"".join([_command(cmd) for cmd in cmds])
+            return _refused(await _exchange(conn, packed, len(cmds)))
+    except (RedisError, OSError) as e:
+        raise StoreUnavailable(str(e)) from e
+
+
+def _refused(replies: list[Any]) -> list[Any]:
+    for r in replies:
+        if isinstance(r, Exception):
+            raise StoreUnavailable(str(r))
+    return replies
 
 
 async def _exchange(conn: AbstractConnection, packed: bytes, replies: int) -> list[Any]:
