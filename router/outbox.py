@@ -61,7 +61,7 @@ class OutboxReader:
         store: Store | None = None,
     ) -> None:
         self.redis = open_client(url)
-        # acknowledgements through the store's own connections when given (a bridge's, one per
+        # acknowledgements through the store's own connection when given (a bridge's, one per
         # call connected: on the routing path), else through this reader's client
         self.store = store
         # this reader's blocking reads on a connection of the store's kind, when given (a

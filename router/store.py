@@ -9,11 +9,13 @@ command, which is what lets one router process route more cases per second than 
 trip per case allows (see bench/README.md). Each transition keeps its own result or error; the
 batch is atomic as a whole. A batch is flushed at once; there is no timer and no added latency.
 
-The store sends its batches on connections of its own (eight: one batch on each at a time,
-one deadline per batch), not through redis-py's pool and command path, whose work per command
-was the largest single cost in a router's profile; :meth:`Store.commands` and
-:meth:`Store.own_connection` give the same path to the few other Redis calls on the routing
-path (a bridge's call connects and outbox reads).
+The store sends its batches on a connection of its own, pipelined (``router/redis_pipe.py``:
+a batch is written in the loop turn that flushes it, and its replies resolve its callers as
+they arrive; at most eight batches unanswered, the rest wait to join one), not through
+redis-py's pool and command path, whose work per command was the largest single cost in a
+router's profile. :meth:`Store.commands` sends the few other Redis calls on the routing path
+(a bridge's call connects) the same way; :meth:`Store.own_connection` gives a reader a
+connection of its own for blocking reads.
 
 Failure: any Redis error reaches the caller as :class:`StoreUnavailable`; the ingest path treats
 that as "not acknowledged" so the sender retries. A script that Redis no longer knows (restart,
@@ -37,6 +39,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from router import fastjson, keys
 from router.errors import StoreUnavailable
+from router.redis_pipe import Pipe, open_pipe
 
 __all__ = [
     "SCRIPT_NAMES",
@@ -242,9 +245,14 @@ class Store:
         self._script = _load_script()
         self._pending: list[_Pending] = []
         self._scheduled = False
-        self._slots = asyncio.Semaphore(max_inflight)
-        # the store's own connections, one batch on each at a time (None: a cluster client)
-        self._lanes = _lanes(client, max_inflight)
+        self._max_inflight = max_inflight  # batches written and not yet answered
+        self._inflight = 0
+        self._slots = asyncio.Semaphore(max_inflight)  # the same, for a cluster client
+        # the store's own pipelined connection (router/redis_pipe.py); a cluster client's
+        # pipeline routes each batch to its slot instead
+        self._pool: aioredis.ConnectionPool | None = getattr(client, "connection_pool", None)
+        self._pipe: Pipe | None = None
+        self._opening: asyncio.Task[Pipe] | None = None
         self._timeout = _batch_timeout(client)
         self._tasks: set[asyncio.Task[None]] = set()
         # the loop the store runs on, kept: asyncio.get_running_loop() costs a getpid syscall
@@ -283,54 +291,88 @@ class Store:
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
+        if not self._pending or self._inflight >= self._max_inflight:
+            return  # the rest wait to join one batch, sent when a reply comes (_replied)
         batch, self._pending = self._pending, []
-        if batch:
+        pipe = self._pipe
+        if pipe is not None and not pipe.lost:
+            self._write(pipe, batch)  # in this loop turn, no task
+        else:  # no connection yet (or it failed): open one first
             task = loop.create_task(self._send(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[_Pending], *, limit: bool = True) -> None:
+    def _write(self, pipe: Pipe, batch: list[_Pending]) -> None:
         self.calls += len(batch)
         self.batches += 1
+        self._inflight += 1
         chunks = _chunks(batch)
+        pipe.send(self._packed(chunks), len(chunks), lambda replies: self._replied(chunks, replies))
+
+    def _replied(
+        self, chunks: list[tuple[str, list[_Pending]]], replies: list[Any] | StoreUnavailable
+    ) -> None:
+        """A batch's replies (or the failure that ended its connection), from the pipe."""
+        self._inflight -= 1
+        if isinstance(replies, StoreUnavailable):
+            _fail(chunks, replies)
+        elif any(isinstance(r, NoScriptError) for r in replies):
+            task = asyncio.get_running_loop().create_task(self._reload_and_retry(chunks))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            _resolve(chunks, replies)
+        if self._pending and not self._scheduled and self._loop is not None:
+            self._flush(self._loop)
+
+    async def _reload_and_retry(self, chunks: list[tuple[str, list[_Pending]]]) -> None:
+        """Redis lost the script (a restart, ``SCRIPT FLUSH``): load it, run the batch again."""
+        try:
+            await self.load()
+            pipe = await self._open_pipe()
+            replies = await _roundtrip(pipe, self._packed(chunks), len(chunks))
+        except StoreUnavailable as e:
+            _fail(chunks, e)
+            return
+        _resolve(chunks, replies)
+
+    async def _send(self, batch: list[_Pending], *, limit: bool = True) -> None:
+        """A batch the slow way: over a connection still to be opened, or (a cluster client,
+        or batching off) over redis-py's pool or pipeline."""
+        chunks = _chunks(batch)
+        if limit and self._pool is not None:
+            try:
+                pipe = await self._open_pipe()
+            except StoreUnavailable as e:
+                _fail(chunks, e)
+                return
+            self._write(pipe, batch)
+            return
+        self.calls += len(batch)
+        self.batches += 1
         try:
             if limit:
                 async with self._slots:
-                    replies = await self._on_lane(chunks)
+                    replies = await self._execute(chunks)
             else:
                 replies = await self._execute(chunks)
             if any(isinstance(r, NoScriptError) for r in replies):
                 await self.load()
                 replies = await self._execute(chunks)
         except (RedisError, OSError) as e:
-            for item in batch:
-                if not item[3].done():
-                    item[3].set_exception(StoreUnavailable(str(e)))
+            _fail(chunks, StoreUnavailable(str(e)))
             return
-        for (_, items), reply in zip(chunks, replies, strict=True):
-            if isinstance(reply, Exception):
-                reply = [b"!" + str(reply).encode()] * len(items)
-            for item, r in zip(items, reply, strict=True):
-                fut = item[3]
-                if fut.done():
-                    continue
-                if r[:1] == b"!":
-                    fut.set_exception(StoreUnavailable(r[1:].decode(errors="replace")))
-                else:
-                    fut.set_result(r)
+        _resolve(chunks, replies)
 
     async def commands(self, *cmds: tuple[Any, ...]) -> list[Any]:
-        """Plain Redis commands (``("HGETALL", key)``, ...) in one round trip, on one of the
-        store's own connections: what a pipeline does, without redis-py's work per command,
-        for the few reads and acknowledgements on the routing path (a bridge's call
-        connects). Raises ``StoreUnavailable`` if Redis fails or any command errs."""
-        if self._lanes is not None:
-            async with self._slots:
-                conn = self._lanes.pop()
-                try:
-                    return await _commands_on(conn, cmds, self._timeout)
-                finally:
-                    self._lanes.append(conn)
+        """Plain Redis commands (``("HGETALL", key)``, ...) in one round trip, on the store's
+        own connection: what a pipeline does, without redis-py's work per command, for the
+        few reads and acknowledgements on the routing path (a bridge's call connects).
+        Raises ``StoreUnavailable`` if Redis fails or any command errs."""
+        if self._pool is not None:
+            pipe = await self._open_pipe()
+            packed = b"".join([_command(cmd) for cmd in cmds])
+            return _refused(await _roundtrip(pipe, packed, len(cmds)))
         try:  # Redis Cluster: its pipeline routes each to its slot
             async with self.redis.pipeline(transaction=False) as pipe:
                 for cmd in cmds:
@@ -341,23 +383,28 @@ class Store:
 
     def own_connection(self) -> Lane | None:
         """A connection of the store's kind for one reader's blocking commands (an outbox
-        reader's ``XREADGROUP ... BLOCK``); None for a cluster client."""
-        pool = getattr(self.redis, "connection_pool", None)
+        reader's ``XREADGROUP ... BLOCK``, which would hold up a pipeline); None for a cluster
+        client."""
+        pool = self._pool
         return None if pool is None else Lane(_new_connection(pool), self._timeout)
 
-    async def _on_lane(self, chunks: list[tuple[str, list[_Pending]]]) -> list[Any]:
-        """The batch on one of the store's own connections, under one deadline for the whole
-        exchange. The pool's way costs a task per write (redis-py runs each under
-        ``wait_for``), a timeout per read and the pool's bookkeeping: about a tenth of a
-        router's CPU at 1,000 cases/s (bench/README.md, session 17)."""
-        if self._lanes is None:
-            return await self._execute(chunks)
-        conn = self._lanes.pop()
+    async def _open_pipe(self) -> Pipe:
+        """The store's connection, opened if it is not (one opening shared by all who wait)."""
+        pipe = self._pipe
+        if pipe is not None and not pipe.lost:
+            return pipe
+        if self._opening is None or self._opening.done():
+            self._opening = asyncio.get_running_loop().create_task(self._connect())
+        return await asyncio.shield(self._opening)
+
+    async def _connect(self) -> Pipe:
+        assert self._pool is not None
         try:
             async with asyncio.timeout(self._timeout):
-                return await _exchange(conn, self._packed(chunks), len(chunks))
-        finally:
-            self._lanes.append(conn)
+                self._pipe = await open_pipe(_new_connection(self._pool), self._timeout)
+        except (RedisError, OSError, TimeoutError) as e:
+            raise StoreUnavailable(f"cannot connect to Redis: {e}") from e
+        return self._pipe
 
     async def _execute(self, chunks: list[tuple[str, list[_Pending]]]) -> list[Any]:
         """The batch on a connection of the client's pool (a cluster client: its pipeline)."""
@@ -382,8 +429,10 @@ class Store:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for conn in self._lanes or ():
-            await conn.disconnect()
+        if self._opening is not None and not self._opening.done():
+            await stop_task(self._opening)
+        if self._pipe is not None:
+            self._pipe.close()
         await self.redis.aclose()
 
 
@@ -416,6 +465,44 @@ async def _commands_on(
             return _refused(await _exchange(conn, packed, len(cmds)))
     except (RedisError, OSError) as e:
         raise StoreUnavailable(str(e)) from e
+
+
+def _resolve(chunks: list[tuple[str, list[_Pending]]], replies: list[Any]) -> None:
+    """Each transition's future gets its own result, or its error as StoreUnavailable."""
+    for (_, items), reply in zip(chunks, replies, strict=True):
+        if isinstance(reply, Exception):
+            reply = [b"!" + str(reply).encode()] * len(items)
+        for item, r in zip(items, reply, strict=True):
+            fut = item[3]
+            if fut.done():  # its caller gave up
+                continue
+            if r[:1] == b"!":
+                fut.set_exception(StoreUnavailable(r[1:].decode(errors="replace")))
+            else:
+                fut.set_result(r)
+
+
+def _fail(chunks: list[tuple[str, list[_Pending]]], error: StoreUnavailable) -> None:
+    for _, items in chunks:
+        for item in items:
+            if not item[3].done():
+                item[3].set_exception(StoreUnavailable(str(error)))
+
+
+async def _roundtrip(pipe: Pipe, packed: bytes, replies: int) -> list[Any]:
+    """Send on the pipe and wait for the replies (raises StoreUnavailable)."""
+    fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+
+    def done(result: list[Any] | StoreUnavailable) -> None:
+        if fut.done():  # the caller was cancelled; the reply is read all the same
+            return
+        if isinstance(result, StoreUnavailable):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+
+    pipe.send(packed, replies, done)
+    return await fut
 
 
 def _refused(replies: list[Any]) -> list[Any]:
@@ -453,13 +540,6 @@ async def _exchange(conn: AbstractConnection, packed: bytes, replies: int) -> li
     except BaseException:
         await conn.disconnect()
         raise
-
-
-def _lanes(client: aioredis.Redis, n: int) -> list[AbstractConnection] | None:
-    """``n`` connections made as the client's pool makes them, less its per-operation socket
-    timeout (the store sets one deadline per batch); not connected until first used."""
-    pool = getattr(client, "connection_pool", None)
-    return None if pool is None else [_new_connection(pool) for _ in range(n)]
 
 
 def _new_connection(pool: aioredis.ConnectionPool) -> AbstractConnection:

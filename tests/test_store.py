@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -12,6 +13,7 @@ from router.errors import StoreUnavailable
 from router.store import Store
 from router.switch import Switch
 from tests.switchboard_fixtures import DECL, agent
+from tests.util import wait_for
 
 
 async def evalsha_calls(redis: Redis) -> int:
@@ -113,3 +115,85 @@ async def test_plain_commands_and_a_readers_own_connection(switch: Switch, redis
             await lane.call("HGETALL", "t:s")
     finally:
         await lane.close()
+
+
+async def test_a_connection_redis_closes_is_replaced(switch: Switch, redis: Redis) -> None:
+    """Redis closing the store's connection (a restart, ``CLIENT KILL``, an idle timeout)
+    while nothing is in flight costs nothing: the next transition opens a new one."""
+    await switch.apply_workspace({**DECL, "agents": [agent("ann", ["support"])]})
+    store: Store = switch.store
+    await store.run("agent_status", "acme", "ann", "available", "1")
+    killed = await redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert killed >= 1
+    res = await store.run("agent_status", "acme", "ann", "away", "0")
+    assert res["ok"] and res["status"] == "away"
+    assert await redis.hget("sb:{acme}:a:ann", "st") == b"away"
+
+
+async def test_an_unanswered_batch_fails_at_its_deadline_and_the_next_one_works(
+    redis: Redis, redis_server: str
+) -> None:
+    """Redis holding a batch past the store's deadline (here paused) fails it as
+    StoreUnavailable (not acknowledged: the sender retries) instead of hanging; once Redis
+    answers again, so does the store, on a new connection."""
+    from router.store import connect
+
+    sep = "&" if "?" in redis_server else "?"
+    store = Store(connect(f"{redis_server}{sep}socket_timeout=0.3"))
+    try:
+        await store.load()
+        await store.commands(("SET", "t:k", "1"))
+        await redis.execute_command("CLIENT", "PAUSE", 800, "ALL")
+        with pytest.raises(StoreUnavailable, match=r"did not answer within 0\.3 s"):
+            await store.commands(("GET", "t:k"))
+        assert await redis.ping()  # answered once the pause is over
+        assert await store.commands(("GET", "t:k")) == [b"1"]
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_caller_leaves_the_replies_in_step(switch: Switch, redis: Redis) -> None:
+    """A caller that gives up while its batch is in flight: its reply is still read and
+    dropped, so the next caller gets its own reply, not the one before it."""
+    await switch.apply_workspace({**DECL, "agents": [agent("ann", ["support"])]})
+    store: Store = switch.store
+    await store.run("agent_status", "acme", "ann", "away", "0")  # connected
+    batches = store.batches
+    await redis.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    first = asyncio.ensure_future(store.run("agent_status", "acme", "ann", "available", "1"))
+    await wait_for(lambda: store.batches > batches, message="the first batch was not sent")
+    first.cancel()
+    second = await store.run("agent_status", "acme", "ann", "away", "0")
+    assert first.cancelled()
+    assert second["ok"] and second["status"] == "away"
+    assert await store.commands(("HGET", "sb:{acme}:a:ann", "st")) == [b"away"]
+
+
+def _batches_reach(store: Store, n: int) -> Callable[[], bool]:
+    return lambda: store.batches >= n
+
+
+async def test_calls_beyond_the_batches_in_flight_wait_to_join_one(
+    switch: Switch, redis: Redis
+) -> None:
+    """At most eight batches go unanswered; calls made meanwhile are sent together, as one
+    EVALSHA, when a reply comes, and each still gets its own result."""
+    agents = [agent(f"a{i}", ["support"]) for i in range(20)]
+    await switch.apply_workspace({**DECL, "agents": agents})
+    store: Store = switch.store
+    await store.run("agent_status", "acme", "a0", "away", "0")  # connected
+    await redis.config_resetstat()
+    await redis.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    batches = store.batches
+    calls = []
+    for i in range(8):  # one batch each: every call is flushed before the next is made
+        calls.append(asyncio.ensure_future(store.run("agent_status", "acme", f"a{i}", "away", "0")))
+        await wait_for(_batches_reach(store, batches + i + 1), message=f"batch {i} was not sent")
+    calls += [
+        asyncio.ensure_future(store.run("agent_status", "acme", f"a{i}", "away", "0"))
+        for i in range(8, 20)
+    ]
+    results = await asyncio.gather(*calls)
+    assert [r["status"] for r in results] == ["away"] * 20
+    assert store.batches == batches + 9
+    assert await evalsha_calls(redis) == 9
