@@ -21,7 +21,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis.asyncio.connection import AbstractConnection
@@ -29,7 +29,7 @@ from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 
 from router.errors import StoreUnavailable
 
-__all__ = ["Pipe", "Replied", "open_pipe"]
+__all__ = ["Pipe", "Replied", "TakeoverUnsupported", "open_pipe"]
 
 log = logging.getLogger("switchboard.store")
 
@@ -38,6 +38,11 @@ log = logging.getLogger("switchboard.store")
 Replied = Callable[[list[Any] | StoreUnavailable], None]
 
 _MORE = object()  # hiredis: not a whole reply yet
+
+
+class TakeoverUnsupported(Exception):
+    """redis-py's connection is not laid out as this module expects (a future version): the
+    store then keeps to redis-py's own path."""
 
 
 def _reply_error(message: str) -> ResponseError:
@@ -152,9 +157,11 @@ async def open_pipe(conn: AbstractConnection, deadline_s: float) -> Pipe:
     await conn.connect()
     writer = getattr(conn, "_writer", None)
     stream = getattr(conn, "_reader", None)
-    if writer is None or stream is None:  # redis-py's connection changed its layout
-        raise StoreUnavailable("cannot take over redis-py's connection (no stream writer)")
+    transport = getattr(writer, "transport", None)
+    if stream is None or not hasattr(transport, "set_protocol"):
+        await conn.disconnect()
+        raise TakeoverUnsupported(f"redis-py {type(conn).__name__} has no stream to take over")
     pipe = Pipe(conn, deadline_s)
     unread = bytes(getattr(stream, "_buffer", b""))  # nothing, after a handshake
-    pipe.take_over(writer.transport, unread)
+    pipe.take_over(cast(asyncio.Transport, transport), unread)
     return pipe

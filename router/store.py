@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from router import fastjson, keys
 from router.errors import StoreUnavailable
-from router.redis_pipe import Pipe, open_pipe
+from router.redis_pipe import Pipe, TakeoverUnsupported, open_pipe
+
+log = logging.getLogger("switchboard.store")
 
 __all__ = [
     "SCRIPT_NAMES",
@@ -252,7 +255,8 @@ class Store:
         # pipeline routes each batch to its slot instead
         self._pool: aioredis.ConnectionPool | None = getattr(client, "connection_pool", None)
         self._pipe: Pipe | None = None
-        self._opening: asyncio.Task[Pipe] | None = None
+        self._opening: asyncio.Task[Pipe | None] | None = None
+        self._piped = self._pool is not None  # False: redis-py's connection could not be taken
         self._timeout = _batch_timeout(client)
         self._tasks: set[asyncio.Task[None]] = set()
         # the loop the store runs on, kept: asyncio.get_running_loop() costs a getpid syscall
@@ -330,7 +334,13 @@ class Store:
         try:
             await self.load()
             pipe = await self._open_pipe()
-            replies = await _roundtrip(pipe, self._packed(chunks), len(chunks))
+            if pipe is None:
+                replies = await self._execute(chunks)
+            else:
+                replies = await _roundtrip(pipe, self._packed(chunks), len(chunks))
+        except (RedisError, OSError) as e:
+            _fail(chunks, StoreUnavailable(str(e)))
+            return
         except StoreUnavailable as e:
             _fail(chunks, e)
             return
@@ -340,14 +350,15 @@ class Store:
         """A batch the slow way: over a connection still to be opened, or (a cluster client,
         or batching off) over redis-py's pool or pipeline."""
         chunks = _chunks(batch)
-        if limit and self._pool is not None:
+        if limit and self._piped:
             try:
                 pipe = await self._open_pipe()
             except StoreUnavailable as e:
                 _fail(chunks, e)
                 return
-            self._write(pipe, batch)
-            return
+            if pipe is not None:
+                self._write(pipe, batch)
+                return
         self.calls += len(batch)
         self.batches += 1
         try:
@@ -369,15 +380,15 @@ class Store:
         own connection: what a pipeline does, without redis-py's work per command, for the
         few reads and acknowledgements on the routing path (a bridge's call connects).
         Raises ``StoreUnavailable`` if Redis fails or any command errs."""
-        if self._pool is not None:
-            pipe = await self._open_pipe()
+        pipe = await self._open_pipe() if self._piped else None
+        if pipe is not None:
             packed = b"".join([_command(cmd) for cmd in cmds])
             return _refused(await _roundtrip(pipe, packed, len(cmds)))
-        try:  # Redis Cluster: its pipeline routes each to its slot
-            async with self.redis.pipeline(transaction=False) as pipe:
+        try:  # Redis Cluster (its pipeline routes each to its slot), or redis-py's own path
+            async with self.redis.pipeline(transaction=False) as rp:
                 for cmd in cmds:
-                    pipe.execute_command(*cmd)
-                return _refused(list(await pipe.execute(raise_on_error=False)))
+                    rp.execute_command(*cmd)
+                return _refused(list(await rp.execute(raise_on_error=False)))
         except (RedisError, OSError) as e:
             raise StoreUnavailable(str(e)) from e
 
@@ -388,8 +399,9 @@ class Store:
         pool = self._pool
         return None if pool is None else Lane(_new_connection(pool), self._timeout)
 
-    async def _open_pipe(self) -> Pipe:
-        """The store's connection, opened if it is not (one opening shared by all who wait)."""
+    async def _open_pipe(self) -> Pipe | None:
+        """The store's connection, opened if it is not (one opening shared by all who wait);
+        None when redis-py's connection cannot be taken over (redis-py's own path, then)."""
         pipe = self._pipe
         if pipe is not None and not pipe.lost:
             return pipe
@@ -397,11 +409,15 @@ class Store:
             self._opening = asyncio.get_running_loop().create_task(self._connect())
         return await asyncio.shield(self._opening)
 
-    async def _connect(self) -> Pipe:
+    async def _connect(self) -> Pipe | None:
         assert self._pool is not None
         try:
             async with asyncio.timeout(self._timeout):
                 self._pipe = await open_pipe(_new_connection(self._pool), self._timeout)
+        except TakeoverUnsupported as e:
+            log.warning("%s; Redis calls take redis-py's slower path", e)
+            self._piped = False
+            return None
         except (RedisError, OSError, TimeoutError) as e:
             raise StoreUnavailable(f"cannot connect to Redis: {e}") from e
         return self._pipe

@@ -197,3 +197,31 @@ async def test_calls_beyond_the_batches_in_flight_wait_to_join_one(
     assert [r["status"] for r in results] == ["away"] * 20
     assert store.batches == batches + 9
     assert await evalsha_calls(redis) == 9
+
+
+async def test_without_a_connection_to_take_over_the_store_keeps_to_redis_pys_path(
+    redis: Redis, redis_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A redis-py whose connection cannot be taken over (a future layout): batches, their
+    NOSCRIPT reload and plain commands all go through redis-py's pool instead, and work."""
+    from router import redis_pipe
+    from router.store import connect
+
+    async def unsupported(conn: object, deadline_s: float) -> object:
+        raise redis_pipe.TakeoverUnsupported("no stream to take over")
+
+    monkeypatch.setattr(store_mod, "open_pipe", unsupported)
+    store = Store(connect(redis_server))
+    try:
+        await store.load()
+        await redis.hset("sb:{acme}:a:ann", "st", "offline")
+        assert await store.commands(("HGET", "sb:{acme}:a:ann", "st")) == [b"offline"]
+        await redis.script_flush()
+        replies = await asyncio.gather(
+            *(store.commands(("HSET", "t:h", f"f{i}", i)) for i in range(3))
+        )
+        assert replies == [[1], [1], [1]] and await redis.hlen("t:h") == 3
+        removed = await store.run("agent_remove", "acme", "nobody")  # the script reloaded
+        assert removed["ok"] is False and store.batches == 1
+    finally:
+        await store.close()
