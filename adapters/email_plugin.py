@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
+from redis.exceptions import RedisError
 from starlette.routing import BaseRoute
 
 from adapters.email import (
@@ -35,7 +36,7 @@ from adapters.email import (
 from router import keys
 from router.attachments import Attachments
 from router.config import Settings
-from router.errors import NotFound
+from router.errors import NotFound, SwitchboardError
 from router.outbox import OutboxReader
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ class EmailPlugin:
             try:
                 if self.settings.smarthost:
                     await self.adapter.deliver(ws, delivery)
+                    await self._accepted(ws, entry, reply)
                 else:
                     self._drop(ws, eid, delivery)
             except (ValueError, LookupError) as e:  # no mail can be made of it
@@ -164,6 +166,20 @@ class EmailPlugin:
             return True
 
         return deliver
+
+    async def _accepted(self, ws: str, entry: dict[str, Any], reply: Any) -> None:
+        """The smarthost took the mail: the reply is marked delivered. Never raises: the mail
+        is gone, and an error here must not make the outbox send it again."""
+        assert self.ctx is not None
+        if not isinstance(reply, dict) or not isinstance(reply.get("id"), str):
+            return
+        try:
+            await self.ctx.switch.reply_delivered(
+                ws, str(entry.get("case") or ""), str(entry.get("customer") or ""), reply["id"],
+                via="email",
+            )  # fmt: skip
+        except (SwitchboardError, RedisError, OSError) as e:
+            log.warning("email reply %s sent, but not marked delivered: %s", reply["id"], e)
 
     async def _failed(
         self,

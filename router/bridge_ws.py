@@ -36,6 +36,7 @@ from router.session import serve_frames
 __all__ = ["bridge_endpoint"]
 
 _STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+MAX_UNANSWERED = 10_000  # replies remembered per connection until the bridge answers
 
 
 def _outbox_id(f: dict[str, Any]) -> str:
@@ -63,13 +64,24 @@ class BridgeSession:
             store=ctx.switch.store,
         )
         self.events: EventTail | None = None  # case lifecycle events, once subscribed
+        # replies sent on this connection and not yet answered: outbox id -> (case, customer,
+        # entry id), to mark each delivered when the bridge says so (oldest dropped past the
+        # bound: a bridge that never answers costs nothing but the marks)
+        self.replies: dict[str, tuple[str, str, str]] = {}
 
     async def handle(self, f: dict[str, Any]) -> dict[str, Any] | None:
         t = f["type"]
         if t == "event":
             return await self.event(f)
         if t == "delivered":
-            await self.reader.ack(_outbox_id(f))
+            eid = _outbox_id(f)
+            reply = self.replies.get(eid)
+            if reply is not None:  # marked first: a failure here leaves the entry to resend
+                await self.ctx.switch.reply_delivered(
+                    self.ws, *reply, via=f"bridge:{self.bridge.id}"
+                )
+            await self.reader.ack(eid)
+            self.replies.pop(eid, None)
             return None
         if t == "delivery.failed":
             await self.delivery_failed(f)
@@ -176,6 +188,10 @@ class BridgeSession:
         else:
             identities = _identities(pairs(await self.ctx.redis.hgetall(customer)))
             e = entry.get("entry") or {}
+            if isinstance(e, dict) and isinstance(e.get("id"), str):
+                while len(self.replies) >= MAX_UNANSWERED:
+                    del self.replies[next(iter(self.replies))]
+                self.replies[eid] = (str(entry.get("case", "")), entry.get("customer", ""), e["id"])
             frame = {
                 "type": "deliver",
                 "id": eid,

@@ -62,6 +62,7 @@ SCRIPT_NAMES = (
     "agent_status",
     "agent_update",
     "case_complete",
+    "case_delivered",
     "case_delivery_failed",
     "case_followup",
     "case_reopen",

@@ -603,6 +603,29 @@ class Switch:
                 await self.notify(ws, a, alert)
         return entry
 
+    async def reply_delivered(
+        self, ws: str, case: str, customer: str, entry: str, *, via: str
+    ) -> bool:
+        """A reply its adapter handed on (``via``: ``email`` when the mail server accepted it,
+        ``bridge:<id>`` when the bridge answered ``delivered``): its timeline entry gets
+        ``delivered`` (when) and ``via``, and the case's agent sees it at once
+        (``case.updated``, ``event`` ``reply.delivered``, ``reply``: the entry's id).
+        Returns whether it was marked now (False: marked already, or no longer found)."""
+        res = await self.store.run("case_delivered", ws, case, customer, entry, via)
+        if not res.get("ok") or not res.get("updated"):
+            return False
+        if res.get("agent"):
+            frame = {
+                "type": "case.updated",
+                "case": case,
+                "event": "reply.delivered",
+                "reply": entry,
+                "delivered": res["ts"],
+                "via": via,
+            }
+            await self.notify(ws, str(res["agent"]), frame)
+        return True
+
     async def _absorb_anonymous(self, ws: str, into: str, other: str) -> None:
         """A chat visitor who gives an email or phone of a known customer: their anonymous
         (visitor-only) customer record joins the known one, conversation and all. A record

@@ -445,6 +445,9 @@ async def test_offers_reach_the_right_agent_with_history_and_replies_flow_back(
         assert mail["text"] == "Refund issued: 42.00 EUR."
         assert "email:dana@example.com" in mail["identities"]
         assert mail["from"] == "Bea Billing"
+        # the bridge answered "delivered": Bea sees it on her reply, live
+        refund = timeline.get_by_test_id("timeline-entry").filter(has_text="Refund issued")
+        await expect(refund.get_by_test_id("timeline-delivered")).to_have_text("✓ Delivered")
 
         # a call from her phone -> Bea again (voice capacity is separate from email)
         call = await place_call(b, phone="+15550100777", name="Dana Fox", topic="billing")

@@ -322,6 +322,13 @@ async def test_a_reply_refused_for_good_does_not_hold_up_the_others(
         await ann.ok("case.reply", case=case, text=f"Hello {who}, it ships today.")
     assert "ships today" in (await smarthost.mail_to(fine)).get_content()
     assert "ships today" in (await smarthost.mail_to(busy)).get_content()  # after the 451
+    # the two the relay took are marked delivered for the agent; the refused one is not
+    for case in (cases[2], cases[1]):
+        marked = await ann.expect("case.updated", case=case, event="reply.delivered")
+        assert marked["via"] == "email"
+    await ann.expect("case.updated", case=cases[0], event="delivery.failed")
+    assert not [f for f in ann.unsolicited() if f.get("event") == "reply.delivered"
+                and f.get("case") == cases[0]]  # fmt: skip
     failed = server.data_dir / "mail-failed"
     [kept] = list(failed.glob("*.json"))
     record = json.loads(kept.read_text())

@@ -533,15 +533,31 @@ async def test_reply_is_delivered_through_the_bridge(stack: Stack, bridge: WsCli
     assert deliver["identities"] == offer["customer"]["identities"]
     assert deliver["from"] == "Reply 1" and deliver["message"] == entry["id"]
     assert (await bridge.ok("delivered", id=deliver["id"])).keys() == {"type", "ref"}
+    # the agent sees it delivered at once, and so does every later view of the history
+    marked = await console.expect("case.updated", case=case, event="reply.delivered")
+    assert marked["reply"] == entry["id"] and marked["via"].startswith("bridge:")
+    assert isinstance(marked["delivered"], float)
 
     note = await console.ok("case.note", case=case, text="customer is VIP")
     assert note["entry"]["dir"] == "note"
     second = await console.ok("case.reply", case=case, text="Anything else?")
     nxt = await bridge.expect("deliver", case=case)  # the note was never delivered
     assert nxt["message"] == second["entry"]["id"]
-    await bridge.ok("delivered", id=nxt["id"])
     page = (await console.ok("history.fetch", customer=ack["customer"]))["history"]
     assert [e["dir"] for e in page["timeline"]] == ["in", "out", "note", "out"]
+    assert ["delivered" in e for e in page["timeline"]] == [False, True, False, False]
+    await bridge.ok("delivered", id=nxt["id"])
+    await console.expect("case.updated", case=case, event="reply.delivered", reply=nxt["message"])
+    # said again (a bridge retrying), or for an entry that was never its to deliver: nothing
+    await bridge.ok("delivered", id=nxt["id"])
+    await bridge.ok("delivered", id="1-0")
+    page = (await console.ok("history.fetch", customer=ack["customer"]))["history"]
+    assert ["delivered" in e for e in page["timeline"]] == [False, True, False, True]
+    log = await stack.redis.xrange(keys.log("acme"))
+    marks = [
+        f for _, f in log if f[b"t"] == b"case.reply_delivered" and f[b"case"] == case.encode()
+    ]
+    assert len(marks) == 2
 
 
 async def test_a_bridge_keeps_no_other_bridges_replies_pending(

@@ -447,6 +447,10 @@ class AgentConsole {
       view.markEnded(ts > 0 ? Math.round(ts * 1000) : Number(f.ended) || Math.round(this.conn.now()));
     }
     const cust = view ? (view.customer.id || view.case.customer) : card?.offer.case.customer;
+    if (f.type === "case.updated" && f.event === "reply.delivered") { // a reply confirmed sent
+      if (cust && this.timeline(cust).mark(f.reply, { delivered: f.delivered, via: f.via })) this.timelineChanged(cust);
+      return;
+    }
     if (!cust || !f.entry) return;
     if (!this.timeline(cust).add(f.entry)) return;
     this.timelineChanged(cust);

@@ -22,6 +22,7 @@ export class Timeline {
     this.ids = new Set();
     this.start = 0;
     this.total = 0;
+    this.marks = 0; // entries changed in place (mark): a view rebuilds what it shows
     if (page) this.setPage(page.timeline || [], page.start ?? 0, page.total ?? 0);
   }
 
@@ -45,6 +46,15 @@ export class Timeline {
     for (const e of fresh) this.ids.add(e.id);
     this.start = page.start;
     this.total = Math.max(page.total, this.total);
+  }
+
+  /** Set fields of a loaded entry (a reply's ``delivered``); false if it is not loaded. */
+  mark(id, fields) {
+    const entry = this.entries.find((e) => e.id === id);
+    if (!entry) return false;
+    Object.assign(entry, fields);
+    this.marks += 1;
+    return true;
   }
 
   /** Add a live entry at the end; false if it was already there. */
@@ -199,8 +209,17 @@ function entryNode(entry, currentCase, caseChannel, group, known, name) {
     h("bdi", { class: "tl-who", dir: "auto" }, shown(who(entry, known, name))),
     stranger(entry, known),
     h("span", { class: "visually-hidden" }, `, ${dirLabel}, `),
-    h("time", { class: "tl-time", datetime: new Date(entry.ts * 1000).toISOString() }, clock(entry.ts))),
+    h("time", { class: "tl-time", datetime: new Date(entry.ts * 1000).toISOString() }, clock(entry.ts)),
+    delivered(entry)),
   body(entry));
+}
+
+/** A reply its channel confirmed: the mail server accepted it, or the bridge delivered it. */
+function delivered(entry) {
+  if (entry.dir !== "out" || typeof entry.delivered !== "number") return null;
+  const by = entry.via === "email" ? "Accepted by the mail server" : "Delivered by the channel";
+  return h("span", { class: "tl-delivered", testid: "timeline-delivered", title: `${by} at ${clock(entry.delivered)}` },
+    "✓ Delivered");
 }
 
 /** An email that came from an address that is not the customer's (someone else who had the
@@ -267,8 +286,8 @@ export function renderTimeline(ol, timeline, currentCase, known = null, name = "
   }
   const shown = ol.shownIds || [];
   const entries = timeline.entries;
-  const appendOnly = ol.shownCase === currentCase && ol.shownName === name && shown.length <= entries.length
-    && shown.every((id, i) => entries[i].id === id);
+  const appendOnly = ol.shownCase === currentCase && ol.shownName === name && ol.shownMarks === timeline.marks
+    && shown.length <= entries.length && shown.every((id, i) => entries[i].id === id);
   const from = appendOnly ? shown.length : 0;
   const nodes = [];
   const starts = caseStarts(entries);
@@ -293,6 +312,7 @@ export function renderTimeline(ol, timeline, currentCase, known = null, name = "
   ol.shownIds = entries.map((e) => e.id);
   ol.shownCase = currentCase;
   ol.shownName = name; // a customer who gives their name later: their earlier lines say it too
+  ol.shownMarks = timeline.marks;
   if (scroller) {
     scroller.scrollTop = fromBottom < 40 ? scroller.scrollHeight
       : scroller.scrollHeight - scroller.clientHeight - fromBottom;
