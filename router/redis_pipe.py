@@ -78,10 +78,6 @@ class Pipe(asyncio.Protocol):
         if unread:
             self.data_received(unread)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._waiting)
-
     def send(self, packed: bytes, replies: int, done: Replied) -> None:
         """Write ``packed`` (``replies`` commands); ``done`` gets their replies."""
         if self.lost or self._transport is None:
@@ -96,7 +92,14 @@ class Pipe(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         reader.feed(data)
-        while (reply := reader.gets()) is not _MORE:
+        while True:
+            try:
+                reply = reader.gets()
+            except InvalidResponse as e:  # not the Redis protocol: nothing after it can be read
+                self._fail(f"Redis sent something unreadable: {e}")
+                return
+            if reply is _MORE:
+                return
             if not self._waiting:  # a reply nobody asked for: the stream cannot be trusted
                 self._fail("Redis sent a reply nobody waited for")
                 return

@@ -326,7 +326,11 @@ class Store:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            _resolve(chunks, replies)
+            try:
+                _resolve(chunks, replies)
+            except (TypeError, ValueError):  # not the shape _batch.lua returns: no caller hangs
+                log.exception("a batch's reply could not be read")
+                _fail(chunks, StoreUnavailable("Redis answered a batch with something unexpected"))
         if self._pending and not self._scheduled and self._loop is not None:
             self._flush(self._loop)
 
