@@ -162,24 +162,28 @@ class BridgeSession:
     async def deliver(self, eid: str, entry: dict[str, Any]) -> bool:
         customer = keys.customer(self.ws, entry.get("customer", ""))
         if entry.get("kind") == "call.connect":
-            # one round trip (one workspace: one slot in a cluster) while the caller waits
-            raw_customer, raw_agent, (callback, attrs) = await self.ctx.switch.store.commands(
-                ("HGETALL", customer),
-                ("HGETALL", keys.agent(self.ws, entry["agent"])),
-                ("HMGET", keys.case(self.ws, entry.get("case", "")), "callback", "attrs"),
-            )
-            identities = _identities(pairs(raw_customer))
-            agent = pairs(raw_agent)
+            if "identities" in entry:  # what to tell, read by the script that accepted the call
+                identities = json.loads(entry["identities"])
+                name, callback = entry.get("agent_name", ""), entry.get("callback") == "1"
+                attrs: bytes | str | None = entry.get("attrs")
+            else:  # an entry from before (an upgrade): read now, one round trip
+                raw_customer, raw_agent, (cb, attrs) = await self.ctx.switch.store.commands(
+                    ("HGETALL", customer),
+                    ("HGETALL", keys.agent(self.ws, entry["agent"])),
+                    ("HMGET", keys.case(self.ws, entry.get("case", "")), "callback", "attrs"),
+                )
+                identities = _identities(pairs(raw_customer))
+                name, callback = pairs(raw_agent).get("name", ""), cb == b"1"
             frame = {
                 "type": "call.connect",
                 "id": eid,
                 "case": entry.get("case"),
                 "thread": entry.get("thread", ""),
                 "agent": entry["agent"],
-                "agent_name": agent.get("name", ""),
+                "agent_name": name,
                 "identities": identities,
             }
-            if callback == b"1":
+            if callback:
                 # the caller hung up after asking to be called back (or their call was handed
                 # on after it ended): there is no live call to connect; dial the agent, then
                 # the customer back
@@ -250,7 +254,7 @@ def _identities(customer: dict[str, str]) -> list[str]:
     return sorted(k[2:] for k in customer if k.startswith("i:"))
 
 
-def _callback_numbers(attrs: bytes | None, identities: list[str]) -> dict[str, str]:
+def _callback_numbers(attrs: bytes | str | None, identities: list[str]) -> dict[str, str]:
     """Whom a callback dials and from which number: the number the caller left (else the
     number they called from, else the customer's phone), and the number they had called."""
     try:

@@ -905,6 +905,34 @@ async def test_an_agent_takes_a_closed_case_back_to_follow_it_up(
     assert await stack.redis.llen(keys.customer_timeline("acme", cust)) == timeline
 
 
+async def test_a_call_connect_written_before_an_upgrade_reaches_the_bridge_whole(
+    stack: Stack, bridge: WsClient
+) -> None:
+    """The script that accepts a call writes what the bridge is told (the agent's name, the
+    caller's identities) into the outbox entry; an entry an older version wrote without them
+    is completed from Redis when it is handed on, and the bridge sees no difference."""
+    phone = "+14155550177"
+    console, offer, ack = await offered(
+        stack, bridge, "voice1", "voice", channel="voice", kind="call.offered",
+        thread=uid("CA"), identities={"phone": phone}, text="",
+    )  # fmt: skip
+    await console.ok("offer.accept", offer=offer["offer"])
+    new = await bridge.expect("call.connect", case=ack["case"])
+    assert (new["agent"], new["agent_name"]) == ("voice1", "Voice 1")
+    assert new["identities"] == [f"phone:{phone}"] and "callback" not in new
+    await bridge.ok("delivered", id=new["id"])
+
+    src = await stack.redis.hget(keys.case("acme", ack["case"]), "src")
+    old_id = await stack.redis.xadd(
+        keys.outbox("acme"),
+        {"kind": "call.connect", "ch": "voice", "case": ack["case"], "customer": ack["customer"],
+         "thread": new["thread"], "agent": "voice1", "src": src or b""},
+    )  # fmt: skip
+    old = await bridge.expect("call.connect", id=old_id.decode())
+    assert {**old, "id": new["id"]} == new
+    await bridge.ok("delivered", id=old["id"])
+
+
 async def test_a_reopened_call_is_a_callback(stack: Stack, bridge: WsClient) -> None:
     """Reopening a call whose line is long gone: the bridge is asked to call the agent and
     then the customer back (call.connect with callback), not to connect a call that ended."""

@@ -64,8 +64,6 @@ if ARGV[4] ~= '' and cs[5] then
 end
 chat_event(c, ch, 'joined', a)
 if ch == 'voice' then
-  redis.call('XADD', k_outbox(), 'MAXLEN', '~', 100000, '*', 'kind', 'call.connect', 'ch', 'voice',
-    'case', c, 'customer', cs[5] or '', 'thread', cs[6] or '', 'agent', a,
-    'src', hget(ck, 'src') or '')
+  call_connect(c, cs[5] or '', a, cs[6] or '', hget(ck, 'src') or '')
 end
 return result({ok = true, case = c, duplicate = false, entry = entry, offers = offers})

@@ -34,8 +34,6 @@ log('offer.accepted', {'case', c, 'agent', a, 'offer', o, 'queue', cq[5], 'ch', 
 chat_event(c, ch, 'joined', a)
 if ch == 'voice' then
   -- the bridge that holds the call connects it to the agent (durable, via the outbox)
-  redis.call('XADD', k_outbox(), 'MAXLEN', '~', 100000, '*', 'kind', 'call.connect', 'ch', 'voice',
-    'case', c, 'customer', cq[8] or '', 'thread', cq[7] or '', 'agent', a,
-    'src', hget(ck, 'src') or '')  -- read here: only calls need it
+  call_connect(c, cq[8] or '', a, cq[7] or '', hget(ck, 'src') or '')  -- src: only calls need it
 end
 return result({ok = true, case = c, duplicate = false})
