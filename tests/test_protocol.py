@@ -44,6 +44,7 @@ TEAMS = {
     "reopen": 1,
     "takeback": 2,
     "recall": 1,
+    "upgrade": 1,
     "undeliv": 1,
     "skip": 1,
     "fulist": 2,
@@ -905,6 +906,19 @@ async def test_an_agent_takes_a_closed_case_back_to_follow_it_up(
     assert await stack.redis.llen(keys.customer_timeline("acme", cust)) == timeline
 
 
+async def connected_call(
+    stack: Stack, bridge: WsClient, agent: str, team: str, phone: str
+) -> tuple[WsClient, dict[str, Any], dict[str, Any]]:
+    """A call from ``phone`` offered to ``agent`` and accepted: the console, the event's ack,
+    and the ``call.connect`` the bridge got for it."""
+    console, offer, ack = await offered(
+        stack, bridge, agent, team, channel="voice", kind="call.offered",
+        thread=uid("CA"), identities={"phone": phone}, text="",
+    )  # fmt: skip
+    await console.ok("offer.accept", offer=offer["offer"])
+    return console, ack, await bridge.expect("call.connect", case=ack["case"])
+
+
 async def test_a_call_connect_written_before_an_upgrade_reaches_the_bridge_whole(
     stack: Stack, bridge: WsClient
 ) -> None:
@@ -912,13 +926,8 @@ async def test_a_call_connect_written_before_an_upgrade_reaches_the_bridge_whole
     caller's identities) into the outbox entry; an entry an older version wrote without them
     is completed from Redis when it is handed on, and the bridge sees no difference."""
     phone = "+14155550177"
-    console, offer, ack = await offered(
-        stack, bridge, "voice1", "voice", channel="voice", kind="call.offered",
-        thread=uid("CA"), identities={"phone": phone}, text="",
-    )  # fmt: skip
-    await console.ok("offer.accept", offer=offer["offer"])
-    new = await bridge.expect("call.connect", case=ack["case"])
-    assert (new["agent"], new["agent_name"]) == ("voice1", "Voice 1")
+    console, ack, new = await connected_call(stack, bridge, "upgrade1", "upgrade", phone)
+    assert (new["agent"], new["agent_name"]) == ("upgrade1", "Upgrade 1")
     assert new["identities"] == [f"phone:{phone}"] and "callback" not in new
     await bridge.ok("delivered", id=new["id"])
 
@@ -926,23 +935,19 @@ async def test_a_call_connect_written_before_an_upgrade_reaches_the_bridge_whole
     old_id = await stack.redis.xadd(
         keys.outbox("acme"),
         {"kind": "call.connect", "ch": "voice", "case": ack["case"], "customer": ack["customer"],
-         "thread": new["thread"], "agent": "voice1", "src": src or b""},
+         "thread": new["thread"], "agent": "upgrade1", "src": src or b""},
     )  # fmt: skip
     old = await bridge.expect("call.connect", id=old_id.decode())
     assert {**old, "id": new["id"]} == new
     await bridge.ok("delivered", id=old["id"])
+    await console.ok("case.complete", case=ack["case"], disposition="resolved")
 
 
 async def test_a_reopened_call_is_a_callback(stack: Stack, bridge: WsClient) -> None:
     """Reopening a call whose line is long gone: the bridge is asked to call the agent and
     then the customer back (call.connect with callback), not to connect a call that ended."""
     phone = "+14155550142"
-    console, offer, ack = await offered(
-        stack, bridge, "recall1", "recall", channel="voice", kind="call.offered",
-        thread=uid("CA"), identities={"phone": phone}, text="",
-    )  # fmt: skip
-    await console.ok("offer.accept", offer=offer["offer"])
-    first = await bridge.expect("call.connect", case=ack["case"])
+    console, ack, first = await connected_call(stack, bridge, "recall1", "recall", phone)
     assert "callback" not in first
     await bridge.ok("delivered", id=first["id"])
     await console.ok("case.complete", case=ack["case"], disposition="resolved")
