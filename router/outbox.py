@@ -62,7 +62,7 @@ class OutboxReader:
     ) -> None:
         self.redis = open_client(url)
         # acknowledgements through the store's own connection when given (a bridge's, one per
-        # call connected: on the routing path), else through this reader's client
+        # delivery: on the routing path), else through this reader's client
         self.store = store
         # this reader's blocking reads on a connection of the store's kind, when given (a
         # cluster client has none: its reads go through the client)

@@ -14,8 +14,8 @@ a batch is written in the loop turn that flushes it, and its replies resolve its
 they arrive; at most eight batches unanswered, the rest wait to join one), not through
 redis-py's pool and command path, whose work per command was the largest single cost in a
 router's profile. :meth:`Store.commands` sends the few other Redis calls on the routing path
-(a bridge's call connects) the same way; :meth:`Store.own_connection` gives a reader a
-connection of its own for blocking reads.
+(a bridge's acknowledgements of its deliveries) the same way; :meth:`Store.own_connection`
+gives a reader a connection of its own for blocking reads.
 
 Failure: any Redis error reaches the caller as :class:`StoreUnavailable`; the ingest path treats
 that as "not acknowledged" so the sender retries. A script that Redis no longer knows (restart,
@@ -343,11 +343,8 @@ class Store:
                 replies = await self._execute(chunks)
             else:
                 replies = await _roundtrip(pipe, self._packed(chunks), len(chunks))
-        except (RedisError, OSError) as e:
+        except (RedisError, OSError, StoreUnavailable) as e:
             _fail(chunks, StoreUnavailable(str(e)))
-            return
-        except StoreUnavailable as e:
-            _fail(chunks, e)
             return
         _resolve(chunks, replies)
 
@@ -383,7 +380,7 @@ class Store:
     async def commands(self, *cmds: tuple[Any, ...]) -> list[Any]:
         """Plain Redis commands (``("HGETALL", key)``, ...) in one round trip, on the store's
         own connection: what a pipeline does, without redis-py's work per command, for the
-        few reads and acknowledgements on the routing path (a bridge's call connects).
+        few reads and acknowledgements on the routing path (a bridge's ``XACK``s).
         Raises ``StoreUnavailable`` if Redis fails or any command errs."""
         pipe = await self._open_pipe() if self._piped else None
         if pipe is not None:
@@ -504,6 +501,7 @@ def _resolve(chunks: list[tuple[str, list[_Pending]]], replies: list[Any]) -> No
 
 
 def _fail(chunks: list[tuple[str, list[_Pending]]], error: StoreUnavailable) -> None:
+    """Every transition of the batch fails with the error (each its own instance)."""
     for _, items in chunks:
         for item in items:
             if not item[3].done():
