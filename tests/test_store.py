@@ -225,3 +225,90 @@ async def test_without_a_connection_to_take_over_the_store_keeps_to_redis_pys_pa
         assert removed["ok"] is False and store.batches == 1
     finally:
         await store.close()
+
+
+class _TlsFront:
+    """A TLS listener in front of the test Redis, as a managed Redis behind ``rediss://`` is:
+    each connection is decrypted here and its bytes handed to Redis and back."""
+
+    def __init__(self, redis_url: str, ca_file: str) -> None:
+        import ssl
+
+        import trustme
+
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(ca_file)
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(self.ctx)
+        self.redis_url, self.ca_file = redis_url, ca_file
+        self.server: asyncio.Server | None = None
+        self.connections = 0
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ctx)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={self.ca_file}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from urllib.parse import urlparse
+
+        self.connections += 1
+        up_r, up_w = await asyncio.open_unix_connection(urlparse(self.redis_url).path)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_w), pump(up_r, writer))
+
+
+async def _routes_over(url: str) -> tuple[bool, list[object]]:
+    """Open a Store on ``url``; route a transition, a batch of them and plain commands."""
+    from router.store import connect
+
+    store = Store(connect(url))
+    try:
+        await store.load()
+        first = await store.run("agent_status", "acme", "ann", "available", "1")
+        together = await asyncio.gather(
+            *(store.run("agent_status", "acme", "ann", s, r) for s, r in (("away", "0"),) * 5)
+        )
+        got = await store.commands(("HGET", "sb:{acme}:a:ann", "st"), ("PING",))
+        return store._piped, [first["status"], *(t["status"] for t in together), *got]
+    finally:
+        await store.close()
+
+
+async def test_over_tls_the_store_takes_over_the_encrypted_connection(
+    switch: Switch, redis: Redis, redis_server: str, tmp_path: object
+) -> None:
+    """``rediss://`` with a verified certificate: redis-py makes the TLS handshake, the store
+    takes over the encrypted transport (asyncio's and uvloop's, which the server runs on) and
+    its batches and commands are answered through it."""
+    import uvloop
+
+    await switch.apply_workspace({**DECL, "agents": [agent("ann", ["support"])]})
+    front = _TlsFront(redis_server, f"{tmp_path}/ca.pem")
+    async with front as url:
+        on_asyncio = await _routes_over(url)
+
+        def on_uvloop() -> tuple[bool, list[object]]:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(_routes_over(url))
+
+        on_uv = await asyncio.to_thread(on_uvloop)
+    expected = (True, ["available", *["away"] * 5, b"away", b"PONG"])
+    assert on_asyncio == expected
+    assert on_uv == expected
+    assert front.connections >= 2
