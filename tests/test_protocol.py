@@ -52,6 +52,7 @@ TEAMS = {
     "claims": 1,  # its agent never connects: cases wait
     "handon": 1,
     "merge": 1,
+    "mergedel": 1,
     "hello": 2,
     "rescind": 1,
     "leave": 1,
@@ -1014,6 +1015,36 @@ async def test_a_merge_reaches_the_console_that_has_the_case_open(
         headers={"Authorization": f"Bearer {admin}"},
     )
     assert r.status_code == 404 and r.json()["code"] == "customer.unknown"
+
+
+async def test_a_reply_confirmed_after_a_merge_is_marked_where_the_merge_moved_it(
+    stack: Stack, bridge: WsClient
+) -> None:
+    """The customer is merged into another while a reply to them is on its way (an admin's
+    merge here; a chat visitor who gives a known email is merged the same way): the bridge's
+    ``delivered`` still marks the reply, now in the merged customer's history."""
+    phone = f"+1555{secrets.randbelow(10**7):07d}"
+    console, offer, ack = await offered(stack, bridge, "mergedel1", "mergedel", text="hi")
+    case = ack["case"]
+    await console.ok("offer.accept", offer=offer["offer"])
+    sent = await console.ok("case.reply", case=case, text="Checking now")
+    deliver = await bridge.expect("deliver", case=case)
+    other = await bridge.ok("event", **event("claims", channel="voice", kind="call.offered",
+                                              identities={"phone": phone}, text=""))  # fmt: skip
+    admin = (await stack.login("admin"))["token"]
+    r = await stack.http.post(
+        f"{stack.nodes[0].url}/api/customers/merge",
+        json={"into": other["customer"], "from": ack["customer"]},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert r.status_code == 200, r.text
+    await bridge.ok("delivered", id=deliver["id"])
+    marked = await console.expect("case.updated", case=case, event="reply.delivered")
+    assert marked["reply"] == sent["entry"]["id"]
+    page = (await console.ok("history.fetch", customer=other["customer"]))["history"]
+    mine = [e for e in page["timeline"] if e["id"] == sent["entry"]["id"]]
+    assert len(mine) == 1 and mine[0]["via"].startswith("bridge:")
+    await console.ok("case.complete", case=case, disposition="resolved")
 
 
 async def test_history_fetch_pages_back(stack: Stack, bridge: WsClient) -> None:

@@ -5,10 +5,14 @@
 -- KEYS[1] workspace prefix
 -- ARGV    1 now  2 case id  3 customer id (as the outbox entry names it)  4 the reply's entry
 --         id  5 via ('email', 'bridge:<id>')
+-- The entry is looked for in the timeline of the case's customer now: a merge since the reply
+-- was sent (an admin's, or a chat visitor who gave a known email) moved it there.
 -- Returns {ok, updated, agent, ts} — updated false when it was marked already — or
--- {ok=false, error='entry.unknown'} when the entry is not among the customer's latest (a merge
--- moved it to another customer, or it is too old to matter).
-local c, u, id = ARGV[2], ARGV[3], ARGV[4]
+-- {ok=false, error='entry.unknown'} when the entry is not among the customer's latest 200
+-- (too old to matter).
+local c, id = ARGV[2], ARGV[4]
+local cs = redis.call('HMGET', k_case(c), 'cust', 'agent')
+local u, agent = cs[1] or ARGV[3], cs[2] or ''
 local SCAN = 200  -- the customer's latest entries looked through: a reply is confirmed soon
 local tl = k_timeline(u)
 local n = redis.call('LLEN', tl)
@@ -18,7 +22,6 @@ local needle = '"id":' .. cjson.encode(id)
 for i = #entries, 1, -1 do
   local raw = entries[i]
   if string.find(raw, needle, 1, true) and string.find(raw, '"dir":"out"', 1, true) then
-    local agent = redis.call('HGET', k_case(c), 'agent') or ''
     if string.find(raw, '"delivered":', 1, true) then
       return result({ok = true, updated = false, agent = agent})
     end
