@@ -188,7 +188,7 @@ class Bench:
             last = now
 
 
-def _latency_ms(latencies: list[float]) -> dict[str, float | None]:
+def latency_ms(latencies: list[float]) -> dict[str, float | None]:
     xs = sorted(latencies)
 
     def ms(q: float) -> float | None:
@@ -236,7 +236,7 @@ async def run_phase(
         "ingested_per_s": round((s1.ingested - s0.ingested) / dt, 1),
         "routed_per_s": round(offers / dt, 1),
         "lifecycle_per_s": round((s1.completed - s0.completed) / dt, 1),
-        **_latency_ms(bench.tally.latencies),
+        **latency_ms(bench.tally.latencies),
         "client_cpu": round(client / dt, 3),
         "redis_cpu": round(redis / dt, 3),
         "other_cpu": round(max(0.0, s1.busy - s0.busy - client - redis) / dt, 3),

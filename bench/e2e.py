@@ -49,10 +49,20 @@ import uvloop
 
 from bench import report
 from bench.bare_os import quiet_gc, raise_nofile_limit, set_affinity
+from bench.core_harness import latency_ms
 from bench.e2e_load import Load, open_idle
 from bench.e2e_probe import Probe
 from bench.e2e_run import DRAIN_S, Run
-from bench.server_proc import BRIDGE_KEY, SECRET, Cores, Server, attach, bench_server
+from bench.e2e_supervisors import Supervisors
+from bench.server_proc import (
+    BRIDGE_KEY,
+    SECRET,
+    SUPERVISORS,
+    Cores,
+    Server,
+    attach,
+    bench_server,
+)  # fmt: skip
 
 __all__ = ["main", "run"]
 
@@ -168,6 +178,48 @@ async def _agent_connections(server: Server) -> float | None:
     return None
 
 
+async def _pauses(server: Server) -> dict[str, dict[str, float]]:
+    """The server's event-loop lag and GC pause histograms (``/metrics``): upper bound as
+    written -> cumulative count, plus ``sum``; empty if they cannot be read."""
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            text = (await http.get(f"{server.url}/metrics")).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for name in ("switchboard_event_loop_lag_seconds", "switchboard_gc_pause_seconds"):
+        h = out[name] = {}
+        for line in text.splitlines():
+            if line.startswith(f'{name}_bucket{{le="'):
+                h[line.split('"')[1]] = float(line.rpartition(" ")[2])
+            elif line.startswith(f"{name}_sum "):
+                h["sum"] = float(line.rpartition(" ")[2])
+    return out
+
+
+def _pauses_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What the phases added: loop lags over 10 and 50 ms (a timer every 50 ms), the
+    largest bucket reached; GC pauses, their total and largest bucket."""
+    out: dict[str, Any] = {}
+    for name, short in (("switchboard_event_loop_lag_seconds", "loop_lag"),
+                        ("switchboard_gc_pause_seconds", "gc_pause")):  # fmt: skip
+        a, b = after.get(name) or {}, before.get(name) or {}
+        if not a:
+            continue
+        d = {k: v - b.get(k, 0.0) for k, v in a.items()}
+        bounds = [k for k in d if k != "sum"]
+        total = d.get("+Inf", 0.0)
+        prevs = [0.0, *[d[x] for x in bounds[:-1]]]
+        reached = [k for k, prev in zip(bounds, prevs, strict=True) if d[k] > prev]
+        out[f"{short}_count"] = int(total)
+        out[f"{short}_sum_s"] = round(d.get("sum", 0.0), 3)
+        out[f"{short}_max_le_s"] = reached[-1] if reached else None
+        if short == "loop_lag":
+            out["loop_lag_over_10ms"] = int(total - d.get("0.01", 0.0))
+            out["loop_lag_over_50ms"] = int(total - d.get("0.05", 0.0))
+    return out
+
+
 async def _until_disconnected(server: Server, expected: int, seconds: float) -> None:
     """Wait until the server has handled every console's disconnect (its presence script),
     so that work does not spill into the next phase."""
@@ -195,9 +247,21 @@ async def _drive(server: Server, args: argparse.Namespace) -> dict[str, Any]:
         agents = load.connected_agents()
         out["affinity"] = _affinities(run.probe)
         await load.prime(DRAIN_S)
-        with quiet_gc():
-            async with run.monitor():
-                out |= await _phases(run)
+        watching = Supervisors(server, args.supervisors)
+        await watching.start()
+        before = await _pauses(server)
+        try:
+            with quiet_gc():
+                async with run.monitor():
+                    out |= await _phases(run)
+        finally:
+            await watching.stop()
+        out["server_pauses"] = _pauses_between(before, await _pauses(server))
+        refreshes, failed = watching.take()
+        out["supervisors"] = {
+            "pages": args.supervisors, "refreshes": len(refreshes), "failed": failed,
+            **{f"refresh_{k}": v for k, v in latency_ms(refreshes).items()},
+        }  # fmt: skip
         drained = await load.drain(DRAIN_S)
         out |= {
             "agents": agents, "agents_connect_s": round(connect_s, 2),
@@ -298,6 +362,9 @@ def parser() -> argparse.ArgumentParser:
     a("--freed-agents", type=int, help="backlog agents (default: as many as --agents, ≤ 50)")
     a("--freed-handle-ms", type=float, default=100.0, help="their handle time (default 100)")
     a("--window", type=int, default=256, help="events in flight when saturated (default 256)")
+    a("--supervisors", type=int, default=0, choices=range(SUPERVISORS + 1), metavar="N",
+      help=f"supervisor pages refreshing each second through every phase, as web/supervisor.js "
+           f"does (0-{SUPERVISORS}; default 0)")  # fmt: skip
     a("--idle-conns", type=int, help="idle consoles (default 10 per agent, 200-2000; 0 = skip)")
     a("--idle-budget-s", type=float, default=120.0, help="give up opening consoles after this")
     a("--step", action="store_true", help="step the open-loop rate up to find the knee")

@@ -146,6 +146,8 @@ def summarize(e2e: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "idle_consoles": e2e.get("idle_consoles", 0),
         "console_connects_per_s": e2e.get("idle_connect_per_s"),
         "hello_kib": e2e.get("hello_kib"),
+        "supervisors": (e2e.get("supervisors") or {}).get("pages", 0),
+        "supervisor_refresh_p99_ms": (e2e.get("supervisors") or {}).get("refresh_p99_ms"),
         "server_startup_s": e2e.get("server_startup_s"),
         "rss_kib_per_idle_console": idle,
         "bare_pipeline_rate": bare_rate,
@@ -227,6 +229,8 @@ HEADLINE = (
     ("redis_commands_per_case", "Redis commands per case", None, None),
     ("console_connects_per_s", "console connects/s (to hello)", None, None),
     ("hello_kib", "hello frame, KiB", None, None),
+    ("supervisors", "supervisor pages refreshing each second", None, None),
+    ("supervisor_refresh_p99_ms", "— a refresh's p99 (stats + 4 case pages), ms", None, None),
     ("lost", "lost", None, None),
     ("duplicated", "duplicated", None, None),
 )  # fmt: skip

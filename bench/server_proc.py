@@ -58,6 +58,7 @@ WORKSPACE = "bench"
 SECRET = "bench-secret"  # fixed, so the bench can mint console tokens without signing in
 BRIDGE_KEY = "bench-bridge-key"
 SKILLS = ("support", "billing", "sales")
+SUPERVISORS = 8  # declared in every bench workspace (s0 …): bench e2e --supervisors uses them
 READY_TIMEOUT = 120.0  # a workspace of 10k+ agents takes a while to apply
 
 
@@ -115,6 +116,10 @@ def workspace(agents: int, backlog_agents: int, idle_agents: int) -> dict[str, A
     declared += [
         {"id": f"i{i}", "attributes": {"skills": []}, "capacity": {"chat": 1}}
         for i in range(idle_agents)
+    ]
+    declared += [  # for bench e2e --supervisors: they watch, and take no cases
+        {"id": f"s{i}", "role": "supervisor", "attributes": {"skills": []}, "capacity": {}}
+        for i in range(SUPERVISORS)
     ]
     return {
         "id": WORKSPACE,

@@ -45,7 +45,7 @@ from router.context import Ctx
 from router.embedded import EmbeddedRedis
 from router.errors import CLOSE_CODES, Conflict, SwitchboardError
 from router.hub import RAW_SEND, Hub
-from router.metrics import METRICS
+from router.metrics import METRICS, watch_gc, watch_loop
 from router.plugins import Plugin
 from router.stats import Stats
 from router.store import Store, connect, stop_task
@@ -211,6 +211,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.ctx = ctx
     await hub.start()
     timers = asyncio.create_task(_timer_loop(ctx), name="timers")
+    lag = asyncio.create_task(watch_loop(), name="loop-lag")
+    watch_gc()
     started: list[Plugin] = []
     try:
         for p in plugins:
@@ -231,6 +233,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
             with contextlib.suppress(Exception):
                 await p.stop()
         await stop_task(timers)
+        await stop_task(lag)
         await hub.stop()
         await ctx.stats.close()
         await store.close()

@@ -9,13 +9,16 @@ take a lock on every increment and walk the buckets in Python — 2 % of a route
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-__all__ = ["METRICS", "HotCounter", "HotHistogram", "Metrics"]
+__all__ = ["METRICS", "HotCounter", "HotHistogram", "Metrics", "watch_gc", "watch_loop"]
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -118,6 +121,19 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.loop_lag = HotHistogram(
+            "switchboard_event_loop_lag_seconds",
+            "How late the event loop woke for a timer (set every 50 ms): the longest any frame "
+            "waited behind other work then. Routing latency cannot be below it.",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.gc_pause = HotHistogram(
+            "switchboard_gc_pause_seconds",
+            "Python's cyclic garbage collections, each a pause of the whole node.",
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.ingest_to_offer = HotHistogram(
             "switchboard_ingest_to_offer_seconds",
             "From a bridge event's frame, decoded, to its offer frame handed to the agent's "
@@ -128,3 +144,34 @@ class Metrics:
 
 
 METRICS = Metrics()
+
+
+LAG_PERIOD_S = 0.05
+
+
+async def watch_loop() -> None:
+    """Observe the event loop's lag (``loop_lag``) until cancelled: a sleep of 50 ms that
+    takes longer was held up by work that ran meanwhile."""
+    loop = asyncio.get_running_loop()
+    while True:
+        began = loop.time()
+        await asyncio.sleep(LAG_PERIOD_S)
+        METRICS.loop_lag.observe(max(0.0, loop.time() - began - LAG_PERIOD_S))
+
+
+def _gc_timed(phase: str, info: dict[str, int]) -> None:
+    global _gc_began
+    if phase == "start":
+        _gc_began = time.perf_counter()
+    elif _gc_began is not None:
+        METRICS.gc_pause.observe(time.perf_counter() - _gc_began)
+        _gc_began = None
+
+
+_gc_began: float | None = None
+
+
+def watch_gc() -> None:
+    """Observe every cyclic collection's pause (``gc_pause``), from now on; once per process."""
+    if _gc_timed not in gc.callbacks:
+        gc.callbacks.append(_gc_timed)

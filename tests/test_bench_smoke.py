@@ -25,7 +25,7 @@ REQUIRED = (
 
 def test_e2e_bench_runs_and_counts_every_offer(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "bench", "e2e", "--seconds", "2", "--agents", "20",
-            "--rate", "50", "--json", "--results", str(tmp_path)]  # fmt: skip
+            "--rate", "50", "--supervisors", "1", "--json", "--results", str(tmp_path)]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -44,6 +44,10 @@ def test_e2e_bench_runs_and_counts_every_offer(tmp_path: Path) -> None:
     assert all(isinstance(p.get("aof_rewrites"), int) for p in phases.values()), phases
     assert phases["main"]["aof_rewrites"] == 0 and phases["freed"]["aof_rewrites"] == 0
     assert "AOF rewritten before the phase" in done.stderr
+    # a supervisor's page refreshed all along, and the server's own pauses were read
+    watched = result["e2e"]["supervisors"]
+    assert watched["refreshes"] >= 5 and watched["failed"] == 0, watched
+    assert result["e2e"]["server_pauses"]["loop_lag_count"] > 0
 
 
 CORE_REQUIRED = (

@@ -67,8 +67,16 @@ async def test_health_and_metrics_follow_real_traffic(server: ServerProcess) -> 
             'switchboard_frames_total{direction="out",endpoint="bridge",type="ack"} 1.0',
             'switchboard_frames_total{direction="out",endpoint="chat",type="welcome"} 1.0',
             'switchboard_frames_total{direction="in",endpoint="bridge",type="event"} 1.0',
+            # the node's own pauses: its event loop's lag, watched all along, and its GC's
+            "switchboard_gc_pause_seconds_count",
         ):
             assert name in text, name
+        lag = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("switchboard_event_loop_lag_seconds_count")
+        ]
+        assert lag and float(lag[0].rpartition(" ")[2]) > 0, lag
 
 
 def _check_config(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
