@@ -138,6 +138,7 @@ async def list_cases(request: Request) -> dict[str, Any]:
         queue=queue,
         limit=limit,
         cursor=request.query_params.get("cursor"),
+        commands=ctx.switch.store.commands,
     )
     return {"cases": page.cases, "next_cursor": page.next_cursor}
 

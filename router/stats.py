@@ -28,10 +28,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router import keys, queries
+from router.errors import StoreUnavailable
 from router.push import pairs
 from router.queries import held_counts
 from router.snapshot import agent_view
-from router.store import open_client, stop_task
+from router.store import Lane, Store, open_client, stop_task
 from router.triage import agent_data, queue_members
 from router.workspace import WorkspaceConfig
 
@@ -46,13 +47,19 @@ MAX_TIMED = 200_000  # accepted cases a tail keeps the time of, for their handle
 # a queue's minute: answered within target, answered, abandoned, escalated, the answered cases'
 # waits (ms, summed), completed, their handle times (ms, summed: accept to complete)
 WITHIN, ANSWERED, ABANDONED, ESCALATED, WAITED, COMPLETED, HANDLED = range(7)
+# the log entries _count looks at; the others are skipped unread
+_WANTED = COUNTED | {"offer.timeout", "case.reopened", "case.completed"}
+READ_BATCH = 500  # log entries read at a time: each batch is one piece of work for the node
 
 
 class _Tail:
     """Follows one workspace's log stream and keeps per-minute counts per queue."""
 
-    def __init__(self, redis: aioredis.Redis, ws: str, targets: dict[str, float]) -> None:
-        self.redis, self.ws = redis, ws
+    def __init__(
+        self, redis: aioredis.Redis, ws: str, targets: dict[str, float], lane: Lane | None = None
+    ) -> None:
+        # lane: a connection of the store's own (raw replies; None on a cluster: redis-py's)
+        self.redis, self.ws, self.lane = redis, ws, lane
         # each queue's target (ms) as the counts were made: Stats starts a new tail, which
         # counts the last hour again, when a queue is added or its target changes
         self.targets = targets
@@ -115,22 +122,42 @@ class _Tail:
     async def _run(self) -> None:
         cursor = f"{int((time.time() - WINDOW_S) * 1000)}-0"
         stream = keys.log(self.ws)
-        while True:
-            try:
-                got = await self.redis.xread({stream: cursor}, count=1000, block=1000)
-                read = 0
-                for _, entries in got or []:
-                    for eid, fields in entries:
-                        cursor = eid.decode()
-                        self._count(pairs(fields))
-                        read += 1
-                if read < 1000:
-                    self.caught_up.set()
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as e:
-                log.warning("stats tail %s: %s", self.ws, e)
-                await asyncio.sleep(1.0)
+        try:
+            while True:
+                try:
+                    entries = await self._read(stream, cursor)
+                    for _, fields in entries:
+                        # most of the log (cases created, queued, offered) counts for nothing
+                        # here: passed over without being decoded
+                        if _kind(fields) in _WANTED:
+                            self._count(pairs(fields))
+                    if entries:
+                        eid = entries[-1][0]
+                        cursor = eid.decode() if isinstance(eid, bytes) else str(eid)
+                    if len(entries) < READ_BATCH:
+                        self.caught_up.set()
+                except asyncio.CancelledError:
+                    raise
+                except (RedisError, OSError, StoreUnavailable) as e:
+                    log.warning("stats tail %s: %s", self.ws, e)
+                    await asyncio.sleep(1.0)
+        finally:
+            if self.lane is not None:
+                with contextlib.suppress(Exception):
+                    await self.lane.close()
+
+    async def _read(self, stream: str, cursor: str) -> list[Any]:
+        """The next log entries after ``cursor`` (waiting up to a second for some): pairs of
+        id and fields (a flat list from the lane, a dict from redis-py)."""
+        if self.lane is None:
+            got = await self.redis.xread({stream: cursor}, count=READ_BATCH, block=1000)
+            return [e for _, entries in got or [] for e in entries]
+        got = await self.lane.call(
+            "XREAD", "COUNT", READ_BATCH, "BLOCK", 1000, "STREAMS", stream, cursor, blocks_s=1.0
+        )
+        if not got:
+            return []
+        return list(next(iter(got.values())) if isinstance(got, dict) else got[0][1])
 
     def service_level(self, queue: str) -> dict[str, Any]:
         """A queue's last hour: service level and its counts, the average speed of answer
@@ -233,16 +260,17 @@ class Stats:
             await stop_task(shared.task)
         await self.redis.aclose()
 
-    async def snapshot(
-        self, redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str
-    ) -> dict[str, Any]:
+    async def snapshot(self, store: Store, cfg: WorkspaceConfig, ws: str) -> dict[str, Any]:
         """Queues (waiting, longest wait, service level) and agents (status, load): made at
         most once per ``share_s`` per workspace on this node (and again at once when the
-        workspace's queues change), every page asking meanwhile given the same."""
+        workspace's queues change), every page asking meanwhile given the same. Read through
+        the store's connection (``Store.commands``: raw replies, none of redis-py's work per
+        command), a chunk of agents per round trip: a thousand agents' snapshot cost the node
+        60 ms of one piece, during which no console was served."""
         shape = tuple((q.id, q.name, q.sl_target_s) for q in cfg.queues)
         shared = self._shared.get(ws)
         if shared is None or not shared.fresh(self.share_s) or shared.shape != shape:
-            task = asyncio.create_task(self._snapshot(redis, cfg, ws), name=f"stats-of-{ws}")
+            task = asyncio.create_task(self._snapshot(store, cfg, ws), name=f"stats-of-{ws}")
             shared = self._shared[ws] = _Shared(shape, task)
         try:
             # shielded: a page that goes away mid-way does not cancel the others' snapshot
@@ -252,13 +280,11 @@ class Stats:
                 del self._shared[ws]  # the next page to ask tries again
             raise
 
-    async def _snapshot(
-        self, redis: aioredis.Redis, cfg: WorkspaceConfig, ws: str
-    ) -> dict[str, Any]:
+    async def _snapshot(self, store: Store, cfg: WorkspaceConfig, ws: str) -> dict[str, Any]:
         targets = {q.id: q.sl_target_s * 1000 for q in cfg.queues}
         tail = self._tails.get(ws)
         if tail is None or tail.targets != targets:
-            old, tail = tail, _Tail(self.redis, ws, targets)
+            old, tail = tail, _Tail(self.redis, ws, targets, store.own_connection())
             self._tails[ws] = tail  # before any await: a concurrent snapshot uses this one
             if old is not None:
                 await stop_task(old.task)
@@ -266,15 +292,20 @@ class Stats:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(tail.caught_up.wait(), CATCH_UP_S)
         now_rel = time.time() * 1000 - queries.AGE_EPOCH_MS  # case ages count from 2024
-        pipe = redis.pipeline(transaction=False)
-        for q in cfg.queues:
-            pipe.zcard(keys.queue_waiting(ws, q.id))
-            pipe.zrange(keys.queue_waiting(ws, q.id), 0, 0, withscores=True)
-        res = await pipe.execute()
+        waits = await store.commands(
+            *[
+                cmd
+                for q in cfg.queues
+                for cmd in (
+                    ("ZCARD", keys.queue_waiting(ws, q.id)),
+                    ("ZRANGE", keys.queue_waiting(ws, q.id), 0, 0, "WITHSCORES"),
+                )
+            ]
+        )
         queues = []
         for i, q in enumerate(cfg.queues):
-            waiting, oldest = int(res[2 * i]), res[2 * i + 1]
-            longest = max(0.0, (now_rel - oldest[0][1]) / 1000) if oldest else 0.0
+            waiting, oldest = int(waits[2 * i]), _first_score(waits[2 * i + 1])
+            longest = max(0.0, (now_rel - oldest) / 1000) if oldest is not None else 0.0
             queues.append(
                 {
                     "id": q.id,
@@ -285,13 +316,14 @@ class Stats:
                     **tail.service_level(q.id),
                 }
             )
-        ids = sorted(m.decode() for m in await redis.smembers(keys.agents(ws)))
-        pipe = redis.pipeline(transaction=False)
-        pipe.hget(keys.settings(ws), "aver")
-        for aid in ids:
-            pipe.hgetall(keys.agent(ws, aid))
-        aver, *rows = await pipe.execute()
-        agents = [agent_view(pairs(row)) for row in rows]
+        members, aver = await store.commands(
+            ("SMEMBERS", keys.agents(ws)), ("HGET", keys.settings(ws), "aver")
+        )
+        ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        agents: list[dict[str, Any]] = []
+        for chunk in queries.chunks(ids):
+            rows = await store.commands(*[("HGETALL", keys.agent(ws, aid)) for aid in chunk])
+            agents += [agent_view(pairs(row)) for row in rows]
         counts = tail.agent_counts()
         for a in agents:  # the last hour's work, beside what they hold now
             a["hour"] = counts.get(a["id"], {"completed": 0, "aht_s": None, "missed": 0})
@@ -309,7 +341,7 @@ class Stats:
             a.pop("attributes", None)
         # every open case by status: a listing is cut at a page, these say how many there are
         cases = {"queued": sum(q["waiting"] for q in queues)}
-        cases.update(await held_counts(redis, ws, ids))
+        cases.update(await held_counts(store.commands, ws, ids))
         return {
             "queues": queues,
             "agents": agents,
@@ -317,3 +349,23 @@ class Stats:
             "sl_formula": SL_FORMULA,
             "ts": time.time(),
         }
+
+
+def _first_score(reply: Any) -> float | None:
+    """The score of ``ZRANGE key 0 0 WITHSCORES``: a flat [member, score] (RESP2), or
+    [[member, score]] (RESP3); None for an empty set."""
+    if not reply:
+        return None
+    first = reply[0]
+    return float(first[1] if isinstance(first, list | tuple) else reply[1])
+
+
+def _kind(fields: Any) -> str:
+    """A log entry's type (its ``t``, which the scripts write first) without decoding the rest."""
+    if isinstance(fields, dict):
+        t = fields.get(b"t", fields.get("t", b""))
+    elif len(fields) > 1 and fields[0] in (b"t", "t"):
+        t = fields[1]
+    else:
+        t = pairs(fields).get("t", "")
+    return t.decode() if isinstance(t, bytes) else str(t)

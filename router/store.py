@@ -382,6 +382,8 @@ class Store:
         own connection: what a pipeline does, without redis-py's work per command, for the
         few reads and acknowledgements on the routing path (a bridge's ``XACK``s).
         Raises ``StoreUnavailable`` if Redis fails or any command errs."""
+        if not cmds:
+            return []
         pipe = await self._open_pipe() if self._piped else None
         if pipe is not None:
             packed = b"".join([_command(cmd) for cmd in cmds])

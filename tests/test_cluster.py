@@ -237,7 +237,7 @@ async def test_core_routes_two_workspaces_on_different_nodes(cluster: Cluster) -
             assert [a["id"] for a in await queries.agents(client, ws)] == [ann]
             stats = Stats(cluster.url)
             try:
-                snap = await stats.snapshot(client, await sw.config(ws), ws)
+                snap = await stats.snapshot(store, await sw.config(ws), ws)
                 assert {q["id"]: q["waiting"] for q in snap["queues"]}["support"] == 0
             finally:
                 await stats.close()

@@ -815,7 +815,7 @@ async def test_service_level_counts_escalations_and_waits_since_the_case_began_w
     cfg = await switch.config("acme")
     stats = Stats(redis_server)
     try:
-        first = await stats.snapshot(switch.redis, cfg, "acme")  # the very first look
+        first = await stats.snapshot(switch.store, cfg, "acme")  # the very first look
     finally:
         await stats.close()
     by_id = {q["id"]: q for q in first["queues"]}
@@ -889,7 +889,7 @@ async def test_a_supervisor_moving_a_waiting_case_does_not_restart_its_wait(
 
     stats = Stats(redis_server)
     try:
-        snap = await stats.snapshot(switch.redis, await switch.config("acme"), "acme")
+        snap = await stats.snapshot(switch.store, await switch.config("acme"), "acme")
     finally:
         await stats.close()
     by_id = {q["id"]: q for q in snap["queues"]}

@@ -32,9 +32,9 @@ async def test_pages_asking_together_share_one_snapshot(switch: Switch, redis_se
         before = await agent_reads(switch.redis)
         # five pages at once, then five more one after another
         together = await asyncio.gather(
-            *(stats.snapshot(switch.redis, cfg, "acme") for _ in range(5))
+            *(stats.snapshot(switch.store, cfg, "acme") for _ in range(5))
         )
-        after = [await stats.snapshot(switch.redis, cfg, "acme") for _ in range(5)]
+        after = [await stats.snapshot(switch.store, cfg, "acme") for _ in range(5)]
         reads = await agent_reads(switch.redis) - before
     finally:
         await stats.close()
@@ -54,7 +54,7 @@ async def test_a_snapshot_still_being_made_is_shared_however_long_it_takes(
     try:
         before = await agent_reads(switch.redis)
         together = await asyncio.gather(
-            *(stats.snapshot(switch.redis, cfg, "acme") for _ in range(5))
+            *(stats.snapshot(switch.store, cfg, "acme") for _ in range(5))
         )
         reads = await agent_reads(switch.redis) - before
     finally:
@@ -70,9 +70,9 @@ async def test_a_snapshot_is_made_again_once_it_is_older_than_share_s(
     cfg = await switch.config("acme")
     stats = Stats(redis_server, share_s=0.0)
     try:
-        first = await stats.snapshot(switch.redis, cfg, "acme")
+        first = await stats.snapshot(switch.store, cfg, "acme")
         await switch.set_status("acme", "a0", "available")
-        second = await stats.snapshot(switch.redis, cfg, "acme")
+        second = await stats.snapshot(switch.store, cfg, "acme")
     finally:
         await stats.close()
     assert second is not first
@@ -86,10 +86,10 @@ async def test_a_change_of_queues_is_never_served_from_before_it(
     await switch.apply_workspace({**DECL, "agents": AGENTS})
     stats = Stats(redis_server, share_s=3600)
     try:
-        old = await stats.snapshot(switch.redis, await switch.config("acme"), "acme")
+        old = await stats.snapshot(switch.store, await switch.config("acme"), "acme")
         vip = {"id": "vip", "name": "VIP", "target": "skills HAS 'support'", "sl_target_s": 20}
         await switch.apply_workspace({**DECL, "agents": AGENTS, "queues": [*DECL["queues"], vip]})
-        new = await stats.snapshot(switch.redis, await switch.config("acme"), "acme")
+        new = await stats.snapshot(switch.store, await switch.config("acme"), "acme")
     finally:
         await stats.close()
     assert "vip" not in [q["id"] for q in old["queues"]]
