@@ -27,11 +27,19 @@ _INT_FIELDS = ("pri", "created", "updated", "assigned", "closed", "age", "step")
 def pairs(flat: Sequence[Any] | Mapping[Any, Any]) -> dict[str, str]:
     """A Redis HGETALL reply (flat list from Lua, or a dict from redis-py) as a str dict."""
     if isinstance(flat, Mapping):
-        return {_s(k): _s(v) for k, v in flat.items()}
+        try:  # a raw RESP3 reply (Store.commands): bytes, decoded in C
+            keys, values = map(bytes.decode, flat.keys()), map(bytes.decode, flat.values())
+            return dict(zip(keys, values, strict=True))
+        except TypeError:
+            return {_s(k): _s(v) for k, v in flat.items()}
     if all(type(x) is str for x in flat):  # from a script's JSON reply: the hot path
         it = iter(flat)
         return dict(zip(it, it, strict=True))
-    return {_s(k): _s(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
+    try:  # a raw RESP2 reply: bytes, decoded in C
+        it = map(bytes.decode, flat)
+        return dict(zip(it, it, strict=True))
+    except TypeError:
+        return {_s(k): _s(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
 
 
 def _s(v: Any) -> str:

@@ -25,9 +25,11 @@ def _dec(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v or "")
 
 
-def agent_view(fields: dict[str, str]) -> dict[str, Any]:
+def agent_view(fields: dict[str, str], *, attributes: bool = True) -> dict[str, Any]:
+    """An agent as consoles and pages see them; without ``attributes`` (JSON to parse) when
+    the caller has no use for them."""
     chs = [c for c in fields.get("chs", "").split(",") if c]
-    return {
+    view = {
         "id": fields.get("id", ""),
         "name": fields.get("name", ""),
         "role": fields.get("role", "agent"),
@@ -35,11 +37,11 @@ def agent_view(fields: dict[str, str]) -> dict[str, Any]:
         "capacity": {c: int(fields.get(f"cap:{c}") or 0) for c in chs},
         "load": {c: int(fields.get(f"load:{c}") or 0) for c in chs},
         # became available, or last offered / freed on a channel, whichever came last
-        "idle_since": max(
-            (int(v or 0) for k, v in fields.items() if k.partition(":")[0] == "idle"), default=0
-        ),
-        "attributes": json.loads(fields.get("attrs") or "{}"),
+        "idle_since": max((int(v or 0) for k, v in fields.items() if k[:4] == "idle"), default=0),
     }
+    if attributes:
+        view["attributes"] = json.loads(fields.get("attrs") or "{}")
+    return view
 
 
 async def history(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import defaultdict
@@ -237,17 +238,25 @@ class Stats:
         self._staff: dict[str, tuple[tuple[Any, ...], dict[str, frozenset[str]]]] = {}
 
     def _staffing(
-        self, ws: str, cfg: WorkspaceConfig, aver: Any, agents: list[dict[str, Any]]
+        self,
+        ws: str,
+        cfg: WorkspaceConfig,
+        aver: Any,
+        agents: list[dict[str, Any]],
+        attrs: dict[str, str],
     ) -> dict[str, frozenset[str]]:
         """Queue id -> the agents its target matches who take some channel (supervisors
         without capacity do not count): evaluated again only when an agent or a target
-        changed (the agents' version, ``aver``, moves with every agent written)."""
+        changed (the agents' version, ``aver``, moves with every agent written). ``attrs``:
+        each agent's attributes as stored (JSON), parsed only then."""
         shape = (aver, tuple((q.id, q.target) for q in cfg.queues), len(agents))
         kept = self._staff.get(ws)
         if kept is not None and kept[0] == shape:
             return kept[1]
         datas = {
-            a["id"]: agent_data(a) for a in agents if any(n > 0 for n in a["capacity"].values())
+            a["id"]: agent_data({**a, "attributes": json.loads(attrs.get(a["id"]) or "{}")})
+            for a in agents
+            if any(n > 0 for n in a["capacity"].values())
         }
         staff = queue_members(cfg.queues, datas)
         self._staff[ws] = (shape, staff)
@@ -321,13 +330,17 @@ class Stats:
         )
         ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
         agents: list[dict[str, Any]] = []
+        attrs: dict[str, str] = {}  # for the staffing, when it must be worked out again
         for chunk in queries.chunks(ids):
             rows = await store.commands(*[("HGETALL", keys.agent(ws, aid)) for aid in chunk])
-            agents += [agent_view(pairs(row)) for row in rows]
+            for row in rows:
+                fields = pairs(row)
+                agents.append(agent_view(fields, attributes=False))
+                attrs[agents[-1]["id"]] = fields.get("attrs", "")
         counts = tail.agent_counts()
         for a in agents:  # the last hour's work, beside what they hold now
             a["hour"] = counts.get(a["id"], {"completed": 0, "aht_s": None, "missed": 0})
-        staff = self._staffing(ws, cfg, aver, agents)
+        staff = self._staffing(ws, cfg, aver, agents, attrs)
         taking = {s.name for s in cfg.statuses if s.routable}
         for row in queues:
             members = staff.get(row["id"], frozenset())
@@ -337,8 +350,6 @@ class Stats:
             row["agents_free"] = sum(  # and of those, with room left on some channel
                 1 for a in on if any(a["load"].get(ch, 0) < n for ch, n in a["capacity"].items())
             )
-        for a in agents:
-            a.pop("attributes", None)
         # every open case by status: a listing is cut at a page, these say how many there are
         cases = {"queued": sum(q["waiting"] for q in queues)}
         cases.update(await held_counts(store.commands, ws, ids))
