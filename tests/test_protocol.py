@@ -968,6 +968,23 @@ async def test_a_reopened_call_is_a_callback(stack: Stack, bridge: WsClient) -> 
     await console.ok("case.complete", case=ack["case"], disposition="resolved")
 
 
+async def merged_into_a_caller(
+    stack: Stack, bridge: WsClient, customer: str, phone: str
+) -> tuple[str, str]:
+    """A caller from ``phone`` (a voice case nobody takes: team "claims"), and ``customer``
+    merged into them by an admin: (the caller's customer id, the admin's token)."""
+    other = await bridge.ok("event", **event("claims", channel="voice", kind="call.offered",
+                                              identities={"phone": phone}, text=""))  # fmt: skip
+    admin = (await stack.login("admin"))["token"]
+    r = await stack.http.post(
+        f"{stack.nodes[0].url}/api/customers/merge",
+        json={"into": other["customer"], "from": customer},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert r.status_code == 200, r.text
+    return other["customer"], admin
+
+
 async def test_a_merge_reaches_the_console_that_has_the_case_open(
     stack: Stack, bridge: WsClient
 ) -> None:
@@ -977,29 +994,21 @@ async def test_a_merge_reaches_the_console_that_has_the_case_open(
     mail, phone = f"{uid('m')}@example.com", f"+1555{secrets.randbelow(10**7):07d}"
     console, offer, ack = await offered(stack, bridge, "merge1", "merge", email=mail, text="hi")
     await console.ok("offer.accept", offer=offer["offer"])
-    other = await bridge.ok("event", **event("claims", channel="voice", kind="call.offered",
-                                              identities={"phone": phone}, text=""))  # fmt: skip
-    admin = (await stack.login("admin"))["token"]
-    r = await stack.http.post(
-        f"{stack.nodes[0].url}/api/customers/merge",
-        json={"into": other["customer"], "from": ack["customer"]},
-        headers={"Authorization": f"Bearer {admin}"},
-    )
-    assert r.status_code == 200, r.text
+    other, admin = await merged_into_a_caller(stack, bridge, ack["customer"], phone)
     fresh = await console.wait(
         lambda f: f["type"] == "case.refresh" and f["case"]["id"] == ack["case"],
         what="case.refresh",
     )
-    assert fresh["customer"]["id"] == other["customer"]
+    assert fresh["customer"]["id"] == other
     assert {f"email:{mail}", f"phone:{phone}"} <= set(fresh["customer"]["identities"])
     old = (await console.ok("history.fetch", customer=ack["customer"]))["history"]
-    assert old["customer"] == other["customer"] and old["total"] == fresh["timeline_total"]
+    assert old["customer"] == other and old["total"] == fresh["timeline_total"]
 
     # the other way round: a third customer merged into the one whose case is open
     third = await bridge.ok("event", **event("claims", email=f"{uid('t')}@example.com"))
     r = await stack.http.post(
         f"{stack.nodes[0].url}/api/customers/merge",
-        json={"into": other["customer"], "from": third["customer"]},
+        json={"into": other, "from": third["customer"]},
         headers={"Authorization": f"Bearer {admin}"},
     )
     assert r.status_code == 200, r.text
@@ -1011,7 +1020,7 @@ async def test_a_merge_reaches_the_console_that_has_the_case_open(
     # nor may anyone merge into a customer merged away (the two would point at each other)
     r = await stack.http.post(
         f"{stack.nodes[0].url}/api/customers/merge",
-        json={"into": ack["customer"], "from": other["customer"]},
+        json={"into": ack["customer"], "from": other},
         headers={"Authorization": f"Bearer {admin}"},
     )
     assert r.status_code == 404 and r.json()["code"] == "customer.unknown"
@@ -1029,19 +1038,11 @@ async def test_a_reply_confirmed_after_a_merge_is_marked_where_the_merge_moved_i
     await console.ok("offer.accept", offer=offer["offer"])
     sent = await console.ok("case.reply", case=case, text="Checking now")
     deliver = await bridge.expect("deliver", case=case)
-    other = await bridge.ok("event", **event("claims", channel="voice", kind="call.offered",
-                                              identities={"phone": phone}, text=""))  # fmt: skip
-    admin = (await stack.login("admin"))["token"]
-    r = await stack.http.post(
-        f"{stack.nodes[0].url}/api/customers/merge",
-        json={"into": other["customer"], "from": ack["customer"]},
-        headers={"Authorization": f"Bearer {admin}"},
-    )
-    assert r.status_code == 200, r.text
+    other, _ = await merged_into_a_caller(stack, bridge, ack["customer"], phone)
     await bridge.ok("delivered", id=deliver["id"])
     marked = await console.expect("case.updated", case=case, event="reply.delivered")
     assert marked["reply"] == sent["entry"]["id"]
-    page = (await console.ok("history.fetch", customer=other["customer"]))["history"]
+    page = (await console.ok("history.fetch", customer=other))["history"]
     mine = [e for e in page["timeline"] if e["id"] == sent["entry"]["id"]]
     assert len(mine) == 1 and mine[0]["via"].startswith("bridge:")
     await console.ok("case.complete", case=case, disposition="resolved")
