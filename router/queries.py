@@ -381,7 +381,7 @@ Commands = Callable[..., Awaitable[list[Any]]]
 #: Agents (or cases) read per round trip by :func:`held_counts` and the supervisors' snapshot:
 #: each answer is handled before the next is asked for, so the node serves its consoles in
 #: between, instead of stopping for the whole workspace at once.
-READ_CHUNK = 200
+READ_CHUNK = 50
 
 
 def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
