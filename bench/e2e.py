@@ -165,12 +165,19 @@ async def _idle(server: Server, conns: int, budget_s: float) -> dict[str, Any]:
     }
 
 
-async def _agent_connections(server: Server) -> float | None:
-    """The server's own count of open consoles (``/metrics``); None if it cannot be read."""
+async def _metrics(server: Server) -> str | None:
+    """The server's ``/metrics`` page; None if it cannot be read."""
     try:
         async with httpx.AsyncClient(timeout=5.0) as http:
-            text = (await http.get(f"{server.url}/metrics")).text
+            return (await http.get(f"{server.url}/metrics")).text
     except httpx.HTTPError:
+        return None
+
+
+async def _agent_connections(server: Server) -> float | None:
+    """The server's own count of open consoles (``/metrics``); None if it cannot be read."""
+    text = await _metrics(server)
+    if text is None:
         return None
     for line in text.splitlines():
         if line.startswith('switchboard_connections{endpoint="agent"}'):
@@ -181,10 +188,8 @@ async def _agent_connections(server: Server) -> float | None:
 async def _pauses(server: Server) -> dict[str, dict[str, float]]:
     """The server's event-loop lag and GC pause histograms (``/metrics``): upper bound as
     written -> cumulative count, plus ``sum``; empty if they cannot be read."""
-    try:
-        async with httpx.AsyncClient(timeout=5.0) as http:
-            text = (await http.get(f"{server.url}/metrics")).text
-    except httpx.HTTPError:
+    text = await _metrics(server)
+    if text is None:
         return {}
     out: dict[str, dict[str, float]] = {}
     for name in ("switchboard_event_loop_lag_seconds", "switchboard_gc_pause_seconds"):
