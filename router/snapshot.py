@@ -37,7 +37,7 @@ def agent_view(fields: dict[str, str], *, attributes: bool = True) -> dict[str, 
         "capacity": {c: int(fields.get(f"cap:{c}") or 0) for c in chs},
         "load": {c: int(fields.get(f"load:{c}") or 0) for c in chs},
         # became available, or last offered / freed on a channel, whichever came last
-        "idle_since": max((int(v or 0) for k, v in fields.items() if k[:4] == "idle"), default=0),
+        "idle_since": max(int(fields.get(f) or 0) for f in ("idle", *(f"idle:{c}" for c in chs))),
     }
     if attributes:
         view["attributes"] = json.loads(fields.get("attrs") or "{}")

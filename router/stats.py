@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import time
-from collections import defaultdict
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -64,61 +63,54 @@ class _Tail:
         # each queue's target (ms) as the counts were made: Stats starts a new tail, which
         # counts the last hour again, when a queue is added or its target changes
         self.targets = targets
-        # (queue, minute) -> the counts named above (WITHIN ... HANDLED)
-        self.buckets: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0.0] * 7)
-        # (agent, minute) -> [cases completed, their handle times (ms, summed), offers missed]
-        self.agent_buckets: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0.0] * 3)
+        # each queue's counts named above (WITHIN ... HANDLED), by minute
+        self.queues = Hour(7)
+        # each agent's [cases completed, their handle times (ms, summed), offers missed]
+        self.agents = Hour(3)
         # case -> (when it was last accepted, ms; its queue): a completion's handle time and
         # queue, from the log alone (the routing scripts write nothing more for them). A case
         # accepted before the hour this tail reads is not timed.
-        self.accepted: dict[str, tuple[float, str]] = {}
+        self.accepted: dict[str, tuple[int, str]] = {}
         # set once the last hour is read: until then the counts are not yet true
         self.caught_up = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"stats-{ws}")
 
     def _count(self, fields: dict[str, str]) -> None:
         t = fields.get("t")
-        minute = int(float(fields.get("ts", "0")) // 60_000)
+        ts = _ms(fields.get("ts"))
+        minute = ts // 60_000
         if t == "offer.timeout" and fields.get("agent"):
-            self.agent_buckets[(fields["agent"], minute)][2] += 1
+            self.agents.add(fields["agent"], minute, {2: 1})
             return
         q = fields.get("queue", "")
         # taken: an offer accepted, or a closed case its agent took back to follow it up
         taken = t == "offer.accepted" or (t == "case.reopened" and bool(fields.get("agent")))
         if taken and fields.get("case"):
-            self.accepted[fields["case"]] = (float(fields.get("ts", "0")), q)
+            self.accepted[fields["case"]] = (ts, q)
             while len(self.accepted) > MAX_TIMED:  # the oldest first: cases left open for days
                 del self.accepted[next(iter(self.accepted))]
         if t == "case.completed":
             began = self.accepted.pop(fields.get("case", ""), None)
             if began is None:
                 return  # accepted before the hour this tail reads: not timed
-            handled, q = float(fields.get("ts", "0")) - began[0], began[1]
+            handled, q = ts - began[0], began[1]
             if fields.get("agent"):
-                a = self.agent_buckets[(fields["agent"], minute)]
-                a[0] += 1
-                a[1] += handled
+                self.agents.add(fields["agent"], minute, {0: 1, 1: handled})
             if q:
-                b = self.buckets[(q, minute)]
-                b[COMPLETED] += 1
-                b[HANDLED] += handled
+                self.queues.add(q, minute, {COMPLETED: 1, HANDLED: handled})
             return
         if not q or t not in COUNTED:
             return
         target = self.targets.get(q, 60_000)
-        waited = float(fields.get("waited", "0"))
+        waited = _ms(fields.get("waited"))
         if t == "case.transferred" and waited <= target:
             return  # moved on within the target: no breach of the queue it left
-        b = self.buckets[(q, minute)]
         if t == "offer.accepted":
-            b[ANSWERED] += 1
-            b[WAITED] += waited
-            if waited <= target:
-                b[WITHIN] += 1
+            self.queues.add(q, minute, {ANSWERED: 1, WAITED: waited, WITHIN: int(waited <= target)})
         elif t == "case.abandoned":
-            b[ABANDONED] += 1
+            self.queues.add(q, minute, {ABANDONED: 1})
         else:
-            b[ESCALATED] += 1
+            self.queues.add(q, minute, {ESCALATED: 1})
 
     async def _run(self) -> None:
         cursor = f"{int((time.time() - WINDOW_S) * 1000)}-0"
@@ -164,42 +156,75 @@ class _Tail:
         """A queue's last hour: service level and its counts, the average speed of answer
         (``asa_s``, the answered cases' wait) and average handle time (``aht_s``, accept to
         complete, of the cases completed from it); None where nothing was counted."""
-        since = int(time.time() // 60) - WINDOW_S // 60
-        s = [0.0] * 7
-        for (q, minute), counts in list(self.buckets.items()):
-            if minute < since:
-                del self.buckets[(q, minute)]
-            elif q == queue:
-                s = [x + y for x, y in zip(s, counts, strict=True)]
+        s = self.queues.since(_hour_ago()).get(queue) or [0] * 7
         total = s[ANSWERED] + s[ABANDONED] + s[ESCALATED]
         return {
-            "answered": int(s[ANSWERED]),
-            "abandoned": int(s[ABANDONED]),
-            "escalated": int(s[ESCALATED]),
-            "within_target": int(s[WITHIN]),
+            "answered": s[ANSWERED],
+            "abandoned": s[ABANDONED],
+            "escalated": s[ESCALATED],
+            "within_target": s[WITHIN],
             "service_level": round(s[WITHIN] / total, 4) if total else None,
             "asa_s": round(s[WAITED] / s[ANSWERED] / 1000, 1) if s[ANSWERED] else None,
-            "completed": int(s[COMPLETED]),
+            "completed": s[COMPLETED],
             "aht_s": round(s[HANDLED] / s[COMPLETED] / 1000, 1) if s[COMPLETED] else None,
         }
 
     def agent_counts(self) -> dict[str, dict[str, Any]]:
-        """Each agent's last hour: cases completed, their average handle time, offers missed."""
-        since = int(time.time() // 60) - WINDOW_S // 60
-        sums: dict[str, list[float]] = defaultdict(lambda: [0.0] * 3)
-        for (a, minute), counts in list(self.agent_buckets.items()):
-            if minute < since:
-                del self.agent_buckets[(a, minute)]
-            else:
-                sums[a] = [x + y for x, y in zip(sums[a], counts, strict=True)]
+        """Each agent's last hour: cases completed, their average handle time, offers missed
+        (only the agents with some)."""
         return {
             a: {
-                "completed": int(done),
+                "completed": done,
                 "aht_s": round(handled / done / 1000, 1) if done else None,
-                "missed": int(missed),
+                "missed": missed,
             }
-            for a, (done, handled, missed) in sums.items()
+            for a, (done, handled, missed) in self.agents.since(_hour_ago()).items()
         }
+
+
+class Hour:
+    """Counts per key (a queue, an agent) over a rolling hour: by minute, and their running
+    sums, so that reading the hour's totals costs what changed since the last read, not a
+    pass over every minute of every key (a thousand agents' hour is 60,000 minutes)."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.minutes: dict[int, dict[str, list[int]]] = {}  # minute -> key -> counts
+        self.sums: dict[str, list[int]] = {}  # key -> its counts over the minutes kept
+
+    def add(self, key: str, minute: int, counts: dict[int, int]) -> None:
+        """Add ``counts`` (index -> amount) to ``key`` in ``minute``."""
+        row = self.minutes.setdefault(minute, {}).get(key)
+        if row is None:
+            row = self.minutes[minute][key] = [0] * self.width
+        total = self.sums.get(key)
+        if total is None:
+            total = self.sums[key] = [0] * self.width
+        for i, n in counts.items():
+            row[i] += n
+            total[i] += n
+
+    def since(self, minute: int) -> dict[str, list[int]]:
+        """Each key's counts from ``minute`` on (key -> counts; keys with none left out): the
+        minutes before it are dropped."""
+        for old in [m for m in self.minutes if m < minute]:
+            for key, row in self.minutes.pop(old).items():
+                total = self.sums[key]
+                for i, n in enumerate(row):
+                    total[i] -= n
+                if not any(total):
+                    del self.sums[key]
+        return self.sums
+
+
+def _ms(value: str | None) -> int:
+    """A log entry's milliseconds (a time, or a wait), whole: sums of them stay exact."""
+    return round(float(value or 0))
+
+
+def _hour_ago() -> int:
+    """The first minute of the last hour."""
+    return int(time.time() // 60) - WINDOW_S // 60
 
 
 class _Shared:
@@ -342,14 +367,17 @@ class Stats:
             a["hour"] = counts.get(a["id"], {"completed": 0, "aht_s": None, "missed": 0})
         staff = self._staffing(ws, cfg, aver, agents, attrs)
         taking = {s.name for s in cfg.statuses if s.routable}
+        on = {a["id"] for a in agents if a["status"] in taking}
+        free = {  # of them, with room left on some channel
+            a["id"]
+            for a in agents
+            if a["id"] in on and any(a["load"].get(ch, 0) < n for ch, n in a["capacity"].items())
+        }
         for row in queues:
             members = staff.get(row["id"], frozenset())
             row["agents"] = len(members)  # whose skills the queue's target matches
-            on = [a for a in agents if a["id"] in members and a["status"] in taking]
-            row["agents_available"] = len(on)  # of them, taking cases now
-            row["agents_free"] = sum(  # and of those, with room left on some channel
-                1 for a in on if any(a["load"].get(ch, 0) < n for ch, n in a["capacity"].items())
-            )
+            row["agents_available"] = len(members & on)  # of them, taking cases now
+            row["agents_free"] = len(members & free)  # and with room left
         # every open case by status: a listing is cut at a page, these say how many there are
         cases = {"queued": sum(q["waiting"] for q in queues)}
         cases.update(await held_counts(store.commands, ws, ids))

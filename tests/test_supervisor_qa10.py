@@ -22,11 +22,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from hypothesis import given
+from hypothesis import strategies as st
 from playwright.async_api import Page, expect
 
+import router.stats
 import router.store
 from router import keys, queries
-from router.stats import Stats
+from router.stats import Hour, Stats
 from router.store import now_ms
 from router.switch import Switch
 from tests import test_console
@@ -575,17 +578,58 @@ async def test_the_statistics_give_average_answer_and_handle_times_and_each_agen
     await switch.run_timers("acme", now=clock[0] + 31_000)  # she lets it time out
 
     stats = Stats(redis_server, share_s=0)
+    cfg = await switch.config("acme")
     try:
-        snap = await stats.snapshot(switch.store, await switch.config("acme"), "acme")
+        snap = await stats.snapshot(switch.store, cfg, "acme")
+        support = next(q for q in snap["queues"] if q["id"] == "support")
+        assert support["asa_s"] == pytest.approx(20, abs=1)  # (30 + 10) / 2: no answer, a reopen
+        assert support["completed"] == 3
+        assert support["aht_s"] == pytest.approx(240, abs=1)  # (240 + 120 + 360) / 3
+        ann = next(a for a in snap["agents"] if a["id"] == "ann")
+        assert ann["hour"]["completed"] == 3 and ann["hour"]["missed"] == 1
+        assert ann["hour"]["aht_s"] == pytest.approx(240, abs=1)
+
+        # an hour later, what was done before the fifth minute has left the last hour
+        monkeypatch.setattr(router.stats, "_hour_ago", lambda: (start + 5 * 60_000) // 60_000)
+        snap = await stats.snapshot(switch.store, cfg, "acme")
     finally:
         await stats.close()
     support = next(q for q in snap["queues"] if q["id"] == "support")
-    assert support["asa_s"] == pytest.approx(20, abs=1)  # (30 + 10) / 2: a reopen is no answer
-    assert support["completed"] == 3
-    assert support["aht_s"] == pytest.approx(240, abs=1)  # (240 + 120 + 360) / 3
+    assert (support["answered"], support["asa_s"]) == (0, None)
+    assert support["completed"] == 1 and support["aht_s"] == pytest.approx(360, abs=1)
     ann = next(a for a in snap["agents"] if a["id"] == "ann")
-    assert ann["hour"]["completed"] == 3 and ann["hour"]["missed"] == 1
-    assert ann["hour"]["aht_s"] == pytest.approx(240, abs=1)
+    assert ann["hour"] == {"completed": 1, "aht_s": pytest.approx(360, abs=1), "missed": 1}
+
+
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(
+                st.sampled_from("abc"), st.integers(0, 9), st.integers(0, 2), st.integers(1, 5)
+            ),
+            st.integers(0, 11),  # the hour moves on to this minute (never back)
+        ),
+        max_size=40,
+    )
+)
+def test_an_hours_running_sums_are_the_sums_of_the_minutes_kept(
+    steps: list[tuple[str, int, int, int] | int],
+) -> None:
+    """However the counts arrive and the hour moves on, each key's sums are those of its
+    minutes still in the hour, and a key with nothing left is not listed."""
+    hour, added, since = Hour(3), [], 0
+    for step in steps:
+        if isinstance(step, int):
+            since = max(since, step)
+        else:
+            key, minute, index, n = step
+            hour.add(key, minute, {index: n})
+            added.append(step)
+        expected: dict[str, list[int]] = {}
+        for key, minute, index, n in added:
+            if minute >= since:
+                expected.setdefault(key, [0, 0, 0])[index] += n
+        assert hour.since(since) == expected
 
 
 @browser_test
