@@ -28,6 +28,7 @@ __all__ = [
     "STATUSES",
     "CasePage",
     "Commands",
+    "Held",
     "agent",
     "agents",
     "case_fields",
@@ -36,8 +37,8 @@ __all__ = [
     "customer",
     "customers_of",
     "find_customer",
+    "held",
     "held_cases",
-    "held_counts",
     "list_cases",
     "queues",
     "workflow_queues",
@@ -266,25 +267,25 @@ async def list_cases(
     if status not in STATUSES:
         raise BadRequest(f"status: one of {', '.join(STATUSES)}", code="status.invalid")
     qids = [queue] if queue else [q.id for q in cfg.queues]
+    reads = commands or pipelined(redis)
     if status == "queued":
         page = await _queued(redis, ws, qids, limit, _keyset(cursor))
     elif status in OPEN:
-        reads = commands or pipelined(redis)
         page = await _held(reads, ws, status, queue, limit, _keyset(cursor))
     elif cursor is not None and not _STREAM_ID.match(cursor):
         raise _bad_cursor()
     else:
         page = await _closed(redis, ws, status, queue, limit, cursor)
-    await _name_customers(redis, ws, page.cases)
+    await _name_customers(reads, ws, page.cases)
     return page
 
 
-async def _name_customers(redis: aioredis.Redis, ws: str, cases: list[dict[str, Any]]) -> None:
+async def _name_customers(commands: Commands, ws: str, cases: list[dict[str, Any]]) -> None:
     """Each listed case's ``customer_name`` (a supervisor's rows say who, not an id)."""
-    pipe = redis.pipeline(transaction=False)
-    for c in cases:
-        pipe.hget(keys.customer(ws, str(c.get("customer") or "")), "name")
-    for c, name in zip(cases, await pipe.execute(), strict=True):
+    names = await commands(
+        *[("HGET", keys.customer(ws, str(c.get("customer") or "")), "name") for c in cases]
+    )
+    for c, name in zip(cases, names, strict=True):
         c["customer_name"] = _s(name) if name else ""
 
 
@@ -333,27 +334,87 @@ async def _held(
 ) -> CasePage:
     # Every agent's offers (or cases), then of each case only what the page is chosen by
     # (status, queue, creation), a chunk per round trip; the whole hash only for the page's.
-    # A supervisor's page asks for three of these each second: read whole, a thousand agents'
-    # cases cost the node ~100 ms of one piece each time.
+    # A supervisor's page asked for three of these each second: read whole, a thousand agents'
+    # cases cost the node ~100 ms of one piece each time (the page now has them from held()).
+    ids = await _agent_ids(commands, ws)
+    if status == "offered":
+        members = _offered(await _members(commands, ws, ids, keys.agent_offers))
+    else:
+        members = await _members(commands, ws, ids, keys.agent_cases)
+    keyed = [
+        (created, c)
+        for c, (st, q, created) in (await _lifecycle(commands, ws, members)).items()
+        if st == status and (not queue or q == queue) and (after is None or (created, c) > after)
+    ]
+    return await _page(commands, ws, status, sorted(keyed), limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Every case an agent is offered or holds now, by status (``offered``, ``assigned``,
+    ``wrapping``): how many, and the first page of each (the oldest ``limit``, what
+    :func:`list_cases` gives without a cursor)."""
+
+    counts: dict[str, int]
+    first: dict[str, CasePage]
+
+
+async def held(commands: Commands, ws: str, agent_ids: Sequence[str], limit: int) -> Held:
+    """The workspace's offered, assigned and wrapping cases (see :class:`Held`), read as
+    :func:`list_cases` reads each of those statuses, but once for the three: every agent's
+    offers and cases, then each case's status, a chunk (:data:`READ_CHUNK`) per round trip, so
+    the node serves its consoles in between. A supervisor's page has its counts and its lists
+    from one read."""
+    offered = _offered(await _members(commands, ws, agent_ids, keys.agent_offers))
+    holding = await _members(commands, ws, agent_ids, keys.agent_cases)
+    keyed: dict[str, list[tuple[int, str]]] = {s: [] for s in ("offered", "assigned", "wrapping")}
+    for c, (st, _q, created) in (await _lifecycle(commands, ws, offered | holding)).items():
+        # as _held: an offered case is listed from an offer, a held one from a case set
+        if (st == "offered" and c in offered) or (st in ("assigned", "wrapping") and c in holding):
+            keyed[st].append((created, c))
+    first = {st: await _page(commands, ws, st, sorted(k), limit) for st, k in keyed.items()}
+    for page in first.values():
+        await _name_customers(commands, ws, page.cases)
+    return Held({st: len(k) for st, k in keyed.items()}, first)
+
+
+async def _agent_ids(commands: Commands, ws: str) -> list[str]:
     (agents,) = await commands(("SMEMBERS", keys.agents(ws)))
-    ids = sorted(_s(m) for m in agents)
-    key = keys.agent_offers if status == "offered" else keys.agent_cases
+    return sorted(_s(m) for m in agents)
+
+
+async def _members(
+    commands: Commands, ws: str, agent_ids: Sequence[str], key: Callable[[str, str], str]
+) -> set[str]:
+    """The members of every agent's set ``key`` (their offers, or their cases)."""
     members: set[str] = set()
-    for chunk in chunks(ids):
+    for chunk in chunks(agent_ids):
         for group in await commands(*[("SMEMBERS", key(ws, aid)) for aid in chunk]):
             members.update(_s(m) for m in group)
-    if status == "offered":
-        members = {c for o in members if (c := keys.offer_case(o))}
-    keyed: list[tuple[int, str]] = []
-    for chunk in chunks(sorted(members)):
+    return members
+
+
+def _offered(offers: set[str]) -> set[str]:
+    """The cases of these offers."""
+    return {c for o in offers if (c := keys.offer_case(o))}
+
+
+async def _lifecycle(
+    commands: Commands, ws: str, cases: set[str]
+) -> dict[str, tuple[str, str, int]]:
+    """Each case's status, queue and creation ('' and 0 for a case that is gone)."""
+    out: dict[str, tuple[str, str, int]] = {}
+    for chunk in chunks(sorted(cases)):
         rows = await commands(*[("HMGET", keys.case(ws, c), "st", "q", "created") for c in chunk])
         for c, (st, q, created) in zip(chunk, rows, strict=True):
-            if not st or _s(st) != status or (queue and (not q or _s(q) != queue)):
-                continue
-            k = (int(created or 0), c)
-            if after is None or k > after:
-                keyed.append(k)
-    keyed.sort()
+            out[c] = (_s(st) if st else "", _s(q) if q else "", int(created or 0))
+    return out
+
+
+async def _page(
+    commands: Commands, ws: str, status: str, keyed: list[tuple[int, str]], limit: int
+) -> CasePage:
+    """The first ``limit`` of ``keyed`` ((creation, case), in order), read whole."""
     page = keyed[:limit]
     nxt = f"{page[-1][0]}~{page[-1][1]}" if len(keyed) > limit else None
     rows = await commands(*[("HGETALL", keys.case(ws, c)) for _, c in page])
@@ -378,7 +439,7 @@ def pipelined(redis: aioredis.Redis) -> Commands:
 
 #: Redis commands in, their raw replies out, in one round trip (``Store.commands``).
 Commands = Callable[..., Awaitable[list[Any]]]
-#: Agents (or cases) read per round trip by :func:`held_counts` and the supervisors' snapshot:
+#: Agents (or cases) read per round trip by :func:`held` and the supervisors' snapshot:
 #: each answer is handled before the next is asked for, so the node serves its consoles in
 #: between, instead of stopping for the whole workspace at once.
 READ_CHUNK = 50
@@ -389,39 +450,6 @@ def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     n = READ_CHUNK
     for i in range(0, len(items), n):
         yield items[i : i + n]
-
-
-async def held_counts(commands: Commands, ws: str, agent_ids: Iterable[str]) -> dict[str, int]:
-    """How many cases are ``offered``, ``assigned`` and ``wrapping`` now: what
-    :func:`list_cases` lists, page after page, for each of those statuses, read from the same
-    sets (the agents' offers and cases, each case's status) and counted the same way, a chunk
-    of agents (then of cases) per round trip."""
-    offered: set[str] = set()
-    held: set[str] = set()
-    for chunk in chunks(list(agent_ids)):
-        sets = await commands(
-            *[
-                cmd
-                for aid in chunk
-                for cmd in (
-                    ("SMEMBERS", keys.agent_offers(ws, aid)),
-                    ("SMEMBERS", keys.agent_cases(ws, aid)),
-                )
-            ]
-        )
-        offered.update(c for group in sets[0::2] for o in group if (c := keys.offer_case(_s(o))))
-        held.update(_s(c) for group in sets[1::2] for c in group)
-    counts = dict.fromkeys(("offered", "assigned", "wrapping"), 0)
-    for chunk in chunks(sorted(offered | held)):
-        statuses = await commands(*[("HGET", keys.case(ws, c), "st") for c in chunk])
-        for c, st in zip(chunk, statuses, strict=True):
-            status = _s(st) if st else ""
-            # as _held: an offered case is counted from an offer, a held one from a case set
-            if (status == "offered" and c in offered) or (
-                status in ("assigned", "wrapping") and c in held
-            ):
-                counts[status] += 1
-    return counts
 
 
 async def _closed(

@@ -30,7 +30,6 @@ from redis.exceptions import RedisError
 from router import keys, queries
 from router.errors import StoreUnavailable
 from router.push import pairs
-from router.queries import held_counts
 from router.snapshot import agent_view
 from router.store import Lane, Store, open_client, stop_task
 from router.triage import agent_data, queue_members
@@ -49,6 +48,9 @@ MAX_TIMED = 200_000  # accepted cases a tail keeps the time of, for their handle
 WITHIN, ANSWERED, ABANDONED, ESCALATED, WAITED, COMPLETED, HANDLED = range(7)
 # the log entries _count looks at; the others are skipped unread
 _WANTED = COUNTED | {"offer.timeout", "case.reopened", "case.completed"}
+#: offered, assigned and wrapping cases a snapshot lists of each (the oldest): a supervisor's
+#: In progress (web/supervisor.js HANDLED_LIMIT)
+LISTED = 50
 READ_BATCH = 500  # log entries read at a time: each batch is one piece of work for the node
 
 
@@ -378,13 +380,18 @@ class Stats:
             row["agents"] = len(members)  # whose skills the queue's target matches
             row["agents_available"] = len(members & on)  # of them, taking cases now
             row["agents_free"] = len(members & free)  # and with room left
-        # every open case by status: a listing is cut at a page, these say how many there are
-        cases = {"queued": sum(q["waiting"] for q in queues)}
-        cases.update(await held_counts(store.commands, ws, ids))
+        # every open case by status (a listing is cut at a page, these say how many there are),
+        # and the oldest of those agents are offered or hold, from the same read
+        held = await queries.held(store.commands, ws, ids, LISTED)
+        cases = {"queued": sum(q["waiting"] for q in queues), **held.counts}
         return {
             "queues": queues,
             "agents": agents,
             "cases": cases,
+            "in_progress": {
+                st: {"cases": page.cases, "more": page.next_cursor is not None}
+                for st, page in held.first.items()
+            },
             "sl_formula": SL_FORMULA,
             "ts": time.time(),
         }

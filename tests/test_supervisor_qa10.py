@@ -329,15 +329,18 @@ async def test_the_statistics_count_every_open_case_by_status(
     chunk: int | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The counts are what the listings hold, page after page: read in one round trip, or a
-    chunk of one agent (then one case) at a time, through the store as the server reads them."""
+    """The counts are what the listings hold, page after page, and the snapshot's oldest of
+    each state are the listings' first page: read in one round trip, or a chunk of one agent
+    (then one case) at a time, through the store as the server reads them."""
     if chunk is not None:
         monkeypatch.setattr(queries, "READ_CHUNK", chunk)
     await switch.apply_workspace(
         {**DECL, "agents": [agent("ann", ["support"], chat=10), agent("bob", ["sales"], chat=10)]}
     )
     cases = [
-        (await switch.ingest("acme", chat(f"e{i}", email=f"p{i}@example.com"))).case
+        (
+            await switch.ingest("acme", chat(f"e{i}", email=f"p{i}@example.com", name=f"Pat {i}"))
+        ).case
         for i in range(7)
     ]
     await switch.ingest("acme", chat("q1", email="q@example.com", attributes={"topic": "billing"}))
@@ -356,6 +359,11 @@ async def test_the_statistics_count_every_open_case_by_status(
         await stats.close()
     assert snap["cases"] == {"queued": 1, "offered": 2, "assigned": 3, "wrapping": 1}
     cfg = await switch.config("acme")
+    for status, listed_now in snap["in_progress"].items():
+        first = await queries.list_cases(switch.redis, cfg, "acme", status, limit=50)
+        assert listed_now == {"cases": first.cases, "more": False}, status
+        assert len(first.cases) == snap["cases"][status]
+        assert all(c["customer_name"].startswith("Pat ") for c in first.cases)  # who, not an id
     for status, n in snap["cases"].items():
         listed: list[dict[str, Any]] = []
         cursor = None

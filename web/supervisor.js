@@ -18,7 +18,7 @@ import { announcer, connectionUi, statusMenu, toaster } from "./ui.js";
 const POLL_MS = 1000;
 // open cases someone is handling, in the order a case moves through them
 const HANDLED = [["offered", "Offered"], ["assigned", "In progress"], ["wrapping", "Wrapping up"]];
-const HANDLED_LIMIT = 50; // per state: each refresh reads at most this many of each
+const HANDLED_LIMIT = 50; // per state: each refresh lists the oldest this many (router/stats.py LISTED)
 const WAITING_LIMIT = 50;
 // how the "and N more" note names each state
 const MORE_LABEL = { offered: "offered", assigned: "in progress", wrapping: "wrapping up" };
@@ -65,6 +65,23 @@ function caseName(c) {
 
 function label(status) {
   return status ? status.charAt(0).toUpperCase() + status.slice(1) : "";
+}
+
+/** The cases being handled, from a stats frame: the oldest of each open state (``in_progress``,
+ *  read with the counts, so the two agree), listed once each, oldest first; and per state, how
+ *  many are listed and whether more were left out. */
+function progressOf(stats) {
+  const byId = new Map();
+  const listed = new Map(); // state -> [cases listed, whether more were left out]
+  for (const [state] of HANDLED) {
+    const page = (stats.in_progress || {})[state] || {};
+    const rows = Array.isArray(page.cases) ? page.cases : [];
+    listed.set(state, [rows.length, Boolean(page.more)]);
+    for (const c of rows) byId.set(c.id, c);
+  }
+  const cases = [...byId.values()].sort((a, b) => (a.created || 0) - (b.created || 0)
+    || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  return { cases, listed };
 }
 
 /** How many cases of a listing's status it left out: ``total`` (counted by the server) less
@@ -147,7 +164,6 @@ class SupervisorView {
       scroller(waitingTable),
       this.waitingEmpty, this.waitingMore);
     this.progressRows = new Map();
-    this.progressSupported = true;
     this.progressBody = h("tbody", { testid: "progress-rows" });
     this.progressEmpty = h("p", { class: "empty", testid: "progress-empty" }, "Nobody is handling a case right now.");
     this.progressMore = h("p", { class: "hint list-more", testid: "progress-more", hidden: true });
@@ -370,13 +386,12 @@ class SupervisorView {
     this.inflight = true;
     this.again = false;
     try {
-      const [ack, waiting, handled] = await Promise.all([
-        this.conn.request("stats.fetch"), this.fetchWaiting(), this.fetchProgress()]);
+      const [ack, waiting] = await Promise.all([this.conn.request("stats.fetch"), this.fetchWaiting()]);
       // first: it names the queues and agents the listed cases show, and counts every case
       this.render(ack.stats);
       const counts = ack.stats.cases || null;
       if (waiting) this.renderWaiting(waiting, counts);
-      if (handled) this.renderProgress(handled, counts);
+      this.renderProgress(progressOf(ack.stats), counts);
     } catch (e) {
       if (e.code === "forbidden") this.showForbidden();
     } finally {
@@ -461,40 +476,6 @@ class SupervisorView {
     this.waitingMore.textContent = more === 0 ? ""
       : `…and ${more === null ? "more" : `${more} more`} waiting${queue ? ` in ${this.queueName(queue)}` : ""} `
         + `(only the oldest ${WAITING_LIMIT} are listed${queue ? "" : ": choose a queue to see its own"}).`;
-  }
-
-  // Cases being handled come from the same API, one bounded page per open state (offered,
-  // assigned, wrapping). Answers null when there is nothing new to show (offline, an error:
-  // the rows stay as they were); on a server without the API the panel is hidden.
-  async fetchProgress() {
-    if (!this.progressSupported) return null;
-    let responses;
-    try {
-      responses = await Promise.all(HANDLED.map(([status]) =>
-        fetch(`/api/cases?status=${status}&limit=${HANDLED_LIMIT}`, {
-          headers: { Authorization: `Bearer ${this.session.token}` },
-        })));
-    } catch {
-      return null; // offline: the banner says so
-    }
-    if (responses.some((r) => r.status === 404 || r.status === 405)) {
-      this.progressSupported = false;
-      this.progressPanel.hidden = true;
-      return null;
-    }
-    if (responses.some((r) => !r.ok)) return null;
-    const pages = await Promise.all(responses.map((r) => r.json()));
-    const byId = new Map();
-    const listed = new Map(); // state -> [cases on its page, whether the page was cut]
-    pages.forEach((page, i) => {
-      const rows = Array.isArray(page.cases) ? page.cases : [];
-      listed.set(HANDLED[i][0], [rows.length, Boolean(page.next_cursor)]);
-      // a case that changed state between two of the requests is listed once
-      for (const c of rows) byId.set(c.id, c);
-    });
-    const cases = [...byId.values()].sort((a, b) => (a.created || 0) - (b.created || 0)
-      || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-    return { cases, listed };
   }
 
   renderProgress({ cases, listed }, counts) {
