@@ -19,7 +19,7 @@ from router.errors import Conflict, NotFound
 from router.store import Store
 from router.workspace import WorkspaceConfig, parse_workspace
 
-__all__ = ["Declarations"]
+__all__ = ["Declarations", "default_queue"]
 
 
 class Declarations:
@@ -32,8 +32,10 @@ class Declarations:
 
     async def apply(
         self, decl: Mapping[str, Any], *, read_version: str | None = None
-    ) -> WorkspaceConfig:
+    ) -> tuple[WorkspaceConfig, dict[str, Any]]:
         """Validate and store a workspace declaration and its queues; drop the cached config.
+        Returns the config and the script's result (the offers made to cases that moved on
+        from a queue it dropped, for the caller to dispatch).
 
         Raises ``Conflict`` (code ``workspace.changed``) and stores nothing if ``read_version``
         is given and the stored ``declver`` is no longer it.
@@ -58,6 +60,7 @@ class Declarations:
             read_version or "",
             fastjson.dumps_str(stored),
             fastjson.dumps_str(queues),
+            default_queue(cfg),
         )
         if not res.get("ok"):
             raise Conflict(
@@ -66,7 +69,7 @@ class Declarations:
         # the global set is in another hash slot than the workspace's keys: not in the script
         await self.redis.sadd(keys.WORKSPACES, ws)
         self._configs.pop(ws, None)
-        return cfg
+        return cfg, res
 
     async def read(self, ws: str) -> tuple[dict[str, Any], str]:
         """The stored declaration (agents as first declared, without passwords) and its version.
@@ -108,3 +111,10 @@ class Declarations:
 
     async def workspaces(self) -> list[str]:
         return sorted(m.decode() for m in await self.redis.smembers(keys.WORKSPACES))
+
+
+def default_queue(cfg: WorkspaceConfig) -> str:
+    """The workflow's default queue ('' if none): where a case goes whose plan led only to
+    queues that have since been dropped (workspace_declare.lua)."""
+    target = cfg.workflow.default_target
+    return target.queue if target is not None else ""

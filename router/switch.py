@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from router import fastjson, keys, queries, snapshot
-from router.declarations import Declarations
+from router.declarations import Declarations, default_queue
 from router.errors import (
     BadRequest,
     ConfigError,
@@ -99,10 +99,13 @@ class Switch:
         ``workspace.changed``) is raised, for the caller to read again and retry.
         """
         before = await self._keep_queues_in_use(parse_workspace(decl))
-        cfg = await self.declarations.apply(decl, read_version=read_version)
+        cfg, res = await self.declarations.apply(decl, read_version=read_version)
         ws = cfg.id
         self.pools.forget(ws)
         await self.config(ws)
+        if dq := default_queue(cfg):  # defined before a case needs it (the agents join it below)
+            await self.pools.ensure(ws, cfg, [PoolSpec(dq, dq, "true")])
+        await self._dispatch(ws, res)  # cases that moved on from a queue it dropped
         declared = {a.id for a in cfg.agents}
         for a in cfg.agents:  # from the declaration as given: it has the passwords
             await self.upsert_agent(ws, a)

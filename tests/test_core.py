@@ -10,8 +10,9 @@ import pytest
 
 from router import keys, queries, snapshot
 from router.errors import BadRequest, Conflict, NotFound
+from router.push import offer_frame
 from router.stats import Stats
-from router.store import now_ms
+from router.store import Store, connect, now_ms
 from router.switch import Switch
 from tests.switchboard_fixtures import DECL, Inbox, agent, chat
 
@@ -1011,3 +1012,95 @@ async def test_the_queue_guard_holds_for_a_workspace_declared_without_an_id(
     with pytest.raises(Conflict) as refused:
         await switch.apply_workspace(fewer)
     assert refused.value.code == "queue.in_use"
+
+
+# -- a queue dropped from the declaration: no case is left in it ----------------------------------
+
+WITHOUT_BILLING = {
+    **DECL,
+    "queues": [q for q in DECL["queues"] if q["id"] != "billing"],
+    "workflow": {
+        "task_routing": {
+            "filters": [
+                f
+                for f in DECL["workflow"]["task_routing"]["filters"]
+                if f["filter_friendly_name"] != "billing"
+            ],
+            "default_filter": {"queue": "support"},
+        }
+    },
+}
+
+
+async def waiting_in(sw: Switch, case: str) -> str | None:
+    """The declared queue whose waiting list shows the case (None: no list shows it)."""
+    cfg = await sw.config("acme", fresh=True)
+    for q in cfg.queues:
+        page = await queries.list_cases(sw.redis, cfg, "acme", "queued", queue=q.id)
+        if case in [c["id"] for c in page.cases]:
+            return q.id
+    return None
+
+
+async def test_a_case_whose_next_step_is_in_a_dropped_queue_goes_on_to_the_default(
+    switch: Switch, inbox: Inbox
+) -> None:
+    """A Spanish chat's plan, made when it came in: a Spanish speaker in support for 30 s, then
+    billing. Billing is dropped meanwhile (no case waits there, the workflow no longer names
+    it). When the first step times out the case does not go to a queue nobody declares, lists
+    or staffs: it waits in the workflow's default queue, and its agents are offered it."""
+    spanish = {
+        "filter_friendly_name": "spanish",
+        "expression": "language == 'es'",
+        "targets": [
+            {"queue": "support", "expression": "task.language IN worker.languages", "timeout": 30},
+            {"queue": "billing"},
+        ],
+    }
+    workflow = {"task_routing": {"filters": [spanish], "default_filter": {"queue": "support"}}}
+    ann = agent("ann", ["support"], languages=["en"])
+    await switch.apply_workspace({**DECL, "workflow": workflow, "agents": [ann]})
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("e1", attributes={"language": "es"}))
+    assert not inbox.offers("ann")  # step 1 wants a Spanish speaker
+    await switch.apply_workspace({**WITHOUT_BILLING, "agents": [ann]})
+    await switch.run_timers("acme", now=now_ms() + 31_000)
+    assert await case_field(switch, r.case, "q") == "support"
+    assert inbox.last_offer("ann")["case"]["id"] == r.case
+
+
+async def test_a_node_that_has_not_seen_a_queue_dropped_does_not_route_into_it(
+    switch: Switch, inbox: Inbox, redis_server: str
+) -> None:
+    """Another node still has the declaration from before billing was dropped (nodes read a
+    change within a second): a billing case it takes in then waits in the default queue, listed,
+    not in billing's pool brought back from the old declaration."""
+    await setup(switch, agent("bob", ["billing"]), agent("ann", ["support"]))
+    other = Switch(Store(connect(redis_server)), notify=inbox)
+    await other.store.load()
+    try:
+        await other.config("acme")  # as it read it before the change
+        await switch.apply_workspace({**WITHOUT_BILLING, "agents": [agent("ann", ["support"])]})
+        for i in range(2):  # the first defines no pool for billing; the second finds none
+            r = await other.ingest("acme", chat(f"b{i}", attributes={"topic": "billing"}))
+            assert await waiting_in(switch, r.case) == "support"
+        assert not await switch.redis.sismember(keys.pools("acme"), "billing")
+    finally:
+        await other.store.close()
+
+
+async def test_a_case_that_came_into_a_queue_as_it_was_dropped_moves_on(
+    switch: Switch, inbox: Inbox
+) -> None:
+    """Dropping a queue is refused while cases wait in it, but a node that has not yet seen the
+    change can put one there between that check and the drop: the drop moves it on to its
+    next step (here the default queue) and offers it there."""
+    await setup(switch, agent("ann", ["support"]))
+    await switch.set_status("acme", "ann", "available")
+    r = await switch.ingest("acme", chat("b1", attributes={"topic": "billing"}))
+    assert await waiting_in(switch, r.case) == "billing"
+    # the drop as it lands after the check (Switch.apply_workspace made it a moment before)
+    _, res = await switch.declarations.apply({**WITHOUT_BILLING, "agents": []})
+    assert [(o["agent"], offer_frame(o)["case"]["id"]) for o in res["offers"]] == [("ann", r.case)]
+    assert await waiting_in(switch, r.case) is None  # offered to ann, in support
+    assert await case_field(switch, r.case, "q") == "support"

@@ -689,7 +689,24 @@ local function taking_cases(a)
   return redis.call('HGET', k_agent(a), 'r') == '1'
 end
 
-local function enter_step(c, i, offers, by_timeout, known)
+-- Whether pool p is still defined: a queue dropped from the declaration retires its pools
+-- (workspace_declare.lua), and a step into one is passed over, as a step for nobody is.
+local function pool_live(p)
+  return redis.call('SISMEMBER', k_pools(), p) == 1
+end
+
+-- The step a case takes when its plan ran out past a step in a dropped queue: the workflow's
+-- default queue, any of its agents (workspace_declare.lua keeps its id, 'dq'), at the case's
+-- priority; nil when there is none.
+local function default_step()
+  local q = hget(k_cfg(), 'dq')
+  if q == nil or not pool_live(q) then return nil end
+  local lifo = hget(k_queue(q), 'order') == 'lifo' and '1' or '0'
+  return {queue = q, pool = q, lifo = lifo}
+end
+
+-- passed: a step in a dropped queue was passed over already (the case's own, as it moves on)
+local function enter_step(c, i, offers, by_timeout, known, passed)
   local ck = k_case(c)
   local cs = known
     or redis.call('HMGET', ck, 'plan', 'ch', 'plan_start', 'step', 'pool', 'q', 'x')
@@ -711,10 +728,17 @@ local function enter_step(c, i, offers, by_timeout, known)
         s.pool = ensure_agent_pool(a)
       end
     end
-    if s.pool ~= nil and not skip_step(s, ch) then break end
+    if s.pool ~= nil then
+      if not pool_live(s.pool) then
+        passed = true
+      elseif not skip_step(s, ch) then
+        break
+      end
+    end
     i = i + 1
   end
   local s = plan[i]
+  if s == nil and passed then s = default_step() end  -- not lost with the queue
   if cs[4] then redis.call('ZREM', k_timers(), 'e|' .. c .. '|' .. cs[4]) end
   if s == nil then
     end_unassigned(c, 'cancelled', 'workflow.exhausted')
@@ -738,8 +762,9 @@ end
 -- Return an offered case to the line after a reject/timeout/rescind, with its original age;
 -- if its step timed out meanwhile, it moves on to the next step instead, as it does when the
 -- step was for agent a alone (a transfer to them, a reopen's last agent), whose offer ended:
--- they refused it or stopped taking cases, and nobody else may take it in that step. set: more
--- fields to write with the status (field, value, ...).
+-- they refused it or stopped taking cases, and nobody else may take it in that step; and when
+-- its queue was dropped meanwhile (its pool retired). set: more fields to write with the
+-- status (field, value, ...).
 local function requeue(c, offers, set, a)
   local ck = k_case(c)
   local cs = redis.call('HMGET', ck, 'esc', 'step', 'pool')
@@ -749,6 +774,9 @@ local function requeue(c, offers, set, a)
   end
   if a and cs[3] == 'a~' .. a then
     return enter_step(c, (tonumber(cs[2]) or 1) + 1, offers, false)
+  end
+  if cs[3] and not pool_live(cs[3]) then
+    return enter_step(c, (tonumber(cs[2]) or 1) + 1, offers, false, nil, true)
   end
   log('case.queued', {'case', c, 'requeued', '1'})
   if match_case(c, offers) == nil then enqueue(c) end

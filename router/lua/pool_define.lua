@@ -9,10 +9,15 @@
 -- ARGV    now, pool id, queue id, canonical filter (without live-load terms), agents' version
 --         read, members JSON [[agent id, order value], ...], order_by JSON, live-load
 --         conditions ('' = none; the part of the pool id after '#')
--- Returns {ok=true, created} or {ok=false, retry=true}.
+-- Returns {ok=true, created} ({ok=true, created=false, gone=true} for a queue the workspace
+-- no longer declares: a node that has not yet seen the change does not bring its pool back,
+-- and the step is passed over) or {ok=false, retry=true}.
 local p = ARGV[2]
 if redis.call('SISMEMBER', k_pools(), p) == 1 then
   return result({ok = true, created = false})
+end
+if redis.call('SISMEMBER', k_queues(), ARGV[3]) == 0 then
+  return result({ok = true, created = false, gone = true})
 end
 if (hget(k_cfg(), 'aver') or '0') ~= ARGV[5] then
   return result({ok = false, retry = true})
