@@ -84,6 +84,10 @@ class WsClient(asyncio.Protocol):
         """Queue one masked binary frame (no backpressure: bound your own window)."""
         self._write_frame(_OP_BINARY, payload)
 
+    def send_text(self, payload: str) -> None:
+        """Queue one masked text frame."""
+        self._write_frame(_OP_TEXT, payload.encode())
+
     def close(self) -> None:
         """Send a normal close frame and close the socket without waiting for the echo."""
         if self._transport is not None and not self._transport.is_closing():

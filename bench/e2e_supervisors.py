@@ -1,12 +1,13 @@
 """Supervisor pages for ``python -m bench e2e --supervisors N``: routing measured with people
 watching it.
 
-Each page asks what ``web/supervisor.js`` asks every second: ``stats.fetch`` on its WebSocket
-(queues, service levels, every agent's status and load, and the oldest 50 offered, assigned
-and wrapping cases) and ``GET /api/cases?status=queued`` (the oldest 50 waiting cases). A page
-waits for both answers, then for the rest of its second, as the browser does. The bench workspace
-declares the supervisors (``s0`` …, ``server_proc.SUPERVISORS``); their tokens are minted with
-the server's secret, like the agents'.
+Each page asks what ``web/supervisor.js`` asks every second, in JSON as the browser does:
+``stats.fetch`` on its WebSocket (queues, service levels, every agent's status and load, and
+the oldest 50 offered, assigned and wrapping cases) and ``GET /api/cases?status=queued`` (the
+oldest 50 waiting cases). A page waits for both answers, then for the rest of its second, as
+the browser does. The bench workspace declares the supervisors (``s0`` …,
+``server_proc.SUPERVISORS``); their tokens are minted with the server's secret, like the
+agents'.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 from typing import Any
 
 import httpx
-import msgpack
 
 from bench.bare_wsclient import WsClient
 from bench.e2e_load import open_ws
 from bench.server_proc import WORKSPACE, Server
+from router import wire
 from router.auth import Principal, Tokens
 
 __all__ = ["Supervisors"]
@@ -41,7 +43,7 @@ class _Page:
         self.refs = itertools.count(1)
 
     def on_message(self, payload: bytes) -> None:
-        frame = msgpack.unpackb(payload)
+        frame = json.loads(payload)
         fut = self.waiting.pop(frame.get("ref"), None) if isinstance(frame, dict) else None
         if fut is not None and not fut.done():
             fut.set_result(frame)
@@ -51,7 +53,7 @@ class _Page:
         ref = next(self.refs)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.waiting[ref] = fut
-        self.client.send(msgpack.packb({**frame, "ref": ref}))
+        self.client.send_text(json.dumps({**frame, "ref": ref}))
         return await fut
 
 
@@ -77,6 +79,7 @@ class Supervisors:
             page.client = await open_ws(
                 self.server.host, self.server.port,
                 f"/ws/agent?token={ws_token}&client=supervisor", page.on_message,
+                headers={"Sec-WebSocket-Protocol": wire.JSON},
             )  # fmt: skip
             session = tokens.issue(Principal("session", WORKSPACE, page.sid, "supervisor"))
             self._tasks.append(asyncio.create_task(self._refresh(page, session)))

@@ -230,7 +230,7 @@ HEADLINE = (
     ("console_connects_per_s", "console connects/s (to hello)", None, None),
     ("hello_kib", "hello frame, KiB", None, None),
     ("supervisors", "supervisor pages refreshing each second", None, None),
-    ("supervisor_refresh_p99_ms", "— a refresh's p99 (stats and the waiting cases), ms", None, None),
+    ("supervisor_refresh_p99_ms", "— a refresh's p99 (stats, waiting cases), ms", None, None),
     ("lost", "lost", None, None),
     ("duplicated", "duplicated", None, None),
 )  # fmt: skip

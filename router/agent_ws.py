@@ -216,7 +216,7 @@ class AgentSession:
     async def stats(self, f: dict[str, Any]) -> dict[str, Any]:
         self._supervisor()
         cfg = await self.sw.config(self.ws)
-        return {"stats": await self.ctx.stats.snapshot(self.sw.store, cfg, self.ws)}
+        return {"stats": await self.ctx.stats.shared(self.sw.store, cfg, self.ws)}
 
     async def move(self, f: dict[str, Any]) -> None:
         self._supervisor()

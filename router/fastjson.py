@@ -10,6 +10,7 @@ decoded by router/wire.py with the standard library (its errors are part of the 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -19,12 +20,12 @@ __all__ = ["dumps", "dumps_str", "loads"]
 loads = orjson.loads
 
 
-def dumps(value: Any) -> bytes:
-    """Compact JSON, non-JSON values as ``str(value)``."""
+def dumps(value: Any, default: Callable[[Any], Any] = str) -> bytes:
+    """Compact JSON, non-JSON values as ``default(value)`` (their ``str``)."""
     try:
-        return orjson.dumps(value, default=str)
+        return orjson.dumps(value, default=default)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), default=str).encode()
+        return json.dumps(value, separators=(",", ":"), default=default).encode()
 
 
 def dumps_str(value: Any) -> str:

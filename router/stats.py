@@ -33,6 +33,7 @@ from router.push import pairs
 from router.snapshot import agent_view
 from router.store import Lane, Store, open_client, stop_task
 from router.triage import agent_data, queue_members
+from router.wire import Once
 from router.workspace import WorkspaceConfig
 
 __all__ = ["SL_FORMULA", "Stats"]
@@ -233,12 +234,19 @@ class _Shared:
     """One workspace's latest snapshot on this node: what it was made for, its making (a task,
     awaited by every page that asks meanwhile), and when it was made (None while it is)."""
 
-    __slots__ = ("at", "shape", "task")
+    __slots__ = ("_once", "at", "shape", "task")
 
     def __init__(self, shape: tuple[Any, ...], task: asyncio.Task[dict[str, Any]]) -> None:
         self.shape, self.task = shape, task
         self.at: float | None = None
+        self._once: Once | None = None
         task.add_done_callback(self._made)
+
+    def once(self) -> Once:
+        """The snapshot made, encoded at most once per codec for all the pages given it."""
+        if self._once is None:
+            self._once = Once(self.task.result())
+        return self._once
 
     def _made(self, task: asyncio.Task[dict[str, Any]]) -> None:
         self.at = time.monotonic()
@@ -297,12 +305,17 @@ class Stats:
         await self.redis.aclose()
 
     async def snapshot(self, store: Store, cfg: WorkspaceConfig, ws: str) -> dict[str, Any]:
-        """Queues (waiting, longest wait, service level) and agents (status, load): made at
-        most once per ``share_s`` per workspace on this node (and again at once when the
-        workspace's queues change), every page asking meanwhile given the same. Read through
-        the store's connection (``Store.commands``: raw replies, none of redis-py's work per
-        command), a chunk of agents per round trip: a thousand agents' snapshot cost the node
-        60 ms of one piece, during which no console was served."""
+        """Queues (waiting, longest wait, service level) and agents (status, load): see
+        :meth:`shared`."""
+        return (await self.shared(store, cfg, ws)).value  # type: ignore[no-any-return]
+
+    async def shared(self, store: Store, cfg: WorkspaceConfig, ws: str) -> Once:
+        """The snapshot, made at most once per ``share_s`` per workspace on this node (and
+        again at once when the workspace's queues change), every page asking meanwhile given
+        the same, and sent encoded once (a thousand agents' snapshot is ~250 KiB of JSON).
+        Read through the store's connection (``Store.commands``: raw replies, none of
+        redis-py's work per command), a chunk of agents per round trip: a thousand agents'
+        snapshot cost the node 60 ms of one piece, during which no console was served."""
         shape = tuple((q.id, q.name, q.sl_target_s) for q in cfg.queues)
         shared = self._shared.get(ws)
         if shared is None or not shared.fresh(self.share_s) or shared.shape != shape:
@@ -310,7 +323,8 @@ class Stats:
             shared = self._shared[ws] = _Shared(shape, task)
         try:
             # shielded: a page that goes away mid-way does not cancel the others' snapshot
-            return await asyncio.shield(shared.task)
+            await asyncio.shield(shared.task)
+            return shared.once()
         except Exception:
             if self._shared.get(ws) is shared:
                 del self._shared[ws]  # the next page to ask tries again

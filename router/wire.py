@@ -14,9 +14,10 @@ from typing import Any, Final, Literal
 
 import msgpack
 
+from router import fastjson
 from router.errors import BadRequest
 
-__all__ = ["JSON", "MSGPACK", "SUBPROTOCOLS", "Codec", "choose", "decode", "encode"]
+__all__ = ["JSON", "MSGPACK", "SUBPROTOCOLS", "Codec", "Once", "choose", "decode", "encode"]
 
 Codec = Literal["switchboard.v1.msgpack", "switchboard.v1.json"]
 MSGPACK: Final = "switchboard.v1.msgpack"
@@ -66,8 +67,57 @@ def decode(data: bytes | str, codec: Codec) -> dict[str, Any]:
     return frame
 
 
-def encode(frame: dict[str, Any], codec: Codec) -> bytes | str:
-    if codec == MSGPACK:
-        out: bytes = msgpack.packb(frame, use_bin_type=True, default=str)
+class Once:
+    """A value sent in many frames, encoded once per codec: one supervisors' statistics
+    snapshot (a thousand agents: ~250 KiB of JSON) answers every page on the node that asks
+    within half a second. :func:`encode` splices it in where it is a frame's top-level value."""
+
+    __slots__ = ("_encoded", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._encoded: dict[str, bytes] = {}
+
+    def encoded(self, codec: Codec) -> bytes:
+        out = self._encoded.get(codec)
+        if out is None:
+            out = self._encoded[codec] = _encode(self.value, codec)
         return out
-    return json.dumps(frame, separators=(",", ":"), default=str)
+
+
+class _Splice(Exception):
+    """A frame holds a :class:`Once`: encoded piece by piece instead."""
+
+
+def _default(value: Any) -> str:
+    if isinstance(value, Once):
+        raise _Splice
+    return str(value)
+
+
+def _encode(value: Any, codec: Codec) -> bytes:
+    if codec == MSGPACK:
+        out: bytes = msgpack.packb(value, use_bin_type=True, default=_default)
+        return out
+    return fastjson.dumps(value, default=_default)
+
+
+def encode(frame: dict[str, Any], codec: Codec) -> bytes | str:
+    """A frame in the codec: bytes (msgpack) or str (JSON, with orjson: a browser's console
+    is sent JSON, and its frames are the largest). Values that neither encodes are sent as
+    their ``str``; a :class:`Once` at the top level is spliced in as encoded before."""
+    try:
+        out = _encode(frame, codec)
+    except _Splice:
+        out = _spliced(frame, codec)
+    return out if codec == MSGPACK else out.decode()
+
+
+def _spliced(frame: dict[str, Any], codec: Codec) -> bytes:
+    def part(v: Any) -> bytes:
+        return v.encoded(codec) if isinstance(v, Once) else _encode(v, codec)
+
+    if codec == MSGPACK:
+        head: bytes = msgpack.Packer().pack_map_header(len(frame))
+        return head + b"".join(part(k) + part(v) for k, v in frame.items())
+    return b"{" + b",".join(part(k) + b":" + part(v) for k, v in frame.items()) + b"}"
