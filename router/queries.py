@@ -9,7 +9,15 @@ Every function takes the caller's workspace; ids from another workspace are simp
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any
 
@@ -343,7 +351,8 @@ async def _held(
         members = await _members(commands, ws, ids, keys.agent_cases)
     keyed = [
         (created, c)
-        for c, (st, q, created) in (await _lifecycle(commands, ws, members)).items()
+        async for rows in _lifecycles(commands, ws, members)
+        for c, st, q, created in rows
         if st == status and (not queue or q == queue) and (after is None or (created, c) > after)
     ]
     return await _page(commands, ws, status, sorted(keyed), limit)
@@ -368,10 +377,13 @@ async def held(commands: Commands, ws: str, agent_ids: Sequence[str], limit: int
     offered = _offered(await _members(commands, ws, agent_ids, keys.agent_offers))
     holding = await _members(commands, ws, agent_ids, keys.agent_cases)
     keyed: dict[str, list[tuple[int, str]]] = {s: [] for s in ("offered", "assigned", "wrapping")}
-    for c, (st, _q, created) in (await _lifecycle(commands, ws, offered | holding)).items():
-        # as _held: an offered case is listed from an offer, a held one from a case set
-        if (st == "offered" and c in offered) or (st in ("assigned", "wrapping") and c in holding):
-            keyed[st].append((created, c))
+    async for rows in _lifecycles(commands, ws, offered | holding):
+        for c, st, _q, created in rows:  # sorted out a chunk at a time, as each is read
+            # as _held: an offered case is listed from an offer, a held one from a case set
+            if (st == "offered" and c in offered) or (
+                st in ("assigned", "wrapping") and c in holding
+            ):
+                keyed[st].append((created, c))
     first = {st: await _page(commands, ws, st, sorted(k), limit) for st, k in keyed.items()}
     for page in first.values():
         await _name_customers(commands, ws, page.cases)
@@ -399,16 +411,17 @@ def _offered(offers: set[str]) -> set[str]:
     return {c for o in offers if (c := keys.offer_case(o))}
 
 
-async def _lifecycle(
+async def _lifecycles(
     commands: Commands, ws: str, cases: set[str]
-) -> dict[str, tuple[str, str, int]]:
-    """Each case's status, queue and creation ('' and 0 for a case that is gone)."""
-    out: dict[str, tuple[str, str, int]] = {}
-    for chunk in chunks(sorted(cases)):
+) -> AsyncIterator[list[tuple[str, str, str, int]]]:
+    """Each case's (id, status, queue, creation) ('' and 0 for a case that is gone), a chunk
+    at a time: the caller handles each before the next is read."""
+    for chunk in chunks(list(cases)):
         rows = await commands(*[("HMGET", keys.case(ws, c), "st", "q", "created") for c in chunk])
-        for c, (st, q, created) in zip(chunk, rows, strict=True):
-            out[c] = (_s(st) if st else "", _s(q) if q else "", int(created or 0))
-    return out
+        yield [
+            (c, _s(st) if st else "", _s(q) if q else "", int(created or 0))
+            for c, (st, q, created) in zip(chunk, rows, strict=True)
+        ]
 
 
 async def _page(

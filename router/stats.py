@@ -378,9 +378,13 @@ class Stats:
                 fields = pairs(row)
                 agents.append(agent_view(fields, attributes=False))
                 attrs[agents[-1]["id"]] = fields.get("attrs", "")
+        # What follows goes over every agent two or three times: each pass is a piece of
+        # work of its own (a thousand agents: a few ms), the consoles' frames going between.
+        await asyncio.sleep(0)
         counts = tail.agent_counts()
         for a in agents:  # the last hour's work, beside what they hold now
             a["hour"] = counts.get(a["id"], {"completed": 0, "aht_s": None, "missed": 0})
+        await asyncio.sleep(0)
         staff = self._staffing(ws, cfg, aver, agents, attrs)
         taking = {s.name for s in cfg.statuses if s.routable}
         on = {a["id"] for a in agents if a["status"] in taking}
@@ -394,6 +398,7 @@ class Stats:
             row["agents"] = len(members)  # whose skills the queue's target matches
             row["agents_available"] = len(members & on)  # of them, taking cases now
             row["agents_free"] = len(members & free)  # and with room left
+        await asyncio.sleep(0)
         # every open case by status (a listing is cut at a page, these say how many there are),
         # and the oldest of those agents are offered or hold, from the same read
         held = await queries.held(store.commands, ws, ids, LISTED)
