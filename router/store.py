@@ -163,14 +163,16 @@ def _pack(head: tuple[Any, ...], prefix: str, items: list[_Pending]) -> bytes:
     return _command(tuple(cmd))
 
 
+_PACK: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command  # (its stub types one item)
+
+
 def _command(cmd: tuple[Any, ...]) -> bytes:
     """One command in the Redis protocol (RESP2); an argument that is not str, bytes, int or
     float is sent as its ``str``."""
-    pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
     try:
-        return pack(cmd)
+        return _PACK(cmd)
     except TypeError:  # a bool, None, ...: hiredis takes none of them
-        return pack(tuple(_arg(a) for a in cmd))
+        return _PACK(tuple(_arg(a) for a in cmd))
 
 
 def _chunks(batch: list[_Pending]) -> list[tuple[str, list[_Pending]]]:
