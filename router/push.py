@@ -18,6 +18,7 @@ __all__ = [
     "customer_view",
     "offer_frame",
     "pairs",
+    "script_list",
     "why",
 ]
 
@@ -40,6 +41,11 @@ def pairs(flat: Sequence[Any] | Mapping[Any, Any]) -> dict[str, str]:
         return dict(zip(it, it, strict=True))
     except TypeError:
         return {_s(k): _s(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
+
+
+def script_list(v: Any) -> list[Any]:
+    """A list from a script's JSON reply: Redis's cjson encodes an empty Lua table as {}."""
+    return v if isinstance(v, list) else []
 
 
 def _s(v: Any) -> str:

@@ -31,12 +31,12 @@ from router.workspace import WorkspaceConfig
 
 __all__ = [
     "CLOSED",
+    "HELD",
     "OPEN",
     "READ_CHUNK",
     "STATUSES",
     "CasePage",
     "Commands",
-    "Held",
     "agent",
     "agents",
     "case_fields",
@@ -45,8 +45,8 @@ __all__ = [
     "customer",
     "customers_of",
     "find_customer",
-    "held",
     "held_cases",
+    "held_pages",
     "list_cases",
     "queues",
     "workflow_queues",
@@ -358,36 +358,22 @@ async def _held(
     return await _page(commands, ws, status, sorted(keyed), limit)
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
-    """Every case an agent is offered or holds now, by status (``offered``, ``assigned``,
-    ``wrapping``): how many, and the first page of each (the oldest ``limit``, what
-    :func:`list_cases` gives without a cursor)."""
-
-    counts: dict[str, int]
-    first: dict[str, CasePage]
+#: the states of the cases agents are offered or hold (a supervisors' In progress)
+HELD = ("offered", "assigned", "wrapping")
 
 
-async def held(commands: Commands, ws: str, agent_ids: Sequence[str], limit: int) -> Held:
-    """The workspace's offered, assigned and wrapping cases (see :class:`Held`), read as
-    :func:`list_cases` reads each of those statuses, but once for the three: every agent's
-    offers and cases, then each case's status, a chunk (:data:`READ_CHUNK`) per round trip, so
-    the node serves its consoles in between. A supervisor's page has its counts and its lists
-    from one read."""
-    offered = _offered(await _members(commands, ws, agent_ids, keys.agent_offers))
-    holding = await _members(commands, ws, agent_ids, keys.agent_cases)
-    keyed: dict[str, list[tuple[int, str]]] = {s: [] for s in ("offered", "assigned", "wrapping")}
-    async for rows in _lifecycles(commands, ws, offered | holding):
-        for c, st, _q, created in rows:  # sorted out a chunk at a time, as each is read
-            # as _held: an offered case is listed from an offer, a held one from a case set
-            if (st == "offered" and c in offered) or (
-                st in ("assigned", "wrapping") and c in holding
-            ):
-                keyed[st].append((created, c))
-    first = {st: await _page(commands, ws, st, sorted(k), limit) for st, k in keyed.items()}
-    for page in first.values():
+async def held_pages(
+    commands: Commands, ws: str, held: Mapping[str, Mapping[str, int]], limit: int
+) -> dict[str, CasePage]:
+    """The first page of each state's cases in ``held`` (state -> case -> its creation, as
+    router/lua/agents_read.lua reads them): the oldest ``limit``, what :func:`list_cases`
+    gives without a cursor, read whole, with their customers' names."""
+    first = {}
+    for st, cases in held.items():
+        keyed = sorted((created, c) for c, created in cases.items())
+        first[st] = page = await _page(commands, ws, st, keyed, limit)
         await _name_customers(commands, ws, page.cases)
-    return Held({st: len(k) for st, k in keyed.items()}, first)
+    return first
 
 
 async def _agent_ids(commands: Commands, ws: str) -> list[str]:
@@ -458,9 +444,8 @@ Commands = Callable[..., Awaitable[list[Any]]]
 READ_CHUNK = 50
 
 
-def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    """``items`` READ_CHUNK at a time."""
-    n = READ_CHUNK
+def chunks(items: Sequence[str], n: int = READ_CHUNK) -> Iterator[Sequence[str]]:
+    """``items`` ``n`` at a time."""
     for i in range(0, len(items), n):
         yield items[i : i + n]
 

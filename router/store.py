@@ -62,6 +62,7 @@ SCRIPT_NAMES = (
     "agent_remove",
     "agent_status",
     "agent_update",
+    "agents_read",
     "case_complete",
     "case_delivered",
     "case_delivery_failed",

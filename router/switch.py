@@ -29,7 +29,7 @@ from router.ids import new_id
 from router.ingest import Event, entry_ts, parse_event, preview, timeline_entry
 from router.metrics import METRICS
 from router.pools import Pools
-from router.push import offer_frame, pairs
+from router.push import offer_frame, pairs, script_list
 from router.store import Store, now_ms
 from router.triage import PoolSpec, triage
 from router.workspace import AgentConfig, WorkspaceConfig, parse_agent, parse_workspace
@@ -57,11 +57,6 @@ async def _drop(
 
 
 log = logging.getLogger("switchboard.switch")
-
-
-def _as_list(v: Any) -> list[Any]:
-    # Redis's cjson encodes an empty Lua table as {}.
-    return v if isinstance(v, list) else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +191,7 @@ class Switch:
         are told and closed (``session.revoked``)."""
         res: dict[str, Any] = await self.store.run("agent_remove", ws, aid)
         if not res.get("ok"):
-            held = _as_list(res.get("cases"))
+            held = script_list(res.get("cases"))
             if res.get("error") == "agent.busy":
                 more = f" and {len(held) - 5} more" if len(held) > 5 else ""
                 raise Conflict(
@@ -273,9 +268,9 @@ class Switch:
         METRICS.events.labels(res.get("action", "")).inc()
         if res.get("action") == "created":
             METRICS.cases_created.labels(ev.channel).inc()
-        for other in _as_list(res.get("conflicts")):
+        for other in script_list(res.get("conflicts")):
             await self._absorb_anonymous(ws, res["customer"], other)
-        offered = any(o.get("case") == res["case"] for o in _as_list(res.get("offers")))
+        offered = any(o.get("case") == res["case"] for o in script_list(res.get("offers")))
         return IngestResult(
             res["case"], res["customer"], res["action"], bool(res["duplicate"]), offered
         )
@@ -724,7 +719,7 @@ class Switch:
             now=now,
         )
         await self._dispatch(ws, res)
-        for g in _as_list(res.get("gone")):
+        for g in script_list(res.get("gone")):
             # a chat nobody answered, its visitor gone: ended as their End chat would, so it
             # counts as abandoned and no agent is handed a chat with nobody there
             end = {
@@ -744,15 +739,15 @@ class Switch:
     # -- delivery ------------------------------------------------------------------------------
 
     async def _dispatch(self, ws: str, res: Mapping[str, Any]) -> None:
-        for p in _as_list(res.get("push")):
+        for p in script_list(res.get("push")):
             if p["frame"].get("type") == "offer.rescinded":  # timed out, or withdrawn
                 timeout = p["frame"].get("reason") == "timeout"
                 METRICS.offer_outcomes.labels("timeout" if timeout else "rescinded").inc()
             await self.notify(ws, p["agent"], p["frame"])
-        for o in _as_list(res.get("offers")):
-            nodes = _as_list(o["nodes"]) if "nodes" in o else None
+        for o in script_list(res.get("offers")):
+            nodes = script_list(o["nodes"]) if "nodes" in o else None
             await self.notify(ws, o["agent"], offer_frame(o), nodes=nodes)
-        for r in _as_list(res.get("rescinded")):
+        for r in script_list(res.get("rescinded")):
             METRICS.offer_outcomes.labels("rescinded").inc()
             if r.get("agent"):
                 await self.notify(

@@ -18,9 +18,10 @@ AGENTS = [agent(f"a{i}", ["support"], chat=2) for i in range(30)]
 
 
 async def agent_reads(redis: Redis) -> int:
-    """How many HGETALLs Redis has run (a snapshot reads each agent's hash with one)."""
+    """How many HMGETs Redis has run (a snapshot reads each agent's hash with one, in
+    router/lua/agents_read.lua; these agents hold no cases, whose reads would count too)."""
     stats = await redis.info("commandstats")
-    row = stats.get("cmdstat_hgetall") or {}
+    row = stats.get("cmdstat_hmget") or {}
     return int(row.get("calls", 0))
 
 

@@ -334,6 +334,7 @@ async def test_the_statistics_count_every_open_case_by_status(
     (then one case) at a time, through the store as the server reads them."""
     if chunk is not None:
         monkeypatch.setattr(queries, "READ_CHUNK", chunk)
+        monkeypatch.setattr(router.stats, "AGENTS_READ", chunk)
     await switch.apply_workspace(
         {**DECL, "agents": [agent("ann", ["support"], chat=10), agent("bob", ["sales"], chat=10)]}
     )
