@@ -11,15 +11,17 @@
 -- sets), each as read now: a case that moved on is left out. An agent with no hash is left out.
 -- An empty list is encoded as {} (Redis's cjson): the caller reads it as none.
 local with_attrs = ARGV[2] == '1'
-local CHANNELS = {'chat', 'email', 'voice'}
--- the fields a view is made of: the agent's, then each channel's capacity, load and idle moment
-local FIELDS = {'id', 'name', 'role', 'st', 'chs', 'idle', 'attrs'}
+local CHANNELS = {'chat', 'email', 'voice'}  -- router/ingest.py CHANNELS
+-- the fields a view is made of: the agent's, each channel's capacity, load and idle moment
+-- (fields 4 + 3j, 5 + 3j, 6 + 3j for the j-th channel), then, if asked for, the attributes
+local FIELDS = {'id', 'name', 'role', 'st', 'chs', 'idle'}
 for _, ch in ipairs(CHANNELS) do
   FIELDS[#FIELDS + 1] = 'cap:' .. ch
   FIELDS[#FIELDS + 1] = 'load:' .. ch
   FIELDS[#FIELDS + 1] = 'idle:' .. ch
 end
-if not with_attrs then FIELDS[7] = 'id' end  -- (read twice rather than the JSON unused)
+local ATTRS = #FIELDS + 1
+if with_attrs then FIELDS[ATTRS] = 'attrs' end
 local agents, attrs, cases = {}, {}, {}
 for i = 3, #ARGV do
   local a = ARGV[i]
@@ -30,9 +32,9 @@ for i = 3, #ARGV do
     local idle = tonumber(v[6]) or 0
     for j, ch in ipairs(CHANNELS) do
       if string.find(chs, ',' .. ch .. ',', 1, true) then
-        capacity[ch] = tonumber(v[5 + 3 * j]) or 0
-        load[ch] = tonumber(v[6 + 3 * j]) or 0
-        local t = tonumber(v[7 + 3 * j]) or 0
+        capacity[ch] = tonumber(v[4 + 3 * j]) or 0
+        load[ch] = tonumber(v[5 + 3 * j]) or 0
+        local t = tonumber(v[6 + 3 * j]) or 0
         if t > idle then idle = t end
       end
     end
@@ -40,7 +42,7 @@ for i = 3, #ARGV do
       id = v[1], name = v[2] or '', role = v[3] or 'agent', status = v[4] or 'offline',
       capacity = capacity, load = load, idle_since = idle,
     }
-    if with_attrs then attrs[v[1]] = v[7] or '' end
+    if with_attrs then attrs[v[1]] = v[ATTRS] or '' end
     for _, o in ipairs(redis.call('SMEMBERS', k_agent_offers(a))) do
       local c = offer_case(o)
       if c then
