@@ -18,8 +18,9 @@ reported the way locust measures non-HTTP protocols, as ``events.request`` with 
 ``event→ack`` (bridge), ``ingest→offer`` (the event's ``attributes.t0`` comes back in the offer),
 ``accept→ack``, ``complete→ack``, and ``freed→next offer`` (a complete, then an offer for a case
 that was already waiting when it was sent). Lost and duplicated offers are counted at the end
-when one process runs every user (no ``--processes``/workers): bridges' acks and agents' offers
-must then match one to one.
+when one process runs every user (no ``--processes``/workers): every case a bridge's ack named
+must have been offered once, or still be waiting in a queue or offered to an agent user that
+stopped before the offer came (asked of the server).
 
 One locust process generates about 21k frames/s at most (PERF-NOTES); for higher rates use
 ``python -m bench e2e``. With workers, start the server yourself
@@ -123,14 +124,56 @@ def _quitting(environment: Environment, **_: Any) -> None:
     if runner is not None and not isinstance(runner, MasterRunner | WorkerRunner):
         gevent.sleep(1.0)  # offers for the last acks
         acked, offered = _tally["acked"], _tally["offered"]
-        lost = len(acked - offered)
-        dup = _tally["duplicated"]
-        print(f"locustfile: {len(acked)} cases acked, {len(offered)} offered; lost {lost} "
-              f"(or still waiting), duplicated {dup}", file=sys.stderr)  # fmt: skip
+        unoffered = acked - offered
+        found = _open_cases(environment) if unoffered else {"queued": set(), "offered": set()}
+        if found is None:
+            outcome = f"lost {len(unoffered)} (or still waiting: the server did not say)"
+        else:
+            # offered: to an agent user that had stopped before the offer reached it
+            waiting, offered_late = unoffered & found["queued"], unoffered & found["offered"]
+            lost = unoffered - waiting - offered_late
+            outcome = (f"still waiting {len(waiting)}, offered as the agents stopped "
+                       f"{len(offered_late)}, lost {len(lost)}")  # fmt: skip
+        print(f"locustfile: {len(acked)} cases acked, {len(offered)} offered; {outcome}, "
+              f"duplicated {_tally['duplicated']}", file=sys.stderr)  # fmt: skip
     if _server is not None and _server.poll() is None:
         _server.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
             _server.wait(30)
+
+
+def _open_cases(environment: Environment) -> dict[str, set[str]] | None:
+    """The cases still queued or offered on the server, read as the bench workspace's first
+    supervisor (a case acked and never offered is lost only if it is in neither); None if the
+    server could not be asked."""
+    opts = environment.parsed_options
+    token = Tokens(opts.sb_secret if opts else SECRET).issue(
+        Principal("session", WORKSPACE, "s0", "supervisor")
+    )
+    found: dict[str, set[str]] = {}
+    try:
+        for status in ("queued", "offered"):
+            found[status] = set()
+            cursor: str | None = ""
+            while cursor is not None:
+                r = httpx.get(
+                    f"{environment.host}/api/cases",
+                    params={
+                        "status": status,
+                        "limit": 200,
+                        **({"cursor": cursor} if cursor else {}),
+                    },
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=10,
+                )
+                r.raise_for_status()
+                page = r.json()
+                found[status].update(str(c["id"]) for c in page["cases"])
+                cursor = page.get("next_cursor")
+    except (httpx.HTTPError, KeyError, TypeError, ValueError) as e:
+        print(f"locustfile: could not list the open cases: {e}", file=sys.stderr)
+        return None
+    return found
 
 
 def _fire(name: str, started: float, length: int = 0, error: str | None = None) -> None:

@@ -1,7 +1,7 @@
 """Smoke tests of the benches: tiny runs over real sockets, a real server and Redis.
 
-They check that ``python -m bench e2e``, ``core`` and (where valgrind is installed) ``cost`` run
-start to finish and that their ``--json`` results have the headline keys, with nothing lost or
+They check that ``python -m bench e2e``, ``core``, the locust scenarios (headless) and (where
+valgrind is installed) ``cost`` run start to finish and that their ``--json`` results have the headline keys, with nothing lost or
 duplicated; not how fast anything is.
 """
 
@@ -48,6 +48,27 @@ def test_e2e_bench_runs_and_counts_every_offer(tmp_path: Path) -> None:
     watched = result["e2e"]["supervisors"]
     assert watched["refreshes"] >= 5 and watched["failed"] == 0, watched
     assert result["e2e"]["server_pauses"]["loop_lag_count"] > 0
+
+
+def test_locust_scenarios_run_headless_and_account_for_every_case() -> None:
+    locust = Path(sys.executable).with_name("locust")
+    argv = [str(locust), "-f", "bench/locustfile.py", "--headless", "-u", "7", "-r", "7",
+            "-t", "4s", "--sb-agents", "5", "--sb-bridges", "2", "--sb-rate", "20",
+            "--sb-think-ms", "50", "--sb-handle-ms", "200", "--only-summary"]  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tally = [line for line in done.stderr.splitlines() if "cases acked" in line]
+    assert tally, done.stderr[-3000:]
+    # e.g. "locustfile: 80 cases acked, 80 offered; still waiting 0, offered as the agents
+    # stopped 0, lost 0, duplicated 0"
+    words = tally[-1].replace(",", "").replace(";", "").split()
+    acked = int(words[words.index("cases") - 1])
+    assert acked > 0, tally
+    assert words[words.index("lost") + 1] == "0", tally
+    assert words[words.index("duplicated") + 1] == "0", tally
+    for latency in ("event→ack", "ingest→offer", "accept→ack", "complete→ack"):
+        assert latency in done.stdout + done.stderr, latency
 
 
 CORE_REQUIRED = (
