@@ -1,8 +1,8 @@
 """Smoke tests of the benches: tiny runs over real sockets, a real server and Redis.
 
 They check that ``python -m bench e2e``, ``core``, the locust scenarios (headless) and (where
-valgrind is installed) ``cost`` run start to finish and that their ``--json`` results have the headline keys, with nothing lost or
-duplicated; not how fast anything is.
+valgrind is installed) ``cost`` run start to finish and that their results have the headline
+keys, with nothing lost or duplicated; not how fast anything is.
 """
 
 from __future__ import annotations
