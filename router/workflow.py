@@ -40,6 +40,7 @@ from router.expressions import Expression, ExpressionError, as_number, compile, 
 
 __all__ = [
     "DEFAULT_FILTER_NAME",
+    "MAX_PRIORITY",
     "Filter",
     "LoadCondition",
     "Plan",
@@ -77,6 +78,10 @@ class WorkflowError(ValueError):
 
     def __reduce__(self) -> tuple[type[WorkflowError], tuple[str, str, int | None]]:
         return (WorkflowError, (self.path, self.reason, self.column))
+
+
+#: a case's priority is 0 - this: a waiting case's score holds 11 bits of it (_lib.lua)
+MAX_PRIORITY = 2047
 
 
 @dataclass(frozen=True)

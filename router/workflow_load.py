@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from router.expressions import ExpressionError, as_number, compile, key_uses, resolve
 from router.workflow import (
     _LOAD_KEY,
+    MAX_PRIORITY,
     Filter,
     Target,
     Workflow,
@@ -157,9 +158,12 @@ def _target(raw: object, path: str, known: frozenset[str], inherited: str | None
             check_load_terms(expression)
         except ExpressionError as exc:
             _fail(f"{path}.expression", exc.reason, exc.column)
+    priority = _integer(value.get("priority"), f"{path}.priority")
+    if priority is not None and not 0 <= priority <= MAX_PRIORITY:
+        _fail(f"{path}.priority", f"must be 0-{MAX_PRIORITY}, not {priority}")
     return Target(
         queue=queue,
-        priority=_integer(value.get("priority"), f"{path}.priority"),
+        priority=priority,
         timeout=timeout,
         expression=expression,
         order_by=clauses,

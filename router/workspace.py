@@ -37,7 +37,7 @@ from router.config_checks import (
 from router.errors import ConfigError
 from router.expressions import ExpressionError
 from router.expressions import compile as compile_expression
-from router.workflow import Workflow, WorkflowError
+from router.workflow import MAX_PRIORITY, Workflow, WorkflowError
 from router.workflow_load import check_load_terms, load_workflow
 
 __all__ = [
@@ -282,8 +282,8 @@ def _channels(value: Any) -> dict[str, ChannelConfig]:
         base = channels[ch]
         timeout = seconds(c, "offer_timeout_s", base.offer_timeout_s, path, zero=False)
         priority = integer(c.get("priority", base.priority), f"{path}.priority")
-        if not 0 <= priority <= 2047:  # a waiting case's score holds 11 bits of it (_lib.lua)
-            raise ConfigError(f"{path}.priority: expected 0-2047, not {priority}")
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise ConfigError(f"{path}.priority: expected 0-{MAX_PRIORITY}, not {priority}")
         channels[ch] = ChannelConfig(timeout, priority)
     return channels
 

@@ -282,6 +282,11 @@ def test_numbers_given_as_strings() -> None:
         ("priority", "5.5", "must be an integer"),
         ("priority", True, "must be an integer"),
         ("priority", "high", "must be an integer"),
+        # a case's priority is 11 bits of its waiting score: beyond them, Lua would write
+        # 1e+29 in its hash and every read of the case would fail
+        ("priority", -5, "must be 0-2047"),
+        ("priority", 2048, "must be 0-2047"),
+        ("priority", "100000000000000000000000000000", "must be 0-2047"),
         ("timeout", 0, "positive number of seconds"),
         ("timeout", "-3", "positive number of seconds"),
         ("timeout", "soon", "positive number of seconds"),
