@@ -401,7 +401,7 @@ async def test_a_bridges_threads_and_event_ids_are_its_own(stack: Stack, bridge:
     """Two gateways that both number their conversations (or reuse event ids), and a bridge
     that sends a web chat visitor's id as its thread: none of them joins another's case, puts
     text on another customer's history, or is taken for a repeat of another's event. Naming a
-    case another source opened is refused, and stores nothing."""
+    case another source opened, or one that does not exist, is refused, and stores nothing."""
     thread, eid = uid("conv-"), uid("e")
     mine = await bridge.ok("event", **event("iso", eid=eid, thread=thread, text="card 4111"))
     theirs = stack.track(await connect_bridge(stack.nodes[0].ws_url, OTHER_CHAT_KEY))
@@ -416,7 +416,8 @@ async def test_a_bridges_threads_and_event_ids_are_its_own(stack: Stack, bridge:
     await theirs.fails("event", "case.unknown", **event("iso", case=mine["case"], eid=uid("e")))
     widget, welcome = await stack.chat()
     chat = await widget.ok("message", text="hi, I am the visitor")
-    for named in ({"thread": welcome["visitor"]}, {"case": chat["case"]}):
+    nowhere = ({"case": mine["case"][:-4] + "ffff"}, {"case": "../x y"}, {"case": "c-nope"})
+    for named in ({"thread": welcome["visitor"]}, {"case": chat["case"]}, *nowhere):
         ev = event("iso", text="STRANGER TEXT", **named)
         if "case" in named:
             await bridge.fails("event", "case.unknown", **ev)

@@ -15,7 +15,7 @@
 --         sending the same thread id
 -- Returns {ok, case, customer, action, duplicate, offers, push}; action is one of created,
 -- appended, reopened, abandoned, stale, ignored. {ok=false, error=case.unknown}: a bridge named
--- a case another source opened (nothing stored).
+-- a case that does not exist or that another source opened (nothing stored).
 local eid, ch, kind = ARGV[2], ARGV[3], ARGV[4]
 local dk = k_dedupe(eid)
 local seen = redis.call('GET', dk)
@@ -36,8 +36,9 @@ local ends = kind == 'call.ended' or kind == 'conversation.ended'
 local c, cv = nil, nil
 if ARGV[8] ~= '' then
   cv = redis.call('HMGET', k_case(ARGV[8]), 'st', 'closed', 'cust', 'ended', 'src')
-  -- a bridge names only its own cases (or the REST API's, which have no source)
-  if cv[1] and ARGV[18] ~= '' and (cv[5] or '') ~= '' and cv[5] ~= ARGV[18] then
+  -- a bridge names only its own cases (or the REST API's, which have no source), and only
+  -- cases that exist; the email adapter's verified id of a case gone since goes on by thread
+  if ARGV[18] ~= '' and (not cv[1] or ((cv[5] or '') ~= '' and cv[5] ~= ARGV[18])) then
     return result({ok = false, error = 'case.unknown'})
   end
   if cv[1] then c = ARGV[8] else cv = nil end
