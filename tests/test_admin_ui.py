@@ -460,3 +460,42 @@ async def test_each_agent_shows_the_queues_their_skills_match(
     await expect(agent_row(page, "sue").get_by_test_id("admin-agent-queues-cell")).to_have_text(
         "—"  # takes no cases: nothing to match
     )
+
+
+async def test_the_supervisor_view_lists_who_takes_cases_and_names_the_signed_in_role(
+    one_node: Stack, browser: Any, pages: list[Web]
+) -> None:
+    """Ada saves Sue (a supervisor who takes no cases) on the admin page, which writes her
+    capacities as 0: the supervisor view still lists only who takes cases. Demoted to agent,
+    Sue signing in at /supervisor is named an agent above the refusal, not a supervisor."""
+
+    def listed(page: Page, agent: str) -> Locator:
+        return page.locator(f"[data-testid=agent-row][data-agent='{agent}']")
+
+    sue = await test_supervisor_qa10.supervisor_page(one_node, 0, browser, pages)
+    await expect(listed(sue, "sam")).to_be_visible()
+    await expect(listed(sue, "sue")).to_have_count(0)
+    page = await admin_page(one_node, browser, pages)
+    await agent_row(page, "sue").get_by_test_id("admin-agent-edit").click()
+    await expect(page.get_by_test_id("admin-agent-id")).to_have_value("sue")
+    await expect(page.get_by_test_id("admin-agent-cap-chat")).to_have_value("0")
+    await page.get_by_test_id("admin-agent-save").click()
+    await expect(page.get_by_test_id("admin-saved")).to_contain_text("Saved Sue")
+    # then Sam renamed: once the view shows that, it shows what was saved before it
+    await agent_row(page, "sam").get_by_test_id("admin-agent-edit").click()
+    await expect(page.get_by_test_id("admin-agent-id")).to_have_value("sam")
+    await page.get_by_test_id("admin-agent-name").fill("Sam Renamed")
+    await page.get_by_test_id("admin-agent-save").click()
+    await expect(listed(sue, "sam")).to_contain_text("Sam Renamed")
+    await expect(listed(sue, "sue")).to_have_count(0)
+
+    await agent_row(page, "sue").get_by_test_id("admin-agent-edit").click()
+    await expect(page.get_by_test_id("admin-agent-id")).to_have_value("sue")
+    await page.get_by_test_id("admin-agent-role").select_option("agent")
+    await page.get_by_test_id("admin-agent-save").click()
+    await expect(agent_row(page, "sue").get_by_test_id("admin-agent-role-cell")).to_have_text(
+        "Agent"
+    )
+    again = await test_supervisor_qa10.signed_in_at(one_node, browser, pages, "/supervisor", "sue")
+    await expect(again.get_by_test_id("forbidden")).to_be_visible()
+    await expect(again.locator(".who-ws")).to_have_text("Agent · acme")

@@ -21,6 +21,7 @@ const HANDLED = [["offered", "Offered"], ["assigned", "In progress"], ["wrapping
 const HANDLED_LIMIT = 50; // per state: each refresh lists the oldest this many (router/stats.py LISTED)
 const WAITING_LIMIT = 50;
 // how the "and N more" note names each state
+const ROLE_LABEL = { agent: "Agent", supervisor: "Supervisor", admin: "Admin" };
 const MORE_LABEL = { offered: "offered", assigned: "in progress", wrapping: "wrapping up" };
 
 /** A case's subject (isolated: customer text, it may carry bidi controls), or what stands in:
@@ -213,7 +214,7 @@ class SupervisorView {
       h("header", { class: "topbar" },
         h("div", { class: "brand" }, h("span", { class: "brand-mark", "aria-hidden": "true" }, "◆"), "Switchboard"),
         h("div", { class: "who" }, h("span", { class: "who-name", testid: "agent-name" }, this.session.name),
-          h("span", { class: "who-ws" }, `${this.session.role === "admin" ? "Admin" : "Supervisor"} · ${this.session.workspace}`)),
+          h("span", { class: "who-ws" }, `${ROLE_LABEL[this.session.role] || "Agent"} · ${this.session.workspace}`)),
         h("div", { class: "spacer" }),
         indicator,
         this.adminLink(),
@@ -673,7 +674,9 @@ class SupervisorView {
     }
     this.renderSummary(stats);
     this.renderQueues(stats.queues || []);
-    this.renderAgents((stats.agents || []).filter((a) => a.role === "agent" || Object.keys(a.capacity || {}).length));
+    // agents, and supervisors or admins who also take cases (a capacity above 0 somewhere)
+    const takes = (a) => a.role === "agent" || Object.values(a.capacity || {}).some((n) => n > 0);
+    this.renderAgents((stats.agents || []).filter(takes));
   }
 
   renderSummary(stats) {
