@@ -248,6 +248,14 @@ _HTML_SPACE = re.compile(r"\s+")
 # [^<>] rather than [^>]: an unterminated "<a" must not make each match scan to the end.
 _HTML_BREAK = re.compile(r"<(?:br|hr)\b[^<>]*>|</(?:div|li|tr|h[1-6]|pre|table)\s*>", re.I)
 _HTML_PARAGRAPH = re.compile(r"</(?:p|blockquote)\s*>", re.I)
+# a block's start breaks the line too ("Hello,<div>my order…"), unless a line just ended: it
+# is marked, and the mark is a line break only where text comes before it. Not a row's start:
+# text between a table's rows would be moved out of the table (rows end lines already).
+_HTML_BLOCK_START = re.compile(
+    r"<(?:div|p|li|h[1-6]|pre|table|blockquote|ul|ol|dl|dt|dd)\b[^<>]*>", re.I
+)
+_BLOCK_MARK = "\ue000"  # a private-use character: no mail's text means anything by it
+_MARK_AT_LINE_START = re.compile(f"(^|\n)[ \t{_BLOCK_MARK}]*")
 _HTML_CELL = re.compile(r"</t[dh]\s*>", re.I)  # "<td>Total</td><td>40</td>": "Total 40"
 # nh3's output keeps only <a> with an http(s) href, attributes quoted and text escaped; anchors
 # cannot nest, so this reads it exactly
@@ -282,7 +290,8 @@ def html_to_text(markup: str) -> str:
     """Plain text from HTML: every tag stripped by nh3 (script/style content dropped), entities
     unescaped, whitespace collapsed, block ends kept as line breaks. No markup survives; the
     text may contain ``<`` where the customer wrote one, and must be displayed as text."""
-    markup = _HTML_SPACE.sub(" ", markup)  # source newlines are just spaces in HTML
+    markup = _HTML_SPACE.sub(" ", markup).replace(_BLOCK_MARK, "")  # newlines are spaces
+    markup = _HTML_BLOCK_START.sub(_BLOCK_MARK + "\\g<0>", markup)
     markup = _HTML_PARAGRAPH.sub("\\g<0>\n\n", _HTML_BREAK.sub("\\g<0>\n", markup))
     markup = _HTML_CELL.sub("\\g<0> ", markup)
     if _html_depth(markup) > _MAX_HTML_DEPTH:
@@ -298,6 +307,7 @@ def html_to_text(markup: str) -> str:
         clean_content_tags=_DROP_CONTENT,
     )
     text = html.unescape(_HTML_ANY_LINK.sub("", _HTML_LINK.sub(_link, cleaned)))
+    text = _MARK_AT_LINE_START.sub("\\1", text).replace(_BLOCK_MARK, "\n")
     return _tidy(text.replace("\xa0", " "))
 
 

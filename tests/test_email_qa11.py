@@ -433,3 +433,15 @@ async def test_a_forward_and_bounces_reach_the_agent_as_they_are(
     offer = await ann.expect("offer")
     assert offer["case"]["subject"] == "Undelivered Mail Returned to Sender"
     assert offer["case"]["attributes"]["auto_submitted"] is True
+
+
+def test_html_blocks_start_new_lines_as_they_end_them() -> None:
+    """Gmail writes a message as a div per line, the first line bare: "Hello,<div>my order…".
+    A block's start breaks the line where text comes before it, and adds no blank line where a
+    line has just ended."""
+    gmail = '<div dir="ltr">Hello,<div>my order 7 is late.</div><div><br></div><div>Ann</div></div>'
+    assert html_to_text(gmail) == "Hello,\nmy order 7 is late.\n\nAnn"
+    table = "Order summary:<table><tr><td>Item</td><td>Qty</td></tr><tr><td>Mug</td><td>2</td></tr>"
+    assert html_to_text(table + "</table>") == "Order summary:\nItem Qty\nMug 2"
+    assert html_to_text("<h1>Title</h1>Head<p>one</p><p>two</p>") == "Title\nHead\none\n\ntwo"
+    assert html_to_text("a \ue000<b>b</b>") == "a b"  # the mark is ours: a mail's own is dropped
