@@ -56,9 +56,12 @@ class Settings:
     # supervisor pages on one node asking within this long share one stats snapshot (stats.py)
     stats_share_s: float = 0.5
     node_dead_s: float = 15.0  # a node silent this long is dead: its consoles count as gone
-    agent_max_frame: int = 64 * 1024
+    # each holds the longest text its endpoint takes in any script (a reply's 32,000 characters,
+    # a chat message's 8,000: up to 4 bytes each, more escaped): a longer text is then refused
+    # with a typed error, not by closing the socket
+    agent_max_frame: int = 256 * 1024
     bridge_max_frame: int = 1024 * 1024
-    chat_max_frame: int = 16 * 1024
+    chat_max_frame: int = 64 * 1024
     rate_per_s: float = 50.0  # frames per second per console / chat connection (burst 2x)
     bridge_rate_per_s: float = 5000.0
     ws_impl: str = "websockets-sansio"  # uvicorn --ws; see bench/README.md for the figures

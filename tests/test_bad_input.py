@@ -26,6 +26,7 @@ from tests.ws_client import (
     JSON,
     MSGPACK,
     OTHER_CHAT_KEY,
+    Frame,
     Stack,
     WsClient,
     bridge_event,
@@ -526,18 +527,18 @@ async def test_bridge_keys(stack: Stack) -> None:
 async def test_frames_over_the_size_limit_close_1009(stack: Stack) -> None:
     base = stack.nodes[0].ws_url
     console, _ = await stack.agent("limits1", codec=MSGPACK)
-    await console.ok("ping", pad=b"x" * 60_000)  # under 64 KiB: fine
-    await console.send_raw(msgpack.packb({"type": "ping", "pad": b"x" * 64 * 1024}))
+    await console.ok("ping", pad=b"x" * 250_000)  # under 256 KiB: fine
+    await console.send_raw(msgpack.packb({"type": "ping", "pad": b"x" * 256 * 1024}))
     assert await console.closed() == 1009
 
     # the limit counts bytes on the wire, not characters
     console, _ = await stack.agent("limits1", codec=JSON)
-    await console.send_raw(json.dumps({"type": "ping", "pad": "€" * 30_000}, ensure_ascii=False))
+    await console.send_raw(json.dumps({"type": "ping", "pad": "€" * 90_000}, ensure_ascii=False))
     assert await console.closed() == 1009
 
     widget, _ = await stack.chat()
-    await widget.ok("ping", pad="x" * 15_000)
-    await widget.send_raw(json.dumps({"type": "message", "text": "x" * 16 * 1024}))
+    await widget.ok("ping", pad="x" * 60_000)
+    await widget.send_raw(json.dumps({"type": "message", "text": "x" * 64 * 1024}))
     assert await widget.closed() == 1009
 
     big = await stack.bridge(key=CHAT_ONLY_KEY)
@@ -547,6 +548,36 @@ async def test_frames_over_the_size_limit_close_1009(stack: Stack) -> None:
 
     again = stack.track(await connect_agent(base, await stack.ws_token("limits1")))
     assert (await again.recv())["type"] == "hello"
+
+
+async def test_the_longest_text_in_any_script_fits_a_frame_and_a_longer_one_is_refused(
+    stack: Stack,
+) -> None:
+    """A chat message of 8,000 characters and a reply of 32,000 fit their endpoint's frame in
+    any script, as a browser sends them (UTF-8: an emoji is 4 bytes) or escaped as JSON's
+    \\uXXXX (6 bytes). Over the length, the text is refused with a typed error and the
+    connection stays, rather than being closed for the frame's size."""
+
+    async def answer(client: WsClient, frame: dict[str, Any], *, ascii_only: bool) -> Frame:
+        ref = f"big{len(frame['text'])}{ascii_only}"
+        await client.send_raw(json.dumps({**frame, "ref": ref}, ensure_ascii=ascii_only))
+        return await client.answer(ref)
+
+    widget, _ = await stack.chat()
+    ack = await answer(widget, {"type": "message", "text": "😀" * 8000}, ascii_only=False)
+    assert ack["type"] == "ack" and ack["case"], ack
+    escaped = await answer(widget, {"type": "message", "text": "€" * 8000}, ascii_only=True)
+    assert escaped["type"] == "ack", escaped
+    over = await answer(widget, {"type": "message", "text": "😀" * 8001}, ascii_only=False)
+    assert (over["type"], over["code"]) == ("error", "frame.invalid"), over
+    await widget.ok("ping")  # still open
+
+    console, _ = await stack.agent("limits2", codec=JSON)
+    for text, ascii_only in (("😀" * 32_001, False), ("€" * 32_001, True)):
+        frame = {"type": "case.note", "case": ack["case"], "text": text}
+        refused = await answer(console, frame, ascii_only=ascii_only)
+        assert (refused["type"], refused["code"]) == ("error", "frame.invalid"), refused
+    await console.ok("ping")
 
 
 async def test_text_that_is_not_utf8_closes_1007_with_one_line_logged(stack: Stack) -> None:
