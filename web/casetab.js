@@ -8,6 +8,7 @@ const FOLLOWUP_CHOICES = [
   [60, "In 1 minute"], [15 * 60, "In 15 minutes"], [3600, "In 1 hour"], [4 * 3600, "In 4 hours"],
   [24 * 3600, "Tomorrow, same time"],
 ];
+const MAX_REPLY_CHARS = 32000; // a reply's or note's length (router/agent_ws.py)
 const STATUS_LABEL = { assigned: "In progress", wrapping: "Wrapping up", completed: "Completed" };
 
 let seq = 0;
@@ -311,12 +312,31 @@ export class CaseView {
     "(it can if they write again). “Add note” files it as an internal note instead.");
     this.input.setAttribute("aria-describedby", this.stranded.id);
     const canned = Object.entries(this.app.canned);
-    const cannedSelect = canned.length ? h("select", { testid: "canned-select", "aria-label": "Insert a canned reply",
-      onchange: (ev) => {
-        const text = this.app.canned[ev.target.value];
-        ev.target.value = "";
-        if (text) this.insert(text);
-      } },
+    // a mouse's pick inserts at once; the keyboard's arrows only move through the list (each
+    // fires change), and Enter inserts the one shown
+    let browsing = false;
+    const pick = (el) => {
+      const text = this.app.canned[el.value];
+      el.value = "";
+      browsing = false;
+      if (text) this.insert(text);
+    };
+    const cannedSelect = canned.length ? h("select", { testid: "canned-select",
+      "aria-label": "Insert a canned reply (arrow keys to choose, Enter to insert)",
+      onkeydown: (ev) => {
+        if (ev.key === "Enter") {
+          if (ev.target.value) { ev.preventDefault(); pick(ev.target); }
+        } else if (ev.key === "Escape") {
+          ev.target.value = "";
+          browsing = false;
+        } else if (ev.key === " ") {
+          browsing = false; // opens the list: what is picked there inserts
+        } else if (!ev.altKey && !ev.ctrlKey && !ev.metaKey && ev.key !== "Tab") {
+          browsing = true; // arrows, Home/End, typing a letter: choosing, not yet inserting
+        }
+      },
+      onchange: (ev) => { if (!browsing) pick(ev.target); },
+      onblur: (ev) => { browsing = false; ev.target.value = ""; } },
     h("option", { value: "" }, "Canned reply…"),
     canned.map(([key, text]) => h("option", { value: key }, `${key} — ${text.slice(0, 40)}${text.length > 40 ? "…" : ""}`))) : null;
     const form = h("form", { class: `composer${this.mode === "note" ? " note-mode" : ""}`, testid: "composer",
@@ -343,7 +363,9 @@ export class CaseView {
     const el = this.input;
     const start = el.selectionStart ?? el.value.length;
     const end = el.selectionEnd ?? el.value.length;
-    el.setRangeText(text, start, end, "end");
+    // after a word, a space first: "…please." then "Bye." reads "…please. Bye."
+    const gap = start > 0 && !/\s/.test(el.value[start - 1]) ? " " : "";
+    el.setRangeText(gap + text, start, end, "end");
     this.saveDraft();
     el.focus();
   }
@@ -359,6 +381,12 @@ export class CaseView {
     // one send at a time: a second Ctrl+Enter while the first is on its way would send the
     // customer the same reply twice
     if (!text || this.sending) return;
+    const chars = [...text].length; // characters, as the server counts them
+    if (chars > MAX_REPLY_CHARS) {
+      this.app.toast(`Not sent: ${chars.toLocaleString("en")} characters, `
+        + `${MAX_REPLY_CHARS.toLocaleString("en")} at most. Shorten it, or send it in parts.`, { kind: "error" });
+      return;
+    }
     this.sending = true;
     this.sendButton.disabled = true;
     try {

@@ -21,6 +21,7 @@ import { backoff, clock, h, replace } from "./dom.js";
 const PROTOCOL = "switchboard.v1.json";
 const SERVER = new URL(import.meta.url);
 let widgets = 0;
+const MAX_CHARS = 8000; // a message's length, in characters (router/chat_ws.py)
 
 function randomId() {
   const a = new Uint8Array(8);
@@ -144,6 +145,8 @@ export class ChatWidget {
         h("button", { type: "submit", class: "sbchat-secondary", testid: "chat-identify" }, "Save details"),
         this.detailsNote));
     this.input = h("textarea", { id: id("input"), rows: "2", testid: "chat-input", placeholder: "Type your message…" });
+    this.input.value = this.load().draft || ""; // typed and not sent before a reload
+    this.input.addEventListener("input", () => this.save({ draft: this.input.value }));
     this.input.addEventListener("keydown", (ev) => {
       if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); this.submit(); }
     });
@@ -155,7 +158,7 @@ export class ChatWidget {
       this.log, this.waiting, this.error, this.details,
       h("form", { class: "sbchat-compose", onsubmit: (ev) => { ev.preventDefault(); this.submit(); } },
         h("label", { for: id("input"), class: "sbchat-sr" }, "Your message"), this.input,
-        h("button", { type: "submit", class: "sbchat-send", testid: "chat-send" }, "Send")),
+        this.sendButton = h("button", { type: "submit", class: "sbchat-send", testid: "chat-send" }, "Send")),
       h("div", { class: "sbchat-foot" }, h("span", { class: "sbchat-hint" }, "Enter to send · Shift+Enter for a new line"),
         this.endButton)));
   }
@@ -177,15 +180,23 @@ export class ChatWidget {
           + "the next time you open it.")
         : this.bubble("in", "", m.text, m.ts, true));
     }
+    if (this.unavailable) {
+      items.splice(0, items.length, h("li", { class: "sbchat-system", testid: "chat-unavailable" },
+        "Chat is not available on this page. Please contact us another way."));
+    }
     replace(this.log, items);
+    for (const el of [this.input, this.sendButton]) {
+      if (this.unavailable) el.setAttribute("disabled", ""); else el.removeAttribute("disabled");
+    }
+    this.details.hidden = Boolean(this.identity) || Boolean(this.unavailable);
     const ending = outbox.length > 0 && outbox[outbox.length - 1].end === true;
-    this.endButton.disabled = ending;
+    this.endButton.disabled = ending || Boolean(this.unavailable);
     this.endButton.textContent = ending ? "Ending chat…" : "End chat";
     const hasIn = this.messages.some((m) => m.dir === "in" && m.text) || outbox.some((m) => !m.end);
     const hasOut = this.messages.some((m) => m.dir === "out");
     const moved = this.agent ? this.agent.event : "";
     const waiting = moved === "transferred" || moved === "waiting" || (!moved && !hasOut);
-    this.waiting.hidden = this.ended || ending || !hasIn || !waiting;
+    this.waiting.hidden = this.ended || ending || !hasIn || !waiting || Boolean(this.unavailable);
     // the queue notice above may just have appeared and shrunk the log: scroll after it did, so
     // the newest line stays in view
     this.scrollToEnd();
@@ -238,17 +249,23 @@ export class ChatWidget {
         else this.showError(f.message);
       }
     };
-    ws.onclose = () => {
+    ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
       this.open = false;
-      for (const p of this.pending.values()) p.reject({ code: "disconnected" });
+      // 1009: what was on its way was over the server's limit. Sent again it would be refused
+      // again, so it is not: it is given up, and said so (the connection comes back)
+      const gone = ev.code === 1009 ? { code: "frame.too_large", message: "it is too long to send." }
+        : { code: "disconnected" };
+      for (const p of this.pending.values()) p.reject(gone);
       this.pending.clear();
       this.render(); // an end on its way now waits for the connection: say so
       if (refusal && String(refusal.code).startsWith("auth.")) {
         this.save({ token: "" }); // our visitor token expired: start as a new visitor
       } else if (refusal && refusal.code === "workspace.unknown") {
+        this.unavailable = true; // this page names no chat of ours: nothing can be sent
         this.status.textContent = "Chat is not available.";
+        this.render();
         return;
       }
       const delay = backoff(this.attempt++);
@@ -366,13 +383,19 @@ export class ChatWidget {
   submit() {
     const text = this.input.value.trim();
     if (!text) return;
-    if (text.length > 8000) { this.showError("That message is too long (8000 characters at most)."); return; }
+    if (this.unavailable) return;
+    const chars = [...text].length; // characters, as the server counts them (an emoji is one)
+    if (chars > MAX_CHARS) {
+      this.showError(`That message is too long: ${chars} characters, ${MAX_CHARS} at most.`);
+      return;
+    }
     this.showError("");
     this.ended = false;
     if (this.agent && this.agent.event === "closed") this.agent = { event: "waiting" }; // reopens it
     const m = { id: randomId(), text, ts: Date.now() / 1000 };
     this.save({ outbox: [...this.load().outbox, m] });
     this.input.value = "";
+    this.save({ draft: "" });
     this.render();
     this.flush();
   }
@@ -427,7 +450,7 @@ export class ChatWidget {
       this.input.focus();
     } catch (e) {
       this.detailsNote.textContent = e.code === "disconnected"
-        ? "Not connected right now — try again in a moment." : `Please check your details: ${e.message}`;
+        ? "Not connected right now — try again in a moment." : detailsProblem(e);
     }
   }
 
@@ -490,6 +513,17 @@ export class ChatWidget {
 }
 
 // A signed-in visitor's identity, as the site rendered it: only with its identity_hash.
+/** Why the details were refused, in the customer's words rather than the protocol's. */
+function detailsProblem(e) {
+  const said = String(e.message || "");
+  if (said.startsWith("identities.phone")) {
+    return "Please enter your phone number with its country code, e.g. +1 415 555 0123.";
+  }
+  if (said.startsWith("identities.email")) return "Please check your email address.";
+  if (said.startsWith("name")) return "Please check your name.";
+  return "Those details could not be saved. Please check them and try again.";
+}
+
 function signedIdentity(el, params) {
   const pick = (data, param) => el.dataset[data] || params.get(param) || "";
   const identity_hash = pick("identityHash", "identity_hash");
