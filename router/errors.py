@@ -113,11 +113,31 @@ CLOSE_CODES = {
 }
 
 
+# what a script's "<thing>.<state>" refusal says, as a person would read it ("Could not accept:
+# the offer has timed out", not "not possible: it is timeout")
+_STATE_SAID = {
+    "timeout": "has timed out",
+    "rescinded": "was withdrawn",
+    "rejected": "was declined",
+    "accepted": "was accepted already",
+    "queued": "is waiting in a queue",
+    "offered": "is being offered",
+    "assigned": "is with an agent",
+    "wrapping": "is in wrap-up",
+    "completed": "is completed",
+    "cancelled": "was cancelled",
+    "abandoned": "was abandoned",
+}
+
+
 def from_script(code: str) -> SwitchboardError:
     """Map an error code returned by a Lua transition script to a typed error."""
     if code == "reply.channel":
         return BadRequest("a call takes notes, not replies", code=code)
     if code.endswith(".unknown"):
         return NotFound(f"{code.split('.')[0]} not found", code=code)
-    state = code.split(".", 1)[-1]
+    thing, _, state = code.partition(".")
+    said = _STATE_SAID.get(state)
+    if said is not None:
+        return Conflict(f"the {thing} {said}", code=code)
     return Conflict(f"not possible: it is {state}", code=code)

@@ -353,7 +353,8 @@ async def test_stale_and_repeated_answers_to_offers(stack: Stack, bridge: WsClie
     assert (await console.ok("offer.accept", offer=accepted["offer"]))["duplicate"] is True
     await console.fails("offer.reject", "offer.accepted", offer=accepted["offer"])
     await console.ok("case.complete", case=ack["case"])
-    await console.fails("case.reply", "case.completed", case=ack["case"], text="too late")
+    refused = await console.fails("case.reply", "case.completed", case=ack["case"], text="late")
+    assert refused["message"] == "the case is completed"  # said as a person reads it
     await console.fails("case.wrapup", "case.completed", case=ack["case"])
 
     thread, email = uid("t"), f"{uid()}@example.com"
@@ -370,7 +371,8 @@ async def test_stale_and_repeated_answers_to_offers(stack: Stack, bridge: WsClie
     widget, _ = await stack.chat(workspace="brisk")
     late = await bea.offer_for((await widget.ok("message", text="hello?"))["case"])
     await bea.expect("offer.rescinded", offer=late["offer"], reason="timeout")
-    await bea.fails("offer.accept", "offer.timeout", offer=late["offer"])
+    timed_out = await bea.fails("offer.accept", "offer.timeout", offer=late["offer"])
+    assert timed_out["message"] == "the offer has timed out"
     assert await stack.redis.smembers(keys.agent_cases("brisk", "bea")) == set()
 
 
