@@ -20,7 +20,7 @@ from router.attachments import Attachments
 from router.auth import Principal
 from router.errors import BadRequest, NotFound
 from router.ids import new_id
-from router.ingest import parse_event
+from router.ingest import attachment_name, parse_event
 
 __all__ = [
     "create_case",
@@ -232,10 +232,11 @@ async def get_attachment(request: Request) -> Response:
     if f is None:
         raise NotFound("attachment not found", code="attachment.unknown")
     ctype = f.type.lower() if f.type.lower() in _INERT_TYPES else "application/octet-stream"
-    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in f.name)
+    name = attachment_name(f.name)  # saved as shown: no bidi override turning .exe into .png
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
     headers = {
         "Content-Disposition": f'attachment; filename="{ascii_name}"; '
-        f"filename*=UTF-8''{quote(f.name, safe='')}",
+        f"filename*=UTF-8''{quote(name, safe='')}",
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "sandbox; default-src 'none'",
         "Cache-Control": "private, no-store",

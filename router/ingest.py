@@ -17,7 +17,16 @@ from typing import Any
 from router import keys
 from router.errors import BadRequest, TooLarge
 
-__all__ = ["CHANNELS", "KINDS", "Event", "entry_ts", "parse_event", "preview", "timeline_entry"]
+__all__ = [
+    "CHANNELS",
+    "KINDS",
+    "Event",
+    "attachment_name",
+    "entry_ts",
+    "parse_event",
+    "preview",
+    "timeline_entry",
+]
 
 CHANNELS = frozenset({"chat", "email", "voice"})
 KINDS = frozenset(
@@ -112,6 +121,17 @@ def _identities(ids: Mapping[Any, Any]) -> tuple[str, ...]:
     )
 
 
+def attachment_name(raw: str) -> str:
+    """A file's name as agents see it and save it: no controls, zero-width or bidi characters;
+    runs of spaces (line separators too) as one; and cut to length keeping its extension:
+    "invoice.pdf" + 200 spaces + ".exe" must not show as "invoice.pdf"."""
+    name = " ".join(_NAME_JUNK.sub("", raw).split()) or "attachment"
+    if len(name) > 200:
+        stem, dot, ext = name.rpartition(".")
+        name = name[:200] if not dot or len(ext) > 20 else f"{stem[: 199 - len(ext)]}.{ext}"
+    return name
+
+
 def _attachment(a: Any, i: int) -> dict[str, Any]:
     """One attachment's name, type, size and stored file's id (never its bytes), checked."""
     if not isinstance(a, Mapping):
@@ -123,13 +143,7 @@ def _attachment(a: Any, i: int) -> dict[str, Any]:
         raise BadRequest(
             f"attachments[{i}].size: a whole number of bytes from 0 to 2^53", code="event.invalid"
         )
-    # runs of spaces (line separators too) become one, and a name cut to length keeps its
-    # extension: "invoice.pdf" + 200 spaces + ".exe" must not show as "invoice.pdf"
-    name = " ".join(_NAME_JUNK.sub("", name).split()) or "attachment"
-    if len(name) > 200:
-        stem, dot, ext = name.rpartition(".")
-        name = name[:200] if not dot or len(ext) > 20 else f"{stem[: 199 - len(ext)]}.{ext}"
-    out: dict[str, Any] = {"name": name, "type": ctype[:100], "size": size}
+    out: dict[str, Any] = {"name": attachment_name(name), "type": ctype[:100], "size": size}
     fid = a.get("id")
     if fid is not None:  # a file kept by router/attachments.py (who may read it: its case)
         if not isinstance(fid, str) or not keys.valid_id(fid):

@@ -197,12 +197,16 @@ async def test_an_agent_opens_the_files_a_customer_sent(
     msg.set_content("Photo and invoice attached.")
     msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="Rechnung März.pdf")
     msg.add_attachment(page, maintype="text", subtype="html", filename="look.html")
+    # a right-to-left override shows "logs\u202egpj.exe" as "logsexe.jpg": it is dropped from
+    # the name shown, and from the name the file is saved under
+    msg.add_attachment(b"MZ", maintype="application", subtype="zip", filename="logs\u202egpj.exe")
     await asyncio.to_thread(send_mail, server, msg)
     offer = await email_offer(ann)
     files = offer["timeline"][-1]["attachments"]
     assert [(f["name"], f["size"]) for f in files] == [
         ("Rechnung März.pdf", len(pdf)),
         ("look.html", len(page)),
+        ("logsgpj.exe", 2),
     ]
     assert all(f.get("id") for f in files)
     token = (await asyncio.to_thread(server.login, "ann"))["token"]
@@ -221,6 +225,10 @@ async def test_an_agent_opens_the_files_a_customer_sent(
         assert r.status_code == 200 and r.content == page
         assert r.headers["content-type"] == "application/octet-stream"
         assert "sandbox" in r.headers["content-security-policy"]
+        r = await c.get(f"/api/attachments/{files[2]['id']}")
+        assert r.status_code == 200 and r.content == b"MZ"
+        said = r.headers["content-disposition"]
+        assert 'filename="logsgpj.exe"' in said and "filename*=UTF-8''logsgpj.exe" in said, said
         r = await c.get("/api/attachments/f-nothing")
         assert r.status_code == 404 and r.json()["code"] == "attachment.unknown"
         kept = await redis.keys(f"sb:{{{WS}}}:f:*")
