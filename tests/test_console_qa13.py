@@ -8,12 +8,15 @@ Chromium) and wait only on conditions in the page, with a deadline.
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import WebSocketRoute, expect
 
 from tests import test_console
 from tests.server import ServerProcess
-from tests.test_console import Web, customer_chat, panel, say
+from tests.test_console import Web, customer_chat, panel, say, set_status, sign_in
 from tests.test_console_ui_fixes import open_email_case
 
 # test_console's fixtures, for the tests here: a browser per module, a server and people per test
@@ -44,6 +47,29 @@ async def test_a_canned_reply_is_chosen_with_the_arrows_and_inserted_with_enter(
     await expect(box).to_have_value(f"Thanks for waiting. {HELLO}")
     await expect(box).to_be_focused()
     await expect(canned).to_have_value("")
+
+
+async def test_a_status_notice_goes_when_the_status_it_names_does(
+    web: Web, server: ServerProcess
+) -> None:
+    """Set Away for missing offers, the notice stays until Sam is back to read it; choosing
+    Available takes it away (it would say Away under a green Available)."""
+    sam = await web.page("/")
+    routes: list[WebSocketRoute] = []
+
+    async def agent_socket(ws: WebSocketRoute) -> None:
+        ws.connect_to_server()  # relayed as is, both ways
+        routes.append(ws)
+
+    await sam.route_web_socket(re.compile(r"/ws/agent"), agent_socket)
+    await sign_in(sam, "sam")
+    await set_status(sam, "available")
+    # what the server sends when offers time out in a row (router/lua/timers_run.lua)
+    routes[-1].send(json.dumps({"type": "status", "status": "away", "reason": "missed_offers"}))
+    notice = sam.get_by_test_id("status-changed")
+    await expect(notice).to_contain_text("offers were missed in a row")
+    await set_status(sam, "available")
+    await expect(notice).to_have_count(0)
 
 
 async def test_a_reply_over_the_limit_is_refused_in_the_console_and_kept(

@@ -152,9 +152,13 @@ export class CaseView {
 
   renderTab(name = shown(this.customer.name) || identities(this.customer.identities, "Customer")) {
     const c = this.case;
+    // two cases of one customer read alike in the tab: the subject tells them apart on hover,
+    // and to a screen reader
+    if (c.subject) this.tab.title = `${name} — ${c.subject}`; else this.tab.removeAttribute("title");
     replace(this.tab,
       h("span", { class: `badge ch-${c.channel}` }, CHANNEL_LABEL[c.channel] || c.channel),
       bdi(name, { class: "case-tab-name" }),
+      c.subject ? h("span", { class: "visually-hidden" }, ` — ${c.subject}`) : null,
       wantsCallback(c) ? h("span", { class: "case-tab-state case-tab-callback", testid: "case-tab-callback",
         title: "Callback requested" }, "callback") : null,
       c.status === "wrapping" ? h("span", { class: "case-tab-state" }, "wrap-up") : null);

@@ -289,10 +289,13 @@ class AgentConsole {
         const why = { missed_offers: " because offers were missed in a row. Choose Available when you are back",
           supervisor: ", set by a supervisor" }[f.reason] || "";
         // set away while away from the desk: the reason stays until they are back to read it
-        this.toast(`Your status is now ${label(f.status)}${why}.`, {
+        // (and goes when their status changes again: it would contradict the menu)
+        this.statusNotice?.remove();
+        this.statusNotice = this.toast(`Your status is now ${label(f.status)}${why}.`, {
           kind: f.reason === "missed_offers" ? "error" : "info", testid: "status-changed",
           timeoutMs: f.reason === "missed_offers" ? 0 : undefined,
         });
+        this.statusNoticeFor = f.status;
         return undefined;
       }
       case "agent.updated": return this.agentUpdated(f.agent || {});
@@ -733,6 +736,10 @@ class AgentConsole {
 
   renderStatus() {
     const current = this.me.status;
+    if (this.statusNotice && this.statusNoticeFor !== current) { // it said another status
+      this.statusNotice.remove();
+      this.statusNotice = null;
+    }
     const names = this.statuses.map((s) => s.name);
     if (current && !names.includes(current)) names.push(current);
     replace(this.statusSelect, names.map((n) => h("option", { value: n, selected: n === current }, label(n))));
