@@ -97,6 +97,9 @@ class ParsedMail:
     # each attachment's bytes, in the order of ``attachments`` (None: a forwarded mail, read
     # into ``text`` instead); the adapter keeps them (router/attachments.py)
     files: tuple[bytes | None, ...] = ()
+    # the mail that began the conversation it is part of, as the sender's client tells it: the
+    # first of References, else In-Reply-To, else its own Message-ID (None: none of them)
+    thread_root: str | None = None
 
 
 # --- headers ------------------------------------------------------------------------------------
@@ -602,9 +605,10 @@ def parse_message(raw: bytes, limits: Limits) -> ParsedMail:
     refs = _MSGID.findall(headers.get("references", ""))
     reply_ids = [f"<{m}>" for m in _MSGID.findall(headers.get("in-reply-to", ""))]
     reply_ids += [f"<{m}>" for m in reversed(refs[-_MAX_REPLY_IDS:])]
+    message_id = normalize_message_id(headers.get("message-id"))
     return ParsedMail(
         digest=hashlib.sha256(raw).hexdigest(),
-        message_id=normalize_message_id(headers.get("message-id")),
+        message_id=message_id,
         sender=sender[0][1] if sender else None,
         name=name,
         recipients=tuple(addr for _, addr in recipients[:_MAX_REPLY_IDS]),
@@ -621,6 +625,7 @@ def parse_message(raw: bytes, limits: Limits) -> ParsedMail:
         auth_results=_auth_results(msg),
         returned_ids=tuple(dict.fromkeys(returned[:_MAX_FORWARDS])),
         files=tuple(files[: limits.max_attachments]),
+        thread_root=f"<{refs[0]}>" if refs else reply_ids[0] if reply_ids else message_id,
     )
 
 
@@ -633,6 +638,15 @@ def _other_address(name: str, address: str) -> bool:
 
 _SANE_PAST_S = 7 * 86_400  # a mail can sit in retry queues for days
 _SANE_FUTURE_S = 900
+
+
+def _own_thread(sender: str, root: str | None) -> str | None:
+    """The thread key of a sender's own conversation: their address and its first mail's
+    Message-ID, hashed to a fixed length (thread keys are at most 200 characters)."""
+    if not root:
+        return None
+    digest = hashlib.sha256(f"{sender.lower()}\n{root}".encode()).hexdigest()[:40]
+    return f"mail:{digest}"
 
 
 def normalize(
@@ -682,6 +696,12 @@ def normalize(
     )
     verdict = sender_verdict(mail.auth_results, sender, authserv_ids)
     who = "claims" if verdict == "fail" else "identities"
+    thread = case
+    if case is None and verdict != "fail" and not (null_sender or mail.auto_submitted):
+        # no token of ours: the customer wrote again on their own mail (a reply to it, or a
+        # forward with more): it goes on in the case that mail opened, if the same address
+        # sent both. Another sender naming that mail opens a case of their own.
+        thread = _own_thread(sender, mail.thread_root)
     sane = mail.date is not None and now - _SANE_PAST_S <= mail.date <= now + _SANE_FUTURE_S
     return {
         "id": event_id,
@@ -689,7 +709,7 @@ def normalize(
         "kind": "message",
         who: {"email": sender},
         "name": mail.name,
-        "thread": case,
+        "thread": thread,
         "case": case,
         # our reply token, which threaded it, is noise to the agent reading it
         "subject": strip_tokens(mail.subject),
