@@ -127,6 +127,7 @@ _STATE_SAID = {
     "completed": "is completed",
     "cancelled": "was cancelled",
     "abandoned": "was abandoned",
+    "same_queue": "is waiting in that queue already",
 }
 
 

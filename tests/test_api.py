@@ -722,6 +722,11 @@ async def test_supervisor_moves_a_waiting_case(env: Env) -> None:
         assert case in queued and case not in await _all_pages(sup, status="queued", queue="sales")
         tl = (await sup.get(f"/api/cases/{case}")).json()["timeline"]
         assert tl[-1]["kind"] == "transfer" and tl[-1]["text"] == "VIP"
+        # to the queue it waits in: refused, and nothing is added to its history
+        r = await sup.patch(f"/api/cases/{case}", json={"queue": "billing"})
+        assert r.status_code == 409 and r.json()["code"] == "case.same_queue", r.text
+        assert r.json()["message"] == "the case is waiting in that queue already"
+        assert (await sup.get(f"/api/cases/{case}")).json()["timeline"] == tl
         r = await sup.patch(f"/api/cases/{case}", json={"queue": "nowhere"})
         assert r.status_code == 404 and r.json()["code"] == "queue.unknown"
         assert (await sup.patch("/api/cases/c404", json={"queue": "sales"})).status_code == 404

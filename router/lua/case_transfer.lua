@@ -2,7 +2,8 @@
 -- queue) keeping its age and timeline. Used by an agent transferring an assigned case (their
 -- capacity is freed, they pull their next case; not one in wrap-up, whose conversation has
 -- ended: case.wrapping) and by a supervisor moving a waiting case
--- (agent id '' — the caller has checked the role). A pending offer on the case is rescinded.
+-- (agent id '' — the caller has checked the role; not to the queue it waits in:
+-- case.same_queue). A pending offer on the case is rescinded.
 -- A supervisor may also take an assigned or wrapping case back from its agent (signed out,
 -- gone home): the agent's capacity is freed and their consoles are told (case.removed).
 -- A call handed on after its caller hung up becomes a callback (the next agent calls the
@@ -33,6 +34,11 @@ elseif cs[1] == 'assigned' or cs[1] == 'wrapping' then
   push[1] = {agent = out, frame = {type = 'case.removed', case = c, reason = 'moved', queue = to}}
 elseif cs[1] ~= 'queued' and cs[1] ~= 'offered' then
   return result({ok = false, error = 'case.' .. cs[1]})
+elseif cs[1] == 'queued' then
+  -- a waiting case moved to the queue it waits in: nothing would change but a history entry
+  local ok, plan = pcall(cjson.decode, ARGV[4])
+  local to = ok and type(plan) == 'table' and type(plan[1]) == 'table' and plan[1].queue or ''
+  if to ~= '' and to == cs[6] then return result({ok = false, error = 'case.same_queue'}) end
 end
 if out ~= '' and cs[3] == 'voice' then
   -- the caller hung up on a call that is handed on: nobody is on the line for the next agent
