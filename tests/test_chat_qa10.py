@@ -35,7 +35,7 @@ server = test_console.server
 web = test_console.web
 
 browser_test = pytest.mark.browser
-LEFT = "Customer left the chat"  # how the agent's timeline shows the visitor's end
+LEFT = "Customer ended the chat"  # how the agent's timeline shows the visitor's end
 BACK = 30_000  # ms: the widget's reconnect backoff (jittered) plus its welcome
 
 

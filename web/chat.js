@@ -460,7 +460,7 @@ export class ChatWidget {
     const { outbox } = this.load();
     if (outbox.length && outbox[outbox.length - 1].end) return; // already on its way
     // already ended, and nothing written since: a second press would tell the agent again that
-    // the customer left (a second "Customer left the chat")
+    // the customer left (a second "Customer ended the chat")
     if (this.ended && !outbox.length) return;
     this.showError("");
     const unsent = outbox.length > 0;

@@ -12,7 +12,7 @@ const KIND_LABEL = {
   "call.offered": "Incoming call",
   "call.ended": "Call ended",
   "callback.requested": "Callback requested",
-  "conversation.ended": "Customer left the chat",
+  "conversation.ended": "Customer ended the chat", // as the case header says
 };
 
 /** A customer's timeline: entries (ordered, de-duplicated by id) and paging state. */
