@@ -293,8 +293,14 @@ async def test_a_second_console_takes_over_and_the_first_can_take_it_back(
     await expect(replaced).to_be_visible()
     await expect(replaced).to_contain_text("open in another window")
     await expect(first.get_by_test_id("connection-banner")).to_be_hidden()  # not "reconnecting"
+    # the page behind is out of reach (no focus, no clicks): a reply typed there could never go
+    behind = "() => document.querySelector('[data-testid=reply-input]').closest('[inert]') !== null"
+    assert await first.evaluate(behind)
+    await first.keyboard.press("Tab")
+    assert await first.evaluate("() => document.activeElement.closest('[inert]') === null")
 
     await first.get_by_test_id("use-here").click()
+    assert not await first.evaluate(behind)
     await expect(replaced).to_have_count(0)
     await expect(first.get_by_test_id("connection-state")).to_have_text("Live")
     await expect(second.get_by_test_id("replaced")).to_be_visible()

@@ -159,9 +159,13 @@ class AgentConsole {
   replaced() {
     if (this.replacedEl) return;
     this.dropOffers();
+    // the page behind takes no focus or clicks: a reply typed there could never be sent
+    const behind = [...this.root.children];
+    for (const el of behind) el.inert = true;
     const use = h("button", { class: "primary", testid: "use-here", onclick: () => {
       this.replacedEl.remove();
       this.replacedEl = null;
+      for (const el of behind) el.inert = false;
       this.conn.start(); // this one takes over again; the other window stops
     } }, "Use here");
     this.replacedEl = h("div", { class: "replaced", role: "alertdialog", "aria-modal": "true",
