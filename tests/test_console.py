@@ -787,7 +787,10 @@ async def test_long_history_loads_older_pages(web: Web, server: ServerProcess) -
         entries = panel(sam).get_by_test_id("timeline-entry")
         await expect(entries).to_have_count(50)  # the latest page came with the offer
         await expect(entries.last).to_contain_text("message number 59")
-        await panel(sam).get_by_test_id("history-more").click()
+        await panel(sam).get_by_test_id("history-more").focus()
+        await panel(sam).get_by_test_id("history-more").press("Enter")  # from the keyboard
         await expect(entries).to_have_count(60)
         await expect(entries.first).to_contain_text("message number 0")
         await expect(panel(sam).get_by_test_id("history-more")).to_be_hidden()
+        # focus stays in the history, not dropped to the page
+        await expect(panel(sam).locator(".tl-scroll")).to_be_focused()

@@ -243,6 +243,9 @@ export class CaseView {
 
   async loadOlder() {
     const tl = this.timeline;
+    // disabled while it loads, the button drops focus (to the page): given back after, or to
+    // the history itself once there is no earlier page
+    const hadFocus = document.activeElement === this.more;
     this.more.disabled = true;
     try {
       const ack = await this.app.conn.request("history.fetch",
@@ -253,6 +256,7 @@ export class CaseView {
       this.app.toast(e.message, { kind: "error" });
     } finally {
       this.more.disabled = false;
+      if (hadFocus) (this.more.hidden ? this.scroller : this.more).focus({ preventScroll: true });
     }
   }
 
