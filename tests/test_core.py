@@ -779,8 +779,9 @@ async def test_an_offers_history_keeps_its_latest_kilobyte(switch: Switch, inbox
     assert last == f"{r.case}.81"
     history = await case_field(switch, r.case, "oh")
     assert history is not None and 900 < len(history) <= 1000
-    with pytest.raises(Conflict, match="rescinded"):
+    with pytest.raises(Conflict) as caught:
         await switch.accept("acme", "ann", f"{r.case}.80")
+    assert caught.value.code == "offer.rescinded"
     with pytest.raises(NotFound):
         await switch.accept("acme", "ann", f"{r.case}.1")
     await switch.accept("acme", "ann", last)
@@ -866,10 +867,10 @@ async def test_a_transfer_to_a_colleague_who_cannot_take_it_goes_on_at_once(
 async def test_a_supervisor_moving_a_waiting_case_does_not_restart_its_wait(
     switch: Switch, inbox: Inbox, redis_server: str
 ) -> None:
-    """Moving a waiting case (even to its own queue) must not launder a breach: the customer
-    goes on waiting, the answering queue counts the whole wait, and the queue it left counts a
-    move past its target as a breach. A case its agent hands on waits from then (they served
-    the customer until then), as the supervisor's waiting list also says."""
+    """Moving a waiting case must not launder a breach (to its own queue it is refused): the
+    customer goes on waiting, the answering queue counts the whole wait, and the queue it left
+    counts a move past its target as a breach. A case its agent hands on waits from then (they
+    served the customer until then), as the supervisor's waiting list also says."""
     await setup(switch, agent("ann", ["support"]), agent("bob", ["sales"]))
     hour_ago = now_ms() - 3_600_000
     late = await switch.ingest("acme", chat("e1", email="late@example.com"))
@@ -878,7 +879,9 @@ async def test_a_supervisor_moving_a_waiting_case_does_not_restart_its_wait(
         f"sb:{{acme}}:c:{late.case}",
         mapping={"age": hour_ago - queries.AGE_EPOCH_MS, "plan_start": hour_ago},
     )
-    await switch.transfer("acme", "", late.case, queue="support")  # to its own queue
+    with pytest.raises(Conflict) as caught:  # to its own queue: nothing to launder it with
+        await switch.transfer("acme", "", late.case, queue="support")
+    assert caught.value.code == "case.same_queue"
     await switch.transfer("acme", "", late.case, queue="sales", note="no support today")
     soon = await switch.ingest("acme", chat("e2", email="soon@example.com"))
     await switch.transfer("acme", "", soon.case, queue="sales")  # moved on within the target

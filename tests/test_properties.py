@@ -1091,7 +1091,18 @@ class RoutingMachine(RuleBasedStateMachine):
 
     def move(self, cid: str, queue: str) -> None:
         """A supervisor moves a case to another queue: a waiting one (queued or offered), or
-        one they take back from its agent (assigned or wrapping)."""
+        one they take back from its agent (assigned or wrapping). A waiting case to the queue
+        it waits in is refused, and nothing changes."""
+        c = self.model.cases[cid]
+        if c.status == "queued" and c.cur.queue == queue:
+            try:
+                self.run(self.switch.transfer(WS, "", cid, queue=queue))
+            except Conflict as e:
+                must(e.code == "case.same_queue", f"move of {cid} to its own {queue}: {e.code}")
+            else:
+                must(False, f"move of waiting {cid} to its own queue {queue} was accepted")
+            self.settle(Ctx("refused"))
+            return
         self.run(self.switch.transfer(WS, "", cid, queue=queue))
         self.handed_on(self.model.cases[cid])
         plan = lambda c: [Step(queue, c.pri, lifo=queue in LIFO_QUEUES)]  # noqa: E731
