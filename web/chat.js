@@ -512,7 +512,6 @@ export class ChatWidget {
   }
 }
 
-// A signed-in visitor's identity, as the site rendered it: only with its identity_hash.
 /** Why the details were refused, in the customer's words rather than the protocol's. */
 function detailsProblem(e) {
   const said = String(e.message || "");
@@ -524,6 +523,7 @@ function detailsProblem(e) {
   return "Those details could not be saved. Please check them and try again.";
 }
 
+// A signed-in visitor's identity, as the site rendered it: only with its identity_hash.
 function signedIdentity(el, params) {
   const pick = (data, param) => el.dataset[data] || params.get(param) || "";
   const identity_hash = pick("identityHash", "identity_hash");
